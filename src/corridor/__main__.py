@@ -1,0 +1,5 @@
+"""Allow ``python -m corridor``."""
+
+from corridor.cli import main
+
+main()

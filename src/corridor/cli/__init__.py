@@ -1,0 +1,52 @@
+"""The ``corridor`` command: one Typer application, one sub-group per layer.
+
+Each ``corridor.cli.<name>`` module owns one group of commands and exposes
+``register(app)``; this module only assembles them and turns Corridor's own errors
+into one clean line on stderr (exit code 2) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from corridor.cli.common import handle_errors
+
+app = typer.Typer(
+    name="corridor",
+    help="Quantum-safe key distribution for connected mobility.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Modules that register commands. Order is the order of ``corridor --help``.
+_COMMAND_MODULES = (
+    "link",      # corridor link rate|plot|simulate|run
+    "pki",       # corridor pki init
+    "sae",       # corridor sae status|get-key|get-key-with-id
+    "audit",     # corridor audit verify|export
+    "kme",       # corridor kme serve
+    "up",        # corridor up
+)
+
+for _name in _COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"corridor.cli.{_name}")
+    except ModuleNotFoundError as exc:  # pragma: no cover - only while a layer is being built
+        if exc.name != f"corridor.cli.{_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+def main() -> None:
+    """Entry point of the ``corridor`` console script."""
+    with handle_errors():
+        app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

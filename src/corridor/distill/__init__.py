@@ -1,0 +1,1 @@
+"""Key distillation: detection records -> identical, provably secret key blocks."""
