@@ -8,7 +8,6 @@ into one clean line on stderr (exit code 2) instead of a traceback.
 from __future__ import annotations
 
 import importlib
-import sys
 
 import typer
 
@@ -49,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()
