@@ -1,0 +1,253 @@
+"""``corridor link``: the QKD link model from the command line.
+
+This module owns the ``link`` command group (``link_app``), the ``rate`` and ``plot``
+commands, and :func:`link_parameters_from_options`, which every link command uses to
+turn ``--preset``, ``--config`` and ``--set`` into :class:`LinkParameters`. The
+``simulate`` and ``run`` commands live in ``corridor.cli.link_simulate`` and
+``corridor.cli.link_run``; :func:`register` adds them when they are installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.table import Table
+
+from corridor.cli.common import OutputFormat, console, emit_json, handle_errors
+from corridor.errors import ParameterError
+from corridor.link.finite_key import finite_key_rate
+from corridor.link.optimize import max_distance_km, optimise
+from corridor.link.params import PRESETS, LinkParameters, load_toml
+from corridor.link.params import preset as preset_by_name
+from corridor.link.plot import DEFAULT_BLOCK_PULSES, write_rate_figure
+from corridor.link.rates import error_rate, fibre_plob_bits_per_pulse, gain, secret_key_rate
+
+link_app = typer.Typer(
+    name="link",
+    help="The QKD link model: closed-form key rates, plots, Monte Carlo simulation.",
+    no_args_is_help=True,
+)
+
+#: Modules of other link commands, each exposing ``add_commands(link_app)``.
+_EXTRA_COMMAND_MODULES = ("link_simulate", "link_run")
+
+DEFAULT_PRESET = "modern-snspd"
+DEFAULT_DISTANCES_KM = (0.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0)
+
+
+class DecoyOption(StrEnum):
+    """Decoy-state analysis of the asymptotic rate."""
+
+    infinite = "infinite"
+    vacuum_weak = "vacuum-weak"
+
+
+# Shared option declarations, so that every link command spells them the same way.
+PresetOption = Annotated[str, typer.Option(
+    "--preset", help="Parameter preset: " + ", ".join(sorted(PRESETS)) + ".")]
+ConfigOption = Annotated[Path | None, typer.Option(
+    "--config", help="TOML file of overrides: preset key, fields, "
+    "\\[fibre], \\[source], \\[detector], \\[protocol] tables.")]
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override one field, e.g. --set attenuation_db_per_km=0.18 (repeatable).")]
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """Split one ``--set field=value`` into (field, value), or raise ParameterError."""
+    name, sep, value = text.partition("=")
+    name, value = name.strip(), value.strip()
+    if not sep or not name or not value:
+        raise ParameterError("--set", text, "must have the form field=value",
+                             "for example --set attenuation_db_per_km=0.18")
+    return name, value
+
+
+def link_parameters_from_options(preset: str, config: Path | None,
+                                 overrides: list[str]) -> LinkParameters:
+    """LinkParameters from ``--preset NAME``, ``--config FILE.toml`` and ``--set k=v``.
+
+    The preset is the base; the TOML file is applied on top (its own ``preset`` key,
+    if any, replaces the base), then each ``--set`` in order. Every mistake raises
+    :class:`ParameterError` naming the field, the value and what is allowed.
+    """
+    params = preset_by_name(preset)
+    if config is not None:
+        params = load_toml(config, base=params)
+    values: dict[str, Any] = {}
+    for text in overrides:
+        name, value = parse_override(text)
+        values[name] = value
+    return params.override(values) if values else params
+
+
+def _check_block_pulses(block_pulses: int | None, decoy: DecoyOption | None) -> None:
+    if block_pulses is None:
+        return
+    if block_pulses <= 0:
+        raise ParameterError("--block-pulses", block_pulses, "must be a number of pulses above 0")
+    if decoy is DecoyOption.infinite:
+        raise ParameterError(
+            "--decoy", decoy.value, "must be vacuum-weak (or left out) with --block-pulses",
+            "the finite-key analysis of Lim et al. 2014 uses signal + decoy + vacuum; "
+            "infinite decoys have no finite-key counterpart")
+
+
+def rate_row(params: LinkParameters, length_km: float, decoy: str, block_pulses: int | None,
+             optimise_settings: bool) -> dict[str, Any]:
+    """One distance of ``corridor link rate``: settings, gain, QBER, rates, PLOB."""
+    at = params.with_length(length_km)
+    if optimise_settings:
+        at, rate = optimise(at, decoy, block_pulses)
+    elif block_pulses is None:
+        rate = secret_key_rate(at, decoy)
+    else:
+        rate = finite_key_rate(at, block_pulses)
+    src = at.source
+    plob = fibre_plob_bits_per_pulse(at)
+    # A lossless channel (0 km, no insertion loss) has an infinite PLOB bound, which
+    # JSON cannot carry: it is reported as null.
+    plob_finite = plob if math.isfinite(plob) else None
+    return {
+        "distance_km": float(length_km),
+        "model": "asymptotic" if block_pulses is None else "finite-key",
+        "decoy": decoy if block_pulses is None else "vacuum-weak",
+        "block_pulses": block_pulses,
+        "optimised": optimise_settings,
+        "mu": src.signal_intensity,
+        "nu": src.decoy_intensity,
+        "vacuum_mu": src.vacuum_intensity,
+        "z_basis_probability": src.z_basis_probability,
+        "class_probabilities": list(src.class_probabilities),
+        "transmittance": at.transmittance,
+        "gain": gain(at, src.signal_intensity),
+        "qber": error_rate(at, src.signal_intensity),
+        "secret_key_rate_bits_per_pulse": rate,
+        "secret_key_rate_bits_per_s": rate * src.pulse_rate_hz,
+        "plob_bits_per_pulse": plob_finite,
+        "plob_bits_per_s": None if plob_finite is None else plob_finite * src.pulse_rate_hz,
+    }
+
+
+def _rate_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD,
+                  caption="key: secret key rate; PLOB: bound of the fibre (Pirandola 2017)")
+    for header in ("km", "mu", "nu", "gain", "QBER", "key\nbit/pulse", "key\nbit/s",
+                   "PLOB\nbit/pulse"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in rows:
+        plob = row["plob_bits_per_pulse"]
+        table.add_row(f"{row['distance_km']:g}", f"{row['mu']:.3f}", f"{row['nu']:.3f}",
+                      f"{row['gain']:.2e}", f"{100 * row['qber']:.2f}%",
+                      f"{row['secret_key_rate_bits_per_pulse']:.2e}",
+                      f"{row['secret_key_rate_bits_per_s']:.2e}",
+                      "inf" if plob is None else f"{plob:.2e}")
+    return table
+
+
+@link_app.command("rate")
+def rate_command(
+    distances_km: Annotated[list[float] | None, typer.Argument(
+        metavar="[DISTANCE_KM]...",
+        help="More fibre lengths in km, so that --distance-km 0 50 100 works.",
+        show_default=False)] = None,
+    distance_km: Annotated[list[float] | None, typer.Option(
+        "--distance-km", help="Fibre length(s) in km: --distance-km 0 50 100.",
+        show_default=False)] = None,
+    preset_name: PresetOption = DEFAULT_PRESET,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    decoy: Annotated[DecoyOption | None, typer.Option(
+        "--decoy", help="Decoy analysis of the asymptotic rate (default: infinite).",
+        show_default=False)] = None,
+    block_pulses: Annotated[int | None, typer.Option(
+        "--block-pulses", help="Finite key (Lim et al. 2014) for blocks of N pulses.")] = None,
+    optimise_settings: Annotated[bool, typer.Option(
+        "--optimise/--no-optimise", help="Optimise intensities (and, for finite key, "
+        "basis and class probabilities) at each distance.")] = True,
+    max_distance: Annotated[bool, typer.Option(
+        "--max-distance", help="Print only the distance where the key rate reaches 0.")] = False,
+    output_format: Annotated[OutputFormat, typer.Option(
+        "--format", help="table or json.")] = OutputFormat.table,
+) -> None:
+    """Secret key rate of the link against fibre length (closed form)."""
+    with handle_errors():
+        params = link_parameters_from_options(preset_name, config, overrides or [])
+        _check_block_pulses(block_pulses, decoy)
+        decoy_mode = (decoy or DecoyOption.infinite).value
+        if block_pulses is not None:
+            decoy_mode = DecoyOption.vacuum_weak.value
+        if max_distance:
+            found = max_distance_km(params, decoy_mode, block_pulses,
+                                    optimise_settings=optimise_settings)
+            # The bisection stops at 10 m: more digits would be noise.
+            value = round(found, 2) if math.isfinite(found) else None
+            if output_format is OutputFormat.json:
+                emit_json({"max_distance_km": value})
+            else:
+                console.print("maximum distance: " + (
+                    f"{value:.2f} km" if value is not None else
+                    "unbounded (the rate never reaches 0 within 10 000 km)"))
+            return
+        lengths = [*(distance_km or []), *(distances_km or [])] or list(DEFAULT_DISTANCES_KM)
+        rows = [rate_row(params, length, decoy_mode, block_pulses, optimise_settings)
+                for length in lengths]
+        if output_format is OutputFormat.json:
+            emit_json(rows)
+        else:
+            model = (f"finite key, N = {block_pulses:.3g} pulses" if block_pulses
+                     else f"asymptotic, {decoy_mode} decoys")
+            console.print(_rate_table(rows, f"{params.name}: {model}"
+                                      + ("" if optimise_settings else ", settings as given")))
+
+
+@link_app.command("plot")
+def plot_command(
+    out: Annotated[Path, typer.Option("--out", help="Figure file, .png or .svg.")],
+    preset_name: PresetOption = DEFAULT_PRESET,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    max_distance_km_option: Annotated[float | None, typer.Option(
+        "--max-distance-km", help="Right end of the distance axis in km "
+        "(default: 10 % past the infinite-decoy cut-off).", show_default=False)] = None,
+    block_pulses: Annotated[list[int] | None, typer.Option(
+        "--block-pulses", help="Block sizes of the finite-key curves (repeatable) "
+        f"(default: {', '.join(f'{n:.0e}' for n in DEFAULT_BLOCK_PULSES)}).",
+        show_default=False)] = None,
+    points: Annotated[int, typer.Option(
+        "--points", help="Distances sampled per curve.", min=2, max=1000)] = 60,
+) -> None:
+    """Plot secret key rate (bits/pulse and bits/s) and the PLOB bound against distance."""
+    with handle_errors():
+        params = link_parameters_from_options(preset_name, config, overrides or [])
+        sizes = tuple(block_pulses) if block_pulses else DEFAULT_BLOCK_PULSES
+        for size in sizes:
+            _check_block_pulses(size, None)
+        written = write_rate_figure(params, out, max_distance=max_distance_km_option,
+                                    block_pulses=sizes, points=points)
+        console.print(f"wrote {written}")
+
+
+_extra_commands_added: list[str] = []
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``link`` group to ``app``, with ``simulate`` and ``run`` when present."""
+    for name in _EXTRA_COMMAND_MODULES:
+        if name in _extra_commands_added:  # register() twice must not add them twice
+            continue
+        module_name = f"corridor.cli.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.add_commands(link_app)
+        _extra_commands_added.append(name)
+    app.add_typer(link_app, name="link")

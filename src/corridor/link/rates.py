@@ -1,0 +1,330 @@
+"""Closed-form asymptotic model of a decoy-state BB84 link over fibre.
+
+This module owns the expected gains and error rates per intensity, the decoy-state
+bounds on single-photon pulses (infinite decoys and vacuum + one weak decoy), the
+asymptotic secret key rate, the PLOB bound of the fibre and the QBER threshold.
+
+Notation (Lo, Ma, Chen, PRL 94, 230504 (2005); Ma, Qi, Zhao, Lo, PRA 72, 012326
+(2005)):
+
+- ``eta``: total transmittance eta_ch * eta_bob (:attr:`LinkParameters.transmittance`);
+- ``Y0``: background yield, the click probability with no signal photon;
+- ``e_d``: misalignment error; ``e0 = 1/2``: error rate of background clicks;
+- ``Q_l = Y0 + 1 - exp(-eta * l)``: gain of intensity ``l`` (mean photon number);
+- ``E_l Q_l = e0 Y0 + e_d (1 - exp(-eta * l))``: its quantum bit error rate (QBER);
+- ``Y1``, ``e1``, ``Q1``: yield, error rate and gain of single-photon pulses;
+- ``q = p_Z^2 + (1 - p_Z)^2``: sifting factor (1/2 for standard BB84, -> 1 for
+  efficient BB84 with ``p_Z -> 1``, each basis estimated on its own);
+- ``f``: reconciliation efficiency (disclosed bits over the Shannon limit).
+
+The key rate per pulse is GLLP's (Gottesman, Lo, Luetkenhaus, Preskill 2004) in the
+decoy-state form of Lo-Ma-Chen::
+
+    R = q * ( -Q_mu f H2(E_mu) + Q1 (1 - H2(e1)) ),
+
+clamped to 0 where it would be negative (no key, not a negative key).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, overload
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.optimize import brentq
+
+from corridor.errors import ParameterError
+from corridor.link.params import LinkParameters
+
+#: Error rate of a background click (dark count or stray light): a random bit.
+BACKGROUND_ERROR_RATE = 0.5
+
+DecoyMode = Literal["infinite", "vacuum-weak"]
+DECOY_MODES: tuple[str, ...] = ("infinite", "vacuum-weak")
+
+
+@overload
+def binary_entropy(p: float) -> float: ...
+@overload
+def binary_entropy(p: NDArray[np.float64]) -> NDArray[np.float64]: ...
+def binary_entropy(p: float | NDArray[np.float64]) -> float | NDArray[np.float64]:
+    """H2(p) = -p log2 p - (1 - p) log2(1 - p), with H2(0) = H2(1) = 0.
+
+    Accepts a float or a numpy array (element-wise). Values outside [0, 1] raise
+    :class:`ParameterError`.
+    """
+    if isinstance(p, (float, int, np.floating)) and not isinstance(p, bool):
+        # Scalar path in plain math: the optimisers call this hundreds of thousands
+        # of times, and numpy's per-call overhead would dominate.
+        x = float(p)
+        if not 0.0 <= x <= 1.0:  # also catches NaN
+            raise ParameterError("p", p, "binary entropy is defined for probabilities in [0, 1]")
+        if x == 0.0 or x == 1.0:
+            return 0.0
+        return -x * math.log2(x) - (1.0 - x) * math.log2(1.0 - x)
+    arr = np.asarray(p, dtype=np.float64)
+    if np.any(~np.isfinite(arr)) or np.any(arr < 0.0) or np.any(arr > 1.0):
+        raise ParameterError("p", p if np.ndim(p) == 0 else "array",
+                             "binary entropy is defined for probabilities in [0, 1]")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -arr * np.log2(arr) - (1.0 - arr) * np.log2(1.0 - arr)
+    h = np.where((arr <= 0.0) | (arr >= 1.0), 0.0, h)
+    if np.ndim(p) == 0:
+        return float(h)
+    return h
+
+
+def _h2_clamped(p: NDArray[np.float64]) -> NDArray[np.float64]:
+    """H2 of error rates already known to be bounds: clamp into [0, 1/2] first.
+
+    An error-rate upper bound above 1/2 carries no more information than 1/2 (the
+    pulse is useless for key either way), and H2 would otherwise start to fall.
+    """
+    return binary_entropy(np.clip(p, 0.0, 0.5))
+
+
+def sifting_factor(z_basis_probability: float) -> float:
+    """q = p_Z^2 + (1 - p_Z)^2: fraction of pulses where Alice's and Bob's bases agree.
+
+    Both bases give key (each with its own error estimate, Lo-Chau-Ardehali 2005), so
+    standard BB84 (p_Z = 1/2) has q = 1/2 and efficient BB84 tends to q = 1.
+    """
+    return z_basis_probability ** 2 + (1.0 - z_basis_probability) ** 2
+
+
+def gain(params: LinkParameters, intensity: float) -> float:
+    """Q_l = Y0 + 1 - exp(-eta * l): probability that a pulse of mean photon number
+    ``intensity`` gives a click (Lo-Ma-Chen 2005, Eq. for Q_mu).
+    """
+    return float(_gain(params.transmittance, params.background_yield,
+                       _check_intensity(intensity)))
+
+
+def error_rate(params: LinkParameters, intensity: float) -> float:
+    """E_l = (e0 Y0 + e_d (1 - exp(-eta * l))) / Q_l: QBER of pulses of intensity ``l``.
+
+    For the vacuum (l = 0) this is e0 = 1/2.
+    """
+    return float(_error_rate(params.transmittance, params.background_yield,
+                             params.protocol.misalignment_error, _check_intensity(intensity)))
+
+
+def _check_intensity(intensity: float) -> np.float64:
+    value = float(intensity)
+    if not math.isfinite(value) or value < 0.0:
+        raise ParameterError("intensity", intensity, "must be a mean photon number >= 0")
+    return np.float64(value)
+
+
+def _gain(eta: float, y0: float, intensity: ArrayLike) -> NDArray[np.float64]:
+    mu = np.asarray(intensity, dtype=np.float64)
+    return y0 - np.expm1(-eta * mu)
+
+
+def _error_rate(eta: float, y0: float, e_d: float, intensity: ArrayLike) -> NDArray[np.float64]:
+    mu = np.asarray(intensity, dtype=np.float64)
+    signal_clicks = -np.expm1(-eta * mu)
+    total = y0 + signal_clicks
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = (BACKGROUND_ERROR_RATE * y0 + e_d * signal_clicks) / total
+    # No clicks at all (Y0 = 0, l = 0): the rate is undefined; 1/2 is what a click
+    # would carry and keeps every caller away from a NaN.
+    return np.where(total > 0.0, e, BACKGROUND_ERROR_RATE)
+
+
+@dataclass(frozen=True)
+class DecoyEstimate:
+    """What the decoy-state method says about single-photon pulses.
+
+    Attributes:
+        single_photon_yield_lower: lower bound on Y1, the click probability of a
+            single-photon pulse (exact value for infinite decoys).
+        single_photon_error_upper: upper bound on e1, the error rate of single-photon
+            clicks, within [0, 1/2].
+        single_photon_gain_lower: lower bound on Q1 = Y1 mu exp(-mu), the fraction of
+            signal pulses that are single photons and click.
+    """
+
+    single_photon_yield_lower: float
+    single_photon_error_upper: float
+    single_photon_gain_lower: float
+
+
+def decoy_bounds_infinite(params: LinkParameters) -> DecoyEstimate:
+    """Infinitely many decoys (GLLP / Lo-Ma-Chen): Y1, e1 and Q1 are known exactly.
+
+    Y1 = Y0 + eta - Y0 eta, e1 = (e0 Y0 + e_d eta) / Y1, Q1 = Y1 mu exp(-mu) with
+    mu = ``params.source.signal_intensity``.
+    """
+    eta = params.transmittance
+    y0 = params.background_yield
+    mu = params.source.signal_intensity
+    y1 = y0 + eta - y0 * eta
+    e1 = (BACKGROUND_ERROR_RATE * y0 + params.protocol.misalignment_error * eta) / y1
+    return DecoyEstimate(single_photon_yield_lower=y1,
+                         single_photon_error_upper=min(e1, 0.5),
+                         single_photon_gain_lower=y1 * mu * math.exp(-mu))
+
+
+def _check_observation(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ParameterError(name, value, "must be a number in [0, 1]")
+    value = float(value)
+    if not math.isfinite(value) or value < 0.0 or value > 1.0:
+        raise ParameterError(name, value, "must be a probability in [0, 1]")
+    return value
+
+
+def decoy_bounds_vacuum_weak(signal_gain: float, decoy_gain: float, signal_qber: float,
+                             decoy_qber: float, background_yield: float,
+                             signal_intensity: float, decoy_intensity: float) -> DecoyEstimate:
+    """Vacuum + one weak decoy: Ma, Qi, Zhao, Lo, PRA 72, 012326 (2005).
+
+    With signal intensity mu, decoy intensity nu < mu and a true vacuum whose gain is
+    Y0 (``background_yield``)::
+
+        Y1 >= Y1^L = mu / (mu nu - nu^2)
+                     * ( Q_nu e^nu - Q_mu e^mu nu^2/mu^2 - (mu^2 - nu^2)/mu^2 Y0 )   (Eq. 34)
+        e1 <= e1^U = ( E_nu Q_nu e^nu - e0 Y0 ) / ( Y1^L nu )                       (Eq. 37)
+        Q1 >= Q1^L = Y1^L mu e^-mu
+
+    The inputs may be observed frequencies (the simulator calls this on them), so the
+    results are clamped to the physical ranges rather than trusted: Y1^L into [0, 1],
+    e1^U into [0, 1/2]. A yield bound that collapses to 0 or below (as under a
+    photon-number-splitting attack, or with too few decoy clicks) gives Y1^L = 0,
+    e1^U = 1/2 and Q1^L = 0: no single-photon pulse can be vouched for, so no key.
+    Never NaN.
+
+    Raises:
+        ParameterError: a gain, QBER or background yield outside [0, 1], a decoy
+            intensity not in (0, signal_intensity).
+    """
+    q_mu = _check_observation("signal_gain", signal_gain)
+    q_nu = _check_observation("decoy_gain", decoy_gain)
+    e_mu = _check_observation("signal_qber", signal_qber)
+    e_nu = _check_observation("decoy_qber", decoy_qber)
+    y0 = _check_observation("background_yield", background_yield)
+    mu = float(signal_intensity)
+    nu = float(decoy_intensity)
+    if not math.isfinite(mu) or mu <= 0.0:
+        raise ParameterError("signal_intensity", signal_intensity, "must be above 0")
+    if not math.isfinite(nu) or nu <= 0.0 or nu >= mu:
+        raise ParameterError("decoy_intensity", decoy_intensity,
+                             f"must be in (0, signal_intensity = {mu!r})")
+    del e_mu  # the bound uses the decoy's errors only; the signal QBER enters the EC term
+    y1 = mu / (mu * nu - nu * nu) * (
+        q_nu * math.exp(nu) - q_mu * math.exp(mu) * nu * nu / (mu * mu)
+        - (mu * mu - nu * nu) / (mu * mu) * y0)
+    if not y1 > 0.0:
+        return DecoyEstimate(0.0, 0.5, 0.0)
+    y1 = min(y1, 1.0)
+    e1 = (e_nu * q_nu * math.exp(nu) - BACKGROUND_ERROR_RATE * y0) / (y1 * nu)
+    e1 = min(max(e1, 0.0), 0.5)
+    return DecoyEstimate(single_photon_yield_lower=y1, single_photon_error_upper=e1,
+                         single_photon_gain_lower=y1 * mu * math.exp(-mu))
+
+
+def _validate_decoy(decoy: str) -> None:
+    if decoy not in DECOY_MODES:
+        raise ParameterError("decoy", decoy, "must be one of " + ", ".join(DECOY_MODES))
+
+
+def raw_key_rate(params: LinkParameters, decoy: str = "infinite") -> float:
+    """The GLLP expression before clamping: negative below threshold.
+
+    Used by the optimiser, which needs to see how far below zero a setting is;
+    everything user-facing calls :func:`secret_key_rate`.
+    """
+    _validate_decoy(decoy)
+    src = params.source
+    mu = src.signal_intensity
+    eta = params.transmittance
+    y0 = params.background_yield
+    e_d = params.protocol.misalignment_error
+    q_mu = float(_gain(eta, y0, mu))
+    e_mu = float(_error_rate(eta, y0, e_d, mu))
+    if decoy == "infinite":
+        estimate = decoy_bounds_infinite(params)
+    else:
+        nu = src.decoy_intensity
+        estimate = decoy_bounds_vacuum_weak(
+            signal_gain=q_mu, decoy_gain=float(_gain(eta, y0, nu)), signal_qber=e_mu,
+            decoy_qber=float(_error_rate(eta, y0, e_d, nu)), background_yield=y0,
+            signal_intensity=mu, decoy_intensity=nu)
+    q = sifting_factor(src.z_basis_probability)
+    f = params.protocol.reconciliation_efficiency
+    return q * (-q_mu * f * binary_entropy(e_mu)
+                + estimate.single_photon_gain_lower
+                * (1.0 - binary_entropy(estimate.single_photon_error_upper)))
+
+
+def secret_key_rate(params: LinkParameters, decoy: str = "infinite") -> float:
+    """Asymptotic secret key rate in bits per pulse, never negative.
+
+    Args:
+        params: the link; ``source.signal_intensity`` is mu and, for
+            ``decoy="vacuum-weak"``, ``source.decoy_intensity`` is nu.
+        decoy: ``"infinite"`` (GLLP with Y1, e1 known exactly) or ``"vacuum-weak"``
+            (Ma et al. 2005 bounds from the vacuum and one weak decoy; the vacuum
+            class is taken as a true vacuum whose gain is Y0; a nonzero
+            ``vacuum_intensity`` is handled by the finite-key analysis).
+    """
+    return max(0.0, raw_key_rate(params, decoy))
+
+
+def infinite_decoy_rate_array(params: LinkParameters, signal_intensity: ArrayLike
+                              ) -> NDArray[np.float64]:
+    """Unclamped infinite-decoy rate for many signal intensities at once (optimiser grid)."""
+    mu = np.asarray(signal_intensity, dtype=np.float64)
+    eta = params.transmittance
+    y0 = params.background_yield
+    e_d = params.protocol.misalignment_error
+    q_mu = _gain(eta, y0, mu)
+    e_mu = _error_rate(eta, y0, e_d, mu)
+    y1 = y0 + eta - y0 * eta
+    e1 = (BACKGROUND_ERROR_RATE * y0 + e_d * eta) / y1
+    q = sifting_factor(params.source.z_basis_probability)
+    f = params.protocol.reconciliation_efficiency
+    return q * (-q_mu * f * _h2_clamped(e_mu)
+                + y1 * mu * np.exp(-mu) * (1.0 - binary_entropy(min(e1, 0.5))))
+
+
+def plob_bound(transmittance: float) -> float:
+    """PLOB bound -log2(1 - eta) secret bits per channel use (Pirandola, Laurenza,
+    Ottaviani, Banchi, Nat. Commun. 8, 15043 (2017)) of a pure-loss channel.
+
+    ``transmittance`` is the channel's eta in [0, 1]; eta = 1 gives infinity.
+    """
+    eta = float(transmittance)
+    if not math.isfinite(eta) or eta < 0.0 or eta > 1.0:
+        raise ParameterError("transmittance", transmittance, "must be in [0, 1]")
+    if eta == 1.0:
+        return math.inf
+    return -math.log1p(-eta) / math.log(2.0)
+
+
+def fibre_plob_bits_per_pulse(params: LinkParameters) -> float:
+    """PLOB bound of the fibre (eta_ch, insertion loss included; Bob's detectors are
+    not part of the channel) in bits per channel use."""
+    return plob_bound(params.fibre.transmittance)
+
+
+def one_way_key_fraction(qber: float, reconciliation_efficiency: float = 1.0) -> float:
+    """1 - H2(e) - f H2(e): BB84 key fraction per sifted bit of a single-photon source
+    with one-way post-processing (Shor-Preskill 2000); negative above threshold."""
+    h = binary_entropy(min(max(float(qber), 0.0), 1.0))
+    return 1.0 - h - reconciliation_efficiency * h
+
+
+def qber_threshold(reconciliation_efficiency: float = 1.0) -> float:
+    """QBER at which :func:`one_way_key_fraction` reaches 0.
+
+    With f = 1 this is the Shor-Preskill threshold 1 - 2 H2(e) = 0, e = 11.00 %.
+    """
+    f = float(reconciliation_efficiency)
+    if not math.isfinite(f) or f < 1.0:
+        raise ParameterError("reconciliation_efficiency", reconciliation_efficiency,
+                             "must be a number >= 1")
+    return float(brentq(one_way_key_fraction, 1e-12, 0.5, args=(f,), xtol=1e-14))

@@ -1,0 +1,133 @@
+"""``corridor link rate`` and ``corridor link plot``: JSON shapes and clean errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from corridor.cli import app
+from corridor.cli.link import link_parameters_from_options, parse_override
+from corridor.errors import ParameterError
+from corridor.link.rates import plob_bound
+
+runner = CliRunner()
+
+ROW_KEYS = {"distance_km", "mu", "nu", "vacuum_mu", "optimised", "decoy", "model",
+            "block_pulses", "secret_key_rate_bits_per_pulse", "secret_key_rate_bits_per_s",
+            "gain", "qber", "plob_bits_per_pulse", "plob_bits_per_s", "transmittance",
+            "z_basis_probability", "class_probabilities"}
+
+
+def _json(args: list[str]) -> object:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_the_documented_invocation_gives_one_object_per_distance() -> None:
+    rows = _json(["link", "rate", "--preset", "gys-2004", "--decoy", "infinite",
+                  "--distance-km", "0", "50", "100", "--format", "json"])
+    assert isinstance(rows, list)
+    assert [row["distance_km"] for row in rows] == [0.0, 50.0, 100.0]
+    for row in rows:
+        assert set(row) >= ROW_KEYS
+        assert row["optimised"] is True
+        assert row["decoy"] == "infinite"
+        assert 0.0 < row["gain"] <= 1.0
+        assert 0.0 <= row["qber"] <= 0.5
+        assert row["secret_key_rate_bits_per_s"] == pytest.approx(
+            row["secret_key_rate_bits_per_pulse"] * 2e6)
+    rates = [row["secret_key_rate_bits_per_pulse"] for row in rows]
+    assert rates[0] > rates[1] > rates[2] > 0.0
+    # 0 km is a lossless fibre: its PLOB bound is infinite and JSON says null.
+    assert rows[0]["plob_bits_per_pulse"] is None
+    assert rows[1]["plob_bits_per_pulse"] == pytest.approx(plob_bound(10 ** (-0.21 * 5)))
+
+
+def test_repeated_distance_option_and_settings_as_given() -> None:
+    rows = _json(["link", "rate", "--preset", "gys-2004", "--distance-km", "20",
+                  "--distance-km", "40", "--no-optimise", "--decoy", "vacuum-weak",
+                  "--format", "json"])
+    assert [row["distance_km"] for row in rows] == [20.0, 40.0]
+    assert all(row["mu"] == 0.48 and row["nu"] == 0.1 and not row["optimised"] for row in rows)
+
+
+def test_finite_key_rows_name_their_block() -> None:
+    rows = _json(["link", "rate", "--preset", "modern-snspd", "--block-pulses", "10000000000",
+                  "--distance-km", "50", "--format", "json"])
+    (row,) = rows  # type: ignore[misc]
+    assert row["model"] == "finite-key"
+    assert row["block_pulses"] == 10**10
+    assert row["secret_key_rate_bits_per_pulse"] > 0.0
+
+
+def test_max_distance_json() -> None:
+    data = _json(["link", "rate", "--preset", "gys-2004", "--max-distance", "--format", "json"])
+    assert set(data) == {"max_distance_km"}  # type: ignore[arg-type]
+    assert 140.0 <= data["max_distance_km"] <= 144.0  # type: ignore[index]
+
+
+def test_table_output_by_default() -> None:
+    result = runner.invoke(app, ["link", "rate", "--preset", "gys-2004", "--distance-km", "50"])
+    assert result.exit_code == 0, result.output
+    assert "gys-2004" in result.stdout and "QBER" in result.stdout
+
+
+def test_overrides_from_set_and_toml(tmp_path: Path) -> None:
+    config = tmp_path / "link.toml"
+    config.write_text("[fibre]\nattenuation_db_per_km = 0.16\n", encoding="utf-8")
+    params = link_parameters_from_options("gys-2004", config, ["efficiency=0.1"])
+    assert params.fibre.attenuation_db_per_km == 0.16
+    assert params.detector.efficiency == 0.1
+    assert params.protocol.misalignment_error == 0.033
+    assert parse_override(" length_km = 5 ") == ("length_km", "5")
+    with pytest.raises(ParameterError, match="field=value"):
+        parse_override("length_km")
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--set", "attenuation_db_per_km"], "--set = 'attenuation_db_per_km': must have the form"),
+    (["--set", "attenuation=0.2"], "parameter name = 'attenuation'"),
+    (["--set", "attenuation_db_per_km=3"], "looks like dB/m"),
+    (["--set", "length_km=abc"], "length_km = 'abc': must be a number"),
+    (["--set", "decoy_intensity=0.9"], "must be below signal_intensity"),
+    (["--distance-km", "-5"], "a negative length has no meaning"),
+    (["--preset", "nope"], "preset = 'nope': must be one of gys-2004, modern-snspd"),
+    (["--block-pulses", "1000", "--decoy", "infinite"], "--decoy = 'infinite'"),
+    (["--block-pulses", "0"], "--block-pulses = 0"),
+    (["--config", "/nonexistent/link.toml"], "must be an existing TOML file"),
+])
+def test_bad_input_gets_one_clean_line(args: list[str], expected: str) -> None:
+    result = runner.invoke(app, ["link", "rate", "--format", "json", *args])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert expected in " ".join(result.stderr.split())
+    assert result.stdout == ""
+
+
+def test_unparseable_distance_is_a_usage_error_not_a_traceback() -> None:
+    result = runner.invoke(app, ["link", "rate", "--distance-km", "far"])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert "--distance-km" in result.output
+
+
+def test_plot_writes_png_and_svg(tmp_path: Path) -> None:
+    for name in ("rates.png", "rates.svg"):
+        out = tmp_path / name
+        result = runner.invoke(app, ["link", "plot", "--preset", "gys-2004", "--out", str(out),
+                                     "--max-distance-km", "150", "--points", "6",
+                                     "--block-pulses", "10000000000"])
+        assert result.exit_code == 0, result.output
+        assert out.stat().st_size > 1000
+    assert (tmp_path / "rates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in (tmp_path / "rates.svg").read_bytes()[:500]
+
+
+def test_plot_refuses_an_unknown_suffix(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["link", "plot", "--out", str(tmp_path / "rates.pdf")])
+    assert result.exit_code == 2
+    assert "must end in .png or .svg" in " ".join(result.stderr.split())
