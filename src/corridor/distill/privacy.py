@@ -1,0 +1,371 @@
+"""Privacy amplification: Toeplitz hashing over GF(2).
+
+This module owns the 2-universal hash that turns a corrected, verified key of ``n``
+bits into ``l`` bits about which an eavesdropper knows essentially nothing (leftover
+hash lemma; PHYSICS.md, "Post-processing facts"). It never uses a cryptographic hash:
+SHA or SHAKE is not a 2-universal family and carries no leftover-hash-lemma guarantee.
+
+Which matrix a seed defines
+---------------------------
+A seed of ``n + l - 1`` bits defines the ``l x n`` Toeplitz matrix
+
+    T[i, j] = seed[n - 1 + i - j]        (0 <= i < l, 0 <= j < n)
+
+so the seed lists the matrix's diagonals from the top-right corner (``seed[0] =
+T[0, n-1]``) to the bottom-left corner (``seed[n+l-2] = T[l-1, 0]``). Equivalently the
+first column is ``seed[n-1 : n-1+l]`` and the first row is ``seed[n-1], seed[n-2], ...,
+seed[0]``. The hash is ``y = T x`` over GF(2). Because ``T[i, j]`` depends on ``i - j``
+only, ``y[i]`` is coefficient ``n - 1 + i`` of the polynomial product ``x(z) s(z)`` over
+GF(2)[z] (``x(z) = sum x[j] z^j``, ``s(z) = sum seed[k] z^k``): a "middle product".
+
+How it is computed (all methods exact, all give identical bits)
+--------------------------------------------------------------
+- ``"clmul"``: bits packed 64 to a word; only the ``l`` wanted coefficients of
+  ``x(z) s(z)`` are computed, as square word-aligned middle products by transposed
+  Karatsuba over GF(2)[z] (three half-size middle products per level, Hanrot,
+  Quercia and Zimmermann 2004) down to a schoolbook base case on the CPU's carry-less
+  multiply instruction (x86 PCLMULQDQ, reached from numba through an LLVM intrinsic).
+  Integer XOR and carry-less products only: exact by construction. Used when the CPU
+  has the instruction (every x86-64 CPU since 2010); cost grows as ``n^1.58``.
+- ``"fft"``: the integer convolution of the 0/1 sequences by real float64 FFTs
+  (``scipy.fft``, ``next_fast_len``), cyclic of length ``L >= n + l - 1`` (the wrapped
+  terms never reach the ``l`` coefficients we keep), rounded and reduced mod 2. The
+  coefficients are integers at most ``min(n, l)``; Percival's bound for a float64
+  FFT product (Math. Comp. 72, 2003) gives an absolute error below
+  ``||x||_2 ||s||_2 * 13 * u * log2(L)`` (``u = 2^-53``), under ``5e-7`` at
+  ``n = 1e7`` -- six orders of magnitude under the ``1/2`` that rounding tolerates.
+  Since that bound is proved for radix-2 transforms and pocketfft is mixed-radix, the
+  result is also checked at run time: every coefficient must lie within
+  ``FFT_ROUNDING_GUARD`` of an integer, otherwise the hash refuses to answer.
+- ``toeplitz_hash_reference``: the explicit matrix, for tests on small ``n``.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from typing import Any, Literal
+
+import numba
+import numpy as np
+import scipy.fft
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from corridor.errors import ParameterError, ProtocolAbort
+
+Method = Literal["auto", "clmul", "fft"]
+METHODS: tuple[str, ...] = ("auto", "clmul", "fft")
+
+#: Largest distance to the nearest integer that the FFT method accepts (see module doc).
+FFT_ROUNDING_GUARD = 0.125
+
+#: Below this many 64-bit words Karatsuba hands over to the schoolbook product.
+_KARATSUBA_BASE_WORDS = 16
+
+#: The explicit-matrix reference refuses inputs larger than this (it is O(n l) memory).
+REFERENCE_MAX_INPUT_BITS = 4096
+
+
+def seed_length_bits(input_bits: int, output_bits: int) -> int:
+    """Seed bits needed to hash ``input_bits`` bits down to ``output_bits`` bits."""
+    _check_lengths(input_bits, output_bits)
+    return input_bits + output_bits - 1
+
+
+def _check_lengths(input_bits: int, output_bits: int) -> None:
+    if not isinstance(input_bits, (int, np.integer)) or input_bits < 1:
+        raise ParameterError("bits", input_bits, "the input must hold at least 1 bit")
+    if not isinstance(output_bits, (int, np.integer)) or isinstance(output_bits, bool):
+        raise ParameterError("output_bits", output_bits, "must be an integer")
+    if not 1 <= output_bits <= input_bits:
+        raise ParameterError("output_bits", int(output_bits),
+                             f"must be between 1 and the input length ({input_bits} bits)")
+
+
+def _check_bit_array(name: str, array: Any) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise ParameterError(name, type(array).__name__, "must be a numpy array of 0/1 bits")
+    if array.ndim != 1:
+        raise ParameterError(f"{name}.shape", array.shape, "must be one-dimensional")
+    if array.dtype == np.bool_:
+        return array.view(np.uint8)
+    if array.dtype != np.uint8:
+        raise ParameterError(f"{name}.dtype", str(array.dtype), "must be uint8 (or bool)")
+    if array.size and int(array.max()) > 1:
+        # Only the offending value's size is named: the array may be key material.
+        raise ParameterError(name, "array with values above 1", "every element must be 0 or 1")
+    return array
+
+
+def _validate(bits: Any, seed_bits: Any, output_bits: Any) -> tuple[np.ndarray, np.ndarray]:
+    x = _check_bit_array("bits", bits)
+    s = _check_bit_array("seed_bits", seed_bits)
+    _check_lengths(int(x.shape[0]), output_bits)
+    needed = x.shape[0] + int(output_bits) - 1
+    if s.shape[0] != needed:
+        raise ParameterError("seed_bits", f"{s.shape[0]} bits",
+                             f"must hold n + l - 1 = {needed} bits for n = {x.shape[0]}, "
+                             f"l = {int(output_bits)}")
+    return x, s
+
+
+def toeplitz_hash_reference(bits: np.ndarray, seed_bits: np.ndarray,
+                            output_bits: int) -> np.ndarray:
+    """The Toeplitz hash by the explicit matrix ``T[i, j] = seed[n - 1 + i - j]``.
+
+    Slow and obviously correct; for cross-checking the fast methods on small inputs
+    (at most ``REFERENCE_MAX_INPUT_BITS`` input bits).
+    """
+    x, s = _validate(bits, seed_bits, output_bits)
+    n = x.shape[0]
+    if n > REFERENCE_MAX_INPUT_BITS:
+        raise ParameterError("bits", f"{n} bits",
+                             f"the reference takes at most {REFERENCE_MAX_INPUT_BITS} bits",
+                             "use toeplitz_hash for real inputs")
+    rows = np.arange(int(output_bits))[:, None]
+    cols = np.arange(n)[None, :]
+    matrix = s[n - 1 + rows - cols].astype(np.int64)
+    return ((matrix @ x.astype(np.int64)) % 2).astype(np.uint8)
+
+
+def toeplitz_hash(bits: np.ndarray, seed_bits: np.ndarray, output_bits: int,
+                  method: Method = "auto") -> np.ndarray:
+    """Hash ``bits`` (n bits) to ``output_bits`` (l) bits with the Toeplitz matrix of the seed.
+
+    Args:
+        bits: the key, a 1-D uint8 (or bool) array of 0/1.
+        seed_bits: n + l - 1 public random bits (uint8 or bool 0/1), agreed over the
+            authenticated channel; the matrix they define is in the module docstring.
+        output_bits: l, with 1 <= l <= n.
+        method: "auto" (carry-less multiply when the CPU has it, else FFT), "clmul" or
+            "fft". All give identical bits.
+
+    Returns:
+        The l hashed bits as a uint8 array of 0/1.
+    """
+    x, s = _validate(bits, seed_bits, output_bits)
+    if method not in METHODS:
+        raise ParameterError("method", method, f"must be one of {', '.join(METHODS)}")
+    if method == "auto":
+        method = "clmul" if clmul_available() else "fft"
+    if method == "clmul":
+        if not clmul_available():
+            raise ParameterError("method", "clmul", "needs a CPU with a carry-less multiply "
+                                 "instruction (x86 PCLMULQDQ)", "use method='fft'")
+        return _hash_clmul(x, s, int(output_bits))
+    return _hash_fft(x, s, int(output_bits))
+
+
+# ---------------------------------------------------------------------------------------
+# FFT method
+# ---------------------------------------------------------------------------------------
+
+def _hash_fft(x: np.ndarray, s: np.ndarray, output_bits: int) -> np.ndarray:
+    n = x.shape[0]
+    length = scipy.fft.next_fast_len(n + output_bits - 1, real=True)
+    spectrum = scipy.fft.rfft(x.astype(np.float64), length, workers=1)
+    spectrum *= scipy.fft.rfft(s.astype(np.float64), length, workers=1)
+    product = scipy.fft.irfft(spectrum, length, workers=1)[n - 1:n - 1 + output_bits]
+    rounded = np.rint(product)
+    worst = float(np.max(np.abs(product - rounded)))
+    if not worst <= FFT_ROUNDING_GUARD:
+        raise ProtocolAbort("privacy_amplification_rounding",
+                            f"FFT coefficient {worst:.3g} away from an integer exceeds the "
+                            f"guard {FFT_ROUNDING_GUARD}; use method='clmul'")
+    return (rounded.astype(np.int64) & 1).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------
+# Carry-less multiply method
+# ---------------------------------------------------------------------------------------
+
+def _pack_words(bits: np.ndarray, words: int) -> np.ndarray:
+    """Bit j of the input becomes bit j % 64 of word j // 64 (little-endian order)."""
+    packed = np.zeros(words * 8, dtype=np.uint8)
+    raw = np.packbits(bits, bitorder="little")
+    packed[:raw.shape[0]] = raw
+    return packed.view("<u8").astype(np.uint64, copy=False)
+
+
+def _block_words(output_bits: int) -> int:
+    """Square block size in words: >= l/64 and of the form b * 2^k with b <= the base."""
+    words = (output_bits + 63) // 64
+    halvings = 0
+    while -(-words // (1 << halvings)) > _KARATSUBA_BASE_WORDS:
+        halvings += 1
+    return -(-words // (1 << halvings)) << halvings
+
+
+def _hash_clmul(x: np.ndarray, s: np.ndarray, output_bits: int) -> np.ndarray:
+    # Word-level layout (derivation in docs/privacy-and-authentication.md): with block
+    # size m words (64 m >= l) and C = ceil(n / 64 m) blocks of x,
+    #   y = XOR_c MP(x_c, v_c),  MP(u, v) = words m .. 2m-1 of u(z) v(z),
+    # where v_c is the 2m-word window starting at word m (C - 1 - c) of the seed placed
+    # at bit offset 64 m C - n + 1 of a zero array. Output bits beyond l and seed
+    # positions outside the array only ever meet zero padding or discarded outputs.
+    n = x.shape[0]
+    m = _block_words(output_bits)
+    blocks = -(-n // (64 * m))
+    offset = 64 * m * blocks - n + 1
+    seed_field = np.zeros(64 * m * (blocks + 1), dtype=np.uint8)
+    seed_field[offset:offset + s.shape[0]] = s
+    x_words = _pack_words(x, m * blocks)
+    seed_words = _pack_words(seed_field, m * (blocks + 1))
+    out = np.zeros(m, dtype=np.uint64)
+    _toeplitz_words(x_words, seed_words, m, blocks, _KARATSUBA_BASE_WORDS, out)
+    return np.unpackbits(out.astype("<u8", copy=False).view(np.uint8),
+                         bitorder="little")[:output_bits]
+
+
+def _host_has_pclmul() -> bool:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    # Numba compiles for the host CPU unless told otherwise; with an override we cannot
+    # be sure the instruction is enabled, and LLVM would abort the process if it is not.
+    cpu_name = getattr(numba.config, "CPU_NAME", None)
+    if cpu_name not in (None, "host") or getattr(numba.config, "CPU_FEATURES", None) is not None:
+        return False
+    import llvmlite.binding as llvm
+
+    return "+pclmul" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+@functools.cache
+def clmul_available() -> bool:
+    """True when the carry-less-multiply method can run here (and passed its self-test)."""
+    if not _host_has_pclmul():
+        return False
+    try:
+        lo, hi = _clmul(np.uint64(0xFFFFFFFFFFFFFFFF), np.uint64(0xFFFFFFFFFFFFFFFF))
+    except Exception:  # pragma: no cover - depends on the numba/LLVM build
+        return False
+    # (1 + z + ... + z^63)^2 = 1 + z^2 + ... + z^126 over GF(2): 0x5555... in both words.
+    return int(lo) == 0x5555555555555555 and int(hi) == 0x5555555555555555
+
+
+# The kernels are compiled lazily on first call (and cached on disk), so defining them
+# here costs nothing on CPUs without the instruction: clmul_available() guards calls.
+
+def _pclmul_xor_codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+    """XOR of carry-less 64 x 64 -> 128-bit products of (args[0], args[1]), (args[2], ...).
+
+    The products are XORed while still in one 128-bit register, so each costs one
+    instruction and one XOR; only the sum moves back to two 64-bit words (low, high).
+    """
+    i64 = ir.IntType(64)
+    i32 = ir.IntType(32)
+    vec = ir.VectorType(i64, 2)
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vec, [vec, vec, ir.IntType(8)]), "llvm.x86.pclmulqdq")
+    zero = ir.Constant(vec, None)
+    total = None
+    for k in range(0, len(args), 2):
+        va = builder.insert_element(zero, args[k], ir.Constant(i32, 0))
+        vb = builder.insert_element(zero, args[k + 1], ir.Constant(i32, 0))
+        product = builder.call(fn, [va, vb, ir.Constant(ir.IntType(8), 0)])
+        total = product if total is None else builder.xor(total, product)
+    lo = builder.extract_element(total, ir.Constant(i32, 0))
+    hi = builder.extract_element(total, ir.Constant(i32, 1))
+    return context.make_tuple(builder, sig.return_type, [lo, hi])
+
+
+def _pclmul_typing(typingctx: Any, a: Any, b: Any) -> Any:
+    return types.UniTuple(types.uint64, 2)(types.uint64, types.uint64), _pclmul_xor_codegen
+
+
+def _pclmul_xor4_typing(typingctx: Any, a0: Any, b0: Any, a1: Any, b1: Any, a2: Any, b2: Any,
+                        a3: Any, b3: Any) -> Any:
+    signature = types.UniTuple(types.uint64, 2)(*([types.uint64] * 8))
+    return signature, _pclmul_xor_codegen
+
+
+_pclmul: Any = intrinsic(_pclmul_typing)
+_pclmul_xor4: Any = intrinsic(_pclmul_xor4_typing)
+
+
+@numba.njit(nogil=True, cache=True)
+def _clmul(a: np.uint64, b: np.uint64) -> tuple[np.uint64, np.uint64]:
+    return _pclmul(a, b)
+
+
+@numba.njit(nogil=True, cache=True)
+def _middle_schoolbook(u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
+    # out[k] = word m + k of u * v (len(u) = m, len(v) = 2m), one column at a time: the
+    # products feeding a column are independent, so the CPU overlaps them, four at a
+    # time in one register. Unsigned indices spare numba's negative-index wraparound
+    # test in this, the hot loop.
+    m = np.uint64(u.shape[0])
+    one = np.uint64(1)
+    two = np.uint64(2)
+    three = np.uint64(3)
+    four = np.uint64(4)
+    high = np.uint64(0)
+    column = m - one
+    while column < two * m:
+        lo_sum = np.uint64(0)
+        hi_sum = np.uint64(0)
+        i = np.uint64(0)
+        while i + three < m:
+            lo, hi = _pclmul_xor4(u[i], v[column - i], u[i + one], v[column - i - one],
+                                  u[i + two], v[column - i - two],
+                                  u[i + three], v[column - i - three])
+            lo_sum ^= lo
+            hi_sum ^= hi
+            i += four
+        while i < m:
+            lo, hi = _pclmul(u[i], v[column - i])
+            lo_sum ^= lo
+            hi_sum ^= hi
+            i += one
+        if column >= m:
+            out[column - m] = lo_sum ^ high
+        high = hi_sum
+        column += one
+
+
+@numba.njit(nogil=True, cache=True)
+def _middle(u: np.ndarray, v: np.ndarray, out: np.ndarray, scratch: np.ndarray,
+            base: int) -> None:
+    # Transposed Karatsuba (Hanrot, Quercia, Zimmermann 2004) in characteristic 2: with
+    # u = u0 + Z u1 and V_j = v[j h : j h + 2h] (Z = z^(64 h), h = m / 2),
+    #   low half  = MP(u0 + u1, V1) + MP(u1, V0 + V1)
+    #   high half = MP(u0 + u1, V1) + MP(u0, V2 + V1).
+    # m is b * 2^k with b <= base, so every level above the base halves evenly.
+    m = u.shape[0]
+    if m <= base:
+        _middle_schoolbook(u, v, out)
+        return
+    h = m // 2
+    u_sum = scratch[:h]
+    shared = scratch[h:2 * h]
+    v_sum = scratch[2 * h:4 * h]
+    rest = scratch[4 * h:]
+    for i in range(h):
+        u_sum[i] = u[i] ^ u[h + i]
+    _middle(u_sum, v[h:3 * h], shared, rest, base)
+    for i in range(2 * h):
+        v_sum[i] = v[i] ^ v[h + i]
+    _middle(u[h:], v_sum, out[:h], rest, base)
+    for i in range(2 * h):
+        v_sum[i] = v[2 * h + i] ^ v[h + i]
+    _middle(u[:h], v_sum, out[h:], rest, base)
+    for i in range(h):
+        out[i] ^= shared[i]
+        out[h + i] ^= shared[i]
+
+
+@numba.njit(nogil=True, cache=True)
+def _toeplitz_words(x_words: np.ndarray, seed_words: np.ndarray, m: int, blocks: int,
+                    base: int, out: np.ndarray) -> None:
+    # Scratch: each level of _middle takes 2m words and hands the rest down: < 4m.
+    scratch = np.empty(4 * m + 64, dtype=np.uint64)
+    part = np.empty(m, dtype=np.uint64)
+    out[:] = 0
+    for c in range(blocks):
+        window = seed_words[m * (blocks - 1 - c):m * (blocks + 1 - c)]
+        _middle(x_words[m * c:m * (c + 1)], window, part, scratch, base)
+        for i in range(m):
+            out[i] ^= part[i]
