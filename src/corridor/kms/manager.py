@@ -1,0 +1,508 @@
+"""One KME's key delivery logic: validation, reservation, agreement with the peer KME.
+
+:class:`KeyManager` implements :class:`~corridor.kms.interface.KeyDeliveryService` (what
+the ETSI GS QKD 014 REST layer calls) on a :class:`~corridor.kms.store.KeyStore`. The
+agreement between the two KMEs of a link (ETSI014.md, "Known trouble") is:
+
+1. Both KMEs ingest the same blocks in block order; each block's first half goes to
+   pool ``A->B`` and its second half to ``B->A`` (:func:`corridor.kms.config.split_block`).
+2. Only the master KME of a direction reserves from its pool, from the front, in one
+   transaction (pending master rows; the reserve pointer never moves back).
+3. It announces the reservations through a :class:`~corridor.kms.interface.PeerLink`; the
+   slave KME cuts the same byte ranges by offset into its own rows and commits before
+   answering (:meth:`KeyManager.accept_reservations`, idempotent).
+4. Only then does the master deliver. If the announcement fails in any way the pending
+   rows are discarded: the bytes are burned, never reused under another key ID and
+   never delivered (fail closed); the master SAE gets a 503.
+
+A restart discards pending master rows (:meth:`KeyManager.resolve_pending`): their key
+IDs never reached the master SAE, so no delivery can be owed on them. docs/kms-store.md
+gives the full argument.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from corridor.errors import CorridorError, ParameterError
+from corridor.kms.config import DIRECTIONS, KmeConfig, LinkSpec, SaeDirectory, split_block
+from corridor.kms.crypto import AtRestDecryptionError
+from corridor.kms.interface import (
+    MSG_EXTENSION_NOT_SUPPORTED,
+    MSG_EXTENSION_OPTIONS_UNMET,
+    MSG_KEYS_NOT_FOUND,
+    MSG_SIZE_MULTIPLE_OF_8,
+    DeliveredKey,
+    EventSink,
+    KeyRequestError,
+    KeysUnavailableError,
+    KmeStatus,
+    NullEventSink,
+    PeerLink,
+    Reservation,
+    UnauthorizedError,
+)
+from corridor.kms.store import (
+    InvalidReservationError,
+    KeyStore,
+    PoolExhaustedError,
+    PoolState,
+    ReservationRefusedError,
+    is_uuid,
+)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class KeyManager:
+    """One KME: serves its master SAEs from its pools and its slave SAEs by key ID.
+
+    Args:
+        config: this KME's limits; ``config.kme_id`` is its identity.
+        directory: every SAE with its KME, and the links.
+        store: this KME's own store (never shared with another KME).
+        peers: ``{kme_id: PeerLink}`` for the KMEs it shares links with; may be added
+            later with :meth:`set_peer`.
+        events: where public events go (audit, metrics).
+
+    Thread-safe: the store serialises what must be serialised, and the manager keeps no
+    other mutable state than the peer table.
+    """
+
+    def __init__(self, config: KmeConfig, directory: SaeDirectory, store: KeyStore,
+                 peers: Mapping[str, PeerLink] | None = None,
+                 events: EventSink | None = None) -> None:
+        if store.kme_id != config.kme_id:
+            raise ParameterError("store.kme_id", store.kme_id,
+                                 f"must be this KME's ID {config.kme_id!r}")
+        self.kme_id = config.kme_id
+        self.config = config
+        self.directory = directory
+        self.store = store
+        self.events: EventSink = events if events is not None else NullEventSink()
+        self._peers: dict[str, PeerLink] = dict(peers or {})
+        self._peers_lock = threading.Lock()
+
+    def set_peer(self, kme_id: str, peer: PeerLink) -> None:
+        """Use ``peer`` to announce reservations to KME ``kme_id``."""
+        if self.directory.link_between(self.kme_id, kme_id) is None:
+            raise ParameterError("peer kme_id", kme_id,
+                                 f"shares no link with KME {self.kme_id!r}")
+        with self._peers_lock:
+            self._peers[kme_id] = peer
+
+    def _reject(self, endpoint: str, sae_id: str, reason: str, status_code: int) -> None:
+        self.events.emit("request_rejected", kme_id=self.kme_id, endpoint=endpoint,
+                         sae_id=sae_id, reason=reason, status_code=status_code)
+
+    # -- routing ----------------------------------------------------------------------
+
+    def _route(self, endpoint: str, master_sae_id: str, slave_sae_id: str) -> LinkSpec:
+        """Check the caller is a master SAE of this KME and find the link to the slave."""
+        if self.directory.kme_of(master_sae_id) != self.kme_id:
+            self._reject(endpoint, master_sae_id, "caller_not_attached", 401)
+            raise UnauthorizedError("caller is not an SAE of this KME")
+        slave_kme = self.directory.kme_of(slave_sae_id)
+        if slave_kme is None:
+            self._reject(endpoint, master_sae_id, "unknown_slave_sae", 400)
+            raise KeyRequestError(f"slave_SAE_ID {slave_sae_id!r} is not known to this KME",
+                                  [{"slave_SAE_ID": slave_sae_id}])
+        if slave_sae_id == master_sae_id:
+            self._reject(endpoint, master_sae_id, "slave_is_master", 400)
+            raise KeyRequestError("slave_SAE_ID must differ from the calling master SAE",
+                                  [{"slave_SAE_ID": slave_sae_id}])
+        link = self.directory.link_between(self.kme_id, slave_kme) \
+            if slave_kme != self.kme_id else None
+        if link is None:
+            self._reject(endpoint, master_sae_id, "no_link_to_slave", 400)
+            raise KeyRequestError(
+                f"slave_SAE_ID {slave_sae_id!r} is attached to KME {slave_kme!r}, which shares "
+                f"no QKD link with this KME {self.kme_id!r}", [{"slave_SAE_ID": slave_sae_id}])
+        return link
+
+    def _stored_key_count(self, link: LinkSpec, key_size_bits: int) -> int:
+        state = self.store.pool_state(link.link_id, link.direction_from(self.kme_id))
+        return min(state.available_bytes // (key_size_bits // 8), self.config.max_key_count)
+
+    # -- KeyDeliveryService -----------------------------------------------------------
+
+    def status(self, master_sae_id: str, slave_sae_id: str) -> KmeStatus:
+        """ETSI 014 Status of the pool that serves ``master_sae_id`` -> ``slave_sae_id``."""
+        link = self._route("status", master_sae_id, slave_sae_id)
+        cfg = self.config
+        return KmeStatus(
+            source_KME_ID=self.kme_id, target_KME_ID=link.other(self.kme_id),
+            master_SAE_ID=master_sae_id, slave_SAE_ID=slave_sae_id,
+            key_size=cfg.key_size_bits,
+            stored_key_count=self._stored_key_count(link, cfg.key_size_bits),
+            max_key_count=cfg.max_key_count, max_key_per_request=cfg.max_key_per_request,
+            max_key_size=cfg.max_key_size_bits, min_key_size=cfg.min_key_size_bits,
+            max_SAE_ID_count=cfg.max_sae_id_count)
+
+    def _check_request(self, master_sae_id: str, slave_sae_id: str, number: Any, size_bits: Any,
+                       additional: Any, extension_mandatory: Any,
+                       extension_optional: Any) -> tuple[int, int, tuple[str, ...]]:
+        cfg = self.config
+        number = 1 if number is None else number
+        if not _is_int(number) or not 1 <= number <= cfg.max_key_per_request:
+            raise KeyRequestError(
+                f"number = {number!r}: must be an integer from 1 to max_key_per_request = "
+                f"{cfg.max_key_per_request}", [{"number": number}])
+        size_bits = cfg.key_size_bits if size_bits is None else size_bits
+        if not _is_int(size_bits):
+            raise KeyRequestError(f"size = {size_bits!r}: must be an integer number of bits",
+                                  [{"size": size_bits}])
+        if size_bits % 8:
+            raise KeyRequestError(MSG_SIZE_MULTIPLE_OF_8, [{"size": size_bits}])
+        if not cfg.min_key_size_bits <= size_bits <= cfg.max_key_size_bits:
+            raise KeyRequestError(
+                f"size = {size_bits}: must lie in [min_key_size, max_key_size] = "
+                f"[{cfg.min_key_size_bits}, {cfg.max_key_size_bits}] bits", [{"size": size_bits}])
+        slaves = self._check_additional(master_sae_id, slave_sae_id, additional)
+        for name, value in (("extension_mandatory", extension_mandatory),
+                            ("extension_optional", extension_optional)):
+            if value is not None and (not isinstance(value, list)
+                                      or not all(isinstance(item, dict) for item in value)):
+                raise KeyRequestError(f"{name} must be a list of objects", [{name: "invalid"}])
+        # extension_optional may be ignored (ETSI GS QKD 014, 6.2); mandatory ones may not.
+        unsupported: list[str] = []
+        unmet: list[str] = []
+        for item in extension_mandatory or []:
+            for name, option in item.items():
+                if name not in cfg.supported_extensions:
+                    unsupported.append(str(name))
+                elif option not in cfg.supported_extensions[name]:
+                    unmet.append(str(name))
+        if unsupported:
+            raise KeyRequestError(MSG_EXTENSION_NOT_SUPPORTED,
+                                  [{"extension_mandatory_unsupported": unsupported}])
+        if unmet:
+            raise KeyRequestError(MSG_EXTENSION_OPTIONS_UNMET,
+                                  [{"extension_mandatory_unmet": unmet}])
+        return number, size_bits, slaves
+
+    def _check_additional(self, master_sae_id: str, slave_sae_id: str,
+                          additional: Any) -> tuple[str, ...]:
+        if additional is None or additional == []:
+            return (slave_sae_id,)
+        cfg = self.config
+        if not isinstance(additional, list) or not all(isinstance(s, str) for s in additional):
+            raise KeyRequestError("additional_slave_SAE_IDs must be a list of SAE ID strings",
+                                  [{"additional_slave_SAE_IDs": "invalid"}])
+        if cfg.max_sae_id_count == 0:
+            raise KeyRequestError("additional_slave_SAE_IDs: multicast is disabled on this KME "
+                                  "(max_SAE_ID_count = 0)",
+                                  [{"max_SAE_ID_count": 0}])
+        if len(additional) > cfg.max_sae_id_count:
+            raise KeyRequestError(
+                f"additional_slave_SAE_IDs names {len(additional)} SAEs; at most "
+                f"max_SAE_ID_count = {cfg.max_sae_id_count}",
+                [{"max_SAE_ID_count": cfg.max_sae_id_count}])
+        slaves = (slave_sae_id, *additional)
+        if len(set(slaves)) != len(slaves) or master_sae_id in slaves:
+            raise KeyRequestError("additional_slave_SAE_IDs must not repeat an SAE, the slave "
+                                  "SAE or the master SAE",
+                                  [{"additional_slave_SAE_IDs": list(additional)}])
+        slave_kme = self.directory.kme_of(slave_sae_id)
+        elsewhere = [sae for sae in additional if self.directory.kme_of(sae) != slave_kme]
+        if elsewhere:
+            # One reservation is cut from one link's pool, which only the slave's KME holds.
+            raise KeyRequestError(
+                "every additional slave SAE must be attached to the slave SAE's KME "
+                f"{slave_kme!r}", [{"additional_slave_SAE_IDs": elsewhere}])
+        return slaves
+
+    def _peer(self, kme_id: str) -> PeerLink | None:
+        with self._peers_lock:
+            return self._peers.get(kme_id)
+
+    def enc_keys(self, master_sae_id: str, slave_sae_id: str, *, number: int | None = None,
+                 size_bits: int | None = None,
+                 additional_slave_sae_ids: list[str] | None = None,
+                 extension_mandatory: list[dict[str, Any]] | None = None,
+                 extension_optional: list[dict[str, Any]] | None = None) -> list[DeliveredKey]:
+        """Reserve ``number`` keys of ``size_bits``, have the slave's KME accept them, and
+        deliver them to the master SAE (ETSI 014 "Get key")."""
+        link = self._route("enc_keys", master_sae_id, slave_sae_id)
+        try:
+            count, size, slaves = self._check_request(
+                master_sae_id, slave_sae_id, number, size_bits, additional_slave_sae_ids,
+                extension_mandatory, extension_optional)
+        except KeyRequestError:
+            self._reject("enc_keys", master_sae_id, "invalid_request", 400)
+            raise
+        slave_kme = link.other(self.kme_id)
+        peer = self._peer(slave_kme)
+        if peer is None:
+            self._reject("enc_keys", master_sae_id, "no_peer_link", 503)
+            raise KeysUnavailableError(f"no connection to the slave's KME {slave_kme!r}")
+        direction = link.direction_from(self.kme_id)
+        key_ids = [str(uuid.uuid4()) for _ in range(count)]
+        try:
+            reservations = self.store.reserve_front(
+                link.link_id, direction, key_ids=key_ids, length_bytes=size // 8,
+                master_sae_id=master_sae_id, slave_sae_ids=slaves)
+        except PoolExhaustedError as exc:
+            self._reject("enc_keys", master_sae_id, "pool_exhausted", 503)
+            raise KeysUnavailableError(
+                f"not enough key material for {count} keys of {size} bits to "
+                f"{slave_sae_id!r}; try fewer or smaller keys, or later",
+                [{"stored_key_count": self._stored_key_count(link, size)}]) from exc
+        except AtRestDecryptionError as exc:
+            self._reject("enc_keys", master_sae_id, "store_integrity", 503)
+            raise KeysUnavailableError("key store integrity check failed") from exc
+        except KeysUnavailableError:
+            self._reject("enc_keys", master_sae_id, "store_unavailable", 503)
+            raise
+        self.events.emit("keys_reserved", kme_id=self.kme_id, link_id=link.link_id,
+                         direction=direction, master_sae_id=master_sae_id,
+                         slave_sae_ids=list(slaves), key_ids=key_ids, count=count,
+                         size_bits=size, byte_offsets=[r.byte_offset for r in reservations])
+        try:
+            peer.announce(reservations)
+        except Exception as exc:
+            # Fail closed: the slave may or may not hold these ranges; either way they
+            # are never delivered here, and the pointer never moves back over them.
+            self.store.discard_keys(key_ids)
+            self._reject("enc_keys", master_sae_id, "peer_refused", 503)
+            self.events.emit("reservations_discarded", kme_id=self.kme_id,
+                             link_id=link.link_id, direction=direction, key_ids=key_ids,
+                             count=count, reason="peer_refused")
+            raise KeysUnavailableError(
+                f"the slave's KME {slave_kme!r} did not accept the reservation; nothing was "
+                "delivered") from exc
+        try:
+            keys = self.store.take_master_keys(master_sae_id, key_ids)
+        except AtRestDecryptionError as exc:
+            self._reject("enc_keys", master_sae_id, "store_integrity", 503)
+            raise KeysUnavailableError("key store integrity check failed") from exc
+        except KeysUnavailableError:
+            self._reject("enc_keys", master_sae_id, "reservation_withdrawn", 503)
+            raise
+        self.events.emit("keys_delivered", kme_id=self.kme_id, sae_id=master_sae_id,
+                         role="master", master_sae_id=master_sae_id, key_ids=key_ids,
+                         count=count, size_bits=size)
+        return keys
+
+    def dec_keys(self, slave_sae_id: str, master_sae_id: str,
+                 key_ids: list[str]) -> list[DeliveredKey]:
+        """Deliver keys by ID to ``slave_sae_id``, all or none (ETSI 014 "Get key with key
+        IDs"): 401 if it was not named on a key, 400 if a key is unknown or already
+        delivered to it."""
+        if self.directory.kme_of(slave_sae_id) != self.kme_id:
+            self._reject("dec_keys", slave_sae_id, "caller_not_attached", 401)
+            raise UnauthorizedError("caller is not an SAE of this KME")
+        if not isinstance(key_ids, list) or not key_ids:
+            self._reject("dec_keys", slave_sae_id, "invalid_request", 400)
+            raise KeyRequestError("key_IDs must list at least one key ID",
+                                  [{"key_IDs": "empty"}])
+        if len(key_ids) > self.config.max_key_per_request:
+            self._reject("dec_keys", slave_sae_id, "invalid_request", 400)
+            raise KeyRequestError(
+                f"key_IDs lists {len(key_ids)} keys; at most max_key_per_request = "
+                f"{self.config.max_key_per_request}")
+        malformed = [k for k in key_ids if not is_uuid(k)]
+        if malformed:
+            self._reject("dec_keys", slave_sae_id, "keys_not_found", 400)
+            raise KeyRequestError(MSG_KEYS_NOT_FOUND,
+                                  [{"key_IDs_not_found": [str(k)[:64] for k in malformed]}])
+        try:
+            keys = self.store.take_slave_keys(slave_sae_id, master_sae_id, key_ids)
+        except UnauthorizedError:
+            self._reject("dec_keys", slave_sae_id, "not_named_on_key", 401)
+            raise
+        except KeyRequestError:
+            self._reject("dec_keys", slave_sae_id, "keys_not_found", 400)
+            raise
+        except AtRestDecryptionError as exc:
+            self._reject("dec_keys", slave_sae_id, "store_integrity", 503)
+            raise KeysUnavailableError("key store integrity check failed") from exc
+        except KeysUnavailableError:
+            self._reject("dec_keys", slave_sae_id, "store_unavailable", 503)
+            raise
+        by_size: dict[int, list[str]] = {}
+        for key in keys:
+            by_size.setdefault(len(key.key) * 8, []).append(key.key_id)
+        for size, ids in by_size.items():
+            self.events.emit("keys_delivered", kme_id=self.kme_id, sae_id=slave_sae_id,
+                             role="slave", master_sae_id=master_sae_id, key_ids=ids,
+                             count=len(ids), size_bits=size)
+        return keys
+
+    # -- feeding ----------------------------------------------------------------------
+
+    def ingest_block(self, link_id: str, block_id: int, key: bytes,
+                     meta: Mapping[str, Any] | None = None) -> int:
+        """Add a distilled block of ``link_id`` (identical at both KMEs) to the two pools.
+
+        Returns the bytes stored. A half that does not fit its pool's capacity is
+        dropped, but its stream position is used up all the same, so both KMEs keep
+        identical offsets whatever each decided; the master skips the hole, and a
+        reservation over bytes only one side holds is refused (fail closed).
+        """
+        link = self.directory.link(link_id)
+        if link is None or self.kme_id not in (link.kme_a, link.kme_b):
+            known = [spec.link_id for spec in self.directory.links_of(self.kme_id)]
+            raise ParameterError("link_id", link_id,
+                                 f"is not a link of KME {self.kme_id!r}; known: {known}")
+        if not isinstance(key, bytes | bytearray) or not key:
+            raise ParameterError("key", f"({type(key).__name__}, not shown)",
+                                 "must be non-empty bytes")
+        result = self.store.append_block(link_id, block_id, split_block(bytes(key)),
+                                         self.config.pool_capacity_bytes)
+        public_meta = {name: value for name, value in (meta or {}).items()
+                       if isinstance(value, int | float) and name not in ("kme_id", "link_id",
+                                                                           "block_id")}
+        self.events.emit("block_ingested", kme_id=self.kme_id, link_id=link_id,
+                         block_id=block_id, length_bytes=len(key),
+                         accepted_bytes=result.accepted_bytes, **public_meta)
+        for direction in DIRECTIONS:
+            if result.dropped_bytes[direction]:
+                self.events.emit("pool_full", kme_id=self.kme_id, link_id=link_id,
+                                 direction=direction, block_id=block_id,
+                                 dropped_bytes=result.dropped_bytes[direction])
+        return result.accepted_bytes
+
+    def pool_state(self, link_id: str, direction: str) -> PoolState:
+        """Public figures of one pool of this KME."""
+        return self.store.pool_state(link_id, direction)
+
+    def pool_states(self) -> list[PoolState]:
+        """Both pools of every link of this KME (for metrics and status displays);
+        ``stored_key_count`` of a pool is ``available_bytes // config.key_size_bytes``."""
+        return [self.store.pool_state(link.link_id, direction)
+                for link in self.directory.links_of(self.kme_id) for direction in DIRECTIONS]
+
+    # -- the slave side ---------------------------------------------------------------
+
+    def accept_reservations(self, from_kme_id: str, reservations: Sequence[Reservation]) -> None:
+        """Record reservations announced by ``from_kme_id`` (its master SAEs' keys for our
+        slave SAEs), durably and all or none; a repeat is accepted without effect.
+        Raises :class:`~corridor.kms.store.ReservationRefusedError` (a 503) otherwise."""
+        try:
+            reservations = [replace(r, slave_sae_ids=tuple(r.slave_sae_ids))
+                            if isinstance(r, Reservation) and isinstance(r.slave_sae_ids, list)
+                            else r for r in reservations]
+            self._check_reservations(from_kme_id, reservations)
+            recorded = self.store.record_peer_reservations(reservations)
+        except InvalidReservationError:
+            self._reject("accept_reservations", from_kme_id, "invalid_reservation", 400)
+            raise
+        except ReservationRefusedError:
+            self._reject("accept_reservations", from_kme_id, "bytes_not_held", 503)
+            raise
+        except AtRestDecryptionError as exc:
+            self._reject("accept_reservations", from_kme_id, "store_integrity", 503)
+            raise ReservationRefusedError("key store integrity check failed") from exc
+        groups: dict[tuple[str, str, str, tuple[str, ...], int], list[Reservation]] = {}
+        for res in recorded:
+            groups.setdefault((res.link_id, res.direction, res.master_sae_id,
+                               res.slave_sae_ids, res.length_bytes), []).append(res)
+        for (link_id, direction, master, slaves, length), group in groups.items():
+            self.events.emit("reservation_accepted", kme_id=self.kme_id,
+                             from_kme_id=from_kme_id, link_id=link_id, direction=direction,
+                             master_sae_id=master, slave_sae_ids=list(slaves),
+                             key_ids=[r.key_id for r in group], count=len(group),
+                             size_bits=length * 8,
+                             byte_offsets=[r.byte_offset for r in group])
+
+    def _check_reservations(self, from_kme_id: str, reservations: Sequence[Reservation]) -> None:
+        if not reservations:
+            raise InvalidReservationError("an announcement must carry at least one reservation")
+        if len(reservations) > self.config.max_key_per_request:
+            raise InvalidReservationError(
+                f"an announcement carries at most max_key_per_request = "
+                f"{self.config.max_key_per_request} reservations")
+        for res in reservations:
+            if not isinstance(res, Reservation):
+                raise InvalidReservationError("an announcement must carry Reservation objects")
+            link = self.directory.link(res.link_id)
+            if link is None or {link.kme_a, link.kme_b} != {self.kme_id, from_kme_id}:
+                raise InvalidReservationError(
+                    f"link {res.link_id!r} does not join KME {from_kme_id!r} to KME "
+                    f"{self.kme_id!r}")
+            if res.direction not in DIRECTIONS or link.master_kme(res.direction) != from_kme_id:
+                raise InvalidReservationError(
+                    f"KME {from_kme_id!r} may only reserve from its own direction of link "
+                    f"{res.link_id!r}, not {res.direction!r}")
+            if not is_uuid(res.key_id):
+                raise InvalidReservationError("every key ID must be a canonical UUID")
+            if not (_is_int(res.byte_offset) and res.byte_offset >= 0 and _is_int(res.length_bytes)
+                    and 1 <= res.length_bytes <= self.config.max_key_size_bits // 8):
+                raise InvalidReservationError(
+                    f"reservation {res.key_id}: byte range out of bounds")
+            if self.directory.kme_of(res.master_sae_id) != from_kme_id:
+                raise InvalidReservationError(
+                    f"master SAE {res.master_sae_id!r} is not attached to KME {from_kme_id!r}")
+            if (not isinstance(res.slave_sae_ids, tuple) or not res.slave_sae_ids
+                    or len(res.slave_sae_ids) > 1 + self.config.max_sae_id_count
+                    or len(set(res.slave_sae_ids)) != len(res.slave_sae_ids)
+                    or any(self.directory.kme_of(s) != self.kme_id for s in res.slave_sae_ids)):
+                raise InvalidReservationError(
+                    f"reservation {res.key_id}: slave SAEs must be distinct SAEs of KME "
+                    f"{self.kme_id!r}, at most 1 + max_SAE_ID_count")
+
+    # -- recovery ---------------------------------------------------------------------
+
+    def resolve_pending(self, older_than_s: float = 0.0) -> int:
+        """Discard master reservations never delivered (call on startup); returns how many.
+
+        Their key IDs were never returned to a master SAE (a key is returned only after
+        its row is deleted in the delivering transaction), so nobody can ask for them:
+        deleting them loses no delivered key, and since the reserve pointer never moves
+        back, their bytes are never handed out again. With several workers sharing a
+        PostgreSQL store, pass ``older_than_s`` above the longest request so a restarting
+        worker leaves the others' in-flight reservations alone.
+        """
+        pending = self.store.pending_reservations(older_than_s)
+        if not pending:
+            return 0
+        discarded = self.store.discard_keys([res.key_id for res in pending])
+        self.events.emit("reservations_discarded", kme_id=self.kme_id,
+                         key_ids=[res.key_id for res in pending], count=discarded,
+                         reason="pending_at_startup")
+        return discarded
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()
+
+    def __repr__(self) -> str:
+        return f"KeyManager(kme_id={self.kme_id!r}, store={self.store!r})"
+
+
+class LocalPeerLink:
+    """A :class:`~corridor.kms.interface.PeerLink` to a KeyManager in the same process.
+
+    Any refusal by the far side reaches the caller as
+    :class:`~corridor.kms.interface.KeysUnavailableError`, as over HTTPS.
+    """
+
+    def __init__(self, other: KeyManager, from_kme_id: str) -> None:
+        self.other = other
+        self.from_kme_id = from_kme_id
+
+    def announce(self, reservations: list[Reservation]) -> None:
+        """Have the other KME accept ``reservations`` durably, or raise."""
+        try:
+            self.other.accept_reservations(self.from_kme_id, reservations)
+        except KeysUnavailableError:
+            raise
+        except CorridorError as exc:
+            raise KeysUnavailableError(f"peer KME refused: {exc}") from None
+
+    def __repr__(self) -> str:
+        return f"LocalPeerLink({self.from_kme_id!r} -> {self.other.kme_id!r})"
+
+
+def connect_local(first: KeyManager, second: KeyManager) -> None:
+    """Join two in-process KeyManagers with a LocalPeerLink each way."""
+    first.set_peer(second.kme_id, LocalPeerLink(second, first.kme_id))
+    second.set_peer(first.kme_id, LocalPeerLink(first, second.kme_id))
+

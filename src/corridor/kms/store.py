@@ -1,0 +1,709 @@
+"""The key store seam (``KeyStore``) and the SQL logic its two back-ends share.
+
+A KME's store holds, per link and direction, the pool: an append-only byte stream
+addressed by byte offset, identical at both KMEs of the link, kept as encrypted
+segments of at most :data:`SEGMENT_BYTES`; and the per-key rows of reserved keys
+(encrypted), each with the SAEs still owed a delivery. Every operation that moves key
+material is one database transaction:
+
+- :meth:`KeyStore.append_block` places a block's two halves at the end of their
+  streams (stored if the pool has room, otherwise dropped; the stream position
+  advances either way so that both KMEs stay aligned whatever each one decided);
+- :meth:`KeyStore.reserve_front` (master side) cuts ``number`` contiguous keys from the
+  front of a pool, advancing the pool's reserve pointer, which never moves back;
+- :meth:`KeyStore.record_peer_reservations` (slave side) cuts the same byte ranges by
+  offset, idempotently;
+- :meth:`KeyStore.take_master_keys` / :meth:`KeyStore.take_slave_keys` deliver rows and
+  delete them after their last recipient.
+
+:class:`SqlKeyStore` implements all of it once over a small dialect interface;
+``store_sqlite`` and ``store_postgres`` supply connections, locking and DDL types.
+docs/kms-store.md gives the schema and the crash argument.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from corridor.errors import ParameterError
+from corridor.kms.config import DIRECTIONS, check_id
+from corridor.kms.crypto import AtRestCipher, AtRestDecryptionError
+from corridor.kms.interface import (
+    MSG_KEYS_NOT_FOUND,
+    DeliveredKey,
+    KeyRequestError,
+    KeysUnavailableError,
+    Reservation,
+    UnauthorizedError,
+)
+
+SEGMENT_BYTES = 4096
+SCHEMA_VERSION = "1"
+ROLE_MASTER = "master"
+ROLE_SLAVE = "slave"
+_KEK_CHECK_PLAINTEXT = b"corridor key store KEK check"
+
+
+class PoolExhaustedError(KeysUnavailableError):
+    """The pool cannot serve the request now; nothing was reserved."""
+
+
+class ReservationRefusedError(KeysUnavailableError):
+    """The slave side does not hold the announced bytes (not yet ingested, dropped when its
+    pool was full, or already cut); nothing was recorded. A 503: the master fails closed."""
+
+
+class InvalidReservationError(KeyRequestError):
+    """An announcement that can never be accepted (malformed, not the announcer's to make,
+    or a key ID already held with other fields); nothing was recorded. A 400."""
+
+
+class StoreUnavailableError(KeysUnavailableError):
+    """The database could not be reached or stayed locked past its timeout."""
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """Public figures of one pool (link, direction); all sizes in bytes."""
+
+    link_id: str
+    direction: str
+    available_bytes: int
+    stream_end_offset: int
+    reserve_offset: int
+    dropped_bytes: int
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What :meth:`KeyStore.append_block` did with each half, per direction."""
+
+    stored_bytes: dict[str, int]
+    dropped_bytes: dict[str, int]
+    stream_offsets: dict[str, int]
+
+    @property
+    def accepted_bytes(self) -> int:
+        """Bytes stored over both directions."""
+        return sum(self.stored_bytes.values())
+
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+                   re.IGNORECASE)
+
+
+def is_uuid(value: Any) -> bool:
+    """True for a UUID in its canonical 8-4-4-4-12 hexadecimal form."""
+    return isinstance(value, str) and _UUID.match(value) is not None
+
+
+# IDs never contain control characters (config.check_id, UUID key IDs), so these
+# separators make the encodings below unambiguous.
+_FIELD_SEP = "\x1e"
+_LIST_SEP = "\x1f"
+
+
+def _join_ids(ids: Sequence[str]) -> str:
+    return _LIST_SEP.join(ids)
+
+
+def _split_ids(text: str) -> list[str]:
+    return text.split(_LIST_SEP) if text else []
+
+
+def _segment_aad(link_id: str, direction: str, start: int, length: int) -> bytes:
+    return _FIELD_SEP.join(("segment", link_id, direction, str(start), str(length))).encode()
+
+
+def _key_aad(key_id: str, role: str, link_id: str, direction: str, offset: int, length: int,
+             master_sae_id: str, slave_sae_ids: Sequence[str]) -> bytes:
+    return _FIELD_SEP.join(("key", key_id, role, link_id, direction, str(offset), str(length),
+                            master_sae_id, _join_ids(slave_sae_ids))).encode()
+
+
+def _contiguous_runs(reservations: Sequence[Reservation]) -> list[list[Reservation]]:
+    """Group reservations of one pool whose byte ranges follow each other."""
+    runs: list[list[Reservation]] = []
+    for res in sorted(reservations, key=lambda r: (r.link_id, r.direction, r.byte_offset)):
+        if runs:
+            prev = runs[-1][-1]
+            if (prev.link_id, prev.direction) == (res.link_id, res.direction) and \
+                    prev.byte_offset + prev.length_bytes == res.byte_offset:
+                runs[-1].append(res)
+                continue
+        runs.append([res])
+    return runs
+
+
+class KeyStore(ABC):
+    """One KME's store of pools and reserved keys (ARCHITECTURE.md, seam ``KeyStore``).
+
+    Implementations are thread-safe, and every method is atomic: it either does all of
+    its work in one committed transaction or none of it.
+    """
+
+    kme_id: str
+
+    @abstractmethod
+    def append_block(self, link_id: str, block_id: int, parts: Mapping[str, bytes],
+                     capacity_bytes: int) -> IngestResult:
+        """Append each direction's part at the end of its stream; store it if the pool
+        stays within ``capacity_bytes``, else drop it (position still advances).
+        ``block_id`` must exceed the link's last one."""
+
+    @abstractmethod
+    def last_block_id(self, link_id: str) -> int | None:
+        """The last block appended on ``link_id``, or None."""
+
+    @abstractmethod
+    def pool_state(self, link_id: str, direction: str) -> PoolState:
+        """Public figures of one pool (zeros for a pool never fed)."""
+
+    @abstractmethod
+    def reserve_front(self, link_id: str, direction: str, *, key_ids: Sequence[str],
+                      length_bytes: int, master_sae_id: str,
+                      slave_sae_ids: Sequence[str]) -> list[Reservation]:
+        """Cut ``len(key_ids)`` keys of ``length_bytes`` from the front of a pool and keep
+        them as pending master rows; :class:`PoolExhaustedError` with nothing changed
+        when the pool cannot serve them all."""
+
+    @abstractmethod
+    def record_peer_reservations(self, reservations: Sequence[Reservation]) -> list[Reservation]:
+        """Cut announced byte ranges into slave rows, all or none; ranges already recorded
+        under the same key ID and fields are skipped (idempotent). Returns the newly
+        recorded ones; :class:`ReservationRefusedError` if any range is not held,
+        :class:`InvalidReservationError` if a key ID is repeated or held otherwise."""
+
+    @abstractmethod
+    def take_master_keys(self, master_sae_id: str, key_ids: Sequence[str]) -> list[DeliveredKey]:
+        """Deliver pending master rows (after the peer accepted) and delete them."""
+
+    @abstractmethod
+    def take_slave_keys(self, slave_sae_id: str, master_sae_id: str,
+                        key_ids: Sequence[str]) -> list[DeliveredKey]:
+        """Deliver slave rows to ``slave_sae_id``, all or none; a row goes once its last
+        named slave has it. UnauthorizedError if the caller was not named on a key,
+        KeyRequestError(MSG_KEYS_NOT_FOUND) if a key is unknown or already delivered."""
+
+    @abstractmethod
+    def pending_reservations(self, older_than_s: float = 0.0) -> list[Reservation]:
+        """Master rows reserved at least ``older_than_s`` ago and not yet delivered."""
+
+    @abstractmethod
+    def discard_keys(self, key_ids: Sequence[str]) -> int:
+        """Delete (securely) the rows of ``key_ids``; returns how many existed."""
+
+    @abstractmethod
+    def count_keys(self, role: str | None = None) -> int:
+        """Number of undelivered key rows (of ``role`` if given)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+
+    def __enter__(self) -> KeyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SqlCursor(ABC):
+    """The few statements :class:`SqlKeyStore` needs, with ``?`` placeholders."""
+
+    @abstractmethod
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a query and return every row."""
+
+    @abstractmethod
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; return the number of rows it changed."""
+
+    @abstractmethod
+    def many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per parameter tuple."""
+
+
+_KEY_COLUMNS = ("key_id, role, link_id, direction, byte_offset, length_bytes, master_sae_id, "
+                "slave_sae_ids, recipients, created_at, data")
+
+SCHEMA_STATEMENTS = (
+    "CREATE TABLE IF NOT EXISTS kms_meta (name TEXT PRIMARY KEY, value {blob} NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS kms_link (link_id TEXT PRIMARY KEY, "
+    "last_block_id {bigint} NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS kms_pool (link_id TEXT NOT NULL, direction TEXT NOT NULL, "
+    "end_offset {bigint} NOT NULL, available_bytes {bigint} NOT NULL, "
+    "reserve_offset {bigint} NOT NULL, dropped_bytes {bigint} NOT NULL, "
+    "PRIMARY KEY (link_id, direction))",
+    "CREATE TABLE IF NOT EXISTS kms_segment (link_id TEXT NOT NULL, direction TEXT NOT NULL, "
+    "seg_start {bigint} NOT NULL, length INTEGER NOT NULL, data {blob} NOT NULL, "
+    "PRIMARY KEY (link_id, direction, seg_start))",
+    "CREATE TABLE IF NOT EXISTS kms_key (key_id TEXT PRIMARY KEY, "
+    "role TEXT NOT NULL CHECK (role IN ('master', 'slave')), link_id TEXT NOT NULL, "
+    "direction TEXT NOT NULL, byte_offset {bigint} NOT NULL, length_bytes INTEGER NOT NULL, "
+    "master_sae_id TEXT NOT NULL, slave_sae_ids TEXT NOT NULL, recipients TEXT NOT NULL, "
+    "created_at {double} NOT NULL, data {blob} NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS kms_key_role_created ON kms_key (role, created_at)",
+)
+
+
+@dataclass
+class _Pool:
+    link_id: str
+    direction: str
+    end_offset: int
+    available_bytes: int
+    reserve_offset: int
+    dropped_bytes: int
+
+
+class SqlKeyStore(KeyStore):
+    """All of the store's logic over a SQL dialect (SQLite or PostgreSQL).
+
+    Subclasses provide :meth:`_transaction` (a write transaction that serialises with
+    every other writer of the rows it locks) and ``_for_update`` (row-lock clause).
+    """
+
+    _for_update = ""
+
+    def __init__(self, kek: bytes, kme_id: str) -> None:
+        self.kme_id = check_id("kme_id", kme_id)
+        self._cipher = AtRestCipher(kek)
+        self._segment_bytes = SEGMENT_BYTES
+
+    @abstractmethod
+    def _transaction(self, durable: bool = True) -> AbstractContextManager[SqlCursor]:
+        """A write transaction: commits on normal exit, rolls back on an exception.
+
+        ``durable=False`` may skip waiting for the commit to reach the disk: only for
+        transactions whose loss in a crash is harmless (see :meth:`take_master_keys`).
+        """
+
+    # -- setup ------------------------------------------------------------------------
+
+    def _initialise(self, cur: SqlCursor) -> None:
+        """Check or record schema version, owning KME, KEK and segment size."""
+        meta = dict(cur.rows("SELECT name, value FROM kms_meta"))
+        if not meta:
+            for name, value in (("schema_version", SCHEMA_VERSION.encode()),
+                                ("kme_id", self.kme_id.encode()),
+                                ("segment_bytes", str(self._segment_bytes).encode()),
+                                ("kek_check", self._cipher.seal(_KEK_CHECK_PLAINTEXT,
+                                                                b"kek-check"))):
+                cur.run("INSERT INTO kms_meta (name, value) VALUES (?, ?)", (name, value))
+            return
+        version = bytes(meta.get("schema_version", b"")).decode()
+        if version != SCHEMA_VERSION:
+            raise ParameterError("store schema_version", version,
+                                 f"this Corridor reads schema version {SCHEMA_VERSION}")
+        owner = bytes(meta["kme_id"]).decode()
+        if owner != self.kme_id:
+            raise ParameterError("kme_id", self.kme_id,
+                                 f"this store belongs to KME {owner!r}; each KME needs its own "
+                                 "store")
+        try:
+            self._cipher.open(bytes(meta["kek_check"]), b"kek-check")
+        except AtRestDecryptionError:
+            raise AtRestDecryptionError(
+                "the key-encryption key does not match the one this store was created "
+                "with") from None
+        self._segment_bytes = int(bytes(meta["segment_bytes"]).decode())
+
+    # -- pools ------------------------------------------------------------------------
+
+    def _lock_pool(self, cur: SqlCursor, link_id: str, direction: str, create: bool) -> _Pool:
+        query = ("SELECT end_offset, available_bytes, reserve_offset, dropped_bytes FROM "
+                 "kms_pool WHERE link_id = ? AND direction = ?" + self._for_update)
+        rows = cur.rows(query, (link_id, direction))
+        if not rows and create:
+            cur.run("INSERT INTO kms_pool (link_id, direction, end_offset, available_bytes, "
+                    "reserve_offset, dropped_bytes) VALUES (?, ?, 0, 0, 0, 0) "
+                    "ON CONFLICT DO NOTHING", (link_id, direction))
+            rows = cur.rows(query, (link_id, direction))
+        if not rows:
+            return _Pool(link_id, direction, 0, 0, 0, 0)
+        end, available, reserve, dropped = (int(v) for v in rows[0])
+        return _Pool(link_id, direction, end, available, reserve, dropped)
+
+    def _save_pool(self, cur: SqlCursor, pool: _Pool) -> None:
+        cur.run("UPDATE kms_pool SET end_offset = ?, available_bytes = ?, reserve_offset = ?, "
+                "dropped_bytes = ? WHERE link_id = ? AND direction = ?",
+                (pool.end_offset, pool.available_bytes, pool.reserve_offset,
+                 pool.dropped_bytes, pool.link_id, pool.direction))
+
+    def _put_segments(self, cur: SqlCursor, link_id: str, direction: str, start: int,
+                      data: bytes) -> None:
+        step = self._segment_bytes
+        rows = []
+        for index in range(0, len(data), step):
+            chunk = data[index:index + step]
+            seg_start = start + index
+            rows.append((link_id, direction, seg_start, len(chunk),
+                         self._cipher.seal(chunk, _segment_aad(link_id, direction, seg_start,
+                                                               len(chunk)))))
+        cur.many("INSERT INTO kms_segment (link_id, direction, seg_start, length, data) "
+                 "VALUES (?, ?, ?, ?, ?)", rows)
+
+    def _open_segment(self, link_id: str, direction: str, start: int, length: int,
+                      blob: bytes) -> bytes:
+        plain = self._cipher.open(bytes(blob), _segment_aad(link_id, direction, start, length))
+        if len(plain) != length:
+            raise AtRestDecryptionError("stored segment length does not match its row")
+        return plain
+
+    def _delete_segments(self, cur: SqlCursor, link_id: str, direction: str,
+                         starts: Sequence[int]) -> None:
+        cur.many("DELETE FROM kms_segment WHERE link_id = ? AND direction = ? AND seg_start = ?",
+                 [(link_id, direction, start) for start in starts])
+
+    def append_block(self, link_id: str, block_id: int, parts: Mapping[str, bytes],
+                     capacity_bytes: int) -> IngestResult:
+        check_id("link_id", link_id)
+        if isinstance(block_id, bool) or not isinstance(block_id, int) or block_id < 0:
+            raise ParameterError("block_id", block_id, "must be a non-negative integer")
+        unknown = sorted(set(parts) - set(DIRECTIONS))
+        if unknown:
+            raise ParameterError("direction", unknown[0], f"must be one of {list(DIRECTIONS)}")
+        stored: dict[str, int] = {}
+        dropped: dict[str, int] = {}
+        offsets: dict[str, int] = {}
+        with self._transaction() as cur:
+            rows = cur.rows("SELECT last_block_id FROM kms_link WHERE link_id = ?"
+                            + self._for_update, (link_id,))
+            if rows and block_id <= int(rows[0][0]):
+                raise ParameterError("block_id", block_id,
+                                     f"must be greater than {int(rows[0][0])}, the last block "
+                                     f"ingested on link {link_id!r}")
+            if rows:
+                cur.run("UPDATE kms_link SET last_block_id = ? WHERE link_id = ?",
+                        (block_id, link_id))
+            else:
+                cur.run("INSERT INTO kms_link (link_id, last_block_id) VALUES (?, ?)",
+                        (link_id, block_id))
+            for direction in DIRECTIONS:
+                data = bytes(parts.get(direction, b""))
+                pool = self._lock_pool(cur, link_id, direction, create=True)
+                offsets[direction] = pool.end_offset
+                if data and pool.available_bytes + len(data) <= capacity_bytes:
+                    self._put_segments(cur, link_id, direction, pool.end_offset, data)
+                    pool.available_bytes += len(data)
+                    stored[direction], dropped[direction] = len(data), 0
+                else:
+                    pool.dropped_bytes += len(data)
+                    stored[direction], dropped[direction] = 0, len(data)
+                pool.end_offset += len(data)
+                self._save_pool(cur, pool)
+        return IngestResult(stored, dropped, offsets)
+
+    def last_block_id(self, link_id: str) -> int | None:
+        with self._transaction() as cur:
+            rows = cur.rows("SELECT last_block_id FROM kms_link WHERE link_id = ?", (link_id,))
+        return int(rows[0][0]) if rows else None
+
+    def pool_state(self, link_id: str, direction: str) -> PoolState:
+        with self._transaction() as cur:
+            rows = cur.rows("SELECT end_offset, available_bytes, reserve_offset, dropped_bytes "
+                            "FROM kms_pool WHERE link_id = ? AND direction = ?",
+                            (link_id, direction))
+        end, available, reserve, dropped = (int(v) for v in rows[0]) if rows else (0, 0, 0, 0)
+        return PoolState(link_id, direction, available, end, reserve, dropped)
+
+    # -- master side ------------------------------------------------------------------
+
+    def _insert_keys(self, cur: SqlCursor, role: str,
+                     items: Sequence[tuple[Reservation, bytes]]) -> None:
+        """Store one encrypted row per key; master rows owe the master, slave rows the
+        slaves."""
+        now = time.time()
+        rows = []
+        for res, key in items:
+            aad = _key_aad(res.key_id, role, res.link_id, res.direction, res.byte_offset,
+                           res.length_bytes, res.master_sae_id, res.slave_sae_ids)
+            slaves = _join_ids(res.slave_sae_ids)
+            rows.append((res.key_id, role, res.link_id, res.direction, res.byte_offset,
+                         res.length_bytes, res.master_sae_id, slaves,
+                         res.master_sae_id if role == ROLE_MASTER else slaves, now,
+                         self._cipher.seal(key, aad)))
+        cur.many(f"INSERT INTO kms_key ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 rows)
+
+    def _segments_from(self, cur: SqlCursor, link_id: str, direction: str, after: int,
+                       inclusive: bool, limit: int) -> list[tuple[int, int, bytes]]:
+        op = ">=" if inclusive else ">"
+        rows = cur.rows("SELECT seg_start, length, data FROM kms_segment WHERE link_id = ? AND "
+                        f"direction = ? AND seg_start {op} ? ORDER BY seg_start LIMIT ?",
+                        (link_id, direction, after, limit))
+        return [(int(s), int(n), bytes(d)) for s, n, d in rows]
+
+    def reserve_front(self, link_id: str, direction: str, *, key_ids: Sequence[str],
+                      length_bytes: int, master_sae_id: str,
+                      slave_sae_ids: Sequence[str]) -> list[Reservation]:
+        number = len(key_ids)
+        if number < 1 or length_bytes < 1:
+            raise ParameterError("reservation", f"{number} keys of {length_bytes} bytes",
+                                 "needs at least one key of at least one byte")
+        need = number * length_bytes
+        with self._transaction() as cur:
+            pool = self._lock_pool(cur, link_id, direction, create=False)
+            if pool.available_bytes < need:
+                raise PoolExhaustedError(
+                    f"pool {link_id} {direction} holds {pool.available_bytes} bytes; "
+                    f"{number} keys of {length_bytes * 8} bits need {need}")
+            batch = max(2, min(256, need // self._segment_bytes + 2))
+            visited: list[int] = []
+            visited_bytes = 0
+            run = bytearray()   # plaintext of the current contiguous run from key_start
+            key_start = pool.reserve_offset
+            position: int | None = None
+            keys: list[tuple[int, bytes]] = []
+            cursor, inclusive = pool.reserve_offset, True
+            while len(keys) < number:
+                segments = self._segments_from(cur, link_id, direction, cursor, inclusive,
+                                               batch)
+                if not segments:
+                    # Only fragments shorter than a key sit between holes; refuse whole.
+                    raise PoolExhaustedError(
+                        f"pool {link_id} {direction} has no {number} contiguous keys of "
+                        f"{length_bytes * 8} bits")
+                for start, length, blob in segments:
+                    plain = self._open_segment(link_id, direction, start, length, blob)
+                    visited.append(start)
+                    visited_bytes += length
+                    if position != start:
+                        # A hole (bytes dropped when the pool was full): a key never spans
+                        # one, so the fragment before it is burned with the visited rows.
+                        run = bytearray()
+                        key_start = start
+                    run += plain
+                    position = start + length
+                    while len(run) >= length_bytes and len(keys) < number:
+                        keys.append((key_start, bytes(run[:length_bytes])))
+                        del run[:length_bytes]
+                        key_start += length_bytes
+                    if len(keys) == number:
+                        break
+                cursor, inclusive = segments[-1][0], False
+            self._delete_segments(cur, link_id, direction, visited)
+            if run:
+                self._put_segments(cur, link_id, direction, key_start, bytes(run))
+            pool.available_bytes -= visited_bytes - len(run)
+            pool.reserve_offset = key_start
+            self._save_pool(cur, pool)
+            items = [(Reservation(key_id=key_id, link_id=link_id, direction=direction,
+                                  byte_offset=offset, length_bytes=length_bytes,
+                                  master_sae_id=master_sae_id,
+                                  slave_sae_ids=tuple(slave_sae_ids)), key)
+                     for key_id, (offset, key) in zip(key_ids, keys, strict=True)]
+            self._insert_keys(cur, ROLE_MASTER, items)
+        return [res for res, _ in items]
+
+    # -- slave side -------------------------------------------------------------------
+
+    def _cut_range(self, cur: SqlCursor, link_id: str, direction: str, offset: int,
+                   length: int) -> bytes | None:
+        """Remove bytes [offset, offset+length) from the stored stream; None if not held."""
+        rows = cur.rows("SELECT seg_start, length, data FROM kms_segment WHERE link_id = ? AND "
+                        "direction = ? AND seg_start > ? AND seg_start < ? ORDER BY seg_start",
+                        (link_id, direction, offset - self._segment_bytes, offset + length))
+        # The lower bound admits segments that end before ``offset``: leave them out.
+        segments = [(int(s), int(n), bytes(d)) for s, n, d in rows if int(s) + int(n) > offset]
+        if not segments or segments[0][0] > offset:
+            return None
+        expected = segments[0][0]
+        pieces = []
+        for start, seg_length, blob in segments:
+            if start != expected:
+                return None
+            pieces.append(self._open_segment(link_id, direction, start, seg_length, blob))
+            expected = start + seg_length
+        if expected < offset + length:
+            return None
+        first = segments[0][0]
+        plain = b"".join(pieces)
+        key = plain[offset - first:offset - first + length]
+        self._delete_segments(cur, link_id, direction, [s for s, _, _ in segments])
+        if offset > first:
+            self._put_segments(cur, link_id, direction, first, plain[:offset - first])
+        if expected > offset + length:
+            self._put_segments(cur, link_id, direction, offset + length,
+                               plain[offset - first + length:])
+        return key
+
+    def record_peer_reservations(self, reservations: Sequence[Reservation]) -> list[Reservation]:
+        key_ids = [res.key_id for res in reservations]
+        if len(set(key_ids)) != len(key_ids):
+            raise InvalidReservationError("announcement repeats a key ID")
+        if not reservations:
+            return []
+        recorded: list[Reservation] = []
+        with self._transaction() as cur:
+            existing = {row[0]: row for row in cur.rows(
+                "SELECT key_id, role, link_id, direction, byte_offset, length_bytes, "
+                f"master_sae_id, slave_sae_ids FROM kms_key WHERE key_id IN "
+                f"({', '.join('?' * len(key_ids))})" + self._for_update, key_ids)}
+            fresh = []
+            for res in reservations:
+                row = existing.get(res.key_id)
+                if row is None:
+                    fresh.append(res)
+                    continue
+                same = (row[1] == ROLE_SLAVE and row[2] == res.link_id
+                        and row[3] == res.direction and int(row[4]) == res.byte_offset
+                        and int(row[5]) == res.length_bytes and row[6] == res.master_sae_id
+                        and _split_ids(row[7]) == list(res.slave_sae_ids))
+                if not same:
+                    raise InvalidReservationError(
+                        f"key ID {res.key_id} is already held with different fields")
+            pools: dict[tuple[str, str], _Pool] = {}
+            items: list[tuple[Reservation, bytes]] = []
+            for run in _contiguous_runs(fresh):
+                first, last = run[0], run[-1]
+                pool_key = (first.link_id, first.direction)
+                if pool_key not in pools:
+                    pools[pool_key] = self._lock_pool(cur, first.link_id, first.direction,
+                                                      create=False)
+                end = last.byte_offset + last.length_bytes
+                cut = self._cut_range(cur, first.link_id, first.direction, first.byte_offset,
+                                      end - first.byte_offset)
+                if cut is None:
+                    raise ReservationRefusedError(
+                        f"bytes {first.byte_offset}..{end} of pool {first.link_id} "
+                        f"{first.direction} are not all held by KME {self.kme_id} (not yet "
+                        "ingested, dropped, or already cut)")
+                pools[pool_key].available_bytes -= len(cut)
+                for res in run:
+                    start = res.byte_offset - first.byte_offset
+                    items.append((res, cut[start:start + res.length_bytes]))
+                recorded.extend(run)
+            self._insert_keys(cur, ROLE_SLAVE, items)
+            for pool in pools.values():
+                self._save_pool(cur, pool)
+        return recorded
+
+    # -- delivery ---------------------------------------------------------------------
+
+    def _lock_keys(self, cur: SqlCursor, key_ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        rows = cur.rows(f"SELECT {_KEY_COLUMNS} FROM kms_key WHERE key_id IN "
+                        f"({', '.join('?' * len(key_ids))}) ORDER BY key_id"
+                        + self._for_update, list(key_ids))
+        return {row[0]: row for row in rows}
+
+    def _open_key(self, row: tuple[Any, ...]) -> bytes:
+        key_id, role, link_id, direction, offset, length, master, slaves = row[:8]
+        aad = _key_aad(key_id, role, link_id, direction, int(offset), int(length), master,
+                       _split_ids(slaves))
+        key = self._cipher.open(bytes(row[10]), aad)
+        if len(key) != int(length):
+            raise AtRestDecryptionError("stored key length does not match its row")
+        return key
+
+    def take_master_keys(self, master_sae_id: str, key_ids: Sequence[str]) -> list[DeliveredKey]:
+        if not key_ids:
+            return []
+        # Not durable: if this commit is lost in a crash the rows come back as pending
+        # master rows, which resolve_pending() discards and nothing ever delivers; the
+        # slave's rows (committed before) still serve the keys the master SAE received.
+        with self._transaction(durable=False) as cur:
+            rows = self._lock_keys(cur, key_ids)
+            for key_id in key_ids:
+                row = rows.get(key_id)
+                if row is None or row[1] != ROLE_MASTER or row[6] != master_sae_id:
+                    raise KeysUnavailableError(
+                        "a reservation was withdrawn before delivery; nothing was delivered")
+            keys = [DeliveredKey(key_id, self._open_key(rows[key_id])) for key_id in key_ids]
+            self._delete_keys(cur, key_ids)
+        return keys
+
+    def _delete_keys(self, cur: SqlCursor, key_ids: Sequence[str]) -> int:
+        return cur.run(f"DELETE FROM kms_key WHERE key_id IN ({', '.join('?' * len(key_ids))})",
+                       list(key_ids))
+
+    def take_slave_keys(self, slave_sae_id: str, master_sae_id: str,
+                        key_ids: Sequence[str]) -> list[DeliveredKey]:
+        if not key_ids:
+            raise KeyRequestError(MSG_KEYS_NOT_FOUND, [{"key_IDs": "no key ID given"}])
+        if len(set(key_ids)) != len(key_ids):
+            raise KeyRequestError(MSG_KEYS_NOT_FOUND, [{"key_IDs": "a key ID is repeated"}])
+        with self._transaction() as cur:
+            rows = self._lock_keys(cur, key_ids)
+            unauthorized = False
+            missing: list[str] = []
+            for key_id in key_ids:
+                row = rows.get(key_id)
+                if row is None or row[1] != ROLE_SLAVE or row[6] != master_sae_id:
+                    missing.append(key_id)
+                elif slave_sae_id not in _split_ids(row[7]):
+                    unauthorized = True
+                elif slave_sae_id not in _split_ids(row[8]):
+                    missing.append(key_id)
+            if unauthorized:
+                raise UnauthorizedError("an SAE not named on the key asked for it")
+            if missing:
+                raise KeyRequestError(MSG_KEYS_NOT_FOUND, [{"key_IDs_not_found": missing}])
+            keys = [DeliveredKey(key_id, self._open_key(rows[key_id])) for key_id in key_ids]
+            done = []
+            for key_id in key_ids:
+                remaining = [sae for sae in _split_ids(rows[key_id][8]) if sae != slave_sae_id]
+                if remaining:
+                    cur.run("UPDATE kms_key SET recipients = ? WHERE key_id = ?",
+                            (_join_ids(remaining), key_id))
+                else:
+                    done.append(key_id)
+            if done:
+                self._delete_keys(cur, done)
+        return keys
+
+    # -- recovery and housekeeping ----------------------------------------------------
+
+    def pending_reservations(self, older_than_s: float = 0.0) -> list[Reservation]:
+        with self._transaction() as cur:
+            rows = cur.rows("SELECT key_id, link_id, direction, byte_offset, length_bytes, "
+                            "master_sae_id, slave_sae_ids FROM kms_key WHERE role = ? AND "
+                            "created_at <= ? ORDER BY link_id, direction, byte_offset",
+                            (ROLE_MASTER, time.time() - older_than_s))
+        return [Reservation(key_id=r[0], link_id=r[1], direction=r[2], byte_offset=int(r[3]),
+                            length_bytes=int(r[4]), master_sae_id=r[5],
+                            slave_sae_ids=tuple(_split_ids(r[6]))) for r in rows]
+
+    def discard_keys(self, key_ids: Sequence[str]) -> int:
+        if not key_ids:
+            return 0
+        with self._transaction() as cur:
+            rows = self._lock_keys(cur, key_ids)
+            if rows:
+                self._delete_keys(cur, sorted(rows))
+        return len(rows)
+
+    def count_keys(self, role: str | None = None) -> int:
+        with self._transaction() as cur:
+            if role is None:
+                rows = cur.rows("SELECT COUNT(*) FROM kms_key")
+            else:
+                rows = cur.rows("SELECT COUNT(*) FROM kms_key WHERE role = ?", (role,))
+        return int(rows[0][0])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kme_id={self.kme_id!r})"
+
+
+def open_store(url: str, kek: bytes, *, kme_id: str, **options: Any) -> KeyStore:
+    """Open a store from a URL: ``sqlite:///path/to/kme.db`` (or a plain path) or
+    ``postgresql://...`` (``schema=`` and pool sizes as keyword options)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from corridor.kms.store_postgres import PostgresKeyStore
+
+        return PostgresKeyStore(url, kek, kme_id=kme_id, **options)
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+    if "://" in path:
+        raise ParameterError("store_url", url,
+                             "must be sqlite:///<path>, a file path, or postgresql://...")
+    from corridor.kms.store_sqlite import SqliteKeyStore
+
+    return SqliteKeyStore(path, kek, kme_id=kme_id, **options)
+
