@@ -1,0 +1,700 @@
+"""The tamper-evident audit trail of a KME: append, verify, export.
+
+This module owns the audit log format and its checks. :class:`AuditLog` is an
+:class:`~corridor.kms.interface.EventSink`: every key delivery, reservation, link event
+and alarm becomes one line of JSON (JSON Lines)::
+
+    {"seq":1,"time":"2026-11-23T07:47:56.123456Z","event":"keys_delivered",
+     "fields":{"kme_id":"kme-a","count":1,...},"prev":"000...0","mac":"9f2c..."}
+
+Chain: ``mac`` is HMAC-SHA256, under the *audit key*, of the canonical JSON (sorted
+keys, no spaces, ASCII) of the entry without ``mac``; ``prev`` is the previous entry's
+``mac`` (64 zeros for the first), and ``seq`` counts from 1 without gaps. So an edited
+entry fails its MAC, and a deleted, inserted, duplicated or reordered entry breaks
+``seq`` or ``prev``. The audit key is HKDF-SHA256 of the KME's key-encryption key
+(info ``"corridor audit v1"``, no salt, 32 bytes): whoever can edit the file but does
+not hold the KEK cannot recompute a single MAC, and the KEK never touches the file.
+
+Head file (``<log>.head``): the last ``seq`` and ``mac`` with their own HMAC, one
+256-byte record overwritten in place (a single ``pwrite``) after every append. A log
+cut short at the tail no longer reaches the head's ``seq``; a head cannot be forged
+for the shorter log without the key.
+A log *ahead* of its head by valid entries is the crash window between the two writes
+and is accepted with a warning; it cannot be forged either. What this cannot detect on
+its own is a rollback of both files to an older copy of both, or deleting both:
+ship the export to a SIEM (or keep the head's MAC elsewhere) to anchor the chain.
+
+Key material is refused, fail closed: every field must pass the public field rule of
+:mod:`corridor.logs` (no bytes values, no field named like key/secret/kek/material
+unless it is an ``..._id(s)`` string or a ``..._size/_bits/_count`` number); an event
+that breaks it raises :class:`~corridor.logs.KeyMaterialRefused` and is not written.
+Field names must match ``[A-Za-z][A-Za-z0-9_]{0,63}`` and event names
+``[a-z][a-z0-9_]{0,31}`` so that every export format can carry them (syslog shortens
+field names over 32 characters, see :func:`syslog_param_name`).
+
+Concurrency: appends are serialised by a thread lock and an exclusive ``flock`` on the
+log file, so threads and processes (several API workers) may share one log. Under the
+lock an appender re-reads the tail if another process wrote, so the chain stays linear.
+
+Durability (fsync policy): every append is one ``write`` of the whole line on an
+``O_APPEND`` descriptor before ``emit`` returns, so it survives the process being
+killed. With ``fsync_interval_s = 0`` (the default) the line, the head file and the
+directory entry are also fsync'ed on every append, so it survives power loss.
+With ``fsync_interval_s > 0`` they are fsync'ed at most once per interval (on the first
+append after it expires, and on :meth:`AuditLog.close`): a power loss can then lose the
+last interval's entries (and the kernel's writeback, at most ~30 s by default, covers
+appends followed by silence). A write cut short by a crash leaves an incomplete last
+line; the next append or open truncates it and records an ``audit_tail_repaired`` entry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import re
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+import corridor
+from corridor.errors import CorridorError, ParameterError
+from corridor.kms.crypto import KEK_BYTES
+from corridor.logs import check_public_fields, to_public_json
+
+AUDIT_KEY_INFO = b"corridor audit v1"
+GENESIS_MAC = "0" * 64
+EXPORT_FORMATS = ("jsonl", "cef", "syslog")
+ENTRY_KEYS = ("seq", "time", "event", "fields", "prev", "mac")
+
+_ENTRY_DOMAIN = b"corridor audit entry v1\n"
+_HEAD_DOMAIN = b"corridor audit head v1\n"
+_EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+_MAC_HEX = re.compile(r"[0-9a-f]{64}")
+_TAIL_CHUNK = 65536
+_HEAD_RECORD_BYTES = 256
+
+
+class AuditLogError(CorridorError):
+    """The audit log cannot be appended to safely (tampered, wrong key, unreadable)."""
+
+
+def derive_audit_key(kek: bytes) -> bytes:
+    """The 32-byte audit key: HKDF-SHA256(kek, info="corridor audit v1")."""
+    if not isinstance(kek, bytes | bytearray):
+        raise ParameterError("key", f"({type(kek).__name__}, not shown)",
+                             "bytes (the KME's key-encryption key)")
+    if len(kek) != KEK_BYTES:
+        raise ParameterError("key", f"({len(kek)} bytes, not shown)",
+                             f"a key-encryption key of {KEK_BYTES} bytes")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=AUDIT_KEY_INFO).derive(bytes(kek))
+
+
+def _canonical(entry: Mapping[str, Any]) -> bytes:
+    body = {name: entry[name] for name in ENTRY_KEYS if name != "mac"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
+
+
+def _serialize(entry: Mapping[str, Any]) -> bytes:
+    """The line an entry is written as (keys in ENTRY_KEYS order, compact, ASCII)."""
+    ordered = {name: entry[name] for name in ENTRY_KEYS}
+    return (json.dumps(ordered, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+            + "\n").encode("ascii")
+
+
+def _entry_mac(audit_key: bytes, entry: Mapping[str, Any]) -> str:
+    return hmac.new(audit_key, _ENTRY_DOMAIN + _canonical(entry), hashlib.sha256).hexdigest()
+
+
+def _head_mac(audit_key: bytes, seq: int, mac: str) -> str:
+    return hmac.new(audit_key, _HEAD_DOMAIN + f"{seq}:{mac}".encode("ascii"),
+                    hashlib.sha256).hexdigest()
+
+
+def head_path(path: str | os.PathLike[str]) -> Path:
+    """Where the head file of the log at ``path`` lives (``<log>.head``)."""
+    path = Path(path)
+    return path.with_name(path.name + ".head")
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _parse_entry(line: bytes) -> dict[str, Any] | None:
+    """The entry on ``line`` if it has the right shape and types, else ``None``."""
+    try:
+        entry = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(entry, dict) or sorted(entry) != sorted(ENTRY_KEYS):
+        return None
+    seq, prev, mac = entry["seq"], entry["prev"], entry["mac"]
+    if not (isinstance(seq, int) and not isinstance(seq, bool) and seq >= 1
+            and isinstance(entry["time"], str) and isinstance(entry["event"], str)
+            and isinstance(entry["fields"], dict)
+            and isinstance(prev, str) and _MAC_HEX.fullmatch(prev)
+            and isinstance(mac, str) and _MAC_HEX.fullmatch(mac)):
+        return None
+    return entry
+
+
+@dataclass(frozen=True)
+class _Head:
+    seq: int
+    mac: str
+    authentic: bool
+
+
+def _read_head(audit_key: bytes, path: Path) -> _Head | None:
+    """The head file, or ``None`` when it does not exist; ``authentic`` says if its MAC holds."""
+    try:
+        raw = head_path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(raw)
+        seq, mac, tag = data["seq"], data["mac"], data["head_mac"]
+        if not (isinstance(seq, int) and seq >= 0 and isinstance(mac, str)
+                and isinstance(tag, str)):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        return _Head(-1, "", False)
+    authentic = hmac.compare_digest(_head_mac(audit_key, seq, mac).encode(), tag.encode())
+    return _Head(seq, mac, authentic)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_OPEN_LOGS: weakref.WeakSet[AuditLog] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held the lock at fork time; that thread does not
+    # exist in the child, so the child starts with fresh locks (and reopens the file).
+    for log in list(_OPEN_LOGS):
+        log._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class AuditLog:
+    """Append-only, HMAC-chained JSON Lines audit log of one KME (an ``EventSink``).
+
+    Args:
+        path: the log file (created with mode 0600 if missing; its head file is
+            ``<path>.head``).
+        key: the KME's key-encryption key; the audit key is derived from it by HKDF.
+        fsync_interval_s: 0 to fsync on every append, else at most once per interval
+            (module docstring, "Durability").
+
+    Raises :class:`AuditLogError` when an existing log does not end where its head says,
+    or its last entry does not verify under ``key``: appending would hide the damage.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], key: bytes, *,
+                 fsync_interval_s: float = 0.0) -> None:
+        if (isinstance(fsync_interval_s, bool) or not isinstance(fsync_interval_s, int | float)
+                or not fsync_interval_s >= 0):
+            raise ParameterError("fsync_interval_s", fsync_interval_s, "a number >= 0")
+        self.path = Path(path)
+        self.fsync_interval_s = float(fsync_interval_s)
+        self._audit_key = derive_audit_key(key)
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._head_fd = -1
+        self._head_new = False
+        self._pid = -1
+        self._size = 0
+        self._seq = 0
+        self._mac = GENESIS_MAC
+        self._last_fsync = time.monotonic()
+        self._unsynced = False
+        with self._lock:
+            self._open()
+            try:
+                with self._file_lock():
+                    self._load_state()
+            except BaseException:
+                os.close(self._fd)
+                if self._head_fd >= 0:
+                    os.close(self._head_fd)
+                raise
+        _OPEN_LOGS.add(self)
+
+    def __repr__(self) -> str:
+        return f"AuditLog(path={str(self.path)!r}, seq={self._seq})"
+
+    # -- public API -----------------------------------------------------------
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Append ``event`` with public ``fields`` (EventSink). Refuses key material."""
+        self.append(event, fields)
+
+    def append(self, event: str, fields: Mapping[str, Any]) -> int:
+        """Append one entry and return its ``seq``.
+
+        Raises :class:`~corridor.logs.KeyMaterialRefused` if a field could be key
+        material, :class:`ParameterError` for a malformed event or field name.
+        """
+        if not isinstance(event, str) or not _EVENT_NAME.fullmatch(event):
+            raise ParameterError("event", event, "a name matching [a-z][a-z0-9_]{0,31}")
+        for name in fields:
+            if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
+                raise ParameterError("field name", name,
+                                     "a name matching [A-Za-z][A-Za-z0-9_]{0,63}")
+        check_public_fields(fields)
+        public = {name: to_public_json(value) for name, value in fields.items()}
+        with self._lock:
+            if self._pid != os.getpid():
+                # A forked child must not share the parent's open file description:
+                # flock locks belong to it, so the two would not exclude each other.
+                self._open()
+            with self._file_lock():
+                self._catch_up()
+                return self._write_entry(event, public)
+
+    @property
+    def seq(self) -> int:
+        """The ``seq`` of the last entry this process knows of (0 for an empty log)."""
+        return self._seq
+
+    def sync(self) -> None:
+        """Force the log and head file to stable storage now."""
+        with self._lock:
+            if self._fd >= 0 and self._pid == os.getpid():
+                self._fsync()
+
+    def close(self) -> None:
+        """fsync and close the log (appending afterwards reopens it)."""
+        with self._lock:
+            if self._fd >= 0 and self._pid == os.getpid():
+                self._fsync()
+                os.close(self._fd)
+                if self._head_fd >= 0:
+                    os.close(self._head_fd)
+            self._fd = -1
+            self._head_fd = -1
+            self._pid = -1
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._head_fd = -1
+        self._pid = os.getpid()
+
+    def _file_lock(self) -> _FileLock:
+        return _FileLock(self._fd)
+
+    def _load_state(self) -> None:
+        """Find the last entry and check it against the head (called under both locks)."""
+        size = os.fstat(self._fd).st_size
+        dropped = self._repair_torn_tail(size)
+        size = os.fstat(self._fd).st_size
+        head = _read_head(self._audit_key, self.path)
+        last = self._last_entry(size)
+        if last is None:
+            if size:
+                raise AuditLogError(f"{self.path}: the last line is not a valid audit entry")
+            seq, mac = 0, GENESIS_MAC
+        else:
+            if not hmac.compare_digest(_entry_mac(self._audit_key, last).encode(),
+                                       str(last["mac"]).encode()):
+                raise AuditLogError(f"{self.path}: the last entry (seq {last['seq']}) does not "
+                                    "verify: wrong key-encryption key, or the log was edited")
+            seq, mac = int(last["seq"]), str(last["mac"])
+        if head is None:
+            if seq:
+                raise AuditLogError(f"{self.path}: head file {head_path(self.path)} is missing; "
+                                    "the tail may have been cut (run `corridor audit verify`)")
+        elif not head.authentic:
+            raise AuditLogError(f"{self.path}: head file does not verify: wrong key-encryption "
+                                "key, or the head was edited")
+        elif head.seq > seq or (head.seq == seq and head.mac != mac):
+            raise AuditLogError(f"{self.path}: log ends at seq {seq} but its head says "
+                                f"{head.seq}: entries were removed (run `corridor audit verify`)")
+        self._size, self._seq, self._mac = size, seq, mac
+        if head is None or head.seq != seq:
+            self._write_head(sync=True)
+        if dropped:
+            self._write_entry("audit_tail_repaired", {"dropped_bytes": dropped})
+
+    def _catch_up(self) -> None:
+        """Pick up entries other processes appended since we last looked (under both locks)."""
+        size = os.fstat(self._fd).st_size
+        if size == self._size:
+            return
+        if size < self._size:
+            raise AuditLogError(f"{self.path}: shrank from {self._size} to {size} bytes while "
+                                "open: entries were removed")
+        dropped = self._repair_torn_tail(size)
+        size = os.fstat(self._fd).st_size
+        last = self._last_entry(size)
+        if last is None or not hmac.compare_digest(
+                _entry_mac(self._audit_key, last).encode(), str(last["mac"]).encode()):
+            raise AuditLogError(f"{self.path}: an entry appended by another writer does not "
+                                "verify")
+        self._size, self._seq, self._mac = size, int(last["seq"]), str(last["mac"])
+        if dropped:
+            self._write_entry("audit_tail_repaired", {"dropped_bytes": dropped})
+
+    def _repair_torn_tail(self, size: int) -> int:
+        """Cut an incomplete last line (a write interrupted by a crash); bytes dropped."""
+        if size == 0:
+            return 0
+        if os.pread(self._fd, 1, size - 1) == b"\n":
+            return 0
+        start = self._line_start(size)
+        os.ftruncate(self._fd, start)
+        os.fsync(self._fd)
+        return size - start
+
+    def _line_start(self, end: int) -> int:
+        """Offset just after the last newline before ``end`` (0 if none)."""
+        position = end
+        while position > 0:
+            chunk_start = max(0, position - _TAIL_CHUNK)
+            chunk = os.pread(self._fd, position - chunk_start, chunk_start)
+            index = chunk.rfind(b"\n")
+            if index >= 0:
+                return chunk_start + index + 1
+            position = chunk_start
+        return 0
+
+    def _last_entry(self, size: int) -> dict[str, Any] | None:
+        if size == 0:
+            return None
+        start = self._line_start(size - 1)
+        return _parse_entry(os.pread(self._fd, size - start, start))
+
+    def _write_entry(self, event: str, fields: dict[str, Any]) -> int:
+        entry: dict[str, Any] = {"seq": self._seq + 1, "time": _utc_now(), "event": event,
+                                 "fields": fields, "prev": self._mac}
+        entry["mac"] = _entry_mac(self._audit_key, entry)
+        line = _serialize(entry)
+        written = os.write(self._fd, line)  # one write: a line is never interleaved
+        if written != len(line):
+            os.ftruncate(self._fd, self._size)
+            raise AuditLogError(f"{self.path}: short write ({written} of {len(line)} bytes; "
+                                f"disk full?)")
+        self._size += written
+        self._seq, self._mac = entry["seq"], entry["mac"]
+        self._unsynced = True
+        sync = (self.fsync_interval_s == 0
+                or time.monotonic() - self._last_fsync >= self.fsync_interval_s)
+        if sync:
+            os.fsync(self._fd)
+        self._write_head(sync=sync)
+        if sync:
+            self._last_fsync = time.monotonic()
+            self._unsynced = False
+        return int(entry["seq"])
+
+    def _write_head(self, *, sync: bool) -> None:
+        head = json.dumps({"seq": self._seq, "mac": self._mac,
+                           "head_mac": _head_mac(self._audit_key, self._seq, self._mac)})
+        # One fixed-size record overwritten in place: a single pwrite of less than a
+        # sector, so a killed process never leaves half a head (and no rename, which
+        # ext4 turns into a flush costing about a millisecond per append).
+        record = head.encode("ascii").ljust(_HEAD_RECORD_BYTES - 1) + b"\n"
+        if self._head_fd < 0:
+            self._head_fd = os.open(head_path(self.path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                    0o600)
+            self._head_new = True
+        os.pwrite(self._head_fd, record, 0)
+        if sync:
+            os.fsync(self._head_fd)
+            if self._head_new:
+                _fsync_dir(self.path.parent)
+                self._head_new = False
+
+    def _fsync(self) -> None:
+        if self._unsynced:
+            os.fsync(self._fd)
+            self._write_head(sync=True)
+            self._unsynced = False
+        self._last_fsync = time.monotonic()
+
+
+class _FileLock:
+    """Exclusive ``flock`` on a descriptor, retried across signals."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> None:
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+                return
+            except InterruptedError:  # pragma: no cover - PEP 475 retries already
+                continue
+            except OSError as exc:  # pragma: no cover
+                if exc.errno != errno.EINTR:
+                    raise
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+# --- verification ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of :func:`verify_audit_log`.
+
+    Attributes:
+        ok: the whole chain and the head verify.
+        entries: entries that verified before the first failure (all of them when ok).
+        first_bad_seq: the ``seq`` position where the chain breaks (``None`` when ok).
+        reason: why it breaks (``None`` when ok).
+        line: the line number of the first bad entry, when the fault is in the log.
+        head_seq: the ``seq`` recorded in the head file (``None`` if unreadable).
+        warnings: facts that are not tampering (the crash window, a torn last line).
+    """
+
+    ok: bool
+    entries: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+    line: int | None = None
+    head_seq: int | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def verify_audit_log(path: str | os.PathLike[str], key: bytes) -> VerifyResult:
+    """Check every entry's MAC, ``seq`` and ``prev``, then the head file.
+
+    ``key`` is the KME's key-encryption key (the audit key is derived as in
+    :class:`AuditLog`). Reads the file once, line by line; never raises for a damaged
+    log (the result says what is wrong), only :class:`ParameterError` for a missing file.
+    """
+    path = Path(path)
+    audit_key = derive_audit_key(key)
+    if not path.is_file():
+        raise ParameterError("path", str(path), "an existing audit log file")
+    head = _read_head(audit_key, path)
+    head_seq = head.seq if head is not None and head.authentic else None
+    warnings: list[str] = []
+    expected, prev_mac, head_entry_mac = 1, GENESIS_MAC, GENESIS_MAC
+
+    def broken(reason: str, line: int | None) -> VerifyResult:
+        return VerifyResult(False, expected - 1, expected, reason, line, head_seq,
+                            tuple(warnings))
+
+    with path.open("rb") as stream:
+        for line_no, line in enumerate(stream, start=1):
+            if not line.endswith(b"\n"):
+                warnings.append(f"line {line_no} is incomplete (a write cut short by a crash; "
+                                "the next append removes it)")
+                break
+            entry = _parse_entry(line)
+            if entry is None:
+                return broken("not a well-formed audit entry (edited or corrupted)", line_no)
+            if _serialize(entry) != line:
+                # The MAC covers the parsed values; demanding the exact bytes as well means
+                # no byte of the file can change unnoticed (e.g. "\u00e9" -> "\u00E9").
+                return broken("not in canonical form: the line was edited", line_no)
+            if not hmac.compare_digest(_entry_mac(audit_key, entry).encode(),
+                                       str(entry["mac"]).encode()):
+                reason = ("MAC does not verify: wrong key-encryption key, or the entry was "
+                          "edited" if expected == 1 else "MAC does not verify: the entry was "
+                          "edited")
+                return broken(reason, line_no)
+            if entry["seq"] != expected:
+                what = ("entries before it were deleted, or entries were reordered"
+                        if entry["seq"] > expected
+                        else "an entry was inserted, duplicated or reordered")
+                return broken(f"found seq {entry['seq']} where {expected} was expected: {what}",
+                              line_no)
+            if not hmac.compare_digest(str(entry["prev"]).encode(), prev_mac.encode()):
+                return broken("prev does not match the previous entry's mac: the chain was "
+                              "spliced", line_no)
+            prev_mac = str(entry["mac"])
+            if head is not None and entry["seq"] == head.seq:
+                head_entry_mac = prev_mac
+            expected += 1
+    last = expected - 1
+    if head is None:
+        return broken(f"head file {head_path(path)} is missing: the tail may have been cut",
+                      None)
+    if not head.authentic:
+        return broken("head file does not verify: wrong key-encryption key, or the head "
+                      "was edited", None)
+    if head.seq > last:
+        return broken(f"the log ends at seq {last} but its head says {head.seq}: entries "
+                      "were removed from the end", None)
+    if not hmac.compare_digest(head.mac.encode(), head_entry_mac.encode()):
+        return broken(f"the head's mac does not match entry {head.seq}", None)
+    if head.seq < last:
+        warnings.append(f"the head file is {last - head.seq} entr"
+                        f"{'y' if last - head.seq == 1 else 'ies'} behind (a crash between "
+                        "appending and updating the head; the next open updates it)")
+    return VerifyResult(True, last, None, None, None, head.seq, tuple(warnings))
+
+
+# --- export --------------------------------------------------------------------------
+
+# Severities for the SIEM: CEF 0-10, syslog 0 (emergency) - 7 (debug).
+_CEF_SEVERITY = {"link_alarm_raised": 8, "link_quarantined": 8, "audit_tail_repaired": 7,
+                 "pool_full": 5, "link_recovered": 5, "link_cleared": 5,
+                 "request_rejected": 4}
+_SYSLOG_SEVERITY = {"link_alarm_raised": 4, "link_quarantined": 4, "audit_tail_repaired": 4,
+                    "pool_full": 5, "link_recovered": 5, "link_cleared": 5,
+                    "request_rejected": 5}
+SYSLOG_FACILITY_LOG_AUDIT = 13
+SYSLOG_ENTERPRISE_ID = 32473
+"""RFC 5424 SD-IDs need an IANA private enterprise number; Corridor has none and uses
+32473, the number RFC 5612 reserves for documentation and examples."""
+
+
+def _iter_entries(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    if not path.is_file():
+        raise ParameterError("path", str(path), "an existing audit log file")
+    with path.open("rb") as stream:
+        for line_no, line in enumerate(stream, start=1):
+            if not line.endswith(b"\n"):
+                return  # an incomplete last line is not an entry yet
+            entry = _parse_entry(line)
+            if entry is None:
+                raise AuditLogError(f"{path}: line {line_no} is not a well-formed audit entry "
+                                    "(run `corridor audit verify`)")
+            yield line.decode("ascii").rstrip("\n"), entry
+
+
+def _field_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list) and all(not isinstance(v, list | dict) for v in value):
+        return ",".join(_field_text(v) for v in value)
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return str(value)
+
+
+def cef_escape_header(text: str) -> str:
+    """Escape a CEF header field: backslash and pipe; line breaks become spaces."""
+    return (text.replace("\\", "\\\\").replace("|", "\\|")
+            .replace("\r", " ").replace("\n", " "))
+
+
+def cef_escape_value(text: str) -> str:
+    r"""Escape a CEF extension value: backslash, equals sign, and \n \r as escapes."""
+    return (text.replace("\\", "\\\\").replace("=", "\\=")
+            .replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r"))
+
+
+def _cef_key(field_name: str) -> str:
+    # ArcSight's advice for vendor keys: vendorProductKeyName, one alphanumeric word.
+    return "corridor" + "".join(part[:1].upper() + part[1:] for part in field_name.split("_"))
+
+
+def _epoch_ms(time_text: str) -> int:
+    when = dt.datetime.fromisoformat(time_text.replace("Z", "+00:00"))
+    return int(when.timestamp() * 1000)
+
+
+def to_cef(entry: Mapping[str, Any]) -> str:
+    """One entry as an ArcSight Common Event Format (CEF:0) line."""
+    event = str(entry["event"])
+    header = ["CEF:0", "Corridor", "corridor-kms", corridor.__version__, event,
+              event.replace("_", " "), str(_CEF_SEVERITY.get(event, 3))]
+    extension = [("rt", str(_epoch_ms(str(entry["time"])))), ("externalId", str(entry["seq"])),
+                 ("cat", event), ("corridorSeq", str(entry["seq"])),
+                 ("corridorPrev", str(entry["prev"])), ("corridorMac", str(entry["mac"]))]
+    for name, value in entry["fields"].items():
+        if value is not None:
+            extension.append((_cef_key(name), _field_text(value)))
+    return ("|".join(cef_escape_header(part) for part in header) + "|"
+            + " ".join(f"{key}={cef_escape_value(value)}" for key, value in extension))
+
+
+def syslog_escape_value(text: str) -> str:
+    r"""Escape an RFC 5424 PARAM-VALUE: backslash, double quote and ``]``.
+
+    Line breaks and tabs become the two characters ``\n``, ``\r``, ``\t`` so that one
+    entry stays one line; RFC 5424 reads those back as a literal backslash and letter.
+    """
+    return (text.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+            .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t"))
+
+
+def _printable_ascii(text: str, limit: int) -> str:
+    clean = "".join(c if 33 <= ord(c) <= 126 else "_" for c in text)[:limit]
+    return clean or "-"
+
+
+def syslog_param_name(name: str) -> str:
+    """An RFC 5424 PARAM-NAME (at most 32 characters) for a field name.
+
+    Names up to 32 characters are kept; longer ones become their first 23 characters,
+    ``_`` and the first 8 hex digits of their SHA-256, so they stay distinct.
+    """
+    if len(name) <= 32:
+        return name
+    return f"{name[:23]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def to_syslog(entry: Mapping[str, Any], hostname: str) -> str:
+    """One entry as an RFC 5424 line (facility log audit, structured data, no BOM)."""
+    event = str(entry["event"])
+    pri = SYSLOG_FACILITY_LOG_AUDIT * 8 + _SYSLOG_SEVERITY.get(event, 6)
+    chain = (f'[corridorAudit@{SYSLOG_ENTERPRISE_ID} seq="{entry["seq"]}" '
+             f'prev="{entry["prev"]}" mac="{entry["mac"]}"]')
+    params = " ".join(f'{syslog_param_name(name)}="{syslog_escape_value(_field_text(value))}"'
+                      for name, value in entry["fields"].items() if value is not None)
+    fields = f"[corridorEvent@{SYSLOG_ENTERPRISE_ID}{' ' + params if params else ''}]"
+    return (f"<{pri}>1 {entry['time']} {_printable_ascii(hostname, 255)} corridor - "
+            f"{_printable_ascii(event, 32)} {chain}{fields} {event} seq={entry['seq']}")
+
+
+def export(path: str | os.PathLike[str], format: str = "jsonl", *,
+           hostname: str | None = None) -> Iterator[str]:
+    """The log's entries as lines (no newline) in ``format``: jsonl, cef or syslog.
+
+    Does not verify the chain (run :func:`verify_audit_log` for that); each exported
+    line carries ``seq``, ``prev`` and ``mac`` so the SIEM can keep the chain.
+    ``hostname`` (syslog only) defaults to this machine's name.
+    """
+    if format not in EXPORT_FORMATS:
+        raise ParameterError("format", format, f"one of {', '.join(EXPORT_FORMATS)}")
+    host = hostname if hostname is not None else socket.gethostname()
+    for line, entry in _iter_entries(Path(path)):
+        if format == "jsonl":
+            yield line
+        elif format == "cef":
+            yield to_cef(entry)
+        else:
+            yield to_syslog(entry, host)
