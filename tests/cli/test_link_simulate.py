@@ -1,0 +1,105 @@
+"""``corridor link simulate``: JSON shape, reproducibility, attacks and error messages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from corridor.cli import app
+
+runner = CliRunner()
+TIMING_FIELDS = {"wall_time_s", "pulses_per_second", "detections_per_second"}
+
+
+def _simulate(*args: str) -> dict[str, Any]:
+    result = runner.invoke(app, ["link", "simulate", "--format", "json", "--quiet", *args])
+    assert result.exit_code == 0, result.output
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def test_json_shape() -> None:
+    data = _simulate("--preset", "modern-snspd", "--distance-km", "50", "--pulses", "3e6",
+                     "--seed", "1", "--block-pulses", "1000000")
+    for key in ("preset", "distance_km", "seed", "pulses", "blocks", "detections", "per_class",
+                "decoy_estimates", "attack", "wall_time_s", "pulses_per_second",
+                "detections_per_second", "basis_and_bit_frequencies", "block_pulses"):
+        assert key in data, key
+    assert data["preset"] == "modern-snspd"
+    assert data["distance_km"] == 50.0
+    assert data["pulses"] == 3_000_000
+    assert data["blocks"] == 3
+    assert data["attack"] is None
+    assert list(data["per_class"]) == ["signal", "decoy", "vacuum"]
+    signal = data["per_class"]["signal"]
+    for key in ("intensity", "pulses", "detections", "observed_gain", "expected_gain",
+                "gain_sigma", "observed_qber", "expected_qber", "sifted", "errors"):
+        assert key in signal, key
+    assert sum(row["pulses"] for row in data["per_class"].values()) == 3_000_000
+    assert sum(row["detections"] for row in data["per_class"].values()) == data["detections"]
+    decoy = data["decoy_estimates"]
+    for key in ("single_photon_yield_lower", "single_photon_error_upper",
+                "single_photon_gain_lower", "secret_key_rate_bits_per_pulse", "verdict"):
+        assert key in decoy, key
+    # No key material in the report: counts and rates only.
+    assert "bit\": [" not in json.dumps(data)
+
+
+def test_same_seed_same_output() -> None:
+    args = ("--distance-km", "20", "--pulses", "2000000", "--seed", "77")
+    first, second = _simulate(*args), _simulate(*args)
+    for data in (first, second):
+        for key in TIMING_FIELDS:
+            data.pop(key)
+    assert first == second
+    third = _simulate("--distance-km", "20", "--pulses", "2000000", "--seed", "78")
+    assert third["detections"] != first["detections"]
+
+
+def test_pns_attack_is_reported_and_collapses_the_decoy_bound() -> None:
+    data = _simulate("--distance-km", "50", "--pulses", "2e7", "--seed", "13", "--attack", "pns")
+    assert data["attack"]["name"] == "pns"
+    assert data["decoy_estimates"]["single_photon_yield_lower"] == 0.0
+    assert "collapsed" in data["decoy_estimates"]["verdict"]
+
+
+def test_intercept_resend_raises_the_reported_qber() -> None:
+    data = _simulate("--distance-km", "25", "--pulses", "5e6", "--seed", "3",
+                     "--attack", "intercept-resend", "--attack-fraction", "0.5")
+    assert data["attack"] == {"name": "intercept-resend", "fraction": 0.5,
+                              "expected_qber_rise": pytest.approx(0.5 * (0.25 - 0.01 / 2))}
+    signal = data["per_class"]["signal"]
+    assert signal["observed_qber"] > signal["expected_qber"] + 0.1
+
+
+def test_table_output() -> None:
+    result = runner.invoke(app, ["link", "simulate", "--distance-km", "30", "--pulses", "1e6",
+                                 "--seed", "5", "--quiet"])
+    assert result.exit_code == 0, result.output
+    for text in ("signal", "decoy", "vacuum", "decoy-state estimates", "verdict", "wall time"):
+        assert text in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--attack", "pns", "--attack-fraction", "0.3"], "--attack-fraction"),
+    (["--attack", "intercept-resend", "--attack-fraction", "1.5"], "attack_fraction = 1.5"),
+    (["--pulses", "0"], "--pulses = 0"),
+    (["--block-pulses", "0"], "--block-pulses = 0"),
+    (["--distance-km", "-5"], "length_km = -5.0"),
+    (["--preset", "nope"], "preset = 'nope'"),
+    (["--set", "attenuation_db_per_km=3"], "dB/m"),
+])
+def test_bad_input_gets_a_clean_error(args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["link", "simulate", "--quiet", *args])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+
+
+def test_pulse_count_must_be_whole() -> None:
+    result = runner.invoke(app, ["link", "simulate", "--pulses", "1.5"])
+    assert result.exit_code == 2
+    assert "whole number" in result.output
