@@ -1,0 +1,605 @@
+"""The ETSI GS QKD 014 REST interface of one KME, and the KME-to-KME reservation call.
+
+:func:`create_app` builds the FastAPI application that serves a
+:class:`~corridor.kms.interface.KeyDeliveryService` (ETSI014.md):
+
+- ``GET /api/v1/keys/{slave_SAE_ID}/status``
+- ``GET|POST /api/v1/keys/{slave_SAE_ID}/enc_keys`` (GET with ``?number=&size=``)
+- ``GET|POST /api/v1/keys/{master_SAE_ID}/dec_keys`` (GET with one ``?key_ID=``)
+- ``POST /kme/v1/reservations``: the peer KME announces reservations (KME certs only)
+- ``GET /metrics`` (Prometheus text, when a metrics object is given) and
+  ``GET /openapi.json``.
+
+The caller's identity comes only from the verified TLS client certificate that
+:mod:`corridor.kms.tls` puts into ``scope["extensions"]["tls"]`` (never from a header or
+the body); SAE routes demand an SAE certificate, the reservation route a KME one.
+Status codes are exactly the interface's: 200 with a body, 400 with an Error body
+(also for malformed JSON, wrong types and bodies over :data:`MAX_BODY_BYTES`: FastAPI's
+422 is mapped to 400), 401 with no body, 503 with an Error body.
+
+:class:`HttpsPeerLink` is the master KME's side of the reservation call: a
+:class:`~corridor.kms.interface.PeerLink` over httpx with mutual TLS that talks only to
+the expected peer KME certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any
+
+import httpx
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+)
+from starlette.convertors import CONVERTOR_TYPES, Convertor, register_url_convertor
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from corridor.errors import ParameterError
+from corridor.kms.crypto import AtRestDecryptionError
+from corridor.kms.interface import (
+    DeliveredKey,
+    KeyDeliveryService,
+    KeyRequestError,
+    KeysUnavailableError,
+    Reservation,
+    UnauthorizedError,
+)
+from corridor.kms.pki import (
+    ROLE_KME,
+    ROLE_SAE,
+    CertificateIdentityError,
+    Identity,
+    identity_from_pem,
+)
+from corridor.kms.store import ReservationRefusedError
+from corridor.kms.tls import CLIENT_SOCKET_OPTIONS, PathLike, client_ssl_context
+
+API_PREFIX = "/api/v1/keys"
+RESERVATIONS_PATH = "/kme/v1/reservations"
+MSG_INVALID_REQUEST = "invalid request"
+MSG_BODY_TOO_LARGE = "request body too large"
+# The largest legitimate body (a reservation announcement of max_key_per_request keys)
+# is tens of kilobytes; anything far above is refused before it is buffered.
+MAX_BODY_BYTES = 1 << 20
+MSG_PEER_UNREACHABLE = "peer KME unreachable"
+MSG_PEER_REFUSED = "peer KME refused the reservation"
+
+IdentityResolver = Callable[[Mapping[str, Any]], Identity | None]
+PeerAcceptor = Callable[[str, list[Reservation]], None]
+
+
+# ---------------------------------------------------------------------------------------
+# Wire objects (ETSI GS QKD 014 section 6 data formats)
+
+
+class Status(BaseModel):
+    """Status of the key pool serving a master/slave pair (sizes in bits)."""
+
+    source_KME_ID: str
+    target_KME_ID: str
+    master_SAE_ID: str
+    slave_SAE_ID: str
+    key_size: int
+    stored_key_count: int
+    max_key_count: int
+    max_key_per_request: int
+    max_key_size: int
+    min_key_size: int
+    max_SAE_ID_count: int
+    status_extension: dict[str, Any] | None = None
+
+
+class KeyRequest(BaseModel):
+    """Get key request; every field is optional and ``{}`` asks for the defaults."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    number: StrictInt | None = Field(default=None, ge=1,
+                                     description="number of keys (default 1)")
+    size: StrictInt | None = Field(default=None, ge=1,
+                                   description="key size in bits (default key_size)")
+    additional_slave_SAE_IDs: list[StrictStr] | None = None
+    extension_mandatory: list[dict[str, Any]] | None = None
+    extension_optional: list[dict[str, Any]] | None = None
+
+
+class Key(BaseModel):
+    """One key: UUID key ID and base64 key bytes."""
+
+    key_ID: str = Field(description="key ID (UUID)", json_schema_extra={"format": "uuid"})
+    key: str = Field(description="key bytes, base64", json_schema_extra={"format": "byte"})
+    key_ID_extension: dict[str, Any] | None = None
+    key_extension: dict[str, Any] | None = None
+
+
+class KeyContainer(BaseModel):
+    """The keys of one response. Sent as ``keys``; the spec's table spells it ``Keys``,
+    so both are accepted when parsing."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    keys: list[Key] = Field(validation_alias=AliasChoices("keys", "Keys"))
+    key_container_extension: dict[str, Any] | None = None
+
+
+class KeyIDItem(BaseModel):
+    """One requested key ID."""
+
+    key_ID: StrictStr
+    key_ID_extension: dict[str, Any] | None = None
+
+
+class KeyIDs(BaseModel):
+    """Get key with key IDs request."""
+
+    key_IDs: list[KeyIDItem] = Field(min_length=1)
+    key_IDs_extension: dict[str, Any] | None = None
+
+
+class Error(BaseModel):
+    """Error body of 400 and 503 responses."""
+
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ReservationItem(BaseModel):
+    """One reservation announced by the master KME (public values only)."""
+
+    key_id: StrictStr
+    link_id: StrictStr
+    direction: StrictStr
+    byte_offset: StrictInt = Field(ge=0)
+    length_bytes: StrictInt = Field(ge=1)
+    master_sae_id: StrictStr
+    slave_sae_ids: list[StrictStr]
+
+
+class ReservationAnnouncement(BaseModel):
+    """KME-to-KME: reservations made by the calling (master) KME."""
+
+    reservations: list[ReservationItem] = Field(min_length=1)
+
+
+class ReservationAccepted(BaseModel):
+    """KME-to-KME: how many reservations the slave KME durably accepted."""
+
+    accepted: int
+
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": Error, "description": "Bad request format (Error body)"},
+    401: {"description": "Unauthorized: no body", "content": {}},
+    503: {"model": Error, "description": "Error on the server side (Error body)"},
+}
+
+
+class SaeIdConvertor(Convertor[str]):
+    """A path segment holding an SAE ID: any characters once URL-decoded, ``/`` and line
+    breaks included (Starlette's ``path`` stops at a newline), so that every ID reaches
+    the KME, which answers 400 for one it does not know, never 404."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+if "sae_id" not in CONVERTOR_TYPES:
+    register_url_convertor("sae_id", SaeIdConvertor())
+
+
+# ---------------------------------------------------------------------------------------
+# Identity
+
+
+def identity_from_scope(scope: Mapping[str, Any]) -> Identity | None:
+    """The caller's identity from the verified client certificate, or ``None``."""
+    tls = scope.get("extensions", {}).get("tls")
+    if not tls:
+        return None
+    chain = tls.get("client_cert_chain") or []
+    if not chain:
+        return None
+    try:
+        return identity_from_pem(chain[0])
+    except CertificateIdentityError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# Responses
+
+
+def _json(status_code: int, body: Any) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status_code=status_code,
+                    media_type="application/json")
+
+
+def _error(status_code: int, message: str, details: Sequence[Mapping[str, Any]] = ()) -> Response:
+    return _json(status_code, {"message": message, "details": [dict(d) for d in details]})
+
+
+def _unauthorized() -> Response:
+    return Response(status_code=401)
+
+
+def _keys_body(keys: Sequence[DeliveredKey]) -> dict[str, Any]:
+    return {"keys": [{"key_ID": k.key_id, "key": base64.b64encode(k.key).decode("ascii")}
+                     for k in keys]}
+
+
+def _service_call(call: Callable[[], Any], render: Callable[[Any], Any]) -> Response:
+    """Run a service call and map its errors onto the interface's status codes."""
+    try:
+        result = call()
+    except UnauthorizedError:
+        return _unauthorized()
+    except KeyRequestError as exc:
+        return _error(400, exc.message, exc.details)
+    except ParameterError as exc:
+        return _error(400, str(exc), [{"field": exc.field}])
+    except KeysUnavailableError as exc:
+        return _error(503, exc.message, exc.details)
+    return _json(200, render(result))
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+    details = []
+    for err in exc.errors():
+        # Only location, type and message: never echo the input back.
+        details.append({"loc": [str(part) for part in err.get("loc", ())],
+                        "type": str(err.get("type", "")), "msg": str(err.get("msg", ""))})
+    return details
+
+
+# ---------------------------------------------------------------------------------------
+# Middleware
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _BodyLimitMiddleware:
+    """Refuses request bodies above ``max_bytes`` with 400 and an Error body (the interface
+    has no 413), by declared length or while streaming, so a huge body is never
+    buffered whole."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps({"message": MSG_BODY_TOO_LARGE,
+                           "details": [{"max_body_bytes": self.max_bytes}]}).encode()
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit()
+                                              or int(value) > self.max_bytes):
+                await self._refuse(send)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._refuse(send)
+
+
+def _endpoint_label(path: str) -> str:
+    if path.startswith(API_PREFIX + "/"):
+        for name in ("status", "enc_keys", "dec_keys"):
+            if path.endswith("/" + name):
+                return name
+    if path == RESERVATIONS_PATH:
+        return "reservations"
+    if path == "/metrics":
+        return "metrics"
+    if path == "/openapi.json":
+        return "openapi"
+    return "other"  # keeps label cardinality bounded whatever paths clients send
+
+
+class _RequestMetricsMiddleware:
+    """Counts every request by endpoint, method and status and times it."""
+
+    def __init__(self, app: Any, metrics: Any) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            self.metrics.observe_request(_endpoint_label(scope["path"]), scope["method"],
+                                         status, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------
+# The application
+
+
+def create_app(service: KeyDeliveryService, *,
+               identity: IdentityResolver = identity_from_scope,
+               metrics: Any = None,
+               peer_acceptor: PeerAcceptor | None = None) -> FastAPI:
+    """The ETSI GS QKD 014 application of one KME.
+
+    ``identity`` reads the caller's identity from the ASGI scope (default: the verified
+    client certificate); ``metrics`` (a ``KmsMetrics``) adds ``/metrics`` and request
+    counting; ``peer_acceptor(from_kme_id, reservations)`` enables the KME-to-KME route.
+    """
+    app = FastAPI(
+        title=f"Corridor KME {service.kme_id}: ETSI GS QKD 014 key delivery",
+        version="1.1.1",
+        description="ETSI GS QKD 014 V1.1.1 REST key delivery over mutual TLS. The caller's "
+                    "SAE ID is taken from its client certificate.",
+        docs_url=None, redoc_url=None,
+    )
+
+    def caller(request: Request, role: str) -> Identity | None:
+        who = identity(request.scope)
+        return who if who is not None and who.role == role else None
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
+        if identity(request.scope) is None:
+            return _unauthorized()
+        return _error(400, MSG_INVALID_REQUEST, _validation_details(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.get(API_PREFIX + "/{slave_SAE_ID:sae_id}/status", responses={
+        200: {"model": Status, "description": "Status of the key pool"}, **_ERROR_RESPONSES},
+        summary="Get status", operation_id="get_status", tags=["ETSI GS QKD 014"])
+    def get_status(request: Request, slave_SAE_ID: str) -> Response:
+        master = caller(request, ROLE_SAE)
+        if master is None:
+            return _unauthorized()
+        return _service_call(
+            lambda: service.status(master.entity_id, slave_SAE_ID),
+            lambda status: {k: v for k, v in dataclasses.asdict(status).items()
+                            if not (k == "status_extension" and v is None)})
+
+    def enc_keys(request: Request, slave_sae_id: str, body: KeyRequest) -> Response:
+        master = caller(request, ROLE_SAE)
+        if master is None:
+            return _unauthorized()
+        return _service_call(
+            lambda: service.enc_keys(
+                master.entity_id, slave_sae_id, number=body.number, size_bits=body.size,
+                additional_slave_sae_ids=body.additional_slave_SAE_IDs,
+                extension_mandatory=body.extension_mandatory,
+                extension_optional=body.extension_optional),
+            _keys_body)
+
+    @app.get(API_PREFIX + "/{slave_SAE_ID:sae_id}/enc_keys", responses={
+        200: {"model": KeyContainer, "description": "Keys for the master SAE"},
+        **_ERROR_RESPONSES},
+        summary="Get key (simple form)", operation_id="get_key_get", tags=["ETSI GS QKD 014"])
+    def get_key_by_get(request: Request, slave_SAE_ID: str,
+                       number: Annotated[int | None, Query(ge=1)] = None,
+                       size: Annotated[int | None, Query(ge=1)] = None) -> Response:
+        return enc_keys(request, slave_SAE_ID, KeyRequest(number=number, size=size))
+
+    @app.post(API_PREFIX + "/{slave_SAE_ID:sae_id}/enc_keys", responses={
+        200: {"model": KeyContainer, "description": "Keys for the master SAE"},
+        **_ERROR_RESPONSES},
+        summary="Get key", operation_id="get_key", tags=["ETSI GS QKD 014"])
+    def get_key_by_post(request: Request, slave_SAE_ID: str,
+                        body: Annotated[KeyRequest | None, Body()] = None) -> Response:
+        return enc_keys(request, slave_SAE_ID,
+                        body if body is not None else KeyRequest.model_validate({}))
+
+    def dec_keys(request: Request, master_sae_id: str, key_ids: list[str]) -> Response:
+        slave = caller(request, ROLE_SAE)
+        if slave is None:
+            return _unauthorized()
+        return _service_call(
+            lambda: service.dec_keys(slave.entity_id, master_sae_id, key_ids), _keys_body)
+
+    @app.get(API_PREFIX + "/{master_SAE_ID:sae_id}/dec_keys", responses={
+        200: {"model": KeyContainer, "description": "Keys for the slave SAE"},
+        **_ERROR_RESPONSES},
+        summary="Get key with key IDs (simple form)", operation_id="get_key_with_key_ids_get",
+        tags=["ETSI GS QKD 014"])
+    def get_key_with_ids_by_get(request: Request, master_SAE_ID: str,
+                                key_ID: Annotated[str, Query()]) -> Response:
+        return dec_keys(request, master_SAE_ID, [key_ID])
+
+    @app.post(API_PREFIX + "/{master_SAE_ID:sae_id}/dec_keys", responses={
+        200: {"model": KeyContainer, "description": "Keys for the slave SAE"},
+        **_ERROR_RESPONSES},
+        summary="Get key with key IDs", operation_id="get_key_with_key_ids",
+        tags=["ETSI GS QKD 014"])
+    def get_key_with_ids_by_post(request: Request, master_SAE_ID: str,
+                                 body: Annotated[KeyIDs, Body()]) -> Response:
+        return dec_keys(request, master_SAE_ID, [item.key_ID for item in body.key_IDs])
+
+    if peer_acceptor is not None:
+        acceptor = peer_acceptor
+
+        @app.post(RESERVATIONS_PATH, responses={
+            200: {"model": ReservationAccepted, "description": "Reservations accepted"},
+            **_ERROR_RESPONSES},
+            summary="Accept reservations from the peer KME", operation_id="kme_reservations",
+            tags=["KME to KME"])
+        def accept_reservations(request: Request,
+                                body: Annotated[ReservationAnnouncement, Body()]) -> Response:
+            peer = caller(request, ROLE_KME)
+            if peer is None:
+                return _unauthorized()
+            reservations = [Reservation(
+                key_id=r.key_id, link_id=r.link_id, direction=r.direction,
+                byte_offset=r.byte_offset, length_bytes=r.length_bytes,
+                master_sae_id=r.master_sae_id, slave_sae_ids=tuple(r.slave_sae_ids))
+                for r in body.reservations]
+            try:
+                acceptor(peer.entity_id, reservations)
+            except ReservationRefusedError as exc:
+                # A refused announcement is a bad request from the peer, unless the store
+                # itself failed its integrity check (a server-side fault).
+                if isinstance(exc.__cause__, AtRestDecryptionError):
+                    return _error(503, exc.message, exc.details)
+                return _error(400, exc.message, exc.details)
+            except KeysUnavailableError as exc:
+                return _error(503, exc.message, exc.details)
+            except (KeyRequestError, ParameterError) as exc:
+                return _error(400, str(exc))
+            except UnauthorizedError:
+                return _unauthorized()
+            return _json(200, {"accepted": len(reservations)})
+
+    if metrics is not None:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        @app.get("/metrics", include_in_schema=False)
+        def prometheus_metrics(request: Request) -> Response:
+            if identity(request.scope) is None:
+                return _unauthorized()
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # Added last = outermost: the metrics see the body-limit refusals too.
+    app.add_middleware(_BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    if metrics is not None:
+        app.add_middleware(_RequestMetricsMiddleware, metrics=metrics)
+    _document_status_codes(app)
+    return app
+
+
+def _document_status_codes(app: FastAPI) -> None:
+    """Make the OpenAPI document say what is served: 400 instead of FastAPI's 422."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------------------------------
+# KME to KME
+
+
+class HttpsPeerLink:
+    """The master KME's announcement of reservations to its peer KME over mutual TLS.
+
+    Talks only to a server whose certificate carries the peer's KME identity (checked
+    during the handshake, before the request leaves). Returns once the peer answered
+    200; anything else (unreachable, timeout, refusal) raises
+    :class:`KeysUnavailableError`, so the master never hands out keys the slave did not
+    durably accept (fail closed).
+    """
+
+    def __init__(self, peer_url: str, *, cert: PathLike, key: PathLike, ca: PathLike,
+                 peer_kme_id: str, timeout_s: float = 5.0) -> None:
+        self.peer_url = peer_url.rstrip("/")
+        self.peer_kme_id = peer_kme_id
+        context = client_ssl_context(cert, key, ca, Identity(ROLE_KME, peer_kme_id))
+        transport = httpx.HTTPTransport(
+            verify=context, socket_options=CLIENT_SOCKET_OPTIONS,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+        self._client = httpx.Client(transport=transport, timeout=timeout_s)
+
+    def __repr__(self) -> str:
+        return f"HttpsPeerLink(peer_url={self.peer_url!r}, peer_kme_id={self.peer_kme_id!r})"
+
+    def announce(self, reservations: list[Reservation]) -> None:
+        """Send ``reservations``; return only once the peer accepted all of them."""
+        if not reservations:
+            return
+        body = {"reservations": [{
+            "key_id": r.key_id, "link_id": r.link_id, "direction": r.direction,
+            "byte_offset": r.byte_offset, "length_bytes": r.length_bytes,
+            "master_sae_id": r.master_sae_id, "slave_sae_ids": list(r.slave_sae_ids)}
+            for r in reservations]}
+        try:
+            response = self._client.post(self.peer_url + RESERVATIONS_PATH, json=body)
+        except httpx.HTTPError as exc:
+            raise KeysUnavailableError(MSG_PEER_UNREACHABLE, [
+                {"peer_kme_id": self.peer_kme_id, "reason": type(exc).__name__}]) from None
+        if response.status_code != 200:
+            details: dict[str, Any] = {"peer_kme_id": self.peer_kme_id,
+                                       "status": response.status_code}
+            if response.content:
+                with contextlib.suppress(ValueError, AttributeError):
+                    details["message"] = str(response.json().get("message", ""))
+            raise KeysUnavailableError(MSG_PEER_REFUSED, [details])
+        try:
+            accepted = response.json().get("accepted")
+        except (ValueError, AttributeError):
+            accepted = None
+        if accepted != len(reservations):
+            raise KeysUnavailableError(MSG_PEER_REFUSED, [
+                {"peer_kme_id": self.peer_kme_id, "reason": "unexpected acknowledgement"}])
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._client.close()
+

@@ -1,0 +1,299 @@
+"""Mutual TLS for the KME: uvicorn serving HTTPS with required client certificates,
+and client-side TLS contexts that check the server's Corridor identity.
+
+Server side. :func:`server_ssl_context` demands a client certificate issued by our CA
+(``ssl.CERT_REQUIRED``, only the deployment's CA loaded, TLS 1.2 or later). Uvicorn
+does not pass the peer certificate to the application, so :class:`TlsH11Protocol` (and
+:class:`TlsHttpToolsProtocol` where ``httptools`` is installed) wraps the application
+once per connection, right after the handshake, and adds the verified client
+certificate to every request's ``scope["extensions"]["tls"]`` in the shape of the ASGI
+TLS extension (``client_cert_chain``: a list of PEM strings, the client certificate
+first; ``tls_version``: the protocol number, 0x0303 for TLS 1.2, 0x0304 for TLS 1.3).
+Only a handshake that verified the chain reaches the application, so whatever sits in
+the extension has been checked against the CA.
+
+Client side. :func:`client_ssl_context` verifies the server against the CA and the host
+name and, when given an expected :class:`~corridor.kms.pki.Identity`, checks the
+server's certificate identity right after the handshake, before any request is sent
+(an SAE talks only to the KME it expects; a KME only to its peer KME).
+
+:func:`serve` runs a server in the foreground; :func:`running_server` runs one in a
+background thread on a free port and stops it cleanly (tests, tools, ``corridor up``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from corridor.errors import ParameterError
+from corridor.kms.pki import CertificateIdentityError, Identity, identity_from_der
+
+PathLike = str | os.PathLike[str]
+ASGIApp = Any  # an ASGI 3 callable: (scope, receive, send) -> awaitable
+
+DEFAULT_KEEP_ALIVE_S = 30
+_TLS_VERSION_NUMBERS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+
+logger = logging.getLogger(__name__)
+
+
+def _require_file(field: str, path: PathLike) -> str:
+    if not Path(path).is_file():
+        raise ParameterError(field, str(path), "an existing PEM file")
+    return os.fspath(path)
+
+
+def server_ssl_context(cert: PathLike, key: PathLike, ca: PathLike) -> ssl.SSLContext:
+    """Server context: our certificate, client certificates required, our CA only."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    # Only the deployment's CA: never the system store, which would admit any public cert.
+    context.load_verify_locations(cafile=_require_file("ca", ca))
+    context.load_cert_chain(_require_file("cert", cert), _require_file("key", key))
+    return context
+
+
+class IdentityCheckingSSLSocket(ssl.SSLSocket):
+    """An SSL socket that refuses a server whose certificate identity is unexpected.
+
+    The check runs right after the handshake, so no request byte reaches a server that
+    is not the expected KME. ``expected_identity`` is set on a per-context subclass.
+    """
+
+    expected_identity: Identity | None = None
+
+    def do_handshake(self, block: bool = False) -> None:
+        """Handshake, then compare the peer certificate's identity with the expected one."""
+        super().do_handshake(block)
+        expected = self.expected_identity
+        if expected is None:
+            return
+        der = self.getpeercert(binary_form=True)
+        try:
+            actual = identity_from_der(der) if der else None
+        except CertificateIdentityError as exc:
+            self.close()
+            raise ssl.SSLCertVerificationError(f"peer certificate: {exc}") from None
+        if actual != expected:
+            self.close()
+            raise ssl.SSLCertVerificationError(
+                f"peer certificate identity {actual} is not the expected {expected}")
+
+
+def client_ssl_context(cert: PathLike, key: PathLike, ca: PathLike,
+                       expected_identity: Identity | None = None) -> ssl.SSLContext:
+    """Client context: our certificate, the server checked against our CA, its host name
+    and (if given) ``expected_identity``. TLS 1.2 or later."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED on
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(cafile=_require_file("ca", ca))
+    context.load_cert_chain(_require_file("cert", cert), _require_file("key", key))
+    if expected_identity is not None:
+        context.sslsocket_class = type(
+            "ExpectingSSLSocket", (IdentityCheckingSSLSocket,),
+            {"expected_identity": expected_identity})
+    return context
+
+
+# httpcore writes request headers and body separately; without TCP_NODELAY, Nagle holds
+# the body back until the server's delayed ACK (~40 ms per POST).
+CLIENT_SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+
+# ---------------------------------------------------------------------------------------
+# The ASGI TLS extension
+
+
+def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
+    """The ASGI TLS extension for a connection, or ``None`` if it is not TLS."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    chain = [ssl.DER_cert_to_PEM_cert(der)] if der else []
+    cipher = ssl_object.cipher()
+    return {
+        "server_cert": None,
+        "client_cert_chain": chain,
+        "client_cert_name": None,
+        # A certificate that fails verification aborts the handshake (CERT_REQUIRED).
+        "client_cert_error": None,
+        "tls_version": _TLS_VERSION_NUMBERS.get(ssl_object.version() or ""),
+        "cipher_suite": None,
+        "cipher_name": cipher[0] if cipher else None,
+    }
+
+
+def _with_tls_extension(app: ASGIApp, tls: dict[str, Any]) -> ASGIApp:
+    async def app_with_tls(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        extensions = scope.get("extensions")
+        if extensions is None:
+            extensions = scope["extensions"] = {}
+        extensions["tls"] = tls
+        await app(scope, receive, send)
+    return app_with_tls
+
+
+class _TlsScopeMixin:
+    """Wraps the protocol's application once per connection with the TLS extension.
+
+    Uvicorn creates one protocol object per connection and calls ``self.app`` for every
+    request on it, so the wrapper built after the handshake serves that connection only.
+    """
+
+    app: ASGIApp
+    transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        tls = tls_extension(transport)
+        if tls is not None:
+            self.app = _with_tls_extension(self.app, tls)
+
+    def shutdown(self) -> None:
+        """Server shutdown: close idle keep-alive connections at once.
+
+        A TLS close waits for the client's close_notify, up to asyncio's 30 s SSL
+        shutdown timeout, and an idle pooled client is not reading; the server would
+        hang that long on Ctrl-C. No request is in flight on an idle connection, so
+        aborting it loses nothing; a busy one finishes its response first.
+        """
+        super().shutdown()  # type: ignore[misc]
+        cycle = getattr(self, "cycle", None)
+        if cycle is None or cycle.response_complete:
+            self.transport.abort()
+
+
+class TlsH11Protocol(_TlsScopeMixin, H11Protocol):  # type: ignore[misc]
+    """Uvicorn's h11 protocol with the verified client certificate in the scope."""
+
+
+def _protocol_class() -> type[asyncio.Protocol]:
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return TlsH11Protocol
+    return type("TlsHttpToolsProtocol", (_TlsScopeMixin, HttpToolsProtocol), {})
+
+
+def uvicorn_config(app: ASGIApp, *, cert: PathLike, key: PathLike, ca: PathLike,
+                   host: str = "127.0.0.1", port: int = 8443,
+                   keep_alive_s: int = DEFAULT_KEEP_ALIVE_S,
+                   log_level: str = "warning", access_log: bool = False) -> uvicorn.Config:
+    """A uvicorn configuration serving ``app`` over mutual TLS."""
+    context = server_ssl_context(cert, key, ca)
+    return uvicorn.Config(
+        app, host=host, port=port, http=_protocol_class(), ws="none", lifespan="off",
+        ssl_certfile=os.fspath(cert), ssl_keyfile=os.fspath(key),
+        ssl_context_factory=lambda _config, _default: context,
+        timeout_keep_alive=keep_alive_s, log_level=log_level, access_log=access_log,
+        server_header=False)
+
+
+def serve(app: ASGIApp, host: str, port: int, cert: PathLike, key: PathLike, ca: PathLike,
+          *, keep_alive_s: int = DEFAULT_KEEP_ALIVE_S, log_level: str = "info",
+          access_log: bool = False) -> None:
+    """Serve ``app`` over mutual TLS until interrupted (SIGINT/SIGTERM stop it cleanly)."""
+    config = uvicorn_config(app, cert=cert, key=key, ca=ca, host=host, port=port,
+                            keep_alive_s=keep_alive_s, log_level=log_level,
+                            access_log=access_log)
+    uvicorn.Server(config).run()
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """A server started by :func:`running_server`."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``https://127.0.0.1:43123``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+
+def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening-ready TCP socket bound to ``host``; ``port=0`` picks a free port.
+
+    Binding first lets a caller learn every server's port before any server starts
+    (two KMEs that must know each other's URL).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto must say TCP: asyncio sets TCP_NODELAY on accepted connections only when the
+    # listening socket's proto is IPPROTO_TCP, and without it every response waits for a
+    # delayed ACK (~40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ParameterError("port", port, f"a free port on {host}", str(exc)) from None
+    return sock
+
+
+@contextmanager
+def running_server(app: ASGIApp, cert: PathLike, key: PathLike, ca: PathLike, *,
+                   host: str = "127.0.0.1", port: int = 0,
+                   sock: socket.socket | None = None,
+                   keep_alive_s: int = DEFAULT_KEEP_ALIVE_S,
+                   startup_timeout_s: float = 10.0) -> Iterator[RunningServer]:
+    """Run ``app`` over mutual TLS in a background thread; ``port=0`` picks a free port
+    (or pass a socket from :func:`bind_socket`, which this then owns and closes).
+
+    Yields once the server accepts connections; on exit it stops accepting, lets
+    in-flight requests finish, and joins the thread.
+    """
+    if sock is None:
+        sock = bind_socket(host, port)
+    host, bound_port = sock.getsockname()[:2]
+    config = uvicorn_config(app, cert=cert, key=key, ca=ca, host=host, port=bound_port,
+                            keep_alive_s=keep_alive_s)
+    server = uvicorn.Server(config)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run(sockets=[sock])
+        except BaseException as exc:  # reported to the caller below
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"kme-server-{bound_port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not server.started:
+        if failure or not thread.is_alive():
+            sock.close()
+            raise RuntimeError(f"server on port {bound_port} failed to start") from (
+                failure[0] if failure else None)
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(5)
+            sock.close()
+            raise RuntimeError(f"server on port {bound_port} did not start in time")
+        time.sleep(0.01)
+    try:
+        yield RunningServer(host, bound_port)
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+    if thread.is_alive():
+        raise RuntimeError(f"server on port {bound_port} did not stop within 15 s")

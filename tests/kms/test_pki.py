@@ -1,0 +1,214 @@
+"""The deployment PKI: identities in certificates, roles kept apart, file permissions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from corridor.cli import app
+from corridor.errors import ParameterError
+from corridor.kms.pki import (
+    ROLE_KME,
+    ROLE_SAE,
+    CertificateIdentityError,
+    Identity,
+    create_ca,
+    identity_from_certificate,
+    identity_from_der,
+    identity_uri,
+    init_pki,
+    issue_certificate,
+    load_ca,
+    parse_sae_spec,
+)
+
+ODD_SAE_ID = "sae/β?#%&=x"
+
+
+def _load(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture()
+def layout(tmp_path: Path):
+    old = os.umask(0)  # the most permissive umask: permissions must not depend on it
+    try:
+        return init_pki(tmp_path / "pki", ["kme-a", "kme-b"],
+                        [("sae-a", "kme-a"), (ODD_SAE_ID, "kme-b")])
+    finally:
+        os.umask(old)
+
+
+def test_every_certificate_is_issued_by_the_ca_and_carries_its_identity(layout) -> None:
+    ca = _load(layout.ca_cert)
+    for kme_id, paths in layout.kmes.items():
+        cert = _load(paths.cert)
+        cert.verify_directly_issued_by(ca)
+        assert identity_from_certificate(cert) == Identity(ROLE_KME, kme_id)
+    for sae_id, paths in layout.saes.items():
+        cert = _load(paths.cert)
+        cert.verify_directly_issued_by(ca)
+        assert identity_from_certificate(cert) == Identity(ROLE_SAE, sae_id)
+    assert layout.sae_kme == {"sae-a": "kme-a", ODD_SAE_ID: "kme-b"}
+
+
+def test_kme_certificates_serve_localhost_and_sae_certificates_only_authenticate(layout) -> None:
+    kme = _load(layout.kmes["kme-a"].cert)
+    san = kme.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
+    assert set(kme.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == {
+        ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    sae = _load(layout.saes["sae-a"].cert)
+    assert list(sae.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH]
+    sae_san = sae.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sae_san.get_values_for_type(x509.DNSName) == []
+
+
+def test_private_keys_are_0600_in_0700_directories(layout) -> None:
+    keys = [layout.ca_key] + [p.key for p in [*layout.kmes.values(), *layout.saes.values()]]
+    for key in keys:
+        assert _mode(key) == 0o600, key
+        directory = key.parent
+        while directory != layout.root.parent:
+            assert _mode(directory) == 0o700, directory
+            directory = directory.parent
+
+
+def test_manifest_lists_every_file_relative_to_the_root(layout) -> None:
+    manifest = json.loads((layout.root / "pki.json").read_text())
+    assert (layout.root / manifest["ca_cert"]) == layout.ca_cert
+    assert manifest["saes"][ODD_SAE_ID]["kme_id"] == "kme-b"
+    for entry in [*manifest["kmes"].values(), *manifest["saes"].values()]:
+        assert (layout.root / entry["cert"]).is_file()
+        assert (layout.root / entry["key"]).is_file()
+
+
+def test_an_existing_ca_is_kept_unless_forced(layout) -> None:
+    before = layout.ca_cert.read_bytes()
+    with pytest.raises(ParameterError, match="--force"):
+        init_pki(layout.root, ["kme-a"], [])
+    assert layout.ca_cert.read_bytes() == before
+    replaced = init_pki(layout.root, ["kme-a"], [], force=True)
+    assert replaced.ca_cert.read_bytes() != before
+
+
+@pytest.mark.parametrize(("kmes", "saes", "field"), [
+    ([], [], "--kme"),
+    (["kme a"], [], "kme_id"),
+    (["kme-a", "kme-a"], [], "--kme"),
+    (["kme-a"], [("sae-a", "kme-z")], "--sae"),
+    (["kme-a"], [("s" * 129, "kme-a")], "sae_id"),
+    (["kme-a"], [("sae-a", "kme-a"), ("sae-a", "kme-a")], "--sae"),
+])
+def test_bad_input_names_the_field(tmp_path: Path, kmes, saes, field) -> None:
+    with pytest.raises(ParameterError) as info:
+        init_pki(tmp_path / "p", kmes, saes)
+    assert info.value.field == field
+
+
+def test_sae_spec_splits_at_the_last_at_sign() -> None:
+    assert parse_sae_spec("team@site@kme-b") == ("team@site", "kme-b")
+    with pytest.raises(ParameterError, match="SAE_ID@KME_ID"):
+        parse_sae_spec("no-kme")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp")),
+               min_size=1, max_size=40))
+def test_identity_uri_is_ascii_and_round_trips(entity_id: str) -> None:
+    uri = identity_uri(ROLE_SAE, entity_id)
+    assert uri.isascii()
+    from urllib.parse import unquote
+    assert unquote(uri.removeprefix("urn:corridor:sae:")) == entity_id
+
+
+def _custom_cert(ca, *, uris: list[str], usages) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+               .issuer_name(ca.cert.subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1)))
+    if uris:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.UniformResourceIdentifier(u) for u in uris]), critical=False)
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    return builder.sign(ca.key, hashes.SHA256())
+
+
+def test_a_role_must_match_its_key_usage() -> None:
+    ca = create_ca()
+    client_only = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    both = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    # A KME name on a client-only certificate, or an SAE name on a server certificate.
+    for uri, usages in ((identity_uri(ROLE_KME, "kme-a"), client_only),
+                        (identity_uri(ROLE_SAE, "sae-a"), both)):
+        with pytest.raises(CertificateIdentityError, match="key usage"):
+            identity_from_certificate(_custom_cert(ca, uris=[uri], usages=usages))
+    assert identity_from_certificate(_custom_cert(
+        ca, uris=[identity_uri(ROLE_SAE, "sae-a")], usages=client_only)) == Identity(
+        ROLE_SAE, "sae-a")
+
+
+@pytest.mark.parametrize("uris", [
+    [],
+    ["urn:corridor:sae:a", "urn:corridor:sae:b"],
+    ["urn:corridor:admin:a"],
+    ["urn:corridor:sae:"],
+    ["https://example.org/sae-a"],
+])
+def test_certificates_without_exactly_one_valid_identity_are_refused(uris) -> None:
+    ca = create_ca()
+    cert = _custom_cert(ca, uris=uris, usages=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    with pytest.raises(CertificateIdentityError):
+        identity_from_certificate(cert)
+
+
+def test_identity_from_der_refuses_garbage() -> None:
+    with pytest.raises(CertificateIdentityError):
+        identity_from_der(b"not a certificate")
+
+
+def test_further_certificates_can_be_issued_from_a_loaded_ca(layout) -> None:
+    ca = load_ca(layout.root)
+    cert, _key = issue_certificate(ca, Identity(ROLE_SAE, "late-sae"))
+    cert.verify_directly_issued_by(_load(layout.ca_cert))
+    assert identity_from_certificate(cert) == Identity(ROLE_SAE, "late-sae")
+    assert "BEGIN" not in repr(ca) and "key" not in repr(ca).lower().replace("subject", "")
+
+
+def test_cli_init_writes_the_pki_and_reports_json(tmp_path: Path) -> None:
+    out = tmp_path / "pki"
+    result = CliRunner().invoke(app, ["pki", "init", "--out", str(out), "--kme", "kme-a",
+                                          "--sae", "sae-a@kme-a", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["saes"]["sae-a"]["kme_id"] == "kme-a"
+    assert (out / report["kmes"]["kme-a"]["cert"]).is_file()
+    again = CliRunner().invoke(app, ["pki", "init", "--out", str(out), "--kme", "kme-a"])
+    assert again.exit_code == 2
+    assert "--force" in again.output
+    bad = CliRunner().invoke(app, ["pki", "init", "--out", str(tmp_path / "q"), "--kme",
+                                   "kme-a", "--sae", "sae-without-kme"])
+    assert bad.exit_code == 2
+    assert "SAE_ID@KME_ID" in bad.output
