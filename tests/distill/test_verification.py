@@ -52,9 +52,9 @@ def test_identical_keys_pass_and_the_tag_is_counted() -> None:
     assert isinstance(ra, VerificationResult) and ra == rb
     segments = -(-100_003 // DEFAULT_SEGMENT_BITS)
     assert ra.segments == segments and ra.failed_segments == 0 == ra.removed_bits
-    assert ra.disclosed_bits == TAG_BITS * segments and TAG_BITS == 128
+    assert ra.disclosed_bits == TAG_BITS * segments and TAG_BITS == 128 + 1
     assert a.state is BlockState.VERIFIED and b.state is BlockState.VERIFIED
-    assert a.meta["verification_tag_bits"] == 128 * segments
+    assert a.meta["verification_tag_bits"] == (128 + 1) * segments
     assert np.array_equal(a.bits, bits) and np.array_equal(b.bits, bits)
     assert ra.collision_probability == collision_probability(100_003, DEFAULT_SEGMENT_BITS) \
         <= 1e-15

@@ -28,10 +28,10 @@ segment differs. :func:`collision_probability` gives that bound; the stage refus
 (``verification_bound_above_eps_cor``) a key so long that it would exceed the
 configured eps_cor.
 
-Disclosure: 128 bits per segment tag (added to lambda_EC); the one-time key carries
-no information about the key, and which segments differ is a function of the error
-pattern, public in the standard Cascade accounting (its binary searches reveal error
-positions anyway).
+Disclosure: 128 bits per segment tag plus 1 bit for its verdict (added to lambda_EC);
+the one-time key carries no information about the key. Which segments differ is a
+function of the error pattern, not of the key values, but it is computed from both
+parties' strings, so each verdict is counted as one more disclosed bit.
 """
 
 from __future__ import annotations
@@ -50,15 +50,17 @@ from corridor.randomness import RandomSource
 
 MESSAGE_TAG = "verify.tag"
 MESSAGE_VERDICT = "verify.verdict"
-#: Bits disclosed by one verification tag.
-TAG_BITS = 128
+#: Bits disclosed per verified segment: its 128-bit tag plus the one-bit verdict
+#: (matched or not), which depends on both parties' strings and is therefore
+#: counted as leaked too, conservatively.
+TAG_BITS = 128 + 1
 HASH_KEY_BYTES = 32
 #: Default segment length. Cost per block: 128 bits per tag plus the length of each
 #: dropped segment; with n bits and a residual-error rate of r per bit, the sum
 #: 128 n / s + r n s is least at s = sqrt(128 / r): about 3.6e4 bits for the
 #: ~1e-3 residual errors per 1e4-bit Cascade frame seen with biconf.
 DEFAULT_SEGMENT_BITS = 1 << 15
-_TAG_BYTES = TAG_BITS // 8
+_TAG_BYTES = 128 // 8
 _HEADER_BYTES = 16
 
 
@@ -85,7 +87,7 @@ class VerificationResult:
     """Output of stage 4 (public figures only).
 
     Attributes:
-        disclosed_bits: bits counted as disclosed (128 per segment tag).
+        disclosed_bits: bits counted as disclosed (128 per segment tag + 1 per verdict).
         collision_probability: the union bound over segments (<= eps_cor).
         segments: number of segments tagged.
         failed_segments: segments that differed and were dropped.
