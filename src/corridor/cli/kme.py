@@ -1,0 +1,123 @@
+"""``corridor kme serve``: one KME process of a real (split-site) deployment.
+
+This module owns the ``kme`` command group. ``corridor kme serve --config FILE --kme ID``
+runs one KME of a corridor file: its own store (SQLite file or PostgreSQL), its ETSI
+GS QKD 014 API over mutual TLS on the host and port the file gives it, the KME-to-KME
+route and HttpsPeerLinks to its peer KMEs, and its side of every link whose
+``source = "recorded"``: this KME reads only its own party's key file (``alice.bin`` at
+Alice's KME, ``bob.bin`` at Bob's) and ingests block after block, resuming after the
+last block its store holds.
+
+Not supported here: a *simulated* link split over two KME processes (the two distilling
+parties talking over TCP next to their KMEs). ``corridor link run --role alice|bob``
+runs such a pair and writes the key files this command then serves; ``corridor up``
+runs simulated links in one process. The command says so at start for every simulated
+link of the KME, and serves the keys already stored.
+
+SIGTERM or SIGINT stops it cleanly: feed loop joined, server closed after in-flight
+requests, store closed, audit log fsync'ed. A ``kill -9`` is survivable by design
+(docs/kms-store.md, "Crash at any point"): on restart pending reservations are
+discarded and the feed resumes after the last stored block.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from corridor.cli.common import console, err_console, handle_errors
+from corridor.errors import ParameterError
+from corridor.logs import configure_logging
+
+kme_app = typer.Typer(help="Run a KME process (one site of a deployment).",
+                      no_args_is_help=True)
+
+
+@kme_app.command("serve")
+def serve_command(
+    config: Annotated[Path, typer.Option("--config", help="Corridor TOML file.")],
+    kme: Annotated[str, typer.Option("--kme", help="Which KME of the file to run.")],
+    workdir: Annotated[Path, typer.Option(
+        "--workdir", help="State directory: <workdir>/<KME>/ holds store.sqlite, kek.hex "
+        "and audit.jsonl unless the file says otherwise.")] = Path("."),
+    pki_dir: Annotated[Path | None, typer.Option(
+        "--pki", help="Directory of `corridor pki init` (default: the file's pki_dir, else "
+        "<workdir>/pki).")] = None,
+    log_json: Annotated[bool, typer.Option("--log-json/--log-text",
+                                           help="Log format on stderr.")] = True,
+) -> None:
+    """Serve one KME over mutual TLS and feed it from its side of its recorded links."""
+    # The KMS stack is imported when a KME runs, not by every `corridor` invocation.
+    from corridor.kms.node import (
+        SOURCE_RECORDED,
+        KmeNode,
+        load_corridor,
+        load_pki,
+        make_source,
+        monitor_for,
+    )
+    from corridor.kms.source import SIDE_ALICE, LinkFeeder
+
+    with handle_errors():
+        configure_logging("warning", json=log_json)
+        spec = load_corridor(config)
+        site = spec.kme(kme)
+        if site.port == 0 and site.url is None:
+            raise ParameterError(f"kmes.{kme}.port", 0,
+                                 "must be a fixed port for `corridor kme serve`: its peer KMEs "
+                                 "and SAEs must know where to reach it")
+        pki = load_pki(pki_dir or spec.pki_dir or workdir / "pki")
+        stop = threading.Event()
+
+        def on_signal(_signum: int, _frame: FrameType | None) -> None:
+            stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT,
+                                                                    signal.SIGTERM)}
+        node = KmeNode(spec, kme, workdir.resolve(), pki)
+        feeders: list[LinkFeeder] = []
+        try:
+            url = node.start()
+            manager = node.manager
+            assert manager is not None
+            monitor = monitor_for(spec, node.events)
+            for link in spec.links.values():
+                side = link.side_of(kme)
+                if side is None:
+                    continue
+                if link.source != SOURCE_RECORDED:
+                    err_console.print(
+                        f"link {link.link_id}: source {link.source!r} is not fed by a single "
+                        "KME process; run `corridor link run --role alice|bob --keys-out DIR` "
+                        "at the two sites and use source = \"recorded\"; serving stored keys "
+                        "only", highlight=False, soft_wrap=True)
+                    continue
+                feeder = LinkFeeder(make_source(link, (side,)),
+                                    manager if side == SIDE_ALICE else None,
+                                    None if side == SIDE_ALICE else manager,
+                                    monitor, node.events)
+                feeders.append(feeder)
+                feeder.start()
+            console.print(f"KME {kme} ({site.site}) serving at {url}; "
+                          f"{node.pending_discarded} pending reservations discarded at start; "
+                          f"feeding {len(feeders)} link(s)", highlight=False, soft_wrap=True)
+            console.file.flush()
+            while not stop.is_set():
+                stop.wait(1.0)
+        finally:
+            for feeder in feeders:
+                feeder.stop()
+            node.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        console.print(f"KME {kme} stopped cleanly", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``corridor kme`` to the main application."""
+    app.add_typer(kme_app, name="kme")

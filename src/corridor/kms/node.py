@@ -1,0 +1,727 @@
+"""Assembling KMEs from a corridor file: one KME process, or the whole embedded corridor.
+
+This module owns the corridor TOML format (docs/corridor-up.md) and the wiring of a KME:
+
+- :func:`load_corridor` reads a corridor file (or the embedded default shipped as
+  ``default_corridor.toml``) into a :class:`CorridorSpec`: KMEs and their sites, links
+  with their physical parameters (a preset plus overrides named with units,
+  ``length_km``) and how they are fed, SAEs and the KME each is attached to;
+- :class:`KmeNode` builds one KME: its store (SQLite file or PostgreSQL DSN), its KEK
+  (file or environment variable, never the database), its
+  :class:`~corridor.kms.audit.AuditLog` and :class:`~corridor.kms.metrics.KmsMetrics`
+  behind one :class:`~corridor.kms.interface.FanOutEventSink`, its
+  :class:`~corridor.kms.manager.KeyManager` (pending reservations resolved on start),
+  :class:`~corridor.kms.api.HttpsPeerLink` s to its peer KMEs and the ETSI GS QKD 014
+  server over mutual TLS;
+- :class:`Corridor` is the embedded default in one process: every KME of the file on
+  this machine, the PKI (created on first start, reused after), one
+  :class:`~corridor.kms.alarms.LinkMonitor` and one
+  :class:`~corridor.kms.source.LinkFeeder` per link, and ``corridor-up.json``
+  describing what runs.
+
+Closing order is the reverse of starting: feeders (no new blocks), servers (in-flight
+requests finish), peer links, stores, audit logs (fsync'ed, chain intact).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import importlib.resources
+import json
+import os
+import socket
+import time
+import tomllib
+from collections.abc import Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from corridor.errors import ParameterError
+from corridor.kms.alarms import BENIGN_REASONS, LinkHealth, LinkMonitor
+from corridor.kms.api import HttpsPeerLink, create_app
+from corridor.kms.audit import AuditLog
+from corridor.kms.config import KmeConfig, SaeDirectory, check_id
+from corridor.kms.crypto import load_kek, write_kek_file
+from corridor.kms.interface import EventSink, FanOutEventSink
+from corridor.kms.manager import KeyManager
+from corridor.kms.metrics import KmsMetrics, MetricsEventSink, PoolSample
+from corridor.kms.pki import MANIFEST_NAME, CertificatePaths, PkiLayout, init_pki
+from corridor.kms.source import (
+    SIDE_ALICE,
+    SIDE_BOB,
+    KeySource,
+    LinkFeeder,
+    RecordedKeyFileSource,
+    SimulatedLinkSource,
+)
+from corridor.kms.store import KeyStore, open_store
+from corridor.kms.tls import bind_socket, running_server
+from corridor.link.params import LinkParameters, preset
+from corridor.randomness import RandomSource
+
+DEFAULT_CORRIDOR_RESOURCE = "default_corridor.toml"
+UP_FILE_NAME = "corridor-up.json"
+LOCK_FILE_NAME = "corridor.lock"
+SOURCE_SIMULATED = "simulated"
+SOURCE_RECORDED = "recorded"
+
+# A block too short to pay for its own authentication yields no key but says nothing
+# about the channel's integrity: it counts like a verification failure (see report).
+FEED_BENIGN_REASONS = BENIGN_REASONS | {"output_used_for_authentication"}
+
+_KME_NODE_KEYS = {"id", "site", "host", "port", "url", "store", "kek_file", "kek_env",
+                  "audit_fsync_interval_s"}
+_LINK_KEYS = {"id", "alice_kme", "bob_kme", "preset", "parameters", "source", "block_pulses",
+              "block_interval_s", "cascade_variant", "frame_bits", "keys_dir", "block_bytes"}
+_MONITOR_KEYS = {"qber_alarm_threshold", "trend_window_blocks", "recovery_blocks",
+                 "recovery_qber_threshold", "max_consecutive_discards"}
+_TOP_KEYS = {"name", "kme", "monitor", "kmes", "links", "saes", "pki_dir"}
+
+
+# ---------------------------------------------------------------------------------------
+# The corridor file
+
+
+@dataclass(frozen=True)
+class KmeSite:
+    """One KME of a corridor: where it listens, where its state lives, its limits."""
+
+    kme_id: str
+    site: str
+    host: str
+    port: int
+    config: KmeConfig
+    url: str | None = None
+    store: str | None = None
+    kek_file: Path | None = None
+    kek_env: str | None = None
+    audit_fsync_interval_s: float = 0.0
+
+    def base_url(self, port: int | None = None, host: str | None = None) -> str:
+        """``https://host:port`` (``url`` if the file gives one)."""
+        if self.url is not None:
+            return self.url.rstrip("/")
+        name = host or self.host
+        name = f"[{name}]" if ":" in name else name
+        return f"https://{name}:{self.port if port is None else port}"
+
+
+@dataclass(frozen=True)
+class LinkSite:
+    """One QKD link: its two KMEs (Alice's, Bob's), its physics and how it is fed."""
+
+    link_id: str
+    alice_kme: str
+    bob_kme: str
+    params: LinkParameters
+    source: str = SOURCE_SIMULATED
+    block_pulses: int = 10_000_000
+    block_interval_s: float = 0.0
+    cascade_variant: str = "yanetal"
+    frame_bits: int = 10_000
+    keys_dir: Path | None = None
+    block_bytes: int = 4096
+
+    def side_of(self, kme_id: str) -> str | None:
+        """``alice``, ``bob`` or None for a KME not on this link."""
+        if kme_id == self.alice_kme:
+            return SIDE_ALICE
+        if kme_id == self.bob_kme:
+            return SIDE_BOB
+        return None
+
+
+@dataclass(frozen=True)
+class CorridorSpec:
+    """A corridor file, validated."""
+
+    name: str
+    kmes: dict[str, KmeSite]
+    links: dict[str, LinkSite]
+    saes: dict[str, str]
+    monitor: dict[str, Any] = field(default_factory=dict)
+    pki_dir: Path | None = None
+    source_path: str = "(embedded default)"
+
+    def directory(self) -> SaeDirectory:
+        """Who is attached where, and the links, as every KME needs it."""
+        return SaeDirectory(self.saes, {link.link_id: (link.alice_kme, link.bob_kme)
+                                        for link in self.links.values()})
+
+    def kme(self, kme_id: str) -> KmeSite:
+        """The KME called ``kme_id`` (ParameterError listing the known ones otherwise)."""
+        try:
+            return self.kmes[kme_id]
+        except KeyError:
+            raise ParameterError("--kme", kme_id, f"must be one of {sorted(self.kmes)} "
+                                 f"(from {self.source_path})") from None
+
+
+def _table(where: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ParameterError(where, value, "must be a TOML table")
+    return value
+
+
+def _unknown(where: str, data: Mapping[str, Any], known: set[str]) -> None:
+    extra = sorted(set(data) - known)
+    if extra:
+        raise ParameterError(f"{where}.{extra[0]}", data[extra[0]],
+                             f"unknown setting; allowed: {', '.join(sorted(known))}")
+
+
+def _number(where: str, value: Any, *, integer: bool = False, minimum: float = 0.0) -> Any:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
+        raise ParameterError(where, value,
+                             f"must be {'an integer' if integer else 'a number'} >= {minimum:g}")
+    return value
+
+
+def _path(base: Path, value: Any, where: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ParameterError(where, value, "must be a path")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def parse_corridor(data: Mapping[str, Any], base_dir: Path | None = None,
+                   source_path: str = "(mapping)") -> CorridorSpec:
+    """Validate a parsed corridor file; relative paths are relative to ``base_dir``."""
+    base = base_dir if base_dir is not None else Path.cwd()
+    _unknown("corridor", data, _TOP_KEYS)
+    name = data.get("name", "corridor")
+    if not isinstance(name, str) or not name:
+        raise ParameterError("name", name, "must be a non-empty string")
+    shared = dict(_table("kme", data.get("kme", {})))
+    monitor = dict(_table("monitor", data.get("monitor", {})))
+    _unknown("monitor", monitor, _MONITOR_KEYS)
+    kmes: dict[str, KmeSite] = {}
+    entries = data.get("kmes", [])
+    if not isinstance(entries, list) or len(entries) < 2:
+        raise ParameterError("kmes", entries, "must list at least two [[kmes]] tables")
+    for index, raw in enumerate(entries):
+        entry = dict(_table(f"kmes[{index}]", raw))
+        kme_id = check_id(f"kmes[{index}].id", entry.get("id"))
+        if kme_id in kmes:
+            raise ParameterError(f"kmes[{index}].id", kme_id, "must be unique")
+        where = f"kmes.{kme_id}"
+        settings = {k: v for k, v in entry.items() if k not in _KME_NODE_KEYS}
+        node = {k: v for k, v in entry.items() if k in _KME_NODE_KEYS}
+        config = KmeConfig.from_mapping({**shared, **settings, "kme_id": kme_id})
+        host = node.get("host", "127.0.0.1")
+        if not isinstance(host, str) or not host:
+            raise ParameterError(f"{where}.host", host, "must be a host name or IP address")
+        port = _number(f"{where}.port", node.get("port", 0), integer=True)
+        if port > 65535:
+            raise ParameterError(f"{where}.port", port, "must be 0 (any free port) to 65535")
+        url = node.get("url")
+        if url is not None and (not isinstance(url, str) or not url.startswith("https://")):
+            raise ParameterError(f"{where}.url", url, "must be an https:// URL")
+        store = node.get("store")
+        if store is not None and (not isinstance(store, str) or not store):
+            raise ParameterError(f"{where}.store", store,
+                                 "must be sqlite:///PATH, a file path or postgresql://...")
+        if isinstance(store, str) and "://" not in store:
+            store = str(_path(base, store, f"{where}.store"))
+        kek_env = node.get("kek_env")
+        if kek_env is not None and (not isinstance(kek_env, str) or not kek_env):
+            raise ParameterError(f"{where}.kek_env", kek_env, "must name an environment variable")
+        kmes[kme_id] = KmeSite(
+            kme_id=kme_id, site=str(node.get("site", kme_id)), host=host, port=port,
+            config=config, url=url, store=store,
+            kek_file=_path(base, node["kek_file"], f"{where}.kek_file")
+            if "kek_file" in node else None,
+            kek_env=kek_env,
+            audit_fsync_interval_s=float(_number(f"{where}.audit_fsync_interval_s",
+                                                 node.get("audit_fsync_interval_s", 0.0))))
+    saes: dict[str, str] = {}
+    sae_entries = data.get("saes", [])
+    if not isinstance(sae_entries, list) or not sae_entries:
+        raise ParameterError("saes", sae_entries, "must list at least one [[saes]] table")
+    for index, raw in enumerate(sae_entries):
+        entry = dict(_table(f"saes[{index}]", raw))
+        _unknown(f"saes[{index}]", entry, {"id", "kme"})
+        sae_id = check_id(f"saes[{index}].id", entry.get("id"))
+        kme_id = str(entry.get("kme"))
+        if kme_id not in kmes:
+            raise ParameterError(f"saes.{sae_id}.kme", kme_id, f"must be one of {sorted(kmes)}")
+        if sae_id in saes:
+            raise ParameterError(f"saes[{index}].id", sae_id, "must be unique")
+        saes[sae_id] = kme_id
+    links: dict[str, LinkSite] = {}
+    link_entries = data.get("links", [])
+    if not isinstance(link_entries, list) or not link_entries:
+        raise ParameterError("links", link_entries, "must list at least one [[links]] table")
+    for index, raw in enumerate(link_entries):
+        entry = dict(_table(f"links[{index}]", raw))
+        _unknown(f"links[{index}]", entry, _LINK_KEYS)
+        link = _parse_link(entry, index, kmes, base)
+        if link.link_id in links:
+            raise ParameterError(f"links[{index}].id", link.link_id, "must be unique")
+        links[link.link_id] = link
+    spec = CorridorSpec(name=name, kmes=kmes, links=links, saes=saes, monitor=monitor,
+                        pki_dir=_path(base, data["pki_dir"], "pki_dir")
+                        if "pki_dir" in data else None, source_path=source_path)
+    spec.directory()  # one link per KME pair, IDs valid: SaeDirectory checks it
+    return spec
+
+
+def _parse_link(entry: Mapping[str, Any], index: int, kmes: Mapping[str, KmeSite],
+                base: Path) -> LinkSite:
+    link_id = check_id(f"links[{index}].id", entry.get("id"))
+    where = f"links.{link_id}"
+    ends: dict[str, str] = {}
+    for role in ("alice_kme", "bob_kme"):
+        value = entry.get(role)
+        if not isinstance(value, str) or value not in kmes:
+            raise ParameterError(f"{where}.{role}", value, f"must be one of {sorted(kmes)}")
+        ends[role] = value
+    if ends["alice_kme"] == ends["bob_kme"]:
+        raise ParameterError(f"{where}.bob_kme", ends["bob_kme"],
+                             "must differ from alice_kme")
+    preset_name = entry.get("preset", "modern-snspd")
+    if not isinstance(preset_name, str):
+        raise ParameterError(f"{where}.preset", preset_name, "must be a preset name")
+    overrides = dict(_table(f"{where}.parameters", entry.get("parameters", {})))
+    params = preset(preset_name).override(overrides)
+    source = entry.get("source", SOURCE_SIMULATED)
+    if source not in (SOURCE_SIMULATED, SOURCE_RECORDED):
+        raise ParameterError(f"{where}.source", source,
+                             f"must be {SOURCE_SIMULATED!r} or {SOURCE_RECORDED!r}")
+    keys_dir = None
+    if source == SOURCE_RECORDED:
+        if "keys_dir" not in entry:
+            raise ParameterError(f"{where}.keys_dir", None,
+                                 "is required with source = \"recorded\" (the directory "
+                                 "`corridor link run --keys-out DIR` wrote)")
+        keys_dir = _path(base, entry["keys_dir"], f"{where}.keys_dir")
+    block_bytes = _number(f"{where}.block_bytes", entry.get("block_bytes", 4096), integer=True,
+                          minimum=2)
+    if block_bytes % 2:
+        raise ParameterError(f"{where}.block_bytes", block_bytes, "must be even")
+    variant = entry.get("cascade_variant", "yanetal")
+    if not isinstance(variant, str):
+        raise ParameterError(f"{where}.cascade_variant", variant, "must be a variant name")
+    return LinkSite(
+        link_id=link_id, alice_kme=ends["alice_kme"], bob_kme=ends["bob_kme"], params=params,
+        source=source,
+        block_pulses=_number(f"{where}.block_pulses", entry.get("block_pulses", 10_000_000),
+                             integer=True, minimum=1),
+        block_interval_s=float(_number(f"{where}.block_interval_s",
+                                       entry.get("block_interval_s", 0.0))),
+        cascade_variant=variant,
+        frame_bits=_number(f"{where}.frame_bits", entry.get("frame_bits", 10_000),
+                           integer=True, minimum=64),
+        keys_dir=keys_dir, block_bytes=block_bytes)
+
+
+def load_corridor(path: str | os.PathLike[str] | None = None) -> CorridorSpec:
+    """Read a corridor file, or the embedded default when ``path`` is None."""
+    if path is None:
+        text = importlib.resources.files("corridor.kms").joinpath(
+            DEFAULT_CORRIDOR_RESOURCE).read_text(encoding="utf-8")
+        return parse_corridor(tomllib.loads(text), Path.cwd(), "(embedded default)")
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParameterError("--config", str(file), "must be an existing corridor TOML file") \
+            from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ParameterError("--config", str(file), f"is not valid TOML: {exc}") from None
+    return parse_corridor(data, file.resolve().parent, str(file))
+
+
+# ---------------------------------------------------------------------------------------
+# PKI
+
+
+def load_pki(pki_dir: Path) -> PkiLayout:
+    """The layout ``corridor pki init`` (or :func:`init_pki`) wrote, from its manifest."""
+    manifest = pki_dir / MANIFEST_NAME
+    try:
+        data = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        raise ParameterError("pki_dir", str(pki_dir),
+                             f"must hold {MANIFEST_NAME}; create it with `corridor pki init`") \
+            from None
+    except (OSError, ValueError) as exc:
+        raise ParameterError("pki_dir", str(manifest), "must be a readable pki.json",
+                             type(exc).__name__) from None
+    root = pki_dir.resolve()
+
+    def paths(entry: Mapping[str, str]) -> CertificatePaths:
+        return CertificatePaths(root / entry["cert"], root / entry["key"])
+
+    return PkiLayout(root=root, ca_cert=root / data["ca_cert"], ca_key=root / "ca.key",
+                     kmes={k: paths(v) for k, v in data["kmes"].items()},
+                     saes={s: paths(v) for s, v in data["saes"].items()},
+                     sae_kme={s: v["kme_id"] for s, v in data["saes"].items()})
+
+
+def ensure_pki(spec: CorridorSpec, pki_dir: Path) -> PkiLayout:
+    """Create the corridor's PKI under ``pki_dir`` on first use, else load it and check it
+    covers every KME and SAE of the corridor."""
+    if not (pki_dir / MANIFEST_NAME).exists():
+        return init_pki(pki_dir, list(spec.kmes), list(spec.saes.items()))
+    layout = load_pki(pki_dir)
+    missing = sorted((set(spec.kmes) - set(layout.kmes)) | (set(spec.saes) - set(layout.saes)))
+    if missing:
+        raise ParameterError("pki_dir", str(pki_dir),
+                             f"has no certificate for {missing}; use a fresh --workdir or "
+                             "re-create the PKI with `corridor pki init --force`")
+    return layout
+
+
+# ---------------------------------------------------------------------------------------
+# One KME
+
+
+def monitor_for(spec: CorridorSpec, events: EventSink) -> LinkMonitor:
+    """The corridor's LinkMonitor with the thresholds of its ``[monitor]`` table."""
+    return LinkMonitor(events, benign_reasons=FEED_BENIGN_REASONS, **spec.monitor)
+
+
+class KmeNode:
+    """One KME of a corridor, assembled and served (module docstring).
+
+    Args:
+        spec: the corridor.
+        kme_id: which of its KMEs this is.
+        workdir: where this KME keeps its state by default: ``<workdir>/<kme_id>/``
+            holds ``store.sqlite``, ``kek.hex`` (created 0600 on first start) and
+            ``audit.jsonl``.
+        pki: the corridor's certificates.
+        peer_urls: base URL of each peer KME (default: from the corridor file).
+        sock: a socket from :func:`~corridor.kms.tls.bind_socket` to serve on (default:
+            bind the KME's host and port).
+        public_url: the base URL SAEs and peers use (default: from host and bound port).
+    """
+
+    def __init__(self, spec: CorridorSpec, kme_id: str, workdir: Path, pki: PkiLayout, *,
+                 peer_urls: Mapping[str, str] | None = None,
+                 sock: socket.socket | None = None, public_url: str | None = None) -> None:
+        self.spec = spec
+        self.site = spec.kme(kme_id)
+        self.kme_id = kme_id
+        self.state_dir = workdir / kme_id
+        self.pki = pki
+        if kme_id not in pki.kmes:
+            raise ParameterError("--kme", kme_id, f"has no certificate in {pki.root}")
+        self._peer_urls = dict(peer_urls or {})
+        self._sock = sock
+        self._stack = ExitStack()
+        self.url: str | None = public_url
+        self.manager: KeyManager | None = None
+        self.metrics = KmsMetrics()
+        self.audit: AuditLog | None = None
+        self.events: EventSink = FanOutEventSink()
+        self.pending_discarded = 0
+
+    @property
+    def audit_path(self) -> Path:
+        """This KME's audit log."""
+        return self.state_dir / "audit.jsonl"
+
+    @property
+    def kek_path(self) -> Path | None:
+        """This KME's KEK file (None when the KEK comes from an environment variable)."""
+        if self.site.kek_env is not None:
+            return None
+        return self.site.kek_file or self.state_dir / "kek.hex"
+
+    @property
+    def store_url(self) -> str:
+        """Where this KME's store lives."""
+        return self.site.store or str(self.state_dir / "store.sqlite")
+
+    def _kek(self) -> bytes:
+        if self.site.kek_env is not None:
+            return load_kek(None, self.site.kek_env)
+        path = self.kek_path
+        assert path is not None
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_kek_file(path)
+        return load_kek(path)
+
+    def open_manager(self) -> KeyManager:
+        """Open store, KEK, audit log and metrics; build the KeyManager; discard pending
+        reservations (their IDs never reached a master SAE, docs/kms-store.md)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        kek = self._kek()
+        self.audit = AuditLog(self.audit_path, kek,
+                              fsync_interval_s=self.site.audit_fsync_interval_s)
+        self._stack.callback(self.audit.close)
+        self.events = FanOutEventSink(self.audit, MetricsEventSink(self.metrics))
+        store: KeyStore = open_store(self.store_url, kek, kme_id=self.kme_id)
+        self._stack.callback(store.close)
+        del kek
+        manager = KeyManager(self.site.config, self.spec.directory(), store, events=self.events)
+        self.manager = manager
+        self.events.emit("kme_started", kme_id=self.kme_id, pid=os.getpid())
+        self.pending_discarded = manager.resolve_pending()
+        self.metrics.add_pool_source(self._pool_samples)
+        return manager
+
+    def _pool_samples(self) -> list[PoolSample]:
+        manager = self.manager
+        if manager is None:
+            return []
+        size = manager.config.key_size_bytes
+        return [PoolSample(kme_id=self.kme_id, link_id=state.link_id, direction=state.direction,
+                           stored_keys=min(state.available_bytes // size,
+                                           manager.config.max_key_count),
+                           available_bits=8 * state.available_bytes,
+                           max_keys=manager.config.max_key_count)
+                for state in manager.pool_states()]
+
+    def start(self) -> str:
+        """Open everything and serve; returns the base URL."""
+        try:
+            manager = self.open_manager()
+            paths = self.pki.kmes[self.kme_id]
+            for link in self.spec.directory().links_of(self.kme_id):
+                peer_id = link.other(self.kme_id)
+                peer_url = self._peer_urls.get(peer_id) or self.spec.kme(peer_id).base_url()
+                peer = HttpsPeerLink(peer_url, cert=paths.cert, key=paths.key,
+                                     ca=self.pki.ca_cert, peer_kme_id=peer_id)
+                self._stack.callback(peer.close)
+                manager.set_peer(peer_id, peer)
+            app = create_app(manager, metrics=self.metrics,
+                             peer_acceptor=manager.accept_reservations)
+            sock = self._sock if self._sock is not None else bind_socket(self.site.host,
+                                                                         self.site.port)
+            server = self._stack.enter_context(running_server(
+                app, paths.cert, paths.key, self.pki.ca_cert, sock=sock))
+            if self.url is None:
+                self.url = self.site.base_url(server.port)
+        except BaseException:
+            self.close()
+            raise
+        return self.url
+
+    def pools(self) -> list[dict[str, Any]]:
+        """Public figures of this KME's pools (for status displays)."""
+        manager = self.manager
+        if manager is None:
+            return []
+        size = manager.config.key_size_bytes
+        out = []
+        for state in manager.pool_states():
+            link = manager.directory.link(state.link_id)
+            master = link.master_kme(state.direction) if link is not None else ""
+            out.append({"kme_id": self.kme_id, "link_id": state.link_id,
+                        "direction": state.direction, "role": "master"
+                        if master == self.kme_id else "slave",
+                        "stored_keys": min(state.available_bytes // size,
+                                           manager.config.max_key_count),
+                        "max_keys": manager.config.max_key_count,
+                        "available_bytes": state.available_bytes})
+        return out
+
+    def close(self) -> None:
+        """Stop serving, close peer links, the store and the audit log (in that order)."""
+        if self.audit is not None and self.manager is not None:
+            with contextlib.suppress(Exception):
+                self.events.emit("kme_stopped", kme_id=self.kme_id, pid=os.getpid())
+        self._stack.close()
+        self.manager = None
+
+    def __repr__(self) -> str:
+        return f"KmeNode(kme_id={self.kme_id!r}, url={self.url!r})"
+
+
+# ---------------------------------------------------------------------------------------
+# The embedded corridor
+
+
+def make_source(link: LinkSite, sides: tuple[str, ...], *,
+                rng: RandomSource | None = None) -> KeySource:
+    """The KeySource of ``link``: the simulated link, or its recorded key files
+    (``sides`` picks which parties' files this process reads)."""
+    if link.source == SOURCE_RECORDED:
+        assert link.keys_dir is not None
+        return RecordedKeyFileSource.from_directory(link.link_id, link.keys_dir,
+                                                    link.block_bytes, sides=sides,
+                                                    block_interval_s=link.block_interval_s)
+    if set(sides) != {SIDE_ALICE, SIDE_BOB}:
+        raise ParameterError(f"links.{link.link_id}.source", link.source,
+                             "a simulated link runs both parties in one process (corridor "
+                             "up); a KME process at one site is fed from recorded key files")
+    from corridor.distill.pipeline import DistillConfig
+
+    config = DistillConfig.for_link(link.params, link_id=link.link_id,
+                                    cascade_variant=link.cascade_variant,
+                                    frame_bits=link.frame_bits, channel_timeout_s=30.0)
+    return SimulatedLinkSource(link.params, link_id=link.link_id,
+                               block_pulses=link.block_pulses, config=config, rng=rng,
+                               block_interval_s=link.block_interval_s)
+
+
+class Corridor:
+    """Every KME of a corridor in this process, fed by its links (``corridor up``).
+
+    Args:
+        spec: the corridor.
+        workdir: state of every KME (``<workdir>/<kme_id>/``), the PKI
+            (``<workdir>/pki`` unless the file names ``pki_dir``) and ``corridor-up.json``.
+        host: overrides every KME's host (``corridor up`` binds 127.0.0.1).
+        rng: randomness of the simulated links (default: OS CSPRNG).
+    """
+
+    def __init__(self, spec: CorridorSpec, workdir: Path, *, host: str | None = None,
+                 rng: RandomSource | None = None) -> None:
+        self.spec = spec
+        self.workdir = workdir.resolve()
+        self.host = host
+        self._rng = rng
+        self.nodes: dict[str, KmeNode] = {}
+        self.feeders: dict[str, LinkFeeder] = {}
+        self.monitor: LinkMonitor | None = None
+        self.pki: PkiLayout | None = None
+        self.started_at = dt.datetime.now(dt.UTC)
+        self._lock_fd: int | None = None
+
+    @property
+    def up_file(self) -> Path:
+        """The ``corridor-up.json`` this corridor writes."""
+        return self.workdir / UP_FILE_NAME
+
+    def start(self) -> None:
+        """Start every KME (peers known before any serves), then every link's feeder,
+        then write ``corridor-up.json``."""
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._lock_workdir()
+            self.pki = ensure_pki(self.spec, self.spec.pki_dir or self.workdir / "pki")
+            sockets: dict[str, socket.socket] = {}
+            urls: dict[str, str] = {}
+            for kme_id, site in self.spec.kmes.items():
+                # Every port is known before any KME starts: each needs its peers' URLs.
+                sock = bind_socket(self.host or site.host, site.port)
+                sockets[kme_id] = sock
+                urls[kme_id] = site.base_url(sock.getsockname()[1], self.host)
+            for kme_id in self.spec.kmes:
+                node = KmeNode(self.spec, kme_id, self.workdir, self.pki, peer_urls=urls,
+                               sock=sockets.pop(kme_id), public_url=urls[kme_id])
+                self.nodes[kme_id] = node
+                node.start()
+            self.monitor = monitor_for(self.spec, FanOutEventSink(
+                *(node.events for node in self.nodes.values())))
+            for link in self.spec.links.values():
+                alice, bob = self.nodes[link.alice_kme], self.nodes[link.bob_kme]
+                feeder = LinkFeeder(make_source(link, (SIDE_ALICE, SIDE_BOB), rng=self._rng),
+                                    alice.manager, bob.manager, self.monitor,
+                                    FanOutEventSink(alice.events, bob.events))
+                self.feeders[link.link_id] = feeder
+                feeder.start()
+            self.write_up_file()
+        except BaseException:
+            for sock in locals().get("sockets", {}).values():
+                sock.close()
+            self.close()
+            raise
+
+    def _lock_workdir(self) -> None:
+        """Refuse a second corridor on the same state: two feeders would fight over the
+        same streams. The lock is released when this process ends, however it ends."""
+        path = self.workdir / LOCK_FILE_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise ParameterError("--workdir", str(self.workdir),
+                                 f"is in use by another corridor (pid {holder}); stop it or "
+                                 "choose another working directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def up_description(self) -> dict[str, Any]:
+        """What ``corridor-up.json`` holds (paths relative to the working directory)."""
+        assert self.pki is not None
+
+        def rel(path: Path) -> str:
+            try:
+                return str(path.resolve().relative_to(self.workdir))
+            except ValueError:
+                return str(path.resolve())
+
+        return {
+            "name": self.spec.name,
+            "pid": os.getpid(),
+            "started_at": self.started_at.isoformat().replace("+00:00", "Z"),
+            "ca_cert": rel(self.pki.ca_cert),
+            "kmes": [{"kme_id": kme_id, "base_url": node.url, "site": node.site.site,
+                      "store": rel(Path(node.store_url)) if "://" not in node.store_url
+                      else "postgresql",
+                      "audit_log": rel(node.audit_path),
+                      "kek_file": rel(node.kek_path) if node.kek_path else None}
+                     for kme_id, node in self.nodes.items()],
+            "saes": [{"sae_id": sae_id, "kme_id": kme_id,
+                      "cert": rel(self.pki.saes[sae_id].cert),
+                      "key": rel(self.pki.saes[sae_id].key),
+                      "ca_cert": rel(self.pki.ca_cert)}
+                     for sae_id, kme_id in self.spec.saes.items()],
+            "links": [{"link_id": link.link_id, "alice_kme": link.alice_kme,
+                       "bob_kme": link.bob_kme, "source": link.source,
+                       "preset": link.params.name, "length_km": link.params.fibre.length_km}
+                      for link in self.spec.links.values()],
+        }
+
+    def write_up_file(self) -> Path:
+        """Write ``corridor-up.json`` atomically (readers never see half a file)."""
+        data = json.dumps(self.up_description(), indent=2) + "\n"
+        partial = self.up_file.with_suffix(".json.partial")
+        partial.write_text(data)
+        os.replace(partial, self.up_file)
+        return self.up_file
+
+    def status(self) -> dict[str, Any]:
+        """Pools, links (QBER, key rate, alarms) and feeders, as plain data."""
+        links = []
+        for link_id, feeder in self.feeders.items():
+            health: LinkHealth | None = self.monitor.health(link_id) if self.monitor else None
+            elapsed_s = max(1e-9, time.monotonic() - feeder.stats.started_at_monotonic_s)
+            links.append({
+                "link_id": link_id, **feeder.stats.as_dict(),
+                "running": feeder.running,
+                "stored_bits_per_second_wall": 8 * feeder.stats.bytes_stored / elapsed_s,
+                "quarantined": bool(health and health.quarantined),
+                "alarms": [{"kind": a.kind, "reason": a.reason, "latched": a.latched,
+                            "block_id": a.block_id}
+                           for a in (health.active_alarms if health else ())]})
+        return {"pools": [pool for node in self.nodes.values() for pool in node.pools()],
+                "links": links}
+
+    def close(self) -> None:
+        """Stop feeders, then KMEs; every thread joined, every store and log closed."""
+        for feeder in self.feeders.values():
+            with contextlib.suppress(Exception):
+                feeder.stop()
+        for node in reversed(list(self.nodes.values())):
+            node.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Corridor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["FEED_BENIGN_REASONS", "Corridor", "CorridorSpec", "KmeNode", "KmeSite", "LinkSite",
+           "ensure_pki", "load_corridor", "load_pki", "make_source", "monitor_for",
+           "parse_corridor"]

@@ -1,0 +1,870 @@
+"""Key sources and the feeder that drives their blocks into the two KMEs of a link.
+
+This module owns the ``KeySource`` seam (ARCHITECTURE.md): anything that produces key
+blocks for a pair of KMEs, Alice's copy for one and Bob's for the other, block after
+block, with public figures (QBER, acquisition time) and, for a block that did not make
+it, the abort reason.
+
+- :class:`SimulatedLinkSource`: the simulated link (``corridor.link.simulator``) and the
+  distillation (``corridor.distill.pipeline``) running continuously in background
+  threads: Alice's and Bob's processors talk only over their authenticated in-process
+  channel; every block that reaches AUTHENTICATED on both sides with equal output is a
+  key block, every other one is reported with its reason.
+- :class:`RecordedKeyFileSource`: Alice's and Bob's key files as
+  ``corridor link run --keys-out DIR`` writes them (``DIR/alice.bin``,
+  ``DIR/bob.bin``), cut into blocks of a stated size; block ``k`` is bytes
+  ``[k * block_bytes, (k + 1) * block_bytes)`` of each file, so a restarted KME finds
+  the same block under the same ID. Either side may be opened alone (a KME process
+  that only holds its own site's file).
+
+:class:`LinkFeeder` takes blocks from a source and drives them into the KeyManagers:
+
+1. every block (key or abort) is reported once to the
+   :class:`~corridor.kms.alarms.LinkMonitor`, whose ``link_block`` event carries the
+   QBER, secret bits and acquisition time to the audit log and the metrics; a block is
+   stored only if the verdict says ``ingest`` (a quarantined link feeds nothing);
+2. both or neither: before a block is stored the feeder checks each direction's half
+   against the pool capacity at *both* KMEs; a half that would not fit at either end is
+   kept by neither (its stream position is not used at either end, so the two streams
+   stay identical). Pools only shrink between the check and the write (reservations),
+   and the feeder is the link's only writer, so a half that fits at the check fits at
+   the write;
+3. block IDs continue across restarts: :meth:`LinkFeeder.start` reads each KME's last
+   block ID and stream end offsets from its store, re-aligns the two streams if a crash
+   fell between the two writes of one block (the lagging KME's stream advances over the
+   missing bytes, which it never holds: reservations over them are refused at the slave
+   and burned at the master, fail closed), and asks the source to start after the
+   highest block ID either KME has seen. A block ID is never reused.
+
+With only one side present (``corridor kme serve`` at one site fed from its own key
+file) the both-or-neither check covers that side only; the store's rule keeps offsets
+aligned (a half that does not fit is dropped but its stream position is used, see
+docs/kms-store.md), and reservations over bytes only one end holds are refused.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from corridor.distill.block import BlockState, KeyBlock
+from corridor.distill.channel import in_process_pair
+from corridor.distill.pipeline import (
+    DistillConfig,
+    PartyOutcome,
+    make_processor,
+    run_party,
+)
+from corridor.errors import ParameterError
+from corridor.kms.alarms import LinkMonitor
+from corridor.kms.config import DIRECTIONS, check_id, split_block
+from corridor.kms.interface import EventSink, NullEventSink
+from corridor.kms.manager import KeyManager
+from corridor.link.params import LinkParameters
+from corridor.link.records import AliceRecords, BobRecords
+from corridor.link.simulator import simulate_block
+from corridor.randomness import RandomSource
+
+SIDE_ALICE = "alice"
+SIDE_BOB = "bob"
+SIDES = (SIDE_ALICE, SIDE_BOB)
+REASON_PARTIES_DISAGREE = "parties_disagree"
+_POLL_S = 0.1
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceBlock:
+    """One block of a link as a source delivers it: both sides' key bytes, or why not.
+
+    ``alice_key`` and ``bob_key`` are secret and never shown by ``repr``; they are
+    empty for an aborted block, and a side the source was not opened for is empty too.
+    """
+
+    link_id: str
+    block_id: int
+    alice_key: bytes = field(repr=False)
+    bob_key: bytes = field(repr=False)
+    aborted_reason: str | None = None
+    qber: float | None = None
+    duration_s: float | None = None
+    meta: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def secret_bits(self) -> int:
+        """Key bits of the block (0 if it aborted)."""
+        if self.aborted_reason is not None:
+            return 0
+        return 8 * max(len(self.alice_key), len(self.bob_key))
+
+    def key_for(self, side: str) -> bytes:
+        """The key bytes of ``side`` (``alice`` or ``bob``)."""
+        if side == SIDE_ALICE:
+            return self.alice_key
+        if side == SIDE_BOB:
+            return self.bob_key
+        raise ParameterError("side", side, f"must be one of {list(SIDES)}")
+
+
+class KeySource(Protocol):
+    """Anything that produces key blocks for the two KMEs of one link."""
+
+    link_id: str
+
+    def start(self, first_block_id: int) -> None:
+        """Begin producing; the first block gets ``first_block_id``, the next ones count up."""
+        ...
+
+    def next_block(self, timeout_s: float) -> SourceBlock | None:
+        """The next block, or None if none was ready within ``timeout_s``."""
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """True once the source will produce no further block (end of file, stopped)."""
+        ...
+
+    def close(self) -> None:
+        """Stop producing and release threads and files."""
+        ...
+
+
+def _positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> Any:
+    ok_type = (isinstance(value, int) if integer else isinstance(value, int | float))
+    if isinstance(value, bool) or not ok_type or not math.isfinite(value) or \
+            (value < 0 if allow_zero else value <= 0):
+        kind = "an integer" if integer else "a number"
+        raise ParameterError(name, value, f"must be {kind} {'>= 0' if allow_zero else '> 0'}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# Recorded key files
+
+
+class RecordedKeyFileSource:
+    """Alice's and Bob's recorded key files, cut into blocks of ``block_bytes``.
+
+    Args:
+        link_id: the link the keys belong to.
+        block_bytes: bytes per block (even, so each direction gets half).
+        alice_file, bob_file: the two parties' files (``DIR/alice.bin``,
+            ``DIR/bob.bin``); at least one. With both, they must have the same length.
+        block_interval_s: wall time between blocks (0: as fast as the feeder takes
+            them), to play a recording back at a link's rate.
+        first_file_block_id: the block ID of the file's first block.
+
+    A last piece shorter than ``block_bytes`` is not delivered. The source does not
+    check that the two files hold the same bytes (in a deployment each site only has its
+    own); a mismatch shows up as keys that differ, which is why ``corridor link run``'s
+    verification stage must have passed on every block written.
+    """
+
+    def __init__(self, link_id: str, block_bytes: int, *,
+                 alice_file: str | os.PathLike[str] | None = None,
+                 bob_file: str | os.PathLike[str] | None = None,
+                 block_interval_s: float = 0.0, first_file_block_id: int = 0) -> None:
+        self.link_id = check_id("link_id", link_id)
+        _positive("block_bytes", block_bytes, integer=True)
+        if block_bytes % 2 or block_bytes < 2:
+            raise ParameterError("block_bytes", block_bytes,
+                                 "must be an even number of bytes >= 2 (half per direction)")
+        self.block_bytes = block_bytes
+        self.block_interval_s = float(_positive("block_interval_s", block_interval_s,
+                                                allow_zero=True))
+        self.first_file_block_id = _positive("first_file_block_id", first_file_block_id,
+                                             integer=True, allow_zero=True)
+        paths = {SIDE_ALICE: alice_file, SIDE_BOB: bob_file}
+        if all(p is None for p in paths.values()):
+            raise ParameterError("alice_file/bob_file", None, "at least one key file is needed")
+        self._files: dict[str, Any] = {}
+        sizes: dict[str, int] = {}
+        for side, path in paths.items():
+            if path is None:
+                continue
+            try:
+                handle = open(path, "rb")  # noqa: SIM115 - kept open for the source's life
+            except OSError as exc:
+                self.close()
+                raise ParameterError(f"{side}_file", str(path), "must be a readable key file",
+                                     exc.strerror) from None
+            self._files[side] = handle
+            sizes[side] = os.fstat(handle.fileno()).st_size
+        if len(set(sizes.values())) > 1:
+            self.close()
+            raise ParameterError("bob_file", str(bob_file),
+                                 f"must have the same length as the alice file "
+                                 f"({sizes[SIDE_ALICE]} bytes), has {sizes[SIDE_BOB]}")
+        size = next(iter(sizes.values()))
+        self.total_blocks = size // block_bytes
+        self._next: int | None = None
+        self._due = 0.0
+        self._closed = False
+
+    @classmethod
+    def from_directory(cls, link_id: str, directory: str | os.PathLike[str], block_bytes: int,
+                       *, sides: tuple[str, ...] = SIDES,
+                       **options: Any) -> RecordedKeyFileSource:
+        """Open ``DIR/alice.bin`` and/or ``DIR/bob.bin`` (``sides`` picks which)."""
+        root = Path(directory)
+        unknown = [s for s in sides if s not in SIDES]
+        if unknown or not sides:
+            raise ParameterError("sides", list(sides), f"must name some of {list(SIDES)}")
+        return cls(link_id, block_bytes,
+                   alice_file=root / "alice.bin" if SIDE_ALICE in sides else None,
+                   bob_file=root / "bob.bin" if SIDE_BOB in sides else None, **options)
+
+    def start(self, first_block_id: int) -> None:
+        """Deliver from block ``first_block_id`` on (earlier blocks of the file are skipped)."""
+        _positive("first_block_id", first_block_id, integer=True, allow_zero=True)
+        if first_block_id < self.first_file_block_id:
+            raise ParameterError("first_block_id", first_block_id,
+                                 f"must be >= first_file_block_id = {self.first_file_block_id}")
+        self._next = first_block_id
+        self._due = time.monotonic()
+
+    @property
+    def finished(self) -> bool:
+        """True after the file's last whole block (or after close)."""
+        if self._closed:
+            return True
+        return self._next is not None and \
+            self._next - self.first_file_block_id >= self.total_blocks
+
+    def next_block(self, timeout_s: float) -> SourceBlock | None:
+        """The next whole block of the file(s), when its time has come."""
+        if self._next is None:
+            raise ParameterError("source", "not started", "call start(first_block_id) first")
+        if self.finished:
+            return None
+        wait_s = self._due - time.monotonic()
+        if wait_s > timeout_s:
+            time.sleep(max(timeout_s, 0.0))
+            return None
+        if wait_s > 0:
+            time.sleep(wait_s)
+        block_id = self._next
+        offset = (block_id - self.first_file_block_id) * self.block_bytes
+        keys = {side: os.pread(handle.fileno(), self.block_bytes, offset)
+                for side, handle in self._files.items()}
+        self._next = block_id + 1
+        self._due = max(self._due + self.block_interval_s, time.monotonic()) \
+            if self.block_interval_s else self._due
+        return SourceBlock(link_id=self.link_id, block_id=block_id,
+                           alice_key=keys.get(SIDE_ALICE, b""), bob_key=keys.get(SIDE_BOB, b""))
+
+    def close(self) -> None:
+        """Close the files."""
+        self._closed = True
+        for handle in self._files.values():
+            handle.close()
+        self._files = {}
+
+    def __repr__(self) -> str:
+        return (f"RecordedKeyFileSource(link_id={self.link_id!r}, block_bytes={self.block_bytes}, "
+                f"sides={sorted(self._files)}, total_blocks={self.total_blocks})")
+
+
+# ---------------------------------------------------------------------------------------
+# The simulated link
+
+
+def _block_qber(block: KeyBlock) -> float | None:
+    """The block's QBER: the corrected-error rate if reconciliation ran, else the test one."""
+    for name in ("qber_corrected", "test_qber"):
+        value = block.meta.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+            return float(value)
+    return None
+
+
+def _abort_reason(run_abort: str) -> str:
+    """The reason code of a PartyOutcome.run_abort text (``reason: detail``)."""
+    return run_abort.split(":", 1)[0].strip() or "session_abort"
+
+
+class SimulatedLinkSource:
+    """A simulated QKD link distilling key continuously in background threads.
+
+    Args:
+        params: the link's physical parameters.
+        link_id: the link (also written into every distilled block).
+        block_pulses: pulses per block; must be large enough for a positive finite key
+            (about 1e7 at a few km for ``modern-snspd``, docs/link.md).
+        config: distillation settings (default: ``DistillConfig.for_link(params)``).
+        rng: randomness of the simulation and of both parties (default:
+            ``RandomSource.system()``: OS CSPRNG bytes for seeds and the pre-shared key,
+            PCG64 seeded from the OS for the simulator's draws); a seeded source in tests
+            only.
+        psk: the pre-shared authentication key of the two parties (default: drawn from
+            ``rng``; in-process simulation only: a real link's sites hold a copy each).
+        attack: an attack from ``corridor.link.attacks`` applied to the channel.
+        block_interval_s: least wall time between two blocks (0: as fast as the CPU
+            allows), so that a demo leaves the machine usable.
+        max_blocks: stop after this many blocks (None: run until closed).
+        queue_blocks: finished blocks held before the simulation waits for the feeder.
+
+    A block-level abort (QBER, estimation, verification, no key) is delivered as an
+    aborted block and the run goes on. A session-level abort (authentication failure,
+    malformed message, timeout) is delivered as one aborted block with that reason and
+    the source stops: the authenticated channel can no longer be trusted (fail closed).
+    """
+
+    def __init__(self, params: LinkParameters, *, link_id: str,
+                 block_pulses: int = 10_000_000, config: DistillConfig | None = None,
+                 rng: RandomSource | None = None, psk: bytes | None = None,
+                 attack: object | None = None, block_interval_s: float = 0.0,
+                 max_blocks: int | None = None, queue_blocks: int = 4) -> None:
+        self.link_id = check_id("link_id", link_id)
+        self.params = params
+        self.block_pulses = _positive("block_pulses", block_pulses, integer=True)
+        self.config = config if config is not None else DistillConfig.for_link(
+            params, link_id=link_id, channel_timeout_s=30.0)
+        if self.config.link_id != link_id:
+            raise ParameterError("config.link_id", self.config.link_id,
+                                 f"must be the source's link_id {link_id!r}")
+        self.block_interval_s = float(_positive("block_interval_s", block_interval_s,
+                                                allow_zero=True))
+        if max_blocks is not None:
+            _positive("max_blocks", max_blocks, integer=True)
+        self.max_blocks = max_blocks
+        _positive("queue_blocks", queue_blocks, integer=True)
+        self.attack = attack
+        root = rng if rng is not None else RandomSource.system()
+        self._rng_simulation, self._rng_alice, self._rng_bob = (root.spawn(), root.spawn(),
+                                                                  root.spawn())
+        self._psk = psk if psk is not None else root.spawn().bytes(self.config.auth_pool_bytes)
+        self._stop = threading.Event()
+        self._feeds: dict[str, queue.Queue[tuple[int, int, Any] | None]] = {
+            side: queue.Queue(maxsize=2) for side in SIDES}
+        self._out: dict[str, queue.Queue[KeyBlock]] = {
+            side: queue.Queue(maxsize=queue_blocks) for side in SIDES}
+        self._outcomes: dict[str, PartyOutcome] = {}
+        self._threads: list[threading.Thread] = []
+        self._next_expected: int | None = None
+        self._pending: dict[str, KeyBlock] = {}
+        self._session_reported = False
+        self._started = False
+        self._simulation_done = threading.Event()
+        self.pulse_duration_s = 1.0 / params.source.pulse_rate_hz
+
+    # -- threads ------------------------------------------------------------------------
+
+    def _put(self, target: queue.Queue[Any], item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                target.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _simulate(self, first_block_id: int) -> None:
+        block_id = first_block_id
+        produced = 0
+        try:
+            while not self._stop.is_set() and any(t.is_alive() for t in self._threads[1:]):
+                if self.max_blocks is not None and produced >= self.max_blocks:
+                    break
+                started = time.monotonic()
+                records = simulate_block(self.params, self.block_pulses, self._rng_simulation,
+                                         block_id=block_id,
+                                         attack=self.attack)  # type: ignore[arg-type]
+                if not (self._put(self._feeds[SIDE_ALICE],
+                                  (block_id, records.pulses, records.alice))
+                        and self._put(self._feeds[SIDE_BOB],
+                                      (block_id, records.pulses, records.bob))):
+                    break
+                del records
+                block_id += 1
+                produced += 1
+                rest_s = self.block_interval_s - (time.monotonic() - started)
+                if rest_s > 0:
+                    self._stop.wait(rest_s)
+        finally:
+            self._simulation_done.set()
+            for side in SIDES:
+                # Sentinels end the parties' block streams; never block on a full queue.
+                while True:
+                    try:
+                        self._feeds[side].put(None, timeout=_POLL_S)
+                        break
+                    except queue.Full:
+                        if not self._threads[1 + SIDES.index(side)].is_alive():
+                            break
+
+    def _party(self, side: str, processor: Any) -> None:
+        def blocks() -> Iterator[tuple[int, int, AliceRecords | BobRecords]]:
+            while True:
+                item = self._feeds[side].get()
+                if item is None or self._stop.is_set():
+                    return
+                yield item
+
+        def progress(block: KeyBlock) -> None:
+            self._put(self._out[side], block)
+
+        outcome = run_party(processor, blocks(), progress)
+        self._outcomes[side] = outcome
+        if self._stop.is_set():
+            # The two parties may see the stop between different blocks; the one that
+            # stopped first wakes the other, which would otherwise wait for a message
+            # until the channel timeout.
+            processor.notify_peer("source_closed")
+        # Drain so the simulator never waits on a party that has stopped.
+        while not self._simulation_done.is_set():
+            try:
+                self._feeds[side].get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+
+    def start(self, first_block_id: int) -> None:
+        """Start the simulation and both parties; the first block is ``first_block_id``."""
+        _positive("first_block_id", first_block_id, integer=True, allow_zero=True)
+        if self._started:
+            raise ParameterError("source", "started", "a SimulatedLinkSource starts once")
+        self._started = True
+        self._next_expected = first_block_id
+        raw_alice, raw_bob = in_process_pair()
+        processors = {
+            SIDE_ALICE: make_processor(SIDE_ALICE, raw_alice, self._psk, self._rng_alice,
+                                       self.config, self.params),
+            SIDE_BOB: make_processor(SIDE_BOB, raw_bob, self._psk, self._rng_bob,
+                                     self.config, self.params)}
+        self._threads = [threading.Thread(target=self._simulate, args=(first_block_id,),
+                                          name=f"corridor-sim-{self.link_id}", daemon=True)]
+        self._threads += [threading.Thread(target=self._party, args=(side, processors[side]),
+                                           name=f"corridor-{side}-{self.link_id}", daemon=True)
+                          for side in SIDES]
+        for thread in self._threads[1:]:
+            thread.start()
+        self._threads[0].start()
+
+    # -- consumer side -------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """True once both parties have stopped and every block has been handed out."""
+        if not self._started:
+            return False
+        parties_done = not any(t.is_alive() for t in self._threads[1:])
+        return parties_done and all(q.empty() for q in self._out.values()) \
+            and not self._pending and self._session_reported
+
+    def _take(self, side: str, deadline: float) -> KeyBlock | None:
+        if side in self._pending:
+            return self._pending.pop(side)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return self._out[side].get(timeout=max(min(remaining, _POLL_S), 0.001))
+            except queue.Empty:
+                party_gone = not self._threads[1 + SIDES.index(side)].is_alive()
+                if remaining <= 0 or (party_gone and self._out[side].empty()):
+                    return None
+
+    def next_block(self, timeout_s: float) -> SourceBlock | None:
+        """The next block both parties finished, or None within ``timeout_s``.
+
+        After a session-level abort, one aborted block carrying its reason, then None.
+        """
+        if not self._started or self._next_expected is None:
+            raise ParameterError("source", "not started", "call start(first_block_id) first")
+        deadline = time.monotonic() + timeout_s
+        alice = self._take(SIDE_ALICE, deadline)
+        if alice is None:
+            return self._session_end()
+        bob = self._take(SIDE_BOB, deadline)
+        if bob is None:
+            self._pending[SIDE_ALICE] = alice
+            return self._session_end()
+        self._next_expected = max(alice.block_id, bob.block_id) + 1
+        return self._pair(alice, bob)
+
+    def _session_end(self) -> SourceBlock | None:
+        if self._session_reported or any(t.is_alive() for t in self._threads[1:]):
+            return None
+        if any(not q.empty() for q in self._out.values()):
+            return None
+        for block in self._pending.values():
+            # Its peer's copy will never come: the block cannot be paired, so it is lost.
+            block.discard(REASON_PARTIES_DISAGREE)
+        self._pending.clear()
+        self._session_reported = True
+        aborts = [o.run_abort for o in self._outcomes.values() if o.run_abort]
+        if not aborts or self._stop.is_set():
+            return None
+        assert self._next_expected is not None
+        block_id = self._next_expected
+        self._next_expected += 1
+        return SourceBlock(link_id=self.link_id, block_id=block_id, alice_key=b"",
+                           bob_key=b"", aborted_reason=_abort_reason(aborts[0]))
+
+    def _pair(self, alice: KeyBlock, bob: KeyBlock) -> SourceBlock:
+        qber = _block_qber(bob) if _block_qber(bob) is not None else _block_qber(alice)
+        pulses = alice.meta.get("pulses")
+        duration_s = pulses * self.pulse_duration_s \
+            if isinstance(pulses, int) and pulses > 0 else None
+        meta = {name: float(alice.meta[name]) for name in
+                ("pulses", "sifted_bits", "disclosed_bits", "finite_key_bits")
+                if isinstance(alice.meta.get(name), int | float)}
+        reason: str | None = None
+        keys = (b"", b"")
+        if alice.block_id != bob.block_id:
+            reason = REASON_PARTIES_DISAGREE
+        elif alice.state is BlockState.AUTHENTICATED and bob.state is BlockState.AUTHENTICATED:
+            alice_key, bob_key = alice.key_bytes(), bob.key_bytes()
+            # Both outputs are at hand in-process: fail closed if verification ever let a
+            # mismatch through (probability <= eps_cor).
+            if len(alice_key) == len(bob_key) and alice_key \
+                    and hmac.compare_digest(alice_key, bob_key):
+                keys = (alice_key, bob_key)
+            else:
+                reason = REASON_PARTIES_DISAGREE
+        else:
+            reason = alice.discard_reason or bob.discard_reason or REASON_PARTIES_DISAGREE
+        for block in (alice, bob):
+            if block.state is not BlockState.DISCARDED:
+                block.discard("handed_to_key_source")  # zeroizes the party's copy
+        if reason is not None:
+            return SourceBlock(link_id=self.link_id, block_id=alice.block_id, alice_key=b"",
+                               bob_key=b"", aborted_reason=reason, qber=qber,
+                               duration_s=duration_s, meta=meta)
+        return SourceBlock(link_id=self.link_id, block_id=alice.block_id, alice_key=keys[0],
+                           bob_key=keys[1], qber=qber, duration_s=duration_s, meta=meta)
+
+    def close(self) -> None:
+        """Stop the simulation and the parties (after the block in progress) and join them."""
+        self._stop.set()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=self.config.channel_timeout_s + 5.0)
+        for side in SIDES:
+            while not self._out[side].empty():
+                self._out[side].get_nowait().discard("source_closed")
+        for block in self._pending.values():
+            block.discard("source_closed")
+        self._pending.clear()
+
+    def __repr__(self) -> str:
+        return (f"SimulatedLinkSource(link_id={self.link_id!r}, preset={self.params.name!r}, "
+                f"length_km={self.params.fibre.length_km:g}, block_pulses={self.block_pulses})")
+
+
+# ---------------------------------------------------------------------------------------
+# The feeder
+
+
+@dataclass
+class FeederStats:
+    """Public counters of a feeder (for status displays and tests)."""
+
+    blocks_seen: int = 0
+    blocks_stored: int = 0
+    blocks_aborted: int = 0
+    blocks_quarantined: int = 0
+    halves_dropped_full: int = 0
+    bytes_stored: int = 0
+    secret_bits_produced: int = 0
+    last_block_id: int | None = None
+    last_qber: float | None = None
+    last_key_rate_bits_per_second: float | None = None
+    last_outcome: str | None = None
+    last_abort_reason: str | None = None
+    started_at_monotonic_s: float = field(default_factory=time.monotonic)
+    stopped_reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (no key material is ever held here)."""
+        return {name: getattr(self, name) for name in (
+            "blocks_seen", "blocks_stored", "blocks_aborted", "blocks_quarantined",
+            "halves_dropped_full", "bytes_stored", "secret_bits_produced", "last_block_id",
+            "last_qber", "last_key_rate_bits_per_second", "last_outcome", "last_abort_reason",
+            "stopped_reason")}
+
+
+class FeedError(ParameterError):
+    """The two KMEs' streams of a link cannot be brought into line."""
+
+
+class LinkFeeder:
+    """Drives a KeySource's blocks into the KMEs of its link (module docstring rules).
+
+    Args:
+        source: the link's blocks.
+        alice_side: the KeyManager that receives Alice's copy (None at Bob's site).
+        bob_side: the KeyManager that receives Bob's copy (None at Alice's site).
+        monitor: judges every block (quarantine) and emits ``link_block`` events.
+        events: where the feeder's own events go (``link_feed_dropped``,
+            ``link_streams_aligned``, ``link_source_stopped``); usually both KMEs' sinks.
+        poll_s: how long one wait for a block lasts before checking for stop.
+        full_backoff_s: pause after a block dropped for capacity, so a full pool does not
+            keep the simulation spinning.
+    """
+
+    def __init__(self, source: KeySource, alice_side: KeyManager | None,
+                 bob_side: KeyManager | None, monitor: LinkMonitor,
+                 events: EventSink | None = None, *, poll_s: float = 0.25,
+                 full_backoff_s: float = 1.0) -> None:
+        self.source = source
+        self.link_id = source.link_id
+        self.sides: dict[str, KeyManager] = {
+            side: manager for side, manager in ((SIDE_ALICE, alice_side), (SIDE_BOB, bob_side))
+            if manager is not None}
+        if not self.sides:
+            raise ParameterError("alice_side/bob_side", None, "at least one KeyManager")
+        for side, manager in self.sides.items():
+            link = manager.directory.link(self.link_id)
+            if link is None or manager.kme_id not in (link.kme_a, link.kme_b):
+                raise ParameterError(f"{side}_side", manager.kme_id,
+                                     f"must be a KME of link {self.link_id!r}")
+        if len(self.sides) == 2 and \
+                self.sides[SIDE_ALICE].kme_id == self.sides[SIDE_BOB].kme_id:
+            raise ParameterError("bob_side", self.sides[SIDE_BOB].kme_id,
+                                 "must be the other KME of the link, not Alice's")
+        self.monitor = monitor
+        self.events: EventSink = events if events is not None else NullEventSink()
+        self.poll_s = float(_positive("poll_s", poll_s))
+        self.full_backoff_s = float(_positive("full_backoff_s", full_backoff_s, allow_zero=True))
+        self.stats = FeederStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.on_block: Callable[[SourceBlock, str], None] | None = None
+        self.error: Exception | None = None
+
+    # -- restart -------------------------------------------------------------------------
+
+    def align(self) -> int:
+        """Bring the KMEs' streams into line after a crash; return the next block ID.
+
+        Reads each KME's last block ID and stream end offsets. If one KME holds a block
+        the other lacks (a crash between the two writes), the lagging stream is advanced
+        over the missing bytes without storing anything, so offsets agree again.
+        """
+        last: dict[str, int | None] = {side: m.store.last_block_id(self.link_id)
+                                       for side, m in self.sides.items()}
+        known = [value for value in last.values() if value is not None]
+        next_id = max(known) + 1 if known else 0
+        if len(self.sides) < 2:
+            return next_id
+        ends = {side: {d: m.pool_state(self.link_id, d).stream_end_offset for d in DIRECTIONS}
+                for side, m in self.sides.items()}
+        for side, manager in self.sides.items():
+            other = SIDE_BOB if side == SIDE_ALICE else SIDE_ALICE
+            gaps = {d: ends[other][d] - ends[side][d] for d in DIRECTIONS}
+            if not any(gap > 0 for gap in gaps.values()):
+                continue
+            # The hole stands for the block this KME missed: the other one's last block.
+            hole_block_id = max(known) if known else 0
+            own_last = last[side]
+            if own_last is not None and hole_block_id <= own_last:
+                hole_block_id = own_last + 1
+            # Capacity 0: the placeholder bytes are never stored, only their stream
+            # positions are used up, exactly as a half dropped for a full pool.
+            manager.store.append_block(
+                self.link_id, hole_block_id,
+                {d: bytes(gap) for d, gap in gaps.items() if gap > 0}, 0)
+            for direction, gap in gaps.items():
+                if gap > 0:
+                    self.events.emit("link_streams_aligned", kme_id=manager.kme_id,
+                                     link_id=self.link_id, direction=direction,
+                                     block_id=hole_block_id, hole_bytes=gap)
+            next_id = max(next_id, hole_block_id + 1)
+        after = {side: {d: m.pool_state(self.link_id, d).stream_end_offset for d in DIRECTIONS}
+                 for side, m in self.sides.items()}
+        if after[SIDE_ALICE] != after[SIDE_BOB]:
+            raise FeedError("link streams", self.link_id,
+                            "the two KMEs' stream offsets still differ after alignment")
+        return next_id
+
+    # -- one block -----------------------------------------------------------------------
+
+    def _fits(self, halves: Mapping[str, bytes]) -> dict[str, bool]:
+        fits = {}
+        for direction, half in halves.items():
+            fits[direction] = bool(half) and all(
+                m.pool_state(self.link_id, direction).available_bytes + len(half)
+                <= m.config.pool_capacity_bytes for m in self.sides.values())
+        return fits
+
+    def feed(self, block: SourceBlock) -> str:
+        """Judge and store one block; return its outcome.
+
+        Outcomes: ``stored``, ``stored_partly`` (one direction's half kept by neither
+        end for capacity), ``dropped_full``, ``aborted``, ``quarantined``,
+        ``empty``.
+        """
+        if block.link_id != self.link_id:
+            raise ParameterError("block.link_id", block.link_id, f"must be {self.link_id!r}")
+        stats = self.stats
+        stats.blocks_seen += 1
+        stats.last_block_id = block.block_id
+        if block.qber is not None:
+            stats.last_qber = block.qber
+        keys = {side: block.key_for(side) for side in self.sides}
+        if block.aborted_reason is None and not all(keys.values()):
+            outcome = "empty"
+            verdict = self.monitor.observe_block(self.link_id, block.block_id,
+                                                 aborted_reason=None, qber=block.qber,
+                                                 secret_bits=0, duration_s=block.duration_s)
+        else:
+            verdict = self.monitor.observe_block(
+                self.link_id, block.block_id, aborted_reason=block.aborted_reason,
+                qber=block.qber, secret_bits=block.secret_bits, duration_s=block.duration_s)
+            stats.secret_bits_produced += block.secret_bits
+            if block.duration_s:
+                # The modelled link's rate: bits over the block's acquisition time.
+                stats.last_key_rate_bits_per_second = block.secret_bits / block.duration_s
+            if block.aborted_reason is not None:
+                outcome = "aborted"
+                stats.blocks_aborted += 1
+                stats.last_abort_reason = block.aborted_reason
+            elif not verdict.ingest:
+                outcome = "quarantined"
+                stats.blocks_quarantined += 1
+            else:
+                outcome = self._store(block, keys)
+        stats.last_outcome = outcome
+        if self.on_block is not None:
+            self.on_block(block, outcome)
+        return outcome
+
+    def _store(self, block: SourceBlock, keys: Mapping[str, bytes]) -> str:
+        lengths = {len(key) for key in keys.values()}
+        if len(lengths) != 1:
+            raise FeedError("block", block.block_id,
+                            "Alice's and Bob's copies must have the same length")
+        if len(self.sides) == 1:
+            # One site alone cannot know what the other end decides: the store's rule
+            # (a half that does not fit is dropped, its stream position used all the
+            # same) keeps the two ends' offsets aligned whatever each decides.
+            side, manager = next(iter(self.sides.items()))
+            accepted = manager.ingest_block(self.link_id, block.block_id, keys[side],
+                                            self._meta(block))
+            if accepted == 0:
+                return "dropped_full"
+            self.stats.blocks_stored += 1
+            self.stats.bytes_stored += accepted
+            return "stored" if accepted == len(keys[side]) else "stored_partly"
+        halves = split_block(next(iter(keys.values())))
+        fits = self._fits(halves)
+        dropped = [d for d, ok in fits.items() if not ok and halves[d]]
+        for direction in dropped:
+            self.stats.halves_dropped_full += 1
+            self.events.emit("link_feed_dropped", link_id=self.link_id, block_id=block.block_id,
+                             direction=direction, dropped_bytes=len(halves[direction]),
+                             reason="pool_full")
+        if not any(fits.values()):
+            return "dropped_full"
+        meta = self._meta(block)
+        done: list[KeyManager] = []
+        try:
+            for side, manager in self.sides.items():
+                if not dropped:
+                    manager.ingest_block(self.link_id, block.block_id, keys[side], meta)
+                else:
+                    self._ingest_parts(manager, block.block_id, keys[side], fits, meta)
+                done.append(manager)
+        except BaseException:
+            if done and len(done) < len(self.sides):
+                # One end holds the block, the other not: re-align before anything else.
+                self.align()
+            raise
+        stored_bytes = sum(len(h) for d, h in halves.items() if fits[d])
+        self.stats.blocks_stored += 1
+        self.stats.bytes_stored += stored_bytes
+        return "stored" if not dropped else "stored_partly"
+
+    @staticmethod
+    def _meta(block: SourceBlock) -> dict[str, float]:
+        """Public numeric figures of a block for the ``block_ingested`` event."""
+        meta = dict(block.meta)
+        if block.qber is not None:
+            meta["qber"] = block.qber
+        return meta
+
+    def _ingest_parts(self, manager: KeyManager, block_id: int, key: bytes,
+                      fits: Mapping[str, bool], meta: Mapping[str, Any]) -> None:
+        """Store only the halves that fit at both ends; the others use no stream position
+        at either end. The KeyManager's ``ingest_block`` stores whole blocks only, so this
+        goes to the store and emits the same ``block_ingested`` event."""
+        parts = {d: half if fits[d] else b"" for d, half in split_block(key).items()}
+        result = manager.store.append_block(self.link_id, block_id, parts,
+                                            manager.config.pool_capacity_bytes)
+        public_meta = {name: value for name, value in meta.items()
+                       if isinstance(value, int | float)}
+        manager.events.emit("block_ingested", kme_id=manager.kme_id, link_id=self.link_id,
+                            block_id=block_id, length_bytes=sum(map(len, parts.values())),
+                            accepted_bytes=result.accepted_bytes, **public_meta)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Align the streams, start the source after the last known block, run the loop."""
+        if self._thread is not None:
+            raise ParameterError("feeder", "started", "a LinkFeeder starts once")
+        first = self.align()
+        self.source.start(first)
+        self._thread = threading.Thread(target=self._run, name=f"corridor-feed-{self.link_id}",
+                                         daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                block = self.source.next_block(self.poll_s)
+                if block is None:
+                    if self.source.finished:
+                        self._stopped("source_finished")
+                        return
+                    continue
+                outcome = self.feed(block)
+                if outcome == "dropped_full":
+                    self._stop.wait(self.full_backoff_s)
+        except Exception as exc:
+            # Fail closed: no further block enters any pool; the operator sees why.
+            self.error = exc
+            _log.error("key feed of link %s stopped: %s", self.link_id, type(exc).__name__)
+            self._stopped("error")
+            return
+        self._stopped("stopped")
+
+    def _stopped(self, reason: str) -> None:
+        if self.stats.stopped_reason is None:
+            self.stats.stopped_reason = reason
+            self.events.emit("link_source_stopped", link_id=self.link_id, reason=reason,
+                             blocks_seen=self.stats.blocks_seen)
+
+    @property
+    def running(self) -> bool:
+        """True while the feed loop runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop the loop after the block in progress, close the source, join the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self.source.close()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait until the loop ends by itself (finite source); True if it did."""
+        if self._thread is None:
+            return False
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def __repr__(self) -> str:
+        ends = {side: m.kme_id for side, m in self.sides.items()}
+        return f"LinkFeeder(link_id={self.link_id!r}, sides={ends})"

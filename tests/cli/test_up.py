@@ -1,0 +1,124 @@
+"""``corridor up`` end to end, as a newcomer runs it: a subprocess with the embedded
+default, keys fetched with ``corridor sae`` and with curl from the two KMEs over mutual
+TLS, SIGTERM for a clean stop, ``corridor audit verify`` on both audit logs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corridor.kms.client import KmeResponseError, SaeClient
+
+# The console script next to this interpreter: what a user runs.
+CORRIDOR = [str(Path(sys.executable).parent / "corridor")]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CORRIDOR, *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=60)
+
+
+def _wait_for(path: Path, process: subprocess.Popen[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout_s} s"
+        time.sleep(0.1)
+
+
+def _sae(up: dict[str, Any], workdir: Path, sae_id: str) -> SaeClient:
+    sae = next(s for s in up["saes"] if s["sae_id"] == sae_id)
+    kme = next(k for k in up["kmes"] if k["kme_id"] == sae["kme_id"])
+    return SaeClient(kme["base_url"], workdir / sae["cert"], workdir / sae["key"],
+                     workdir / sae["ca_cert"], expected_kme_id=kme["kme_id"])
+
+
+def _curl(up: dict[str, Any], workdir: Path, sae_id: str, url: str) -> dict[str, Any]:
+    sae = next(s for s in up["saes"] if s["sae_id"] == sae_id)
+    result = subprocess.run(
+        ["curl", "--silent", "--show-error", "--fail", "--cert", str(workdir / sae["cert"]),
+         "--key", str(workdir / sae["key"]), "--cacert", str(workdir / sae["ca_cert"]), url],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_corridor_up_delivers_the_same_key_at_both_kmes_and_stops_cleanly(
+        tmp_path: Path) -> None:
+    workdir = tmp_path / "run"
+    process = subprocess.Popen([*CORRIDOR, "up", "--workdir", str(workdir),
+                                "--duration-s", "55", "--status-interval-s", "2"],
+                               cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        up_file = workdir / "corridor-up.json"
+        _wait_for(up_file, process, 30.0)
+        up = json.loads(up_file.read_text())
+        assert {k["kme_id"] for k in up["kmes"]} == {"kme-a", "kme-b"}
+        urls = {k["kme_id"]: k["base_url"] for k in up["kmes"]}
+        with _sae(up, workdir, "sae-a") as sae_a:
+            deadline = time.monotonic() + 40.0
+            while sae_a.status("sae-b").stored_key_count < 2:
+                assert process.poll() is None
+                assert time.monotonic() < deadline, "no key from the simulated link in 40 s"
+                time.sleep(0.25)
+        # corridor sae: a key at kme-a, the same key by ID at kme-b.
+        got = _run("sae", "get-key", "sae-b", "--from-up", str(up_file), "--sae", "sae-a",
+                   cwd=tmp_path)
+        assert got.returncode == 0, got.stderr
+        key = json.loads(got.stdout)["keys"][0]
+        same = _run("sae", "get-key-with-id", "sae-a", key["key_ID"], "--from-up",
+                    str(up_file), "--sae", "sae-b", cwd=tmp_path)
+        assert same.returncode == 0, same.stderr
+        assert json.loads(same.stdout)["keys"][0] == key
+        assert len(base64.b64decode(key["key"])) == 32
+        # curl: the same two calls, as the printed commands make them.
+        by_curl = _curl(up, workdir, "sae-a", f"{urls['kme-a']}/api/v1/keys/sae-b/enc_keys")
+        curl_key = by_curl["keys"][0]
+        again = _curl(up, workdir, "sae-b",
+                      f"{urls['kme-b']}/api/v1/keys/sae-a/dec_keys?key_ID={curl_key['key_ID']}")
+        assert again["keys"][0] == curl_key and curl_key["key"] != key["key"]
+        # A key is delivered once at each end.
+        with _sae(up, workdir, "sae-b") as sae_b, pytest.raises(KmeResponseError) as excinfo:
+            sae_b.get_key_with_id("sae-a", [key["key_ID"]])
+        assert excinfo.value.status_code == 400
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert "corridor sae get-key sae-b --from-up" in stdout
+    assert "curl --cert" in stdout and "dec_keys?key_ID=KEY_ID" in stdout
+    assert "stopped cleanly (SIGTERM)" in stdout
+    assert "pools(keys):" in stdout  # plain status lines when stdout is not a terminal
+    verifiers = [subprocess.Popen([*CORRIDOR, "audit", "verify", str(workdir / kme["audit_log"]),
+                                   "--kek-file", str(workdir / kme["kek_file"])],
+                                  cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+                 for kme in up["kmes"]]
+    for verifier in verifiers:
+        output = verifier.communicate(timeout=60)[0]
+        assert verifier.returncode == 0 and "intact" in output, output
+
+
+def test_corridor_up_refuses_a_bad_duration(tmp_path: Path) -> None:
+    result = _run("up", "--workdir", str(tmp_path / "run"), "--duration-s", "-1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--duration-s" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()

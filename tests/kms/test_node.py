@@ -1,0 +1,181 @@
+"""The corridor file, one KME assembled from it, and the embedded corridor over real
+mutual-TLS sockets: keys flow, the state survives a restart, the audit chains verify."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from corridor.errors import ParameterError
+from corridor.kms.audit import verify_audit_log
+from corridor.kms.client import KmeResponseError, SaeClient
+from corridor.kms.crypto import load_kek
+from corridor.kms.node import Corridor, load_corridor, parse_corridor
+from corridor.kms.tls import client_ssl_context
+
+LINK = "link-ab"
+
+
+def _spec_data(keys_dir: Path | None = None, **link: Any) -> dict[str, Any]:
+    """A two-KME corridor; recorded key files when ``keys_dir`` is given."""
+    link_entry: dict[str, Any] = {"id": LINK, "alice_kme": "kme-a", "bob_kme": "kme-b",
+                                  "preset": "modern-snspd", "parameters": {"length_km": 5.0},
+                                  **link}
+    if keys_dir is not None:
+        link_entry.update(source="recorded", keys_dir=str(keys_dir), block_bytes=1024)
+    return {"name": "test", "kme": {"max_key_count": 10_000},
+            "kmes": [{"id": "kme-a", "site": "north"}, {"id": "kme-b", "site": "south"}],
+            "links": [link_entry],
+            "saes": [{"id": "sae-a", "kme": "kme-a"}, {"id": "sae-b", "kme": "kme-b"}]}
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "keys"
+    directory.mkdir()
+    data = os.urandom(200 * 1024)
+    (directory / "alice.bin").write_bytes(data)
+    (directory / "bob.bin").write_bytes(data)
+    return directory
+
+
+def test_embedded_default_describes_two_sites_one_link_two_saes() -> None:
+    spec = load_corridor()
+    assert sorted(spec.kmes) == ["kme-a", "kme-b"]
+    assert spec.saes == {"sae-a": "kme-a", "sae-b": "kme-b"}
+    link = spec.links["link-ab"]
+    assert (link.alice_kme, link.bob_kme, link.source) == ("kme-a", "kme-b", "simulated")
+    assert link.params.fibre.length_km == 5.0 and link.params.name == "modern-snspd"
+    assert spec.kmes["kme-a"].config.key_size_bits == 256
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (lambda d: d.update(colour="red"), "corridor.colour"),
+    (lambda d: d["kmes"][0].update(port=70000), "kmes.kme-a.port"),
+    (lambda d: d["kmes"][0].update(max_key_count=0), "max_key_count"),
+    (lambda d: d["links"][0].update(bob_kme="kme-z"), "links.link-ab.bob_kme"),
+    (lambda d: d["links"][0].update(source="recorded"), "links.link-ab.keys_dir"),
+    (lambda d: d["links"][0]["parameters"].update(length_miles=3), "parameter name"),
+    (lambda d: d["saes"][0].update(kme="kme-z"), "saes.sae-a.kme"),
+    (lambda d: d["kmes"].pop(), "kmes"),
+])
+def test_bad_corridor_files_name_the_field(change: Any, field: str) -> None:
+    data = _spec_data()
+    change(data)
+    with pytest.raises(ParameterError) as excinfo:
+        parse_corridor(data)
+    assert excinfo.value.field == field
+
+
+def test_missing_or_broken_file_is_a_clean_error(tmp_path: Path) -> None:
+    with pytest.raises(ParameterError, match="--config"):
+        load_corridor(tmp_path / "none.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("name = [")
+    with pytest.raises(ParameterError, match="not valid TOML"):
+        load_corridor(broken)
+
+
+def _wait_for_keys(client: SaeClient, slave: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while client.status(slave).stored_key_count < 4:
+        assert time.monotonic() < deadline, "no key reached the pool in time"
+        time.sleep(0.1)
+
+
+def _clients(corridor: Corridor) -> tuple[SaeClient, SaeClient]:
+    pki = corridor.pki
+    assert pki is not None
+    return tuple(  # type: ignore[return-value]
+        SaeClient(corridor.nodes[kme].url or "", pki.saes[sae].cert, pki.saes[sae].key,
+                  pki.ca_cert, expected_kme_id=kme)
+        for sae, kme in (("sae-a", "kme-a"), ("sae-b", "kme-b")))
+
+
+def test_corridor_serves_keys_and_survives_a_restart(tmp_path: Path, keys_dir: Path) -> None:
+    spec = parse_corridor(_spec_data(keys_dir))
+    workdir = tmp_path / "run"
+    with Corridor(spec, workdir, host="127.0.0.1") as corridor:
+        up = json.loads(corridor.up_file.read_text())
+        assert [k["kme_id"] for k in up["kmes"]] == ["kme-a", "kme-b"]
+        assert all((workdir / s[name]).is_file() for s in up["saes"]
+                   for name in ("cert", "key", "ca_cert"))
+        assert oct((workdir / up["saes"][0]["key"]).stat().st_mode & 0o777) == "0o600"
+        sae_a, sae_b = _clients(corridor)
+        with sae_a, sae_b:
+            _wait_for_keys(sae_a, "sae-b")
+            _wait_for_keys(sae_b, "sae-a")
+            issued = sae_a.get_key("sae-b", number=3)
+            assert [k.key for k in sae_b.get_key_with_id("sae-a", [k.key_id for k in issued])] \
+                == [k.key for k in issued]
+            other_way = sae_b.get_key("sae-a", number=2)
+            assert [k.key for k in sae_a.get_key_with_id("sae-b", [k.key_id for k in
+                                                                    other_way])] \
+                == [k.key for k in other_way]
+            undelivered = sae_a.get_key("sae-b", number=2)
+        node = corridor.nodes["kme-a"]
+        assert node.kek_path is not None
+        pki = corridor.pki
+        assert pki is not None
+        context = client_ssl_context(pki.kmes["kme-b"].cert, pki.kmes["kme-b"].key,
+                                     pki.ca_cert)
+        with httpx.Client(verify=context) as http:
+            metrics = http.get(f"{node.url}/metrics").text
+        assert 'corridor_pool_stored_keys{direction="A->B",kme_id="kme-a",link_id="link-ab"}' \
+            in metrics
+        assert "corridor_link_blocks_total" in metrics
+        with pytest.raises(ParameterError, match="in use by another corridor"):
+            Corridor(spec, workdir, host="127.0.0.1").start()
+        last_before = node.manager.store.last_block_id(LINK) if node.manager else None
+    assert last_before is not None
+    secrets = [k.key for k in issued + other_way + undelivered]
+    for kme in ("kme-a", "kme-b"):
+        result = verify_audit_log(workdir / kme / "audit.jsonl",
+                                  load_kek(workdir / kme / "kek.hex"))
+        assert result.ok and result.entries > 3, result
+        log = (workdir / kme / "audit.jsonl").read_text()
+        assert "link_block" in log and "keys_delivered" in log
+        for key in secrets:  # no key, in any encoding, in the audit trail
+            assert key.hex() not in log and base64.b64encode(key).decode() not in log
+    # Same working directory: PKI reused, block IDs continue, delivered keys stay delivered,
+    # keys issued before the restart are still served once at the slave.
+    ca_before = (workdir / "pki" / "ca.pem").read_bytes()
+    with Corridor(spec, workdir, host="127.0.0.1") as corridor:
+        assert (workdir / "pki" / "ca.pem").read_bytes() == ca_before
+        manager = corridor.nodes["kme-b"].manager
+        assert manager is not None
+        sae_a, sae_b = _clients(corridor)
+        with sae_a, sae_b:
+            _wait_for_keys(sae_a, "sae-b")
+            assert (manager.store.last_block_id(LINK) or 0) > last_before
+            with pytest.raises(KmeResponseError) as excinfo:
+                sae_b.get_key_with_id("sae-a", [issued[0].key_id])
+            assert excinfo.value.status_code == 400
+            again = sae_b.get_key_with_id("sae-a", [k.key_id for k in undelivered])
+            assert [k.key for k in again] == [k.key for k in undelivered]
+            fresh = sae_a.get_key("sae-b", number=2)
+            assert not {k.key for k in fresh} & {k.key for k in issued + undelivered}
+    for kme in ("kme-a", "kme-b"):
+        assert verify_audit_log(workdir / kme / "audit.jsonl",
+                                load_kek(workdir / kme / "kek.hex")).ok
+
+
+def test_kek_from_environment_and_no_kek_file_written(tmp_path: Path, keys_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _spec_data(keys_dir)
+    for entry, var in zip(data["kmes"], ("TEST_KEK_A", "TEST_KEK_B"), strict=True):
+        entry["kek_env"] = var
+        monkeypatch.setenv(var, os.urandom(32).hex())
+    workdir = tmp_path / "run"
+    with Corridor(parse_corridor(data), workdir, host="127.0.0.1") as corridor:
+        assert corridor.nodes["kme-a"].kek_path is None
+    assert not (workdir / "kme-a" / "kek.hex").exists()
+    assert verify_audit_log(workdir / "kme-a" / "audit.jsonl",
+                            load_kek(None, "TEST_KEK_A")).ok
