@@ -37,9 +37,6 @@ from corridor.cli.link import (
     link_parameters_from_options,
 )
 from corridor.errors import ParameterError
-from corridor.link.attacks import make_attack
-from corridor.link.simulator import SimulationSummary, simulate_stream, summarise
-from corridor.randomness import RandomSource
 
 DEFAULT_PULSES = 100_000_000
 DEFAULT_BLOCK_PULSES = 10_000_000
@@ -144,6 +141,11 @@ def simulate_command(
         "--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Simulate detection records and compare gains and QBER with the closed form."""
+    # The simulator (numba, scipy) is imported here so other commands start fast.
+    from corridor.link.attacks import make_attack
+    from corridor.link.simulator import SimulationSummary, simulate_stream, summarise
+    from corridor.randomness import RandomSource
+
     with handle_errors():
         params = link_parameters_from_options(preset_name, config, overrides or [])
         if distance_km is not None:

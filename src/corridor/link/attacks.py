@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import poisson
+from scipy.special import gammaln
 
 from corridor.errors import ParameterError
 from corridor.link.params import LinkParameters
@@ -123,7 +123,13 @@ class InterceptResend(Attack):
 def _photon_number_pmf(intensity: float) -> NDArray[np.float64]:
     """Poisson photon-number distribution, truncated where the tail is below 1e-17."""
     cutoff = int(intensity + 12.0 * math.sqrt(intensity) + 40.0)
-    return np.asarray(poisson.pmf(np.arange(cutoff + 1), intensity), dtype=np.float64)
+    n = np.arange(cutoff + 1, dtype=np.float64)
+    # exp(n ln(mu) - mu - ln n!), with 0^0 = 1 so that intensity 0 gives the vacuum.
+    log_mu = math.log(intensity) if intensity > 0 else -math.inf
+    n_log_mu = np.zeros_like(n)
+    np.multiply(n, log_mu, out=n_log_mu, where=n > 0)
+    log_pmf = n_log_mu - intensity - gammaln(n + 1.0)
+    return np.exp(log_pmf)
 
 
 class PhotonNumberSplitting(Attack):

@@ -33,7 +33,6 @@ from typing import Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.optimize import brentq
 
 from corridor.errors import ParameterError
 from corridor.link.params import LinkParameters
@@ -327,4 +326,6 @@ def qber_threshold(reconciliation_efficiency: float = 1.0) -> float:
     if not math.isfinite(f) or f < 1.0:
         raise ParameterError("reconciliation_efficiency", reconciliation_efficiency,
                              "must be a number >= 1")
+    from scipy.optimize import brentq  # only here: keeps `import corridor.link.rates` light
+
     return float(brentq(one_way_key_fraction, 1e-12, 0.5, args=(f,), xtol=1e-14))
