@@ -17,7 +17,6 @@ from corridor.kms.alarms import LinkMonitor
 from corridor.kms.config import DIRECTIONS, KmeConfig, SaeDirectory
 from corridor.kms.interface import KeyRequestError, KeysUnavailableError
 from corridor.kms.manager import KeyManager, connect_local
-from corridor.kms.node import FEED_BENIGN_REASONS
 from corridor.kms.source import (
     LinkFeeder,
     RecordedKeyFileSource,
@@ -83,8 +82,7 @@ def key_dir(tmp_path: Path) -> Path:
 
 
 def _monitor(events: Events | None = None) -> LinkMonitor:
-    return LinkMonitor(events if events is not None else Events(),
-                       benign_reasons=FEED_BENIGN_REASONS)
+    return LinkMonitor(events if events is not None else Events())
 
 
 def _stream_ends(manager: KeyManager) -> dict[str, int]:

@@ -17,7 +17,9 @@ Rules (all thresholds are constructor arguments):
      ``insufficient_statistics``, ``insufficient_test_bits``): alarm ``block_aborted``,
      quarantine, automatic recovery allowed;
    - *benign* reasons (:data:`BENIGN_REASONS`: ``verification_failed``, a Cascade frame
-     error caught by the verification hash; ``channel_timeout``): no alarm, but
+     error caught by the verification hash; ``channel_timeout``;
+     ``output_used_for_authentication``, a block too short to pay for its own
+     authentication): no alarm, but
      ``max_consecutive_discards`` (5) discarded blocks in a row raise
      ``consecutive_discards`` (quarantine, automatic recovery allowed);
    - every other reason (``authentication_failed``, ``malformed_message``,
@@ -70,7 +72,10 @@ ESTIMATION_REASONS = frozenset({
 })
 """Abort reasons from parameter estimation (corridor.distill.estimation)."""
 
-BENIGN_REASONS = frozenset({"verification_failed", "channel_timeout"})
+# ``output_used_for_authentication``: a block too short to pay for its own
+# authentication yields no key but says nothing about the channel's integrity.
+BENIGN_REASONS = frozenset({"verification_failed", "channel_timeout",
+                            "output_used_for_authentication"})
 """Abort reasons that alone raise no alarm (counted towards consecutive_discards)."""
 
 ALARM_BLOCK_ABORTED = "block_aborted"

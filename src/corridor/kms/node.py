@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from corridor.errors import ParameterError
-from corridor.kms.alarms import BENIGN_REASONS, LinkHealth, LinkMonitor
+from corridor.kms.alarms import LinkHealth, LinkMonitor
 from corridor.kms.api import HttpsPeerLink, create_app
 from corridor.kms.audit import AuditLog
 from corridor.kms.config import KmeConfig, SaeDirectory, check_id
@@ -68,10 +68,6 @@ UP_FILE_NAME = "corridor-up.json"
 LOCK_FILE_NAME = "corridor.lock"
 SOURCE_SIMULATED = "simulated"
 SOURCE_RECORDED = "recorded"
-
-# A block too short to pay for its own authentication yields no key but says nothing
-# about the channel's integrity: it counts like a verification failure (see report).
-FEED_BENIGN_REASONS = BENIGN_REASONS | {"output_used_for_authentication"}
 
 _KME_NODE_KEYS = {"id", "site", "host", "port", "url", "store", "kek_file", "kek_env",
                   "audit_fsync_interval_s"}
@@ -384,7 +380,7 @@ def ensure_pki(spec: CorridorSpec, pki_dir: Path) -> PkiLayout:
 
 def monitor_for(spec: CorridorSpec, events: EventSink) -> LinkMonitor:
     """The corridor's LinkMonitor with the thresholds of its ``[monitor]`` table."""
-    return LinkMonitor(events, benign_reasons=FEED_BENIGN_REASONS, **spec.monitor)
+    return LinkMonitor(events, **spec.monitor)
 
 
 class KmeNode:
@@ -722,6 +718,6 @@ class Corridor:
         self.close()
 
 
-__all__ = ["FEED_BENIGN_REASONS", "Corridor", "CorridorSpec", "KmeNode", "KmeSite", "LinkSite",
+__all__ = ["Corridor", "CorridorSpec", "KmeNode", "KmeSite", "LinkSite",
            "ensure_pki", "load_corridor", "load_pki", "make_source", "monitor_for",
            "parse_corridor"]
