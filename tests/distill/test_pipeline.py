@@ -27,6 +27,7 @@ from corridor.distill.pipeline import (
     run_party,
 )
 from corridor.distill.transport import connect, listen
+from corridor.distill.verification import TAG_BITS
 from corridor.errors import ParameterError
 from corridor.link.attacks import InterceptResend, PhotonNumberSplitting
 from corridor.link.finite_key import DecoyCounts, finite_key_bounds, finite_key_length
@@ -93,7 +94,7 @@ def test_output_never_exceeds_the_finite_key_bound(honest_report: LinkRunReport)
                                    PARAMS.source.class_probabilities, CONFIG.eps_sec)
         segments = -(-meta["sifted_bits"] // CONFIG.verification_segment_bits)
         assert meta["verification_segments"] == segments
-        assert meta["disclosed_bits"] == meta["reconciliation_disclosed_bits"] + (128 + 1) * segments
+        assert meta["disclosed_bits"] == meta["reconciliation_disclosed_bits"] + TAG_BITS * segments
         bound = finite_key_length(bounds, meta["disclosed_bits"], CONFIG.eps_sec,
                                   CONFIG.eps_cor) - meta["verification_removed_bits"]
         assert meta["finite_key_bits"] == min(bound, meta["sifted_bits"])
@@ -182,7 +183,7 @@ def test_a_residual_error_costs_only_its_segment(monkeypatch: pytest.MonkeyPatch
     segments = -(-meta["sifted_bits"] // segment)
     assert meta["verification_failed_segments"] == 1
     assert meta["verification_removed_bits"] == segment
-    assert meta["disclosed_bits"] == meta["reconciliation_disclosed_bits"] + (128 + 1) * segments
+    assert meta["disclosed_bits"] == meta["reconciliation_disclosed_bits"] + TAG_BITS * segments
     counts = DecoyCounts(tuple(meta["key_basis_detections"]), (0, 0, 0),
                          tuple(meta["test_basis_detections"]), tuple(meta["test_basis_errors"]))
     bounds = finite_key_bounds(counts, PARAMS.source.intensities,
