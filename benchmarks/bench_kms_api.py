@@ -18,7 +18,8 @@ a LocalPeerLink (store and agreement cost, no network), and an HTTPS round trip 
 application that does nothing (TLS + HTTP + framework floor).
 
     .venv/bin/python benchmarks/bench_kms_api.py [--stores sqlite postgres]
-        [--seconds 4] [--rate 500] [--sqlite-synchronous FULL]
+        [--seconds 4] [--rate 500] [--sqlite-synchronous FULL] [--workers 1]
+        [--load-client sae|raw]
 
 Load is bounded in count and time and goes only to 127.0.0.1.
 """
@@ -70,7 +71,7 @@ def _make_store(store: str, kme_id: str, workdir: Path, kek: bytes, run_tag: str
 
 
 def _build_manager(store: str, kme_id: str, workdir: Path, blocks_file: Path, run_tag: str,
-                   synchronous: str, max_key_count: int) -> Any:
+                   synchronous: str, max_key_count: int, ingest: bool = True) -> Any:
     from corridor.kms.config import KmeConfig, SaeDirectory
     from corridor.kms.manager import KeyManager
 
@@ -79,30 +80,51 @@ def _build_manager(store: str, kme_id: str, workdir: Path, blocks_file: Path, ru
     config = KmeConfig(kme_id=kme_id, max_key_count=max_key_count, max_key_per_request=128)
     manager = KeyManager(config, directory,
                          _make_store(store, kme_id, workdir, kek, run_tag, synchronous))
-    data = blocks_file.read_bytes()
-    for block_id, start in enumerate(range(0, len(data), BLOCK_BYTES), start=1):
-        manager.ingest_block(LINK_ID, block_id, data[start:start + BLOCK_BYTES])
+    if ingest:
+        data = blocks_file.read_bytes()
+        for block_id, start in enumerate(range(0, len(data), BLOCK_BYTES), start=1):
+            manager.ingest_block(LINK_ID, block_id, data[start:start + BLOCK_BYTES])
     return manager
 
 
 def _kme_process(store: str, kme_id: str, workdir: str, ports: dict[str, int],
-                 run_tag: str, synchronous: str, max_key_count: int) -> None:
-    """Child process: one KME, fed from the shared blocks file, served until SIGTERM."""
+                 run_tag: str, synchronous: str, max_key_count: int, worker: int = 0,
+                 workers: int = 1) -> None:
+    """Child process: one KME (or one of ``workers`` API worker processes of a KME on a
+    shared store, all on one port with SO_REUSEPORT), served until SIGTERM.
+    Worker 0 feeds the store from the shared blocks file; the others wait for it."""
     from corridor.kms.api import HttpsPeerLink, create_app
     from corridor.kms.tls import serve
 
     root = Path(workdir)
     pki = root / "pki"
     peer = KME_B if kme_id == KME_A else KME_A
+    fed = root / f"fed-{kme_id}-{run_tag}"
+    if worker:
+        while not fed.exists():
+            time.sleep(0.1)
     manager = _build_manager(store, kme_id, root, root / "blocks.bin", run_tag, synchronous,
-                             max_key_count)
+                             max_key_count, ingest=worker == 0)
+    fed.touch()
     own = pki / "kme" / kme_id
     manager.set_peer(peer, HttpsPeerLink(f"https://127.0.0.1:{ports[peer]}",
                                          cert=own / "cert.pem", key=own / "key.pem",
                                          ca=pki / "ca.pem", peer_kme_id=peer))
     app = create_app(manager, peer_acceptor=manager.accept_reservations)
-    serve(app, "127.0.0.1", ports[kme_id], own / "cert.pem", own / "key.pem", pki / "ca.pem",
-          log_level="warning")
+    if workers == 1:
+        serve(app, "127.0.0.1", ports[kme_id], own / "cert.pem", own / "key.pem",
+              pki / "ca.pem", log_level="warning")
+        return
+    import uvicorn
+
+    from corridor.kms.tls import uvicorn_config
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", ports[kme_id]))
+    config = uvicorn_config(app, cert=own / "cert.pem", key=own / "key.pem",
+                            ca=pki / "ca.pem", port=ports[kme_id])
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def _cpu_s(pid: int) -> float:
@@ -141,11 +163,15 @@ class Phase:
                 f"{cpu} |")
 
 
-def _measured(phase_fn: Callable[[], Phase], pids: list[int]) -> Phase:
-    """Run a phase and attribute CPU time per request to client, master and slave KME."""
-    before = [_own_cpu_s(), *(_cpu_s(pid) for pid in pids)]
+def _measured(phase_fn: Callable[[], Phase], pids: tuple[list[int], list[int]]) -> Phase:
+    """Run a phase and attribute CPU time per request to client, master and slave KME
+    (``pids``: the master KME's processes, the slave KME's)."""
+    def sample() -> list[float]:
+        return [_own_cpu_s(), *(sum(_cpu_s(pid) for pid in group) for group in pids)]
+
+    before = sample()
     phase = phase_fn()
-    after = [_own_cpu_s(), *(_cpu_s(pid) for pid in pids)]
+    after = sample()
     per_request = [(b - a) * 1e3 / max(phase.requests, 1) for a, b in zip(before, after,
                                                                         strict=True)]
     phase.cpu_ms_per_request = (per_request[0], per_request[1], per_request[2])
@@ -155,6 +181,58 @@ def _measured(phase_fn: Callable[[], Phase], pids: list[int]) -> Phase:
 def _client(pki: PkiLayout, urls: dict[str, str]) -> SaeClient:
     paths = pki.saes["sae-a"]
     return SaeClient(urls[KME_A], paths.cert, paths.key, pki.ca_cert, expected_kme_id=KME_A)
+
+
+class RawSae:
+    """A lighter load generator than :class:`SaeClient` (``--load-client raw``): one
+    keep-alive ``http.client`` connection with the SAE's certificate, the KME identity
+    checked in the handshake, the keys decoded from base64. It measures the KMEs with
+    less of the shared CPU spent in the load generator."""
+
+    def __init__(self, pki: PkiLayout, urls: dict[str, str]) -> None:
+        import http.client
+        import urllib.parse
+
+        from corridor.kms.pki import Identity
+        from corridor.kms.tls import client_ssl_context
+
+        paths = pki.saes["sae-a"]
+        context = client_ssl_context(paths.cert, paths.key, pki.ca_cert,
+                                     Identity("kme", KME_A))
+        parts = urllib.parse.urlsplit(urls[KME_A])
+        self._conn = http.client.HTTPSConnection(parts.hostname or "", parts.port,
+                                                 context=context, timeout=30)
+        self._conn.connect()
+        self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def get_key(self, slave: str, number: int = 1) -> list[bytes]:
+        import base64
+        import json
+
+        self._conn.request("POST", f"/api/v1/keys/{slave}/enc_keys",
+                           body=json.dumps({"number": number}).encode(),
+                           headers={"Content-Type": "application/json"})
+        response = self._conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise KmeResponseError(response.status, body.decode(errors="replace"), [])
+        return [base64.b64decode(k["key"]) for k in json.loads(body)["keys"]]
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> RawSae:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+LOAD_CLIENT = "sae"
+
+
+def _load_client(pki: PkiLayout, urls: dict[str, str]) -> Any:
+    return RawSae(pki, urls) if LOAD_CLIENT == "raw" else _client(pki, urls)
 
 
 def closed_loop(name: str, pki: PkiLayout, urls: dict[str, str], clients: int, number: int,
@@ -168,7 +246,7 @@ def closed_loop(name: str, pki: PkiLayout, urls: dict[str, str], clients: int, n
     def worker() -> None:
         mine: list[float] = []
         requests = keys = errors = 0
-        with _client(pki, urls) as client:
+        with _load_client(pki, urls) as client:
             client.get_key("sae-b", number=1)  # handshake outside the measurement
             while time.perf_counter() < stop_at:
                 started = time.perf_counter()
@@ -196,7 +274,7 @@ def open_loop(name: str, pki: PkiLayout, urls: dict[str, str], rate_per_s: float
               seconds: float, workers: int = 48) -> Phase:
     """Requests scheduled at a fixed rate; latency from the scheduled start."""
     total = int(rate_per_s * seconds)
-    clients = [_client(pki, urls) for _ in range(workers)]
+    clients = [_load_client(pki, urls) for _ in range(workers)]
     for client in clients:
         client.get_key("sae-b")
     latencies: list[float] = [0.0] * total
@@ -205,7 +283,7 @@ def open_loop(name: str, pki: PkiLayout, urls: dict[str, str], rate_per_s: float
     lock = threading.Lock()
     t0 = time.perf_counter() + 0.2
 
-    def worker(client: SaeClient) -> None:
+    def worker(client: Any) -> None:
         while True:
             with lock:
                 index = next_index[0]
@@ -294,9 +372,11 @@ def run_store(store: str, args: argparse.Namespace, pki: PkiLayout, workdir: Pat
     ports = {KME_A: _free_port(), KME_B: _free_port()}
     urls = {kme: f"https://127.0.0.1:{port}" for kme, port in ports.items()}
     ctx = mp.get_context("spawn")
+    workers = args.workers
     children = [ctx.Process(target=_kme_process, args=(
-        store, kme, str(workdir), ports, run_tag, args.sqlite_synchronous, 10_000_000),
-        daemon=True) for kme in (KME_A, KME_B)]
+        store, kme, str(workdir), ports, run_tag, args.sqlite_synchronous, 10_000_000,
+        worker, workers), daemon=True)
+        for worker in range(workers) for kme in (KME_A, KME_B)]
     rows = []
     try:
         for child in children:
@@ -315,7 +395,10 @@ def run_store(store: str, args: argparse.Namespace, pki: PkiLayout, workdir: Pat
                     raise RuntimeError(f"{store} KMEs did not start") from None
                 time.sleep(0.5)
         label = store if store == "postgres" else f"sqlite ({args.sqlite_synchronous})"
-        pids = [child.pid or 0 for child in children]
+        if workers > 1:
+            label += f", {workers} workers per KME"
+        pids = ([c.pid or 0 for i, c in enumerate(children) if i % 2 == 0],
+                [c.pid or 0 for i, c in enumerate(children) if i % 2 == 1])
         phases = []
         for clients, number in ((1, 1), (16, 1), (1, 100), (4, 100)):
             name = (f"{label}: {clients} client{'s' if clients > 1 else ''}, "
@@ -360,12 +443,19 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="open-loop requests/s")
     parser.add_argument("--sqlite-synchronous", default="FULL",
                         choices=["FULL", "EXTRA", "NORMAL"])
+    parser.add_argument("--workers", type=int, default=1, choices=[1, 2, 3, 4],
+                        help="API worker processes per KME (one port, SO_REUSEPORT), sharing "
+                             "the KME's PostgreSQL schema or SQLite file")
+    parser.add_argument("--load-client", choices=["sae", "raw"], default="sae",
+                        help="load generator: SaeClient (httpx) or a bare http.client SAE")
     parser.add_argument("--pool-mib", type=int, default=16,
                         help="random key material ingested before the run (MiB)")
     args = parser.parse_args()
     if not 0 < args.seconds <= 30 or not 0 < args.rate <= 5000 or not 1 <= args.pool_mib <= 256:
         parser.error("bounded load only: --seconds in (0, 30], --rate in (0, 5000], "
                      "--pool-mib in [1, 256]")
+    global LOAD_CLIENT
+    LOAD_CLIENT = args.load_client
     print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"# {datetime.date.today().isoformat()} {platform.processor() or platform.machine()} "
           f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} python={platform.python_version()}")

@@ -488,3 +488,165 @@ def test_unreachable_postgres_is_unavailable_not_a_traceback(kek):
                          kme_id="kme-a", timeout_s=1.0)
     with pytest.raises(ParameterError, match="schema"):
         PostgresKeyStore(POSTGRES_DSN, kek, kme_id="kme-a", schema="Bad-Name")
+
+
+def _cut(store: KeyStore, count: int, length: int,
+         slaves: tuple[str, ...] = ("s1",)) -> list[tuple[Reservation, bytes]]:
+    return store.cut_front(LINK, AB, key_ids=_ids(count), length_bytes=length,
+                           master_sae_id="m1", slave_sae_ids=slaves)
+
+
+def test_cut_front_keeps_no_rows_and_never_moves_back(make_store):
+    blocks = [os.urandom(6_000)]
+    stream = _stream(blocks, AB)
+    master = make_store("kme-a")
+    _feed(master, blocks)
+    first = _cut(master, 3, 100)
+    assert [res.byte_offset for res, _ in first] == [0, 100, 200]
+    assert [key for _, key in first] == [stream[o:o + 100] for o in (0, 100, 200)]
+    # Nothing at rest: no master row to deliver, discard or leak; the bytes left the pool.
+    assert master.count_keys() == 0 and master.pending_reservations() == []
+    state = master.pool_state(LINK, AB)
+    assert (state.reserve_offset, state.available_bytes) == (300, 3_000 - 300)
+    with pytest.raises(PoolExhaustedError):
+        _cut(master, 1, 3_000)  # nothing changed by a refusal
+    assert master.pool_state(LINK, AB) == state
+    (after,) = _cut(master, 1, 100)
+    assert after[0].byte_offset == 300
+
+
+def test_cut_front_survives_a_reopen_as_burned_bytes(make_store):
+    blocks = [os.urandom(4_000)]
+    master = make_store("kme-a", name="a")
+    _feed(master, blocks)
+    _cut(master, 2, 50)  # "crash" before the announcement: the keys were only in memory
+    master.close()
+    again = make_store("kme-a", name="a")
+    assert again.pending_reservations() == [] and again.count_keys() == 0
+    ((res, key),) = _cut(again, 1, 50)
+    assert res.byte_offset == 100 and key == _stream(blocks, AB)[100:150]
+
+
+def _run_count(store: KeyStore) -> int:
+    with store._transaction() as cur:  # type: ignore[attr-defined]
+        return int(cur.rows("SELECT COUNT(*) FROM kms_run")[0][0])
+
+
+def test_slave_keeps_one_record_per_announced_batch_with_per_key_delivery(make_store):
+    blocks = [os.urandom(20_000)]
+    stream = _stream(blocks, AB)
+    master, slave = make_store("kme-a"), make_store("kme-b")
+    _feed(master, blocks)
+    _feed(slave, blocks)
+    batch = _cut(master, 6, 32, slaves=("s1", "s2"))
+    other = _cut(master, 2, 16)  # contiguous, other size and SAEs: a record of its own
+    slave.record_peer_reservations([res for res, _ in batch + other])
+    assert _run_count(slave) == 2 and slave.count_keys(ROLE_SLAVE) == 8
+    ids = [res.key_id for res, _ in batch]
+    # A subset, in any order: exactly once per key and recipient.
+    got = slave.take_slave_keys("s1", "m1", [ids[4], ids[1]])
+    assert [k.key for k in got] == [key for _, key in (batch[4], batch[1])]
+    with pytest.raises(KeyRequestError):
+        slave.take_slave_keys("s1", "m1", [ids[1], ids[2]])  # all or nothing
+    rest = slave.take_slave_keys("s1", "m1", [ids[0], ids[2], ids[3], ids[5]])
+    assert [k.key for k in rest] == [batch[i][1] for i in (0, 2, 3, 5)]
+    assert slave.count_keys(ROLE_SLAVE) == 8 and _run_count(slave) == 2  # s2 still owed
+    with pytest.raises(UnauthorizedError):
+        slave.take_slave_keys("s3", "m1", ids[:1])
+    assert [k.key for k in slave.take_slave_keys("s2", "m1", ids)] == \
+        [key for _, key in batch]
+    assert _run_count(slave) == 1 and slave.count_keys(ROLE_SLAVE) == 2
+    assert slave.discard_keys([other[0][0].key_id]) == 1
+    ((key_id, key),) = [(k.key_id, k.key) for k in
+                        slave.take_slave_keys("s1", "m1", [other[1][0].key_id])]
+    assert key == stream[other[1][0].byte_offset:other[1][0].byte_offset + 16]
+    # Every key delivered to every party: the record is gone (secure_delete zeroes it).
+    assert _run_count(slave) == 0 and slave.count_keys() == 0
+    assert key_id == other[1][0].key_id
+
+
+def test_a_key_row_edited_to_name_another_sae_fails_authentication(make_store):
+    blocks = [os.urandom(4_000)]
+    master, slave = make_store("kme-a"), make_store("kme-b")
+    _feed(master, blocks)
+    _feed(slave, blocks)
+    batch = _cut(master, 2, 32)
+    slave.record_peer_reservations([res for res, _ in batch])
+    with slave._transaction() as cur:  # type: ignore[attr-defined]
+        cur.run("UPDATE kms_key SET slave_sae_ids = 's9', recipients = 's9' WHERE key_id = ?",
+                (batch[0][0].key_id,))
+        # and one row pointed at its neighbour's bytes
+        cur.run("UPDATE kms_key SET byte_offset = byte_offset - 32 WHERE key_id = ?",
+                (batch[1][0].key_id,))
+    with pytest.raises(AtRestDecryptionError):
+        slave.take_slave_keys("s9", "m1", [batch[0][0].key_id])
+    with pytest.raises(AtRestDecryptionError):
+        slave.take_slave_keys("s1", "m1", [batch[1][0].key_id])
+
+
+def test_concurrent_cuts_share_one_transaction_and_fail_alone(make_store):
+    blocks = [os.urandom(8_000)]
+    stream = _stream(blocks, AB)
+    store = make_store("kme-a")
+    _feed(store, blocks)
+    original = store._transaction  # type: ignore[attr-defined]
+    transactions = []
+    release, entered = threading.Event(), threading.Event()
+
+    @contextlib.contextmanager
+    def gated(durable: bool = True):
+        transactions.append(durable)
+        if len(transactions) == 1:  # hold the first one until the others have queued
+            entered.set()
+            assert release.wait(30)
+        with original(durable) as cur:
+            yield cur
+
+    store._transaction = gated  # type: ignore[attr-defined]
+    requests = [(1, 32), *[(2, 32)] * 5, (1, 50_000)]  # the last cannot be served
+    results: dict[int, object] = {}
+
+    def call(index: int) -> None:
+        try:
+            results[index] = _cut(store, *requests[index])
+        except PoolExhaustedError as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+    threads[0].start()
+    assert entered.wait(30)
+    for thread in threads[1:]:
+        thread.start()
+    for _ in range(30_000):
+        if len(store._cut_queue) == len(requests) - 1:  # type: ignore[attr-defined]
+            break
+        threading.Event().wait(0.001)
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert len(transactions) == 2  # the six queued cuts shared the second transaction
+    assert isinstance(results[6], PoolExhaustedError)
+    cuts = [item for i in range(6) for item in results[i]]  # type: ignore[attr-defined]
+    offsets = sorted(res.byte_offset for res, _ in cuts)
+    assert offsets == list(range(0, 11 * 32, 32))  # disjoint, nothing skipped
+    assert all(key == stream[res.byte_offset:res.byte_offset + 32] for res, key in cuts)
+    assert store.pool_state(LINK, AB).reserve_offset == 11 * 32
+
+
+def test_a_version_1_store_is_upgraded_and_a_newer_one_refused(make_store):
+    store = make_store("kme-a", name="v")
+    with store._transaction() as cur:  # type: ignore[attr-defined]
+        cur.run("UPDATE kms_meta SET value = ? WHERE name = 'schema_version'", (b"1",))
+        cur.run("DROP TABLE kms_run")  # what a version 1 store lacks
+    store.close()
+    again = make_store("kme-a", name="v")
+    _feed(again, [os.urandom(2_000)])
+    slave_side = [Reservation(str(uuid.uuid4()), LINK, AB, 0, 32, "m1", ("s1",))]
+    assert again.record_peer_reservations(slave_side) == slave_side  # kms_run exists
+    with again._transaction() as cur:  # type: ignore[attr-defined]
+        assert bytes(cur.rows("SELECT value FROM kms_meta WHERE name = 'schema_version'")
+                     [0][0]) == b"2"
+        cur.run("UPDATE kms_meta SET value = ? WHERE name = 'schema_version'", (b"9",))
+    again.close()
+    with pytest.raises(ParameterError, match="schema_version"):
+        make_store("kme-a", name="v")

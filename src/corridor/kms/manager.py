@@ -7,23 +7,26 @@ agreement between the two KMEs of a link (ETSI014.md, "Known trouble") is:
 1. Both KMEs ingest the same blocks in block order; each block's first half goes to
    pool ``A->B`` and its second half to ``B->A`` (:func:`corridor.kms.config.split_block`).
 2. Only the master KME of a direction reserves from its pool, from the front, in one
-   transaction (pending master rows; the reserve pointer never moves back).
-3. It announces the reservations through a :class:`~corridor.kms.interface.PeerLink`; the
+   durable transaction (:meth:`~corridor.kms.store.KeyStore.cut_front`: the reserve
+   pointer never moves back; the keys stay in memory, never at rest at the master).
+3. It announces the reservations through a :class:`~corridor.kms.interface.PeerLink`
+   (wrapped in a :class:`CoalescingPeerLink`, so concurrent requests share one call); the
    slave KME cuts the same byte ranges by offset into its own rows and commits before
    answering (:meth:`KeyManager.accept_reservations`, idempotent).
-4. Only then does the master deliver. If the announcement fails in any way the pending
-   rows are discarded: the bytes are burned, never reused under another key ID and
-   never delivered (fail closed); the master SAE gets a 503.
+4. Only then does the master deliver. If the announcement fails in any way the keys are
+   dropped: the bytes are burned, never reused under another key ID and never delivered
+   (fail closed); the master SAE gets a 503.
 
-A restart discards pending master rows (:meth:`KeyManager.resolve_pending`): their key
-IDs never reached the master SAE, so no delivery can be owed on them. docs/kms-store.md
-gives the full argument.
+A crash leaves nothing pending at the master (the cut bytes are simply burned);
+:meth:`KeyManager.resolve_pending` still discards pending master rows made through
+:meth:`~corridor.kms.store.KeyStore.reserve_front`. docs/kms-store.md gives the full
+argument.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -55,6 +58,27 @@ from corridor.kms.store import (
     is_uuid,
 )
 
+# An announcement carries the reservations of several coalesced enc_keys requests; this
+# bounds its JSON body (about 260 bytes per reservation) well inside the API's 1 MiB.
+MAX_ANNOUNCEMENT_RESERVATIONS = 2048
+
+
+class PeerUnreachableError(KeysUnavailableError):
+    """The peer KME could not be reached or did not answer in time (a 503)."""
+
+
+def new_key_ids(count: int) -> list[str]:
+    """``count`` random (version 4) UUIDs in canonical form, 122 random bits each from the
+    OS CSPRNG (RFC 9562, section 5.4), drawn in one call instead of one per key."""
+    raw = bytearray(os.urandom(16 * count))
+    ids = []
+    for start in range(0, 16 * count, 16):
+        raw[start + 6] = (raw[start + 6] & 0x0F) | 0x40   # version 4
+        raw[start + 8] = (raw[start + 8] & 0x3F) | 0x80   # RFC 9562 variant
+        h = raw[start:start + 16].hex()
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -70,6 +94,9 @@ class KeyManager:
         peers: ``{kme_id: PeerLink}`` for the KMEs it shares links with; may be added
             later with :meth:`set_peer`.
         events: where public events go (audit, metrics).
+        coalesce_announcements: wrap every peer in a :class:`CoalescingPeerLink`, so that
+            concurrent enc_keys requests share one KME-to-KME call (and one durable
+            commit at the slave).
 
     Thread-safe: the store serialises what must be serialised, and the manager keeps no
     other mutable state than the peer table.
@@ -77,7 +104,8 @@ class KeyManager:
 
     def __init__(self, config: KmeConfig, directory: SaeDirectory, store: KeyStore,
                  peers: Mapping[str, PeerLink] | None = None,
-                 events: EventSink | None = None) -> None:
+                 events: EventSink | None = None, *,
+                 coalesce_announcements: bool = True) -> None:
         if store.kme_id != config.kme_id:
             raise ParameterError("store.kme_id", store.kme_id,
                                  f"must be this KME's ID {config.kme_id!r}")
@@ -86,8 +114,15 @@ class KeyManager:
         self.directory = directory
         self.store = store
         self.events: EventSink = events if events is not None else NullEventSink()
-        self._peers: dict[str, PeerLink] = dict(peers or {})
+        self._coalesce = coalesce_announcements
+        self._peers: dict[str, PeerLink] = {kme: self._wrap(peer)
+                                            for kme, peer in (peers or {}).items()}
         self._peers_lock = threading.Lock()
+
+    def _wrap(self, peer: PeerLink) -> PeerLink:
+        if self._coalesce and not isinstance(peer, CoalescingPeerLink):
+            return CoalescingPeerLink(peer)
+        return peer
 
     def set_peer(self, kme_id: str, peer: PeerLink) -> None:
         """Use ``peer`` to announce reservations to KME ``kme_id``."""
@@ -95,7 +130,7 @@ class KeyManager:
             raise ParameterError("peer kme_id", kme_id,
                                  f"shares no link with KME {self.kme_id!r}")
         with self._peers_lock:
-            self._peers[kme_id] = peer
+            self._peers[kme_id] = self._wrap(peer)
 
     def _reject(self, endpoint: str, sae_id: str, reason: str, status_code: int) -> None:
         self.events.emit("request_rejected", kme_id=self.kme_id, endpoint=endpoint,
@@ -243,9 +278,12 @@ class KeyManager:
             self._reject("enc_keys", master_sae_id, "no_peer_link", 503)
             raise KeysUnavailableError(f"no connection to the slave's KME {slave_kme!r}")
         direction = link.direction_from(self.kme_id)
-        key_ids = [str(uuid.uuid4()) for _ in range(count)]
+        key_ids = new_key_ids(count)
         try:
-            reservations = self.store.reserve_front(
+            # One durable transaction: the bytes leave the pool and the reserve pointer
+            # moves past them; the keys stay in this process's memory until the peer
+            # accepted, so there are no master rows to write, seal, open and delete.
+            cut = self.store.cut_front(
                 link.link_id, direction, key_ids=key_ids, length_bytes=size // 8,
                 master_sae_id=master_sae_id, slave_sae_ids=slaves)
         except PoolExhaustedError as exc:
@@ -260,6 +298,7 @@ class KeyManager:
         except KeysUnavailableError:
             self._reject("enc_keys", master_sae_id, "store_unavailable", 503)
             raise
+        reservations = [res for res, _ in cut]
         self.events.emit("keys_reserved", kme_id=self.kme_id, link_id=link.link_id,
                          direction=direction, master_sae_id=master_sae_id,
                          slave_sae_ids=list(slaves), key_ids=key_ids, count=count,
@@ -268,8 +307,9 @@ class KeyManager:
             peer.announce(reservations)
         except Exception as exc:
             # Fail closed: the slave may or may not hold these ranges; either way they
-            # are never delivered here, and the pointer never moves back over them.
-            self.store.discard_keys(key_ids)
+            # are never delivered here (the keys are dropped from memory), and the
+            # pointer never moves back over them.
+            del cut
             self._reject("enc_keys", master_sae_id, "peer_refused", 503)
             self.events.emit("reservations_discarded", kme_id=self.kme_id,
                              link_id=link.link_id, direction=direction, key_ids=key_ids,
@@ -277,18 +317,10 @@ class KeyManager:
             raise KeysUnavailableError(
                 f"the slave's KME {slave_kme!r} did not accept the reservation; nothing was "
                 "delivered") from exc
-        try:
-            keys = self.store.take_master_keys(master_sae_id, key_ids)
-        except AtRestDecryptionError as exc:
-            self._reject("enc_keys", master_sae_id, "store_integrity", 503)
-            raise KeysUnavailableError("key store integrity check failed") from exc
-        except KeysUnavailableError:
-            self._reject("enc_keys", master_sae_id, "reservation_withdrawn", 503)
-            raise
         self.events.emit("keys_delivered", kme_id=self.kme_id, sae_id=master_sae_id,
                          role="master", master_sae_id=master_sae_id, key_ids=key_ids,
                          count=count, size_bits=size)
-        return keys
+        return [DeliveredKey(res.key_id, key) for res, key in cut]
 
     def dec_keys(self, slave_sae_id: str, master_sae_id: str,
                  key_ids: list[str]) -> list[DeliveredKey]:
@@ -415,38 +447,52 @@ class KeyManager:
     def _check_reservations(self, from_kme_id: str, reservations: Sequence[Reservation]) -> None:
         if not reservations:
             raise InvalidReservationError("an announcement must carry at least one reservation")
-        if len(reservations) > self.config.max_key_per_request:
+        limit = max(self.config.max_key_per_request, MAX_ANNOUNCEMENT_RESERVATIONS)
+        if len(reservations) > limit:
             raise InvalidReservationError(
-                f"an announcement carries at most max_key_per_request = "
-                f"{self.config.max_key_per_request} reservations")
+                f"an announcement carries at most {limit} reservations")
+        max_length = self.config.max_key_size_bits // 8
+        # The link, direction and SAE checks depend only on these fields, which all
+        # reservations of one request share: check each combination once.
+        checked: set[tuple[Any, ...]] = set()
         for res in reservations:
             if not isinstance(res, Reservation):
                 raise InvalidReservationError("an announcement must carry Reservation objects")
-            link = self.directory.link(res.link_id)
-            if link is None or {link.kme_a, link.kme_b} != {self.kme_id, from_kme_id}:
-                raise InvalidReservationError(
-                    f"link {res.link_id!r} does not join KME {from_kme_id!r} to KME "
-                    f"{self.kme_id!r}")
-            if res.direction not in DIRECTIONS or link.master_kme(res.direction) != from_kme_id:
-                raise InvalidReservationError(
-                    f"KME {from_kme_id!r} may only reserve from its own direction of link "
-                    f"{res.link_id!r}, not {res.direction!r}")
             if not is_uuid(res.key_id):
                 raise InvalidReservationError("every key ID must be a canonical UUID")
             if not (_is_int(res.byte_offset) and res.byte_offset >= 0 and _is_int(res.length_bytes)
-                    and 1 <= res.length_bytes <= self.config.max_key_size_bits // 8):
+                    and 1 <= res.length_bytes <= max_length):
                 raise InvalidReservationError(
                     f"reservation {res.key_id}: byte range out of bounds")
-            if self.directory.kme_of(res.master_sae_id) != from_kme_id:
-                raise InvalidReservationError(
-                    f"master SAE {res.master_sae_id!r} is not attached to KME {from_kme_id!r}")
-            if (not isinstance(res.slave_sae_ids, tuple) or not res.slave_sae_ids
-                    or len(res.slave_sae_ids) > 1 + self.config.max_sae_id_count
-                    or len(set(res.slave_sae_ids)) != len(res.slave_sae_ids)
-                    or any(self.directory.kme_of(s) != self.kme_id for s in res.slave_sae_ids)):
-                raise InvalidReservationError(
-                    f"reservation {res.key_id}: slave SAEs must be distinct SAEs of KME "
-                    f"{self.kme_id!r}, at most 1 + max_SAE_ID_count")
+            shared = (res.link_id, res.direction, res.master_sae_id, res.slave_sae_ids)
+            try:
+                if shared in checked:
+                    continue
+            except TypeError:  # an unhashable field: malformed, refused below
+                pass
+            self._check_shared_fields(from_kme_id, res)
+            checked.add(shared)
+
+    def _check_shared_fields(self, from_kme_id: str, res: Reservation) -> None:
+        link = self.directory.link(res.link_id)
+        if link is None or {link.kme_a, link.kme_b} != {self.kme_id, from_kme_id}:
+            raise InvalidReservationError(
+                f"link {res.link_id!r} does not join KME {from_kme_id!r} to KME "
+                f"{self.kme_id!r}")
+        if res.direction not in DIRECTIONS or link.master_kme(res.direction) != from_kme_id:
+            raise InvalidReservationError(
+                f"KME {from_kme_id!r} may only reserve from its own direction of link "
+                f"{res.link_id!r}, not {res.direction!r}")
+        if self.directory.kme_of(res.master_sae_id) != from_kme_id:
+            raise InvalidReservationError(
+                f"master SAE {res.master_sae_id!r} is not attached to KME {from_kme_id!r}")
+        if (not isinstance(res.slave_sae_ids, tuple) or not res.slave_sae_ids
+                or len(res.slave_sae_ids) > 1 + self.config.max_sae_id_count
+                or len(set(res.slave_sae_ids)) != len(res.slave_sae_ids)
+                or any(self.directory.kme_of(s) != self.kme_id for s in res.slave_sae_ids)):
+            raise InvalidReservationError(
+                f"reservation {res.key_id}: slave SAEs must be distinct SAEs of KME "
+                f"{self.kme_id!r}, at most 1 + max_SAE_ID_count")
 
     # -- recovery ---------------------------------------------------------------------
 
@@ -499,6 +545,116 @@ class LocalPeerLink:
 
     def __repr__(self) -> str:
         return f"LocalPeerLink({self.from_kme_id!r} -> {self.other.kme_id!r})"
+
+
+class _Announcement:
+    """One caller's reservations waiting in a :class:`CoalescingPeerLink`."""
+
+    __slots__ = ("accepted", "done", "error", "reservations")
+
+    def __init__(self, reservations: list[Reservation]) -> None:
+        self.reservations = reservations
+        self.done = False
+        self.accepted = False
+        self.error: BaseException | None = None
+
+
+class CoalescingPeerLink:
+    """Group commit for announcements: concurrent callers share one peer call.
+
+    While one announcement is in flight, others queue; when it returns, one waiting
+    caller sends everything queued (up to ``max_reservations``) in one call, so under
+    load the slave KME runs one HTTPS request and one durable transaction for many
+    enc_keys requests, and at low load nobody waits for a timer. Fail closed is kept
+    per caller: a caller returns only once the peer accepted an announcement that
+    contained all of its reservations. If a shared call is refused, each caller's
+    reservations are announced again on their own (a refused announcement recorded
+    nothing, and a repeat of an accepted one is accepted without effect), so one bad
+    request does not fail the others; if the peer was unreachable, all of them fail.
+    """
+
+    def __init__(self, peer: PeerLink, *,
+                 max_reservations: int = MAX_ANNOUNCEMENT_RESERVATIONS) -> None:
+        if not _is_int(max_reservations) or max_reservations < 1:
+            raise ParameterError("max_reservations", max_reservations, "an integer >= 1")
+        self.peer = peer
+        self.max_reservations = max_reservations
+        self._cond = threading.Condition()
+        self._queue: list[_Announcement] = []
+        self._sending = False
+
+    def announce(self, reservations: list[Reservation]) -> None:
+        """Return once the peer durably accepted ``reservations``, or raise."""
+        mine = _Announcement(list(reservations))
+        with self._cond:
+            self._queue.append(mine)
+            while self._sending and not mine.done:
+                self._cond.wait()
+            leader = not mine.done
+            if leader:
+                self._sending = True
+        if leader:
+            try:
+                while not mine.done:
+                    with self._cond:
+                        batch = self._next_batch()
+                    try:
+                        self._send(batch)
+                    finally:
+                        with self._cond:
+                            for item in batch:
+                                if not item.accepted and item.error is None:
+                                    # _send was interrupted: never report success.
+                                    item.error = KeysUnavailableError(
+                                        "announcement interrupted")
+                                item.done = True
+                            self._cond.notify_all()
+            finally:
+                with self._cond:
+                    self._sending = False
+                    self._cond.notify_all()
+        if not mine.accepted:
+            if mine.error is None:
+                raise KeysUnavailableError("peer KME did not accept the reservation")
+            if isinstance(mine.error, KeysUnavailableError):
+                raise KeysUnavailableError(mine.error.message,
+                                           mine.error.details) from mine.error
+            raise KeysUnavailableError("peer KME did not accept the reservation") \
+                from mine.error
+
+    def _next_batch(self) -> list[_Announcement]:
+        """Take queued announcements (at least one) up to ``max_reservations``."""
+        batch = [self._queue.pop(0)]
+        total = len(batch[0].reservations)
+        while self._queue and total + len(self._queue[0].reservations) <= \
+                self.max_reservations:
+            item = self._queue.pop(0)
+            total += len(item.reservations)
+            batch.append(item)
+        return batch
+
+    def _send(self, batch: list[_Announcement]) -> None:
+        try:
+            self.peer.announce([res for item in batch for res in item.reservations])
+        except Exception as exc:  # handed to each caller below
+            if len(batch) == 1 or isinstance(exc, PeerUnreachableError | OSError):
+                for item in batch:
+                    item.error = exc
+                return
+        else:
+            for item in batch:
+                item.accepted = True
+            return
+        for item in batch:
+            try:
+                self.peer.announce(item.reservations)
+            except Exception as exc:  # this caller fails closed, the others go on
+                item.error = exc
+            else:
+                item.accepted = True
+
+    def __repr__(self) -> str:
+        return f"CoalescingPeerLink({self.peer!r})"
 
 
 def connect_local(first: KeyManager, second: KeyManager) -> None:

@@ -2,17 +2,21 @@
 
 A KME's store holds, per link and direction, the pool: an append-only byte stream
 addressed by byte offset, identical at both KMEs of the link, kept as encrypted
-segments of at most :data:`SEGMENT_BYTES`; and the per-key rows of reserved keys
-(encrypted), each with the SAEs still owed a delivery. Every operation that moves key
+segments of at most :data:`SEGMENT_BYTES`; and the reserved keys: one row per key ID
+with the SAEs still owed a delivery, the bytes sealed either in the row or, for the
+keys of one announced batch, in one ``kms_run`` record. Every operation that moves key
 material is one database transaction:
 
 - :meth:`KeyStore.append_block` places a block's two halves at the end of their
   streams (stored if the pool has room, otherwise dropped; the stream position
   advances either way so that both KMEs stay aligned whatever each one decided);
-- :meth:`KeyStore.reserve_front` (master side) cuts ``number`` contiguous keys from the
-  front of a pool, advancing the pool's reserve pointer, which never moves back;
+- :meth:`KeyStore.cut_front` (master side) cuts ``number`` contiguous keys from the
+  front of a pool, advancing the pool's reserve pointer, which never moves back, and
+  returns them (the master holds them in memory until the slave accepted); concurrent
+  cuts share one transaction (group commit). :meth:`KeyStore.reserve_front` does the
+  same but keeps them as pending master rows;
 - :meth:`KeyStore.record_peer_reservations` (slave side) cuts the same byte ranges by
-  offset, idempotently;
+  offset, idempotently, sealing each batch once;
 - :meth:`KeyStore.take_master_keys` / :meth:`KeyStore.take_slave_keys` deliver rows and
   delete them after their last recipient.
 
@@ -24,6 +28,7 @@ docs/kms-store.md gives the schema and the crash argument.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -44,7 +49,9 @@ from corridor.kms.interface import (
 )
 
 SEGMENT_BYTES = 4096
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+# Version 1 stores lack only the kms_run table, which opening creates; they are upgraded.
+_UPGRADABLE_VERSIONS = ("1",)
 ROLE_MASTER = "master"
 ROLE_SLAVE = "slave"
 _KEK_CHECK_PLAINTEXT = b"corridor key store KEK check"
@@ -127,6 +134,52 @@ def _key_aad(key_id: str, role: str, link_id: str, direction: str, offset: int, 
                             master_sae_id, _join_ids(slave_sae_ids))).encode()
 
 
+def _run_aad(link_id: str, direction: str, start: int, key_bytes: int, master_sae_id: str,
+             slave_sae_ids: Sequence[str], key_ids: Sequence[str]) -> bytes:
+    return _FIELD_SEP.join(("run", link_id, direction, str(start), str(key_bytes),
+                            master_sae_id, _join_ids(slave_sae_ids),
+                            _join_ids(key_ids))).encode()
+
+
+# A slave key row whose bytes live in a kms_run record instead of its own sealed blob.
+_IN_RUN = b""
+
+
+@dataclass
+class _Run:
+    """One sealed record of consecutive keys of one announcement (slave side)."""
+
+    link_id: str
+    direction: str
+    start: int
+    key_bytes: int
+    master_sae_id: str
+    slave_sae_ids: list[str]
+    key_ids: list[str]
+    remaining: int
+    blob: bytes
+    plain: bytes | None = None
+
+    @property
+    def end(self) -> int:
+        return self.start + self.key_bytes * len(self.key_ids)
+
+
+def _uniform_groups(run: Sequence[Reservation]) -> list[list[Reservation]]:
+    """Split a contiguous run into groups with one key size and the same SAEs (one
+    sealed record each)."""
+    groups: list[list[Reservation]] = []
+    for res in run:
+        if groups:
+            first = groups[-1][0]
+            if (first.length_bytes, first.master_sae_id, tuple(first.slave_sae_ids)) == \
+                    (res.length_bytes, res.master_sae_id, tuple(res.slave_sae_ids)):
+                groups[-1].append(res)
+                continue
+        groups.append([res])
+    return groups
+
+
 def _contiguous_runs(reservations: Sequence[Reservation]) -> list[list[Reservation]]:
     """Group reservations of one pool whose byte ranges follow each other."""
     runs: list[list[Reservation]] = []
@@ -172,6 +225,17 @@ class KeyStore(ABC):
         """Cut ``len(key_ids)`` keys of ``length_bytes`` from the front of a pool and keep
         them as pending master rows; :class:`PoolExhaustedError` with nothing changed
         when the pool cannot serve them all."""
+
+    @abstractmethod
+    def cut_front(self, link_id: str, direction: str, *, key_ids: Sequence[str],
+                  length_bytes: int, master_sae_id: str,
+                  slave_sae_ids: Sequence[str]) -> list[tuple[Reservation, bytes]]:
+        """Cut ``len(key_ids)`` keys from the front of a pool like :meth:`reserve_front`,
+        in one durable transaction, but keep no master rows: the key bytes are returned to
+        the caller, which holds them in memory until the peer accepted (the master's
+        delivery path). A crash after the commit burns the bytes (the reserve pointer never
+        moves back) and leaves nothing pending. :class:`PoolExhaustedError` with nothing
+        changed when the pool cannot serve them all."""
 
     @abstractmethod
     def record_peer_reservations(self, reservations: Sequence[Reservation]) -> list[Reservation]:
@@ -250,7 +314,32 @@ SCHEMA_STATEMENTS = (
     "master_sae_id TEXT NOT NULL, slave_sae_ids TEXT NOT NULL, recipients TEXT NOT NULL, "
     "created_at {double} NOT NULL, data {blob} NOT NULL)",
     "CREATE INDEX IF NOT EXISTS kms_key_role_created ON kms_key (role, created_at)",
+    "CREATE TABLE IF NOT EXISTS kms_run (link_id TEXT NOT NULL, direction TEXT NOT NULL, "
+    "run_start {bigint} NOT NULL, key_bytes INTEGER NOT NULL, master_sae_id TEXT NOT NULL, "
+    "slave_sae_ids TEXT NOT NULL, key_ids TEXT NOT NULL, remaining INTEGER NOT NULL, "
+    "data {blob} NOT NULL, PRIMARY KEY (link_id, direction, run_start))",
 )
+
+
+_INSERT_CHUNK = 128
+
+# Cuts sharing one master transaction at most (bounds the time the pool stays locked).
+_MAX_GROUP_CUTS = 64
+
+
+class _CutRequest:
+    """One caller's cut waiting for a shared transaction (:meth:`SqlKeyStore.cut_front`)."""
+
+    __slots__ = ("direction", "done", "error", "keys", "length_bytes", "link_id", "number")
+
+    def __init__(self, link_id: str, direction: str, number: int, length_bytes: int) -> None:
+        self.link_id = link_id
+        self.direction = direction
+        self.number = number
+        self.length_bytes = length_bytes
+        self.keys: list[tuple[int, bytes]] = []
+        self.error: BaseException | None = None
+        self.done = False
 
 
 @dataclass
@@ -276,6 +365,9 @@ class SqlKeyStore(KeyStore):
         self.kme_id = check_id("kme_id", kme_id)
         self._cipher = AtRestCipher(kek)
         self._segment_bytes = SEGMENT_BYTES
+        self._cut_cond = threading.Condition()
+        self._cut_queue: list[_CutRequest] = []
+        self._cutting = False
 
     @abstractmethod
     def _transaction(self, durable: bool = True) -> AbstractContextManager[SqlCursor]:
@@ -299,6 +391,10 @@ class SqlKeyStore(KeyStore):
                 cur.run("INSERT INTO kms_meta (name, value) VALUES (?, ?)", (name, value))
             return
         version = bytes(meta.get("schema_version", b"")).decode()
+        if version in _UPGRADABLE_VERSIONS:
+            cur.run("UPDATE kms_meta SET value = ? WHERE name = 'schema_version'",
+                    (SCHEMA_VERSION.encode(),))
+            version = SCHEMA_VERSION
         if version != SCHEMA_VERSION:
             raise ParameterError("store schema_version", version,
                                  f"this Corridor reads schema version {SCHEMA_VERSION}")
@@ -417,21 +513,31 @@ class SqlKeyStore(KeyStore):
     # -- master side ------------------------------------------------------------------
 
     def _insert_keys(self, cur: SqlCursor, role: str,
-                     items: Sequence[tuple[Reservation, bytes]]) -> None:
-        """Store one encrypted row per key; master rows owe the master, slave rows the
-        slaves."""
+                     items: Sequence[tuple[Reservation, bytes | None]]) -> None:
+        """Store one row per key; master rows owe the master, slave rows the slaves.
+        A key given as None lives in a ``kms_run`` record (its row holds no key bytes);
+        any other is sealed into its own row."""
         now = time.time()
         rows = []
         for res, key in items:
-            aad = _key_aad(res.key_id, role, res.link_id, res.direction, res.byte_offset,
-                           res.length_bytes, res.master_sae_id, res.slave_sae_ids)
             slaves = _join_ids(res.slave_sae_ids)
+            if key is None:
+                data = _IN_RUN
+            else:
+                data = self._cipher.seal(key, _key_aad(
+                    res.key_id, role, res.link_id, res.direction, res.byte_offset,
+                    res.length_bytes, res.master_sae_id, res.slave_sae_ids))
             rows.append((res.key_id, role, res.link_id, res.direction, res.byte_offset,
                          res.length_bytes, res.master_sae_id, slaves,
-                         res.master_sae_id if role == ROLE_MASTER else slaves, now,
-                         self._cipher.seal(key, aad)))
-        cur.many(f"INSERT INTO kms_key ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 rows)
+                         res.master_sae_id if role == ROLE_MASTER else slaves, now, data))
+        # Multi-row INSERTs: one statement per chunk instead of one per key (PostgreSQL
+        # pays a round trip per statement); 11 * 128 parameters stay far below SQLite's
+        # limit of 32766.
+        for start in range(0, len(rows), _INSERT_CHUNK):
+            chunk = rows[start:start + _INSERT_CHUNK]
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+            cur.run(f"INSERT INTO kms_key ({_KEY_COLUMNS}) VALUES {values}",
+                    [value for row in chunk for value in row])
 
     def _segments_from(self, cur: SqlCursor, link_id: str, direction: str, after: int,
                        inclusive: bool, limit: int) -> list[tuple[int, int, bytes]]:
@@ -441,60 +547,65 @@ class SqlKeyStore(KeyStore):
                         (link_id, direction, after, limit))
         return [(int(s), int(n), bytes(d)) for s, n, d in rows]
 
-    def reserve_front(self, link_id: str, direction: str, *, key_ids: Sequence[str],
-                      length_bytes: int, master_sae_id: str,
-                      slave_sae_ids: Sequence[str]) -> list[Reservation]:
-        number = len(key_ids)
+    def _cut_front(self, cur: SqlCursor, link_id: str, direction: str, number: int,
+                   length_bytes: int) -> list[tuple[int, bytes]]:
+        """Remove ``number`` contiguous keys from the front of a locked pool and advance its
+        reserve pointer; returns ``(byte_offset, key)`` per key."""
         if number < 1 or length_bytes < 1:
             raise ParameterError("reservation", f"{number} keys of {length_bytes} bytes",
                                  "needs at least one key of at least one byte")
         need = number * length_bytes
-        with self._transaction() as cur:
-            pool = self._lock_pool(cur, link_id, direction, create=False)
-            if pool.available_bytes < need:
+        pool = self._lock_pool(cur, link_id, direction, create=False)
+        if pool.available_bytes < need:
+            raise PoolExhaustedError(
+                f"pool {link_id} {direction} holds {pool.available_bytes} bytes; "
+                f"{number} keys of {length_bytes * 8} bits need {need}")
+        batch = max(2, min(256, need // self._segment_bytes + 2))
+        visited: list[int] = []
+        visited_bytes = 0
+        run = bytearray()   # plaintext of the current contiguous run from key_start
+        key_start = pool.reserve_offset
+        position: int | None = None
+        keys: list[tuple[int, bytes]] = []
+        cursor, inclusive = pool.reserve_offset, True
+        while len(keys) < number:
+            segments = self._segments_from(cur, link_id, direction, cursor, inclusive, batch)
+            if not segments:
+                # Only fragments shorter than a key sit between holes; refuse whole.
                 raise PoolExhaustedError(
-                    f"pool {link_id} {direction} holds {pool.available_bytes} bytes; "
-                    f"{number} keys of {length_bytes * 8} bits need {need}")
-            batch = max(2, min(256, need // self._segment_bytes + 2))
-            visited: list[int] = []
-            visited_bytes = 0
-            run = bytearray()   # plaintext of the current contiguous run from key_start
-            key_start = pool.reserve_offset
-            position: int | None = None
-            keys: list[tuple[int, bytes]] = []
-            cursor, inclusive = pool.reserve_offset, True
-            while len(keys) < number:
-                segments = self._segments_from(cur, link_id, direction, cursor, inclusive,
-                                               batch)
-                if not segments:
-                    # Only fragments shorter than a key sit between holes; refuse whole.
-                    raise PoolExhaustedError(
-                        f"pool {link_id} {direction} has no {number} contiguous keys of "
-                        f"{length_bytes * 8} bits")
-                for start, length, blob in segments:
-                    plain = self._open_segment(link_id, direction, start, length, blob)
-                    visited.append(start)
-                    visited_bytes += length
-                    if position != start:
-                        # A hole (bytes dropped when the pool was full): a key never spans
-                        # one, so the fragment before it is burned with the visited rows.
-                        run = bytearray()
-                        key_start = start
-                    run += plain
-                    position = start + length
-                    while len(run) >= length_bytes and len(keys) < number:
-                        keys.append((key_start, bytes(run[:length_bytes])))
-                        del run[:length_bytes]
-                        key_start += length_bytes
-                    if len(keys) == number:
-                        break
-                cursor, inclusive = segments[-1][0], False
-            self._delete_segments(cur, link_id, direction, visited)
-            if run:
-                self._put_segments(cur, link_id, direction, key_start, bytes(run))
-            pool.available_bytes -= visited_bytes - len(run)
-            pool.reserve_offset = key_start
-            self._save_pool(cur, pool)
+                    f"pool {link_id} {direction} has no {number} contiguous keys of "
+                    f"{length_bytes * 8} bits")
+            for start, length, blob in segments:
+                plain = self._open_segment(link_id, direction, start, length, blob)
+                visited.append(start)
+                visited_bytes += length
+                if position != start:
+                    # A hole (bytes dropped when the pool was full): a key never spans
+                    # one, so the fragment before it is burned with the visited rows.
+                    run = bytearray()
+                    key_start = start
+                run += plain
+                position = start + length
+                while len(run) >= length_bytes and len(keys) < number:
+                    keys.append((key_start, bytes(run[:length_bytes])))
+                    del run[:length_bytes]
+                    key_start += length_bytes
+                if len(keys) == number:
+                    break
+            cursor, inclusive = segments[-1][0], False
+        self._delete_segments(cur, link_id, direction, visited)
+        if run:
+            self._put_segments(cur, link_id, direction, key_start, bytes(run))
+        pool.available_bytes -= visited_bytes - len(run)
+        pool.reserve_offset = key_start
+        self._save_pool(cur, pool)
+        return keys
+
+    def reserve_front(self, link_id: str, direction: str, *, key_ids: Sequence[str],
+                      length_bytes: int, master_sae_id: str,
+                      slave_sae_ids: Sequence[str]) -> list[Reservation]:
+        with self._transaction() as cur:
+            keys = self._cut_front(cur, link_id, direction, len(key_ids), length_bytes)
             items = [(Reservation(key_id=key_id, link_id=link_id, direction=direction,
                                   byte_offset=offset, length_bytes=length_bytes,
                                   master_sae_id=master_sae_id,
@@ -502,6 +613,70 @@ class SqlKeyStore(KeyStore):
                      for key_id, (offset, key) in zip(key_ids, keys, strict=True)]
             self._insert_keys(cur, ROLE_MASTER, items)
         return [res for res, _ in items]
+
+    def cut_front(self, link_id: str, direction: str, *, key_ids: Sequence[str],
+                  length_bytes: int, master_sae_id: str,
+                  slave_sae_ids: Sequence[str]) -> list[tuple[Reservation, bytes]]:
+        request = _CutRequest(link_id, direction, len(key_ids), length_bytes)
+        self._group_commit(request)
+        slaves = tuple(slave_sae_ids)
+        return [(Reservation(key_id=key_id, link_id=link_id, direction=direction,
+                             byte_offset=offset, length_bytes=length_bytes,
+                             master_sae_id=master_sae_id, slave_sae_ids=slaves), key)
+                for key_id, (offset, key) in zip(key_ids, request.keys, strict=True)]
+
+    def _group_commit(self, mine: _CutRequest) -> None:
+        """Run ``mine`` in a transaction shared with the cuts queued at the same time.
+
+        While one transaction runs, other callers queue; one of them then runs every
+        queued cut in the next transaction, so concurrent deliveries share one commit
+        (one fsync at SQLite ``synchronous=FULL``). A cut that cannot be served raises
+        before it writes anything (see :meth:`_cut_front`), so it fails alone; if the
+        transaction itself fails, every cut in it fails and none is handed out.
+        """
+        with self._cut_cond:
+            self._cut_queue.append(mine)
+            while self._cutting and not mine.done:
+                self._cut_cond.wait()
+            leader = not mine.done
+            if leader:
+                self._cutting = True
+        if leader:
+            try:
+                while not mine.done:
+                    with self._cut_cond:
+                        batch = self._cut_queue[:_MAX_GROUP_CUTS]
+                        del self._cut_queue[:_MAX_GROUP_CUTS]
+                    committed = False
+                    try:
+                        with self._transaction() as cur:
+                            for item in batch:
+                                try:
+                                    item.keys = self._cut_front(cur, item.link_id,
+                                                                item.direction, item.number,
+                                                                item.length_bytes)
+                                except (PoolExhaustedError, ParameterError,
+                                        AtRestDecryptionError) as exc:
+                                    item.error = exc
+                        committed = True
+                    except Exception as exc:  # nothing of this transaction is durable
+                        for item in batch:
+                            item.error = exc
+                    finally:
+                        with self._cut_cond:
+                            for item in batch:
+                                if not committed and item.error is None:
+                                    item.error = StoreUnavailableError("key store interrupted")
+                                if item.error is not None:
+                                    item.keys = []  # never hand out an uncommitted cut
+                                item.done = True
+                            self._cut_cond.notify_all()
+            finally:
+                with self._cut_cond:
+                    self._cutting = False
+                    self._cut_cond.notify_all()
+        if mine.error is not None:
+            raise mine.error
 
     # -- slave side -------------------------------------------------------------------
 
@@ -561,7 +736,7 @@ class SqlKeyStore(KeyStore):
                     raise InvalidReservationError(
                         f"key ID {res.key_id} is already held with different fields")
             pools: dict[tuple[str, str], _Pool] = {}
-            items: list[tuple[Reservation, bytes]] = []
+            items: list[tuple[Reservation, bytes | None]] = []
             for run in _contiguous_runs(fresh):
                 first, last = run[0], run[-1]
                 pool_key = (first.link_id, first.direction)
@@ -577,14 +752,100 @@ class SqlKeyStore(KeyStore):
                         f"{first.direction} are not all held by KME {self.kme_id} (not yet "
                         "ingested, dropped, or already cut)")
                 pools[pool_key].available_bytes -= len(cut)
-                for res in run:
-                    start = res.byte_offset - first.byte_offset
-                    items.append((res, cut[start:start + res.length_bytes]))
+                for group in _uniform_groups(run):
+                    # One sealed record per group instead of one per key; each key keeps
+                    # its own row (looked up by ID, with its own recipients).
+                    head = group[0]
+                    start = head.byte_offset - first.byte_offset
+                    size = head.length_bytes * len(group)
+                    self._insert_run(cur, group, cut[start:start + size])
+                    items.extend((res, None) for res in group)
                 recorded.extend(run)
             self._insert_keys(cur, ROLE_SLAVE, items)
             for pool in pools.values():
                 self._save_pool(cur, pool)
         return recorded
+
+    def _insert_run(self, cur: SqlCursor, group: Sequence[Reservation], data: bytes) -> None:
+        head = group[0]
+        key_ids = [res.key_id for res in group]
+        aad = _run_aad(head.link_id, head.direction, head.byte_offset, head.length_bytes,
+                       head.master_sae_id, head.slave_sae_ids, key_ids)
+        cur.run("INSERT INTO kms_run (link_id, direction, run_start, key_bytes, master_sae_id, "
+                "slave_sae_ids, key_ids, remaining, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (head.link_id, head.direction, head.byte_offset, head.length_bytes,
+                 head.master_sae_id, _join_ids(head.slave_sae_ids), _join_ids(key_ids),
+                 len(group), self._cipher.seal(data, aad)))
+
+    def _runs_of(self, cur: SqlCursor, rows: Sequence[tuple[Any, ...]]) -> dict[str, _Run]:
+        """Lock and return the run record of every run-backed key row, by key ID.
+
+        Runs are looked up (and, on PostgreSQL, locked) in stream order, so two
+        transactions never wait for each other's runs in opposite orders.
+        """
+        found: dict[str, _Run] = {}
+        loaded: dict[tuple[str, str], list[_Run]] = {}
+        backed = sorted((row for row in rows if bytes(row[10]) == _IN_RUN),
+                        key=lambda row: (row[2], row[3], int(row[4])))
+        for row in backed:
+            key_id, link_id, direction, offset = row[0], row[2], row[3], int(row[4])
+            run = next((r for r in loaded.get((link_id, direction), [])
+                        if r.start <= offset < r.end), None)
+            if run is None:
+                hits = cur.rows(
+                    "SELECT run_start, key_bytes, master_sae_id, slave_sae_ids, key_ids, "
+                    "remaining, data FROM kms_run WHERE link_id = ? AND direction = ? AND "
+                    "run_start <= ? ORDER BY run_start DESC LIMIT 1" + self._for_update,
+                    (link_id, direction, offset))
+                if hits:
+                    start, key_bytes, master, slaves, ids, remaining, blob = hits[0]
+                    run = _Run(link_id, direction, int(start), int(key_bytes), master,
+                               _split_ids(slaves), _split_ids(ids), int(remaining),
+                               bytes(blob))
+                    loaded.setdefault((link_id, direction), []).append(run)
+            if run is None or not run.start <= offset < run.end:
+                raise AtRestDecryptionError("a stored key row has no record holding its bytes")
+            found[key_id] = run
+        return found
+
+    def _key_from_run(self, row: tuple[Any, ...], run: _Run) -> bytes:
+        key_id, _, _, _, offset, length, master, slaves = row[:8]
+        index, rest = divmod(int(offset) - run.start, run.key_bytes)
+        # The run is authenticated with its key IDs, size and SAEs; a key row edited to
+        # point elsewhere or to name other SAEs no longer matches it.
+        if (rest or run.key_ids[index] != key_id or int(length) != run.key_bytes
+                or master != run.master_sae_id or _split_ids(slaves) != run.slave_sae_ids):
+            raise AtRestDecryptionError("a stored key row does not match its record")
+        if run.plain is None:
+            plain = self._cipher.open(run.blob, _run_aad(
+                run.link_id, run.direction, run.start, run.key_bytes, run.master_sae_id,
+                run.slave_sae_ids, run.key_ids))
+            if len(plain) != run.end - run.start:
+                raise AtRestDecryptionError("stored record length does not match its row")
+            run.plain = plain
+        start = int(offset) - run.start
+        return run.plain[start:start + run.key_bytes]
+
+    def _remove_keys(self, cur: SqlCursor, key_ids: Sequence[str],
+                     runs: Mapping[str, _Run]) -> int:
+        """Delete key rows; a run record goes (securely) with the last of its rows."""
+        removed = self._delete_keys(cur, key_ids)
+        gone: dict[int, tuple[_Run, int]] = {}
+        for key_id in key_ids:
+            run = runs.get(key_id)
+            if run is not None:
+                entry = gone.get(id(run))
+                gone[id(run)] = (run, entry[1] + 1 if entry else 1)
+        for run, count in gone.values():
+            run.remaining -= count
+            if run.remaining > 0:
+                cur.run("UPDATE kms_run SET remaining = ? WHERE link_id = ? AND direction = ? "
+                        "AND run_start = ?", (run.remaining, run.link_id, run.direction,
+                                              run.start))
+            else:
+                cur.run("DELETE FROM kms_run WHERE link_id = ? AND direction = ? AND "
+                        "run_start = ?", (run.link_id, run.direction, run.start))
+        return removed
 
     # -- delivery ---------------------------------------------------------------------
 
@@ -646,7 +907,10 @@ class SqlKeyStore(KeyStore):
                 raise UnauthorizedError("an SAE not named on the key asked for it")
             if missing:
                 raise KeyRequestError(MSG_KEYS_NOT_FOUND, [{"key_IDs_not_found": missing}])
-            keys = [DeliveredKey(key_id, self._open_key(rows[key_id])) for key_id in key_ids]
+            runs = self._runs_of(cur, [rows[key_id] for key_id in key_ids])
+            keys = [DeliveredKey(key_id, self._key_from_run(rows[key_id], runs[key_id])
+                                 if key_id in runs else self._open_key(rows[key_id]))
+                    for key_id in key_ids]
             done = []
             for key_id in key_ids:
                 remaining = [sae for sae in _split_ids(rows[key_id][8]) if sae != slave_sae_id]
@@ -656,7 +920,7 @@ class SqlKeyStore(KeyStore):
                 else:
                     done.append(key_id)
             if done:
-                self._delete_keys(cur, done)
+                self._remove_keys(cur, done, runs)
         return keys
 
     # -- recovery and housekeeping ----------------------------------------------------
@@ -677,7 +941,7 @@ class SqlKeyStore(KeyStore):
         with self._transaction() as cur:
             rows = self._lock_keys(cur, key_ids)
             if rows:
-                self._delete_keys(cur, sorted(rows))
+                self._remove_keys(cur, sorted(rows), self._runs_of(cur, list(rows.values())))
         return len(rows)
 
     def count_keys(self, role: str | None = None) -> int:

@@ -33,12 +33,17 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 @functools.lru_cache(maxsize=1024)
 def _placeholders(query: str) -> str:
-    # The shared SQL uses "?" placeholders and never a literal "?" or "%".
-    return query.replace("?", "%s")
+    # The shared SQL uses "?" placeholders and never a literal "?" or "$". PostgreSQL's
+    # own numbered placeholders go to the server as they are (psycopg's RawCursor):
+    # psycopg's "%s" form is parsed in Python for every statement longer than its cache
+    # limit, which cost about 4 ms for a 100-key batch (a 100-ID IN list, a 100-row
+    # INSERT).
+    parts = query.split("?")
+    return parts[0] + "".join(f"${index}{part}" for index, part in enumerate(parts[1:], 1))
 
 
 class _PgCursor(SqlCursor):
-    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+    def __init__(self, cursor: psycopg.RawCursor[Any]) -> None:
         self._cursor = cursor
 
     def rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -115,7 +120,8 @@ class PostgresKeyStore(SqlKeyStore):
         if pool is None:
             raise StoreUnavailableError("the key store is closed")
         try:
-            with pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            with pool.connection() as conn, conn.transaction(), \
+                    psycopg.RawCursor(conn) as cursor:
                 if not durable:
                     cursor.execute("SET LOCAL synchronous_commit TO OFF")
                 yield _PgCursor(cursor)
