@@ -164,3 +164,124 @@ def test_fft_rounding_guard_refuses_instead_of_guessing(monkeypatch: pytest.Monk
     with pytest.raises(ProtocolAbort) as info:
         toeplitz_hash(x, seed, 200, method="fft")
     assert info.value.reason == "privacy_amplification_rounding"
+
+
+# ---------------------------------------------------------------------------------------
+# The carry-less kernels, each against plain Python integers (an independent GF(2)[z]).
+# ---------------------------------------------------------------------------------------
+
+needs_clmul = pytest.mark.skipif(not privacy.clmul_available(), reason="needs PCLMULQDQ")
+
+
+def _to_int(words: np.ndarray) -> int:
+    return int.from_bytes(words.astype("<u8").tobytes(), "little")
+
+
+def _clmul_int(a: int, b: int) -> int:
+    product = 0
+    while a:
+        low = a & -a
+        product ^= b << (low.bit_length() - 1)
+        a ^= low
+    return product
+
+
+def _middle_int(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Words m .. 2m-1 of u(z) v(z) (len(u) = m, len(v) = 2m)."""
+    m = u.shape[0]
+    product = _clmul_int(_to_int(u), _to_int(v)) >> (64 * m)
+    words = [(product >> (64 * k)) & (2**64 - 1) for k in range(m)]
+    return np.array(words, dtype=np.uint64)
+
+
+def _random_words(rng: np.random.Generator, count: int) -> np.ndarray:
+    return rng.integers(0, 2**64, count, dtype=np.uint64)
+
+
+@needs_clmul
+@pytest.mark.parametrize("length", [2, 8])
+@pytest.mark.parametrize("allow_256", [False, True])
+def test_antidiagonal_kernels_equal_python_integers(length: int, allow_256: bool) -> None:
+    # Both vector widths are compiled here, whatever the host, so the 128-bit path that
+    # CPUs without VPCLMULQDQ take is checked too.
+    import numba
+    from numba.extending import intrinsic
+
+    kernel = intrinsic(privacy._antidiagonal_typing(length, allow_256))
+
+    @numba.njit
+    def run(u: np.ndarray, i: int, v: np.ndarray, j: int) -> tuple[int, int]:
+        return kernel(u, np.uint64(i), v, np.uint64(j))
+
+    rng = np.random.default_rng(length * 2 + allow_256)
+    for _ in range(20):
+        u, v = _random_words(rng, 24), _random_words(rng, 24)
+        i = int(rng.integers(0, 24 - length + 1))
+        j = int(rng.integers(length - 1, 24))
+        expected = 0
+        for k in range(length):
+            expected ^= _clmul_int(int(u[i + k]), int(v[j - k]))
+        lo, hi = run(u, i, v, j)
+        assert (int(hi) << 64) | int(lo) == expected
+
+
+@needs_clmul
+@pytest.mark.parametrize("m", [*range(1, 20), 31, 40, 63, 64, 65, 70])
+def test_schoolbook_middle_product_equals_python_integers(m: int) -> None:
+    # Every m mod 8 and mod 2 remainder: the wide, narrow and single-product tails.
+    rng = np.random.default_rng(m)
+    u, v = _random_words(rng, m), _random_words(rng, 2 * m)
+    out = np.empty(m, dtype=np.uint64)
+    privacy._middle_schoolbook(u, v, out)
+    assert np.array_equal(out, _middle_int(u, v))
+
+
+@needs_clmul
+@pytest.mark.parametrize(("leaf", "halvings"), [(1, 3), (8, 2), (16, 1), (40, 2), (64, 1),
+                                                (24, 3)])
+def test_karatsuba_middle_product_equals_python_integers(leaf: int, halvings: int) -> None:
+    m = leaf << halvings
+    rng = np.random.default_rng(m + leaf)
+    u, v = _random_words(rng, m), _random_words(rng, 2 * m)
+    out = np.empty(m, dtype=np.uint64)
+    privacy._middle(u, v, out, np.empty(4 * m + 64, dtype=np.uint64), leaf)
+    assert np.array_equal(out, _middle_int(u, v))
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("l_bits", [1, 64, 4096, 4097, 63_937, 319_232, 500_000, 5_000_000])
+def test_block_shape_covers_the_output_with_a_halving_base_case(
+        l_bits: int, wide: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both cost models (with and without two products per instruction), whatever the host.
+    monkeypatch.setattr(privacy, "_host_has_vpclmul", lambda: wide)
+    for n in (l_bits, 2 * l_bits + 5):
+        m, leaf = privacy._block_shape(n, l_bits)
+        assert 64 * m >= l_bits and m % leaf == 0
+        halvings = (m // leaf).bit_length() - 1
+        assert m == leaf << halvings and 1 <= leaf <= privacy._LEAF_MAX_WORDS
+        assert halvings == 0 or leaf % 8 == 0
+
+
+@pytest.mark.skipif(len(FAST_METHODS) < 2, reason="needs both exact fast methods")
+@pytest.mark.parametrize(("n", "l_bits"), [(1_000_000, 500_000), (2 * 4986 * 64 - 7, 4986 * 64),
+                                      (6980 * 64 + 1, 6980 * 64), (300_001, 255_233)])
+def test_clmul_and_fft_agree_across_base_cases(n: int, l_bits: int) -> None:
+    # Block shapes (words, base case) (8192, 64), (5120, 40), (7168, 56) and (4096, 64):
+    # 7, 7, 7 and 6 Karatsuba levels, the benchmark's n = 1e6 among them.
+    x, seed = _random_case(np.random.default_rng(n ^ l_bits), n, l_bits)
+    assert np.array_equal(toeplitz_hash(x, seed, l_bits, method="clmul"),
+                          toeplitz_hash(x, seed, l_bits, method="fft"))
+
+
+@pytest.mark.skipif(len(FAST_METHODS) < 2, reason="needs both exact fast methods")
+def test_clmul_and_fft_agree_with_the_narrow_cost_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without VPCLMULQDQ the model picks other shapes (32-word base cases at n = 1e6).
+    # The kernels are compiled (and cached on disk) first, with the host's real answer:
+    # patched during their compilation they would be cached with the narrow code.
+    n, l_bits = 1_000_000, 500_000
+    x, seed = _random_case(np.random.default_rng(11), n, l_bits)
+    toeplitz_hash(x[:200], seed[:299], 100, method="clmul")
+    monkeypatch.setattr(privacy, "_host_has_vpclmul", lambda: False)
+    assert privacy._block_shape(n, l_bits) == (8192, 32)
+    assert np.array_equal(toeplitz_hash(x, seed, l_bits, method="clmul"),
+                          toeplitz_hash(x, seed, l_bits, method="fft"))

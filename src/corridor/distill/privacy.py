@@ -23,8 +23,10 @@ How it is computed (all methods exact, all give identical bits)
 - ``"clmul"``: bits packed 64 to a word; only the ``l`` wanted coefficients of
   ``x(z) s(z)`` are computed, as square word-aligned middle products by transposed
   Karatsuba over GF(2)[z] (three half-size middle products per level, Hanrot,
-  Quercia and Zimmermann 2004) down to a schoolbook base case on the CPU's carry-less
-  multiply instruction (x86 PCLMULQDQ, reached from numba through an LLVM intrinsic).
+  Quercia and Zimmermann 2004) down to a schoolbook base case of at most 64 words on
+  the CPU's carry-less multiply instruction (x86 PCLMULQDQ, two products per
+  instruction with 256-bit VPCLMULQDQ where the CPU has it; reached from numba through
+  LLVM intrinsics that read the operands as vectors straight from memory).
   Integer XOR and carry-less products only: exact by construction. Used when the CPU
   has the instruction (every x86-64 CPU since 2010); cost grows as ``n^1.58``.
 - ``"fft"``: the integer convolution of the 0/1 sequences by real float64 FFTs
@@ -62,8 +64,15 @@ METHODS: tuple[str, ...] = ("auto", "clmul", "fft")
 #: Largest distance to the nearest integer that the FFT method accepts (see module doc).
 FFT_ROUNDING_GUARD = 0.125
 
-#: Below this many 64-bit words Karatsuba hands over to the schoolbook product.
-_KARATSUBA_BASE_WORDS = 16
+#: Largest schoolbook base case of the Karatsuba recursion, in 64-bit words.
+_LEAF_MAX_WORDS = 64
+
+#: Fixed cost of one base case (its calls, column set-up and its share of the recursion's
+#: XOR passes) in units of one carry-less product, with two products per instruction
+#: (VPCLMULQDQ) and with one (PCLMULQDQ only); fitted on AMD znver3 by timing every base
+#: case size. It only steers the block shape, never the result.
+_LEAF_OVERHEAD_PRODUCTS_WIDE = 700
+_LEAF_OVERHEAD_PRODUCTS_NARROW = 200
 
 #: The explicit-matrix reference refuses inputs larger than this (it is O(n l) memory).
 REFERENCE_MAX_INPUT_BITS = 4096
@@ -190,13 +199,35 @@ def _pack_words(bits: np.ndarray, words: int) -> np.ndarray:
     return packed.view("<u8").astype(np.uint64, copy=False)
 
 
-def _block_words(output_bits: int) -> int:
-    """Square block size in words: >= l/64 and of the form b * 2^k with b <= the base."""
+def _block_shape(input_bits: int, output_bits: int) -> tuple[int, int]:
+    """Square block size m words (64 m >= l) and its base case b, with m = b * 2^k.
+
+    Up to 64 words the block is one base case of exactly ceil(l / 64) words. Beyond, b
+    is a multiple of 8 (the wide kernel's 8 products per call leave no tail) of at most
+    ``_LEAF_MAX_WORDS``, and the shape with the least modelled cost wins: C blocks of x,
+    each 3^k base cases of b(b + 1) products plus a fixed overhead.
+    """
     words = (output_bits + 63) // 64
+    if words <= _LEAF_MAX_WORDS:
+        return words, words
+    input_words = (input_bits + 63) // 64
+    overhead = (_LEAF_OVERHEAD_PRODUCTS_WIDE if _host_has_vpclmul()
+                else _LEAF_OVERHEAD_PRODUCTS_NARROW)
+    best: tuple[int, int, int] | None = None
     halvings = 0
-    while -(-words // (1 << halvings)) > _KARATSUBA_BASE_WORDS:
+    while True:
+        leaf = -(-words // (8 << halvings)) * 8
+        if leaf <= _LEAF_MAX_WORDS:
+            m = leaf << halvings
+            cost = (-(-input_words // m) * 3 ** halvings
+                    * (leaf * (leaf + 1) + overhead))
+            if best is None or cost < best[0]:
+                best = (cost, m, leaf)
+            if leaf == 8:
+                break
         halvings += 1
-    return -(-words // (1 << halvings)) << halvings
+    assert best is not None  # the loop ends on an 8-word base case, always a candidate
+    return best[1], best[2]
 
 
 def _hash_clmul(x: np.ndarray, s: np.ndarray, output_bits: int) -> np.ndarray:
@@ -207,7 +238,7 @@ def _hash_clmul(x: np.ndarray, s: np.ndarray, output_bits: int) -> np.ndarray:
     # at bit offset 64 m C - n + 1 of a zero array. Output bits beyond l and seed
     # positions outside the array only ever meet zero padding or discarded outputs.
     n = x.shape[0]
-    m = _block_words(output_bits)
+    m, leaf = _block_shape(n, output_bits)
     blocks = -(-n // (64 * m))
     offset = 64 * m * blocks - n + 1
     seed_field = np.zeros(64 * m * (blocks + 1), dtype=np.uint8)
@@ -215,7 +246,7 @@ def _hash_clmul(x: np.ndarray, s: np.ndarray, output_bits: int) -> np.ndarray:
     x_words = _pack_words(x, m * blocks)
     seed_words = _pack_words(seed_field, m * (blocks + 1))
     out = np.zeros(m, dtype=np.uint64)
-    _toeplitz_words(x_words, seed_words, m, blocks, _KARATSUBA_BASE_WORDS, out)
+    _toeplitz_words(x_words, seed_words, m, blocks, leaf, out)
     return np.unpackbits(out.astype("<u8", copy=False).view(np.uint8),
                          bitorder="little")[:output_bits]
 
@@ -249,41 +280,108 @@ def clmul_available() -> bool:
 # The kernels are compiled lazily on first call (and cached on disk), so defining them
 # here costs nothing on CPUs without the instruction: clmul_available() guards calls.
 
-def _pclmul_xor_codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-    """XOR of carry-less 64 x 64 -> 128-bit products of (args[0], args[1]), (args[2], ...).
+@functools.cache
+def _host_has_vpclmul() -> bool:
+    """True when the host can carry-less multiply two 64-bit pairs per instruction (ymm)."""
+    import llvmlite.binding as llvm
 
-    The products are XORed while still in one 128-bit register, so each costs one
-    instruction and one XOR; only the sum moves back to two 64-bit words (low, high).
-    """
+    features = llvm.get_host_cpu_features().flatten().split(",")
+    return "+vpclmulqdq" in features and "+avx" in features
+
+
+def _pclmul_codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+    """Carry-less 64 x 64 -> 128-bit product of (args[0], args[1]) as (low, high) words."""
     i64 = ir.IntType(64)
     i32 = ir.IntType(32)
     vec = ir.VectorType(i64, 2)
     fn = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vec, [vec, vec, ir.IntType(8)]), "llvm.x86.pclmulqdq")
     zero = ir.Constant(vec, None)
-    total = None
-    for k in range(0, len(args), 2):
-        va = builder.insert_element(zero, args[k], ir.Constant(i32, 0))
-        vb = builder.insert_element(zero, args[k + 1], ir.Constant(i32, 0))
-        product = builder.call(fn, [va, vb, ir.Constant(ir.IntType(8), 0)])
-        total = product if total is None else builder.xor(total, product)
-    lo = builder.extract_element(total, ir.Constant(i32, 0))
-    hi = builder.extract_element(total, ir.Constant(i32, 1))
+    va = builder.insert_element(zero, args[0], ir.Constant(i32, 0))
+    vb = builder.insert_element(zero, args[1], ir.Constant(i32, 0))
+    product = builder.call(fn, [va, vb, ir.Constant(ir.IntType(8), 0)])
+    lo = builder.extract_element(product, ir.Constant(i32, 0))
+    hi = builder.extract_element(product, ir.Constant(i32, 1))
     return context.make_tuple(builder, sig.return_type, [lo, hi])
 
 
 def _pclmul_typing(typingctx: Any, a: Any, b: Any) -> Any:
-    return types.UniTuple(types.uint64, 2)(types.uint64, types.uint64), _pclmul_xor_codegen
+    return types.UniTuple(types.uint64, 2)(types.uint64, types.uint64), _pclmul_codegen
 
 
-def _pclmul_xor4_typing(typingctx: Any, a0: Any, b0: Any, a1: Any, b1: Any, a2: Any, b2: Any,
-                        a3: Any, b3: Any) -> Any:
-    signature = types.UniTuple(types.uint64, 2)(*([types.uint64] * 8))
-    return signature, _pclmul_xor_codegen
+def _antidiagonal_codegen(length: int, allow_256: bool) -> Any:
+    """Code for XOR_{k < length} u[i + k] * v[j - k] (carry-less), as (low, high) words.
+
+    ``u[i + k]`` and ``v[j - k]`` are read as vectors straight from memory: a vector
+    of u runs forward, one of v backward, and PCLMULQDQ's immediate picks which 64-bit
+    half of each 128-bit lane meets which (0x10: low of u with high of v; 0x01: the
+    reverse), so no word is shuffled between general and vector registers. All products
+    are XORed while still in vector registers; only the sum comes back as two words.
+    With VPCLMULQDQ (256-bit; used when ``allow_256`` and the host has it) each
+    instruction makes two products, otherwise one.
+    """
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        imm = ir.IntType(8)
+        lanes = 4 if allow_256 and length % 4 == 0 and _host_has_vpclmul() else 2
+        vec = ir.VectorType(i64, lanes)
+        name = "llvm.x86.pclmulqdq.256" if lanes == 4 else "llvm.x86.pclmulqdq"
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec, vec, imm]), name)
+        u_data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        v_data = context.make_array(sig.args[2])(context, builder, args[2]).data
+        pair = ir.VectorType(i64, 2)
+
+        def load_pair(data: Any, index: Any) -> Any:
+            return builder.load(builder.bitcast(builder.gep(data, [index]), pair.as_pointer()),
+                                align=8)
+
+        total = None
+        for k in range(0, length, lanes):
+            u_ptr = builder.gep(u_data, [builder.add(args[1], ir.Constant(i64, k))])
+            u_vec = builder.load(builder.bitcast(u_ptr, vec.as_pointer()), align=8)
+            # v[j-k-1], v[j-k] in the low lane (and v[j-k-3], v[j-k-2] in the high one).
+            v_vec = load_pair(v_data, builder.sub(args[3], ir.Constant(i64, k + 1)))
+            if lanes == 4:
+                v_high = load_pair(v_data, builder.sub(args[3], ir.Constant(i64, k + 3)))
+                v_vec = builder.shuffle_vector(v_vec, v_high,
+                                               ir.Constant(ir.VectorType(i32, 4), [0, 1, 2, 3]))
+            term = builder.xor(builder.call(fn, [u_vec, v_vec, ir.Constant(imm, 0x10)]),
+                               builder.call(fn, [u_vec, v_vec, ir.Constant(imm, 0x01)]))
+            total = term if total is None else builder.xor(total, term)
+        if lanes == 4:
+            total = builder.xor(
+                builder.shuffle_vector(total, total, ir.Constant(ir.VectorType(i32, 2), [0, 1])),
+                builder.shuffle_vector(total, total, ir.Constant(ir.VectorType(i32, 2), [2, 3])))
+        lo = builder.extract_element(total, ir.Constant(i32, 0))
+        hi = builder.extract_element(total, ir.Constant(i32, 1))
+        return context.make_tuple(builder, sig.return_type, [lo, hi])
+
+    return codegen
+
+
+def _antidiagonal_typing(length: int, allow_256: bool = True) -> Any:
+    """Typing (and code) of an intrinsic ``(u, i, v, j) -> XOR_{k < length} u[i+k] v[j-k]``."""
+
+    def typing(typingctx: Any, u: Any, i: Any, v: Any, j: Any) -> Any:
+        # The codegen reads raw memory: only contiguous uint64 vectors are accepted.
+        for array in (u, v):
+            if not (isinstance(array, types.Array) and array.ndim == 1
+                    and array.layout == "C" and array.dtype == types.uint64):
+                return None
+        signature = types.UniTuple(types.uint64, 2)(u, types.uint64, v, types.uint64)
+        return signature, _antidiagonal_codegen(length, allow_256)
+
+    return typing
 
 
 _pclmul: Any = intrinsic(_pclmul_typing)
-_pclmul_xor4: Any = intrinsic(_pclmul_xor4_typing)
+#: Products per call of the wide and of the narrow antidiagonal kernel.
+_WIDE = 8
+_NARROW = 2
+_antidiagonal_wide: Any = intrinsic(_antidiagonal_typing(_WIDE))
+_antidiagonal_narrow: Any = intrinsic(_antidiagonal_typing(_NARROW))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -291,42 +389,43 @@ def _clmul(a: np.uint64, b: np.uint64) -> tuple[np.uint64, np.uint64]:
     return _pclmul(a, b)
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, boundscheck=False)
 def _middle_schoolbook(u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
     # out[k] = word m + k of u * v (len(u) = m, len(v) = 2m), one column at a time: the
-    # products feeding a column are independent, so the CPU overlaps them, four at a
-    # time in one register. Unsigned indices spare numba's negative-index wraparound
-    # test in this, the hot loop.
+    # column's products are independent, so the CPU overlaps them. Every index read is
+    # in range: column - i - 1 >= m - 1 - (m - 1) = 0 and column - i <= 2m - 1.
+    # Unsigned indices spare numba's negative-index wraparound test in the hot loop.
     m = np.uint64(u.shape[0])
     one = np.uint64(1)
-    two = np.uint64(2)
-    three = np.uint64(3)
-    four = np.uint64(4)
+    wide = np.uint64(_WIDE)
+    narrow = np.uint64(_NARROW)
     high = np.uint64(0)
     column = m - one
-    while column < two * m:
+    while column < np.uint64(2) * m:
         lo_sum = np.uint64(0)
         hi_sum = np.uint64(0)
         i = np.uint64(0)
-        while i + three < m:
-            lo, hi = _pclmul_xor4(u[i], v[column - i], u[i + one], v[column - i - one],
-                                  u[i + two], v[column - i - two],
-                                  u[i + three], v[column - i - three])
+        while i + wide <= m:
+            lo, hi = _antidiagonal_wide(u, i, v, column - i)
             lo_sum ^= lo
             hi_sum ^= hi
-            i += four
-        while i < m:
+            i += wide
+        while i + narrow <= m:
+            lo, hi = _antidiagonal_narrow(u, i, v, column - i)
+            lo_sum ^= lo
+            hi_sum ^= hi
+            i += narrow
+        if i < m:
             lo, hi = _pclmul(u[i], v[column - i])
             lo_sum ^= lo
             hi_sum ^= hi
-            i += one
         if column >= m:
             out[column - m] = lo_sum ^ high
         high = hi_sum
         column += one
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, boundscheck=False)
 def _middle(u: np.ndarray, v: np.ndarray, out: np.ndarray, scratch: np.ndarray,
             base: int) -> None:
     # Transposed Karatsuba (Hanrot, Quercia, Zimmermann 2004) in characteristic 2: with
@@ -357,7 +456,7 @@ def _middle(u: np.ndarray, v: np.ndarray, out: np.ndarray, scratch: np.ndarray,
         out[h + i] ^= shared[i]
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, boundscheck=False)
 def _toeplitz_words(x_words: np.ndarray, seed_words: np.ndarray, m: int, blocks: int,
                     base: int, out: np.ndarray) -> None:
     # Scratch: each level of _middle takes 2m words and hands the rest down: < 4m.
