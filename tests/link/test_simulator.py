@@ -312,3 +312,34 @@ def test_gaps_between_clicks_are_geometric() -> None:
     for k in (0, 1, 10, 50, 200):
         assert_binomial(int(np.count_nonzero(gaps > k)), gaps.size, (1 - p) ** k,
                         f"gaps longer than {k}")
+
+
+@pytest.mark.parametrize(("preset_name", "length_km"),
+                         [("modern-snspd", 10.0), ("modern-snspd", 100.0), ("gys-2004", 0.0)])
+def test_integer_alias_table_encodes_the_exact_outcome_law(preset_name: str,
+                                                           length_km: float) -> None:
+    # The kernel keeps column j's own code when the 53-bit fraction f < threshold[j],
+    # so each column gives its own code probability threshold / 2^53 and its alias the
+    # rest. Summed over columns this must be the conditional law of (class, bases,
+    # pattern) given a click, up to the 2^-53 resolution of the uniform (1e-12 here).
+    from corridor.link.simulator import _click_law
+
+    params = preset(preset_name).with_length(length_km)
+    law = _click_law(params, None)
+    columns = law.alias_threshold.shape[0]
+    keep = law.alias_threshold.astype(np.float64) / 2.0**53
+    own = (law.alias_codes & 0xFF).astype(np.int64)
+    other = (law.alias_codes >> 8).astype(np.int64)
+    encoded = np.zeros(64)
+    np.add.at(encoded, own, keep / columns)
+    np.add.at(encoded, other, (1.0 - keep) / columns)
+    table = pattern_table(params)
+    p_z = params.source.z_basis_probability
+    basis = np.array([p_z, 1.0 - p_z])
+    classes = np.asarray(params.source.class_probabilities)
+    expected = np.zeros(64)
+    for c, a, b, k in itertools.product(range(3), range(2), range(2), range(3)):
+        code = c | (a << 2) | (b << 3) | (int(k == 1) << 4) | (int(k == 2) << 5)
+        expected[code] += classes[c] * basis[a] * basis[b] * table[c, a, b, k]
+    expected /= expected.sum()
+    np.testing.assert_allclose(encoded, expected, rtol=0.0, atol=1e-12)

@@ -212,14 +212,19 @@ def class_statistics(params: LinkParameters, attack: Attack | None = None) -> Cl
     basis = _basis_probabilities(params)
     weights = basis[:, None] * basis[None, :]                     # [a, b]
     clicks = (table.sum(axis=-1) * weights).sum(axis=(1, 2))
-    sifted = np.zeros(3)
-    errors = np.zeros(3)
-    for a in range(2):
-        sifted += weights[a, a] * table[:, a, a, :].sum(axis=-1)
-        errors += weights[a, a] * (table[:, a, a, PATTERN_OTHER_BIT]
-                                   + 0.5 * table[:, a, a, PATTERN_DOUBLE])
+    matched = table[:, [0, 1], [0, 1], :]                          # [c, a, k]
+    sifted = (weights.diagonal()[None, :] * matched.sum(axis=-1)).sum(axis=-1)
+    # The QBER is a ratio within a class: scale each class by a power of two (exact) so
+    # that subnormal patterns (dark counts ~1e-310) keep their relative precision when
+    # multiplied by the basis weights.
+    _, exponent = np.frexp(matched.max(axis=(1, 2)))
+    scaled = np.ldexp(matched, -exponent[:, None, None])
+    scaled_sifted = (weights.diagonal()[None, :] * scaled.sum(axis=-1)).sum(axis=-1)
+    scaled_errors = (weights.diagonal()[None, :]
+                     * (scaled[:, :, PATTERN_OTHER_BIT] + 0.5 * scaled[:, :, PATTERN_DOUBLE])
+                     ).sum(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        qber = np.where(sifted > 0.0, errors / sifted, 0.5)
+        qber = np.where(scaled_sifted > 0.0, scaled_errors / scaled_sifted, 0.5)
     return ClassStatistics(
         click_probability=(float(clicks[0]), float(clicks[1]), float(clicks[2])),
         sifted_error_rate=(float(qber[0]), float(qber[1]), float(qber[2])),
@@ -237,9 +242,8 @@ class _ClickLaw:
 
     click_probability: float                 # P: a pulse clicks
     inverse_rate: float                      # 1 / -ln(1 - P) for the geometric gaps
-    alias_probability: NDArray[np.float64]   # Walker alias table over the outcomes
-    alias: NDArray[np.int64]                 # of (class, Alice basis, Bob basis, pattern)
-    outcome_code: NDArray[np.uint8]          # packed class, bases, pattern per outcome
+    alias_threshold: NDArray[np.uint64]      # Walker alias table over the outcomes of
+    alias_codes: NDArray[np.uint16]          # (class, Alice basis, Bob basis, pattern)
     silent_class_probabilities: NDArray[np.float64]   # class law of pulses with no click
     silent_cdf: NDArray[np.float64]          # (class, a, b) law of pulses with no click
 
@@ -248,7 +252,9 @@ def _alias_table(weights: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDA
     """Walker's alias table (Vose's construction) for weights proportional to a law.
 
     Drawing: x uniform on [0, n), j = floor(x); keep j if x - j < probability[j], else
-    take alias[j]. Exact up to the resolution of the uniform (2^-53 n).
+    take alias[j]. :func:`_sample_clicks` does this in integers: x = u n / 2^53 with u
+    the 53 high bits of a word, so j = (u n) >> 53 and x - j = ((u n) mod 2^53) / 2^53,
+    both exact; the law is exact up to the 2^-53 resolution of the uniform.
     """
     n = weights.shape[0]
     scaled = weights * (n / weights.sum())
@@ -298,24 +304,30 @@ def _click_law(params: LinkParameters, attack: Attack | None) -> _ClickLaw:
         inverse_rate = -1.0 / math.log1p(-total)
     else:
         inverse_rate = math.inf
+    outcome_code = (c | (a << _CODE_ALICE_BASIS) | (b << _CODE_BOB_BASIS)
+                    | ((k == PATTERN_OTHER_BIT) << _CODE_FLIP)
+                    | ((k == PATTERN_DOUBLE) << _CODE_DOUBLE)).astype(np.uint16)
+    # The kernel compares the 53-bit fraction f of the uniform with an integer: f / 2^53
+    # < probability exactly when f < ceil(probability 2^53) (scaling by 2^53 is exact).
+    alias_threshold = np.minimum(np.ceil(alias_probability * _TWO_53), _TWO_53
+                                 ).astype(np.uint64)
     return _ClickLaw(
         click_probability=total, inverse_rate=inverse_rate,
-        alias_probability=alias_probability, alias=alias,
-        outcome_code=(c | (a << _CODE_ALICE_BASIS) | (b << _CODE_BOB_BASIS)
-                      | ((k == PATTERN_OTHER_BIT) << _CODE_FLIP)
-                      | ((k == PATTERN_DOUBLE) << _CODE_DOUBLE)).astype(np.uint8),
+        alias_threshold=alias_threshold,
+        alias_codes=outcome_code | (outcome_code[alias] << np.uint16(8)),
         silent_class_probabilities=silent_class, silent_cdf=silent_cdf)
 
 
 # Bits of an outcome code: class (2 bits), Alice basis, Bob basis, "only the other
 # detector fired", "both fired". One byte per outcome keeps the kernel to one look-up.
 _CODE_ALICE_BASIS, _CODE_BOB_BASIS, _CODE_FLIP, _CODE_DOUBLE = 2, 3, 4, 5
+_TWO_53 = 9007199254740992.0
 
 
 @numba.njit(cache=True, nogil=True)
 def _sample_clicks(start: int, pulses: int, exponentials: np.ndarray,
-                   raw: np.ndarray, inverse_rate: float, alias_probability: np.ndarray,
-                   alias: np.ndarray, outcome_code: np.ndarray, index: np.ndarray,
+                   raw: np.ndarray, inverse_rate: float, alias_threshold: np.ndarray,
+                   alias_codes: np.ndarray, index: np.ndarray,
                    intensity_class: np.ndarray, alice_basis: np.ndarray, alice_bit: np.ndarray,
                    bob_basis: np.ndarray, bob_bit: np.ndarray, double_click: np.ndarray,
                    class_counts: np.ndarray) -> tuple[int, int]:
@@ -324,39 +336,55 @@ def _sample_clicks(start: int, pulses: int, exponentials: np.ndarray,
     ``start`` is the position of the previous click (-1 before the first). Stops at the
     first gap that leaves the block or when the draws run out. Clicks per intensity
     class are added to ``class_counts``. The categorical draw uses Walker's alias
-    method (one table look-up and one comparison, no data-dependent loop).
+    method in integer arithmetic: one look-up of both candidate codes, one comparison,
+    no data-dependent loop and no float conversion.
     """
     position = start
-    outcomes = alias_probability.shape[0]
-    scale = outcomes / 9007199254740992.0           # outcomes / 2^53
+    outcomes = np.uint64(alias_threshold.shape[0])
+    fraction_mask = np.uint64((1 << 53) - 1)
     n = exponentials.shape[0]
     one = np.uint8(1)
+    # Per-class tallies in registers: an increment of class_counts[cls] per record would
+    # chain every iteration through a store and a reload of the same cell.
+    signal = 0
+    decoy = 0
+    written = n
     for i in range(n):
         position += 1 + int(exponentials[i] * inverse_rate)
         if position >= pulses:
-            return i, pulses
+            written = i
+            position = pulses
+            break
         word = raw[i]
-        # 53 high bits: a uniform on [0, outcomes); through int64, which converts to
-        # float in one instruction (uint64 does not).
-        x = np.float64(np.int64(word >> np.uint64(11))) * scale
-        j = min(int(x), outcomes - 1)
-        j = j if x - j < alias_probability[j] else alias[j]
-        code = outcome_code[j]
+        # 53 high bits u: u * outcomes / 2^53 is uniform on [0, outcomes); its integer
+        # part picks the column, its 53-bit fractional part decides keep or alias.
+        scaled = (word >> np.uint64(11)) * outcomes
+        column = scaled >> np.uint64(53)
+        pair = alias_codes[column]
+        if (scaled & fraction_mask) < alias_threshold[column]:
+            code = np.uint8(pair & np.uint16(255))
+        else:
+            code = np.uint8(pair >> np.uint16(8))
         bit = np.uint8(word & np.uint64(1))
         coin = np.uint8((word >> np.uint64(1)) & np.uint64(1))
-        double = (code >> _CODE_DOUBLE) & one
+        double = (code >> np.uint8(_CODE_DOUBLE)) & one
         cls = code & np.uint8(3)
-        class_counts[cls] += 1
+        signal += cls == 0
+        decoy += cls == 1
         index[i] = position
         intensity_class[i] = cls
-        alice_basis[i] = (code >> _CODE_ALICE_BASIS) & one
-        bob_basis[i] = (code >> _CODE_BOB_BASIS) & one
+        alice_basis[i] = (code >> np.uint8(_CODE_ALICE_BASIS)) & one
+        bob_basis[i] = (code >> np.uint8(_CODE_BOB_BASIS)) & one
         alice_bit[i] = bit
         # Single click: Alice's bit, flipped when the other detector fired; double
         # click: the squashing coin.
-        bob_bit[i] = ((bit ^ ((code >> _CODE_FLIP) & one)) & (double ^ one)) | (coin & double)
+        bob_bit[i] = (((bit ^ ((code >> np.uint8(_CODE_FLIP)) & one)) & (double ^ one))
+                      | (coin & double))
         double_click[i] = double != 0
-    return n, position
+    class_counts[0] += signal
+    class_counts[1] += decoy
+    class_counts[2] += written - signal - decoy
+    return written, position
 
 
 _FIELDS = ("index", "intensity_class", "alice_basis", "alice_bit", "bob_basis", "bob_bit",
@@ -392,8 +420,8 @@ def _draw_clicks(law: _ClickLaw, pulses: int, generator: np.random.Generator
         raw = generator.bit_generator.random_raw(chunk)
         end = written + chunk
         count, position = _sample_clicks(
-            position, pulses, exponentials, raw, law.inverse_rate, law.alias_probability,
-            law.alias, law.outcome_code, out["index"][written:end],
+            position, pulses, exponentials, raw, law.inverse_rate, law.alias_threshold,
+            law.alias_codes, out["index"][written:end],
             out["intensity_class"][written:end], out["alice_basis"][written:end],
             out["alice_bit"][written:end], out["bob_basis"][written:end],
             out["bob_bit"][written:end], out["double_click"][written:end], class_counts)
@@ -684,21 +712,51 @@ def _count_records(intensity_class: np.ndarray, alice_basis: np.ndarray,
                    alice_bit: np.ndarray, bob_basis: np.ndarray, bob_bit: np.ndarray,
                    double_click: np.ndarray, counts: np.ndarray, bases: np.ndarray) -> None:
     """One pass over a block: per class clicks, double clicks, sifted, errors (rows of
-    ``counts``); Alice Z, Bob Z and Alice ones (``bases``)."""
-    for i in range(intensity_class.shape[0]):
+    ``counts``); Alice Z, Bob Z and Alice ones (``bases``).
+
+    Branch-free, with every tally in a register: the conditions are random bits that a
+    branch would mispredict, and per-class increments of ``counts`` would chain each
+    record through a store and reload. Class 2 is the total minus classes 0 and 1.
+    """
+    n = intensity_class.shape[0]
+    # Per statistic: (class 0, class 1, all classes).
+    zero = np.int64(0)
+    double0 = double1 = double_all = zero
+    sifted0 = sifted1 = sifted_all = zero
+    error0 = error1 = error_all = zero
+    clicks0 = clicks1 = zero
+    alice_x = bob_x = ones = zero
+    for i in range(n):
         c = intensity_class[i]
-        counts[0, c] += 1
-        if double_click[i]:
-            counts[1, c] += 1
-        if alice_basis[i] == bob_basis[i]:
-            counts[2, c] += 1
-            if alice_bit[i] != bob_bit[i]:
-                counts[3, c] += 1
-        if alice_basis[i] == 0:
-            bases[0] += 1
-        if bob_basis[i] == 0:
-            bases[1] += 1
-        bases[2] += alice_bit[i]
+        is0 = np.int64(c == 0)
+        is1 = np.int64(c == 1)
+        double = np.int64(double_click[i])
+        sifted = np.int64(alice_basis[i] == bob_basis[i])
+        error = sifted & np.int64(alice_bit[i] != bob_bit[i])
+        clicks0 += is0
+        clicks1 += is1
+        double0 += double & is0
+        double1 += double & is1
+        double_all += double
+        sifted0 += sifted & is0
+        sifted1 += sifted & is1
+        sifted_all += sifted
+        error0 += error & is0
+        error1 += error & is1
+        error_all += error
+        alice_x += alice_basis[i]
+        bob_x += bob_basis[i]
+        ones += alice_bit[i]
+    for row, first, second, total in ((0, clicks0, clicks1, n),
+                                      (1, double0, double1, double_all),
+                                      (2, sifted0, sifted1, sifted_all),
+                                      (3, error0, error1, error_all)):
+        counts[row, 0] += first
+        counts[row, 1] += second
+        counts[row, 2] += total - first - second
+    bases[0] += n - alice_x
+    bases[1] += n - bob_x
+    bases[2] += ones
 
 
 def _ratio(numerator: float, denominator: float, empty: float) -> float:
