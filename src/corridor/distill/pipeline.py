@@ -41,6 +41,7 @@ import math
 import queue
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,7 +192,7 @@ def estimation_settings(params: LinkParameters, config: DistillConfig) -> Estima
                               verification_segment_bits=config.verification_segment_bits)
 
 
-class _Processor:
+class _Processor(ABC):
     """What Alice's and Bob's processors share: the block loop and its accounting."""
 
     role = ""
@@ -210,17 +211,21 @@ class _Processor:
         self._cpu_mark = 0.0
 
     # -- stage helpers implemented per role -------------------------------------------
+    @abstractmethod
     def _sift(self, records: Any, block_id: int) -> Any:
-        raise NotImplementedError
+        """Role-specific part of the stage."""
 
+    @abstractmethod
     def _reconcile(self, bits: np.ndarray, est: EstimationResult) -> ReconciliationResult:
-        raise NotImplementedError
+        """Role-specific part of the stage."""
 
+    @abstractmethod
     def _verify(self, block: KeyBlock) -> VerificationResult:
-        raise NotImplementedError
+        """Role-specific part of the stage."""
 
+    @abstractmethod
     def _agree_length(self, length_bits: int, n_bits: int, block_id: int) -> np.ndarray:
-        raise NotImplementedError
+        """Role-specific part of the stage."""
 
     # -- the block ---------------------------------------------------------------------
     def _timed(self, block: KeyBlock, stage: str, start: float,
