@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from corridor.cli import app
-from corridor.cli.link import link_parameters_from_options, parse_override
+from corridor.cli.link import link_parameters_from_options, parse_override, parse_pulse_count
 from corridor.errors import ParameterError
 from corridor.link.rates import plob_bound
 
@@ -131,3 +132,17 @@ def test_plot_refuses_an_unknown_suffix(tmp_path: Path) -> None:
     result = runner.invoke(app, ["link", "plot", "--out", str(tmp_path / "rates.pdf")])
     assert result.exit_code == 2
     assert "must end in .png or .svg" in " ".join(result.stderr.split())
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("100000000", 10**8), ("1e8", 10**8), ("2.5e9", 2_500_000_000), ("1_000", 1000),
+    ("12345678901234567891", 12345678901234567891),  # exact, not through a float
+])
+def test_pulse_counts_read_as_integers_or_exponent_form(text: str, expected: int) -> None:
+    assert parse_pulse_count(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "1.5", "nan", "inf", ""])
+def test_pulse_counts_that_are_not_whole_numbers_are_refused(text: str) -> None:
+    with pytest.raises(typer.BadParameter):
+        parse_pulse_count(text)

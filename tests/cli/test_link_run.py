@@ -65,6 +65,8 @@ def test_keys_out_files_are_equal(in_process: tuple[dict, Path]) -> None:
     alice, bob = (keys / "alice.bin").read_bytes(), (keys / "bob.bin").read_bytes()
     assert alice == bob
     assert len(alice) * 8 == data["totals"]["secret_bits"]
+    for name in ("alice.bin", "bob.bin"):  # key files are readable by their owner only
+        assert (keys / name).stat().st_mode & 0o777 == 0o600
 
 
 def test_table_output_and_attack() -> None:

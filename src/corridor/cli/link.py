@@ -67,6 +67,24 @@ def parse_override(text: str) -> tuple[str, str]:
     return name, value
 
 
+def parse_pulse_count(text: str | int) -> int:
+    """Read a pulse count written as an integer or in exponent form (``1e9``)."""
+    if isinstance(text, int):  # the default value is passed through the parser too
+        return text
+    cleaned = text.strip().replace("_", "")
+    try:
+        return int(cleaned)
+    except ValueError:
+        pass
+    try:
+        value = float(cleaned)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number of pulses") from None
+    if value != value or value in (float("inf"), float("-inf")) or value != int(value):
+        raise typer.BadParameter(f"{text!r} is not a whole number of pulses")
+    return int(value)
+
+
 def link_parameters_from_options(preset: str, config: Path | None,
                                  overrides: list[str]) -> LinkParameters:
     """LinkParameters from ``--preset NAME``, ``--config FILE.toml`` and ``--set k=v``.

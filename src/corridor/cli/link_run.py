@@ -10,6 +10,7 @@ side of the detection records: only classical messages cross the transport.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +27,7 @@ from corridor.cli.link import (
     PresetOption,
     SetOption,
     link_parameters_from_options,
+    parse_pulse_count,
 )
 from corridor.distill.block import BlockState, KeyBlock
 from corridor.distill.cascade import CASCADE_VARIANTS
@@ -79,7 +81,10 @@ def _write_keys(directory: Path, outcomes: list[PartyOutcome]) -> list[str]:
     written = []
     for outcome in outcomes:
         path = directory / f"{outcome.role}.bin"
-        with path.open("wb") as handle:
+        # Secret key material: owner-only from the moment the file exists.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)  # an existing file keeps its old mode otherwise
+        with os.fdopen(descriptor, "wb") as handle:
             for block in outcome.keys:
                 handle.write(block.key_bytes())
         written.append(str(path))
@@ -173,11 +178,13 @@ def run_command(
     preset: PresetOption = DEFAULT_PRESET,
     config: ConfigOption = None,
     overrides: SetOption = None,
-    pulses: Annotated[int, typer.Option("--pulses", help="Pulses to send in total.")]
+    pulses: Annotated[int, typer.Option("--pulses", parser=parse_pulse_count, metavar="N",
+                                        help="Pulses to send in total (1e8 or 100000000).")]
     = DEFAULT_BLOCK_PULSES,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the simulation (same seed, "
                                       "same keys).")] = 0,
-    block_pulses: Annotated[int, typer.Option("--block-pulses", help="Pulses per key block.")]
+    block_pulses: Annotated[int, typer.Option("--block-pulses", parser=parse_pulse_count,
+                                              metavar="B", help="Pulses per key block.")]
     = DEFAULT_BLOCK_PULSES,
     attack: Annotated[AttackOption, typer.Option("--attack", help="Attack on the quantum "
                                                  "channel.")] = AttackOption.none,

@@ -35,6 +35,7 @@ from corridor.cli.link import (
     PresetOption,
     SetOption,
     link_parameters_from_options,
+    parse_pulse_count,
 )
 from corridor.errors import ParameterError
 
@@ -48,20 +49,6 @@ class SimulateAttack(StrEnum):
     none = "none"
     intercept_resend = "intercept-resend"
     pns = "pns"
-
-
-def parse_pulse_count(text: str | int) -> int:
-    """Read a pulse count written as an integer or in exponent form (``1e9``)."""
-    if isinstance(text, int):  # the default value is passed through the parser too
-        return text
-    cleaned = text.strip().replace("_", "")
-    try:
-        value = float(cleaned)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a number of pulses") from None
-    if value != value or value in (float("inf"), float("-inf")) or value != int(value):
-        raise typer.BadParameter(f"{text!r} is not a whole number of pulses")
-    return int(value)
 
 
 def _check_count(option: str, value: int, minimum: int) -> None:
