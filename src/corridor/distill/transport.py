@@ -204,11 +204,13 @@ def _family(host: str) -> socket.AddressFamily:
 def listen(host: str, port: int, timeout_s: float = DEFAULT_TIMEOUT_S, *,
            max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
            on_listening: Callable[[int], None] | None = None,
-           name: str | None = None) -> TcpEndpoint:
+           name: str | None = None, send_timeout_s: float | None = None) -> TcpEndpoint:
     """Listen on ``host:port``, accept exactly one peer, and return its endpoint.
 
     ``port`` 0 picks a free port; ``on_listening(port)`` is called with the bound port
-    before waiting, so a caller can tell the peer where to connect.
+    before waiting, so a caller can tell the peer where to connect. ``send_timeout_s``
+    (default ``timeout_s``) is the endpoint's send timeout, for a caller that waits for
+    the peer in short tries.
     """
     _check_port("port", port, allow_zero=True)
     timeout = _check_positive("timeout_s", timeout_s)
@@ -228,7 +230,9 @@ def listen(host: str, port: int, timeout_s: float = DEFAULT_TIMEOUT_S, *,
             raise ProtocolAbort("channel_timeout", f"no peer connected to {host}:{bound_port} "
                                 f"within {timeout_s} s") from None
     return TcpEndpoint(sock, name or f"{host}:{bound_port}<-{peer[0]}:{peer[1]}",
-                       max_frame_bytes=max_frame_bytes, send_timeout_s=timeout)
+                       max_frame_bytes=max_frame_bytes,
+                       send_timeout_s=timeout if send_timeout_s is None
+                       else _check_positive("send_timeout_s", send_timeout_s))
 
 
 def connect(host: str, port: int, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = 10, *,
