@@ -3,16 +3,19 @@
 This module owns the ``kme`` command group. ``corridor kme serve --config FILE --kme ID``
 runs one KME of a corridor file: its own store (SQLite file or PostgreSQL), its ETSI
 GS QKD 014 API over mutual TLS on the host and port the file gives it, the KME-to-KME
-route and HttpsPeerLinks to its peer KMEs, and its side of every link whose
-``source = "recorded"``: this KME reads only its own party's key file (``alice.bin`` at
-Alice's KME, ``bob.bin`` at Bob's) and ingests block after block, resuming after the
-last block its store holds.
+route and HttpsPeerLinks to its peer KMEs, and its side of every link:
 
-Not supported here: a *simulated* link split over two KME processes (the two distilling
-parties talking over TCP next to their KMEs). ``corridor link run --role alice|bob``
-runs such a pair and writes the key files this command then serves; ``corridor up``
-runs simulated links in one process. The command says so at start for every simulated
-link of the KME, and serves the keys already stored.
+- ``source = "recorded"``: this KME reads only its own party's key file (``alice.bin`` at
+  Alice's KME, ``bob.bin`` at Bob's) and ingests block after block, resuming after the
+  last block its store holds;
+- ``source = "simulated"`` with ``channel_listen``, ``channel_address`` and
+  ``simulation_seed``: this process runs its own party (Alice at Alice's KME, Bob at
+  Bob's) of the simulated link and the distillation, the two parties' classical channel
+  over TCP (:class:`~corridor.kms.source.SimulatedLinkPartySource`); both sides agree
+  the next block ID at session start, so IDs continue across restarts.
+
+A simulated link without those fields runs only in one process (``corridor up``); the
+command says so at start and serves the keys already stored.
 
 SIGTERM or SIGINT stops it cleanly: feed loop joined, server closed after in-flight
 requests, store closed, audit log fsync'ed. A ``kill -9`` is survivable by design
@@ -51,17 +54,10 @@ def serve_command(
     log_json: Annotated[bool, typer.Option("--log-json/--log-text",
                                            help="Log format on stderr.")] = True,
 ) -> None:
-    """Serve one KME over mutual TLS and feed it from its side of its recorded links."""
+    """Serve one KME over mutual TLS and feed it from its side of each of its links."""
     # The KMS stack is imported when a KME runs, not by every `corridor` invocation.
-    from corridor.kms.node import (
-        SOURCE_RECORDED,
-        KmeNode,
-        load_corridor,
-        load_pki,
-        make_source,
-        monitor_for,
-    )
-    from corridor.kms.source import SIDE_ALICE, LinkFeeder
+    from corridor.kms.node import KmeNode, load_corridor, load_pki, own_link_feeders
+    from corridor.kms.source import LinkFeeder
 
     with handle_errors():
         configure_logging("warning", json=log_json)
@@ -85,22 +81,14 @@ def serve_command(
             url = node.start()
             manager = node.manager
             assert manager is not None
-            monitor = monitor_for(spec, node.events)
-            for link in spec.links.values():
-                side = link.side_of(kme)
-                if side is None:
-                    continue
-                if link.source != SOURCE_RECORDED:
-                    err_console.print(
-                        f"link {link.link_id}: source {link.source!r} is not fed by a single "
-                        "KME process; run `corridor link run --role alice|bob --keys-out DIR` "
-                        "at the two sites and use source = \"recorded\"; serving stored keys "
-                        "only", highlight=False, soft_wrap=True)
-                    continue
-                feeder = LinkFeeder(make_source(link, (side,)),
-                                    manager if side == SIDE_ALICE else None,
-                                    None if side == SIDE_ALICE else manager,
-                                    monitor, node.events)
+            found, skipped = own_link_feeders(spec, kme, manager, node.events)
+            for link_id in skipped:
+                err_console.print(
+                    f"link {link_id}: a simulated link needs channel_listen, channel_address "
+                    "and simulation_seed to be fed by one KME process per site "
+                    "(docs/corridor-up.md); serving stored keys only",
+                    highlight=False, soft_wrap=True)
+            for feeder in found:
                 feeders.append(feeder)
                 feeder.start()
             console.print(f"KME {kme} ({site.site}) serving at {url}; "

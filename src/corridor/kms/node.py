@@ -5,7 +5,11 @@ This module owns the corridor TOML format (docs/corridor-up.md) and the wiring o
 - :func:`load_corridor` reads a corridor file (or the embedded default shipped as
   ``default_corridor.toml``) into a :class:`CorridorSpec`: KMEs and their sites, links
   with their physical parameters (a preset plus overrides named with units,
-  ``length_km``) and how they are fed, SAEs and the KME each is attached to;
+  ``length_km``) and how they are fed (simulated in one process, simulated with each
+  party next to its KME and a TCP classical channel, or recorded key files), SAEs and
+  the KME each is attached to;
+- :func:`own_link_feeders` wires one KME process (``corridor kme serve``): its side of
+  each of its links;
 - :class:`KmeNode` builds one KME: its store (SQLite file or PostgreSQL DSN), its KEK
   (file or environment variable, never the database), its
   :class:`~corridor.kms.audit.AuditLog` and :class:`~corridor.kms.metrics.KmsMetrics`
@@ -56,6 +60,7 @@ from corridor.kms.source import (
     KeySource,
     LinkFeeder,
     RecordedKeyFileSource,
+    SimulatedLinkPartySource,
     SimulatedLinkSource,
 )
 from corridor.kms.store import KeyStore, open_store
@@ -72,7 +77,8 @@ SOURCE_RECORDED = "recorded"
 _KME_NODE_KEYS = {"id", "site", "host", "port", "url", "store", "kek_file", "kek_env",
                   "audit_fsync_interval_s"}
 _LINK_KEYS = {"id", "alice_kme", "bob_kme", "preset", "parameters", "source", "block_pulses",
-              "block_interval_s", "cascade_variant", "frame_bits", "keys_dir", "block_bytes"}
+              "block_interval_s", "cascade_variant", "frame_bits", "keys_dir", "block_bytes",
+              "channel_listen", "channel_address", "simulation_seed", "psk_file"}
 _MONITOR_KEYS = {"qber_alarm_threshold", "trend_window_blocks", "recovery_blocks",
                  "recovery_qber_threshold", "max_consecutive_discards"}
 _TOP_KEYS = {"name", "kme", "monitor", "kmes", "links", "saes", "pki_dir"}
@@ -121,6 +127,10 @@ class LinkSite:
     frame_bits: int = 10_000
     keys_dir: Path | None = None
     block_bytes: int = 4096
+    channel_listen: str | None = None
+    channel_address: tuple[str, int] | None = None
+    simulation_seed: int | None = None
+    psk_file: Path | None = None
 
     def side_of(self, kme_id: str) -> str | None:
         """``alice``, ``bob`` or None for a KME not on this link."""
@@ -300,6 +310,7 @@ def _parse_link(entry: Mapping[str, Any], index: int, kmes: Mapping[str, KmeSite
                           minimum=2)
     if block_bytes % 2:
         raise ParameterError(f"{where}.block_bytes", block_bytes, "must be even")
+    channel_listen, channel_address, simulation_seed = _parse_channel(entry, where, source)
     variant = entry.get("cascade_variant", "yanetal")
     if not isinstance(variant, str):
         raise ParameterError(f"{where}.cascade_variant", variant, "must be a variant name")
@@ -313,7 +324,41 @@ def _parse_link(entry: Mapping[str, Any], index: int, kmes: Mapping[str, KmeSite
         cascade_variant=variant,
         frame_bits=_number(f"{where}.frame_bits", entry.get("frame_bits", 10_000),
                            integer=True, minimum=64),
-        keys_dir=keys_dir, block_bytes=block_bytes)
+        keys_dir=keys_dir, block_bytes=block_bytes, channel_listen=channel_listen,
+        channel_address=channel_address, simulation_seed=simulation_seed,
+        psk_file=_path(base, entry["psk_file"], f"{where}.psk_file")
+        if "psk_file" in entry else None)
+
+
+def _parse_channel(entry: Mapping[str, Any], where: str, source: str
+                   ) -> tuple[str | None, tuple[str, int] | None, int | None]:
+    """The TCP classical channel of a simulated link split over two KME processes:
+    ``channel_listen`` (which side listens), ``channel_address`` (``HOST:PORT``) and
+    ``simulation_seed``, all three or none."""
+    from corridor.distill.transport import parse_host_port
+
+    names = ("channel_listen", "channel_address", "simulation_seed")
+    given = [name for name in names if name in entry]
+    if not given:
+        return None, None, None
+    if source != SOURCE_SIMULATED:
+        raise ParameterError(f"{where}.{given[0]}", entry[given[0]],
+                             "is only for source = \"simulated\"")
+    missing = [name for name in names if name not in entry]
+    if missing:
+        raise ParameterError(f"{where}.{missing[0]}", None,
+                             f"is required with {', '.join(given)} (a split simulated link "
+                             f"needs {', '.join(names)})")
+    listen_side = entry["channel_listen"]
+    if listen_side not in (SIDE_ALICE, SIDE_BOB):
+        raise ParameterError(f"{where}.channel_listen", listen_side,
+                             f"must be {SIDE_ALICE!r} or {SIDE_BOB!r}")
+    address_text = entry["channel_address"]
+    if not isinstance(address_text, str):
+        raise ParameterError(f"{where}.channel_address", address_text, "must be \"HOST:PORT\"")
+    address = parse_host_port(address_text, f"{where}.channel_address")
+    seed = _number(f"{where}.simulation_seed", entry["simulation_seed"], integer=True)
+    return listen_side, address, seed
 
 
 def load_corridor(path: str | os.PathLike[str] | None = None) -> CorridorSpec:
@@ -547,18 +592,57 @@ def make_source(link: LinkSite, sides: tuple[str, ...], *,
         return RecordedKeyFileSource.from_directory(link.link_id, link.keys_dir,
                                                     link.block_bytes, sides=sides,
                                                     block_interval_s=link.block_interval_s)
-    if set(sides) != {SIDE_ALICE, SIDE_BOB}:
-        raise ParameterError(f"links.{link.link_id}.source", link.source,
-                             "a simulated link runs both parties in one process (corridor "
-                             "up); a KME process at one site is fed from recorded key files")
-    from corridor.distill.pipeline import DistillConfig
+    from corridor.distill.pipeline import DistillConfig, RandomStreams, pre_shared_key
 
     config = DistillConfig.for_link(link.params, link_id=link.link_id,
                                     cascade_variant=link.cascade_variant,
                                     frame_bits=link.frame_bits, channel_timeout_s=30.0)
-    return SimulatedLinkSource(link.params, link_id=link.link_id,
-                               block_pulses=link.block_pulses, config=config, rng=rng,
-                               block_interval_s=link.block_interval_s)
+    if set(sides) == {SIDE_ALICE, SIDE_BOB}:
+        return SimulatedLinkSource(link.params, link_id=link.link_id,
+                                   block_pulses=link.block_pulses, config=config, rng=rng,
+                                   block_interval_s=link.block_interval_s)
+    if len(sides) != 1 or sides[0] not in (SIDE_ALICE, SIDE_BOB):
+        raise ParameterError("sides", list(sides), f"must name {SIDE_ALICE!r}, {SIDE_BOB!r} "
+                             "or both")
+    if link.channel_address is None or link.simulation_seed is None:
+        raise ParameterError(f"links.{link.link_id}.channel_address", None,
+                             "is required to run one side of a simulated link in a KME "
+                             "process (with channel_listen and simulation_seed, "
+                             "docs/corridor-up.md); `corridor up` runs both sides in one "
+                             "process")
+    # The same derivation as `corridor link run --role`: the psk_file both sites hold,
+    # else (simulation only) a key drawn from the simulation seed.
+    psk, _ = pre_shared_key(RandomStreams.from_seed(link.simulation_seed), config,
+                            link.psk_file)
+    return SimulatedLinkPartySource(
+        link.params, link_id=link.link_id, role=sides[0], address=link.channel_address,
+        listen=sides[0] == link.channel_listen, simulation_seed=link.simulation_seed,
+        psk=psk, block_pulses=link.block_pulses, config=config, rng=rng,
+        block_interval_s=link.block_interval_s)
+
+
+def own_link_feeders(spec: CorridorSpec, kme_id: str, manager: KeyManager,
+                     events: EventSink) -> tuple[list[LinkFeeder], list[str]]:
+    """The feeders of one KME process (``corridor kme serve``): this KME's side of each of
+    its links, one LinkMonitor for them all; not started.
+
+    Returns the feeders and the IDs of the links this process cannot feed (a simulated
+    link without a TCP channel runs only in ``corridor up``).
+    """
+    monitor = monitor_for(spec, events)
+    feeders: list[LinkFeeder] = []
+    skipped: list[str] = []
+    for link in spec.links.values():
+        side = link.side_of(kme_id)
+        if side is None:
+            continue
+        if link.source == SOURCE_SIMULATED and link.channel_address is None:
+            skipped.append(link.link_id)
+            continue
+        feeders.append(LinkFeeder(make_source(link, (side,)),
+                                  manager if side == SIDE_ALICE else None,
+                                  manager if side == SIDE_BOB else None, monitor, events))
+    return feeders, skipped
 
 
 class Corridor:
@@ -720,4 +804,4 @@ class Corridor:
 
 __all__ = ["Corridor", "CorridorSpec", "KmeNode", "KmeSite", "LinkSite",
            "ensure_pki", "load_corridor", "load_pki", "make_source", "monitor_for",
-           "parse_corridor"]
+           "own_link_feeders", "parse_corridor"]

@@ -10,6 +10,10 @@ it, the abort reason.
   threads: Alice's and Bob's processors talk only over their authenticated in-process
   channel; every block that reaches AUTHENTICATED on both sides with equal output is a
   key block, every other one is reported with its reason.
+- :class:`SimulatedLinkPartySource`: one party of the simulated link (Alice's or
+  Bob's) and its distillation, for one KME process of a split-site deployment: the
+  classical channel to the other site's party is TCP; a session agrees the next block
+  ID (and lines up the two stores' streams) before its first block.
 - :class:`RecordedKeyFileSource`: Alice's and Bob's key files as
   ``corridor link run --keys-out DIR`` writes them (``DIR/alice.bin``,
   ``DIR/bob.bin``), cut into blocks of a stated size; block ``k`` is bytes
@@ -36,15 +40,19 @@ it, the abort reason.
    and burned at the master, fail closed), and asks the source to start after the
    highest block ID either KME has seen. A block ID is never reused.
 
-With only one side present (``corridor kme serve`` at one site fed from its own key
-file) the both-or-neither check covers that side only; the store's rule keeps offsets
+With only one side present (``corridor kme serve`` at one site, fed from its own key
+file or its own party of a simulated link) the both-or-neither check covers that side
+only, and a :class:`SimulatedLinkPartySource` lines up the two sites' streams at session
+start (:meth:`SimulatedLinkPartySource.align_store`); the store's rule keeps offsets
 aligned (a half that does not fit is dropped but its stream position is used, see
 docs/kms-store.md), and reservations over bytes only one end holds are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import json
 import logging
 import math
 import os
@@ -56,6 +64,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from numpy.random import PCG64, Generator, SeedSequence
+
 from corridor.distill.block import BlockState, KeyBlock
 from corridor.distill.channel import in_process_pair
 from corridor.distill.pipeline import (
@@ -64,7 +74,7 @@ from corridor.distill.pipeline import (
     make_processor,
     run_party,
 )
-from corridor.errors import ParameterError
+from corridor.errors import ParameterError, ProtocolAbort
 from corridor.kms.alarms import LinkMonitor
 from corridor.kms.config import DIRECTIONS, check_id, split_block
 from corridor.kms.interface import EventSink, NullEventSink
@@ -512,12 +522,7 @@ class SimulatedLinkSource:
 
     def _pair(self, alice: KeyBlock, bob: KeyBlock) -> SourceBlock:
         qber = _block_qber(bob) if _block_qber(bob) is not None else _block_qber(alice)
-        pulses = alice.meta.get("pulses")
-        duration_s = pulses * self.pulse_duration_s \
-            if isinstance(pulses, int) and pulses > 0 else None
-        meta = {name: float(alice.meta[name]) for name in
-                ("pulses", "sifted_bits", "disclosed_bits", "finite_key_bits")
-                if isinstance(alice.meta.get(name), int | float)}
+        duration_s, meta = _public_figures(alice, self.pulse_duration_s)
         reason: str | None = None
         keys = (b"", b"")
         if alice.block_id != bob.block_id:
@@ -559,6 +564,413 @@ class SimulatedLinkSource:
     def __repr__(self) -> str:
         return (f"SimulatedLinkSource(link_id={self.link_id!r}, preset={self.params.name!r}, "
                 f"length_km={self.params.fibre.length_km:g}, block_pulses={self.block_pulses})")
+
+
+# ---------------------------------------------------------------------------------------
+# One party of a simulated link, over TCP (split-site deployment)
+
+MESSAGE_SESSION_NONCE = "session.nonce"
+MESSAGE_SESSION_RESUME = "session.resume"
+SESSION_NONCE_BYTES = 32
+_MAX_BLOCK_ID = 2**62
+
+
+def session_auth_key(psk: bytes, alice_nonce: bytes, bob_nonce: bytes, link_id: str,
+                     length_bytes: int) -> bytes:
+    """The authentication key of one TCP session: HKDF-SHA256 of the pre-shared key over
+    both parties' fresh nonces (RFC 5869).
+
+    A restarted session must never reuse one-time tag keys of an earlier session (the
+    Wegman-Carter pool restarts from the pre-shared key at every process start); fresh
+    nonces from both sides give every session its own pool. The nonces cross the channel
+    unauthenticated: a changed nonce only gives the two sides different pools, and the
+    first authenticated message then fails (fail closed).
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    # HKDF output is capped at 255 hash lengths; a longer pool is the concatenation of
+    # outputs whose info names their index.
+    chunk_bytes = 255 * 32
+    info = b"corridor split-site session|" + link_id.encode() + b"|"
+    parts = [HKDF(algorithm=hashes.SHA256(), length=min(chunk_bytes, length_bytes - start),
+                  salt=alice_nonce + bob_nonce, info=info + str(index).encode()).derive(psk)
+             for index, start in enumerate(range(0, length_bytes, chunk_bytes))]
+    return b"".join(parts)
+
+
+def block_simulation_rng(seed: int, block_id: int) -> RandomSource:
+    """The simulator's stream for block ``block_id`` of a link simulated from ``seed``.
+
+    Derived from the pair (seed, block ID), so both sites simulate the same quantum
+    channel for a block whatever block a session starts at.
+    """
+    return RandomSource(Generator(PCG64(SeedSequence([seed, block_id]))), cryptographic=False,
+                        label=f"PCG64(seed={seed}, block={block_id})")
+
+
+class SimulatedLinkPartySource:
+    """Alice's or Bob's side of a simulated link, distilling over a TCP classical channel.
+
+    The source of one KME process in a split-site deployment: the KME at Alice's site
+    runs ``role="alice"``, the one at Bob's ``role="bob"``; one of them listens on
+    ``address`` and the other connects to it. Each process simulates the same quantum
+    channel (the simulator's stream for block ``k`` is :func:`block_simulation_rng`
+    ``(simulation_seed, k)``) and keeps only its own party's records; only
+    authenticated classical messages cross the TCP connection.
+
+    Session start (in a background thread, so ``start`` never waits for the peer):
+
+    1. connect (or accept one peer);
+    2. both send a fresh nonce; the session's authentication key is
+       :func:`session_auth_key` of the pre-shared key and both nonces;
+    3. over the authenticated channel both send the block ID they would start at (their
+       store's last block ID + 1, from :meth:`LinkFeeder.align`); both start at the
+       larger, so a block ID is never reused at either site;
+    4. the pipeline's own hello checks the settings, the simulation seed, the block size
+       and the agreed first block on both sides;
+    5. blocks are simulated, distilled and handed out in order; each side delivers only
+       AUTHENTICATED blocks (verification has bounded the chance that the two copies
+       differ by eps_cor) and reports every other block with its reason.
+
+    A session-level abort (authentication failure, peer gone, timeout, refused
+    connection) is delivered as one aborted block with that reason and the source stops
+    (fail closed); restarting the KME process starts a new session.
+
+    Args:
+        params: the link's physical parameters (identical at both sites).
+        link_id: the link.
+        role: ``alice`` or ``bob``: which party this process runs.
+        address: ``(host, port)`` the listening side binds and the other connects to.
+        listen: True if this side listens, False if it connects.
+        simulation_seed: seed of the simulated quantum channel, the same at both sites
+            (simulation only: it determines the raw key).
+        psk: the pre-shared authentication key (both sites hold a copy).
+        block_pulses: pulses per block.
+        config: distillation settings (default ``DistillConfig.for_link``).
+        rng: this party's own randomness (default: OS CSPRNG).
+        block_interval_s: least wall time between two blocks.
+        max_blocks: stop after this many blocks in this session (None: until closed).
+        connect_timeout_s: how long to wait for the peer at session start.
+        queue_blocks: finished blocks held before the party waits for the feeder.
+    """
+
+    def __init__(self, params: LinkParameters, *, link_id: str, role: str,
+                 address: tuple[str, int], listen: bool, simulation_seed: int, psk: bytes,
+                 block_pulses: int = 10_000_000, config: DistillConfig | None = None,
+                 rng: RandomSource | None = None, block_interval_s: float = 0.0,
+                 max_blocks: int | None = None, connect_timeout_s: float = 300.0,
+                 queue_blocks: int = 4) -> None:
+        self.link_id = check_id("link_id", link_id)
+        if role not in SIDES:
+            raise ParameterError("role", role, f"must be one of {list(SIDES)}")
+        self.role = role
+        self.params = params
+        host, port = address
+        if not isinstance(host, str) or not host or isinstance(port, bool) or \
+                not isinstance(port, int) or not 0 < port < 65536:
+            raise ParameterError("address", f"{host}:{port}",
+                                 "must be HOST:PORT with a port from 1 to 65535")
+        self.address = (host, port)
+        self.listen = bool(listen)
+        self.simulation_seed = _positive("simulation_seed", simulation_seed, integer=True,
+                                         allow_zero=True)
+        if not isinstance(psk, bytes) or len(psk) < 64:
+            raise ParameterError("psk", "(not shown)", "must be at least 64 bytes")
+        self._psk = psk
+        self.block_pulses = _positive("block_pulses", block_pulses, integer=True)
+        self.config = config if config is not None else DistillConfig.for_link(
+            params, link_id=link_id, channel_timeout_s=30.0)
+        if self.config.link_id != link_id:
+            raise ParameterError("config.link_id", self.config.link_id,
+                                 f"must be the source's link_id {link_id!r}")
+        self._rng = rng if rng is not None else RandomSource.system()
+        self.block_interval_s = float(_positive("block_interval_s", block_interval_s,
+                                                allow_zero=True))
+        if max_blocks is not None:
+            _positive("max_blocks", max_blocks, integer=True)
+        self.max_blocks = max_blocks
+        self.connect_timeout_s = float(_positive("connect_timeout_s", connect_timeout_s))
+        _positive("queue_blocks", queue_blocks, integer=True)
+        self.pulse_duration_s = 1.0 / params.source.pulse_rate_hz
+        self._stop = threading.Event()
+        self._out: queue.Queue[KeyBlock] = queue.Queue(maxsize=queue_blocks)
+        self._thread: threading.Thread | None = None
+        self._endpoint: Any = None
+        self._run_abort: str | None = None
+        self._next_id: int | None = None
+        self._session_reported = False
+        self._store_ends: Callable[[], dict[str, int]] | None = None
+        self._fill_hole: Callable[[int, Mapping[str, int]], None] | None = None
+        self.first_block_id: int | None = None
+
+    def align_store(self, stream_ends: Callable[[], dict[str, int]],
+                    fill_hole: Callable[[int, Mapping[str, int]], None]) -> None:
+        """Let the session keep the two sites' streams in line (set by :class:`LinkFeeder`).
+
+        A process that stops between handing a block out and storing it leaves its
+        store one block behind the other site's. At session start both sides send their
+        stream end offsets; the side that lags calls ``fill_hole(block_id, gaps)``,
+        which advances its streams over the missing bytes without storing them (as
+        :meth:`LinkFeeder.align` does in one process); the hello then checks that both
+        sides' ends agree.
+        """
+        self._store_ends = stream_ends
+        self._fill_hole = fill_hole
+
+    # -- the session thread --------------------------------------------------------------
+
+    def _open_channel(self) -> Any:
+        """Accept or reach the peer within ``connect_timeout_s``, in short tries so that
+        ``close`` is never held up by a peer that does not come."""
+        from corridor.distill.transport import connect, listen
+
+        host, port = self.address
+        name = f"{self.link_id}:{self.role}"
+        deadline = time.monotonic() + self.connect_timeout_s
+        while True:
+            try:
+                if self.listen:
+                    return listen(host, port, timeout_s=1.0, name=name,
+                                  send_timeout_s=self.config.channel_timeout_s)
+                return connect(host, port, timeout_s=self.config.channel_timeout_s,
+                               retries=0, name=name)
+            except ProtocolAbort as exc:
+                if exc.reason not in ("channel_timeout", "connection_refused") or \
+                        time.monotonic() >= deadline:
+                    raise
+            if self._stop.wait(0.25):
+                raise ProtocolAbort("source_closed", "closed before the peer was reached")
+
+    def _agree_first_block(self, processor: Any, mine: int) -> int:
+        """Step 3 of the session start: both sides start at the larger proposal, and the
+        side whose store lags pads its streams up to the other's (see ``align_store``)."""
+        channel, timeout_s = processor.channel, self.config.channel_timeout_s
+        ends = self._store_ends() if self._store_ends is not None else None
+        payload = json.dumps({"next_block_id": mine, "stream_ends": ends}).encode()
+        if self.role == SIDE_ALICE:
+            channel.send(MESSAGE_SESSION_RESUME, payload)
+            theirs_raw = channel.recv(MESSAGE_SESSION_RESUME, timeout_s)
+        else:
+            theirs_raw = channel.recv(MESSAGE_SESSION_RESUME, timeout_s)
+            channel.send(MESSAGE_SESSION_RESUME, payload)
+        theirs, their_ends = _parse_resume(theirs_raw)
+        first = max(mine, theirs)
+        if self._fill_hole is not None and their_ends is not None and ends is not None:
+            gaps = {d: their_ends[d] - ends[d] for d in DIRECTIONS}
+            if any(gap > 0 for gap in gaps.values()):
+                # The hole stands for the blocks this side missed; its ID is below the
+                # agreed first block and above this store's last one.
+                self._fill_hole(first - 1, {d: gap for d, gap in gaps.items() if gap > 0})
+        return first
+
+    def _session(self, proposed_first: int) -> None:
+        processor = None
+        try:
+            endpoint = self._open_channel()
+            self._endpoint = endpoint
+            nonce = os.urandom(SESSION_NONCE_BYTES)
+            endpoint.send(MESSAGE_SESSION_NONCE, nonce)
+            peer_nonce = endpoint.recv(MESSAGE_SESSION_NONCE, self.config.channel_timeout_s)
+            if len(peer_nonce) != SESSION_NONCE_BYTES:
+                raise ProtocolAbort("malformed_message", "the peer's session nonce has "
+                                    f"{len(peer_nonce)} bytes, not {SESSION_NONCE_BYTES}")
+            alice_nonce, bob_nonce = (nonce, peer_nonce) if self.role == SIDE_ALICE \
+                else (peer_nonce, nonce)
+            key = session_auth_key(self._psk, alice_nonce, bob_nonce, self.link_id,
+                                   self.config.auth_pool_bytes)
+            processor = make_processor(self.role, endpoint, key, self._rng, self.config,
+                                       self.params)
+            first = self._agree_first_block(processor, proposed_first)
+            # The pipeline's hello refuses the session unless both sides hold the same
+            # stream ends after the padding above (fail closed: keys would not line up).
+            ends_now = self._store_ends() if self._store_ends is not None else None
+            info = repr((sorted(self.params.flat().items()), self.simulation_seed,
+                         self.block_pulses, first, ends_now)).encode()
+        except ProtocolAbort as exc:
+            self._run_abort = str(exc)
+            if processor is not None:
+                processor.notify_peer(exc.reason)
+            self._close_endpoint()
+            return
+        except Exception as exc:
+            # A bug, not a protocol event: stop this side (fail closed) and say so.
+            self._run_abort = f"internal_error: {type(exc).__name__}"
+            _log.error("party %s of link %s stopped: %s", self.role, self.link_id,
+                       type(exc).__name__)
+            if processor is not None:
+                processor.notify_peer("internal_error")
+            self._close_endpoint()
+            return
+        self.first_block_id = first
+        self._next_id = first
+
+        def blocks() -> Iterator[tuple[int, int, AliceRecords | BobRecords]]:
+            block_id, produced = first, 0
+            while not self._stop.is_set():
+                if self.max_blocks is not None and produced >= self.max_blocks:
+                    return
+                started = time.monotonic()
+                records = simulate_block(self.params, self.block_pulses,
+                                         block_simulation_rng(self.simulation_seed, block_id),
+                                         block_id=block_id)
+                own = records.alice if self.role == SIDE_ALICE else records.bob
+                pulses = records.pulses
+                del records
+                yield block_id, pulses, own
+                block_id += 1
+                produced += 1
+                rest_s = self.block_interval_s - (time.monotonic() - started)
+                if rest_s > 0:
+                    self._stop.wait(rest_s)
+
+        def progress(block: KeyBlock) -> None:
+            while not self._stop.is_set():
+                try:
+                    self._out.put(block, timeout=_POLL_S)
+                    return
+                except queue.Full:
+                    continue
+            block.discard("source_closed")
+
+        outcome = run_party(processor, blocks(), progress, info)
+        if outcome.run_abort is None and self._stop.is_set():
+            # Wakes a peer that would otherwise wait for our next message until timeout.
+            processor.notify_peer("source_closed")
+        self._run_abort = outcome.run_abort
+        self._close_endpoint()
+        if outcome.internal_error is not None:
+            _log.error("party %s of link %s stopped: %s", self.role, self.link_id,
+                       type(outcome.internal_error).__name__)
+
+    def _close_endpoint(self) -> None:
+        endpoint, self._endpoint = self._endpoint, None
+        if endpoint is not None:
+            with contextlib.suppress(Exception):
+                endpoint.close()
+
+    # -- KeySource -----------------------------------------------------------------------
+
+    def start(self, first_block_id: int) -> None:
+        """Start the session: propose ``first_block_id`` to the peer (see class docstring)."""
+        _positive("first_block_id", first_block_id, integer=True, allow_zero=True)
+        if self._thread is not None:
+            raise ParameterError("source", "started", "a SimulatedLinkPartySource starts once")
+        self._next_id = first_block_id
+        self._thread = threading.Thread(target=self._session, args=(first_block_id,),
+                                        name=f"corridor-{self.role}-{self.link_id}",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def finished(self) -> bool:
+        """True once the session has ended and every block has been handed out."""
+        return self._thread is not None and not self._thread.is_alive() \
+            and self._out.empty() and self._session_reported
+
+    def next_block(self, timeout_s: float) -> SourceBlock | None:
+        """This party's next block (its key only), or None within ``timeout_s``.
+
+        After a session-level abort, one aborted block carrying its reason, then None.
+        """
+        if self._thread is None or self._next_id is None:
+            raise ParameterError("source", "not started", "call start(first_block_id) first")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                block = self._out.get(timeout=max(min(deadline - time.monotonic(), _POLL_S),
+                                                  0.001))
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._out.empty():
+                    return self._session_end()
+                if time.monotonic() >= deadline:
+                    return None
+        self._next_id = block.block_id + 1
+        return _party_block(self.link_id, self.role, block, self.pulse_duration_s)
+
+    def _session_end(self) -> SourceBlock | None:
+        if self._session_reported:
+            return None
+        self._session_reported = True
+        if self._run_abort is None or self._stop.is_set():
+            return None
+        assert self._next_id is not None
+        block_id = self._next_id
+        self._next_id += 1
+        return SourceBlock(link_id=self.link_id, block_id=block_id, alice_key=b"",
+                           bob_key=b"", aborted_reason=_abort_reason(self._run_abort))
+
+    def close(self) -> None:
+        """Stop after the block in progress, tell the peer, join the session thread."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.config.channel_timeout_s + 5.0)
+            if self._thread.is_alive():
+                # Still waiting for a peer message: closing the socket ends the wait.
+                self._close_endpoint()
+                self._thread.join(timeout=5.0)
+        while not self._out.empty():
+            self._out.get_nowait().discard("source_closed")
+
+    def __repr__(self) -> str:
+        host, port = self.address
+        return (f"SimulatedLinkPartySource(link_id={self.link_id!r}, role={self.role!r}, "
+                f"{'listen' if self.listen else 'connect'}={host}:{port}, "
+                f"block_pulses={self.block_pulses})")
+
+
+def _parse_resume(payload: bytes) -> tuple[int, dict[str, int] | None]:
+    """The peer's ``session.resume`` message: its first block ID and stream ends."""
+    try:
+        data = json.loads(payload.decode("utf-8"))
+        next_id = data["next_block_id"]
+        ends = data["stream_ends"]
+        ok = isinstance(next_id, int) and not isinstance(next_id, bool) and \
+            0 <= next_id < _MAX_BLOCK_ID
+        if ends is not None:
+            ok = ok and isinstance(ends, dict) and set(ends) == set(DIRECTIONS) and all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < _MAX_BLOCK_ID * 2
+                for v in ends.values())
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ProtocolAbort("malformed_message", "the peer's session.resume message is not "
+                            "a first block ID and stream end offsets")
+    return next_id, (dict(ends) if ends is not None else None)
+
+
+def _public_figures(block: KeyBlock, pulse_duration_s: float
+                    ) -> tuple[float | None, dict[str, float]]:
+    """A distilled block's acquisition time and public counters."""
+    pulses = block.meta.get("pulses")
+    duration_s = pulses * pulse_duration_s if isinstance(pulses, int) and pulses > 0 else None
+    meta = {name: float(block.meta[name]) for name in
+            ("pulses", "sifted_bits", "disclosed_bits", "finite_key_bits")
+            if isinstance(block.meta.get(name), int | float)}
+    return duration_s, meta
+
+
+def _party_block(link_id: str, side: str, block: KeyBlock,
+                 pulse_duration_s: float) -> SourceBlock:
+    """One party's finished block as a SourceBlock (its key zeroized in the KeyBlock)."""
+    duration_s, meta = _public_figures(block, pulse_duration_s)
+    qber = _block_qber(block)
+    key = b""
+    reason: str | None = None
+    if block.state is BlockState.AUTHENTICATED:
+        key = block.key_bytes()
+        block.discard("handed_to_key_source")
+    else:
+        reason = block.discard_reason or "session_abort"
+    if reason is not None or not key:
+        return SourceBlock(link_id=link_id, block_id=block.block_id, alice_key=b"",
+                           bob_key=b"", aborted_reason=reason or "no_secret_key", qber=qber,
+                           duration_s=duration_s, meta=meta)
+    return SourceBlock(link_id=link_id, block_id=block.block_id,
+                       alice_key=key if side == SIDE_ALICE else b"",
+                       bob_key=key if side == SIDE_BOB else b"", qber=qber,
+                       duration_s=duration_s, meta=meta)
 
 
 # ---------------------------------------------------------------------------------------
@@ -688,6 +1100,28 @@ class LinkFeeder:
                             "the two KMEs' stream offsets still differ after alignment")
         return next_id
 
+    def _stream_ends(self) -> dict[str, int]:
+        """This (single) KME's stream end offsets of the link."""
+        manager = next(iter(self.sides.values()))
+        return {d: manager.pool_state(self.link_id, d).stream_end_offset for d in DIRECTIONS}
+
+    def _fill_hole(self, block_id: int, gaps: Mapping[str, int]) -> None:
+        """Advance this KME's streams by ``gaps`` bytes (a block the other site stored and
+        this one never did) without storing anything; ``block_id`` names the hole."""
+        manager = next(iter(self.sides.values()))
+        last = manager.store.last_block_id(self.link_id)
+        if last is not None and block_id <= last:
+            raise FeedError("link streams", self.link_id,
+                            f"the other site is ahead in offsets but not in block IDs "
+                            f"(hole {block_id}, last stored {last})")
+        # Capacity 0: only the stream positions are used, as for a half dropped when full.
+        manager.store.append_block(self.link_id, block_id,
+                                   {d: bytes(gap) for d, gap in gaps.items()}, 0)
+        for direction, gap in gaps.items():
+            self.events.emit("link_streams_aligned", kme_id=manager.kme_id,
+                             link_id=self.link_id, direction=direction, block_id=block_id,
+                             hole_bytes=gap)
+
     # -- one block -----------------------------------------------------------------------
 
     def _fits(self, halves: Mapping[str, bytes]) -> dict[str, bool]:
@@ -815,6 +1249,8 @@ class LinkFeeder:
         if self._thread is not None:
             raise ParameterError("feeder", "started", "a LinkFeeder starts once")
         first = self.align()
+        if isinstance(self.source, SimulatedLinkPartySource) and len(self.sides) == 1:
+            self.source.align_store(self._stream_ends, self._fill_hole)
         self.source.start(first)
         self._thread = threading.Thread(target=self._run, name=f"corridor-feed-{self.link_id}",
                                          daemon=True)
