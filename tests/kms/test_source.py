@@ -346,6 +346,42 @@ def test_simulated_link_feeds_identical_keys(managers) -> None:
     _exchange(a, b, 10)
 
 
+def test_one_site_feeders_stay_aligned_when_their_monitors_disagree(managers) -> None:
+    """Split sites: A's monitor is quarantined (say after a restart), B's is not; the
+    blocks A refuses still use their stream positions, so A's and B's offsets agree and
+    a key cut at either end is the same key at the other."""
+    a, b = managers
+    blocks = [_key_block(i) for i in range(3)]
+    feeder_a = LinkFeeder(ListSource(blocks), a, None, _monitor())
+    feeder_b = LinkFeeder(ListSource(blocks), None, b, _monitor())
+    assert feeder_a.monitor.observe_block(LINK, 99, aborted_reason="qber_above_threshold",
+                                          qber=0.2, secret_bits=0).quarantined
+    # Recovery takes 3 good blocks (alarms.py): A refuses two, stores the third.
+    assert [feeder_a.feed(block) for block in blocks] == ["quarantined", "quarantined",
+                                                          "stored"]
+    assert [feeder_b.feed(block) for block in blocks] == ["stored"] * 3
+    assert _stream_ends(a) == _stream_ends(b) == {"A->B": 1536, "B->A": 1536}
+    assert a.pool_state(LINK, "A->B").available_bytes == 512  # only block 2 kept at A
+    # A -> B: A cuts from what it holds (block 2), which B holds too.
+    keys = a.enc_keys("sae-a", "sae-b", number=4)
+    assert [k.key for k in b.dec_keys("sae-b", "sae-a", [k.key_id for k in keys])] == \
+        [k.key for k in keys]
+    # B -> A: B's front bytes are A's holes; A refuses them and B fails closed (503),
+    # burning them, until it reaches bytes both hold. Never a mismatched key.
+    refused = 0
+    while True:
+        try:
+            keys = b.enc_keys("sae-b", "sae-a", number=4)
+        except KeysUnavailableError:
+            refused += 1
+            assert refused <= 1024 // 128
+            continue
+        break
+    assert refused == 1024 // 128
+    assert [k.key for k in a.dec_keys("sae-a", "sae-b", [k.key_id for k in keys])] == \
+        [k.key for k in keys]
+
+
 def test_attacked_link_is_quarantined_and_stores_nothing(managers) -> None:
     a, b = managers
     events = Events()

@@ -1167,6 +1167,14 @@ class LinkFeeder:
             elif not verdict.ingest:
                 outcome = "quarantined"
                 stats.blocks_quarantined += 1
+                if len(self.sides) == 1:
+                    # The other site's monitor may judge this block differently (after a
+                    # one-site restart its history differs): use the block's stream
+                    # positions without storing it, so both sites' offsets stay aligned
+                    # whatever each decides.
+                    key = next(iter(keys.values()))
+                    self._fill_hole(block.block_id,
+                                    {d: len(half) for d, half in split_block(key).items()})
             else:
                 outcome = self._store(block, keys)
         stats.last_outcome = outcome
