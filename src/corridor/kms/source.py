@@ -303,6 +303,18 @@ def _abort_reason(run_abort: str) -> str:
     return run_abort.split(":", 1)[0].strip() or "session_abort"
 
 
+def _link_config(params: LinkParameters, link_id: str,
+                 config: DistillConfig | None) -> DistillConfig:
+    """The distillation settings of a link's source: ``config``, or the defaults for
+    ``params``; either way they must name the source's link."""
+    resolved = config if config is not None else DistillConfig.for_link(
+        params, link_id=link_id, channel_timeout_s=30.0)
+    if resolved.link_id != link_id:
+        raise ParameterError("config.link_id", resolved.link_id,
+                             f"must be the source's link_id {link_id!r}")
+    return resolved
+
+
 class SimulatedLinkSource:
     """A simulated QKD link distilling key continuously in background threads.
 
@@ -338,11 +350,7 @@ class SimulatedLinkSource:
         self.link_id = check_id("link_id", link_id)
         self.params = params
         self.block_pulses = _positive("block_pulses", block_pulses, integer=True)
-        self.config = config if config is not None else DistillConfig.for_link(
-            params, link_id=link_id, channel_timeout_s=30.0)
-        if self.config.link_id != link_id:
-            raise ParameterError("config.link_id", self.config.link_id,
-                                 f"must be the source's link_id {link_id!r}")
+        self.config = _link_config(params, link_id, config)
         self.block_interval_s = float(_positive("block_interval_s", block_interval_s,
                                                 allow_zero=True))
         if max_blocks is not None:
@@ -679,11 +687,7 @@ class SimulatedLinkPartySource:
             raise ParameterError("psk", "(not shown)", "must be at least 64 bytes")
         self._psk = psk
         self.block_pulses = _positive("block_pulses", block_pulses, integer=True)
-        self.config = config if config is not None else DistillConfig.for_link(
-            params, link_id=link_id, channel_timeout_s=30.0)
-        if self.config.link_id != link_id:
-            raise ParameterError("config.link_id", self.config.link_id,
-                                 f"must be the source's link_id {link_id!r}")
+        self.config = _link_config(params, link_id, config)
         self._rng = rng if rng is not None else RandomSource.system()
         self.block_interval_s = float(_positive("block_interval_s", block_interval_s,
                                                 allow_zero=True))
