@@ -11,7 +11,7 @@ import importlib
 
 import typer
 
-from corridor.cli.common import handle_errors
+from corridor.cli.common import click_exceptions, err_console, handle_errors, usage_error_line
 
 app = typer.Typer(
     name="corridor",
@@ -41,10 +41,31 @@ for _name in _COMMAND_MODULES:
     _module.register(app)
 
 
+def _stop(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise SystemExit(2)
+
+
 def main() -> None:
-    """Entry point of the ``corridor`` console script."""
-    with handle_errors():
-        app()
+    """Entry point of the ``corridor`` console script.
+
+    Every mistake ends the same way: one line on stderr, ``error: ...``, and exit code
+    2, whether Corridor's own validation or the option parser found it (no boxes).
+    """
+    try:
+        with handle_errors():
+            result = app(standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # ``corridor`` alone prints its help
+        raise SystemExit(exc.exit_code) from None
+    except click_exceptions.UsageError as exc:
+        _stop(usage_error_line(exc))
+    except click_exceptions.ClickException as exc:
+        _stop(" ".join(exc.format_message().split()))
+    except typer.Abort:
+        raise SystemExit(130) from None
+    if isinstance(result, int) and not isinstance(result, bool):
+        raise SystemExit(result)  # typer.Exit(code) comes back as its code here
 
 
 if __name__ == "__main__":  # pragma: no cover

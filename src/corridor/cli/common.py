@@ -14,8 +14,13 @@ from rich.console import Console
 
 from corridor.errors import CorridorError
 
+try:  # typer >= 0.26 vendors click; older versions raise the click package's exceptions
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
+
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line
 
 
 class OutputFormat(StrEnum):
@@ -39,6 +44,14 @@ def fail(message: str) -> None:
     """Stop a command with a clean one-line error (exit code 2)."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)
+
+
+def usage_error_line(exc: click_exceptions.UsageError) -> str:
+    """One line for an option-parser error: the message and, for a missing or wrong
+    option, the command's ``--help`` to read."""
+    message = " ".join(exc.format_message().split())
+    command = exc.ctx.command_path if exc.ctx is not None else "corridor"
+    return f"{message} (see '{command} --help')"
 
 
 def emit_json(data: Any) -> None:

@@ -187,7 +187,8 @@ def rate_command(
         "--decoy", help="Decoy analysis of the asymptotic rate (default: infinite).",
         show_default=False)] = None,
     block_pulses: Annotated[int | None, typer.Option(
-        "--block-pulses", help="Finite key (Lim et al. 2014) for blocks of N pulses.")] = None,
+        "--block-pulses", parser=parse_pulse_count,
+        help="Finite key (Lim et al. 2014) for blocks of N pulses (1e10 accepted).")] = None,
     optimise_settings: Annotated[bool, typer.Option(
         "--optimise/--no-optimise", help="Optimise intensities (and, for finite key, "
         "basis and class probabilities) at each distance.")] = True,
@@ -239,7 +240,8 @@ def plot_command(
         "--max-distance-km", help="Right end of the distance axis in km "
         "(default: 10 % past the infinite-decoy cut-off).", show_default=False)] = None,
     block_pulses: Annotated[list[int] | None, typer.Option(
-        "--block-pulses", help="Block sizes of the finite-key curves (repeatable) "
+        "--block-pulses", parser=parse_pulse_count,
+        help="Block sizes of the finite-key curves (repeatable) "
         "(default: 1e+08, 1e+10, 1e+12).",
         show_default=False)] = None,
     points: Annotated[int, typer.Option(

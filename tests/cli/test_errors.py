@@ -1,0 +1,53 @@
+"""One error style for every command: a mistake is one line on stderr, ``error: ...``
+naming the option and the value, exit code 2, never a traceback or a boxed panel,
+whether Corridor's validation or the option parser found it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ENV = {**os.environ, "COLUMNS": "60"}  # a narrow terminal must not wrap the line
+
+
+def corridor(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "corridor", *args], capture_output=True,
+                          text=True, env=ENV, timeout=120)
+
+
+@pytest.mark.parametrize(("args", "names"), [
+    (["link", "rate", "--distance-km", "10", "--block-pulses", "1e10x"],
+     ["--block-pulses", "1e10x"]),
+    (["link", "simulate", "--pulses", "many"], ["--pulses", "many"]),
+    (["link", "rate", "--bogus"], ["--bogus"]),
+    (["link", "rate", "--format", "xml"], ["--format", "xml"]),
+    (["link", "rate", "--preset", "nope"], ["preset", "nope"]),
+    (["link", "rate", "--distance-km", "-3"], ["length_km", "-3"]),
+    (["sae", "get-key"], ["slave_sae_id"]),
+])
+def test_every_mistake_is_one_line_with_exit_code_2(args: list[str], names: list[str]) -> None:
+    result = corridor(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for name in names:
+        assert name in lines[0]
+    assert "Traceback" not in result.stderr and "╭" not in result.stderr
+
+
+def test_pulse_counts_read_exponent_form_everywhere() -> None:
+    """``--block-pulses 1e10`` is read like ``--pulses 1e9`` (one number parser)."""
+    result = corridor("link", "rate", "--preset", "modern-snspd", "--distance-km", "10",
+                      "--block-pulses", "1e10", "--no-optimise", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert '"block_pulses": 10000000000' in result.stdout
+
+
+def test_no_arguments_prints_help() -> None:
+    result = corridor()
+    assert "Usage" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
