@@ -15,7 +15,6 @@ from corridor.kms import crypto
 from corridor.kms.crypto import (
     AtRestCipher,
     AtRestDecryptionError,
-    KekPermissionWarning,
     decrypt_at_rest,
     encrypt_at_rest,
     generate_kek,
@@ -80,12 +79,15 @@ def test_short_kek_is_refused_without_showing_it(tmp_path, monkeypatch):
         AtRestCipher(short)
 
 
-def test_group_readable_kek_file_warns(tmp_path):
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o602])
+def test_kek_file_others_may_read_or_write_is_refused(tmp_path, mode):
     path = tmp_path / "kek"
     path.write_bytes(generate_kek().hex().encode())
-    path.chmod(0o644)
-    with pytest.warns(KekPermissionWarning, match="0644"):
+    path.chmod(mode)
+    with pytest.raises(ParameterError, match=f"kek_file.*mode {mode:04o}.*chmod 600"):
         load_kek(path)
+    path.chmod(0o400)
+    assert len(load_kek(path)) == 32
 
 
 def test_write_kek_file_is_private_and_never_overwrites(tmp_path):

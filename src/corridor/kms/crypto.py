@@ -22,7 +22,6 @@ import os
 import re
 import stat
 import threading
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -42,10 +41,6 @@ _HEADER_BYTES = 1 + _SALT_BYTES + _NONCE_BYTES
 _HKDF_INFO = b"corridor kms at-rest v1"
 # Half the SP 800-38D random-nonce limit of 2^32 invocations per key.
 _MAX_ENCRYPTIONS_PER_DEK = 2**31
-
-
-class KekPermissionWarning(UserWarning):
-    """The KEK file can be read or written by users other than its owner."""
 
 
 class AtRestDecryptionError(CorridorError):
@@ -87,8 +82,9 @@ def load_kek(path: str | os.PathLike[str] | None = None,
              env_var: str = DEFAULT_KEK_ENV_VAR) -> bytes:
     """Load the 32-byte KEK from ``path`` if given, else from environment ``env_var``.
 
-    Errors name the source and what was wrong, never the content. A file readable or
-    writable by group or others draws a :class:`KekPermissionWarning`.
+    Errors name the source and what was wrong, never the content. A file that group
+    or others may read or write is refused (fail closed): whoever else could read it
+    can decrypt the whole store.
     """
     if path is not None:
         kek_path = Path(path)
@@ -102,9 +98,10 @@ def load_kek(path: str | os.PathLike[str] | None = None,
             raise ParameterError("kek_file", str(kek_path),
                                  f"cannot be read ({exc.strerror})") from None
         if stat.S_IMODE(mode) & 0o077:
-            warnings.warn(f"KEK file {kek_path} has mode {stat.S_IMODE(mode):04o}; "
-                          "restrict it to its owner (chmod 600)", KekPermissionWarning,
-                          stacklevel=2)
+            raise ParameterError("kek_file", str(kek_path),
+                                 f"must be private to its owner; it has mode "
+                                 f"{stat.S_IMODE(mode):04o}",
+                                 f"run: chmod 600 {kek_path}")
         kek = _decode_kek(raw)
         if kek is None:
             raise ParameterError("kek_file", str(kek_path), _KEK_FORMATS,
