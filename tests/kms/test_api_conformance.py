@@ -460,3 +460,18 @@ def test_multicast_when_enabled_delivers_the_same_key_to_every_named_slave(tmp_p
             with pytest.raises(KmeResponseError) as info:  # above max_SAE_ID_count
                 master.get_key("sae-b", additional_slave_sae_ids=["sae-c", ODD_SAE_ID, "x"])
             assert info.value.status_code == 400
+
+
+def test_every_answer_that_carries_keys_says_no_store(raw_a, sae_b) -> None:
+    """Keys must not linger in an HTTP cache: enc_keys and dec_keys answers, by GET and
+    by POST, carry ``Cache-Control: no-store``; the status answer carries no key."""
+    by_get = raw_a.get(ENC, params={"number": 2, "size": 128})
+    by_post = raw_a.post(ENC, json={"number": 1, "size": 128})
+    key_ids = [k["key_ID"] for k in by_get.json()["keys"] + by_post.json()["keys"]]
+    dec_get = sae_b._client.get("/api/v1/keys/sae-a/dec_keys", params={"key_ID": key_ids[0]})
+    dec_post = sae_b._client.post("/api/v1/keys/sae-a/dec_keys",
+                                  json={"key_IDs": [{"key_ID": k} for k in key_ids[1:]]})
+    for response in (by_get, by_post, dec_get, dec_post):
+        assert response.status_code == 200
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["pragma"] == "no-cache"

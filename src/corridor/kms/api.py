@@ -246,9 +246,13 @@ def identity_from_scope(scope: Mapping[str, Any]) -> Identity | None:
 # Responses
 
 
-def _json(status_code: int, body: Any) -> Response:
+#: On every answer of a call that delivers keys: no cache, proxy or browser may keep it.
+NO_STORE_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _json(status_code: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:
     return Response(json.dumps(body, separators=(",", ":")), status_code=status_code,
-                    media_type="application/json")
+                    media_type="application/json", headers=headers)
 
 
 def _error(status_code: int, message: str, details: Sequence[Mapping[str, Any]] = ()) -> Response:
@@ -264,8 +268,10 @@ def _keys_body(keys: Sequence[DeliveredKey]) -> dict[str, Any]:
                      for k in keys]}
 
 
-def _service_call(call: Callable[[], Any], render: Callable[[Any], Any]) -> Response:
-    """Run a service call and map its errors onto the interface's status codes."""
+def _service_call(call: Callable[[], Any], render: Callable[[Any], Any], *,
+                  carries_keys: bool = False) -> Response:
+    """Run a service call and map its errors onto the interface's status codes; an
+    answer that carries keys is marked ``Cache-Control: no-store``."""
     try:
         result = call()
     except UnauthorizedError:
@@ -276,7 +282,7 @@ def _service_call(call: Callable[[], Any], render: Callable[[Any], Any]) -> Resp
         return _error(400, str(exc), [{"field": exc.field}])
     except KeysUnavailableError as exc:
         return _error(503, exc.message, exc.details)
-    return _json(200, render(result))
+    return _json(200, render(result), NO_STORE_HEADERS if carries_keys else None)
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -447,7 +453,7 @@ def create_app(service: KeyDeliveryService, *,
                 additional_slave_sae_ids=body.additional_slave_SAE_IDs,
                 extension_mandatory=body.extension_mandatory,
                 extension_optional=body.extension_optional),
-            _keys_body)
+            _keys_body, carries_keys=True)
 
     @app.get(API_PREFIX + "/{slave_SAE_ID:sae_id}/enc_keys", responses={
         200: {"model": KeyContainer, "description": "Keys for the master SAE"},
@@ -472,7 +478,8 @@ def create_app(service: KeyDeliveryService, *,
         if slave is None:
             return _unauthorized()
         return _service_call(
-            lambda: service.dec_keys(slave.entity_id, master_sae_id, key_ids), _keys_body)
+            lambda: service.dec_keys(slave.entity_id, master_sae_id, key_ids), _keys_body,
+            carries_keys=True)
 
     @app.get(API_PREFIX + "/{master_SAE_ID:sae_id}/dec_keys", responses={
         200: {"model": KeyContainer, "description": "Keys for the slave SAE"},
