@@ -87,6 +87,37 @@ def test_table_output(up_file) -> None:
     assert "stored_key_count" in result.stdout
 
 
+def test_table_output_of_keys_is_never_truncated(up_file) -> None:
+    """At 40 columns, 1024-bit keys and their IDs come out whole and usable by the peer."""
+    result = runner.invoke(app, ["sae", "get-key", "sae-b", "--number", "2", "--size", "1024",
+                                 "--from-up", str(up_file), "--sae", "sae-a",
+                                 "--format", "table"], env={"COLUMNS": "40"})
+    assert result.exit_code == 0, result.output
+    header, *rows = result.stdout.strip().splitlines()
+    assert header.split() == ["key_ID", "size_bits", "key_base64"]
+    assert len(rows) == 2
+    issued = []
+    for row in rows:
+        key_id, size, key = row.split()
+        assert size == "1024" and len(base64.b64decode(key, validate=True)) == 128
+        issued.append({"key_ID": key_id, "key": key})
+    got = _ok(["sae", "get-key-with-id", "sae-a", *[k["key_ID"] for k in issued],
+               "--from-up", str(up_file), "--sae", "sae-b"])["keys"]
+    assert _fingerprints(got) == _fingerprints(issued)
+
+
+def test_kme_error_messages_keep_their_brackets_and_name_field_and_value(up_file) -> None:
+    too_big = runner.invoke(app, ["sae", "get-key", "sae-b", "--size", "4096",
+                                  "--from-up", str(up_file), "--sae", "sae-a"])
+    assert too_big.exit_code == 2
+    assert ("size = 4096: must lie in [min_key_size, max_key_size] = [64, 1024] bits"
+            in too_big.output)
+    zero = runner.invoke(app, ["sae", "get-key", "sae-b", "--get", "--number", "0",
+                               "--from-up", str(up_file), "--sae", "sae-a"])
+    assert zero.exit_code == 2
+    assert "400" in zero.output and "number = 0: " in zero.output
+
+
 def test_kme_errors_are_one_line_with_the_status(up_file) -> None:
     issued = _ok(["sae", "get-key", "sae-b", "--from-up", str(up_file), "--sae", "sae-a"])
     key_id = issued["keys"][0]["key_ID"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 
 import typer
+from rich.markup import escape
 
 from corridor.cli.common import click_exceptions, err_console, handle_errors, usage_error_line
 
@@ -42,7 +43,7 @@ for _name in _COMMAND_MODULES:
 
 
 def _stop(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise SystemExit(2)
 
 

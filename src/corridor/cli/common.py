@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from corridor.errors import CorridorError
 
@@ -36,13 +37,13 @@ def handle_errors() -> Iterator[None]:
     try:
         yield
     except CorridorError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise SystemExit(2) from None
 
 
 def fail(message: str) -> None:
     """Stop a command with a clean one-line error (exit code 2)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(2)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -139,10 +140,12 @@ def _print_keys(keys: list[DeliveredKey], output: OutputFormat) -> None:
     if output == OutputFormat.json:
         emit_json(_keys_json(keys))
         return
-    table = Table("key_ID", "size (bits)", "key (base64)")
-    for item in _keys_json(keys)["keys"]:
-        table.add_row(item["key_ID"], str(len(base64.b64decode(item["key"])) * 8), item["key"])
-    console.print(table)
+    # Plain lines, never a width-fitted table: a key or key ID cut at the terminal's edge
+    # would be lost, since the KME has already handed it out.
+    lines = ["key_ID  size_bits  key_base64"]
+    lines += [f"{k.key_id}  {len(k.key) * 8}  {base64.b64encode(k.key).decode('ascii')}"
+              for k in keys]
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 @sae_app.command("status")

@@ -285,6 +285,27 @@ def _service_call(call: Callable[[], Any], render: Callable[[Any], Any], *,
     return _json(200, render(result), NO_STORE_HEADERS if carries_keys else None)
 
 
+def _validation_message(exc: RequestValidationError) -> str:
+    """``invalid request: number = 0: Input should be greater than or equal to 1``: the
+    first problem's field, its value when it is a short scalar, and what is allowed."""
+    errors = exc.errors()
+    if not errors:
+        return MSG_INVALID_REQUEST
+    err = errors[0]
+    loc = [str(part) for part in err.get("loc", ()) if part not in ("body", "query", "path")]
+    field_name = ".".join(loc) or "request"
+    value = err.get("input")
+    if isinstance(value, str) and len(value) <= 64:
+        # Query values arrive as text: number=0 is shown as "number = 0".
+        shown = f" = {value}" if value.strip() and value.isprintable() else f" = {value!r}"
+    elif isinstance(value, (int, float, bool)) or value is None:
+        shown = f" = {value!r}"
+    else:
+        shown = ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{MSG_INVALID_REQUEST}: {field_name}{shown}: {err.get('msg', 'invalid')}{more}"
+
+
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     details = []
     for err in exc.errors():
@@ -425,7 +446,7 @@ def create_app(service: KeyDeliveryService, *,
     async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
         if identity(request.scope) is None:
             return _unauthorized()
-        return _error(400, MSG_INVALID_REQUEST, _validation_details(exc))
+        return _error(400, _validation_message(exc), _validation_details(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
