@@ -32,6 +32,7 @@ DOCUMENTED = {
     "corridor_link_blocks": ("counter", {"link_id", "outcome"}),
     "corridor_blocks_discarded": ("counter", {"link_id", "reason"}),
     "corridor_link_quarantined": ("gauge", {"link_id"}),
+    "corridor_storage_alarm": ("gauge", {"kme_id"}),
     "corridor_link_alarms_active": ("gauge", {"link_id"}),
     "corridor_link_alarms_raised": ("counter", {"link_id", "kind"}),
     "corridor_requests": ("counter", {"endpoint", "method", "status"}),
@@ -76,6 +77,7 @@ def _exercise(metrics: KmsMetrics) -> None:
     sink.emit("pool_full", kme_id="kme-a", link_id="ab", direction="b_to_a", dropped_bytes=64)
     sink.emit("reservations_discarded", kme_id="kme-a", count=2, reason="peer_refused")
     sink.emit("policy_decision", policy="qkd_or_fallback", decision="fallback_ml_kem")
+    sink.emit("storage_alarm_raised", kme_id="kme-a", reason="audit write: OSError")
 
 
 def test_exposition_parses_with_documented_names_types_and_labels() -> None:

@@ -184,3 +184,38 @@ def test_kek_from_environment_and_no_kek_file_written(tmp_path: Path, keys_dir: 
     assert not (workdir / "kme-a" / "kek.hex").exists()
     assert verify_audit_log(workdir / "kme-a" / "audit.jsonl",
                             load_kek(None, "TEST_KEK_A")).ok
+
+
+def test_a_broken_audit_chain_stops_the_kme_unless_an_operator_accepts_it(
+        tmp_path: Path, keys_dir: Path) -> None:
+    """The whole chain is verified at start, not only its tail: an entry edited in the
+    middle of the log refuses the start; an operator's reason lets it start, audited."""
+    from corridor.kms.audit import AuditLogError
+    from corridor.kms.node import KmeNode, load_pki
+
+    spec = parse_corridor(_spec_data(keys_dir))
+    workdir = tmp_path / "run"
+    with Corridor(spec, workdir, host="127.0.0.1"):
+        pass
+    log = workdir / "kme-a" / "audit.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    assert len(lines) >= 3
+    lines[1] = lines[1].replace('"time":"2', '"time":"1', 1)  # back-date entry 2
+    log.write_text("".join(lines))
+    pki = load_pki(workdir / "pki")
+    with pytest.raises(AuditLogError, match=r"broken at seq 2.*--accept-broken-audit"):
+        KmeNode(spec, "kme-a", workdir, pki).open_manager()
+    with pytest.raises(ParameterError, match="accept-broken-audit"):
+        KmeNode(spec, "kme-a", workdir, pki, accept_broken_audit="  ")
+    node = KmeNode(spec, "kme-a", workdir, pki, accept_broken_audit="restored from backup")
+    try:
+        node.open_manager()
+    finally:
+        node.close()
+    check = verify_audit_log(log, load_kek(workdir / "kme-a" / "kek.hex"))
+    assert not check.ok and check.first_bad_seq == 2  # nothing rewrote history
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    accepted = [e for e in entries if e["event"] == "audit_chain_broken_accepted"]
+    assert len(accepted) == 1
+    assert accepted[0]["fields"]["operator_reason"] == "restored from backup"
+    assert accepted[0]["fields"]["first_bad_seq"] == 2

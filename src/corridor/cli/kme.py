@@ -53,6 +53,10 @@ def serve_command(
         "<workdir>/pki).")] = None,
     log_json: Annotated[bool, typer.Option("--log-json/--log-text",
                                            help="Log format on stderr.")] = True,
+    accept_broken_audit: Annotated[str | None, typer.Option(
+        "--accept-broken-audit", metavar="REASON",
+        help="Start although the audit chain does not verify (the reason is audited). "
+        "Inspect it with `corridor audit verify` first.")] = None,
 ) -> None:
     """Serve one KME over mutual TLS and feed it from its side of each of its links."""
     # The KMS stack is imported when a KME runs, not by every `corridor` invocation.
@@ -75,7 +79,8 @@ def serve_command(
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT,
                                                                     signal.SIGTERM)}
-        node = KmeNode(spec, kme, workdir.resolve(), pki)
+        node = KmeNode(spec, kme, workdir.resolve(), pki,
+                       accept_broken_audit=accept_broken_audit)
         feeders: list[LinkFeeder] = []
         try:
             url = node.start()

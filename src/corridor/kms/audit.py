@@ -61,7 +61,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -494,12 +494,14 @@ class VerifyResult:
     warnings: tuple[str, ...] = ()
 
 
-def verify_audit_log(path: str | os.PathLike[str], key: bytes) -> VerifyResult:
+def verify_audit_log(path: str | os.PathLike[str], key: bytes, *,
+                     on_entry: Callable[[dict[str, Any]], None] | None = None) -> VerifyResult:
     """Check every entry's MAC, ``seq`` and ``prev``, then the head file.
 
     ``key`` is the KME's key-encryption key (the audit key is derived as in
     :class:`AuditLog`). Reads the file once, line by line; never raises for a damaged
     log (the result says what is wrong), only :class:`ParameterError` for a missing file.
+    ``on_entry`` sees each entry once it verified (e.g. :meth:`DeliveryJournal.observe`).
     """
     path = Path(path)
     audit_key = derive_audit_key(key)
@@ -543,6 +545,8 @@ def verify_audit_log(path: str | os.PathLike[str], key: bytes) -> VerifyResult:
                 return broken("prev does not match the previous entry's mac: the chain was "
                               "spliced", line_no)
             prev_mac = str(entry["mac"])
+            if on_entry is not None:
+                on_entry(entry)
             if head is not None and entry["seq"] == head.seq:
                 head_entry_mac = prev_mac
             expected += 1
@@ -563,6 +567,44 @@ def verify_audit_log(path: str | os.PathLike[str], key: bytes) -> VerifyResult:
                         f"{'y' if last - head.seq == 1 else 'ies'} behind (a crash between "
                         "appending and updating the head; the next open updates it)")
     return VerifyResult(True, last, None, None, None, head.seq, tuple(warnings))
+
+
+class DeliveryJournal:
+    """Finds deliveries whose write-ahead intent has no outcome in the audit trail.
+
+    The KeyManager writes ``keys_reserving`` / ``keys_delivering`` with a
+    ``delivery_id`` before it touches the store, and every outcome of that delivery
+    carries the same ID (:mod:`corridor.kms.manager`). Feed it every entry in order
+    (``verify_audit_log(..., on_entry=journal.observe)``); :attr:`unfinished` lists the
+    intents left open, as ``{"event", "seq", "fields", "reserved"}``.
+    """
+
+    INTENTS = frozenset({"keys_reserving", "keys_delivering"})
+    OUTCOMES = frozenset({"keys_delivered", "reservations_discarded", "request_rejected",
+                          "delivery_resolved"})
+
+    def __init__(self) -> None:
+        self._open: dict[str, dict[str, Any]] = {}
+
+    def observe(self, entry: Mapping[str, Any]) -> None:
+        """Take one audit entry (in log order)."""
+        fields = entry.get("fields")
+        if not isinstance(fields, dict) or "delivery_id" not in fields:
+            return
+        delivery_id = str(fields["delivery_id"])
+        event = entry.get("event")
+        if event in self.INTENTS:
+            self._open[delivery_id] = {"event": event, "seq": entry.get("seq"),
+                                       "fields": fields, "reserved": False}
+        elif event == "keys_reserved" and delivery_id in self._open:
+            self._open[delivery_id]["reserved"] = True
+        elif event in self.OUTCOMES:
+            self._open.pop(delivery_id, None)
+
+    @property
+    def unfinished(self) -> list[dict[str, Any]]:
+        """Intents without an outcome, oldest first."""
+        return sorted(self._open.values(), key=lambda item: int(item["seq"] or 0))
 
 
 # --- export --------------------------------------------------------------------------

@@ -146,11 +146,19 @@ class NullEventSink:
 
 
 class FanOutEventSink:
-    """Sends each event to several sinks in order."""
+    """Sends each event to several sinks in order. A sink that fails does not keep the
+    event from the others (metrics still count what the audit trail could not write);
+    the first failure is raised once every sink has had the event."""
 
     def __init__(self, *sinks: EventSink) -> None:
         self.sinks = sinks
 
     def emit(self, event: str, **fields: Any) -> None:
+        failure: BaseException | None = None
         for sink in self.sinks:
-            sink.emit(event, **fields)
+            try:
+                sink.emit(event, **fields)
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure

@@ -21,17 +21,36 @@ A crash leaves nothing pending at the master (the cut bytes are simply burned);
 :meth:`KeyManager.resolve_pending` still discards pending master rows made through
 :meth:`~corridor.kms.store.KeyStore.reserve_front`. docs/kms-store.md gives the full
 argument.
+
+Write-ahead audit (every delivery is accounted for after any crash). Before a delivery
+changes the store, an *intent* entry with a fresh ``delivery_id`` and the key IDs is
+written to the audit trail (``keys_reserving`` at the master, ``keys_delivering`` at the
+slave) and must be durable, or nothing is cut and the SAE gets a 503. Every outcome
+entry of that delivery (``keys_reserved``, ``keys_delivered``,
+``reservations_discarded``, ``request_rejected``) carries the same ``delivery_id``. At
+start, :meth:`KeyManager.resolve_unfinished` closes every intent that has no outcome
+(the process died, or the audit volume filled, in between) with a
+``delivery_resolved`` entry that says, from the store, which keys are still fetchable
+and which were delivered. A storage failure (audit or store) answers 503, raises the
+KME's storage alarm (log line at error level, ``corridor_storage_alarm`` = 1) and never
+escapes as a 500. Once the store has committed a delivery, a failing outcome entry no
+longer stops it: the key is handed over (its intent is on record) and the alarm rises.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from corridor.errors import CorridorError, ParameterError
+from corridor.kms.audit import AuditLogError
 from corridor.kms.config import DIRECTIONS, KmeConfig, LinkSpec, SaeDirectory, split_block
 from corridor.kms.crypto import AtRestDecryptionError
 from corridor.kms.interface import (
@@ -58,6 +77,11 @@ from corridor.kms.store import (
     is_uuid,
 )
 
+_log = logging.getLogger(__name__)
+
+#: Audit events written before a delivery touches the store (see the module docstring).
+INTENT_EVENTS = ("keys_reserving", "keys_delivering")
+
 # An announcement carries the reservations of several coalesced enc_keys requests; this
 # bounds its JSON body (about 260 bytes per reservation) well inside the API's 1 MiB.
 MAX_ANNOUNCEMENT_RESERVATIONS = 2048
@@ -65,6 +89,21 @@ MAX_ANNOUNCEMENT_RESERVATIONS = 2048
 
 class PeerUnreachableError(KeysUnavailableError):
     """The peer KME could not be reached or did not answer in time (a 503)."""
+
+
+class StorageFailureError(KeysUnavailableError):
+    """The audit trail or the key store could not be written (full disk, I/O error): the
+    request fails closed with a 503 and the storage alarm is raised."""
+
+
+#: What a failing store write raises; the audit log raises OSError or its own
+#: AuditLogError (key-material refusals are programming errors and are not caught).
+_STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError,)
+_AUDIT_ERRORS: tuple[type[BaseException], ...] = (OSError, AuditLogError)
+
+
+def _new_delivery_id() -> str:
+    return uuid.uuid4().hex
 
 
 def new_key_ids(count: int) -> list[str]:
@@ -118,6 +157,8 @@ class KeyManager:
         self._peers: dict[str, PeerLink] = {kme: self._wrap(peer)
                                             for kme, peer in (peers or {}).items()}
         self._peers_lock = threading.Lock()
+        self._storage_alarm: str | None = None
+        self._storage_alarm_since = 0.0
 
     def _wrap(self, peer: PeerLink) -> PeerLink:
         if self._coalesce and not isinstance(peer, CoalescingPeerLink):
@@ -132,9 +173,60 @@ class KeyManager:
         with self._peers_lock:
             self._peers[kme_id] = self._wrap(peer)
 
-    def _reject(self, endpoint: str, sae_id: str, reason: str, status_code: int) -> None:
-        self.events.emit("request_rejected", kme_id=self.kme_id, endpoint=endpoint,
-                         sae_id=sae_id, reason=reason, status_code=status_code)
+    # -- audit and the storage alarm ---------------------------------------------------
+
+    @property
+    def storage_alarm(self) -> str | None:
+        """Why the last audit or store write failed, while no later one succeeded."""
+        return self._storage_alarm
+
+    def _raise_storage_alarm(self, where: str, exc: BaseException) -> None:
+        reason = f"{where}: {type(exc).__name__}" + (
+            f" ({os.strerror(exc.errno)})" if isinstance(exc, OSError) and exc.errno else "")
+        first = self._storage_alarm is None
+        self._storage_alarm = reason
+        self._storage_alarm_since = time.time()
+        _log.error("storage alarm at KME %s: %s; requests answer 503 until it clears",
+                   self.kme_id, reason)
+        if first:
+            # Reaches the metrics even when the audit trail is what failed
+            # (FanOutEventSink tries every sink); it must not mask the first failure.
+            with contextlib.suppress(Exception):
+                self.events.emit("storage_alarm_raised", kme_id=self.kme_id, reason=reason)
+
+    def _storage_ok(self) -> None:
+        if self._storage_alarm is not None:
+            reason, self._storage_alarm = self._storage_alarm, None
+            _log.warning("storage alarm at KME %s cleared (was: %s)", self.kme_id, reason)
+            self.events.emit("storage_alarm_cleared", kme_id=self.kme_id, reason=reason)
+
+    def _record(self, event: str, **fields: Any) -> None:
+        """Write an audit event that must be durable before the step it guards; on a
+        storage failure raise :class:`StorageFailureError` (a 503) with the alarm."""
+        try:
+            self.events.emit(event, **fields)
+        except _AUDIT_ERRORS as exc:
+            self._raise_storage_alarm(f"audit write of {event}", exc)
+            raise StorageFailureError(
+                "the KME cannot write its audit trail now; nothing was delivered") from exc
+        self._storage_ok()
+
+    def _record_after(self, event: str, **fields: Any) -> bool:
+        """Write an outcome entry after the store committed; a failure raises the alarm
+        but does not undo the delivery (its intent entry is on record)."""
+        try:
+            self.events.emit(event, **fields)
+        except _AUDIT_ERRORS as exc:
+            self._raise_storage_alarm(f"audit write of {event}", exc)
+            return False
+        return True
+
+    def _reject(self, endpoint: str, sae_id: str, reason: str, status_code: int,
+                **extra: Any) -> None:
+        """Record a refused request; if even that cannot be written, the caller's answer
+        becomes a 503 (:class:`StorageFailureError`)."""
+        self._record("request_rejected", kme_id=self.kme_id, endpoint=endpoint,
+                     sae_id=sae_id, reason=reason, status_code=status_code, **extra)
 
     # -- routing ----------------------------------------------------------------------
 
@@ -279,6 +371,10 @@ class KeyManager:
             raise KeysUnavailableError(f"no connection to the slave's KME {slave_kme!r}")
         direction = link.direction_from(self.kme_id)
         key_ids = new_key_ids(count)
+        delivery_id = _new_delivery_id()
+        self._record("keys_reserving", kme_id=self.kme_id, delivery_id=delivery_id,
+                     link_id=link.link_id, direction=direction, master_sae_id=master_sae_id,
+                     slave_sae_ids=list(slaves), key_ids=key_ids, count=count, size_bits=size)
         try:
             # One durable transaction: the bytes leave the pool and the reserve pointer
             # moves past them; the keys stay in this process's memory until the peer
@@ -287,22 +383,32 @@ class KeyManager:
                 link.link_id, direction, key_ids=key_ids, length_bytes=size // 8,
                 master_sae_id=master_sae_id, slave_sae_ids=slaves)
         except PoolExhaustedError as exc:
-            self._reject("enc_keys", master_sae_id, "pool_exhausted", 503)
+            self._reject("enc_keys", master_sae_id, "pool_exhausted", 503,
+                         delivery_id=delivery_id)
             raise KeysUnavailableError(
                 f"not enough key material for {count} keys of {size} bits to "
                 f"{slave_sae_id!r}; try fewer or smaller keys, or later",
                 [{"stored_key_count": self._stored_key_count(link, size)}]) from exc
         except AtRestDecryptionError as exc:
-            self._reject("enc_keys", master_sae_id, "store_integrity", 503)
+            self._reject("enc_keys", master_sae_id, "store_integrity", 503,
+                         delivery_id=delivery_id)
             raise KeysUnavailableError("key store integrity check failed") from exc
+        except _STORAGE_ERRORS as exc:
+            self._raise_storage_alarm("key store write", exc)
+            self._reject("enc_keys", master_sae_id, "store_unavailable", 503,
+                         delivery_id=delivery_id)
+            raise StorageFailureError("the key store cannot be written now") from exc
         except KeysUnavailableError:
-            self._reject("enc_keys", master_sae_id, "store_unavailable", 503)
+            self._reject("enc_keys", master_sae_id, "store_unavailable", 503,
+                         delivery_id=delivery_id)
             raise
         reservations = [res for res, _ in cut]
-        self.events.emit("keys_reserved", kme_id=self.kme_id, link_id=link.link_id,
-                         direction=direction, master_sae_id=master_sae_id,
-                         slave_sae_ids=list(slaves), key_ids=key_ids, count=count,
-                         size_bits=size, byte_offsets=[r.byte_offset for r in reservations])
+        # The bytes are cut (the pointer never moves back); from here a failure of the
+        # audit trail fails the request closed, and the intent entry covers the bytes.
+        self._record("keys_reserved", kme_id=self.kme_id, delivery_id=delivery_id,
+                     link_id=link.link_id, direction=direction, master_sae_id=master_sae_id,
+                     slave_sae_ids=list(slaves), key_ids=key_ids, count=count,
+                     size_bits=size, byte_offsets=[r.byte_offset for r in reservations])
         try:
             peer.announce(reservations)
         except Exception as exc:
@@ -310,16 +416,17 @@ class KeyManager:
             # are never delivered here (the keys are dropped from memory), and the
             # pointer never moves back over them.
             del cut
+            self._record_after("reservations_discarded", kme_id=self.kme_id,
+                               delivery_id=delivery_id, link_id=link.link_id,
+                               direction=direction, key_ids=key_ids, count=count,
+                               reason="peer_refused")
             self._reject("enc_keys", master_sae_id, "peer_refused", 503)
-            self.events.emit("reservations_discarded", kme_id=self.kme_id,
-                             link_id=link.link_id, direction=direction, key_ids=key_ids,
-                             count=count, reason="peer_refused")
             raise KeysUnavailableError(
                 f"the slave's KME {slave_kme!r} did not accept the reservation; nothing was "
                 "delivered") from exc
-        self.events.emit("keys_delivered", kme_id=self.kme_id, sae_id=master_sae_id,
-                         role="master", master_sae_id=master_sae_id, key_ids=key_ids,
-                         count=count, size_bits=size)
+        self._record_after("keys_delivered", kme_id=self.kme_id, delivery_id=delivery_id,
+                           sae_id=master_sae_id, role="master", master_sae_id=master_sae_id,
+                           key_ids=key_ids, count=count, size_bits=size)
         return [DeliveredKey(res.key_id, key) for res, key in cut]
 
     def dec_keys(self, slave_sae_id: str, master_sae_id: str,
@@ -344,27 +451,40 @@ class KeyManager:
             self._reject("dec_keys", slave_sae_id, "keys_not_found", 400)
             raise KeyRequestError(MSG_KEYS_NOT_FOUND,
                                   [{"key_IDs_not_found": [str(k)[:64] for k in malformed]}])
+        delivery_id = _new_delivery_id()
+        self._record("keys_delivering", kme_id=self.kme_id, delivery_id=delivery_id,
+                     sae_id=slave_sae_id, role="slave", master_sae_id=master_sae_id,
+                     key_ids=list(key_ids), count=len(key_ids))
         try:
             keys = self.store.take_slave_keys(slave_sae_id, master_sae_id, key_ids)
         except UnauthorizedError:
-            self._reject("dec_keys", slave_sae_id, "not_named_on_key", 401)
+            self._reject("dec_keys", slave_sae_id, "not_named_on_key", 401,
+                         delivery_id=delivery_id)
             raise
         except KeyRequestError:
-            self._reject("dec_keys", slave_sae_id, "keys_not_found", 400)
+            self._reject("dec_keys", slave_sae_id, "keys_not_found", 400,
+                         delivery_id=delivery_id)
             raise
         except AtRestDecryptionError as exc:
-            self._reject("dec_keys", slave_sae_id, "store_integrity", 503)
+            self._reject("dec_keys", slave_sae_id, "store_integrity", 503,
+                         delivery_id=delivery_id)
             raise KeysUnavailableError("key store integrity check failed") from exc
+        except _STORAGE_ERRORS as exc:
+            self._raise_storage_alarm("key store write", exc)
+            self._reject("dec_keys", slave_sae_id, "store_unavailable", 503,
+                         delivery_id=delivery_id)
+            raise StorageFailureError("the key store cannot be written now") from exc
         except KeysUnavailableError:
-            self._reject("dec_keys", slave_sae_id, "store_unavailable", 503)
+            self._reject("dec_keys", slave_sae_id, "store_unavailable", 503,
+                         delivery_id=delivery_id)
             raise
         by_size: dict[int, list[str]] = {}
         for key in keys:
             by_size.setdefault(len(key.key) * 8, []).append(key.key_id)
         for size, ids in by_size.items():
-            self.events.emit("keys_delivered", kme_id=self.kme_id, sae_id=slave_sae_id,
-                             role="slave", master_sae_id=master_sae_id, key_ids=ids,
-                             count=len(ids), size_bits=size)
+            self._record_after("keys_delivered", kme_id=self.kme_id, delivery_id=delivery_id,
+                               sae_id=slave_sae_id, role="slave", master_sae_id=master_sae_id,
+                               key_ids=ids, count=len(ids), size_bits=size)
         return keys
 
     # -- feeding ----------------------------------------------------------------------
@@ -514,6 +634,38 @@ class KeyManager:
                          key_ids=[res.key_id for res in pending], count=discarded,
                          reason="pending_at_startup")
         return discarded
+
+    def resolve_unfinished(self, intents: Sequence[Mapping[str, Any]]) -> int:
+        """Close every delivery whose intent entry has no outcome (call at start with
+        :meth:`corridor.kms.audit.DeliveryJournal.unfinished`); returns how many.
+
+        At the slave the store tells which keys the SAE can still fetch (the crash came
+        before the commit: ``not_delivered``) and which it cannot (after it:
+        ``delivered``, the answer may not have reached the SAE). At the master the keys
+        lived in memory only: with no ``keys_reserved`` the bytes may have been cut and
+        are burned (``not_delivered``); after it the slave may hold them and the master
+        SAE may or may not have received them (``unconfirmed``). Either way no byte is
+        ever handed out again under another key ID.
+        """
+        for intent in intents:
+            fields = dict(intent.get("fields", {}))
+            key_ids = [str(k) for k in fields.get("key_ids", [])]
+            base = {"kme_id": self.kme_id, "delivery_id": str(fields.get("delivery_id", "")),
+                    "intent_seq": int(intent.get("seq", 0)), "reason": "kme_restarted"}
+            if intent.get("event") == "keys_delivering":
+                still = self.store.undelivered_slave_keys(str(fields.get("sae_id", "")),
+                                                          key_ids)
+                delivered = [k for k in key_ids if k not in still]
+                outcome = ("delivered" if not still else
+                           "not_delivered" if not delivered else "partly_delivered")
+                self._record("delivery_resolved", **base, role="slave", outcome=outcome,
+                             delivered_key_ids=delivered,
+                             fetchable_key_ids=[k for k in key_ids if k in still])
+            else:
+                outcome = "unconfirmed" if intent.get("reserved") else "not_delivered"
+                self._record("delivery_resolved", **base, role="master", outcome=outcome,
+                             key_ids=key_ids)
+        return len(intents)
 
     def close(self) -> None:
         """Close the store."""

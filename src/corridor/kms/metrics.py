@@ -189,6 +189,9 @@ class KmsMetrics:
             ["link_id"], registry=r)
         self.alarms_active = Gauge(
             "corridor_link_alarms_active", "Active alarms on a link.", ["link_id"], registry=r)
+        self.storage_alarm = Gauge(
+            "corridor_storage_alarm", "1 while the KME cannot write its audit trail or key "
+            "store (requests answer 503), else 0.", ["kme_id"], registry=r)
         self.alarms_raised = Counter(
             "corridor_link_alarms_raised_total", "Alarms raised on a link, by kind.",
             ["link_id", "kind"], registry=r)
@@ -287,6 +290,7 @@ class MetricsEventSink:
     - ``request_rejected``: kme_id, endpoint, reason
     - ``pool_full``: kme_id, link_id, direction, dropped_bytes
     - ``policy_decision``: policy, decision
+    - ``storage_alarm_raised`` / ``storage_alarm_cleared``: kme_id
 
     Pool sizes are not events: :meth:`KmsMetrics.add_pool_source` reads them at scrape.
     Every event is also counted in ``corridor_events_total{event}``.
@@ -329,5 +333,9 @@ class MetricsEventSink:
             m.requests_rejected.labels(kme, _code(get("endpoint")), _code(get("reason"))).inc()
         elif event == "pool_full":
             m.pool_dropped_bits.labels(kme, link, direction).inc(8 * _count(get("dropped_bytes")))
+        elif event == "storage_alarm_raised":
+            m.storage_alarm.labels(kme).set(1)
+        elif event == "storage_alarm_cleared":
+            m.storage_alarm.labels(kme).set(0)
         elif event == "policy_decision":
             m.policy_decisions.labels(_code(get("policy")), _code(get("decision"))).inc()

@@ -34,6 +34,7 @@ import datetime as dt
 import fcntl
 import importlib.resources
 import json
+import logging
 import os
 import socket
 import time
@@ -47,7 +48,7 @@ from typing import Any
 from corridor.errors import ParameterError
 from corridor.kms.alarms import LinkHealth, LinkMonitor
 from corridor.kms.api import HttpsPeerLink, create_app
-from corridor.kms.audit import AuditLog
+from corridor.kms.audit import AuditLog, AuditLogError, DeliveryJournal, verify_audit_log
 from corridor.kms.config import KmeConfig, SaeDirectory, check_id
 from corridor.kms.crypto import load_kek, write_kek_file
 from corridor.kms.interface import EventSink, FanOutEventSink
@@ -67,6 +68,8 @@ from corridor.kms.store import KeyStore, open_store
 from corridor.kms.tls import bind_socket, running_server
 from corridor.link.params import LinkParameters, preset
 from corridor.randomness import RandomSource
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_CORRIDOR_RESOURCE = "default_corridor.toml"
 UP_FILE_NAME = "corridor-up.json"
@@ -442,11 +445,15 @@ class KmeNode:
         sock: a socket from :func:`~corridor.kms.tls.bind_socket` to serve on (default:
             bind the KME's host and port).
         public_url: the base URL SAEs and peers use (default: from host and bound port).
+        accept_broken_audit: an operator's reason to start although the audit chain does
+            not verify (recorded as ``audit_chain_broken_accepted``); without it such a
+            KME refuses to start.
     """
 
     def __init__(self, spec: CorridorSpec, kme_id: str, workdir: Path, pki: PkiLayout, *,
                  peer_urls: Mapping[str, str] | None = None,
-                 sock: socket.socket | None = None, public_url: str | None = None) -> None:
+                 sock: socket.socket | None = None, public_url: str | None = None,
+                 accept_broken_audit: str | None = None) -> None:
         self.spec = spec
         self.site = spec.kme(kme_id)
         self.kme_id = kme_id
@@ -463,6 +470,11 @@ class KmeNode:
         self.audit: AuditLog | None = None
         self.events: EventSink = FanOutEventSink()
         self.pending_discarded = 0
+        self.unfinished_resolved = 0
+        if accept_broken_audit is not None and not accept_broken_audit.strip():
+            raise ParameterError("--accept-broken-audit", accept_broken_audit,
+                                 "must give the operator's reason")
+        self.accept_broken_audit = accept_broken_audit
 
     @property
     def audit_path(self) -> Path:
@@ -500,6 +512,15 @@ class KmeNode:
         self.audit = AuditLog(self.audit_path, kek,
                               fsync_interval_s=self.site.audit_fsync_interval_s)
         self._stack.callback(self.audit.close)
+        # The whole chain, not only its tail; on the way, the deliveries a crash or a
+        # full disk left without an outcome (their intents, corridor.kms.manager).
+        journal = DeliveryJournal()
+        chain = verify_audit_log(self.audit_path, kek, on_entry=journal.observe)
+        if not chain.ok and self.accept_broken_audit is None:
+            raise AuditLogError(
+                f"audit log {self.audit_path} is broken at seq {chain.first_bad_seq}: "
+                f"{chain.reason}; inspect it with `corridor audit verify`, and start with "
+                "--accept-broken-audit REASON only once you know why")
         self.events = FanOutEventSink(self.audit, MetricsEventSink(self.metrics))
         store: KeyStore = open_store(self.store_url, kek, kme_id=self.kme_id)
         self._stack.callback(store.close)
@@ -507,7 +528,15 @@ class KmeNode:
         manager = KeyManager(self.site.config, self.spec.directory(), store, events=self.events)
         self.manager = manager
         self.events.emit("kme_started", kme_id=self.kme_id, pid=os.getpid())
+        if not chain.ok:
+            _log.warning("KME %s started on a broken audit chain (seq %s: %s), accepted by "
+                         "the operator: %s", self.kme_id, chain.first_bad_seq, chain.reason,
+                         self.accept_broken_audit)
+            self.events.emit("audit_chain_broken_accepted", kme_id=self.kme_id,
+                             first_bad_seq=chain.first_bad_seq, fault=chain.reason,
+                             operator_reason=self.accept_broken_audit)
         self.pending_discarded = manager.resolve_pending()
+        self.unfinished_resolved = manager.resolve_unfinished(journal.unfinished)
         self.metrics.add_pool_source(self._pool_samples)
         return manager
 

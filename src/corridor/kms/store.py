@@ -256,6 +256,11 @@ class KeyStore(ABC):
         KeyRequestError(MSG_KEYS_NOT_FOUND) if a key is unknown or already delivered."""
 
     @abstractmethod
+    def undelivered_slave_keys(self, slave_sae_id: str, key_ids: Sequence[str]) -> set[str]:
+        """The IDs among ``key_ids`` that ``slave_sae_id`` could still fetch (slave rows
+        that still name it as a recipient); reads, changes nothing."""
+
+    @abstractmethod
     def pending_reservations(self, older_than_s: float = 0.0) -> list[Reservation]:
         """Master rows reserved at least ``older_than_s`` ago and not yet delivered."""
 
@@ -924,6 +929,15 @@ class SqlKeyStore(KeyStore):
         return keys
 
     # -- recovery and housekeeping ----------------------------------------------------
+
+    def undelivered_slave_keys(self, slave_sae_id: str, key_ids: Sequence[str]) -> set[str]:
+        if not key_ids:
+            return set()
+        with self._transaction(durable=False) as cur:
+            rows = cur.rows(f"SELECT key_id, recipients FROM kms_key WHERE role = ? AND "
+                            f"key_id IN ({', '.join('?' * len(key_ids))})",
+                            [ROLE_SLAVE, *key_ids])
+        return {row[0] for row in rows if slave_sae_id in _split_ids(row[1])}
 
     def pending_reservations(self, older_than_s: float = 0.0) -> list[Reservation]:
         with self._transaction() as cur:
