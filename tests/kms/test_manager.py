@@ -784,3 +784,34 @@ def test_new_key_ids_are_distinct_canonical_version_4_uuids():
         assert str(parsed) == key_id and parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
     assert new_key_ids(0) == []
+
+
+# -- expiry of keys nobody fetched ------------------------------------------------------
+
+
+def test_reserved_keys_nobody_fetches_expire_at_the_slave_audited(pair_factory, monkeypatch):
+    pair = pair_factory(undelivered_key_lifetime_s=600)
+    pair.feed(blocks=2)
+    stale = pair.a.enc_keys("a1", "b1", number=3)
+    fetched = pair.a.enc_keys("a1", "b1", number=1)
+    assert pair.b.dec_keys("b1", "a1", [fetched[0].key_id]) == fetched
+    assert pair.b.expire_undelivered() == 0  # nothing is old enough yet
+    import corridor.kms.store as store_module
+
+    later = time.time() + 601
+    monkeypatch.setattr(store_module.time, "time", lambda: later)
+    fresh = pair.a.enc_keys("a1", "b1", number=1)  # created "now", i.e. after the jump
+    assert pair.b.expire_undelivered() == 3
+    (expired,) = pair.sink.named("keys_expired")
+    assert expired["role"] == "slave" and expired["count"] == 3
+    assert sorted(expired["key_ids"]) == sorted(k.key_id for k in stale)
+    with pytest.raises(KeyRequestError):
+        pair.b.dec_keys("b1", "a1", [stale[0].key_id])
+    assert pair.b.dec_keys("b1", "a1", [fresh[0].key_id]) == fresh
+    assert pair.b.store.count_keys() == 0
+
+
+@pytest.mark.parametrize("value", [0, -1, True, "1h", 400 * 86_400])
+def test_undelivered_key_lifetime_is_validated(value):
+    with pytest.raises(ParameterError, match="undelivered_key_lifetime_s"):
+        KmeConfig("kme-a", undelivered_key_lifetime_s=value)

@@ -63,6 +63,10 @@ class KmeConfig:
             mapped to the option values it inherently satisfies (for example
             ``{"abc_route_type": ("direct",)}`` for a KME that only serves direct links).
             Empty by default: every mandatory extension is refused with the spec's message.
+        undelivered_key_lifetime_s: how long a reserved key waits to be fetched; after it
+            the KME discards it (audited ``keys_expired``), so keys that no SAE fetches
+            (a master SAE that never passed the ID on, an announcement whose answer was
+            lost) do not fill the store.
     """
 
     kme_id: str
@@ -73,9 +77,15 @@ class KmeConfig:
     max_key_count: int = 100_000
     max_sae_id_count: int = 0
     supported_extensions: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    undelivered_key_lifetime_s: float = 86_400.0
 
     def __post_init__(self) -> None:
         check_id("kme_id", self.kme_id)
+        lifetime = self.undelivered_key_lifetime_s
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) \
+                or not 1.0 <= lifetime <= 365 * 86_400.0:
+            raise ParameterError("undelivered_key_lifetime_s", lifetime,
+                                 "must be a number of seconds in [1, 31536000]")
         for name in ("key_size_bits", "min_key_size_bits", "max_key_size_bits"):
             value = _positive_int(name, getattr(self, name), 8)
             if value % 8:
@@ -119,7 +129,7 @@ class KmeConfig:
         """Build from a parsed TOML/JSON table; unknown keys are refused by name."""
         known = {"kme_id", "key_size_bits", "min_key_size_bits", "max_key_size_bits",
                  "max_key_per_request", "max_key_count", "max_sae_id_count",
-                 "supported_extensions"}
+                 "supported_extensions", "undelivered_key_lifetime_s"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ParameterError("kme", unknown[0], f"unknown setting; allowed: {sorted(known)}")

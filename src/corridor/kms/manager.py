@@ -69,6 +69,8 @@ from corridor.kms.interface import (
     UnauthorizedError,
 )
 from corridor.kms.store import (
+    ROLE_MASTER,
+    ROLE_SLAVE,
     InvalidReservationError,
     KeyStore,
     PoolExhaustedError,
@@ -666,6 +668,27 @@ class KeyManager:
                 self._record("delivery_resolved", **base, role="master", outcome=outcome,
                              key_ids=key_ids)
         return len(intents)
+
+    def expire_undelivered(self) -> int:
+        """Discard keys reserved longer than ``undelivered_key_lifetime_s`` ago and never
+        fetched (slave rows; pending master rows of the reserve path), audited as
+        ``keys_expired``; returns how many. Their IDs may be known to a master SAE, which
+        then gets 400 (not found) at the slave, as for a delivered key."""
+        lifetime = float(self.config.undelivered_key_lifetime_s)
+        total = 0
+        for role in (ROLE_SLAVE, ROLE_MASTER):
+            while True:
+                try:
+                    expired = self.store.expire_keys(role, lifetime)
+                except _STORAGE_ERRORS as exc:
+                    self._raise_storage_alarm("key store write", exc)
+                    return total
+                if not expired:
+                    break
+                total += len(expired)
+                self._record_after("keys_expired", kme_id=self.kme_id, role=role,
+                                   key_ids=expired, count=len(expired), lifetime_s=lifetime)
+        return total
 
     def close(self) -> None:
         """Close the store."""

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import tomllib
 from collections.abc import Mapping
@@ -572,10 +573,36 @@ class KmeNode:
                 app, paths.cert, paths.key, self.pki.ca_cert, sock=sock))
             if self.url is None:
                 self.url = self.site.base_url(server.port)
+            self._start_housekeeping(manager)
         except BaseException:
             self.close()
             raise
         return self.url
+
+    def _start_housekeeping(self, manager: KeyManager) -> None:
+        """Expire keys nobody fetched, at start and then every quarter of their lifetime
+        (at most every minute); stopped and joined before the store closes."""
+        stop = threading.Event()
+        interval_s = min(60.0, manager.config.undelivered_key_lifetime_s / 4.0)
+
+        def run() -> None:
+            while True:
+                try:
+                    manager.expire_undelivered()
+                except Exception as exc:  # a bug must not end the thread silently
+                    _log.error("key expiry at KME %s failed: %s", self.kme_id,
+                               type(exc).__name__)
+                if stop.wait(interval_s):
+                    return
+
+        thread = threading.Thread(target=run, name=f"{self.kme_id}-expiry", daemon=True)
+        thread.start()
+
+        def halt() -> None:
+            stop.set()
+            thread.join(timeout=30.0)
+
+        self._stack.callback(halt)
 
     def pools(self) -> list[dict[str, Any]]:
         """Public figures of this KME's pools (for status displays)."""

@@ -265,6 +265,11 @@ class KeyStore(ABC):
         """Master rows reserved at least ``older_than_s`` ago and not yet delivered."""
 
     @abstractmethod
+    def expire_keys(self, role: str, older_than_s: float, limit: int = 10_000) -> list[str]:
+        """Delete (securely) at most ``limit`` undelivered rows of ``role`` created at
+        least ``older_than_s`` ago, oldest first; returns their key IDs."""
+
+    @abstractmethod
     def discard_keys(self, key_ids: Sequence[str]) -> int:
         """Delete (securely) the rows of ``key_ids``; returns how many existed."""
 
@@ -948,6 +953,18 @@ class SqlKeyStore(KeyStore):
         return [Reservation(key_id=r[0], link_id=r[1], direction=r[2], byte_offset=int(r[3]),
                             length_bytes=int(r[4]), master_sae_id=r[5],
                             slave_sae_ids=tuple(_split_ids(r[6]))) for r in rows]
+
+    def expire_keys(self, role: str, older_than_s: float, limit: int = 10_000) -> list[str]:
+        with self._transaction() as cur:
+            found = cur.rows("SELECT key_id FROM kms_key WHERE role = ? AND created_at <= ? "
+                             "ORDER BY created_at LIMIT ?",
+                             (role, time.time() - older_than_s, int(limit)))
+            key_ids = [str(row[0]) for row in found]
+            if not key_ids:
+                return []
+            rows = self._lock_keys(cur, key_ids)
+            self._remove_keys(cur, sorted(rows), self._runs_of(cur, list(rows.values())))
+        return sorted(rows)
 
     def discard_keys(self, key_ids: Sequence[str]) -> int:
         if not key_ids:
