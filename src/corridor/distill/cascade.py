@@ -2,7 +2,7 @@
 
 This module owns information reconciliation: Bob corrects his sifted key towards
 Alice's by the interactive parity protocol Cascade (Brassard and Salvail, EUROCRYPT
-1993), and both count every parity of Alice's key that crossed the channel.
+1993), and both count every parity that either party's messages reveal.
 
 Variants are data. A :class:`CascadeVariant` says how many passes to run, how each
 pass chooses its block size (:class:`BlockRule`), and whether BICONF iterations
@@ -22,14 +22,23 @@ others back. Each pass's permutation is drawn once (from ``shuffle_seed`` throug
 independent between frames, so sharing a public permutation costs nothing in
 efficiency, and a frame's outcome does not depend on how many frames share the call.
 
-Accounting. Only Alice ever reveals parities of her key: the block parities of
-every pass, one parity per binary-search level, and the BICONF parities. Each is one
-bit of ``disclosed_bits``, counted by Alice as she sends it and by Bob as he
-receives it; the two counts are equal. Bob's messages name blocks to search and,
-per level, the half that holds the error: they are functions of the error pattern
-(Alice XOR Bob), which standard Cascade accounting treats as public; they are
-reported apart as ``direction_bits``. Residual errors are possible (Cascade does not
-guarantee success): the verification stage catches them.
+Accounting (docs/cascade.md, section 3, has the proof). Both directions disclose
+(Tupkary and Lutkenhaus, "Using Cascade in quantum key distribution", arXiv:2307.00576).
+Alice reveals her parity of every block of every pass, of the left half at every
+binary-search level, and of every BICONF set: ``alice_disclosed_bits``. Bob answers
+each of them with one bit: whether he searches the block or set (his parity differs
+from hers or not), or which half he continues in (his left-half parity differs or
+not). With her parity public, that bit is his parity of the same set:
+``bob_disclosed_bits``, equal to hers in number. That Bob's answers depend only on the
+error pattern (Alice XOR Bob) does not make them free: on a channel Eve controls the
+error pattern can be correlated with the key. Nothing else Bob sends depends on his
+key once these bits are known: the indices of the blocks he searches are the answers
+themselves (blocks that turn odd after a correction follow from the corrected
+position, which his directions reveal), his BICONF requests follow from the answers,
+and so do the done flag and the number of bits he flipped. ``disclosed_bits``, the
+sum, is lambda_EC. Both parties count both directions: Bob from what he did, Alice
+from what she received. Residual errors are possible (Cascade does not guarantee
+success): the verification stage catches them.
 
 Frames. ``n`` bits are cut into ``F = ceil(n / frame_bits)`` frames of equal length
 ``N = ceil(n / F) <= frame_bits``: the first frames hold ``N`` bits, the others
@@ -221,7 +230,7 @@ class ReconciliationResult:
         passes_run: normal passes plus the most BICONF iterations any frame ran.
         messages: messages this reconciliation put on the channel (both directions).
         qber_corrected: fraction of the key's bits Bob flipped (Alice learns the
-            count from Bob's closing message; it is public).
+            count from Bob's closing message; it follows from the counted parities).
         round_trips: Bob -> Alice -> Bob exchanges.
         direction_bits: binary-search directions Bob sent; they are the part of
             ``bob_disclosed_bits`` that answers Alice's left-half parities.
