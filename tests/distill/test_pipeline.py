@@ -76,7 +76,7 @@ def test_keys_are_identical_over_seeds_and_qbers(seed: int, misalignment: float)
         assert row["qber_corrected"] == pytest.approx(misalignment, abs=0.005)
     # With both directions of Cascade counted, a 1e7-pulse block at 5 km distils about
     # 100 kbit at e_d = 1 % but about 42 kbit at 2 %, less than the ~67 kbit that
-    # authenticating its ~250 messages consumes: that block is discarded, for that reason.
+    # authenticating its messages consumes: that block is discarded, for that reason.
     if misalignment <= 0.01:
         assert len(report.alice.keys) == 1  # type: ignore[union-attr]
     elif misalignment <= 0.02:
@@ -182,8 +182,6 @@ def test_a_residual_error_costs_only_its_segment(monkeypatch: pytest.MonkeyPatch
         return result
 
     monkeypatch.setattr(pipeline, "reconcile_bob", leave_one_error)
-    # Short segments: the block (~100 kbit of finite key) must still pay for its
-    # authentication (~67 kbit) after losing one of them.
     segment = 1 << 14
     config = DistillConfig.for_link(PARAMS, channel_timeout_s=30.0,
                                     verification_segment_bits=segment)
@@ -191,6 +189,8 @@ def test_a_residual_error_costs_only_its_segment(monkeypatch: pytest.MonkeyPatch
                           config=config)
     assert_parties_agree(report)
     assert report.alice is not None
+    # Segments of 2^14 bits: the block (~100 kbit of finite key) still pays for its
+    # authentication (~67 kbit) after losing one.
     (block,) = report.alice.keys
     meta = block.meta
     segments = -(-meta["sifted_bits"] // segment)
