@@ -1,10 +1,13 @@
 """Benchmark of Cascade reconciliation (corridor.distill.cascade).
 
 For each variant and QBER: throughput in sifted bits per second with Alice and Bob
-in two threads of one process pinned to one core, over the in-process channel;
-efficiency f = disclosed / (n H2(QBER)) over all frames; frame error rate (frames where
-Bob's corrected bits still differ from Alice's); messages and round trips per call.
-Errors are independent Bernoulli(QBER) flips; f uses the nominal QBER.
+in two threads of one process pinned to one core, over the in-process channel; the
+bits each party disclosed (parities of Alice's key she sent, parities of Bob's key his
+replies reveal, and their total, which is what privacy amplification subtracts);
+efficiency f = total disclosed / (n H2(QBER)) over all frames, and f_A, Alice's part
+alone (the one-direction figure that Cascade papers publish); frame error rate (frames
+where Bob's corrected bits still differ from Alice's); messages and round trips per
+call. Errors are independent Bernoulli(QBER) flips; f uses the nominal QBER.
 
 Two times are printed: wall (what a user waits on an otherwise idle core) and CPU
 (the process's CPU time: the same figure with other programs' share of the core taken
@@ -40,7 +43,8 @@ class Point:
     bits: int = 0
     frames: int = 0
     failed_frames: int = 0
-    disclosed_bits: int = 0
+    alice_bits: int = 0
+    bob_bits: int = 0
     wall_s: float = 0.0
     cpu_s: float = 0.0
     messages: int = 0
@@ -49,8 +53,18 @@ class Point:
     passes_run: int = 0
 
     @property
+    def disclosed_bits(self) -> int:
+        return self.alice_bits + self.bob_bits
+
+    @property
     def efficiency(self) -> float:
+        """Both directions over the Shannon limit (what the key pays)."""
         return self.disclosed_bits / (self.bits * binary_entropy(self.qber))
+
+    @property
+    def alice_efficiency(self) -> float:
+        """Alice's parities alone over the Shannon limit (the published figure)."""
+        return self.alice_bits / (self.bits * binary_entropy(self.qber))
 
     @property
     def frame_error_rate(self) -> float:
@@ -88,7 +102,10 @@ def reconcile_once(variant: str, qber: float, frames: int, frame_bits: int, seed
     point.frames += frames
     point.failed_frames += int((result.bits != alice_bits).reshape(frames, -1)
                                .any(axis=1).sum())
-    point.disclosed_bits += result.disclosed_bits
+    if result.disclosed_bits != result.alice_disclosed_bits + result.bob_disclosed_bits:
+        raise AssertionError("disclosed_bits is not Alice's plus Bob's")
+    point.alice_bits += result.alice_disclosed_bits
+    point.bob_bits += result.bob_disclosed_bits
     point.messages += result.messages
     point.round_trips += result.round_trips
     point.passes_run = max(point.passes_run, result.passes_run)
@@ -102,7 +119,7 @@ def main() -> None:
     parser.add_argument("--frame-bits", type=int, default=10_000)
     parser.add_argument("--call-frames", type=int, default=1_000,
                         help="frames per reconcile call (one pipeline block)")
-    parser.add_argument("--variants", default="original,yanetal,biconf")
+    parser.add_argument("--variants", default="original,yanetal,biconf,option3")
     parser.add_argument("--qbers", default="0.01,0.02,0.03,0.05")
     parser.add_argument("--cpu", type=int, default=None,
                         help="core to pin to (default: the last one available)")
@@ -125,9 +142,11 @@ def main() -> None:
         reconcile_once(variant, 0.02, 2, args.frame_bits, 0, warm)
 
     header = (f"{'variant':9s} {'QBER':>5s} {'frames':>6s} {'Mbit/s':>7s} {'Mbit/s':>7s} "
-              f"{'f':>6s} {'FER':>8s} {'msgs/call':>9s} {'rt/call':>7s} {'passes':>6s}")
+              f"{'alice_bits':>11s} {'bob_bits':>11s} {'total_bits':>11s} {'f':>6s} "
+              f"{'f_A':>6s} {'FER':>8s} {'msgs/call':>9s} {'rt/call':>7s} {'passes':>6s}")
     print(header)
-    print(f"{'':9s} {'':>5s} {'':>6s} {'wall':>7s} {'cpu':>7s}")
+    print(f"{'':9s} {'':>5s} {'':>6s} {'wall':>7s} {'cpu':>7s} {'':>11s} {'':>11s} "
+          f"{'':>11s} {'total':>6s} {'Alice':>6s}")
     for variant in variants:
         for qber in qbers:
             point = Point(variant, qber)
@@ -139,7 +158,9 @@ def main() -> None:
                 seed += 1
             print(f"{variant:9s} {qber:5.3f} {point.frames:6d} "
                   f"{point.bits / point.wall_s / 1e6:7.2f} {point.bits / point.cpu_s / 1e6:7.2f} "
-                  f"{point.efficiency:6.4f} {point.frame_error_rate:8.2e} "
+                  f"{point.alice_bits:11d} {point.bob_bits:11d} {point.disclosed_bits:11d} "
+                  f"{point.efficiency:6.4f} {point.alice_efficiency:6.4f} "
+                  f"{point.frame_error_rate:8.2e} "
                   f"{point.messages / point.calls:9.0f} {point.round_trips / point.calls:7.0f} "
                   f"{point.passes_run:6d}", flush=True)
 

@@ -1,8 +1,8 @@
 """Tests of corridor.distill.cascade: agreement, exact accounting, efficiency, properties.
 
 Alice and Bob run in two threads over an in-process channel; a wrapper around each
-endpoint records what crosses the channel so that the disclosed parities are counted
-independently of the code under test. Every statistical tolerance is stated where it
+endpoint records what crosses the channel so that the parities each party discloses
+are counted independently of the code under test. Every statistical tolerance is stated where it
 is used; all keys and errors are drawn from fixed seeds, so the tests are repeatable.
 """
 
@@ -27,14 +27,17 @@ from corridor.distill.cascade import (
     BlockRule,
     CascadeVariant,
     ReconciliationResult,
+    _Session,
     reconcile_alice,
     reconcile_bob,
 )
 from corridor.distill.channel import ChannelEndpoint, ChannelStats, in_process_pair
 from corridor.errors import ParameterError, ProtocolAbort
+from corridor.link.rates import binary_entropy
 
 TIMEOUT_S = 30.0
 PUBLISHED_VARIANTS = ("original", "yanetal", "biconf")
+variant_names = st.sampled_from(sorted(CASCADE_VARIANTS))
 
 
 @dataclass
@@ -142,6 +145,43 @@ def wire_parity_bits(alice_end: RecordingEndpoint, variant: CascadeVariant, qber
     return total
 
 
+def wire_bob_bits(alice_end: RecordingEndpoint, bob_end: RecordingEndpoint,
+                  variant: CascadeVariant, qber: float, n: int, frame_bits: int) -> int:
+    """Parities of Bob's key that his messages reveal, counted from the messages themselves.
+
+    Every ``cascade.step`` is a 25-byte header (flags, directions, entries, new
+    searches, BICONF requests, flips), the packed directions, the new searches and the
+    BICONF requests (frame u4, up to which iteration u2). Each direction is one of
+    Bob's parities; so is each block of each pass (he compares it with Alice's parity
+    and searches it or not) and each BICONF set of every iteration a frame ran: the
+    iterations Alice sent up front, and after that up to the last one he asked for.
+    The count of blocks comes from the variant's data, as in :func:`wire_parity_bits`.
+    """
+    frames, length = frame_layout(n, frame_bits)
+    index = 2 if length <= 0xFFFF else 4
+    kinds = [kind for kind, _ in bob_end.sent]
+    assert set(kinds) == {MESSAGE_STEP}
+    directions = 0
+    biconf_run = [variant.biconf_iterations] * frames
+    for number, (_, payload) in enumerate(bob_end.sent):
+        flags, n_dirs, n_entries, n_new, n_req, _flips = struct.unpack_from("<BIIIIQ", payload)
+        assert (flags == 1) == (number == len(bob_end.sent) - 1)   # done only at the end
+        searches = n_entries * (4 + 2 + index) + n_new * index
+        assert len(payload) == 25 + (n_dirs + 7) // 8 + searches + n_req * (4 + 2)
+        directions += n_dirs
+        offset = 25 + (n_dirs + 7) // 8 + searches
+        for r in range(n_req):
+            (frame,) = struct.unpack_from("<I", payload, offset + 4 * r)
+            (upto,) = struct.unpack_from("<H", payload, offset + 4 * n_req + 2 * r)
+            biconf_run[frame] = max(biconf_run[frame], upto)
+    # Every direction answers one of Alice's left-half parities.
+    parities = [struct.unpack_from("<I", p)[0] for _, p in alice_end.sent[1:]]
+    assert directions == sum(parities) - (sum(biconf_run) - frames * variant.biconf_iterations
+                                          ) * variant.biconf_blocks
+    blocks = sum(-(-length // k) for k in variant.block_sizes(qber, length))
+    return directions + frames * blocks + sum(biconf_run) * variant.biconf_blocks
+
+
 # ------------------------------------------------------------------------------------
 # Variants as data
 
@@ -208,9 +248,13 @@ def test_disclosed_bits_equal_the_parities_on_the_wire(variant: str) -> None:
     alice, bob, a_end, b_end = run_pair(alice_bits, bob_bits, variant=variant, qber=qber,
                                         seed=11, frame_bits=frame_bits)
     counted = wire_parity_bits(a_end, CASCADE_VARIANTS[variant], qber, n, frame_bits)
-    assert alice.disclosed_bits == bob.disclosed_bits == counted
-    # Bob never sends a parity of his key, only search requests and directions.
-    assert {kind for kind, _ in b_end.sent} == {MESSAGE_STEP}
+    assert alice.alice_disclosed_bits == bob.alice_disclosed_bits == counted
+    # Bob's count (what he sent) and Alice's (what she received) agree with the wire.
+    from_bob = wire_bob_bits(a_end, b_end, CASCADE_VARIANTS[variant], qber, n, frame_bits)
+    assert alice.bob_disclosed_bits == bob.bob_disclosed_bits == from_bob
+    # Each of Alice's parities is answered by exactly one of Bob's.
+    assert from_bob == counted
+    assert alice.disclosed_bits == bob.disclosed_bits == counted + from_bob
     messages = len(a_end.sent) + len(b_end.sent)
     assert alice.messages == bob.messages == messages
     # One message each way per binary-search level, plus Alice's opening and Bob's close.
@@ -218,6 +262,70 @@ def test_disclosed_bits_equal_the_parities_on_the_wire(variant: str) -> None:
     assert alice.direction_bits == bob.direction_bits
     assert alice.frames == 5 and alice.frame_bits == 4692
     assert np.array_equal(bob.bits, alice_bits)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(2, 3000), frame_bits=st.integers(2, 1000), qber=st.floats(0.0, 0.25),
+       variant=variant_names, seed=st.integers(0, 2**32))
+def test_bobs_messages_depend_only_on_the_error_pattern(
+        n: int, frame_bits: int, qber: float, variant: str, seed: int) -> None:
+    # Adding the same random string to both keys keeps the error pattern and changes
+    # every key bit's value: Bob's messages stay byte for byte the same. So they carry
+    # exactly the error pattern's parities, which on a channel Eve controls can be
+    # correlated with the key: that is why they are counted.
+    alice_bits, bob_bits = make_keys(n, qber, seed)
+    shift = np.random.default_rng(seed + 1).integers(0, 2, n, dtype=np.uint8)
+    first, bob1, _, b_end1 = run_pair(alice_bits, bob_bits, variant=variant,
+                                      qber=max(qber, 0.01), seed=seed, frame_bits=frame_bits)
+    second, bob2, _, b_end2 = run_pair(alice_bits ^ shift, bob_bits ^ shift, variant=variant,
+                                       qber=max(qber, 0.01), seed=seed,
+                                       frame_bits=frame_bits)
+    assert b_end1.sent == b_end2.sent
+    assert np.array_equal(bob1.bits ^ shift, bob2.bits)
+    assert (first.alice_disclosed_bits, first.bob_disclosed_bits) == (
+        second.alice_disclosed_bits, second.bob_disclosed_bits)
+
+
+def test_public_messages_reveal_bobs_parity_of_every_first_pass_block() -> None:
+    # Eve's view: Alice's block parities (her first message) and the blocks Bob asks
+    # to search first (his first message). Her parity XOR "searched" is Bob's parity
+    # of each block of the first pass, for every block and every frame.
+    n, frame_bits, qber, seed = 40_000, 10_000, 0.03, 17
+    variant = CASCADE_VARIANTS["original"]
+    alice_bits, bob_bits = make_keys(n, qber, seed)
+    _, _, a_end, b_end = run_pair(alice_bits, bob_bits, variant=variant, qber=qber,
+                                  seed=seed, frame_bits=frame_bits)
+    session = _Session.create(bob_bits, variant, qber, seed, frame_bits)   # public data
+    frames, length, k = session.frames, session.length, int(session.block_sizes[0])
+    blocks = -(-length // k)
+    assert length % k != 1    # no one-bit last block (Bob flips those without a search)
+    init = a_end.sent[0][1][len(session.announce()):]
+    alice_top = np.unpackbits(np.frombuffer(init, np.uint8))[:frames * session.pass_blocks]
+    alice_first = alice_top.reshape(frames, session.pass_blocks)[:, :blocks]
+    step = b_end.sent[0][1]
+    _, n_dirs, n_entries, n_new, _, _ = struct.unpack_from("<BIIIIQ", step)
+    assert n_dirs == 0
+    offset = 25
+    entry_frame = np.frombuffer(step, "<u4", n_entries, offset)
+    entry_row = np.frombuffer(step, "<u2", n_entries, offset + 4 * n_entries)
+    entry_count = np.frombuffer(step, "<u2", n_entries, offset + 6 * n_entries)
+    block = np.frombuffer(step, "<u2", n_new, offset + 8 * n_entries)
+    searched = np.zeros((frames, blocks), np.uint8)
+    starts = np.concatenate(([0], np.cumsum(entry_count.astype(np.int64))))
+    for e in range(n_entries):
+        assert entry_row[e] == 0      # every frame has an odd block in pass 1 here
+        searched[entry_frame[e], block[starts[e]:starts[e + 1]]] = 1
+    eve = alice_first ^ searched
+    permuted = bob_bits.reshape(frames, length)[:, session.perms[0]]
+    bobs = np.add.reduceat(permuted, np.arange(0, length, k), axis=1) % 2
+    assert np.array_equal(eve, bobs)
+
+
+def test_result_total_must_be_the_sum_of_both_directions() -> None:
+    with pytest.raises(ParameterError, match="disclosed_bits"):
+        ReconciliationResult(bits=np.zeros(4, np.uint8), disclosed_bits=10, frames=1,
+                             frame_bits=4, passes_run=1, messages=2, qber_corrected=0.0,
+                             alice_disclosed_bits=10, bob_disclosed_bits=5)
 
 
 def test_variant_given_by_name_or_object_is_the_same() -> None:
@@ -238,9 +346,12 @@ def test_a_new_variant_is_new_data() -> None:
         biconf_iterations=6, biconf_correct_complement=True)
     n, qber = 30_000, 0.05
     alice_bits, bob_bits = make_keys(n, qber, 9)
-    alice, bob, a_end, _ = run_pair(alice_bits, bob_bits, variant=variant, qber=qber, seed=9)
-    assert alice.disclosed_bits == bob.disclosed_bits == wire_parity_bits(
+    alice, bob, a_end, b_end = run_pair(alice_bits, bob_bits, variant=variant, qber=qber,
+                                        seed=9)
+    assert alice.alice_disclosed_bits == bob.alice_disclosed_bits == wire_parity_bits(
         a_end, variant, qber, n, 10_000)
+    assert alice.bob_disclosed_bits == bob.bob_disclosed_bits == wire_bob_bits(
+        a_end, b_end, variant, qber, n, 10_000)
     assert bob.passes_run == 3 + 6
     assert int((bob.bits != alice_bits).sum()) <= int((bob_bits != alice_bits).sum())
 
@@ -256,15 +367,17 @@ PUBLISHED_EFFICIENCY = {"original": (1.14, 1.22), "yanetal": (1.08, 1.11),
 @pytest.mark.parametrize("variant", PUBLISHED_VARIANTS)
 @pytest.mark.parametrize("qber", [0.02, 0.05])
 def test_efficiency_and_frame_error_rate_match_published(variant: str, qber: float) -> None:
-    """f in the published range for 1e4-bit frames, within 5 standard errors.
+    """Alice's parities in the published range for 1e4-bit frames, within 5 standard errors.
 
     Published (Martinez-Mateo et al. 2015; cascade-cpp study data, QBER 1-10 %):
-    original ~1.14-1.22, biconf and Yan et al. ~1.08-1.11. We reconcile 6 batches of
-    50 frames (3e6 bits); the standard error of the mean f comes from the spread of
-    the batches, and the mean must lie within the range widened by 5 standard errors.
-    f below 1 would beat the Shannon limit and always fails. Frame error rate: at most
-    9 of 300 frames (the worst rate we measure over 1e4 frames is ~0.5 %: Poisson mean
-    1.5, and P(X >= 10) < 1e-4).
+    original ~1.14-1.22, biconf and Yan et al. ~1.08-1.11. Those figures count the
+    parities of one party only (Alice's); ``efficiency`` counts both directions, so it
+    is exactly twice that. We reconcile 6 batches of 50 frames (3e6 bits); the
+    standard error of the mean f comes from the spread of the batches, and the mean
+    must lie within the range widened by 5 standard errors. f below 1 would beat the
+    Shannon limit and always fails. Frame error rate: at most 9 of 300 frames (the
+    worst rate we measure over 1e4 frames is ~0.5 %: Poisson mean 1.5, and
+    P(X >= 10) < 1e-4).
     """
     batches, frames = 6, 50
     efficiencies, failed = [], 0
@@ -272,7 +385,9 @@ def test_efficiency_and_frame_error_rate_match_published(variant: str, qber: flo
         alice_bits, bob_bits = make_keys(frames * 10_000, qber, 100 + seed)
         _, bob, _, _ = run_pair(alice_bits, bob_bits, variant=variant, qber=qber,
                                 seed=100 + seed)
-        efficiencies.append(bob.efficiency(qber))
+        one_way = bob.alice_disclosed_bits / (bob.bits.size * binary_entropy(qber))
+        assert bob.efficiency(qber) == pytest.approx(2 * one_way, rel=1e-12)
+        efficiencies.append(one_way)
         failed += int((bob.bits != alice_bits).reshape(frames, -1).any(axis=1).sum())
     mean = float(np.mean(efficiencies))
     stderr = float(np.std(efficiencies, ddof=1)) / math.sqrt(batches)
@@ -284,9 +399,6 @@ def test_efficiency_and_frame_error_rate_match_published(variant: str, qber: flo
 
 # ------------------------------------------------------------------------------------
 # Properties
-
-
-variant_names = st.sampled_from(sorted(CASCADE_VARIANTS))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -302,7 +414,10 @@ def test_no_errors_means_no_flips_and_only_block_parities(
     v = CASCADE_VARIANTS[variant]
     expected = frames * (sum(-(-length // k) for k in v.block_sizes(qber, length))
                          + v.biconf_iterations * v.biconf_blocks)
-    assert alice.disclosed_bits == bob.disclosed_bits == expected
+    # Bob searched nothing: that alone tells Eve his parity of every block and set.
+    for result in (alice, bob):
+        assert result.alice_disclosed_bits == result.bob_disclosed_bits == expected
+        assert result.disclosed_bits == 2 * expected and result.direction_bits == 0
     assert len(a_end.sent) == 1   # no search ever started: Alice only opened
 
 
@@ -332,11 +447,17 @@ def test_any_length_keeps_accounting_consistent(
         n: int, frame_bits: int, qber: float, variant: str, seed: int) -> None:
     alice_bits, bob_bits = make_keys(n, qber, seed)
     before = alice_bits.copy()
-    alice, bob, a_end, _ = run_pair(alice_bits, bob_bits, variant=variant,
-                                    qber=max(qber, 0.01), seed=seed, frame_bits=frame_bits)
+    alice, bob, a_end, b_end = run_pair(alice_bits, bob_bits, variant=variant,
+                                        qber=max(qber, 0.01), seed=seed,
+                                        frame_bits=frame_bits)
     assert np.array_equal(alice.bits, before) and bob.bits.shape == (n,)
-    assert alice.disclosed_bits == bob.disclosed_bits == wire_parity_bits(
-        a_end, CASCADE_VARIANTS[variant], max(qber, 0.01), n, frame_bits)
+    v = CASCADE_VARIANTS[variant]
+    assert alice.alice_disclosed_bits == bob.alice_disclosed_bits == wire_parity_bits(
+        a_end, v, max(qber, 0.01), n, frame_bits)
+    assert alice.bob_disclosed_bits == bob.bob_disclosed_bits == wire_bob_bits(
+        a_end, b_end, v, max(qber, 0.01), n, frame_bits)
+    assert alice.disclosed_bits == bob.disclosed_bits == (bob.alice_disclosed_bits
+                                                          + bob.bob_disclosed_bits)
     assert bob.qber_corrected == int((bob.bits != bob_bits).sum()) / n
     # Bob only ever flips bits where he differed from Alice.
     assert not np.any((bob.bits != bob_bits) & (bob_bits == alice_bits))
@@ -349,9 +470,12 @@ def test_very_noisy_key_keeps_accounting_consistent(variant: str) -> None:
     # to succeed here; accounting and "flip only where Bob differs" must still hold.
     n, qber = 20_000, 0.35
     alice_bits, bob_bits = make_keys(n, qber, 21)
-    alice, bob, a_end, _ = run_pair(alice_bits, bob_bits, variant=variant, qber=qber, seed=21)
-    assert alice.disclosed_bits == bob.disclosed_bits == wire_parity_bits(
+    alice, bob, a_end, b_end = run_pair(alice_bits, bob_bits, variant=variant, qber=qber,
+                                        seed=21)
+    assert alice.alice_disclosed_bits == bob.alice_disclosed_bits == wire_parity_bits(
         a_end, CASCADE_VARIANTS[variant], qber, n, 10_000)
+    assert alice.bob_disclosed_bits == bob.bob_disclosed_bits == wire_bob_bits(
+        a_end, b_end, CASCADE_VARIANTS[variant], qber, n, 10_000)
     flipped = bob.bits != bob_bits
     # Bob keeps the first N / 4 + 64 flips of a frame for his fast path.
     assert bool((flipped.reshape(2, -1).sum(axis=1) > 10_000 // 4 + 64).all())

@@ -73,8 +73,14 @@ def test_keys_are_identical_over_seeds_and_qbers(seed: int, misalignment: float)
     # The test-basis QBER tracks e_d (plus dark counts, which add < 0.1 % here).
     assert row["test_qber"] == pytest.approx(misalignment, abs=0.01)
     if misalignment <= 0.02:
-        assert len(report.alice.keys) == 1  # type: ignore[union-attr]
         assert row["qber_corrected"] == pytest.approx(misalignment, abs=0.005)
+    # With both directions of Cascade counted, a 1e7-pulse block at 5 km distils about
+    # 100 kbit at e_d = 1 % but about 42 kbit at 2 %, less than the ~67 kbit that
+    # authenticating its messages consumes: that block is discarded, for that reason.
+    if misalignment <= 0.01:
+        assert len(report.alice.keys) == 1  # type: ignore[union-attr]
+    elif misalignment <= 0.02:
+        assert row["discard_reason"] in (None, "output_used_for_authentication")
     for key in report.alice.keys:  # type: ignore[union-attr]
         assert key.length_bits > 0 and key.length_bits % 8 == 0
 
@@ -117,7 +123,12 @@ def test_blocks_carry_their_history(honest_report: LinkRunReport) -> None:
                         "auth_bits_consumed", "finite_key_bits", "secret_bits"):
                 assert block.meta[key] is not None, key
             assert set(block.timings_s) == set(STAGES)
-            assert 1.0 < block.meta["reconciliation_efficiency"] < 1.5
+            # Both directions count; each alone lies between the Shannon limit and 1.25.
+            meta = block.meta
+            assert meta["reconciliation_alice_bits"] == meta["reconciliation_bob_bits"]
+            assert meta["reconciliation_alice_bits"] + meta["reconciliation_bob_bits"] \
+                == meta["reconciliation_disclosed_bits"]
+            assert 2.0 < meta["reconciliation_efficiency"] < 2.5
             assert "bits" not in repr(block).replace("length_bits", "")
 
 
@@ -171,13 +182,15 @@ def test_a_residual_error_costs_only_its_segment(monkeypatch: pytest.MonkeyPatch
         return result
 
     monkeypatch.setattr(pipeline, "reconcile_bob", leave_one_error)
-    segment = 1 << 16
+    segment = 1 << 14
     config = DistillConfig.for_link(PARAMS, channel_timeout_s=30.0,
                                     verification_segment_bits=segment)
     report = distill_link(with_misalignment(0.01), BLOCK, 11, block_pulses=BLOCK,
                           config=config)
     assert_parties_agree(report)
     assert report.alice is not None
+    # Segments of 2^14 bits: the block (~100 kbit of finite key) still pays for its
+    # authentication (~67 kbit) after losing one.
     (block,) = report.alice.keys
     meta = block.meta
     segments = -(-meta["sifted_bits"] // segment)

@@ -2,7 +2,7 @@
 
 This module owns information reconciliation: Bob corrects his sifted key towards
 Alice's by the interactive parity protocol Cascade (Brassard and Salvail, EUROCRYPT
-1993), and both count every parity of Alice's key that crossed the channel.
+1993), and both count every parity that either party's messages reveal.
 
 Variants are data. A :class:`CascadeVariant` says how many passes to run, how each
 pass chooses its block size (:class:`BlockRule`), and whether BICONF iterations
@@ -22,14 +22,23 @@ others back. Each pass's permutation is drawn once (from ``shuffle_seed`` throug
 independent between frames, so sharing a public permutation costs nothing in
 efficiency, and a frame's outcome does not depend on how many frames share the call.
 
-Accounting. Only Alice ever reveals parities of her key: the block parities of
-every pass, one parity per binary-search level, and the BICONF parities. Each is one
-bit of ``disclosed_bits``, counted by Alice as she sends it and by Bob as he
-receives it; the two counts are equal. Bob's messages name blocks to search and,
-per level, the half that holds the error: they are functions of the error pattern
-(Alice XOR Bob), which standard Cascade accounting treats as public; they are
-reported apart as ``direction_bits``. Residual errors are possible (Cascade does not
-guarantee success): the verification stage catches them.
+Accounting (docs/cascade.md, section 3, has the proof). Both directions disclose
+(Tupkary and Lutkenhaus, "Using Cascade in quantum key distribution", arXiv:2307.00576).
+Alice reveals her parity of every block of every pass, of the left half at every
+binary-search level, and of every BICONF set: ``alice_disclosed_bits``. Bob answers
+each of them with one bit: whether he searches the block or set (his parity differs
+from hers or not), or which half he continues in (his left-half parity differs or
+not). With her parity public, that bit is his parity of the same set:
+``bob_disclosed_bits``, equal to hers in number. That Bob's answers depend only on the
+error pattern (Alice XOR Bob) does not make them free: on a channel Eve controls the
+error pattern can be correlated with the key. Nothing else Bob sends depends on his
+key once these bits are known: the indices of the blocks he searches are the answers
+themselves (blocks that turn odd after a correction follow from the corrected
+position, which his directions reveal), his BICONF requests follow from the answers,
+and so do the done flag and the number of bits he flipped. ``disclosed_bits``, the
+sum, is lambda_EC. Both parties count both directions: Bob from what he did, Alice
+from what she received. Residual errors are possible (Cascade does not guarantee
+success): the verification stage catches them.
 
 Frames. ``n`` bits are cut into ``F = ceil(n / frame_bits)`` frames of equal length
 ``N = ceil(n / F) <= frame_bits``: the first frames hold ``N`` bits, the others
@@ -214,16 +223,21 @@ class ReconciliationResult:
 
     Attributes:
         bits: Bob: his corrected key; Alice: her key, unchanged.
-        disclosed_bits: parity bits of Alice's key that crossed the channel.
+        disclosed_bits: every bit counted against the key, both directions:
+            ``alice_disclosed_bits + bob_disclosed_bits`` (lambda_EC of this stage).
         frames: number of frames the key was cut into.
         frame_bits: length of a frame (``N`` in the module docstring).
         passes_run: normal passes plus the most BICONF iterations any frame ran.
         messages: messages this reconciliation put on the channel (both directions).
         qber_corrected: fraction of the key's bits Bob flipped (Alice learns the
-            count from Bob's closing message; it is public).
+            count from Bob's closing message; it follows from the counted parities).
         round_trips: Bob -> Alice -> Bob exchanges.
-        direction_bits: binary-search directions Bob sent (error-pattern information,
-            not counted in ``disclosed_bits``; see the module docstring).
+        direction_bits: binary-search directions Bob sent; they are the part of
+            ``bob_disclosed_bits`` that answers Alice's left-half parities.
+        alice_disclosed_bits: parities of Alice's key she sent.
+        bob_disclosed_bits: parities of Bob's key that his messages reveal: one per
+            block, BICONF set or search level that Alice sent a parity of (see the
+            module docstring for why each counts and why nothing else of his does).
     """
 
     bits: np.ndarray = field(repr=False)
@@ -235,9 +249,17 @@ class ReconciliationResult:
     qber_corrected: float | None
     round_trips: int = 0
     direction_bits: int = 0
+    alice_disclosed_bits: int = 0
+    bob_disclosed_bits: int = 0
+
+    def __post_init__(self) -> None:
+        if self.disclosed_bits != self.alice_disclosed_bits + self.bob_disclosed_bits:
+            raise ParameterError("disclosed_bits", self.disclosed_bits,
+                                 f"must equal alice_disclosed_bits + bob_disclosed_bits = "
+                                 f"{self.alice_disclosed_bits} + {self.bob_disclosed_bits}")
 
     def efficiency(self, qber: float) -> float:
-        """f = disclosed_bits / (n H2(qber)), the ratio to the Shannon limit."""
+        """f = disclosed_bits / (n H2(qber)): both directions over the Shannon limit."""
         if not isinstance(qber, (int, float)) or not 0.0 < qber < 0.5:
             raise ParameterError("qber", qber, "efficiency needs a QBER in (0, 0.5)")
         n = int(self.bits.shape[0])
@@ -263,7 +285,7 @@ def reconcile_alice(channel: ChannelEndpoint, bits: np.ndarray, *,
     """
     session = _Session.create(bits, variant, qber_estimate, shuffle_seed, frame_bits)
     if session.n == 0:
-        return session.result(np.asarray(bits, dtype=np.uint8), 0, 0, 0, 0, 0, 0)
+        return session.result(np.asarray(bits, dtype=np.uint8), 0, 0, 0, 0, 0, 0, 0)
     key = session.to_frames(bits)
     alice = _Alice(session, key)
     return alice.run(channel, timeout_s, np.asarray(bits, dtype=np.uint8))
@@ -280,7 +302,7 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *,
     """
     session = _Session.create(bits, variant, qber_estimate, shuffle_seed, frame_bits)
     if session.n == 0:
-        return session.result(np.zeros(0, dtype=np.uint8), 0, 0, 0, 0, 0, 0)
+        return session.result(np.zeros(0, dtype=np.uint8), 0, 0, 0, 0, 0, 0, 0)
     key = session.to_frames(bits)
     bob = _Bob(session, key)
     return bob.run(channel, timeout_s)
@@ -493,13 +515,21 @@ class _Session:
             raise ProtocolAbort("malformed_message", f"{MESSAGE_STEP}: search out of range")
         return frame, row, lo, hi
 
-    def result(self, bits: np.ndarray, disclosed: int, biconf_rows: int, messages: int,
-               round_trips: int, direction_bits: int, flips: int) -> ReconciliationResult:
+    @property
+    def pass_blocks(self) -> int:
+        """Blocks of all passes of one frame: each has one parity of Alice's and one of Bob's."""
+        return int(self.column[-1])
+
+    def result(self, bits: np.ndarray, alice_disclosed: int, bob_disclosed: int,
+               biconf_rows: int, messages: int, round_trips: int, direction_bits: int,
+               flips: int) -> ReconciliationResult:
         return ReconciliationResult(
-            bits=bits, disclosed_bits=int(disclosed), frames=self.frames,
-            frame_bits=self.length, passes_run=(self.passes + biconf_rows) if self.n else 0,
+            bits=bits, disclosed_bits=int(alice_disclosed) + int(bob_disclosed),
+            frames=self.frames, frame_bits=self.length,
+            passes_run=(self.passes + biconf_rows) if self.n else 0,
             messages=messages, qber_corrected=(flips / self.n) if self.n else 0.0,
-            round_trips=round_trips, direction_bits=int(direction_bits))
+            round_trips=round_trips, direction_bits=int(direction_bits),
+            alice_disclosed_bits=int(alice_disclosed), bob_disclosed_bits=int(bob_disclosed))
 
 
 def _index_dtype(session: _Session) -> np.dtype:
@@ -539,7 +569,7 @@ class _Alice:
         self.biconf_sent = np.zeros(session.frames, np.int64)
         self._pending_biconf = np.zeros(0, dtype=np.uint8)
         self._flips = 0
-        self.disclosed = 0
+        self.disclosed = 0      # her parities, as she sends them
         self.messages = 0
         self.round_trips = 0
         self.direction_bits = 0
@@ -579,8 +609,21 @@ class _Alice:
                          + np.packbits(bits).tobytes())
             self.messages += 1
             self.round_trips += 1
-        return s.result(original, self.disclosed, int(self.biconf_sent.max()), self.messages,
-                        self.round_trips, self.direction_bits, self._flips)
+        return s.result(original, self.disclosed, self._bob_disclosed(),
+                        int(self.biconf_sent.max()), self.messages, self.round_trips,
+                        self.direction_bits, self._flips)
+
+    def _bob_disclosed(self) -> int:
+        """Parities of Bob's key that his messages revealed, counted from what she received.
+
+        Every direction he sent is one; and his closing message says that every frame
+        compared every block of every pass, and every BICONF parity she sent (he asks
+        for exactly those he uses): each comparison is one more.
+        """
+        s = self.s
+        compared = (s.frames * s.pass_blocks
+                    + int(self.biconf_sent.sum()) * s.variant.biconf_blocks)
+        return self.direction_bits + compared
 
     def _biconf(self, req_frame: np.ndarray, req_upto: np.ndarray) -> np.ndarray:
         s = self.s
@@ -698,7 +741,7 @@ class _Bob:
         self._out = [np.empty(frames * max(most_blocks, 2), np.int64) for _ in range(5)]
         self._req = [np.empty(frames, np.int64) for _ in range(2)]
         self._new_frame = self._new_row = self._new_block = np.zeros(0, np.int64)
-        self.disclosed = 0
+        self.disclosed = 0      # Alice's parities, as he receives them
         self.messages = 0
         self.round_trips = 0
         self.direction_bits = 0
@@ -739,8 +782,22 @@ class _Bob:
             self.round_trips += 1
             directions = self._level(payload, req_frame, req_upto)
         corrected = s.from_frames(self.key)
-        return s.result(corrected, self.disclosed, int(self.biconf_have.max()), self.messages,
-                        self.round_trips, self.direction_bits, int(self.flips.sum()))
+        return s.result(corrected, self.disclosed, self._bob_disclosed(),
+                        int(self.biconf_have.max()), self.messages, self.round_trips,
+                        self.direction_bits, int(self.flips.sum()))
+
+    def _bob_disclosed(self) -> int:
+        """Parities of his key that his messages revealed, counted from what he did.
+
+        One per direction he sent; one per block of every pass each frame started
+        (``stage``) and per BICONF set each frame compared (``biconf_next``): whether
+        he then searched it tells Alice, and Eve, his parity of it.
+        """
+        s = self.s
+        # column[p] is the number of blocks in passes 0 .. p - 1 of one frame.
+        compared = (int(s.column[self.stage].sum())
+                    + int(self.biconf_next.sum()) * s.variant.biconf_blocks)
+        return self.direction_bits + compared
 
     def _check_announcement(self, channel: ChannelEndpoint, payload: bytes) -> None:
         mine = self.s.announce()

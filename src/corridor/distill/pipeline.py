@@ -311,6 +311,8 @@ class _Processor(ABC):
         efficiency = rec.disclosed_bits / shannon if shannon > 0 else None
         block.advance(BlockState.CORRECTED, bits=np.asarray(rec.bits, dtype=np.uint8),
                       reconciliation_disclosed_bits=int(rec.disclosed_bits),
+                      reconciliation_alice_bits=int(rec.alice_disclosed_bits),
+                      reconciliation_bob_bits=int(rec.bob_disclosed_bits),
                       qber_corrected=qber, reconciliation_efficiency=efficiency,
                       cascade_variant=self.config.cascade_variant,
                       cascade_frames=int(rec.frames), cascade_passes=int(rec.passes_run),
@@ -646,6 +648,8 @@ class LinkRunReport:
                 "qber_estimate": meta.get("qber_estimate"),
                 "qber_corrected": (other.meta if other else meta).get("qber_corrected"),
                 "reconciliation_disclosed_bits": meta.get("reconciliation_disclosed_bits"),
+                "reconciliation_alice_bits": meta.get("reconciliation_alice_bits"),
+                "reconciliation_bob_bits": meta.get("reconciliation_bob_bits"),
                 "verification_tag_bits": meta.get("verification_tag_bits"),
                 "verification_removed_bits": meta.get("verification_removed_bits"),
                 "disclosed_bits": meta.get("disclosed_bits"),
