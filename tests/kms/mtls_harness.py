@@ -108,7 +108,8 @@ def two_kme_deployment(root: Path, *, config: dict[str, Any] | None = None,
                 from corridor.kms.metrics import KmsMetrics
                 app_metrics = metrics[kme] = KmsMetrics()
             app = create_app(managers[kme], metrics=app_metrics,
-                             peer_acceptor=managers[kme].accept_reservations)
+                             peer_acceptor=managers[kme].accept_reservations,
+                             peer_sync=managers[kme].accept_sync)
             paths = pki.kmes[kme]
             stack.enter_context(running_server(app, paths.cert, paths.key, pki.ca_cert,
                                                sock=sockets[kme]))

@@ -566,7 +566,8 @@ class KmeNode:
                 self._stack.callback(peer.close)
                 manager.set_peer(peer_id, peer)
             app = create_app(manager, metrics=self.metrics,
-                             peer_acceptor=manager.accept_reservations)
+                             peer_acceptor=manager.accept_reservations,
+                             peer_sync=manager.accept_sync)
             sock = self._sock if self._sock is not None else bind_socket(self.site.host,
                                                                          self.site.port)
             server = self._stack.enter_context(running_server(
@@ -580,19 +581,32 @@ class KmeNode:
         return self.url
 
     def _start_housekeeping(self, manager: KeyManager) -> None:
-        """Expire keys nobody fetched, at start and then every quarter of their lifetime
-        (at most every minute); stopped and joined before the store closes."""
+        """Expire keys nobody fetched and sync with the peers (withdraw, trim), at start
+        and then every quarter of the key lifetime (at most every minute); in between,
+        probe an unreachable peer at its retry times so that the outage ends (and
+        Status counts keys again) without waiting for a request. Stopped and joined
+        before the store closes."""
         stop = threading.Event()
         interval_s = min(60.0, manager.config.undelivered_key_lifetime_s / 4.0)
 
         def run() -> None:
+            next_round = time.monotonic()
             while True:
                 try:
-                    manager.expire_undelivered()
+                    if time.monotonic() >= next_round:
+                        manager.expire_undelivered()
+                        manager.sync_peers()
+                        next_round = time.monotonic() + interval_s
+                    else:
+                        manager.probe_peers()
                 except Exception as exc:  # a bug must not end the thread silently
-                    _log.error("key expiry at KME %s failed: %s", self.kme_id,
+                    _log.error("housekeeping at KME %s failed: %s", self.kme_id,
                                type(exc).__name__)
-                if stop.wait(interval_s):
+                probe_in = manager.next_probe_in_s()
+                wait_s = next_round - time.monotonic()
+                if probe_in is not None:
+                    wait_s = min(wait_s, probe_in)
+                if stop.wait(max(0.05, wait_s)):
                     return
 
         thread = threading.Thread(target=run, name=f"{self.kme_id}-expiry", daemon=True)
