@@ -171,7 +171,7 @@ def test_a_residual_error_costs_only_its_segment(monkeypatch: pytest.MonkeyPatch
         return result
 
     monkeypatch.setattr(pipeline, "reconcile_bob", leave_one_error)
-    segment = 1 << 16
+    segment = 1 << 14
     config = DistillConfig.for_link(PARAMS, channel_timeout_s=30.0,
                                     verification_segment_bits=segment)
     report = distill_link(with_misalignment(0.01), BLOCK, 11, block_pulses=BLOCK,

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from corridor.errors import ParameterError
 from corridor.link.finite_key import (
+    FINITE_KEY_BOUNDS,
     DecoyCounts,
     FiniteKeyBounds,
     expected_counts,
@@ -162,11 +163,12 @@ fraction = st.floats(min_value=0.0, max_value=1.0)
 @settings(max_examples=200, deadline=None)
 @given(key=counts_strategy, test=counts_strategy,
        key_error_fraction=st.tuples(fraction, fraction, fraction),
-       test_error_fraction=st.tuples(fraction, fraction, fraction))
+       test_error_fraction=st.tuples(fraction, fraction, fraction),
+       bound=st.sampled_from(FINITE_KEY_BOUNDS))
 def test_bounds_stay_physical_on_any_observed_counts(
         key: tuple[int, int, int], test: tuple[int, int, int],
         key_error_fraction: tuple[float, float, float],
-        test_error_fraction: tuple[float, float, float]) -> None:
+        test_error_fraction: tuple[float, float, float], bound: str) -> None:
     counts = DecoyCounts(
         key_basis_detections=key,
         key_basis_errors=tuple(int(n * f) for n, f in zip(key, key_error_fraction,
@@ -174,7 +176,7 @@ def test_bounds_stay_physical_on_any_observed_counts(
         test_basis_detections=test,
         test_basis_errors=tuple(int(n * f) for n, f in zip(test, test_error_fraction,
                                                           strict=True)))  # type: ignore[arg-type]
-    bounds = finite_key_bounds(counts, (0.5, 0.15, 0.0), (0.7, 0.2, 0.1), 1e-10)
+    bounds = finite_key_bounds(counts, (0.5, 0.15, 0.0), (0.7, 0.2, 0.1), 1e-10, bound)
     values = (bounds.vacuum_events_lower, bounds.single_photon_events_lower,
               bounds.single_photon_phase_error_upper, bounds.test_single_photon_events_lower,
               bounds.test_single_photon_errors_upper)
@@ -182,7 +184,48 @@ def test_bounds_stay_physical_on_any_observed_counts(
     assert bounds.single_photon_phase_error_upper <= 0.5
     length = finite_key_length(bounds, counts.key_basis_total
                                * binary_entropy(min(counts.key_basis_qber, 0.5)), 1e-10, 1e-15)
-    assert 0 <= length <= counts.key_basis_total
+    assert length >= 0
+    if bound == "tightened":
+        # Its caps s_0 + s_1 <= n_Z and v_X1 <= m_X keep every bound within the data.
+        assert length <= counts.key_basis_total
+        assert bounds.test_single_photon_errors_upper <= sum(counts.test_basis_errors)
+
+
+def test_the_published_bound_is_not_capped_by_the_observed_counts() -> None:
+    # Clicks only in the vacuum class: data that the decoy model makes (all but)
+    # impossible, so the Hoeffding events have failed. Eq. (2) then certifies more
+    # vacuum events than were detected; Lim et al. do not cap it (the failure is
+    # inside eps_sec), the tightened bound does. The pipeline never hashes to more
+    # bits than it holds either way.
+    counts = DecoyCounts((0, 0, 86), (0, 0, 0), (0, 0, 0), (0, 0, 0))
+    published = finite_key_bounds(counts, (0.5, 0.15, 0.0), (0.7, 0.2, 0.1), 1e-10, "lim2014")
+    tightened = finite_key_bounds(counts, (0.5, 0.15, 0.0), (0.7, 0.2, 0.1), 1e-10, "tightened")
+    assert published.vacuum_events_lower > 86
+    assert tightened.vacuum_events_lower == 86
+
+
+def test_the_tightened_bound_caps_single_photon_test_errors_by_the_observed_errors() -> None:
+    # A large block with few test errors: Eq. (4) alone bounds v_X1 far above m_X
+    # (the decoy and vacuum classes' Hoeffding terms are scaled by e^mu / p_k).
+    counts = expected_counts(SNSPD_50, 10**9)
+    src = SNSPD_50.source
+    published = finite_key_bounds(counts, src.intensities, src.class_probabilities, 1e-10,
+                                  "lim2014")
+    tightened = finite_key_bounds(counts, src.intensities, src.class_probabilities, 1e-10,
+                                  "tightened")
+    m_x = sum(counts.test_basis_errors)
+    assert published.test_single_photon_errors_upper > m_x
+    assert tightened.test_single_photon_errors_upper == m_x
+    assert tightened.single_photon_phase_error_upper < published.single_photon_phase_error_upper
+    assert tightened.single_photon_events_lower == published.single_photon_events_lower
+
+
+def test_an_unknown_bound_is_refused_with_the_allowed_names() -> None:
+    counts = expected_counts(SNSPD_50, 10**9)
+    with pytest.raises(ParameterError, match="lim2014, tightened"):
+        finite_key_bounds(counts, (0.5, 0.15, 0.0), (0.7, 0.2, 0.1), 1e-10, "lim-2014")
+    with pytest.raises(ParameterError, match="finite_key_bound"):
+        finite_key_rate(SNSPD_50, 10**9, "published")
 
 
 def test_gamma_matches_hand_evaluation_of_eq_5() -> None:
