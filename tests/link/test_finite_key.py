@@ -239,3 +239,30 @@ def test_gamma_matches_hand_evaluation_of_eq_5() -> None:
     # Huge samples against a loose eps_sec: the logarithm's argument falls below 1,
     # where the limit 0 applies instead of a math domain error.
     assert _gamma(0.5 / 21, 0.4, 1e9, 1e9) == 0.0
+
+
+def test_key_block_rate_solves_eps_sec_equal_kappa_times_the_key_length() -> None:
+    from corridor.link.finite_key import (
+        LinkConstants,
+        key_basis_detection_probability,
+        key_block_rate,
+        raw_finite_key_rate,
+    )
+    from corridor.link.optimize import optimise_key_block
+
+    lim, _ = optimise_key_block(preset("lim-2014").with_length(50.0), 10**6, "lim2014", 1e-15)
+    link = LinkConstants.of(lim)
+    src = lim.source
+    args = (src.intensities, src.class_probabilities, src.z_basis_probability)
+    pulses = 10**6 / key_basis_detection_probability(link, *args)
+    length = key_block_rate(link, *args, 10**6, "lim2014", 1e-15) * pulses
+    assert length > 1000
+    # A fixed point of l = l(eps_sec = kappa l), to within a bit.
+    again = raw_finite_key_rate(link, *args, pulses, "lim2014", 1e-15 * length) * pulses
+    assert again == pytest.approx(length, abs=1.0)
+    # Without the scaling the preset's fixed eps_sec applies.
+    fixed = key_block_rate(link, *args, 10**6, "lim2014") * pulses
+    assert fixed == pytest.approx(raw_finite_key_rate(link, *args, pulses, "lim2014") * pulses)
+    # Far beyond the reach: no fixed point at one bit or more, and a negative rate.
+    far = preset("lim-2014").with_length(200.0)
+    assert key_block_rate(LinkConstants.of(far), *args, 10**4, "lim2014", 1e-15) < 0.0

@@ -386,7 +386,7 @@ def key_basis_detection_probability(link: LinkConstants, mus: Triple, ps: Triple
 
 #: Iterations of the eps_sec = kappa * l fixed point; l moves by a few bits per
 #: decade of eps_sec, so it settles to well under a bit within a handful.
-_SECRECY_FIXED_POINT_STEPS = 12
+_SECRECY_FIXED_POINT_STEPS = 30
 
 
 def key_block_rate(link: LinkConstants, mus: Triple, ps: Triple, z_basis_probability: float,
@@ -397,8 +397,10 @@ def key_block_rate(link: LinkConstants, mus: Triple, ps: Triple, z_basis_probabi
     This is how Lim et al. parametrise Fig. 1: the block size is n_X (our n_Z), and
     the pulses it takes are N = n_Z / (p_Z^2 sum_k p_k R_k). With
     ``secrecy_per_key_bit`` = kappa, eps_sec is not ``link.eps_sec`` but kappa * l
-    (their Sec. IV: "eps_sec = kappa l"), solved by fixed-point iteration starting
-    from l = n_Z. Returns a negative number where there is no key.
+    (their Sec. IV: "eps_sec = kappa l"). l(eps_sec) grows with eps_sec, so iterating
+    l <- l(kappa l) from l = n_Z falls to the largest fixed point; a key needs one at
+    l >= 1 bit. Where there is none, l(kappa) < 1 and (l(kappa) - 1) / N < 0 is
+    returned, so that the optimiser sees how far from a key the settings are.
     """
     per_pulse = key_basis_detection_probability(link, mus, ps, z_basis_probability)
     if not per_pulse > 0.0:
@@ -406,19 +408,21 @@ def key_block_rate(link: LinkConstants, mus: Triple, ps: Triple, z_basis_probabi
     pulses = key_basis_detections / per_pulse
     if secrecy_per_key_bit is None:
         return raw_finite_key_rate(link, mus, ps, z_basis_probability, pulses, bound)
+
+    def bits(length: float) -> float:
+        eps = min(secrecy_per_key_bit * length, 0.5)
+        return raw_finite_key_rate(link, mus, ps, z_basis_probability, pulses, bound,
+                                   eps) * pulses
+
     length = float(key_basis_detections)
-    rate = -math.inf
     for _ in range(_SECRECY_FIXED_POINT_STEPS):
-        eps = min(secrecy_per_key_bit * max(length, 1.0), 0.5)
-        rate = raw_finite_key_rate(link, mus, ps, z_basis_probability, pulses, bound, eps)
-        if rate * pulses < 1.0:
-            # The iterates fall from above to the largest fixed point: below one bit,
-            # there is none with a key.
-            return rate
-        if abs(rate * pulses - length) < 0.5:
-            break
-        length = rate * pulses
-    return rate
+        following = bits(length)
+        if following < 1.0:
+            return (bits(1.0) - 1.0) / pulses
+        if length - following < 0.5:
+            return following / pulses
+        length = following
+    return length / pulses
 
 
 def _check_pulses(pulses: int) -> None:
