@@ -266,3 +266,25 @@ def test_key_block_rate_solves_eps_sec_equal_kappa_times_the_key_length() -> Non
     # Far beyond the reach: no fixed point at one bit or more, and a negative rate.
     far = preset("lim-2014").with_length(200.0)
     assert key_block_rate(LinkConstants.of(far), *args, 10**4, "lim2014", 1e-15) < 0.0
+
+
+def test_expected_counts_add_lim_et_al_afterpulses() -> None:
+    from corridor.link.finite_key import expected_gain_and_qber
+    from corridor.link.rates import error_rate
+
+    # Without afterpulses: exactly the closed form.
+    assert expected_gain_and_qber(SNSPD_50, 0.5) == pytest.approx(
+        (gain(SNSPD_50, 0.5), error_rate(SNSPD_50, 0.5)), rel=1e-12)
+    # Lim et al. Sec. IV: R = D (1 + p_ap) clicks, e = p_dc + e_mis (1 - e^{-eta mu})
+    # + p_ap D / 2 errors per pulse.
+    lim = preset("lim-2014").with_length(50.0)
+    eta = 0.1 * 10 ** (-0.2 * 50 / 10)
+    d = 1 - (1 - 6e-7) ** 2 + 1 - math.exp(-eta * 0.5)
+    errors = 0.5 * (1 - (1 - 6e-7) ** 2) + 0.005 * (1 - math.exp(-eta * 0.5)) + 0.04 * d / 2
+    clicks, qber = expected_gain_and_qber(lim, 0.5)
+    assert clicks == pytest.approx(d * 1.04, rel=1e-12)
+    assert qber == pytest.approx(errors / (d * 1.04), rel=1e-12)
+    counts = expected_counts(lim, 10**10)
+    src = lim.source
+    assert counts.key_basis_detections[0] == round(
+        10**10 * src.signal_probability * src.z_basis_probability ** 2 * clicks)

@@ -135,7 +135,7 @@ def rate_row(params: LinkParameters, length_km: float, decoy: str, block_pulses:
 
     ``bound`` names the finite-key bound (used only with ``block_pulses``).
     """
-    from corridor.link.finite_key import finite_key_rate
+    from corridor.link.finite_key import expected_gain_and_qber, finite_key_rate
     from corridor.link.optimize import optimise
     from corridor.link.rates import error_rate, fibre_plob_bits_per_pulse, gain, secret_key_rate
 
@@ -147,6 +147,12 @@ def rate_row(params: LinkParameters, length_km: float, decoy: str, block_pulses:
     else:
         rate = finite_key_rate(at, block_pulses, bound)
     src = at.source
+    if block_pulses is None:
+        signal_gain = gain(at, src.signal_intensity)
+        signal_qber = error_rate(at, src.signal_intensity)
+    else:
+        # What the finite-key model counts: with afterpulses when the detector has them.
+        signal_gain, signal_qber = expected_gain_and_qber(at, src.signal_intensity)
     plob = fibre_plob_bits_per_pulse(at)
     # A lossless channel (0 km, no insertion loss) has an infinite PLOB bound, which
     # JSON cannot carry: it is reported as null.
@@ -164,8 +170,8 @@ def rate_row(params: LinkParameters, length_km: float, decoy: str, block_pulses:
         "z_basis_probability": src.z_basis_probability,
         "class_probabilities": list(src.class_probabilities),
         "transmittance": at.transmittance,
-        "gain": gain(at, src.signal_intensity),
-        "qber": error_rate(at, src.signal_intensity),
+        "gain": signal_gain,
+        "qber": signal_qber,
         "secret_key_rate_bits_per_pulse": rate,
         "secret_key_rate_bits_per_s": rate * src.pulse_rate_hz,
         "plob_bits_per_pulse": plob_finite,

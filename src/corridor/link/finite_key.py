@@ -336,12 +336,29 @@ class LinkConstants:
                    params.detector.afterpulse_probability)
 
 
+def _clicks_and_errors(link: LinkConstants, mu: float) -> tuple[float, float]:
+    """Per pulse of intensity mu: (R, errors) = (Q (1 + p_ap), E Q + p_ap Q / 2), with Q
+    and E Q the closed-form gain and error probability (rates.py) and Lim et al.'s
+    afterpulses (an afterpulse carries a random bit)."""
+    y0, p_ap = link.background_yield, link.afterpulse_probability
+    signal_clicks = -math.expm1(-link.transmittance * mu)
+    direct = y0 + signal_clicks
+    return (direct * (1.0 + p_ap),
+            BACKGROUND_ERROR_RATE * (y0 + p_ap * direct)
+            + link.misalignment_error * signal_clicks)
+
+
+def expected_gain_and_qber(params: LinkParameters, intensity: float) -> tuple[float, float]:
+    """Click probability per pulse and QBER of one intensity as the finite-key model
+    sees them: the closed form plus afterpulses (module docstring)."""
+    clicks, errors = _clicks_and_errors(LinkConstants.of(params), float(intensity))
+    return clicks, (errors / clicks if clicks > 0.0 else BACKGROUND_ERROR_RATE)
+
+
 def _expected_real(link: LinkConstants, mus: Triple, ps: Triple, z_basis_probability: float,
                    pulses: float) -> tuple[Triple, Triple, Triple, Triple]:
-    """Expected (n_Z, m_Z, n_X, m_X) per class from Q_k and E_k (rates.py formulas),
-    with Lim et al.'s afterpulses: R_k = Q_k (1 + p_ap), errors E_k Q_k + p_ap Q_k / 2."""
-    eta, y0, e_d = link.transmittance, link.background_yield, link.misalignment_error
-    p_ap = link.afterpulse_probability
+    """Expected (n_Z, m_Z, n_X, m_X) per class from R_k and the errors of
+    :func:`_clicks_and_errors`."""
     n_z: list[float] = []
     m_z: list[float] = []
     n_x: list[float] = []
@@ -349,10 +366,7 @@ def _expected_real(link: LinkConstants, mus: Triple, ps: Triple, z_basis_probabi
     sift_z = z_basis_probability ** 2
     sift_x = (1.0 - z_basis_probability) ** 2
     for mu, p in zip(mus, ps, strict=True):
-        signal_clicks = -math.expm1(-eta * mu)
-        direct = y0 + signal_clicks
-        q = direct * (1.0 + p_ap)
-        eq = BACKGROUND_ERROR_RATE * (y0 + p_ap * direct) + e_d * signal_clicks
+        q, eq = _clicks_and_errors(link, mu)
         n_z.append(pulses * p * sift_z * q)
         m_z.append(pulses * p * sift_z * eq)
         n_x.append(pulses * p * sift_x * q)
