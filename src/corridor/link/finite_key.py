@@ -3,9 +3,12 @@
 PRA 89, 022307 (2014).
 
 This module owns the three-intensity decoy-state bounds with Hoeffding corrections,
-the phase-error bound, the key length formula, and the expected counts of a block of
-N pulses from the closed-form model (:mod:`corridor.link.rates`). The distillation
-layer calls :func:`finite_key_bounds` and :func:`finite_key_length` on observed counts.
+the phase-error bound, the key length formula, the choice between the published and
+the tightened bound, and the expected counts of a block of N pulses from the
+closed-form model (:mod:`corridor.link.rates`), also for a block given as n_Z
+key-basis detections with eps_sec = kappa l as in the paper's Fig. 1
+(:func:`key_block_rate`). The distillation layer calls :func:`finite_key_bounds` and
+:func:`finite_key_length` on observed counts.
 
 Mapping to the paper. Lim et al. extract the key from the X basis and test in Z;
 Corridor extracts it from Z (``BASIS_Z`` in :mod:`corridor.link.records`) and tests in
@@ -17,9 +20,9 @@ mu1 > mu2 + mu3, mu2 > mu3 >= 0, chosen with probabilities p_k):
 
 - ``n_{B,k}`` / ``m_{B,k}``: sifted detections / errors in basis B with intensity k;
   ``n_B``, ``m_B`` their sums over k.
-- Hoeffding-corrected counts (Eq. 1 context): ``n^{+-}_{B,k} = e^{mu_k}/p_k *
-  (n_{B,k} +- delta(n_B))`` with ``delta(n) = sqrt(n/2 ln(21/eps_sec))``, and the same
-  for errors with ``delta(m_B)``.
+- Hoeffding-corrected counts (defined with Eqs. (2) and (4); Appendix A, Eqs. A7-A10):
+  ``n^{+-}_{B,k} = e^{mu_k}/p_k (n_{B,k} +- delta(n_B))`` with
+  ``delta(n) = sqrt(n/2 ln(21/eps_sec))``, and the same for errors with ``delta(m_B)``.
 - ``tau_n = sum_k p_k e^{-mu_k} mu_k^n / n!``: probability that a pulse holds n photons.
 - Eq. (2), vacuum events: ``s_{B,0} >= tau_0 (mu2 n^-_{B,3} - mu3 n^+_{B,2}) / (mu2 - mu3)``.
 - Eq. (3), single-photon events: ``s_{B,1} >= tau_1 mu1 [n^-_{B,2} - n^+_{B,3}
@@ -29,7 +32,7 @@ mu1 > mu2 + mu3, mu2 > mu3 >= 0, chosen with probabilities p_k):
 - Eq. (5), phase error of the key basis: ``phi_Z <= v_{X,1}/s_{X,1} +
   gamma(eps_sec/21, v_{X,1}/s_{X,1}, s_{X,1}, s_{Z,1})`` with
   ``gamma(a, b, c, d) = sqrt((c+d)(1-b) b / (c d ln 2) * log2((c+d) / (c d (1-b) b a^2)))``.
-- Key length: ``l = s_{Z,0} + s_{Z,1} (1 - H2(phi_Z)) - lambda_EC - 6 log2(21/eps_sec)
+- Eq. (1), key length: ``l = s_{Z,0} + s_{Z,1} (1 - H2(phi_Z)) - lambda_EC - 6 log2(21/eps_sec)
   - log2(2/eps_cor)``; ``lambda_EC`` counts every bit disclosed by reconciliation
   and verification.
 
