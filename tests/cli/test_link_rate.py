@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from corridor.cli import app
 from corridor.cli.link import link_parameters_from_options, parse_override, parse_pulse_count
 from corridor.errors import ParameterError
+from corridor.link.params import PRESETS
 from corridor.link.rates import plob_bound
 
 runner = CliRunner()
@@ -65,6 +66,21 @@ def test_finite_key_rows_name_their_block() -> None:
     assert row["secret_key_rate_bits_per_pulse"] > 0.0
 
 
+def test_finite_key_flag_chooses_the_bound_and_the_rows_name_it() -> None:
+    rates = {}
+    for bound in ("lim2014", "tightened"):
+        rows = _json(["link", "rate", "--preset", "modern-snspd", "--block-pulses", "100000000",
+                      "--distance-km", "10", "--no-optimise", "--finite-key", bound,
+                      "--format", "json"])
+        (row,) = rows  # type: ignore[misc]
+        assert row["finite_key_bound"] == bound
+        rates[bound] = row["secret_key_rate_bits_per_pulse"]
+    assert 0.0 < rates["lim2014"] < rates["tightened"]
+    asymptotic = _json(["link", "rate", "--preset", "gys-2004", "--distance-km", "50",
+                        "--format", "json"])
+    assert asymptotic[0]["finite_key_bound"] is None  # type: ignore[index]
+
+
 def test_max_distance_json() -> None:
     data = _json(["link", "rate", "--preset", "gys-2004", "--max-distance", "--format", "json"])
     assert set(data) == {"max_distance_km"}  # type: ignore[arg-type]
@@ -96,7 +112,9 @@ def test_overrides_from_set_and_toml(tmp_path: Path) -> None:
     (["--set", "length_km=abc"], "length_km = 'abc': must be a number"),
     (["--set", "decoy_intensity=0.9"], "must be below signal_intensity"),
     (["--distance-km", "-5"], "a negative length has no meaning"),
-    (["--preset", "nope"], "preset = 'nope': must be one of gys-2004, modern-snspd"),
+    (["--preset", "nope"], "preset = 'nope': must be one of " + ", ".join(sorted(PRESETS))),
+    (["--block-pulses", "100000000", "--finite-key", "lim"],
+     "--finite-key = 'lim': must be one of lim2014, tightened"),
     (["--block-pulses", "1000", "--decoy", "infinite"], "--decoy = 'infinite'"),
     (["--block-pulses", "0"], "--block-pulses = 0"),
     (["--config", "/nonexistent/link.toml"], "must be an existing TOML file"),

@@ -122,11 +122,37 @@ def test_pns_like_decoy_deficit_aborts_on_the_single_photon_bound() -> None:
 
 
 def test_small_block_aborts_with_no_secret_key() -> None:
-    counts = expected_counts(PARAMS, 300_000)
+    # 6e5 pulses: phi_Z ~ 0.21 < 1/2 under Lim et al.'s bound, but no key is left.
+    counts = expected_counts(PARAMS, 600_000)
     ra, rb, _ = estimate_both(counts, settings_for())
     for r in (ra, rb):
         assert isinstance(r, ProtocolAbort)
         assert r.reason == "no_secret_key"
+
+
+def test_a_tiny_block_aborts_on_the_phase_error_bound() -> None:
+    counts = expected_counts(PARAMS, 300_000)
+    ra, rb, _ = estimate_both(counts, settings_for())
+    for r in (ra, rb):
+        assert isinstance(r, ProtocolAbort)
+        assert r.reason == "phase_error_bound_too_high"
+
+
+def test_the_bound_is_a_setting_and_reaches_the_block_metadata() -> None:
+    counts = expected_counts(PARAMS, PULSES)
+    results = {}
+    for bound in ("lim2014", "tightened"):
+        ra, rb, (sa, _) = estimate_both(counts, settings_for(finite_key_bound=bound))
+        assert isinstance(ra, EstimationResult) and isinstance(rb, EstimationResult)
+        assert sa.block.meta["finite_key_bound"] == bound
+        direct = finite_key_bounds(ra.counts, PARAMS.source.intensities,
+                                   PARAMS.source.class_probabilities, PARAMS.protocol.eps_sec,
+                                   bound)
+        assert ra.bounds == direct
+        results[bound] = ra
+    assert results["tightened"].pessimistic_key_bits > results["lim2014"].pessimistic_key_bits
+    with pytest.raises(ParameterError, match="finite_key_bound"):
+        settings_for(finite_key_bound="lim")
 
 
 def test_no_test_bits_aborts() -> None:

@@ -55,6 +55,20 @@ ConfigOption = Annotated[Path | None, typer.Option(
     "\\[fibre], \\[source], \\[detector], \\[protocol] tables.")]
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", help="Override one field, e.g. --set attenuation_db_per_km=0.18 (repeatable).")]
+#: Names of the finite-key bounds (corridor.link.finite_key.FINITE_KEY_BOUNDS, which
+#: this module does not import at start-up: it pulls in the models).
+FINITE_KEY_CHOICES = ("lim2014", "tightened")
+FiniteKeyOption = Annotated[str, typer.Option(
+    "--finite-key", metavar="lim2014|tightened",
+    help="Finite-key bound: lim2014 (Lim et al. 2014 as published) or tightened "
+    "(adds v_X1 <= m_X; docs/finite-key.md).")]
+
+
+def check_finite_key_option(value: str) -> str:
+    """The ``--finite-key`` value, or a ParameterError naming the allowed ones."""
+    from corridor.link.finite_key import check_bound
+
+    return check_bound(value, "--finite-key")
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -116,20 +130,29 @@ def _check_block_pulses(block_pulses: int | None, decoy: DecoyOption | None) -> 
 
 
 def rate_row(params: LinkParameters, length_km: float, decoy: str, block_pulses: int | None,
-             optimise_settings: bool) -> dict[str, Any]:
-    """One distance of ``corridor link rate``: settings, gain, QBER, rates, PLOB."""
-    from corridor.link.finite_key import finite_key_rate
+             optimise_settings: bool, bound: str = "lim2014") -> dict[str, Any]:
+    """One distance of ``corridor link rate``: settings, gain, QBER, rates, PLOB.
+
+    ``bound`` names the finite-key bound (used only with ``block_pulses``).
+    """
+    from corridor.link.finite_key import expected_gain_and_qber, finite_key_rate
     from corridor.link.optimize import optimise
     from corridor.link.rates import error_rate, fibre_plob_bits_per_pulse, gain, secret_key_rate
 
     at = params.with_length(length_km)
     if optimise_settings:
-        at, rate = optimise(at, decoy, block_pulses)
+        at, rate = optimise(at, decoy, block_pulses, bound=bound)
     elif block_pulses is None:
         rate = secret_key_rate(at, decoy)
     else:
-        rate = finite_key_rate(at, block_pulses)
+        rate = finite_key_rate(at, block_pulses, bound)
     src = at.source
+    if block_pulses is None:
+        signal_gain = gain(at, src.signal_intensity)
+        signal_qber = error_rate(at, src.signal_intensity)
+    else:
+        # What the finite-key model counts: with afterpulses when the detector has them.
+        signal_gain, signal_qber = expected_gain_and_qber(at, src.signal_intensity)
     plob = fibre_plob_bits_per_pulse(at)
     # A lossless channel (0 km, no insertion loss) has an infinite PLOB bound, which
     # JSON cannot carry: it is reported as null.
@@ -139,6 +162,7 @@ def rate_row(params: LinkParameters, length_km: float, decoy: str, block_pulses:
         "model": "asymptotic" if block_pulses is None else "finite-key",
         "decoy": decoy if block_pulses is None else "vacuum-weak",
         "block_pulses": block_pulses,
+        "finite_key_bound": None if block_pulses is None else bound,
         "optimised": optimise_settings,
         "mu": src.signal_intensity,
         "nu": src.decoy_intensity,
@@ -146,8 +170,8 @@ def rate_row(params: LinkParameters, length_km: float, decoy: str, block_pulses:
         "z_basis_probability": src.z_basis_probability,
         "class_probabilities": list(src.class_probabilities),
         "transmittance": at.transmittance,
-        "gain": gain(at, src.signal_intensity),
-        "qber": error_rate(at, src.signal_intensity),
+        "gain": signal_gain,
+        "qber": signal_qber,
         "secret_key_rate_bits_per_pulse": rate,
         "secret_key_rate_bits_per_s": rate * src.pulse_rate_hz,
         "plob_bits_per_pulse": plob_finite,
@@ -189,6 +213,7 @@ def rate_command(
     block_pulses: Annotated[int | None, typer.Option(
         "--block-pulses", parser=parse_pulse_count,
         help="Finite key (Lim et al. 2014) for blocks of N pulses (1e10 accepted).")] = None,
+    finite_key: FiniteKeyOption = FINITE_KEY_CHOICES[0],
     optimise_settings: Annotated[bool, typer.Option(
         "--optimise/--no-optimise", help="Optimise intensities (and, for finite key, "
         "basis and class probabilities) at each distance.")] = True,
@@ -201,6 +226,7 @@ def rate_command(
     with handle_errors():
         params = link_parameters_from_options(preset_name, config, overrides or [])
         _check_block_pulses(block_pulses, decoy)
+        bound = check_finite_key_option(finite_key)
         decoy_mode = (decoy or DecoyOption.infinite).value
         if block_pulses is not None:
             decoy_mode = DecoyOption.vacuum_weak.value
@@ -208,7 +234,7 @@ def rate_command(
             from corridor.link.optimize import max_distance_km
 
             found = max_distance_km(params, decoy_mode, block_pulses,
-                                    optimise_settings=optimise_settings)
+                                    optimise_settings=optimise_settings, bound=bound)
             # The bisection stops at 10 m: more digits would be noise.
             value = round(found, 2) if math.isfinite(found) else None
             if output_format is OutputFormat.json:
@@ -219,12 +245,12 @@ def rate_command(
                     "unbounded (the rate never reaches 0 within 10 000 km)"))
             return
         lengths = [*(distance_km or []), *(distances_km or [])] or list(DEFAULT_DISTANCES_KM)
-        rows = [rate_row(params, length, decoy_mode, block_pulses, optimise_settings)
+        rows = [rate_row(params, length, decoy_mode, block_pulses, optimise_settings, bound)
                 for length in lengths]
         if output_format is OutputFormat.json:
             emit_json(rows)
         else:
-            model = (f"finite key, N = {block_pulses:.3g} pulses" if block_pulses
+            model = (f"finite key ({bound}), N = {block_pulses:.3g} pulses" if block_pulses
                      else f"asymptotic, {decoy_mode} decoys")
             console.print(_rate_table(rows, f"{params.name}: {model}"
                                       + ("" if optimise_settings else ", settings as given")))
