@@ -1181,10 +1181,21 @@ class LinkFeeder:
                                     {d: len(half) for d, half in split_block(key).items()})
             else:
                 outcome = self._store(block, keys)
+        if outcome in ("aborted", "empty") or (outcome == "quarantined"
+                                               and len(self.sides) > 1):
+            self._use_block_id(block.block_id)
         stats.last_outcome = outcome
         if self.on_block is not None:
             self.on_block(block, outcome)
         return outcome
+
+    def _use_block_id(self, block_id: int) -> None:
+        """Record a block that stores nothing, so that its ID is never given to another
+        block after a restart (the stream positions do not move)."""
+        for manager in self.sides.values():
+            last = manager.store.last_block_id(self.link_id)
+            if last is None or block_id > last:
+                manager.store.append_block(self.link_id, block_id, {}, 0)
 
     def _store(self, block: SourceBlock, keys: Mapping[str, bytes]) -> str:
         lengths = {len(key) for key in keys.values()}
