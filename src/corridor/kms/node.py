@@ -581,8 +581,9 @@ class KmeNode:
         return self.url
 
     def _start_housekeeping(self, manager: KeyManager) -> None:
-        """Expire keys nobody fetched and sync with the peers (withdraw, trim), at start
-        and then every quarter of the key lifetime (at most every minute); in between,
+        """Expire keys nobody fetched and sync with the peers (withdraw, trim), a few
+        seconds after start and then every quarter of the key lifetime (at most every
+        minute); in between,
         probe an unreachable peer at its retry times so that the outage ends (and
         Status counts keys again) without waiting for a request. Stopped and joined
         before the store closes."""
@@ -590,7 +591,8 @@ class KmeNode:
         interval_s = min(60.0, manager.config.undelivered_key_lifetime_s / 4.0)
 
         def run() -> None:
-            next_round = time.monotonic()
+            # The first round waits a little: at start the peer may not listen yet.
+            next_round = time.monotonic() + min(interval_s, 5.0)
             while True:
                 try:
                     if time.monotonic() >= next_round:
