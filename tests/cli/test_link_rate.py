@@ -96,7 +96,7 @@ def test_overrides_from_set_and_toml(tmp_path: Path) -> None:
     (["--set", "length_km=abc"], "length_km = 'abc': must be a number"),
     (["--set", "decoy_intensity=0.9"], "must be below signal_intensity"),
     (["--distance-km", "-5"], "a negative length has no meaning"),
-    (["--preset", "nope"], "preset = 'nope': must be one of gys-2004, modern-snspd"),
+    (["--preset", "nope"], "preset = 'nope': must be one of boaron-2018, grunenfelder-2023, gys-2004"),
     (["--block-pulses", "1000", "--decoy", "infinite"], "--decoy = 'infinite'"),
     (["--block-pulses", "0"], "--block-pulses = 0"),
     (["--config", "/nonexistent/link.toml"], "must be an existing TOML file"),

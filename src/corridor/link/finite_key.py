@@ -47,6 +47,7 @@ import math
 from dataclasses import dataclass
 
 from corridor.errors import ParameterError
+from corridor.link import rates
 from corridor.link.params import LinkParameters
 from corridor.link.rates import BACKGROUND_ERROR_RATE, binary_entropy
 
@@ -282,29 +283,33 @@ class LinkConstants:
     reconciliation_efficiency: float
     eps_sec: float
     eps_cor: float
+    dead_gates: int = 0
+    detector_pixels: int = 1
 
     @classmethod
     def of(cls, params: LinkParameters) -> LinkConstants:
         return cls(params.transmittance, params.background_yield,
                    params.protocol.misalignment_error,
                    params.protocol.reconciliation_efficiency,
-                   params.protocol.eps_sec, params.protocol.eps_cor)
+                   params.protocol.eps_sec, params.protocol.eps_cor,
+                   rates.dead_gates(params), params.detector.detector_pixels)
 
 
 def _expected_real(link: LinkConstants, mus: Triple, ps: Triple, z_basis_probability: float,
                    pulses: float) -> tuple[Triple, Triple, Triple, Triple]:
-    """Expected (n_Z, m_Z, n_X, m_X) per class from Q_k and E_k (rates.py formulas)."""
-    eta, y0, e_d = link.transmittance, link.background_yield, link.misalignment_error
+    """Expected (n_Z, m_Z, n_X, m_X) per class from Q_k and E_k (rates.py formulas,
+    detector saturation included)."""
     n_z: list[float] = []
     m_z: list[float] = []
     n_x: list[float] = []
     m_x: list[float] = []
     sift_z = z_basis_probability ** 2
     sift_x = (1.0 - z_basis_probability) ** 2
-    for mu, p in zip(mus, ps, strict=True):
-        signal_clicks = -math.expm1(-eta * mu)
-        q = y0 + signal_clicks
-        eq = BACKGROUND_ERROR_RATE * y0 + e_d * signal_clicks
+    gains, errors = rates.saturated_gains_and_errors(
+        link.transmittance, link.background_yield, link.misalignment_error, mus, ps,
+        link.dead_gates, link.detector_pixels)
+    for p, q, e in zip(ps, gains, errors, strict=True):
+        eq = q * e
         n_z.append(pulses * p * sift_z * q)
         m_z.append(pulses * p * sift_z * eq)
         n_x.append(pulses * p * sift_x * q)
