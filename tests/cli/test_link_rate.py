@@ -171,3 +171,13 @@ def test_pulse_counts_read_as_integers_or_exponent_form(text: str, expected: int
 def test_pulse_counts_that_are_not_whole_numbers_are_refused(text: str) -> None:
     with pytest.raises(typer.BadParameter):
         parse_pulse_count(text)
+
+
+def test_plot_of_a_saturating_link_adds_its_unsaturated_reference(tmp_path: Path) -> None:
+    out = tmp_path / "rates.svg"
+    result = runner.invoke(app, ["link", "plot", "--preset", "modern-snspd", "--out", str(out),
+                                 "--max-distance-km", "60", "--points", "4",
+                                 "--block-pulses", "10000000000"])
+    assert result.exit_code == 0, result.output
+    svg = out.read_text()
+    assert "without the 50 ns dead time" in svg and "dead time 50 ns" in svg
