@@ -401,6 +401,11 @@ def test_detector_memory_matches_the_exact_model(preset_name: str, length_km: fl
             assert_binomial(summary.errors_per_class[c], summary.sifted_per_class[c],
                             model.sifted_error_rate[c], f"{label} class {c} QBER")
     assert_binomial(summary.detections, summary.pulses, total, f"{label} detections")
+    # Every pulse, counted or lost in a dead window, is in its class's tally.
+    for c, p in enumerate(params.source.class_probabilities):
+        if 0 < p < 1:
+            assert_binomial(summary.pulses_per_class[c], summary.pulses, p,
+                            f"{label} class {c} pulses")
 
 
 def test_dead_time_scales_every_class_by_the_closed_form_availability() -> None:
@@ -435,3 +440,17 @@ def test_afterpulses_with_several_pixels_are_refused() -> None:
     with pytest.raises(ParameterError, match="afterpulse_probability"):
         preset("modern-snspd").override({"detector_pixels": 2,
                                          "afterpulse_probability": 0.01})
+
+
+def test_gaps_of_a_single_pixel_with_dead_time_are_dead_time_plus_geometric() -> None:
+    """A single pixel counts a renewal process: gaps D + G, G ~ Geometric(P) on
+    {1, 2, ...}, so the number of gaps longer than D + k is Binomial(gaps, (1 - P)^k)."""
+    params = preset("modern-snspd").with_length(20.0)
+    gates = rates.dead_gates(params)
+    free = class_statistics(params.override({"dead_time_s": 0.0})).click_probability
+    p = sum(pc * q for pc, q in zip(params.source.class_probabilities, free, strict=True))
+    gaps = np.diff(simulate_block(params, 20_000_000, RandomSource.seeded(5)).alice.index)
+    assert gaps.min() > gates
+    for k in (0, 1, 5, 20, 60):
+        assert_binomial(int(np.count_nonzero(gaps > gates + k)), gaps.size, (1 - p) ** k,
+                        f"gaps longer than D + {k}")

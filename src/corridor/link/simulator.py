@@ -383,7 +383,7 @@ _TWO_53 = 9007199254740992.0
 
 
 @numba.njit(cache=True, nogil=True)
-def _sample_clicks(start: int, pulses: int, exponentials: np.ndarray,
+def _sample_clicks(start: int, pulses: int, dead_gates: int, exponentials: np.ndarray,
                    raw: np.ndarray, inverse_rate: float, alias_threshold: np.ndarray,
                    alias_codes: np.ndarray, index: np.ndarray,
                    intensity_class: np.ndarray, alice_basis: np.ndarray, alice_bit: np.ndarray,
@@ -391,7 +391,10 @@ def _sample_clicks(start: int, pulses: int, exponentials: np.ndarray,
                    class_counts: np.ndarray) -> tuple[int, int]:
     """Fill records from gap and word draws; returns (records written, last position).
 
-    ``start`` is the position of the previous click (-1 before the first). Stops at the
+    ``start`` is where the next gap starts (-1 before the first click). After each click
+    the ``dead_gates`` gates of a single-pixel receiver's dead time are skipped: the
+    clicks it counts form a renewal process with gaps D + Geometric(P), and only those
+    are drawn. Stops at the
     first gap that leaves the block or when the draws run out. Clicks per intensity
     class are added to ``class_counts``. The categorical draw uses Walker's alias
     method in integer arithmetic: one look-up of both candidate codes, one comparison,
@@ -439,6 +442,7 @@ def _sample_clicks(start: int, pulses: int, exponentials: np.ndarray,
         bob_bit[i] = (((bit ^ ((code >> np.uint8(_CODE_FLIP)) & one)) & (double ^ one))
                       | (coin & double))
         double_click[i] = double != 0
+        position += dead_gates
     class_counts[0] += signal
     class_counts[1] += decoy
     class_counts[2] += written - signal - decoy
@@ -450,16 +454,17 @@ _FIELDS = ("index", "intensity_class", "alice_basis", "alice_bit", "bob_basis", 
 _DTYPES = (np.int64, np.uint8, np.uint8, np.uint8, np.uint8, np.uint8, np.bool_)
 
 
-def _draw_clicks(law: _ClickLaw, pulses: int, generator: np.random.Generator
-                 ) -> tuple[dict[str, NDArray[Any]], NDArray[np.int64]]:
+def _draw_clicks(law: _ClickLaw, pulses: int, generator: np.random.Generator,
+                 dead_gates: int = 0) -> tuple[dict[str, NDArray[Any]], NDArray[np.int64]]:
     """Sorted click positions and their details for a block of ``pulses`` pulses, and
-    the number of clicks per intensity class."""
+    the number of clicks per intensity class. With ``dead_gates`` > 0, the clicks that a
+    single-pixel receiver with that dead time counts (see :func:`_sample_clicks`)."""
     p = law.click_probability
     class_counts = np.zeros(3, dtype=np.int64)
     if p <= 0.0 or pulses == 0:
         return ({name: np.empty(0, dtype=dt) for name, dt in zip(_FIELDS, _DTYPES, strict=True)},
                 class_counts)
-    expected = pulses * p
+    expected = pulses * p / (1.0 + dead_gates * p)
     likely_most = int(expected + _CHUNK_SIGMAS * math.sqrt(expected + 1.0) + 16)
     chunk = min(_DRAW_CHUNK, likely_most)
     capacity = likely_most + chunk
@@ -478,7 +483,8 @@ def _draw_clicks(law: _ClickLaw, pulses: int, generator: np.random.Generator
         raw = generator.bit_generator.random_raw(chunk)
         end = written + chunk
         count, position = _sample_clicks(
-            position, pulses, exponentials, raw, law.inverse_rate, law.alias_threshold,
+            position, pulses, dead_gates, exponentials, raw, law.inverse_rate,
+            law.alias_threshold,
             law.alias_codes, out["index"][written:end],
             out["intensity_class"][written:end], out["alice_basis"][written:end],
             out["alice_bit"][written:end], out["bob_basis"][written:end],
@@ -631,6 +637,23 @@ def _apply_detector_memory(params: LinkParameters, law: _ClickLaw, pulses: int,
     return result, np.bincount(new_classes, minlength=3).astype(np.int64)
 
 
+@numba.njit(cache=True, nogil=True)
+def _lane_survivors(index: np.ndarray, lanes: np.ndarray, dead_gates: int,
+                    pixels: int) -> np.ndarray:
+    """Which clicks a receiver of ``pixels`` lanes counts: a click on a lane still blind
+    from its last counted click (within ``dead_gates`` gates) is lost and does not
+    extend the dead time (non-paralysable)."""
+    dead_until = np.full(pixels, -1, dtype=np.int64)
+    keep = np.empty(index.shape[0], dtype=np.bool_)
+    for i in range(index.shape[0]):
+        lane = lanes[i]
+        alive = index[i] > dead_until[lane]
+        keep[i] = alive
+        if alive:
+            dead_until[lane] = index[i] + dead_gates
+    return keep
+
+
 def _check_pulses(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ParameterError(name, value, "must be a non-negative integer")
@@ -651,15 +674,34 @@ def _metadata(params: LinkParameters, attack: Attack | None) -> dict[str, object
 def _simulate_with_law(params: LinkParameters, law: _ClickLaw, pulses: int,
                        generator: np.random.Generator, block_id: int,
                        metadata: dict[str, object]) -> DetectionRecords:
-    clicks, clicked = _draw_clicks(law, pulses, generator)
-    silent_pulses = pulses - int(clicks["index"].shape[0])
+    gates = rates.dead_gates(params)
+    pixels = params.detector.detector_pixels
+    afterpulse = params.detector.afterpulse_probability
+    # A single pixel without afterpulses: draw only the clicks it counts (renewal).
+    renewal = gates > 0 and pixels == 1 and afterpulse == 0.0
+    clicks, clicked = _draw_clicks(law, pulses, generator, gates if renewal else 0)
+    records = int(clicks["index"].shape[0])
+    silent_pulses = pulses - records
     leaving_silence = np.zeros(3, dtype=np.int64)
-    if params.detector.afterpulse_probability > 0.0 or rates.dead_gates(params) > 0:
+    blind = np.zeros(3, dtype=np.int64)
+    if renewal and records:
+        # The pulses of the blind gates were never looked at: their classes follow the
+        # class law itself, whatever they would have done. The last dead window may be
+        # cut by the end of the block (earlier ones never are: records are D + 1 apart).
+        last = int(clicks["index"][-1])
+        blind_gates = records * gates - max(0, last + gates - (pulses - 1))
+        blind = generator.multinomial(blind_gates, params.source.class_probabilities)
+        silent_pulses -= blind_gates
+    elif afterpulse == 0.0 and gates > 0:
+        lanes = generator.integers(0, pixels, size=records, dtype=np.int64)
+        keep = _lane_survivors(clicks["index"], np.asarray(lanes), gates, pixels)
+        clicks = {name: arr[keep] for name, arr in clicks.items()}
+    elif afterpulse > 0.0:
         clicks, leaving_silence = _apply_detector_memory(params, law, pulses, clicks,
                                                          generator)
         silent_pulses -= int(leaving_silence.sum())
     silent = generator.multinomial(silent_pulses, law.silent_class_probabilities)
-    per_class = clicked + leaving_silence + silent
+    per_class = clicked + leaving_silence + blind + silent
     alice = AliceRecords(
         index=clicks["index"], intensity_class=clicks["intensity_class"],
         basis=clicks["alice_basis"], bit=clicks["alice_bit"],
