@@ -368,9 +368,9 @@ PRESETS: dict[str, LinkParameters] = {
     ),
     # Boaron et al., PRL 121, 190502 (2018): 2.5 GHz, one-decoy finite key (Rusca et
     # al. 2018, corridor.link.finite_key_one_decoy), ultra-low-loss fibre, low-noise
-    # SNSPDs; 6.5 bit/s at 405 km, 0.25 bit/s at the longest distance, 421 km. From the
-    # paper: pulse rate, one decoy, distances and rates, eps_cor 1e-15 and eps_sec 1e-9
-    # (as in Rusca et al.). Assumed (the paper's tables were not at hand):
+    # SNSPDs; 6.5 bit/s over 405 km, keys up to 421 km (the abstract). From the paper:
+    # pulse rate, one decoy, distances and rate; eps_sec 1e-9 and eps_cor 1e-15 are
+    # those of Rusca et al. Assumed (the paper's tables were not at hand):
     # 0.17 dB/km fibre, Bob's efficiency 0.3, 1e-10 dark counts per gate (0.1-1 cps in a
     # ~100 ps window), misalignment 0.5 %, the intensities and probabilities below.
     "boaron-2018": LinkParameters(

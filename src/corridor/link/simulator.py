@@ -959,7 +959,8 @@ def decoy_estimates(params: LinkParameters, observed_gain: list[float],
     """Vacuum + weak decoy bounds from observed gains, and what they imply.
 
     Compares the bounds with the exact single-photon values of an honest link
-    (:func:`corridor.link.rates.decoy_bounds_infinite`) and gives the asymptotic key
+    (:func:`corridor.link.rates.decoy_bounds_infinite`, whose Y1 carries the receiver's
+    availability as every observed yield does) and gives the asymptotic key
     rate per pulse they certify: q (Q1_L (1 - H2(e1_U)) - f Q_mu H2(E_mu)).
     """
     src = params.source
