@@ -123,3 +123,10 @@ def test_pulse_count_must_be_whole() -> None:
     result = runner.invoke(app, ["link", "simulate", "--pulses", "1.5"])
     assert result.exit_code == 2
     assert "whole number" in result.output
+
+
+def test_one_decoy_preset_says_why_the_vacuum_weak_estimate_is_missing() -> None:
+    data = _simulate("--preset", "boaron-2018", "--distance-km", "50", "--pulses", "1e6",
+                     "--seed", "1")
+    assert data["decoy_estimates"]["available"] is False
+    assert "one-decoy" in data["decoy_estimates"]["reason"]

@@ -967,6 +967,10 @@ def decoy_estimates(params: LinkParameters, observed_gain: list[float],
     if src.vacuum_intensity != 0.0:
         return {"available": False,
                 "reason": "the vacuum + weak bound needs vacuum_intensity = 0"}
+    if src.vacuum_probability == 0.0:
+        return {"available": False,
+                "reason": "no vacuum pulses (a one-decoy set-up): the vacuum + weak bound "
+                          "does not apply; corridor link rate --decoy one-decoy has its own"}
     if min(pulses_per_class) == 0:
         return {"available": False,
                 "reason": "every intensity class needs at least one pulse"}
