@@ -31,10 +31,10 @@ from corridor.randomness import RandomSource
 LINK = "link-ab"
 SAES = {"sae-a": "kme-a", "sae-b": "kme-b"}
 # Standard-basis variant of modern-snspd at 5 km: a 1e7-pulse block holds a positive
-# finite key (the same set-up as tests/distill/test_pipeline.py).
+# finite key (the same set-up as tests/distill/test_pipeline.py, without dead time).
 PARAMS = preset("modern-snspd").override({
-    "z_basis_probability": 0.5, "signal_probability": 0.5, "decoy_probability": 0.3,
-    "vacuum_probability": 0.2}).with_length(5.0)
+    "dead_time_s": 0.0, "z_basis_probability": 0.5, "signal_probability": 0.5,
+    "decoy_probability": 0.3, "vacuum_probability": 0.2}).with_length(5.0)
 
 
 @dataclass

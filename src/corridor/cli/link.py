@@ -41,10 +41,12 @@ DEFAULT_DISTANCES_KM = (0.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0)
 
 
 class DecoyOption(StrEnum):
-    """Decoy-state analysis of the asymptotic rate."""
+    """Decoy-state analysis: asymptotic (infinite, vacuum-weak) or the one-decoy finite
+    key of Rusca et al. 2018 (one-decoy, with --block-pulses)."""
 
     infinite = "infinite"
     vacuum_weak = "vacuum-weak"
+    one_decoy = "one-decoy"
 
 
 # Shared option declarations, so that every link command spells them the same way.
@@ -119,6 +121,11 @@ def link_parameters_from_options(preset: str, config: Path | None,
 
 def _check_block_pulses(block_pulses: int | None, decoy: DecoyOption | None) -> None:
     if block_pulses is None:
+        if decoy is DecoyOption.one_decoy:
+            raise ParameterError(
+                "--block-pulses", None, "must be given with --decoy one-decoy",
+                "the one-decoy bound (Rusca et al. 2018) is a finite-key bound: "
+                "it needs the block size in pulses")
         return
     if block_pulses <= 0:
         raise ParameterError("--block-pulses", block_pulses, "must be a number of pulses above 0")
@@ -133,23 +140,36 @@ def rate_row(params: LinkParameters, length_km: float, decoy: str, block_pulses:
              optimise_settings: bool, bound: str = "lim2014") -> dict[str, Any]:
     """One distance of ``corridor link rate``: settings, gain, QBER, rates, PLOB.
 
-    ``bound`` names the finite-key bound (used only with ``block_pulses``).
+    ``bound`` names the finite-key bound of Lim et al. (used only with
+    ``block_pulses``); ``decoy = "one-decoy"`` evaluates the one-decoy finite-key bound
+    (Rusca et al. 2018) for blocks of ``block_pulses`` at the given settings (never
+    optimised).
     """
     from corridor.link.finite_key import expected_gain_and_qber, finite_key_rate
+    from corridor.link.finite_key_one_decoy import one_decoy_finite_key_rate
     from corridor.link.optimize import optimise
-    from corridor.link.rates import error_rate, fibre_plob_bits_per_pulse, gain, secret_key_rate
+    from corridor.link.rates import (
+        availability,
+        class_gains_and_errors,
+        fibre_plob_bits_per_pulse,
+        secret_key_rate,
+    )
 
     at = params.with_length(length_km)
-    if optimise_settings:
+    one_decoy = decoy == DecoyOption.one_decoy.value
+    if one_decoy:
+        if block_pulses is None:
+            raise ParameterError("block_pulses", None, "must be given for one-decoy")
+        rate = one_decoy_finite_key_rate(at, block_pulses)
+    elif optimise_settings:
         at, rate = optimise(at, decoy, block_pulses, bound=bound)
     elif block_pulses is None:
         rate = secret_key_rate(at, decoy)
     else:
         rate = finite_key_rate(at, block_pulses, bound)
     src = at.source
-    if block_pulses is None:
-        signal_gain = gain(at, src.signal_intensity)
-        signal_qber = error_rate(at, src.signal_intensity)
+    if block_pulses is None or one_decoy:
+        (signal_gain, _, _), (signal_qber, _, _) = class_gains_and_errors(at)
     else:
         # What the finite-key model counts: with afterpulses when the detector has them.
         signal_gain, signal_qber = expected_gain_and_qber(at, src.signal_intensity)
@@ -160,16 +180,18 @@ def rate_row(params: LinkParameters, length_km: float, decoy: str, block_pulses:
     return {
         "distance_km": float(length_km),
         "model": "asymptotic" if block_pulses is None else "finite-key",
-        "decoy": decoy if block_pulses is None else "vacuum-weak",
+        "decoy": decoy if block_pulses is None or decoy == DecoyOption.one_decoy.value
+        else "vacuum-weak",
         "block_pulses": block_pulses,
-        "finite_key_bound": None if block_pulses is None else bound,
-        "optimised": optimise_settings,
+        "finite_key_bound": None if block_pulses is None or one_decoy else bound,
+        "optimised": optimise_settings and not one_decoy,
         "mu": src.signal_intensity,
         "nu": src.decoy_intensity,
         "vacuum_mu": src.vacuum_intensity,
         "z_basis_probability": src.z_basis_probability,
         "class_probabilities": list(src.class_probabilities),
         "transmittance": at.transmittance,
+        "detector_availability": availability(at),
         "gain": signal_gain,
         "qber": signal_qber,
         "secret_key_rate_bits_per_pulse": rate,
@@ -208,15 +230,18 @@ def rate_command(
     config: ConfigOption = None,
     overrides: SetOption = None,
     decoy: Annotated[DecoyOption | None, typer.Option(
-        "--decoy", help="Decoy analysis of the asymptotic rate (default: infinite).",
-        show_default=False)] = None,
+        "--decoy", help="Decoy analysis: infinite or vacuum-weak (asymptotic, default "
+        "infinite), or one-decoy (finite key of Rusca et al. 2018 at the given settings, "
+        "needs --block-pulses).", show_default=False)] = None,
     block_pulses: Annotated[int | None, typer.Option(
-        "--block-pulses", parser=parse_pulse_count,
-        help="Finite key (Lim et al. 2014) for blocks of N pulses (1e10 accepted).")] = None,
+        "--block-pulses", parser=parse_pulse_count, metavar="N",
+        help="Finite key for blocks of N pulses, 1e12 accepted (Lim et al. 2014; "
+        "Rusca et al. 2018 with --decoy one-decoy).")] = None,
     finite_key: FiniteKeyOption = FINITE_KEY_CHOICES[0],
-    optimise_settings: Annotated[bool, typer.Option(
+    optimise_option: Annotated[bool | None, typer.Option(
         "--optimise/--no-optimise", help="Optimise intensities (and, for finite key, "
-        "basis and class probabilities) at each distance.")] = True,
+        "basis and class probabilities) at each distance (default: yes, except with "
+        "--decoy one-decoy).", show_default=False)] = None,
     max_distance: Annotated[bool, typer.Option(
         "--max-distance", help="Print only the distance where the key rate reaches 0.")] = False,
     output_format: Annotated[OutputFormat, typer.Option(
@@ -228,8 +253,15 @@ def rate_command(
         _check_block_pulses(block_pulses, decoy)
         bound = check_finite_key_option(finite_key)
         decoy_mode = (decoy or DecoyOption.infinite).value
-        if block_pulses is not None:
+        one_decoy = decoy is DecoyOption.one_decoy
+        if block_pulses is not None and not one_decoy:
             decoy_mode = DecoyOption.vacuum_weak.value
+        if one_decoy and (optimise_option or max_distance):
+            raise ParameterError(
+                "--max-distance" if max_distance else "--optimise", True,
+                "is not available with --decoy one-decoy",
+                "the one-decoy bound is evaluated at the preset's own settings")
+        optimise_settings = not one_decoy if optimise_option is None else optimise_option
         if max_distance:
             from corridor.link.optimize import max_distance_km
 
@@ -250,7 +282,8 @@ def rate_command(
         if output_format is OutputFormat.json:
             emit_json(rows)
         else:
-            model = (f"finite key ({bound}), N = {block_pulses:.3g} pulses" if block_pulses
+            model = (f"finite key ({'one decoy' if one_decoy else bound}), "
+                     f"N = {block_pulses:.3g} pulses" if block_pulses
                      else f"asymptotic, {decoy_mode} decoys")
             console.print(_rate_table(rows, f"{params.name}: {model}"
                                       + ("" if optimise_settings else ", settings as given")))

@@ -322,7 +322,8 @@ class SimulatedLinkSource:
         params: the link's physical parameters.
         link_id: the link (also written into every distilled block).
         block_pulses: pulses per block; must be large enough for a positive finite key
-            (about 1e7 at a few km for ``modern-snspd``, docs/link.md).
+            (about 1e8 at a few km for ``modern-snspd``, whose 50 ns dead time leaves
+            the detectors live 10 % of the time there; 1e7 without it; docs/link.md).
         config: distillation settings (default: ``DistillConfig.for_link(params)``).
         rng: randomness of the simulation and of both parties (default:
             ``RandomSource.system()``: OS CSPRNG bytes for seeds and the pre-shared key,

@@ -69,6 +69,7 @@ import math
 from dataclasses import dataclass
 
 from corridor.errors import ParameterError
+from corridor.link import rates
 from corridor.link.params import LinkParameters
 from corridor.link.rates import BACKGROUND_ERROR_RATE, binary_entropy
 
@@ -329,6 +330,8 @@ class LinkConstants:
     eps_sec: float
     eps_cor: float
     afterpulse_probability: float = 0.0
+    dead_gates: int = 0
+    detector_pixels: int = 1
 
     @classmethod
     def of(cls, params: LinkParameters) -> LinkConstants:
@@ -336,40 +339,47 @@ class LinkConstants:
                    params.protocol.misalignment_error,
                    params.protocol.reconciliation_efficiency,
                    params.protocol.eps_sec, params.protocol.eps_cor,
-                   params.detector.afterpulse_probability)
+                   params.detector.afterpulse_probability, rates.dead_gates(params),
+                   params.detector.detector_pixels)
 
 
-def _clicks_and_errors(link: LinkConstants, mu: float) -> tuple[float, float]:
-    """Per pulse of intensity mu: (R, errors) = (Q (1 + p_ap), E Q + p_ap Q / 2), with Q
-    and E Q the closed-form gain and error probability (rates.py) and Lim et al.'s
-    afterpulses (an afterpulse carries a random bit)."""
-    y0, p_ap = link.background_yield, link.afterpulse_probability
-    signal_clicks = -math.expm1(-link.transmittance * mu)
-    direct = y0 + signal_clicks
-    return (direct * (1.0 + p_ap),
-            BACKGROUND_ERROR_RATE * (y0 + p_ap * direct)
-            + link.misalignment_error * signal_clicks)
+def _clicks_and_errors(link: LinkConstants, mus: Triple, ps: Triple
+                       ) -> list[tuple[float, float]]:
+    """Per pulse of each class: (R, errors) = (Q (1 + p_ap), E Q + p_ap Q / 2), with Q and
+    E the closed-form gain and error rate with detector saturation
+    (:func:`corridor.link.rates.saturated_gains_and_errors`: every yield times the
+    availability of the receiver at this class mix) and Lim et al.'s afterpulses (an
+    afterpulse carries a random bit)."""
+    gains, errors = rates.saturated_gains_and_errors(
+        link.transmittance, link.background_yield, link.misalignment_error, mus, ps,
+        link.dead_gates, link.detector_pixels)
+    p_ap = link.afterpulse_probability
+    return [(float(q) * (1.0 + p_ap), float(q) * float(e) + BACKGROUND_ERROR_RATE * p_ap * float(q))
+            for q, e in zip(gains, errors, strict=True)]
 
 
 def expected_gain_and_qber(params: LinkParameters, intensity: float) -> tuple[float, float]:
     """Click probability per pulse and QBER of one intensity as the finite-key model
-    sees them: the closed form plus afterpulses (module docstring)."""
-    clicks, errors = _clicks_and_errors(LinkConstants.of(params), float(intensity))
+    sees them: the closed form with saturation at the link's own class mix, plus
+    afterpulses (module docstring)."""
+    src = params.source
+    mus = (float(intensity), *src.intensities)
+    ps = (0.0, *src.class_probabilities)  # the pulse of interest does not change the mix
+    clicks, errors = _clicks_and_errors(LinkConstants.of(params), mus, ps)[0]  # type: ignore[arg-type]
     return clicks, (errors / clicks if clicks > 0.0 else BACKGROUND_ERROR_RATE)
 
 
 def _expected_real(link: LinkConstants, mus: Triple, ps: Triple, z_basis_probability: float,
                    pulses: float) -> tuple[Triple, Triple, Triple, Triple]:
     """Expected (n_Z, m_Z, n_X, m_X) per class from R_k and the errors of
-    :func:`_clicks_and_errors`."""
+    :func:`_clicks_and_errors` (detector saturation and afterpulses included)."""
     n_z: list[float] = []
     m_z: list[float] = []
     n_x: list[float] = []
     m_x: list[float] = []
     sift_z = z_basis_probability ** 2
     sift_x = (1.0 - z_basis_probability) ** 2
-    for mu, p in zip(mus, ps, strict=True):
-        q, eq = _clicks_and_errors(link, mu)
+    for p, (q, eq) in zip(ps, _clicks_and_errors(link, mus, ps), strict=True):
         n_z.append(pulses * p * sift_z * q)
         m_z.append(pulses * p * sift_z * eq)
         n_x.append(pulses * p * sift_x * q)
