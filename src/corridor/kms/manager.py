@@ -50,7 +50,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from corridor.errors import CorridorError, ParameterError
-from corridor.kms.audit import AuditLogError
+from corridor.kms.audit import AuditLogError, HighWaterMarks
 from corridor.kms.config import DIRECTIONS, KmeConfig, LinkSpec, SaeDirectory, split_block
 from corridor.kms.crypto import AtRestDecryptionError
 from corridor.kms.interface import (
@@ -91,6 +91,16 @@ MAX_ANNOUNCEMENT_RESERVATIONS = 2048
 
 class PeerUnreachableError(KeysUnavailableError):
     """The peer KME could not be reached or did not answer in time (a 503)."""
+
+
+_ROLLBACK_ADVICE = ("Put back the newest copy of the store; if there is none, the link's "
+                    "key material is lost and both of its KMEs must start again on new "
+                    "stores and audit logs")
+
+
+class StoreRollbackError(CorridorError):
+    """The key store is behind what the audit trail recorded (restored from an older
+    copy): serving from it would issue the same key bytes again under new key IDs."""
 
 
 class StorageFailureError(KeysUnavailableError):
@@ -860,6 +870,29 @@ class KeyManager:
                          key_ids=[res.key_id for res in pending], count=discarded,
                          reason="pending_at_startup")
         return discarded
+
+    def check_store_against(self, marks: HighWaterMarks) -> None:
+        """Refuse a store that is behind the audit trail's high-water marks (anti-rollback,
+        at start): a link whose last stored block is older than the last block the
+        trail saw ingested, or a pool this KME masters whose reserve pointer is before
+        the end of a range the trail saw cut."""
+        for link_id, block_id in sorted(marks.last_block_id.items()):
+            stored = self.store.last_block_id(link_id)
+            if stored is None or stored < block_id:
+                raise StoreRollbackError(
+                    f"key store of KME {self.kme_id} is older than its audit trail: link "
+                    f"{link_id} ends at block {stored} in the store but block {block_id} "
+                    f"was ingested (audit seq {marks.seq_of.get((link_id,))}); a restored "
+                    f"copy would re-issue delivered key bytes under new IDs. {_ROLLBACK_ADVICE}")
+        for (link_id, direction), end in sorted(marks.cut_end.items()):
+            pointer = self.store.pool_state(link_id, direction).reserve_offset
+            if pointer < end:
+                raise StoreRollbackError(
+                    f"key store of KME {self.kme_id} is older than its audit trail: pool "
+                    f"{link_id} {direction} reserves from byte {pointer} but bytes up to "
+                    f"{end} were already cut (audit seq "
+                    f"{marks.seq_of.get((link_id, direction))}); a restored copy would "
+                    f"re-issue delivered key bytes under new IDs. {_ROLLBACK_ADVICE}")
 
     def resolve_unfinished(self, intents: Sequence[Mapping[str, Any]]) -> int:
         """Close every delivery whose intent entry has no outcome (call at start with

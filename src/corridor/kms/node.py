@@ -49,7 +49,13 @@ from typing import Any
 from corridor.errors import ParameterError
 from corridor.kms.alarms import LinkHealth, LinkMonitor
 from corridor.kms.api import HttpsPeerLink, create_app
-from corridor.kms.audit import AuditLog, AuditLogError, DeliveryJournal, verify_audit_log
+from corridor.kms.audit import (
+    AuditLog,
+    AuditLogError,
+    DeliveryJournal,
+    HighWaterMarks,
+    verify_audit_log,
+)
 from corridor.kms.config import KmeConfig, SaeDirectory, check_id
 from corridor.kms.crypto import load_kek, write_kek_file
 from corridor.kms.interface import EventSink, FanOutEventSink
@@ -516,7 +522,13 @@ class KmeNode:
         # The whole chain, not only its tail; on the way, the deliveries a crash or a
         # full disk left without an outcome (their intents, corridor.kms.manager).
         journal = DeliveryJournal()
-        chain = verify_audit_log(self.audit_path, kek, on_entry=journal.observe)
+        marks = HighWaterMarks()
+
+        def observe(entry: dict[str, Any]) -> None:
+            journal.observe(entry)
+            marks.observe(entry)
+
+        chain = verify_audit_log(self.audit_path, kek, on_entry=observe)
         if not chain.ok and self.accept_broken_audit is None:
             raise AuditLogError(
                 f"audit log {self.audit_path} is broken at seq {chain.first_bad_seq}: "
@@ -527,6 +539,7 @@ class KmeNode:
         self._stack.callback(store.close)
         del kek
         manager = KeyManager(self.site.config, self.spec.directory(), store, events=self.events)
+        manager.check_store_against(marks)  # anti-rollback, before anything is served
         self.manager = manager
         self.events.emit("kme_started", kme_id=self.kme_id, pid=os.getpid())
         if not chain.ok:
