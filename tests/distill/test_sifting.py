@@ -222,6 +222,39 @@ def test_gap_check_tells_other_gates_from_malformed_streams(index: np.ndarray,
         assert _kernels.check_gaps(stream, index)[0] == _kernels.GAPS_MALFORMED
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3000), long_gaps=st.integers(0, 5), seed=st.integers(0, 2**32 - 1))
+def test_gap_encoding_across_chunks_of_short_and_long_gaps(n: int, long_gaps: int,
+                                                           seed: int) -> None:
+    # Whole chunks of one-byte gaps take the vectorized path, the others the byte loop.
+    gen = np.random.default_rng(seed)
+    gaps = gen.integers(1, 128, n)
+    gaps[gen.integers(0, n, long_gaps)] = gen.integers(128, 1 << 35, long_gaps)
+    index = np.cumsum(gaps) - 1
+    encoded = _encode_indices(index)
+    assert encoded.tobytes() == _leb128_reference(index)
+    assert _kernels.gaps_equal(encoded, index)
+    at = int(gen.integers(0, n))
+    other = index.copy()
+    other[at:] += 1
+    assert not _kernels.gaps_equal(encoded, other)
+    if n > 1:
+        repeated = index.copy()
+        repeated[max(at, 1)] = repeated[max(at, 1) - 1]
+        assert _kernels.encode_gaps(repeated, np.empty(9 * n, np.uint8)) == -1
+        assert not _kernels.gaps_equal(encoded, repeated)
+
+
+def test_gap_encoding_reports_a_short_buffer_and_its_needed_length() -> None:
+    index = np.array([5, 300, 301, 1 << 40], dtype=np.int64)
+    needed = len(_leb128_reference(index))
+    assert _kernels.encoded_gap_bytes(index) == needed
+    assert _kernels.encode_gaps(index, np.empty(needed - 1, np.uint8)) == -2
+    out = np.empty(needed, np.uint8)
+    assert _kernels.encode_gaps(index, out) == needed
+    assert out.tobytes() == _leb128_reference(index)
+
+
 def test_descending_or_negative_gates_are_refused_before_sending() -> None:
     for index in (np.array([3, 3], dtype=np.int64), np.array([-1, 4], dtype=np.int64)):
         with pytest.raises(ProtocolAbort) as info:

@@ -134,8 +134,12 @@ def _encode_indices(index: np.ndarray) -> np.ndarray:
     type would take for the largest gap, in bytes per detection rounded up.
     """
     index = np.ascontiguousarray(index, dtype=np.int64)
-    out = np.empty(_kernels.MAX_GAP_BYTES * index.shape[0], dtype=np.uint8)
+    # Room for one byte a gate first (a fresh buffer's pages cost more than a recount).
+    out = np.empty(index.shape[0] + index.shape[0] // 64 + 16, dtype=np.uint8)
     used = _kernels.encode_gaps(index, out)
+    if used == -2:
+        out = np.empty(_kernels.encoded_gap_bytes(index), dtype=np.uint8)
+        used = _kernels.encode_gaps(index, out)
     if used < 0:
         raise ProtocolAbort("malformed_records",
                             "pulse indices must be non-negative and strictly ascending")
