@@ -108,19 +108,24 @@ class QueueEndpoint:
         self.stats = ChannelStats()
 
     def send(self, kind: str, payload: Payload) -> None:
-        # bytes and read-only views (join_buffers) are immutable: passed on uncopied.
-        if not isinstance(payload, bytes) and not (isinstance(payload, memoryview)
-                                                   and payload.readonly):
+        # bytes and read-only byte views (join_buffers) are not written again: passed on
+        # uncopied. Anything else is copied, so that the sender may reuse its buffer.
+        if not isinstance(payload, bytes) and not (
+                isinstance(payload, memoryview) and payload.readonly
+                and payload.format == "B" and payload.c_contiguous):
             payload = bytes(payload)
         self._outbox.put((kind, payload))
         self.stats.on_send(len(payload) + len(kind))
 
     def recv(self, kind: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bytes:
-        payload = self.recv_view(kind, timeout_s)
-        return payload.obj if isinstance(payload.obj, bytes) else bytes(payload)
+        payload = self._take(kind, timeout_s)
+        return payload if isinstance(payload, bytes) else bytes(payload)
 
     def recv_view(self, kind: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> memoryview:
         """Like :meth:`recv`, as a read-only view of the payload (never a copy)."""
+        return memoryview(self._take(kind, timeout_s)).toreadonly()
+
+    def _take(self, kind: str, timeout_s: float) -> Payload:
         try:
             got_kind, payload = self._inbox.get(timeout=timeout_s)
         except queue.Empty:
@@ -130,7 +135,7 @@ class QueueEndpoint:
         if got_kind != kind:
             raise ProtocolAbort("unexpected_message",
                                 f"{self.name}: expected {kind!r}, got {got_kind!r}")
-        return memoryview(payload).toreadonly()
+        return payload
 
     def close(self) -> None:
         return None
