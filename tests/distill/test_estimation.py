@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corridor.distill.block import BlockState, KeyBlock
 from corridor.distill.estimation import (
     DEFAULT_QBER_ABORT_THRESHOLD,
     EstimationResult,
     EstimationSettings,
+    _errors_per_class,
     estimate,
     pessimistic_leak_bits,
 )
@@ -178,3 +181,15 @@ def test_bad_settings_name_the_field(field: str, value: float) -> None:
     with pytest.raises(ParameterError) as info:
         settings_for(**{field: value})
     assert info.value.field == field
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(0, 200), seed=st.integers(0, 2**32 - 1))
+def test_errors_per_class_equal_bincount_of_differing_bits(n: int, seed: int) -> None:
+    gen = np.random.default_rng(seed)
+    mine = gen.integers(0, 2, n, dtype=np.uint8)
+    theirs = np.where(gen.random(n) < 0.3, 1 - mine, mine).astype(np.uint8)
+    classes = gen.integers(0, 3, n, dtype=np.uint8)
+    expected = np.bincount(classes[mine != theirs], minlength=3)
+    got = _errors_per_class(np.packbits(mine), np.packbits(theirs), n, classes)
+    assert got == tuple(int(x) for x in expected)

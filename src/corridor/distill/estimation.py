@@ -43,8 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from corridor.distill.block import BlockState
-from corridor.distill.channel import DEFAULT_TIMEOUT_S, ChannelEndpoint
-from corridor.distill.sifting import INTENSITY_CLASSES, SiftingResult, decode_arrays, encode_arrays
+from corridor.distill.channel import DEFAULT_TIMEOUT_S, ChannelEndpoint, receive_view
+from corridor.distill.sifting import SiftingResult, decode_arrays, encode_arrays
 from corridor.distill.verification import DEFAULT_SEGMENT_BITS, TAG_BITS, segment_count
 from corridor.errors import ParameterError, ProtocolAbort
 from corridor.link.finite_key import (
@@ -131,21 +131,36 @@ class EstimationResult:
 
 
 def _exchange_test_bits(channel: ChannelEndpoint, own_bits: np.ndarray,
-                        role: str, timeout_s: float) -> np.ndarray:
+                        role: str, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Send this party's test bits and receive the peer's: (own packed, peer's packed)."""
     count = int(own_bits.shape[0])
-    packed = encode_arrays(np.packbits(own_bits.astype(np.uint8)))
+    own_packed = np.packbits(own_bits)
+    packed = encode_arrays(own_packed)
     if role == "alice":
         channel.send(MESSAGE_ALICE, packed)
         kind = MESSAGE_BOB
     else:
         kind = MESSAGE_ALICE
-    (other_packed,) = decode_arrays(channel.recv(kind, timeout_s), 1, kind)
+    (other_packed,) = decode_arrays(receive_view(channel, kind, timeout_s), 1, kind)
     if role == "bob":
         channel.send(MESSAGE_BOB, packed)
-    if other_packed.size != (count + 7) // 8:
+    if other_packed.ndim != 1 or other_packed.size != (count + 7) // 8:
         raise ProtocolAbort("malformed_message", f"{kind}: {other_packed.size} bytes "
                             f"for {count} test bits")
-    return np.unpackbits(other_packed.astype(np.uint8), count=count)
+    return own_packed, other_packed
+
+
+def _errors_per_class(own_packed: np.ndarray, other_packed: np.ndarray, count: int,
+                      classes: np.ndarray) -> tuple[int, int, int]:
+    """m_X,k: test bits that differ, per intensity class (classes 0, 1, 2)."""
+    differ = np.unpackbits(np.bitwise_xor(own_packed, other_packed.astype(np.uint8, copy=False)),
+                           count=count)
+    total = int(np.count_nonzero(differ))
+    if not total:
+        return 0, 0, 0
+    decoy = int(np.count_nonzero(differ & (classes == 1)))
+    vacuum = int(np.count_nonzero(differ & (classes == 2)))
+    return total - decoy - vacuum, decoy, vacuum
 
 
 def pessimistic_leak_bits(key_bits: int, qber: float, settings: EstimationSettings) -> int:
@@ -167,10 +182,10 @@ def estimate(channel: ChannelEndpoint, sifted: SiftingResult,
     must be discarded. The caller discards the block on abort.
     """
     block = sifted.block
-    other_bits = _exchange_test_bits(channel, sifted.test_bits, block.role, timeout_s)
-    errors_mask = sifted.test_bits != other_bits
-    test_errors_arr = np.bincount(sifted.test_classes[errors_mask], minlength=INTENSITY_CLASSES)
-    test_errors = (int(test_errors_arr[0]), int(test_errors_arr[1]), int(test_errors_arr[2]))
+    own_packed, other_packed = _exchange_test_bits(channel, sifted.test_bits, block.role,
+                                                   timeout_s)
+    test_errors = _errors_per_class(own_packed, other_packed, int(sifted.test_bits.shape[0]),
+                                    sifted.test_classes)
     test_bits = sifted.counts.test_bits
     if test_bits == 0:
         raise ProtocolAbort("insufficient_test_bits",
