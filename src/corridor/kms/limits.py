@@ -147,8 +147,12 @@ def raise_open_file_limit() -> int | None:
 
 
 def hard_cap(max_connections: int) -> int:
-    """Sockets a guard may hold at once: the cap plus evicted ones still closing."""
-    return max_connections + max(8, max_connections // 8)
+    """Sockets a guard may hold at once: the cap plus as many evicted ones still closing.
+
+    asyncio accepts a whole batch of connections before an evicted socket's transport
+    sees its end and closes it, so a burst can evict up to the cap in one batch.
+    """
+    return 2 * max_connections
 
 
 def check_file_budget(limits: Mapping[str, ConnectionLimits],
@@ -167,8 +171,7 @@ def check_file_budget(limits: Mapping[str, ConnectionLimits],
         share = DEFAULT_MAX_CONNECTIONS
     else:
         free = file_limit - FILE_RESERVE - fixed
-        # hard_cap(c) <= c * 9/8 + 8, so the share keeps the total under the limit.
-        share = math.floor((free / max(1, len(unset)) - 8) * 8 / 9) if unset else 0
+        share = math.floor(free / max(1, len(unset)) / 2) if unset else 0
         share = min(DEFAULT_MAX_CONNECTIONS, share)
     for kme_id, lim in limits.items():
         if lim.max_connections is None:
@@ -185,9 +188,9 @@ def check_file_budget(limits: Mapping[str, ConnectionLimits],
             worst = max(out, key=lambda k: out[k].max_connections or 0)
             raise ParameterError(
                 f"kmes.{worst}.max_connections", out[worst].max_connections,
-                f"the KMEs of this process may hold {total} sockets (caps plus 1/8 for "
-                f"closing ones) and need {FILE_RESERVE} more files, over the open-file "
-                f"limit {file_limit}; lower max_connections or raise `ulimit -n`")
+                f"the KMEs of this process may hold {total} sockets (twice their caps: "
+                f"evicted ones still closing) and need {FILE_RESERVE} more files, over the "
+                f"open-file limit {file_limit}; lower max_connections or raise `ulimit -n`")
     return out
 
 

@@ -174,7 +174,9 @@ class _TlsScopeMixin:
     Uvicorn creates one protocol object per connection and calls ``self.app`` for every
     request on it, so the wrapper built after the handshake serves that connection only.
     The wrapper runs once a request's headers are complete, which stops the header
-    timer; it is armed again when a response completes (the next request's headers).
+    timer. The timer starts at the handshake (a connection that never asks is closed)
+    and again at the first byte after a response (between requests uvicorn's
+    keep-alive timeout applies, so an idle pooled client is not counted as an attack).
     ``guard`` and ``header_timeout_s`` are set by :class:`GuardedServer` (None: off).
     """
 
@@ -184,6 +186,7 @@ class _TlsScopeMixin:
     guard: ConnectionGuard | None = None
     header_timeout_s: float | None = None
     _header_timer: asyncio.TimerHandle | None = None
+    _between_requests = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
@@ -224,8 +227,13 @@ class _TlsScopeMixin:
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
-        if not self.transport.is_closing():
+        self._between_requests = True
+
+    def data_received(self, data: bytes) -> None:
+        if self._between_requests:
+            self._between_requests = False
             self._arm_header_timer()
+        super().data_received(data)  # type: ignore[misc]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
