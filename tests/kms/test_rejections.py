@@ -79,6 +79,44 @@ def test_keys_are_separate_and_close_writes_every_pending_count():
                                      for r in ("invalid_request", "quota_exceeded")}
 
 
+class FailingSink(RecordingSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+
+    def emit(self, event, **fields):
+        if self.failing:
+            raise OSError(28, "No space left on device")
+        super().emit(event, **fields)
+
+
+def test_nothing_is_held_back_while_the_sink_fails():
+    """A held-back rejection would look written and clear the KME's storage alarm."""
+    clock, inner = Clock(), FailingSink()
+    agg = RejectionAggregator(inner, clock=clock)
+    reject(agg)
+    reject(agg)  # held back: the sink works
+    inner.failing = True
+    for _ in range(3):
+        try:
+            agg.emit("keys_reserving", kme_id="kme-a")
+        except OSError:
+            pass
+        else:
+            raise AssertionError("the failure must reach the caller")
+        try:
+            reject(agg)
+        except OSError:
+            pass
+        else:
+            raise AssertionError("a rejection was held back while the audit trail fails")
+    inner.failing = False
+    reject(agg)  # written (the key is not held back after the failures)...
+    reject(agg)  # ...and this one is held back again
+    agg.close()
+    assert counted(inner.events) == {("a1", "quota_exceeded"): 4}  # the 3 failed are lost
+
+
 def test_max_keys_bounds_memory_and_writes_the_rest():
     clock, inner = Clock(), RecordingSink()
     agg = RejectionAggregator(inner, clock=clock, max_keys=2)

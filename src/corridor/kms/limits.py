@@ -299,6 +299,11 @@ class ConnectionGuard:
         """Register an accepted socket, or refuse it (the caller resets and closes it)."""
         evict: socket.socket | None = None
         with self._lock:
+            if len(self._open) >= self.cap:
+                # A socket dropped without close() (never expected from asyncio) must not
+                # hold a place for ever: its weak reference is gone.
+                for stale in [f for f in self._open if f not in self._sockets]:
+                    del self._open[stale]
             live = sum(1 for t in self._open.values() if not t.evicted) \
                 if len(self._open) >= self.cap else len(self._open)
             if live >= self.cap:

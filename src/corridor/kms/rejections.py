@@ -4,7 +4,8 @@ A refused request changes nothing, yet with an fsync per audit line a flood of t
 (a misbehaving SAE, a quota hit in a loop) costs one disk flush each and drowns the
 trail. :class:`RejectionAggregator` sits in front of the audit log (an
 :class:`~corridor.kms.interface.EventSink` wrapping another) and, per
-``(kme_id, endpoint, sae_id, reason, status_code)``:
+``(kme_id, endpoint, sae_id, reason, status_code, quota)`` (``quota`` only on
+quota refusals):
 
 - writes the first ``request_rejected`` at once, unchanged (its write may fail, and the
   KME then answers 503 as before);
@@ -22,7 +23,10 @@ a ``delivery_id``, see :mod:`corridor.kms.manager`), passes through untouched. M
 do not go through this sink: they count every rejection.
 
 At most ``max_keys`` keys are tracked; beyond that a rejection is written at once
-(no unbounded memory whatever the callers send).
+(no unbounded memory whatever the callers send). After a write to the wrapped sink
+failed, nothing is held back until one succeeds again: a held-back rejection would
+look written to the KeyManager, which would then clear its storage alarm although the
+audit trail still cannot be written.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from corridor.kms.interface import EventSink
 
 EVENT_REJECTED = "request_rejected"
 EVENT_SUMMARY = "requests_rejected_summary"
-_KEY_FIELDS = ("kme_id", "endpoint", "sae_id", "reason", "status_code")
+_KEY_FIELDS = ("kme_id", "endpoint", "sae_id", "reason", "status_code", "quota")
 
 
 class _Pending:
@@ -67,6 +71,7 @@ class RejectionAggregator:
         self._lock = threading.Lock()
         self._keys: dict[tuple[Any, ...], _Pending] = {}
         self._last_scan_s = -float("inf")
+        self._sink_failing = False
 
     def emit(self, event: str, **fields: Any) -> None:
         """Forward ``event``, or count it if it is a repeated rejection."""
@@ -74,11 +79,12 @@ class RejectionAggregator:
             key = tuple(fields.get(name) for name in _KEY_FIELDS)
             with self._lock:
                 pending = self._keys.get(key)
-                if pending is not None and self._clock() - pending.since_s < self.interval_s:
+                if pending is not None and not self._sink_failing \
+                        and self._clock() - pending.since_s < self.interval_s:
                     pending.count += 1
                     return
             self.flush()
-            self.sink.emit(event, **fields)
+            self._forward(event, fields)
             with self._lock:
                 if key not in self._keys and len(self._keys) < self.max_keys:
                     self._keys[key] = _Pending(
@@ -86,7 +92,15 @@ class RejectionAggregator:
                         self._clock())
             return
         self.flush()
-        self.sink.emit(event, **fields)
+        self._forward(event, fields)
+
+    def _forward(self, event: str, fields: dict[str, Any]) -> None:
+        try:
+            self.sink.emit(event, **fields)
+        except BaseException:
+            self._sink_failing = True
+            raise
+        self._sink_failing = False
 
     def flush(self, *, force: bool = False) -> int:
         """Write the summaries whose interval is over (all of them with ``force``);
@@ -110,8 +124,8 @@ class RejectionAggregator:
                     else:
                         del self._keys[key]
         for pending in due:
-            self.sink.emit(EVENT_SUMMARY, **pending.fields, count=pending.count,
-                           interval_s=self.interval_s)
+            self._forward(EVENT_SUMMARY, {**pending.fields, "count": pending.count,
+                                          "interval_s": self.interval_s})
         return len(due)
 
     def close(self) -> None:
