@@ -3,17 +3,22 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corridor.errors import ParameterError
+from corridor.kms.audit import verify_audit_log
+from corridor.kms.client import KmeResponseError, SaeClient
 from corridor.kms.config import KmeConfig, SaeDirectory
-from corridor.kms.crypto import generate_kek
+from corridor.kms.crypto import generate_kek, load_kek
 from corridor.kms.interface import KeyRequestError, KeysUnavailableError
 from corridor.kms.manager import KeyManager, connect_local
+from corridor.kms.node import Corridor, parse_corridor
 from corridor.kms.quota import (
     QUOTA_DAY,
     QUOTA_RATE,
@@ -24,6 +29,7 @@ from corridor.kms.quota import (
 )
 from corridor.kms.store_sqlite import SqliteKeyStore
 from tests.kms.test_manager import RecordingSink
+from tests.kms.test_node import _spec_data
 
 
 class Clock:
@@ -230,3 +236,52 @@ def test_pool_exhaustion_is_refused_before_the_quota_and_the_intent(tmp_path):
     # The quota was not charged: the whole burst is still there.
     assert a.quotas is not None and a.quotas.take("a1", "b1", 1000) is None
     a.close(), b.close()
+
+
+# -- over HTTPS, from the corridor file ---------------------------------------------------
+
+
+def test_corridor_quota_answers_503_then_400_and_audits_a_summary(tmp_path):
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    data = os.urandom(100 * 1024)
+    (keys_dir / "alice.bin").write_bytes(data)
+    (keys_dir / "bob.bin").write_bytes(data)
+    spec_data = _spec_data(keys_dir)
+    # A slow refill, so that the refusals below do not depend on how fast the test runs.
+    spec_data["quota"] = {"keys_per_second": 0.01, "burst_keys": 3}
+    spec = parse_corridor(spec_data)
+    with Corridor(spec, tmp_path / "run", host="127.0.0.1") as corridor:
+        pki = corridor.pki
+        assert pki is not None
+        node = corridor.nodes["kme-a"]
+        with SaeClient(node.url or "", pki.saes["sae-a"].cert, pki.saes["sae-a"].key,
+                       pki.ca_cert, expected_kme_id="kme-a") as client:
+            deadline = time.monotonic() + 30
+            while client.status("sae-b").stored_key_count < 10:
+                assert time.monotonic() < deadline, "no key material in time"
+                time.sleep(0.05)
+            assert len(client.get_key("sae-b", number=3)) == 3
+            for _ in range(20):
+                with pytest.raises(KmeResponseError) as info:
+                    client.get_key("sae-b", number=1)
+                assert info.value.status_code == 503
+                assert info.value.message.startswith("quota exceeded: this SAE pair is over")
+                assert info.value.details[0]["quota"] == QUOTA_RATE
+                assert info.value.details[0]["retry_after_s"] > 1
+            with pytest.raises(KmeResponseError) as info:
+                client.get_key("sae-b", number=4)
+            assert info.value.status_code == 400 and "burst of 3" in info.value.message
+        rejected = node.metrics.registry.get_sample_value(
+            "corridor_key_requests_rejected_total",
+            {"kme_id": "kme-a", "endpoint": "enc_keys", "reason": "quota_exceeded"})
+        assert rejected == 21
+        audit_path, kek_path = node.audit_path, node.kek_path
+    # The 20 refusals of one kind: one line at once, one summary at shutdown.
+    entries = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    quota_lines = [e for e in entries if e["fields"].get("reason") == "quota_exceeded"]
+    assert [(e["event"], e["fields"].get("count"), e["fields"]["status_code"])
+            for e in quota_lines] == [("request_rejected", None, 503),
+                                      ("request_rejected", None, 400),
+                                      ("requests_rejected_summary", 19, 503)]
+    assert kek_path is not None and verify_audit_log(audit_path, load_kek(kek_path)).ok
