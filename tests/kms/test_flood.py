@@ -28,7 +28,7 @@ from corridor.kms.tls import client_ssl_context
 
 CAP = 48
 HANDSHAKE_TIMEOUT_S = 1.0
-HEADER_TIMEOUT_S = 1.0
+HEADER_TIMEOUT_S = 3.0  # longer than opening CAP TLS connections takes on a loaded machine
 
 pytestmark = pytest.mark.slow
 
