@@ -39,6 +39,8 @@ DOCUMENTED = {
     "corridor_request_duration_seconds": ("histogram", {"endpoint"}),
     "corridor_policy_decisions": ("counter", {"policy", "decision"}),
     "corridor_events": ("counter", {"event"}),
+    "corridor_connections_refused": ("counter", {"kme_id", "reason"}),
+    "corridor_connections_open": ("gauge", {"kme_id"}),
 }
 
 
@@ -78,6 +80,9 @@ def _exercise(metrics: KmsMetrics) -> None:
     sink.emit("reservations_discarded", kme_id="kme-a", count=2, reason="peer_refused")
     sink.emit("policy_decision", policy="qkd_or_fallback", decision="fallback_ml_kem")
     sink.emit("storage_alarm_raised", kme_id="kme-a", reason="audit write: OSError")
+    # Connection refusals are counted by the server's guard, not from events.
+    metrics.connections_refused.labels("kme-a", "evicted").inc()
+    metrics.connections_open.labels("kme-a").set_function(lambda: 7)
 
 
 def test_exposition_parses_with_documented_names_types_and_labels() -> None:

@@ -749,9 +749,14 @@ class HttpsPeerLink:
                 content = response.read()
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                # A reused connection may have been closed by the peer while idle: one
-                # more try on a fresh one. A timeout is not retried (it would double it).
+                # A reused connection may have been closed by the peer while idle, and a
+                # fresh one reset by a peer at its connection cap (corridor.kms.limits,
+                # it makes room within a moment): one more try on a fresh one. A timeout
+                # is not retried (it would double it).
                 if reused and not isinstance(exc, TimeoutError):
+                    continue
+                if isinstance(exc, ConnectionResetError) and _attempt == 0:
+                    time.sleep(0.05)
                     continue
                 raise PeerUnreachableError(MSG_PEER_UNREACHABLE, [
                     {"peer_kme_id": self.peer_kme_id, "reason": type(exc).__name__}]) from None

@@ -68,6 +68,7 @@ from corridor.kms.interface import (
     Reservation,
     UnauthorizedError,
 )
+from corridor.kms.quota import SaeQuotas
 from corridor.kms.store import (
     ROLE_MASTER,
     ROLE_SLAVE,
@@ -186,7 +187,8 @@ class KeyManager:
     def __init__(self, config: KmeConfig, directory: SaeDirectory, store: KeyStore,
                  peers: Mapping[str, PeerLink] | None = None,
                  events: EventSink | None = None, *,
-                 coalesce_announcements: bool = True) -> None:
+                 coalesce_announcements: bool = True,
+                 quotas: SaeQuotas | None = None) -> None:
         if store.kme_id != config.kme_id:
             raise ParameterError("store.kme_id", store.kme_id,
                                  f"must be this KME's ID {config.kme_id!r}")
@@ -201,6 +203,7 @@ class KeyManager:
         self._peers_lock = threading.Lock()
         self._storage_alarm: str | None = None
         self._storage_alarm_since = 0.0
+        self.quotas = quotas
         # Peer outages, cuts whose announcement has not finished, and key IDs to
         # withdraw at the peer once it answers again (see sync_peer).
         self._flight_lock = threading.Lock()
@@ -277,6 +280,28 @@ class KeyManager:
         becomes a 503 (:class:`StorageFailureError`)."""
         self._record("request_rejected", kme_id=self.kme_id, endpoint=endpoint,
                      sae_id=sae_id, reason=reason, status_code=status_code, **extra)
+
+    def _admit(self, master_sae_id: str, slave_sae_id: str, link_id: str, direction: str,
+               count: int, size_bits: int) -> None:
+        """Refuse, before any audit intent or store write, a request the pool cannot
+        serve now or the pair's quota (corridor.kms.quota) does not allow; a quota is
+        taken only from a request the pool can serve."""
+        state = self.store.pool_state(link_id, direction)
+        if state.available_bytes < count * (size_bits // 8):
+            self._reject("enc_keys", master_sae_id, "pool_exhausted", 503)
+            raise KeysUnavailableError(
+                f"not enough key material for {count} keys of {size_bits} bits to "
+                f"{slave_sae_id!r}; try fewer or smaller keys, or later",
+                [{"stored_key_count": min(state.available_bytes // (size_bits // 8),
+                                          self.config.max_key_count)}])
+        refusal = self.quotas.take(master_sae_id, slave_sae_id, count) \
+            if self.quotas is not None else None
+        if refusal is None:
+            return
+        status = 503 if refusal.retry_after_s is not None else 400
+        self._reject("enc_keys", master_sae_id, "quota_exceeded", status, quota=refusal.quota)
+        error = KeysUnavailableError if status == 503 else KeyRequestError
+        raise error(f"quota exceeded: {refusal.message}", refusal.details())
 
     # -- routing ----------------------------------------------------------------------
 
@@ -431,6 +456,7 @@ class KeyManager:
                 f"the slave's KME {slave_kme!r} is unreachable; nothing was reserved; "
                 f"retry in {wait_s:.1f} s", [{"peer_kme_id": slave_kme}])
         direction = link.direction_from(self.kme_id)
+        self._admit(master_sae_id, slave_sae_id, link.link_id, direction, count, size)
         key_ids = new_key_ids(count)
         delivery_id = _new_delivery_id()
         self._record("keys_reserving", kme_id=self.kme_id, delivery_id=delivery_id,

@@ -205,6 +205,15 @@ class KmsMetrics:
             "corridor_policy_decisions_total",
             "Decisions of a key policy (e.g. fallback when QKD key is missing).",
             ["policy", "decision"], registry=r)
+        self.connections_refused = Counter(
+            "corridor_connections_refused_total",
+            "Connections a KME server refused or closed early, by reason: limit (at the "
+            "cap, all established), evicted (oldest in TLS handshake, to make room), "
+            "handshake_timeout, handshake_failed, header_timeout.",
+            ["kme_id", "reason"], registry=r)
+        self.connections_open = Gauge(
+            "corridor_connections_open", "Sockets a KME server holds open now.",
+            ["kme_id"], registry=r)
         self.events = Counter(
             "corridor_events_total", "Events emitted to the event sinks, by event name.",
             ["event"], registry=r)

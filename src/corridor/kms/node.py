@@ -59,9 +59,18 @@ from corridor.kms.audit import (
 from corridor.kms.config import KmeConfig, SaeDirectory, check_id
 from corridor.kms.crypto import load_kek, write_kek_file
 from corridor.kms.interface import EventSink, FanOutEventSink
+from corridor.kms.limits import (
+    SETTING_NAMES,
+    ConnectionLimits,
+    RefusalReporter,
+    check_file_budget,
+    raise_open_file_limit,
+)
 from corridor.kms.manager import KeyManager
 from corridor.kms.metrics import KmsMetrics, MetricsEventSink, PoolSample
 from corridor.kms.pki import MANIFEST_NAME, CertificatePaths, PkiLayout, init_pki
+from corridor.kms.quota import QuotaPolicy, SaeQuotas
+from corridor.kms.rejections import RejectionAggregator
 from corridor.kms.source import (
     SIDE_ALICE,
     SIDE_BOB,
@@ -91,7 +100,7 @@ _LINK_KEYS = {"id", "alice_kme", "bob_kme", "preset", "parameters", "source", "b
               "channel_listen", "channel_address", "simulation_seed", "psk_file"}
 _MONITOR_KEYS = {"qber_alarm_threshold", "trend_window_blocks", "recovery_blocks",
                  "recovery_qber_threshold", "max_consecutive_discards"}
-_TOP_KEYS = {"name", "kme", "monitor", "kmes", "links", "saes", "pki_dir"}
+_TOP_KEYS = {"name", "kme", "monitor", "kmes", "links", "saes", "pki_dir", "quota"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -112,6 +121,7 @@ class KmeSite:
     kek_file: Path | None = None
     kek_env: str | None = None
     audit_fsync_interval_s: float = 0.0
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
     def base_url(self, port: int | None = None, host: str | None = None) -> str:
         """``https://host:port`` (``url`` if the file gives one)."""
@@ -162,6 +172,7 @@ class CorridorSpec:
     monitor: dict[str, Any] = field(default_factory=dict)
     pki_dir: Path | None = None
     source_path: str = "(embedded default)"
+    quota: QuotaPolicy = field(default_factory=QuotaPolicy)
 
     def directory(self) -> SaeDirectory:
         """Who is attached where, and the links, as every KME needs it."""
@@ -226,9 +237,11 @@ def parse_corridor(data: Mapping[str, Any], base_dir: Path | None = None,
         if kme_id in kmes:
             raise ParameterError(f"kmes[{index}].id", kme_id, "must be unique")
         where = f"kmes.{kme_id}"
-        settings = {k: v for k, v in entry.items() if k not in _KME_NODE_KEYS}
+        settings = {k: v for k, v in {**shared, **entry}.items()
+                    if k not in _KME_NODE_KEYS and k not in SETTING_NAMES}
         node = {k: v for k, v in entry.items() if k in _KME_NODE_KEYS}
-        config = KmeConfig.from_mapping({**shared, **settings, "kme_id": kme_id})
+        config = KmeConfig.from_mapping({**settings, "kme_id": kme_id})
+        limits = ConnectionLimits.from_mapping({**shared, **entry}, where)
         host = node.get("host", "127.0.0.1")
         if not isinstance(host, str) or not host:
             raise ParameterError(f"{where}.host", host, "must be a host name or IP address")
@@ -254,7 +267,8 @@ def parse_corridor(data: Mapping[str, Any], base_dir: Path | None = None,
             if "kek_file" in node else None,
             kek_env=kek_env,
             audit_fsync_interval_s=float(_number(f"{where}.audit_fsync_interval_s",
-                                                 node.get("audit_fsync_interval_s", 0.0))))
+                                                 node.get("audit_fsync_interval_s", 0.0))),
+            limits=limits)
     saes: dict[str, str] = {}
     sae_entries = data.get("saes", [])
     if not isinstance(sae_entries, list) or not sae_entries:
@@ -282,7 +296,8 @@ def parse_corridor(data: Mapping[str, Any], base_dir: Path | None = None,
         links[link.link_id] = link
     spec = CorridorSpec(name=name, kmes=kmes, links=links, saes=saes, monitor=monitor,
                         pki_dir=_path(base, data["pki_dir"], "pki_dir")
-                        if "pki_dir" in data else None, source_path=source_path)
+                        if "pki_dir" in data else None, source_path=source_path,
+                        quota=QuotaPolicy.from_mapping(data.get("quota", {}), saes))
     spec.directory()  # one link per KME pair, IDs valid: SaeDirectory checks it
     return spec
 
@@ -455,12 +470,16 @@ class KmeNode:
         accept_broken_audit: an operator's reason to start although the audit chain does
             not verify (recorded as ``audit_chain_broken_accepted``); without it such a
             KME refuses to start.
+        limits: the server's connection limits with a concrete cap (default: the
+            corridor file's, the cap sized from the open-file limit, which is raised to
+            its hard limit first; :class:`Corridor` sizes its KMEs' caps together).
     """
 
     def __init__(self, spec: CorridorSpec, kme_id: str, workdir: Path, pki: PkiLayout, *,
                  peer_urls: Mapping[str, str] | None = None,
                  sock: socket.socket | None = None, public_url: str | None = None,
-                 accept_broken_audit: str | None = None) -> None:
+                 accept_broken_audit: str | None = None,
+                 limits: ConnectionLimits | None = None) -> None:
         self.spec = spec
         self.site = spec.kme(kme_id)
         self.kme_id = kme_id
@@ -482,6 +501,11 @@ class KmeNode:
             raise ParameterError("--accept-broken-audit", accept_broken_audit,
                                  "must give the operator's reason")
         self.accept_broken_audit = accept_broken_audit
+        self._limits = limits
+        self.refusals = RefusalReporter(
+            kme_id, count=lambda reason: self.metrics.connections_refused.labels(
+                kme_id, reason).inc())
+        self.rejections: RejectionAggregator | None = None
 
     @property
     def audit_path(self) -> Path:
@@ -534,11 +558,18 @@ class KmeNode:
                 f"audit log {self.audit_path} is broken at seq {chain.first_bad_seq}: "
                 f"{chain.reason}; inspect it with `corridor audit verify`, and start with "
                 "--accept-broken-audit REASON only once you know why")
-        self.events = FanOutEventSink(self.audit, MetricsEventSink(self.metrics))
+        # Floods of refused requests reach the audit trail as summaries, every one of
+        # them the metrics (corridor.kms.rejections); pending counts are written before
+        # the audit log closes.
+        self.rejections = RejectionAggregator(self.audit)
+        self._stack.callback(self.rejections.close)
+        self.events = FanOutEventSink(self.rejections, MetricsEventSink(self.metrics))
         store: KeyStore = open_store(self.store_url, kek, kme_id=self.kme_id)
         self._stack.callback(store.close)
         del kek
-        manager = KeyManager(self.site.config, self.spec.directory(), store, events=self.events)
+        quotas = None if self.spec.quota.unlimited else SaeQuotas(self.spec.quota)
+        manager = KeyManager(self.site.config, self.spec.directory(), store, events=self.events,
+                             quotas=quotas)
         manager.check_store_against(marks)  # anti-rollback, before anything is served
         self.manager = manager
         self.events.emit("kme_started", kme_id=self.kme_id, pid=os.getpid())
@@ -583,8 +614,15 @@ class KmeNode:
                              peer_sync=manager.accept_sync)
             sock = self._sock if self._sock is not None else bind_socket(self.site.host,
                                                                          self.site.port)
+            limits = self._limits or check_file_budget(
+                {self.kme_id: self.site.limits}, raise_open_file_limit())[self.kme_id]
             server = self._stack.enter_context(running_server(
-                app, paths.cert, paths.key, self.pki.ca_cert, sock=sock))
+                app, paths.cert, paths.key, self.pki.ca_cert, sock=sock, limits=limits,
+                reporter=self.refusals))
+            if server.guard is not None:
+                guard = server.guard
+                self.metrics.connections_open.labels(self.kme_id).set_function(
+                    lambda: guard.open_count)
             if self.url is None:
                 self.url = self.site.base_url(server.port)
             self._start_housekeeping(manager)
@@ -596,12 +634,14 @@ class KmeNode:
     def _start_housekeeping(self, manager: KeyManager) -> None:
         """Expire keys nobody fetched and sync with the peers (withdraw, trim), a few
         seconds after start and then every quarter of the key lifetime (at most every
-        minute); in between,
-        probe an unreachable peer at its retry times so that the outage ends (and
-        Status counts keys again) without waiting for a request. Stopped and joined
-        before the store closes."""
+        minute); in between, probe an unreachable peer at its retry times so that the
+        outage ends (and Status counts keys again) without waiting for a request, and
+        write the due summaries of refused requests. Stopped and joined before the store
+        closes."""
         stop = threading.Event()
         interval_s = min(60.0, manager.config.undelivered_key_lifetime_s / 4.0)
+
+        rejections = self.rejections
 
         def run() -> None:
             # The first round waits a little: at start the peer may not listen yet.
@@ -617,8 +657,16 @@ class KmeNode:
                 except Exception as exc:  # a bug must not end the thread silently
                     _log.error("housekeeping at KME %s failed: %s", self.kme_id,
                                type(exc).__name__)
+                # Summaries of refused requests are due once per interval even when no
+                # further event arrives to write them.
+                if rejections is not None:
+                    try:
+                        rejections.flush()
+                    except Exception as exc:
+                        _log.error("audit summary at KME %s failed: %s", self.kme_id,
+                                   type(exc).__name__)
+                wait_s = min(next_round - time.monotonic(), 1.0)
                 probe_in = manager.next_probe_in_s()
-                wait_s = next_round - time.monotonic()
                 if probe_in is not None:
                     wait_s = min(wait_s, probe_in)
                 if stop.wait(max(0.05, wait_s)):
@@ -766,6 +814,11 @@ class Corridor:
             self.workdir.mkdir(parents=True, exist_ok=True)
             self._lock_workdir()
             self.pki = ensure_pki(self.spec, self.spec.pki_dir or self.workdir / "pki")
+            # One process holds every KME's connections: their caps share its open-file
+            # limit (docs/kms-operations.md, "Connection floods").
+            limits = check_file_budget({kme_id: site.limits
+                                        for kme_id, site in self.spec.kmes.items()},
+                                       raise_open_file_limit())
             sockets: dict[str, socket.socket] = {}
             urls: dict[str, str] = {}
             for kme_id, site in self.spec.kmes.items():
@@ -775,7 +828,8 @@ class Corridor:
                 urls[kme_id] = site.base_url(sock.getsockname()[1], self.host)
             for kme_id in self.spec.kmes:
                 node = KmeNode(self.spec, kme_id, self.workdir, self.pki, peer_urls=urls,
-                               sock=sockets.pop(kme_id), public_url=urls[kme_id])
+                               sock=sockets.pop(kme_id), public_url=urls[kme_id],
+                               limits=limits[kme_id])
                 self.nodes[kme_id] = node
                 node.start()
             self.monitor = monitor_for(self.spec, FanOutEventSink(

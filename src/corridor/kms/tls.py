@@ -19,6 +19,15 @@ server's certificate identity right after the handshake, before any request is s
 
 :func:`serve` runs a server in the foreground; :func:`running_server` runs one in a
 background thread on a free port and stops it cleanly (tests, tools, ``corridor up``).
+
+Connection limits (:mod:`corridor.kms.limits`). :class:`GuardedServer` serves on a
+:class:`~corridor.kms.limits.GuardedListener`, so every accepted socket passes the
+KME's :class:`~corridor.kms.limits.ConnectionGuard` before its TLS handshake, with
+asyncio's ``ssl_handshake_timeout`` set from the limits. The HTTP protocol closes a
+connection whose request headers are not complete ``header_timeout_s`` after its
+handshake or its previous response (uvicorn has no such timeout). The servers run on
+asyncio's selector loop, not uvloop: the guard relies on asyncio calling ``accept`` on
+the socket object it was given.
 """
 
 from __future__ import annotations
@@ -40,6 +49,15 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from corridor.errors import ParameterError
+from corridor.kms.limits import (
+    REASON_HEADER_TIMEOUT,
+    ConnectionGuard,
+    ConnectionLimits,
+    GuardedListener,
+    RefusalReporter,
+    check_file_budget,
+    open_file_limit,
+)
 from corridor.kms.pki import CertificateIdentityError, Identity, identity_from_der
 
 PathLike = str | os.PathLike[str]
@@ -150,20 +168,76 @@ def _with_tls_extension(app: ASGIApp, tls: dict[str, Any]) -> ASGIApp:
 
 
 class _TlsScopeMixin:
-    """Wraps the protocol's application once per connection with the TLS extension.
+    """Wraps the protocol's application once per connection with the TLS extension,
+    tells the connection guard the handshake is done, and enforces the header timeout.
 
     Uvicorn creates one protocol object per connection and calls ``self.app`` for every
     request on it, so the wrapper built after the handshake serves that connection only.
+    The wrapper runs once a request's headers are complete, which stops the header
+    timer. The timer starts at the handshake (a connection that never asks is closed)
+    and again at the first byte after a response (between requests uvicorn's
+    keep-alive timeout applies, so an idle pooled client is not counted as an attack).
+    ``guard`` and ``header_timeout_s`` are set by :class:`GuardedServer` (None: off).
     """
 
     app: ASGIApp
     transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    guard: ConnectionGuard | None = None
+    header_timeout_s: float | None = None
+    _header_timer: asyncio.TimerHandle | None = None
+    _between_requests = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+        raw = transport.get_extra_info("socket")
+        if self.guard is not None and raw is not None:
+            self.guard.established(raw.fileno())
         tls = tls_extension(transport)
         if tls is not None:
             self.app = _with_tls_extension(self.app, tls)
+        self.app = self._stopping_header_timer(self.app)
+        self._arm_header_timer()
+
+    def _stopping_header_timer(self, app: ASGIApp) -> ASGIApp:
+        async def app_with_headers_done(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            self._cancel_header_timer()
+            await app(scope, receive, send)
+        return app_with_headers_done
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        if self.header_timeout_s is not None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s,
+                                                      self._header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self.guard is not None:
+            self.guard.reporter.refused(REASON_HEADER_TIMEOUT, "no complete request headers "
+                                        f"within {self.header_timeout_s:g} s")
+        self.transport.abort()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        self._between_requests = True
+
+    def data_received(self, data: bytes) -> None:
+        if self._between_requests:
+            self._between_requests = False
+            self._arm_header_timer()
+        super().data_received(data)  # type: ignore[misc]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def shutdown(self) -> None:
         """Server shutdown: close idle keep-alive connections at once.
@@ -193,26 +267,93 @@ def _protocol_class() -> type[asyncio.Protocol]:
 
 def uvicorn_config(app: ASGIApp, *, cert: PathLike, key: PathLike, ca: PathLike,
                    host: str = "127.0.0.1", port: int = 8443,
-                   keep_alive_s: int = DEFAULT_KEEP_ALIVE_S,
+                   keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
                    log_level: str = "warning", access_log: bool = False) -> uvicorn.Config:
-    """A uvicorn configuration serving ``app`` over mutual TLS."""
+    """A uvicorn configuration serving ``app`` over mutual TLS (asyncio's loop)."""
     context = server_ssl_context(cert, key, ca)
     return uvicorn.Config(
         app, host=host, port=port, http=_protocol_class(), ws="none", lifespan="off",
-        ssl_certfile=os.fspath(cert), ssl_keyfile=os.fspath(key),
+        loop="asyncio", ssl_certfile=os.fspath(cert), ssl_keyfile=os.fspath(key),
         ssl_context_factory=lambda _config, _default: context,
-        timeout_keep_alive=keep_alive_s, log_level=log_level, access_log=access_log,
-        server_header=False)
+        timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]  # a float works
+        log_level=log_level, access_log=access_log, server_header=False)
+
+
+class GuardedServer(uvicorn.Server):
+    """A uvicorn server behind a :class:`~corridor.kms.limits.ConnectionGuard`.
+
+    Serves only on the sockets it is given (wrapped in a ``GuardedListener``), with
+    the TLS handshake and header timeouts of ``limits``; refused connections are
+    reported to ``reporter``, whose summary lines are flushed every second.
+    """
+
+    def __init__(self, config: uvicorn.Config, limits: ConnectionLimits,
+                 reporter: RefusalReporter) -> None:
+        super().__init__(config)
+        self.limits = limits
+        self.reporter = reporter
+        self.guard = ConnectionGuard(limits, reporter)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if not sockets:
+            raise ParameterError("sockets", sockets, "a GuardedServer serves given sockets")
+        config = self.config
+        guard, header_timeout_s = self.guard, self.limits.header_timeout_s
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state,
+                app_state=self.lifespan.state, _loop=_loop)
+            protocol.guard = guard  # type: ignore[attr-defined]
+            protocol.header_timeout_s = header_timeout_s  # type: ignore[attr-defined]
+            return protocol
+
+        loop = asyncio.get_running_loop()
+        self.servers = []
+        for sock in sockets:
+            listener = sock if isinstance(sock, GuardedListener) \
+                else GuardedListener.wrap(sock, guard)
+            listener.guard = guard
+            self.servers.append(await loop.create_server(
+                create_protocol, sock=listener, ssl=config.ssl, backlog=config.backlog,
+                ssl_handshake_timeout=self.limits.tls_handshake_timeout_s,
+                ssl_shutdown_timeout=self.limits.tls_handshake_timeout_s))
+        self.started = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if counter % 10 == 0:
+            self.reporter.flush()
+        return await super().on_tick(counter)
+
+
+def guarded_server(app: ASGIApp, sock: socket.socket, cert: PathLike, key: PathLike,
+                   ca: PathLike, *, limits: ConnectionLimits | None = None,
+                   reporter: RefusalReporter | None = None, kme_id: str = "kme",
+                   log_level: str = "warning", access_log: bool = False) -> GuardedServer:
+    """A :class:`GuardedServer` for ``app`` on the bound ``sock``. Without a cap in
+    ``limits`` it is sized from the open-file limit (as for one KME in the process)."""
+    limits = limits or ConnectionLimits()
+    if limits.max_connections is None:
+        limits = check_file_budget({kme_id: limits}, open_file_limit())[kme_id]
+    host, bound_port = sock.getsockname()[:2]
+    config = uvicorn_config(app, cert=cert, key=key, ca=ca, host=host, port=bound_port,
+                            keep_alive_s=limits.keep_alive_s, log_level=log_level,
+                            access_log=access_log)
+    return GuardedServer(config, limits, reporter or RefusalReporter(kme_id))
 
 
 def serve(app: ASGIApp, host: str, port: int, cert: PathLike, key: PathLike, ca: PathLike,
-          *, keep_alive_s: int = DEFAULT_KEEP_ALIVE_S, log_level: str = "info",
-          access_log: bool = False) -> None:
+          *, limits: ConnectionLimits | None = None, reporter: RefusalReporter | None = None,
+          log_level: str = "info", access_log: bool = False) -> None:
     """Serve ``app`` over mutual TLS until interrupted (SIGINT/SIGTERM stop it cleanly)."""
-    config = uvicorn_config(app, cert=cert, key=key, ca=ca, host=host, port=port,
-                            keep_alive_s=keep_alive_s, log_level=log_level,
-                            access_log=access_log)
-    uvicorn.Server(config).run()
+    sock = bind_socket(host, port)
+    server = guarded_server(app, sock, cert, key, ca, limits=limits, reporter=reporter,
+                            log_level=log_level, access_log=access_log)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        server.reporter.flush(force=True)
+        sock.close()
 
 
 @dataclass(frozen=True)
@@ -221,6 +362,7 @@ class RunningServer:
 
     host: str
     port: int
+    guard: ConnectionGuard | None = None
 
     @property
     def url(self) -> str:
@@ -253,20 +395,20 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 def running_server(app: ASGIApp, cert: PathLike, key: PathLike, ca: PathLike, *,
                    host: str = "127.0.0.1", port: int = 0,
                    sock: socket.socket | None = None,
-                   keep_alive_s: int = DEFAULT_KEEP_ALIVE_S,
+                   limits: ConnectionLimits | None = None,
+                   reporter: RefusalReporter | None = None,
                    startup_timeout_s: float = 10.0) -> Iterator[RunningServer]:
     """Run ``app`` over mutual TLS in a background thread; ``port=0`` picks a free port
     (or pass a socket from :func:`bind_socket`, which this then owns and closes).
+    ``limits`` and ``reporter`` as for :func:`guarded_server`.
 
     Yields once the server accepts connections; on exit it stops accepting, lets
     in-flight requests finish, and joins the thread.
     """
     if sock is None:
         sock = bind_socket(host, port)
-    host, bound_port = sock.getsockname()[:2]
-    config = uvicorn_config(app, cert=cert, key=key, ca=ca, host=host, port=bound_port,
-                            keep_alive_s=keep_alive_s)
-    server = uvicorn.Server(config)
+    bound_host, bound_port = sock.getsockname()[:2]
+    server = guarded_server(app, sock, cert, key, ca, limits=limits, reporter=reporter)
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -290,10 +432,11 @@ def running_server(app: ASGIApp, cert: PathLike, key: PathLike, ca: PathLike, *,
             raise RuntimeError(f"server on port {bound_port} did not start in time")
         time.sleep(0.01)
     try:
-        yield RunningServer(host, bound_port)
+        yield RunningServer(bound_host, bound_port, server.guard)
     finally:
         server.should_exit = True
         thread.join(15)
+        server.reporter.flush(force=True)
         sock.close()
     if thread.is_alive():
         raise RuntimeError(f"server on port {bound_port} did not stop within 15 s")
