@@ -124,8 +124,8 @@ def test_corridor_serves_keys_and_survives_a_restart(tmp_path: Path, keys_dir: P
         assert node.kek_path is not None
         pki = corridor.pki
         assert pki is not None
-        context = client_ssl_context(pki.kmes["kme-b"].cert, pki.kmes["kme-b"].key,
-                                     pki.ca_cert)
+        context = client_ssl_context(pki.operators["operator"].cert,
+                                     pki.operators["operator"].key, pki.ca_cert)
         with httpx.Client(verify=context) as http:
             metrics = http.get(f"{node.url}/metrics").text
         assert 'corridor_pool_stored_keys{direction="A->B",kme_id="kme-a",link_id="link-ab"}' \
