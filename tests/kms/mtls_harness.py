@@ -83,8 +83,10 @@ class Deployment:
 
 @contextmanager
 def two_kme_deployment(root: Path, *, config: dict[str, Any] | None = None,
-                       with_metrics: bool = False) -> Iterator[Deployment]:
-    """Start KME A and KME B (SQLite stores under ``root``) and stop them on exit."""
+                       with_metrics: bool = False,
+                       alarm_desks: dict[str, Any] | None = None) -> Iterator[Deployment]:
+    """Start KME A and KME B (SQLite stores under ``root``) and stop them on exit;
+    ``alarm_desks`` (by KME ID) enables the operator's alarm routes."""
     pki = init_pki(root / "pki", [KME_A, KME_B, "kme-c"],
                    [(sae, kme) for sae, kme in SAES.items()], operators=[OPERATOR])
     directory = SaeDirectory(SAES, {LINK_ID: (KME_A, KME_B)})
@@ -111,7 +113,8 @@ def two_kme_deployment(root: Path, *, config: dict[str, Any] | None = None,
                 from corridor.kms.metrics import KmsMetrics
                 app_metrics = metrics[kme] = KmsMetrics()
             app = create_app(managers[kme], metrics=app_metrics,
-                             peer_acceptor=managers[kme].accept_reservations)
+                             peer_acceptor=managers[kme].accept_reservations,
+                             alarms=(alarm_desks or {}).get(kme))
             paths = pki.kmes[kme]
             stack.enter_context(running_server(app, paths.cert, paths.key, pki.ca_cert,
                                                sock=sockets[kme]))

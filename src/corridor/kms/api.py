@@ -653,7 +653,7 @@ def create_app(service: KeyDeliveryService, *,
             _, refusal = operator_refusal(request)
             return refusal or _json(200, {"kme_id": desk.kme_id, "links": desk.links()})
 
-        @app.post(OPERATOR_PREFIX + "/alarms/{link_id}/clear", responses={
+        @app.post(OPERATOR_PREFIX + "/alarms/{link_id:sae_id}/clear", responses={
             200: {"description": "What was cleared (cleared false: no active alarm here)"},
             404: {"model": Error, "description": "Not a link of this KME"},
             **operator_responses},

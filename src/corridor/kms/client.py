@@ -291,3 +291,51 @@ class SaeClient:
         path = f"{API_PREFIX}/{_path_id(master_sae_id)}/dec_keys"
         return parse_keys(self._request(
             "POST", path, json_body={"key_IDs": [{"key_ID": k} for k in ids]}))
+
+
+OPERATOR_PREFIX = "/operator/v1"
+
+
+class OperatorClient:
+    """An operator's connection to one KME (operator certificate; docs/kms-api.md,
+    "Operator endpoints"): link states and alarms, and clearing them with a reason.
+
+    Same transport, checks and errors as :class:`SaeClient` (a refusal raises
+    :class:`KmeResponseError`: 401 without a verified certificate, 403 for a certificate
+    that is not an operator's).
+    """
+
+    def __init__(self, kme_url: str, cert: PathLike, key: PathLike, ca: PathLike,
+                 expected_kme_id: str | None = None, *, timeout_s: float = 10.0) -> None:
+        self._http = SaeClient(kme_url, cert, key, ca, expected_kme_id, timeout_s=timeout_s,
+                               max_connections=2)
+        self.kme_url = self._http.kme_url
+
+    def __repr__(self) -> str:
+        return f"OperatorClient(kme_url={self.kme_url!r})"
+
+    def __enter__(self) -> OperatorClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._http.close()
+
+    def alarms(self) -> dict[str, Any]:
+        """``{"kme_id": ..., "links": [{"link_id", "state", "quarantined", "alarms", ...}]}``."""
+        body = self._http._request("GET", f"{OPERATOR_PREFIX}/alarms")
+        if not isinstance(body, dict) or not isinstance(body.get("links"), list):
+            raise KmeProtocolError("alarm list is not a JSON object with links")
+        return body
+
+    def clear(self, link_id: str, reason: str) -> dict[str, Any]:
+        """Clear every alarm of ``link_id`` at this KME; ``reason`` is audited."""
+        body = self._http._request("POST", f"{OPERATOR_PREFIX}/alarms/{_path_id(link_id)}/clear",
+                                   json_body={"reason": reason})
+        if not isinstance(body, dict) or not isinstance(body.get("cleared"), bool):
+            raise KmeProtocolError("clear answer is not a JSON object with cleared")
+        return body

@@ -101,11 +101,11 @@ def alarm_dict(alarm: Alarm) -> dict[str, Any]:
             "raised_at_unix_s": alarm.raised_at_unix_s}
 
 
-def check_reason(reason: Any) -> str:
+def check_reason(reason: Any, field: str = "reason") -> str:
     """An operator's reason: non-empty printable text of at most 256 characters."""
     if (not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS
             or not reason.isprintable()):
-        raise ParameterError("reason", reason, f"must be a non-empty printable text of at most "
+        raise ParameterError(field, reason, f"must be a non-empty printable text of at most "
                              f"{MAX_REASON_CHARS} characters saying why the alarm is cleared")
     return reason.strip()
 
