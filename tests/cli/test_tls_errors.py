@@ -112,6 +112,23 @@ def test_our_certificate_signed_by_another_ca(deployment) -> None:
     assert "Server disconnected" not in line
 
 
+def test_a_kme_that_is_not_the_expected_one(deployment) -> None:
+    paths = deployment.dep.pki.saes["sae-a"]
+    url = deployment.dep.urls[KME_A]
+    line = one_line_error(corridor("sae", "status", "sae-b", "--kme", url, "--cert", paths.cert,
+                                   "--key", paths.key, "--ca", deployment.dep.pki.ca_cert,
+                                   "--expect-kme", KME_B))
+    assert f"the server at {url} is KME 'kme-a', not the expected KME 'kme-b'" in line
+
+
+def test_nobody_listening(deployment) -> None:
+    paths = deployment.dep.pki.saes["sae-a"]
+    line = one_line_error(corridor("sae", "status", "sae-b", "--kme", "https://127.0.0.1:1",
+                                   "--cert", paths.cert, "--key", paths.key,
+                                   "--ca", deployment.dep.pki.ca_cert))
+    assert "cannot reach KME at https://127.0.0.1:1" in line and "is running" in line
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_without_a_client_certificate_is_told_what_to_pass(deployment) -> None:
     url = deployment.dep.urls[KME_A]

@@ -658,7 +658,12 @@ def create_app(service: KeyDeliveryService, *,
             404: {"model": Error, "description": "Not a link of this KME"},
             **operator_responses},
             summary="Clear a link's alarms (reason required, audited)",
-            operation_id="operator_clear_alarms", tags=["Operator"])
+            operation_id="operator_clear_alarms", tags=["Operator"],
+            openapi_extra={"requestBody": {"required": True, "content": {
+                "application/json": {"schema": {
+                    "type": "object", "required": ["reason"],
+                    "properties": {"reason": {"type": "string", "minLength": 1,
+                                              "maxLength": 256}}}}}}})
         async def clear_alarms(request: Request, link_id: str) -> Response:
             who, refusal = operator_refusal(request)
             if refusal is not None or who is None:

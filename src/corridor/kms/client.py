@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import ssl
 import uuid
 from collections.abc import Sequence
@@ -108,8 +109,15 @@ def describe_connection_failure(exc: httpx.HTTPError, kme_url: str, cert: PathLi
                     f"{ca}: pass the ca.pem of the corridor that KME belongs to "
                     "(corridor-up.json: ca_cert)")
         if "not the expected" in text or "peer certificate" in text:
-            return (f"the server at {kme_url} is not the expected KME ({text.split(': ', 1)[-1]})"
-                    ": check --kme and --expect-kme")
+            found = re.search(r"identity Identity\(role='(\w+)', entity_id='(.*?)'\) is not "
+                              r"the expected Identity\(role='\w+', entity_id='(.*?)'\)", text)
+            if found:
+                role, actual, wanted = found.groups()
+                return (f"the server at {kme_url} is {role.upper()} {actual!r}, not the "
+                        f"expected KME {wanted!r}: check --kme and --expect-kme "
+                        "(corridor-up.json: kmes[].base_url)")
+            return (f"the server at {kme_url} is not the expected KME: check --kme and "
+                    "--expect-kme")
         if isinstance(exc.__context__, ssl.SSLError) or "SSL" in text or "alert" in text:
             pass  # a TLS alert during the handshake: diagnosed below
         else:
