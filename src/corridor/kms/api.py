@@ -281,9 +281,12 @@ def _unauthorized() -> Response:
     return Response(status_code=401)
 
 
+KME_TO_KME_PREFIX = "/kme/v1/"
+
+
 def _is_etsi_path(path: str) -> bool:
     """ETSI GS QKD 014 and KME-to-KME paths: their 401 carries no body."""
-    return path.startswith(API_PREFIX + "/") or path == RESERVATIONS_PATH
+    return path.startswith(API_PREFIX + "/") or path.startswith(KME_TO_KME_PREFIX)
 
 
 def _keys_body(keys: Sequence[DeliveredKey]) -> dict[str, Any]:
