@@ -110,7 +110,8 @@ def _kme_process(store: str, kme_id: str, workdir: str, ports: dict[str, int],
     manager.set_peer(peer, HttpsPeerLink(f"https://127.0.0.1:{ports[peer]}",
                                          cert=own / "cert.pem", key=own / "key.pem",
                                          ca=pki / "ca.pem", peer_kme_id=peer))
-    app = create_app(manager, peer_acceptor=manager.accept_reservations)
+    app = create_app(manager, peer_acceptor=manager.accept_reservations,
+                     peer_sync=manager.accept_sync)
     if workers == 1:
         serve(app, "127.0.0.1", ports[kme_id], own / "cert.pem", own / "key.pem",
               pki / "ca.pem", log_level="warning")

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from corridor.cli import app
 from corridor.cli.link import link_parameters_from_options, parse_override, parse_pulse_count
 from corridor.errors import ParameterError
+from corridor.link.params import PRESETS
 from corridor.link.rates import plob_bound
 
 runner = CliRunner()
@@ -65,6 +66,21 @@ def test_finite_key_rows_name_their_block() -> None:
     assert row["secret_key_rate_bits_per_pulse"] > 0.0
 
 
+def test_finite_key_flag_chooses_the_bound_and_the_rows_name_it() -> None:
+    rates = {}
+    for bound in ("lim2014", "tightened"):
+        rows = _json(["link", "rate", "--preset", "modern-snspd", "--block-pulses", "1000000000",
+                      "--distance-km", "10", "--no-optimise", "--finite-key", bound,
+                      "--format", "json"])
+        (row,) = rows  # type: ignore[misc]
+        assert row["finite_key_bound"] == bound
+        rates[bound] = row["secret_key_rate_bits_per_pulse"]
+    assert 0.0 < rates["lim2014"] < rates["tightened"]
+    asymptotic = _json(["link", "rate", "--preset", "gys-2004", "--distance-km", "50",
+                        "--format", "json"])
+    assert asymptotic[0]["finite_key_bound"] is None  # type: ignore[index]
+
+
 def test_max_distance_json() -> None:
     data = _json(["link", "rate", "--preset", "gys-2004", "--max-distance", "--format", "json"])
     assert set(data) == {"max_distance_km"}  # type: ignore[arg-type]
@@ -96,7 +112,14 @@ def test_overrides_from_set_and_toml(tmp_path: Path) -> None:
     (["--set", "length_km=abc"], "length_km = 'abc': must be a number"),
     (["--set", "decoy_intensity=0.9"], "must be below signal_intensity"),
     (["--distance-km", "-5"], "a negative length has no meaning"),
-    (["--preset", "nope"], "preset = 'nope': must be one of gys-2004, modern-snspd"),
+    (["--preset", "nope"], "preset = 'nope': must be one of " + ", ".join(sorted(PRESETS))),
+    (["--block-pulses", "100000000", "--finite-key", "lim"],
+     "--finite-key = 'lim': must be one of lim2014, tightened"),
+    (["--decoy", "one-decoy"], "--block-pulses = None: must be given with --decoy one-decoy"),
+    (["--preset", "boaron-2018", "--decoy", "one-decoy", "--block-pulses", "1e12",
+      "--optimise"], "--optimise = True: is not available with --decoy one-decoy"),
+    (["--decoy", "one-decoy", "--block-pulses", "1e12"],
+     "vacuum_probability = 0.1: must be 0 for the one-decoy protocol"),
     (["--block-pulses", "1000", "--decoy", "infinite"], "--decoy = 'infinite'"),
     (["--block-pulses", "0"], "--block-pulses = 0"),
     (["--config", "/nonexistent/link.toml"], "must be an existing TOML file"),
@@ -107,6 +130,25 @@ def test_bad_input_gets_one_clean_line(args: list[str], expected: str) -> None:
     assert "Traceback" not in result.output
     assert expected in " ".join(result.stderr.split())
     assert result.stdout == ""
+
+
+def test_one_decoy_finite_key_of_boaron_2018() -> None:
+    """``--decoy one-decoy``: Rusca et al.'s bound at the preset's own settings."""
+    rows = _json(["link", "rate", "--preset", "boaron-2018", "--decoy", "one-decoy",
+                  "--block-pulses", "1e14", "--distance-km", "405", "--format", "json"])
+    (row,) = rows
+    assert set(row) >= ROW_KEYS | {"detector_availability"}
+    assert (row["decoy"], row["model"], row["optimised"]) == ("one-decoy", "finite-key", False)
+    assert row["block_pulses"] == 10**14
+    # Boaron et al. 2018: 6.5 bit/s at 405 km (tests/link/test_finite_key_one_decoy.py).
+    assert row["secret_key_rate_bits_per_s"] == pytest.approx(6.5, rel=0.3)
+
+
+def test_rows_report_the_saturated_gain() -> None:
+    (row,) = _json(["link", "rate", "--preset", "modern-snspd", "--no-optimise",
+                    "--distance-km", "10", "--format", "json"])
+    assert 0.1 < row["detector_availability"] < 0.2      # 50 ns at 1 GHz, 10 km
+    assert row["gain"] < 0.2 * row["transmittance"] * row["mu"]
 
 
 def test_unparseable_distance_is_a_usage_error_not_a_traceback() -> None:
@@ -146,3 +188,13 @@ def test_pulse_counts_read_as_integers_or_exponent_form(text: str, expected: int
 def test_pulse_counts_that_are_not_whole_numbers_are_refused(text: str) -> None:
     with pytest.raises(typer.BadParameter):
         parse_pulse_count(text)
+
+
+def test_plot_of_a_saturating_link_adds_its_unsaturated_reference(tmp_path: Path) -> None:
+    out = tmp_path / "rates.svg"
+    result = runner.invoke(app, ["link", "plot", "--preset", "modern-snspd", "--out", str(out),
+                                 "--max-distance-km", "60", "--points", "4",
+                                 "--block-pulses", "10000000000"])
+    assert result.exit_code == 0, result.output
+    svg = out.read_text()
+    assert "without the 50 ns dead time" in svg and "dead time 50 ns" in svg

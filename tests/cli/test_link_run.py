@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -15,7 +16,9 @@ from typer.testing import CliRunner
 from corridor.cli import app
 
 # A short link whose 1e7-pulse blocks hold a positive finite key (see test_pipeline.py).
-LINK = ["--preset", "modern-snspd", "--distance-km", "5",
+# Without dead time: a saturated receiver (modern-snspd's 50 ns) clicks ten times less
+# at 5 km, and these blocks would be too small for a key.
+LINK = ["--preset", "modern-snspd", "--distance-km", "5", "--set", "dead_time_s=0",
         "--set", "z_basis_probability=0.5", "--set", "signal_probability=0.5",
         "--set", "decoy_probability=0.3", "--set", "vacuum_probability=0.2",
         "--pulses", "20000000", "--block-pulses", "10000000", "--seed", "21",
@@ -40,14 +43,15 @@ def in_process(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
 def test_json_shape(in_process: tuple[dict, Path]) -> None:
     data, _ = in_process
     for key in ("link_id", "mode", "preset", "length_km", "pulses", "seed", "attack",
-                "cascade_variant", "eps_sec", "eps_cor", "psk_source", "blocks", "totals"):
+                "cascade_variant", "eps_sec", "eps_cor", "finite_key_bound", "psk_source",
+                "blocks", "totals"):
         assert key in data, key
     assert data["mode"] == "in-process" and data["length_km"] == 5.0
     assert len(data["blocks"]) == 2
     row = data["blocks"][0]
     for key in ("block_id", "state", "sifted_bits", "test_qber", "qber_corrected",
                 "disclosed_bits", "reconciliation_efficiency", "secret_bits",
-                "auth_bits_consumed", "channel", "timings_s", "discard_reason"):
+                "auth_bits_consumed", "channel", "timings_s", "discard_reason", "finite_key"):
         assert key in row, key
     totals = data["totals"]
     for key in ("blocks_delivered", "blocks_aborted", "sifted_bits", "disclosed_bits",
@@ -127,3 +131,82 @@ def test_two_processes_over_tcp_give_the_in_process_keys(in_process: tuple[dict,
     expected = (keys / "alice.bin").read_bytes()
     assert (tmp_path / "a" / "alice.bin").read_bytes() == expected
     assert (tmp_path / "b" / "bob.bin").read_bytes() == expected
+
+
+def _independent_key_length(fk: dict, sifted_bits: int) -> int:
+    """Lim et al. 2014, Eqs. (1)-(5), from the printed JSON only (not corridor's code)."""
+    mu1, mu2, mu3 = fk["intensities"]
+    p = fk["class_probabilities"]
+    eps, eps_cor = fk["eps_sec"], fk["eps_cor"]
+    tight = fk["bound"] == "tightened"
+    ln = math.log(21 / eps)
+    tau0 = sum(q * math.exp(-m) for m, q in zip(fk["intensities"], p, strict=True))
+    tau1 = sum(q * math.exp(-m) * m for m, q in zip(fk["intensities"], p, strict=True))
+
+    def hoeffding(counts: list[int]) -> tuple[list[float], list[float]]:
+        d = math.sqrt(sum(counts) / 2 * ln)
+        scale = [math.exp(m) / q for m, q in zip(fk["intensities"], p, strict=True)]
+        return ([s * (c - d) for s, c in zip(scale, counts, strict=True)],
+                [s * (c + d) for s, c in zip(scale, counts, strict=True)])
+
+    def vacuum_single(counts: list[int]) -> tuple[float, float]:
+        lo, hi = hoeffding(counts)
+        s0 = max(0.0, tau0 * (mu2 * lo[2] - mu3 * hi[1]) / (mu2 - mu3))
+        s1 = max(0.0, tau1 * mu1 * (lo[1] - hi[2] - (mu2**2 - mu3**2) / mu1**2
+                                    * (hi[0] - s0 / tau0))
+                 / (mu1 * (mu2 - mu3) - mu2**2 + mu3**2))
+        if tight:
+            s0 = min(s0, sum(counts))
+            s1 = min(s1, sum(counts) - s0)
+        return s0, s1
+
+    def h(x: float) -> float:
+        return 0.0 if x <= 0 else -x * math.log2(x) - (1 - x) * math.log2(1 - x)
+
+    s_z0, s_z1 = vacuum_single(fk["key_basis_detections"])
+    _, s_x1 = vacuum_single(fk["test_basis_detections"])
+    m_lo, m_hi = hoeffding(fk["test_basis_errors"])
+    v_x1 = max(0.0, tau1 * (m_hi[1] - m_lo[2]) / (mu2 - mu3))
+    if tight:
+        v_x1 = min(v_x1, sum(fk["test_basis_errors"]))
+    phi = 0.5
+    if s_x1 > 0 and s_z1 > 0 and v_x1 / s_x1 < 0.5:
+        b = max(v_x1 / s_x1, 1 / s_x1)  # at least one test error (docs/finite-key.md)
+        c, d = s_x1, s_z1
+        gamma = math.sqrt((c + d) * (1 - b) * b / (c * d * math.log(2)) * max(0.0, math.log2(
+            (c + d) / (c * d * (1 - b) * b) * 21**2 / eps**2)))
+        phi = min(0.5, v_x1 / s_x1 + gamma)
+    lambda_ec = fk["reconciliation_disclosed_bits"] + fk["verification_tag_bits"]
+    length = math.floor(s_z0 + s_z1 * (1 - h(phi)) - lambda_ec - 6 * math.log2(21 / eps)
+                        - math.log2(2 / eps_cor))
+    removed = fk["verification_removed_bits"]
+    return min(max(length, 0) - removed, sifted_bits - removed)
+
+
+@pytest.mark.parametrize("bound", ["lim2014", "tightened"])
+def test_the_printed_json_is_enough_to_recompute_the_key_length(bound: str) -> None:
+    one_block = [*LINK[:LINK.index("--pulses")], "--pulses", "10000000", "--block-pulses",
+                 "10000000", "--seed", "21", "--timeout-s", "60"]
+    code, out, err = run_cli(*one_block, "--finite-key", bound, "--format", "json", "--quiet")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["finite_key_bound"] == bound
+    (row,) = data["blocks"]
+    assert row["state"] == "AUTHENTICATED"
+    fk = row["finite_key"]
+    assert fk["bound"] == bound
+    assert fk["intensities"] == [0.5, 0.15, 0.0]
+    assert fk["class_probabilities"] == [0.5, 0.3, 0.2]
+    assert fk["z_basis_probability"] == 0.5
+    assert sum(fk["key_basis_detections"]) == row["sifted_bits"]
+    assert sum(fk["test_basis_detections"]) == row["test_bits"]
+    assert all(len(fk[k]) == 3 for k in ("key_basis_errors", "test_basis_errors"))
+    assert fk["lambda_ec_bits"] == fk["reconciliation_disclosed_bits"] \
+        + fk["verification_tag_bits"] == row["disclosed_bits"]
+    if fk["reconciliation_alice_bits"] is not None:
+        assert fk["reconciliation_alice_bits"] + fk["reconciliation_bob_bits"] \
+            == fk["reconciliation_disclosed_bits"]
+    assert fk["security_cost_bits"] == pytest.approx(
+        6 * math.log2(21 / fk["eps_sec"]) + math.log2(2 / fk["eps_cor"]))
+    assert fk["finite_key_bits"] == row["finite_key_bits"] > 0
+    assert _independent_key_length(fk, row["sifted_bits"]) == row["finite_key_bits"]

@@ -60,10 +60,28 @@ def test_same_seed_same_output() -> None:
 
 
 def test_pns_attack_is_reported_and_collapses_the_decoy_bound() -> None:
+    # The default preset saturates (50 ns dead time): the attack is flagged all the same.
     data = _simulate("--distance-km", "50", "--pulses", "2e7", "--seed", "13", "--attack", "pns")
     assert data["attack"]["name"] == "pns"
     assert data["decoy_estimates"]["single_photon_yield_lower"] == 0.0
     assert "collapsed" in data["decoy_estimates"]["verdict"]
+
+
+def test_honest_saturated_link_scores_small_deviations_and_an_honest_verdict() -> None:
+    """modern-snspd at 10 km (50 ns dead time, receiver live 13 % of the time): the
+    deviations are taken against the exact model the simulator samples from, and the
+    decoy bound is compared with an honest link's Y1 under the same saturation."""
+    data = _simulate("--distance-km", "10", "--pulses", "4e7", "--seed", "9")
+    for name, row in data["per_class"].items():
+        assert abs(row["gain_deviation_sigmas"]) < 5, name
+        if row["qber_deviation_sigmas"] is not None:
+            assert abs(row["qber_deviation_sigmas"]) < 5, name
+    signal = data["per_class"]["signal"]
+    # The textbook closed form (saturation included) is reported next to the model.
+    assert signal["closed_form_gain"] == pytest.approx(signal["expected_gain"], rel=1e-3)
+    decoy = data["decoy_estimates"]
+    assert decoy["yield_bound_over_honest"] > 0.8
+    assert decoy["verdict"].startswith("consistent with an honest channel")
 
 
 def test_intercept_resend_raises_the_reported_qber() -> None:
@@ -72,7 +90,9 @@ def test_intercept_resend_raises_the_reported_qber() -> None:
     assert data["attack"] == {"name": "intercept-resend", "fraction": 0.5,
                               "expected_qber_rise": pytest.approx(0.5 * (0.25 - 0.01 / 2))}
     signal = data["per_class"]["signal"]
-    assert signal["observed_qber"] > signal["expected_qber"] + 0.1
+    # Far above an honest link's QBER, and where the attacked model says it should be.
+    assert signal["observed_qber"] > signal["closed_form_qber"] + 0.1
+    assert abs(signal["qber_deviation_sigmas"]) < 5
 
 
 def test_table_output() -> None:
@@ -103,3 +123,10 @@ def test_pulse_count_must_be_whole() -> None:
     result = runner.invoke(app, ["link", "simulate", "--pulses", "1.5"])
     assert result.exit_code == 2
     assert "whole number" in result.output
+
+
+def test_one_decoy_preset_says_why_the_vacuum_weak_estimate_is_missing() -> None:
+    data = _simulate("--preset", "boaron-2018", "--distance-km", "50", "--pulses", "1e6",
+                     "--seed", "1")
+    assert data["decoy_estimates"]["available"] is False
+    assert "one-decoy" in data["decoy_estimates"]["reason"]

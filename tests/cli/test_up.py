@@ -147,3 +147,30 @@ def test_corridor_up_refuses_a_bad_duration(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--duration-s" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_ctrl_c_with_output_into_a_closed_pipe_still_stops_cleanly(tmp_path: Path) -> None:
+    """``corridor up 2>&1 | tee log`` and Ctrl-C: the reader dies with the same signal,
+    the next write meets a closed pipe; the corridor must still stop cleanly (exit 0,
+    ``kme_stopped`` audited at both KMEs, no SQLite WAL left behind)."""
+    workdir = tmp_path / "run"
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen([*CORRIDOR, "up", "--workdir", str(workdir),
+                                "--status-interval-s", "0.2"], cwd=tmp_path, env=ENV,
+                               stdout=write_end, stderr=write_end)
+    os.close(write_end)
+    try:
+        _wait_for(workdir / "corridor-up.json", process, 60)  # type: ignore[arg-type]
+        os.close(read_end)  # the reader is gone
+        time.sleep(0.5)  # a status line or two meet the closed pipe
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    for kme in ("kme-a", "kme-b"):
+        lines = (workdir / kme / "audit.jsonl").read_text().splitlines()
+        assert json.loads(lines[-1])["event"] == "kme_stopped"
+        assert not (workdir / kme / "store.sqlite-wal").exists()

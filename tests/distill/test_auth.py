@@ -333,3 +333,24 @@ def test_closed_channel_refuses_use() -> None:
     with pytest.raises(ProtocolAbort) as info:
         alice.send("m", b"")
     assert info.value.reason == "channel_closed"
+
+
+def test_large_payloads_are_tagged_over_the_whole_frame_and_received_as_views() -> None:
+    secret = _secret()
+    alice, bob, cap_alice, _ = _pair(secret)
+    payload = RandomSource.seeded(4).bytes(300_000)
+    alice.send("sift.bob", memoryview(payload))
+    frame = cap_alice.frames[0]
+    r = secret[:HASH_KEY_BYTES]
+    pad = secret[HASH_KEY_BYTES:HASH_KEY_BYTES + PAD_BYTES]
+    assert frame[-TAG_BYTES:] == Poly1305.generate_tag(r + pad, frame[:-TAG_BYTES])
+    assert frame[HEADER_BYTES + len("sift.bob"):-TAG_BYTES] == payload
+    cap_alice.deliver(frame)
+    view = bob.recv_view("sift.bob", 1)
+    assert view.readonly and bytes(view) == payload
+    alice.send("sift.bob", payload)
+    altered = bytearray(cap_alice.frames[1])
+    altered[len(altered) // 3] ^= 0x10   # inside the payload
+    cap_alice.deliver(bytes(altered))
+    with pytest.raises(AuthenticationFailure, match="tag mismatch"):
+        bob.recv_view("sift.bob", 1)

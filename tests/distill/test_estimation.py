@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corridor.distill.block import BlockState, KeyBlock
 from corridor.distill.estimation import (
     DEFAULT_QBER_ABORT_THRESHOLD,
     EstimationResult,
     EstimationSettings,
+    _errors_per_class,
     estimate,
     pessimistic_leak_bits,
 )
@@ -24,10 +27,11 @@ from corridor.link.finite_key import (
 from corridor.link.params import preset
 from tests.distill.test_sifting import run_pair
 
-# A link whose 1e7-pulse blocks hold a positive finite key (checked below).
+# A link whose 1e7-pulse blocks hold a positive finite key (checked below); without
+# the preset's dead time, which would cut the clicks of such a block tenfold.
 PARAMS = preset("modern-snspd").override({
-    "z_basis_probability": 0.5, "signal_probability": 0.5, "decoy_probability": 0.3,
-    "vacuum_probability": 0.2}).with_length(5.0)
+    "dead_time_s": 0.0, "z_basis_probability": 0.5, "signal_probability": 0.5,
+    "decoy_probability": 0.3, "vacuum_probability": 0.2}).with_length(5.0)
 PULSES = 10_000_000
 
 
@@ -122,11 +126,37 @@ def test_pns_like_decoy_deficit_aborts_on_the_single_photon_bound() -> None:
 
 
 def test_small_block_aborts_with_no_secret_key() -> None:
-    counts = expected_counts(PARAMS, 300_000)
+    # 6e5 pulses: phi_Z ~ 0.21 < 1/2 under Lim et al.'s bound, but no key is left.
+    counts = expected_counts(PARAMS, 600_000)
     ra, rb, _ = estimate_both(counts, settings_for())
     for r in (ra, rb):
         assert isinstance(r, ProtocolAbort)
         assert r.reason == "no_secret_key"
+
+
+def test_a_tiny_block_aborts_on_the_phase_error_bound() -> None:
+    counts = expected_counts(PARAMS, 300_000)
+    ra, rb, _ = estimate_both(counts, settings_for())
+    for r in (ra, rb):
+        assert isinstance(r, ProtocolAbort)
+        assert r.reason == "phase_error_bound_too_high"
+
+
+def test_the_bound_is_a_setting_and_reaches_the_block_metadata() -> None:
+    counts = expected_counts(PARAMS, PULSES)
+    results = {}
+    for bound in ("lim2014", "tightened"):
+        ra, rb, (sa, _) = estimate_both(counts, settings_for(finite_key_bound=bound))
+        assert isinstance(ra, EstimationResult) and isinstance(rb, EstimationResult)
+        assert sa.block.meta["finite_key_bound"] == bound
+        direct = finite_key_bounds(ra.counts, PARAMS.source.intensities,
+                                   PARAMS.source.class_probabilities, PARAMS.protocol.eps_sec,
+                                   bound)
+        assert ra.bounds == direct
+        results[bound] = ra
+    assert results["tightened"].pessimistic_key_bits > results["lim2014"].pessimistic_key_bits
+    with pytest.raises(ParameterError, match="finite_key_bound"):
+        settings_for(finite_key_bound="lim")
 
 
 def test_no_test_bits_aborts() -> None:
@@ -151,3 +181,15 @@ def test_bad_settings_name_the_field(field: str, value: float) -> None:
     with pytest.raises(ParameterError) as info:
         settings_for(**{field: value})
     assert info.value.field == field
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(0, 200), seed=st.integers(0, 2**32 - 1))
+def test_errors_per_class_equal_bincount_of_differing_bits(n: int, seed: int) -> None:
+    gen = np.random.default_rng(seed)
+    mine = gen.integers(0, 2, n, dtype=np.uint8)
+    theirs = np.where(gen.random(n) < 0.3, 1 - mine, mine).astype(np.uint8)
+    classes = gen.integers(0, 3, n, dtype=np.uint8)
+    expected = np.bincount(classes[mine != theirs], minlength=3)
+    got = _errors_per_class(np.packbits(mine), np.packbits(theirs), n, classes)
+    assert got == tuple(int(x) for x in expected)

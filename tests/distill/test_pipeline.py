@@ -34,10 +34,11 @@ from corridor.link.finite_key import DecoyCounts, finite_key_bounds, finite_key_
 from corridor.link.params import LinkParameters, preset
 
 # Standard-basis-choice variant of the modern preset at 5 km: a 1e7-pulse block holds
-# a positive finite key (Lim et al. 2014) while keeping the suite quick.
+# a positive finite key (Lim et al. 2014) while keeping the suite quick. Without dead
+# time: the preset's 50 ns would cut the clicks, and the key, of such a block tenfold.
 PARAMS = preset("modern-snspd").override({
-    "z_basis_probability": 0.5, "signal_probability": 0.5, "decoy_probability": 0.3,
-    "vacuum_probability": 0.2}).with_length(5.0)
+    "dead_time_s": 0.0, "z_basis_probability": 0.5, "signal_probability": 0.5,
+    "decoy_probability": 0.3, "vacuum_probability": 0.2}).with_length(5.0)
 BLOCK = 10_000_000
 CONFIG = DistillConfig.for_link(PARAMS, channel_timeout_s=30.0)
 
@@ -308,6 +309,35 @@ def test_different_settings_are_refused_before_any_block() -> None:
     assert alice.run_abort is not None
 
 
+def test_parties_with_different_finite_key_bounds_are_refused() -> None:
+    psk = bytes(range(256)) * 4
+    tightened = DistillConfig.for_link(PARAMS, channel_timeout_s=30.0,
+                                       finite_key_bound="tightened")
+    assert CONFIG.finite_key_bound == "lim2014"
+    assert tightened.fingerprint() != CONFIG.fingerprint()
+    alice, bob = _run_two(CONFIG, tightened, psk, psk)
+    assert alice.run_abort is not None
+    assert bob.run_abort is not None and bob.run_abort.startswith("configuration_mismatch")
+
+
+def test_the_tightened_bound_runs_end_to_end_and_gives_more_key() -> None:
+    params = with_misalignment(0.01)
+    tightened = DistillConfig.for_link(PARAMS, channel_timeout_s=30.0,
+                                       finite_key_bound="tightened")
+    published = distill_link(params, BLOCK, 17, block_pulses=BLOCK, config=CONFIG)
+    report = distill_link(params, BLOCK, 17, block_pulses=BLOCK, config=tightened)
+    assert_parties_agree(report)
+    assert report.as_dict()["finite_key_bound"] == "tightened"
+    (row,) = report.block_rows()
+    (reference,) = published.block_rows()
+    assert row["finite_key"]["bound"] == "tightened"
+    assert row["finite_key"]["test_single_photon_errors_upper"] <= sum(
+        row["finite_key"]["test_basis_errors"])
+    # Same simulated data, same reconciliation: only the bound differs.
+    assert row["finite_key"]["test_basis_errors"] == reference["finite_key"]["test_basis_errors"]
+    assert row["finite_key_bits"] > reference["finite_key_bits"] > 0
+
+
 def test_different_pre_shared_keys_fail_authentication() -> None:
     psk = bytes(range(256)) * 4
     alice, bob = _run_two(CONFIG, CONFIG, psk, psk[::-1])
@@ -359,7 +389,7 @@ def test_pre_shared_key_from_file(tmp_path: Any) -> None:
 @pytest.mark.parametrize(("field", "value"), [
     ("eps_sec", 0.0), ("eps_cor", 1.5), ("cascade_variant", "ldpc"), ("frame_bits", 10),
     ("link_id", ""), ("auth_pool_bytes", 8), ("qber_abort_threshold", 0.9),
-    ("verification_segment_bits", 100)])
+    ("verification_segment_bits", 100), ("finite_key_bound", "lim-2014")])
 def test_bad_config_names_the_field(field: str, value: Any) -> None:
     with pytest.raises(ParameterError) as info:
         DistillConfig(**{field: value})

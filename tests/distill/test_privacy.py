@@ -285,3 +285,15 @@ def test_clmul_and_fft_agree_with_the_narrow_cost_model(monkeypatch: pytest.Monk
     assert privacy._block_shape(n, l_bits) == (8192, 32)
     assert np.array_equal(toeplitz_hash(x, seed, l_bits, method="clmul"),
                           toeplitz_hash(x, seed, l_bits, method="fft"))
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_block_shape_may_take_a_larger_base_case_to_save_a_block(
+        wide: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # n, l of a 1e8-pulse block at 5 km and 1 % QBER (benchmarks/bench_distill.py): the
+    # least base case that covers l (48 words, 24 576-word blocks) needs 3 blocks of x,
+    # one of 56 words 2; the model weighs both.
+    monkeypatch.setattr(privacy, "_host_has_vpclmul", lambda: wide)
+    n, l_bits = 3_165_767, 1_554_872
+    m, leaf = privacy._block_shape(n, l_bits)
+    assert -(-n // (64 * m)) == 2 and m == leaf << 9 and leaf > 48

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,7 @@ from corridor.distill.verification import (
     MESSAGE_VERDICT,
     TAG_BITS,
     VerificationResult,
+    _tags,
     collision_probability,
     hashed_message_bytes,
     verify_alice,
@@ -137,3 +139,19 @@ def test_the_hash_key_is_fresh_for_every_block() -> None:
         verify_alice(end_a, block, rng, eps_cor=1e-15)
         keys.add(end_b.recv(MESSAGE_TAG)[:32])
     assert len(keys) == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3000), segment_bits=st.sampled_from([8, 16, 1000, 1024, 1029, 4096]),
+       seed=st.integers(0, 2**32 - 1))
+def test_segment_tags_equal_tags_of_each_segment_packed_alone(n: int, segment_bits: int,
+                                                              seed: int) -> None:
+    bits = np.random.default_rng(seed).integers(0, 2, n, dtype=np.uint8)
+    key = bytes(range(32))
+    expected = []
+    for i in range(-(-n // segment_bits)):
+        segment = bits[i * segment_bits:(i + 1) * segment_bits]
+        message = i.to_bytes(8, "big") + len(segment).to_bytes(8, "big") \
+            + np.packbits(segment).tobytes()
+        expected.append(Poly1305.generate_tag(key, message))
+    assert _tags(bits, key, segment_bits) == expected

@@ -114,6 +114,7 @@ def two_kme_deployment(root: Path, *, config: dict[str, Any] | None = None,
                 app_metrics = metrics[kme] = KmsMetrics()
             app = create_app(managers[kme], metrics=app_metrics,
                              peer_acceptor=managers[kme].accept_reservations,
+                             peer_sync=managers[kme].accept_sync,
                              alarms=(alarm_desks or {}).get(kme))
             paths = pki.kmes[kme]
             stack.enter_context(running_server(app, paths.cert, paths.key, pki.ca_cert,

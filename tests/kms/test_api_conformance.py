@@ -97,7 +97,8 @@ def test_01_no_client_certificate_is_refused(dep, sae_a) -> None:
                          anonymous.get("/api/v1/keys/sae-b/status"),
                          anonymous.get("/api/v1/keys/sae-b/dec_keys",
                                        params={"key_ID": str(uuid.uuid4())}),
-                         anonymous.post("/kme/v1/reservations", json={"runs": []})):
+                         anonymous.post("/kme/v1/reservations", json={"runs": []}),
+                         anonymous.post("/kme/v1/sync", json={"withdrawn_key_ids": []})):
             _assert_bodiless_401(response)
             assert "client certificate required" in response.headers["www-authenticate"]
         # Other paths say it in an Error body.
@@ -429,7 +430,7 @@ def test_openapi_documents_every_call_with_its_status_codes(raw_operator) -> Non
     expected = {"/api/v1/keys/{slave_SAE_ID}/status": {"get"},
                 "/api/v1/keys/{slave_SAE_ID}/enc_keys": {"get", "post"},
                 "/api/v1/keys/{master_SAE_ID}/dec_keys": {"get", "post"},
-                "/kme/v1/reservations": {"post"}}
+                "/kme/v1/reservations": {"post"}, "/kme/v1/sync": {"post"}}
     assert {p: set(ops) for p, ops in paths.items()} == expected
     for path, operations in expected.items():
         for method in operations:
@@ -513,3 +514,17 @@ def test_every_answer_that_carries_keys_says_no_store(raw_a, sae_b) -> None:
         assert response.status_code == 200
         assert response.headers["cache-control"] == "no-store"
         assert response.headers["pragma"] == "no-cache"
+
+
+def test_kme_to_kme_sync_over_mutual_tls(dep, raw_a) -> None:
+    """The sync route (withdraw, trim) takes only a peer KME's certificate and only for
+    the pools that KME masters; HttpsPeerLink.sync reaches it."""
+    assert raw_a.post("/kme/v1/sync", json={}).status_code == 401
+    with dep.raw(KME_A, kme_id=KME_B, role="kme") as kme_a:
+        foreign = kme_a.post("/kme/v1/sync", json={"withdrawn_key_ids": [], "watermarks": [
+            {"link_id": "link-ab", "direction": "B->A", "below_offset": 1}]})
+        assert foreign.status_code == 400 and "not the master" in foreign.json()["message"]
+        malformed = kme_a.post("/kme/v1/sync", json={"withdrawn_key_ids": ["x"]})
+        assert malformed.status_code == 400
+    dep.managers[KME_A].sync_peer(KME_B)  # no error: B answered 200
+    assert dep.managers[KME_A].peer_outage(KME_B) is None

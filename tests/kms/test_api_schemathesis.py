@@ -61,6 +61,7 @@ OPERATIONS = [
     ("GET", "/api/v1/keys/{master_SAE_ID}/dec_keys"),
     ("POST", "/api/v1/keys/{master_SAE_ID}/dec_keys"),
     ("POST", "/kme/v1/reservations"),
+    ("POST", "/kme/v1/sync"),
 ]
 
 
@@ -73,9 +74,9 @@ def test_every_operation_is_covered(kme_schema) -> None:
 def test_generated_requests_get_documented_answers(kme_schema, dep, sessions, method,
                                                    path) -> None:
     operation = kme_schema[path][method]
-    # The reservation route is for KMEs: call it with the peer KME's certificate so the
+    # The KME-to-KME routes are for KMEs: call them with the peer KME's certificate so the
     # generated bodies reach the validation behind the identity check.
-    session = sessions["kme" if path == "/kme/v1/reservations" else "sae"]
+    session = sessions["kme" if path.startswith("/kme/") else "sae"]
     statuses = set()
 
     @given(case=operation.as_strategy())

@@ -815,3 +815,86 @@ def test_reserved_keys_nobody_fetches_expire_at_the_slave_audited(pair_factory, 
 def test_undelivered_key_lifetime_is_validated(value):
     with pytest.raises(ParameterError, match="undelivered_key_lifetime_s"):
         KmeConfig("kme-a", undelivered_key_lifetime_s=value)
+
+
+# -- the peer KME goes away and comes back -------------------------------------------------
+
+
+class _Cable:
+    """A LocalPeerLink that can be unplugged: unreachable (the answer lost, possibly
+    after the peer committed) until plugged back."""
+
+    def __init__(self, inner: LocalPeerLink) -> None:
+        self.inner = inner
+        self.unplugged = False
+        self.commit_then_lose = False
+        self.calls = 0
+
+    def announce(self, reservations: list[Reservation]) -> None:
+        self.calls += 1
+        if self.unplugged:
+            if self.commit_then_lose:
+                self.inner.announce(reservations)
+            raise PeerUnreachableError("peer unreachable")
+        self.inner.announce(reservations)
+
+    def sync(self, withdrawn: list[str], watermarks: list[tuple[str, str, int]]) -> None:
+        self.calls += 1
+        if self.unplugged:
+            raise PeerUnreachableError("peer unreachable")
+        self.inner.sync(withdrawn, watermarks)
+
+
+@pytest.mark.parametrize("commit_then_lose", [False, True])
+def test_an_unreachable_peer_burns_one_request_not_the_pool_and_is_trimmed_on_return(
+        pair, monkeypatch, commit_then_lose):
+    import corridor.kms.manager as manager_module
+
+    cable = _Cable(LocalPeerLink(pair.b, "kme-a"))
+    pair.a.set_peer("kme-b", CoalescingPeerLink(cable))
+    (first,) = pair.a.enc_keys("a1", "b1")
+    assert pair.b.dec_keys("b1", "a1", [first.key_id]) == [first]
+    full = pair.a.status("a1", "b1").stored_key_count
+    cable.unplugged, cable.commit_then_lose = True, commit_then_lose
+    before = pair.a.pool_state(LINK, DIRECTION_A_TO_B).available_bytes
+    with pytest.raises(PeerUnreachableError):
+        pair.a.enc_keys("a1", "b1", number=4)  # this one is cut and burned
+    calls = cable.calls
+    for _ in range(500):  # a retrying SAE: answered 503 at once, nothing cut
+        with pytest.raises(PeerUnreachableError, match="nothing was reserved"):
+            pair.a.enc_keys("a1", "b1", number=4)
+    assert cable.calls == calls
+    assert pair.a.pool_state(LINK, DIRECTION_A_TO_B).available_bytes == before - 4 * 32
+    assert pair.a.status("a1", "b1").stored_key_count == 0  # Status tells the truth
+    assert pair.a.peer_outage("kme-b") is not None
+    assert len(pair.sink.named("peer_unreachable")) == 1
+    # The slave still holds the burned range: as pool bytes, or as rows whose
+    # announcement answer was lost.
+    assert pair.b.store.count_keys(ROLE_SLAVE) == (4 if commit_then_lose else 0)
+    cable.unplugged = False
+    real_monotonic = time.monotonic
+    monkeypatch.setattr(manager_module.time, "monotonic", lambda: real_monotonic() + 60)
+    (again,) = pair.a.enc_keys("a1", "b1")  # the probe (a sync) succeeds, then delivery
+    assert pair.b.dec_keys("b1", "a1", [again.key_id]) == [again]
+    assert pair.a.peer_outage("kme-b") is None and pair.sink.named("peer_reachable")
+    # Back in step: the slave withdrew the lost rows and trimmed the skipped bytes.
+    assert pair.b.store.count_keys(ROLE_SLAVE) == 0
+    assert pair.b.pool_state(LINK, DIRECTION_A_TO_B).available_bytes == \
+        pair.a.pool_state(LINK, DIRECTION_A_TO_B).available_bytes
+    assert pair.a.status("a1", "b1").stored_key_count == full - 4 - 1
+    if commit_then_lose:
+        (withdrawn,) = pair.sink.named("reservations_withdrawn")
+        assert withdrawn["count"] == 4
+    else:
+        (trimmed,) = pair.sink.named("pool_trimmed")
+        assert trimmed["trimmed_bytes"] == 4 * 32
+
+
+def test_sync_is_refused_for_pools_the_caller_does_not_master(pair):
+    with pytest.raises(InvalidReservationError, match="not the master"):
+        pair.b.accept_sync("kme-a", [], [(LINK, DIRECTION_B_TO_A, 64)])
+    with pytest.raises(InvalidReservationError, match="shares no link"):
+        pair.a.accept_sync("kme-c", [], [])
+    with pytest.raises(InvalidReservationError, match="UUIDs"):
+        pair.b.accept_sync("kme-a", ["not-a-uuid"], [])
+    assert pair.b.pool_state(LINK, DIRECTION_B_TO_A).available_bytes == 4 * 8192 // 2

@@ -274,3 +274,41 @@ def test_a_pki_from_before_operators_gets_an_operator_certificate(tmp_path: Path
     layout = ensure_pki(spec, tmp_path / "pki")
     assert list(layout.operators) == ["operator"]
     assert "operator" in json.loads((tmp_path / "pki" / "pki.json").read_text())["operators"]
+
+
+def test_a_store_restored_from_an_older_copy_is_refused(tmp_path: Path, keys_dir: Path) -> None:
+    """Anti-rollback: a store behind its own audit trail would cut the same key bytes
+    again under new key IDs; the KME refuses to start on it, naming the link and the
+    marks, and starts again once the newest store is back."""
+    import shutil
+
+    from corridor.kms.manager import StoreRollbackError
+
+    spec = parse_corridor(_spec_data(keys_dir))
+    workdir = tmp_path / "run"
+    with Corridor(spec, workdir, host="127.0.0.1") as corridor:
+        sae_a, sae_b = _clients(corridor)
+        with sae_a, sae_b:
+            _wait_for_keys(sae_a, "sae-b")
+    backup = tmp_path / "backup.sqlite"
+    shutil.copy(workdir / "kme-a" / "store.sqlite", backup)
+    with Corridor(spec, workdir, host="127.0.0.1") as corridor:
+        manager = corridor.nodes["kme-a"].manager
+        assert manager is not None
+        before = manager.store.last_block_id(LINK) or 0
+        sae_a, sae_b = _clients(corridor)
+        with sae_a, sae_b:
+            sae_a.get_key("sae-b", number=2)
+            deadline = time.monotonic() + 30.0
+            while (manager.store.last_block_id(LINK) or 0) <= before:
+                assert time.monotonic() < deadline, "no new block"
+                time.sleep(0.1)
+    newest = tmp_path / "newest.sqlite"
+    shutil.copy(workdir / "kme-a" / "store.sqlite", newest)
+    shutil.copy(backup, workdir / "kme-a" / "store.sqlite")
+    with pytest.raises(StoreRollbackError, match="kme-a is older than its audit trail: link "
+                       "link-ab ends at block"):
+        Corridor(spec, workdir, host="127.0.0.1").start()
+    shutil.copy(newest, workdir / "kme-a" / "store.sqlite")
+    with Corridor(spec, workdir, host="127.0.0.1"):
+        pass

@@ -31,10 +31,10 @@ from corridor.randomness import RandomSource
 LINK = "link-ab"
 SAES = {"sae-a": "kme-a", "sae-b": "kme-b"}
 # Standard-basis variant of modern-snspd at 5 km: a 1e7-pulse block holds a positive
-# finite key (the same set-up as tests/distill/test_pipeline.py).
+# finite key (the same set-up as tests/distill/test_pipeline.py, without dead time).
 PARAMS = preset("modern-snspd").override({
-    "z_basis_probability": 0.5, "signal_probability": 0.5, "decoy_probability": 0.3,
-    "vacuum_probability": 0.2}).with_length(5.0)
+    "dead_time_s": 0.0, "z_basis_probability": 0.5, "signal_probability": 0.5,
+    "decoy_probability": 0.3, "vacuum_probability": 0.2}).with_length(5.0)
 
 
 @dataclass
@@ -279,6 +279,24 @@ def test_quarantined_link_stores_nothing_until_it_recovers(managers) -> None:
     assert {"link_quarantined", "link_recovered"} <= set(events.names())
     assert a.store.last_block_id(LINK) == b.store.last_block_id(LINK) == 5
     assert _stream_ends(a) == _stream_ends(b) == {"A->B": 1536, "B->A": 1536}
+
+
+def test_block_ids_of_discarded_blocks_are_never_reused(managers) -> None:
+    """A restart continues after the last block seen, stored or not: an aborted,
+    quarantined or empty block's ID is never given to another block."""
+    a, b = managers
+    feeder = LinkFeeder(ListSource([]), a, b, _monitor())
+    feeder.feed(_key_block(0))
+    assert feeder.feed(SourceBlock(link_id=LINK, block_id=1, alice_key=b"", bob_key=b"",
+                                   aborted_reason="qber_above_threshold",
+                                   qber=0.2)) == "aborted"
+    assert feeder.feed(_key_block(2)) == "quarantined"
+    assert feeder.feed(SourceBlock(link_id=LINK, block_id=3, alice_key=b"",
+                                   bob_key=b"")) == "empty"
+    ends = _stream_ends(a)
+    restarted = LinkFeeder(ListSource([]), a, b, _monitor())
+    assert restarted.align() == 4
+    assert _stream_ends(a) == _stream_ends(b) == ends  # no stream position was used
 
 
 def test_crash_between_the_two_writes_is_realigned_without_mismatch(managers) -> None:

@@ -36,7 +36,7 @@ from corridor.link.simulator import (
     summarise,
 )
 from corridor.randomness import RandomSource
-from tests.link.test_simulator import assert_binomial, assert_two_sample
+from tests.link.test_simulator import assert_binomial, assert_two_sample, memoryless
 
 
 def _run(params: LinkParameters, pulses: int, seed: int, attack: object | None
@@ -106,7 +106,7 @@ def _table_by_match(params: LinkParameters, table: NDArray[np.float64]) -> NDArr
     ("none", 10.0), ("intercept-resend", 10.0), ("pns", 10.0), ("pns", 50.0)])
 def test_attack_tables_match_a_naive_photon_by_photon_model(attack: str,
                                                              length_km: float) -> None:
-    params = preset("modern-snspd").with_length(length_km).with_intensities(0.8, 0.3)
+    params = memoryless("modern-snspd").with_length(length_km).with_intensities(0.8, 0.3)
     fraction = 0.6
     model = make_attack(attack, fraction if attack == "intercept-resend" else None)
     expected = _table_by_match(params, pattern_table(params, model))
@@ -119,7 +119,7 @@ def test_attack_tables_match_a_naive_photon_by_photon_model(attack: str,
 
 
 def test_intercept_resend_raises_qber_by_a_quarter_of_the_fraction() -> None:
-    params = preset("modern-snspd").with_length(25.0)
+    params = memoryless("modern-snspd").with_length(25.0)
     fraction = 0.4
     attack = InterceptResend(fraction)
     summary = _run(params, 20_000_000, 5, attack)
@@ -145,7 +145,7 @@ def test_intercept_resend_with_no_fraction_is_the_honest_link() -> None:
 
 @pytest.mark.parametrize("length_km", [50.0, 100.0])
 def test_pns_is_invisible_to_plain_bb84_but_collapses_the_decoy_bound(length_km: float) -> None:
-    params = preset("modern-snspd").with_length(length_km)
+    params = memoryless("modern-snspd").with_length(length_km)
     attack = PhotonNumberSplitting()
     assert attack.describe(params)["signal_gain_matched"] is True
     pulses = 100_000_000 if length_km > 60 else 20_000_000
@@ -171,7 +171,7 @@ def test_pns_is_invisible_to_plain_bb84_but_collapses_the_decoy_bound(length_km:
 
 
 def test_honest_run_keeps_the_decoy_bound() -> None:
-    params = preset("modern-snspd").with_length(50.0)
+    params = memoryless("modern-snspd").with_length(50.0)
     report = summarise(simulate_stream(params, 20_000_000, RandomSource.seeded(13)), params)
     decoy = report["decoy_estimates"]
     assert decoy["single_photon_yield_lower"] > 0.5 * decoy["honest_single_photon_yield"]
@@ -188,16 +188,16 @@ def test_pns_gain_match_is_two_sample_consistent_with_honest_run() -> None:
 
 
 def test_pns_cannot_hide_at_zero_distance() -> None:
-    params = preset("modern-snspd").with_length(0.0)
+    params = memoryless("modern-snspd").with_length(0.0)
     description = PhotonNumberSplitting().describe(params)
     assert description["signal_gain_matched"] is False
-    short = PhotonNumberSplitting().describe(preset("modern-snspd").with_length(10.0))
+    short = PhotonNumberSplitting().describe(memoryless("modern-snspd").with_length(10.0))
     assert short["multi_photon_forwarding_probability"] == 1.0
     assert 0.0 < short["single_photon_forwarding_probability"] < 1.0
 
 
 def test_vacuum_pulses_are_untouched_by_attacks() -> None:
-    params = preset("modern-snspd").with_length(30.0)
+    params = memoryless("modern-snspd").with_length(30.0)
     honest = honest_pattern_table(params)
     for attack in (InterceptResend(1.0), PhotonNumberSplitting()):
         # Floating-point agreement: the two formulas round differently (1e-23 here).
@@ -227,7 +227,7 @@ def test_make_attack_names() -> None:
        efficiency=st.floats(0.05, 1.0), fraction=st.floats(0.0, 1.0))
 def test_attack_tables_are_laws_and_pns_matches_the_signal_gain(
         length_km: float, signal: float, efficiency: float, fraction: float) -> None:
-    params = preset("modern-snspd").override({
+    params = memoryless("modern-snspd").override({
         "length_km": length_km, "signal_intensity": signal, "decoy_intensity": signal / 3,
         "efficiency": efficiency})
     honest = class_statistics(params)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from corridor.errors import ParameterError
 from corridor.link.finite_key import (
+    FINITE_KEY_BOUNDS,
     DecoyCounts,
     FiniteKeyBounds,
     expected_counts,
@@ -20,7 +21,12 @@ from corridor.link.finite_key import (
     security_cost_bits,
 )
 from corridor.link.params import preset
-from corridor.link.rates import binary_entropy, decoy_bounds_infinite, gain, secret_key_rate
+from corridor.link.rates import (
+    binary_entropy,
+    class_gains_and_errors,
+    decoy_bounds_infinite,
+    secret_key_rate,
+)
 
 SNSPD_50 = preset("modern-snspd").with_length(50.0)
 GYS_50 = preset("gys-2004").with_length(50.0)
@@ -86,9 +92,10 @@ def test_expected_counts_follow_the_gains() -> None:
     counts = expected_counts(SNSPD_50, pulses)
     src = SNSPD_50.source
     p_z = src.z_basis_probability
-    for k, (mu, p) in enumerate(zip(src.intensities, src.class_probabilities, strict=True)):
-        assert counts.key_basis_detections[k] == round(pulses * p * p_z ** 2
-                                                       * gain(SNSPD_50, mu))
+    # The gains carry the receiver's saturation (modern-snspd has a 50 ns dead time).
+    gains, _ = class_gains_and_errors(SNSPD_50)
+    for k, p in enumerate(src.class_probabilities):
+        assert counts.key_basis_detections[k] == round(pulses * p * p_z ** 2 * gains[k])
         assert counts.key_basis_errors[k] <= counts.key_basis_detections[k]
         assert counts.test_basis_errors[k] <= counts.test_basis_detections[k]
     assert counts.key_basis_total == sum(counts.key_basis_detections)
@@ -162,11 +169,12 @@ fraction = st.floats(min_value=0.0, max_value=1.0)
 @settings(max_examples=200, deadline=None)
 @given(key=counts_strategy, test=counts_strategy,
        key_error_fraction=st.tuples(fraction, fraction, fraction),
-       test_error_fraction=st.tuples(fraction, fraction, fraction))
+       test_error_fraction=st.tuples(fraction, fraction, fraction),
+       bound=st.sampled_from(FINITE_KEY_BOUNDS))
 def test_bounds_stay_physical_on_any_observed_counts(
         key: tuple[int, int, int], test: tuple[int, int, int],
         key_error_fraction: tuple[float, float, float],
-        test_error_fraction: tuple[float, float, float]) -> None:
+        test_error_fraction: tuple[float, float, float], bound: str) -> None:
     counts = DecoyCounts(
         key_basis_detections=key,
         key_basis_errors=tuple(int(n * f) for n, f in zip(key, key_error_fraction,
@@ -174,7 +182,7 @@ def test_bounds_stay_physical_on_any_observed_counts(
         test_basis_detections=test,
         test_basis_errors=tuple(int(n * f) for n, f in zip(test, test_error_fraction,
                                                           strict=True)))  # type: ignore[arg-type]
-    bounds = finite_key_bounds(counts, (0.5, 0.15, 0.0), (0.7, 0.2, 0.1), 1e-10)
+    bounds = finite_key_bounds(counts, (0.5, 0.15, 0.0), (0.7, 0.2, 0.1), 1e-10, bound)
     values = (bounds.vacuum_events_lower, bounds.single_photon_events_lower,
               bounds.single_photon_phase_error_upper, bounds.test_single_photon_events_lower,
               bounds.test_single_photon_errors_upper)
@@ -182,7 +190,48 @@ def test_bounds_stay_physical_on_any_observed_counts(
     assert bounds.single_photon_phase_error_upper <= 0.5
     length = finite_key_length(bounds, counts.key_basis_total
                                * binary_entropy(min(counts.key_basis_qber, 0.5)), 1e-10, 1e-15)
-    assert 0 <= length <= counts.key_basis_total
+    assert length >= 0
+    if bound == "tightened":
+        # Its caps s_0 + s_1 <= n_Z and v_X1 <= m_X keep every bound within the data.
+        assert length <= counts.key_basis_total
+        assert bounds.test_single_photon_errors_upper <= sum(counts.test_basis_errors)
+
+
+def test_the_published_bound_is_not_capped_by_the_observed_counts() -> None:
+    # Clicks only in the vacuum class: data that the decoy model makes (all but)
+    # impossible, so the Hoeffding events have failed. Eq. (2) then certifies more
+    # vacuum events than were detected; Lim et al. do not cap it (the failure is
+    # inside eps_sec), the tightened bound does. The pipeline never hashes to more
+    # bits than it holds either way.
+    counts = DecoyCounts((0, 0, 86), (0, 0, 0), (0, 0, 0), (0, 0, 0))
+    published = finite_key_bounds(counts, (0.5, 0.15, 0.0), (0.7, 0.2, 0.1), 1e-10, "lim2014")
+    tightened = finite_key_bounds(counts, (0.5, 0.15, 0.0), (0.7, 0.2, 0.1), 1e-10, "tightened")
+    assert published.vacuum_events_lower > 86
+    assert tightened.vacuum_events_lower == 86
+
+
+def test_the_tightened_bound_caps_single_photon_test_errors_by_the_observed_errors() -> None:
+    # A large block with few test errors: Eq. (4) alone bounds v_X1 far above m_X
+    # (the decoy and vacuum classes' Hoeffding terms are scaled by e^mu / p_k).
+    counts = expected_counts(SNSPD_50, 10**9)
+    src = SNSPD_50.source
+    published = finite_key_bounds(counts, src.intensities, src.class_probabilities, 1e-10,
+                                  "lim2014")
+    tightened = finite_key_bounds(counts, src.intensities, src.class_probabilities, 1e-10,
+                                  "tightened")
+    m_x = sum(counts.test_basis_errors)
+    assert published.test_single_photon_errors_upper > m_x
+    assert tightened.test_single_photon_errors_upper == m_x
+    assert tightened.single_photon_phase_error_upper < published.single_photon_phase_error_upper
+    assert tightened.single_photon_events_lower == published.single_photon_events_lower
+
+
+def test_an_unknown_bound_is_refused_with_the_allowed_names() -> None:
+    counts = expected_counts(SNSPD_50, 10**9)
+    with pytest.raises(ParameterError, match="lim2014, tightened"):
+        finite_key_bounds(counts, (0.5, 0.15, 0.0), (0.7, 0.2, 0.1), 1e-10, "lim-2014")
+    with pytest.raises(ParameterError, match="finite_key_bound"):
+        finite_key_rate(SNSPD_50, 10**9, "published")
 
 
 def test_gamma_matches_hand_evaluation_of_eq_5() -> None:
@@ -196,3 +245,52 @@ def test_gamma_matches_hand_evaluation_of_eq_5() -> None:
     # Huge samples against a loose eps_sec: the logarithm's argument falls below 1,
     # where the limit 0 applies instead of a math domain error.
     assert _gamma(0.5 / 21, 0.4, 1e9, 1e9) == 0.0
+
+
+def test_key_block_rate_solves_eps_sec_equal_kappa_times_the_key_length() -> None:
+    from corridor.link.finite_key import (
+        LinkConstants,
+        key_basis_detection_probability,
+        key_block_rate,
+        raw_finite_key_rate,
+    )
+    from corridor.link.optimize import optimise_key_block
+
+    lim, _ = optimise_key_block(preset("lim-2014").with_length(50.0), 10**6, "lim2014", 1e-15)
+    link = LinkConstants.of(lim)
+    src = lim.source
+    args = (src.intensities, src.class_probabilities, src.z_basis_probability)
+    pulses = 10**6 / key_basis_detection_probability(link, *args)
+    length = key_block_rate(link, *args, 10**6, "lim2014", 1e-15) * pulses
+    assert length > 1000
+    # A fixed point of l = l(eps_sec = kappa l), to within a bit.
+    again = raw_finite_key_rate(link, *args, pulses, "lim2014", 1e-15 * length) * pulses
+    assert again == pytest.approx(length, abs=1.0)
+    # Without the scaling the preset's fixed eps_sec applies.
+    fixed = key_block_rate(link, *args, 10**6, "lim2014") * pulses
+    assert fixed == pytest.approx(raw_finite_key_rate(link, *args, pulses, "lim2014") * pulses)
+    # Far beyond the reach: no fixed point at one bit or more, and a negative rate.
+    far = preset("lim-2014").with_length(200.0)
+    assert key_block_rate(LinkConstants.of(far), *args, 10**4, "lim2014", 1e-15) < 0.0
+
+
+def test_expected_counts_add_lim_et_al_afterpulses() -> None:
+    from corridor.link.finite_key import expected_gain_and_qber
+
+    # Without afterpulses: exactly the closed form, saturation included.
+    (signal_gain, _, _), (signal_qber, _, _) = class_gains_and_errors(SNSPD_50)
+    assert expected_gain_and_qber(SNSPD_50, 0.5) == pytest.approx(
+        (signal_gain, signal_qber), rel=1e-12)
+    # Lim et al. Sec. IV: R = D (1 + p_ap) clicks, e = p_dc + e_mis (1 - e^{-eta mu})
+    # + p_ap D / 2 errors per pulse.
+    lim = preset("lim-2014").with_length(50.0)
+    eta = 0.1 * 10 ** (-0.2 * 50 / 10)
+    d = 1 - (1 - 6e-7) ** 2 + 1 - math.exp(-eta * 0.5)
+    errors = 0.5 * (1 - (1 - 6e-7) ** 2) + 0.005 * (1 - math.exp(-eta * 0.5)) + 0.04 * d / 2
+    clicks, qber = expected_gain_and_qber(lim, 0.5)
+    assert clicks == pytest.approx(d * 1.04, rel=1e-12)
+    assert qber == pytest.approx(errors / (d * 1.04), rel=1e-12)
+    counts = expected_counts(lim, 10**10)
+    src = lim.source
+    assert counts.key_basis_detections[0] == round(
+        10**10 * src.signal_probability * src.z_basis_probability ** 2 * clicks)

@@ -104,3 +104,31 @@ def test_toml_errors_name_the_file(tmp_path: Path) -> None:
     broken.write_text("[fibre\n", encoding="utf-8")
     with pytest.raises(ParameterError, match="not valid TOML"):
         load_toml(broken)
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, 2000, True])
+def test_detector_pixels_must_be_a_whole_count(value: object) -> None:
+    with pytest.raises(ParameterError) as excinfo:
+        DetectorParameters(detector_pixels=value)  # type: ignore[arg-type]
+    assert excinfo.value.field == "detector_pixels"
+    assert "[1, 1024]" in _message(excinfo)
+
+
+def test_detector_pixels_from_set_and_toml_become_integers(tmp_path: Path) -> None:
+    params = preset("modern-snspd").override({"detector_pixels": "14"})
+    assert params.detector.detector_pixels == 14
+    assert isinstance(params.detector.detector_pixels, int)
+    path = tmp_path / "link.toml"
+    path.write_text('preset = "modern-snspd"\n[detector]\ndetector_pixels = 4\n')
+    assert load_toml(path).detector.detector_pixels == 4
+
+
+def test_saturating_presets_carry_their_detectors() -> None:
+    snspd = PRESETS["modern-snspd"]
+    assert snspd.detector.dead_time_s == 50e-9 and snspd.detector.detector_pixels == 1
+    record = PRESETS["grunenfelder-2023"]
+    assert record.source.pulse_rate_hz == 2.5e9 and record.fibre.length_km == 10.0
+    assert record.detector.detector_pixels == 14
+    boaron = PRESETS["boaron-2018"]
+    assert boaron.source.pulse_rate_hz == 2.5e9 and boaron.source.vacuum_probability == 0.0
+    assert boaron.protocol.eps_sec == 1e-9 and boaron.protocol.eps_cor == 1e-15

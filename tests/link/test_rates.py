@@ -12,9 +12,13 @@ from hypothesis import strategies as st
 from corridor.errors import ParameterError
 from corridor.link.params import PRESETS, preset
 from corridor.link.rates import (
+    availability,
     binary_entropy,
+    class_gains_and_errors,
+    dead_gates,
     decoy_bounds_infinite,
     decoy_bounds_vacuum_weak,
+    detector_availability,
     error_rate,
     fibre_plob_bits_per_pulse,
     gain,
@@ -239,3 +243,78 @@ def test_negative_intensity_is_refused() -> None:
         gain(GYS, -0.1)
     with pytest.raises(ParameterError, match="intensity"):
         error_rate(GYS, float("inf"))
+
+
+# --------------------------------------------------------------------------------------
+# Detectors that saturate: dead time and pixels
+# --------------------------------------------------------------------------------------
+
+def test_dead_gates_count_the_gates_inside_the_dead_time() -> None:
+    assert dead_gates(SNSPD) == 49                      # 50 ns at 1 GHz: gates 1..49
+    assert dead_gates(SNSPD.override({"pulse_rate_hz": 2.5e9})) == 124
+    assert dead_gates(SNSPD.override({"dead_time_s": 0.0})) == 0
+    assert dead_gates(SNSPD.override({"dead_time_s": 0.5e-9})) == 0   # within one gate
+
+
+@pytest.mark.parametrize("decoy", ["infinite", "vacuum-weak"])
+@pytest.mark.parametrize("length_km", [0.0, 10.0, 50.0, 150.0])
+def test_dead_time_scales_the_key_rate_by_the_availability(decoy: str,
+                                                           length_km: float) -> None:
+    """Every yield carries the same A and the decoy bounds are linear in the yields, so
+    R(dead time) = A R(no dead time) exactly, with A = 1 / (1 + D P / N)."""
+    for pixels in (1, 3):
+        link = SNSPD.with_length(length_km).override({"detector_pixels": pixels})
+        free = link.override({"dead_time_s": 0.0})
+        src = link.source
+        p = sum(pc * gain(link, mu) for pc, mu in zip(src.class_probabilities,
+                                                        src.intensities, strict=True))
+        a = 1.0 / (1.0 + 49 * p / pixels)
+        assert availability(link) == pytest.approx(a, rel=1e-12)
+        assert raw_key_rate(link, decoy) == pytest.approx(a * raw_key_rate(free, decoy),
+                                                          rel=1e-9)
+        gains, errors = class_gains_and_errors(link)
+        for k, mu in enumerate(src.intensities):
+            assert gains[k] == pytest.approx(a * gain(link, mu), rel=1e-12)
+            assert errors[k] == pytest.approx(error_rate(link, mu), rel=1e-12)
+
+
+def test_modern_snspd_saturates_at_short_distance() -> None:
+    """50 ns dead time: the receiver never clicks more than 1 / tau = 20 M times per
+    second, and between 1 and 10 km the key rate per second barely moves (it fell by a
+    third without dead time)."""
+    per_second = {}
+    for length_km in (1.0, 10.0):
+        link = SNSPD.with_length(length_km)
+        gains, _ = class_gains_and_errors(link)
+        clicks = 1e9 * sum(p * g for p, g in zip(link.source.class_probabilities, gains,
+                                                   strict=True))
+        assert clicks < 1.0 / 50e-9
+        per_second[length_km] = secret_key_rate(link) * 1e9
+    assert per_second[10.0] / per_second[1.0] > 0.85
+    free = SNSPD.override({"dead_time_s": 0.0})
+    assert secret_key_rate(free.with_length(10.0)) / secret_key_rate(free.with_length(1.0)) < 0.7
+    assert secret_key_rate(SNSPD.with_length(10.0)) * 1e9 < 11e6      # was 73 Mb/s
+
+
+def test_vectorised_rate_sees_the_saturation_of_each_intensity() -> None:
+    link = SNSPD.with_length(5.0)
+    grid = np.array([0.2, 0.5, 0.9])
+    values = infinite_decoy_rate_array(link, grid)
+    for mu, value in zip(grid, values, strict=True):
+        assert value == pytest.approx(raw_key_rate(link.with_intensities(mu)), rel=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(gates=st.integers(0, 10_000), pixels=st.integers(1, 64),
+       p=st.floats(0.0, 1.0))
+def test_availability_is_a_probability_that_pixels_raise_and_dead_time_lowers(
+        gates: int, pixels: int, p: float) -> None:
+    a = float(detector_availability(gates, pixels, p))
+    assert 0.0 < a <= 1.0
+    assert float(detector_availability(gates + 1, pixels, p)) <= a
+    assert float(detector_availability(gates, pixels + 1, p)) >= a
+    # Counted clicks per gate, A P = P / (1 + D P / N), never reach N / D.
+    if gates:
+        assert a * p <= pixels / gates
+    else:
+        assert a == 1.0

@@ -22,7 +22,7 @@ from scipy.stats import binomtest, chisquare
 
 from corridor.errors import ParameterError
 from corridor.link import rates
-from corridor.link.params import preset
+from corridor.link.params import LinkParameters, preset
 from corridor.link.records import SIGNAL
 from corridor.link.simulator import (
     SQUASHING_RULE,
@@ -34,6 +34,13 @@ from corridor.link.simulator import (
     summarise,
 )
 from corridor.randomness import RandomSource
+
+
+def memoryless(name: str) -> LinkParameters:
+    """The preset with its dead time removed: the per-pulse model that the tests here
+    check (the detector memory has its own tests in test_simulator.py)."""
+    return preset(name).override({"dead_time_s": 0.0})
+
 
 #: Two-sided tail probability of 5 standard deviations of a normal law.
 FIVE_SIGMA_P_VALUE = 5.7e-7
@@ -64,7 +71,7 @@ GRID = [("modern-snspd", 10.0), ("modern-snspd", 50.0), ("modern-snspd", 100.0),
 
 @pytest.mark.parametrize(("preset_name", "length_km"), GRID)
 def test_gain_and_qber_match_closed_form(preset_name: str, length_km: float) -> None:
-    params = preset(preset_name).with_length(length_km)
+    params = memoryless(preset_name).with_length(length_km)
     summary = SimulationSummary()
     for records in simulate_stream(params, 20_000_000, RandomSource.seeded(11),
                                    block_pulses=5_000_000):
@@ -80,7 +87,7 @@ def test_gain_and_qber_match_closed_form(preset_name: str, length_km: float) -> 
 
 @pytest.mark.parametrize("intensity", [0.05, 0.3, 0.8])
 def test_gain_over_signal_intensities(intensity: float) -> None:
-    params = preset("modern-snspd").with_length(25.0).with_intensities(intensity, intensity / 3)
+    params = memoryless("modern-snspd").with_length(25.0).with_intensities(intensity, intensity / 3)
     summary = SimulationSummary()
     summary.add(simulate_block(params, 10_000_000, RandomSource.seeded(5)))
     assert_binomial(summary.detections_per_class[SIGNAL], summary.pulses_per_class[SIGNAL],
@@ -95,7 +102,7 @@ def test_exact_law_differs_from_textbook_formula_only_at_second_order(preset_nam
     textbook gain Y0 + 1 - e^(-eta l) and error rate differ by Y0 (1 - e^(-eta l)) and
     third-order terms in eta l, far below the statistical tolerance of the grid."""
     for length_km in (0.0, 10.0, 50.0, 100.0, 150.0):
-        params = preset(preset_name).with_length(length_km)
+        params = memoryless(preset_name).with_length(length_km)
         model = class_statistics(params)
         for c, intensity in enumerate(params.source.intensities):
             gain = rates.gain(params, intensity)
@@ -105,7 +112,7 @@ def test_exact_law_differs_from_textbook_formula_only_at_second_order(preset_nam
 
 
 def test_same_seed_same_records_and_different_seed_differs() -> None:
-    params = preset("modern-snspd").with_length(30.0)
+    params = memoryless("modern-snspd").with_length(30.0)
     first = simulate_block(params, 2_000_000, RandomSource.seeded(42), block_id=3)
     second = simulate_block(params, 2_000_000, RandomSource.seeded(42), block_id=3)
     other = simulate_block(params, 2_000_000, RandomSource.seeded(43), block_id=3)
@@ -118,7 +125,7 @@ def test_same_seed_same_records_and_different_seed_differs() -> None:
 
 
 def test_stream_blocks_cover_the_pulses_and_repeat_by_seed() -> None:
-    params = preset("modern-snspd").with_length(20.0)
+    params = memoryless("modern-snspd").with_length(20.0)
     blocks = list(simulate_stream(params, 2_500_000, RandomSource.seeded(9),
                                   block_pulses=1_000_000, first_block_id=7))
     assert [b.block_id for b in blocks] == [7, 8, 9]
@@ -136,7 +143,7 @@ def test_stream_blocks_cover_the_pulses_and_repeat_by_seed() -> None:
 
 
 def test_stream_memory_is_bounded_whatever_the_total() -> None:
-    params = preset("modern-snspd").with_length(10.0)
+    params = memoryless("modern-snspd").with_length(10.0)
     stream = simulate_stream(params, 10 ** 15, RandomSource.seeded(1), block_pulses=1_000_000)
     next(stream)  # compile and warm up outside the measurement
     tracemalloc.start()
@@ -154,7 +161,7 @@ def test_stream_memory_is_bounded_whatever_the_total() -> None:
 
 
 def test_bases_bits_and_positions_are_uniform_and_independent() -> None:
-    params = preset("modern-snspd").with_length(10.0)
+    params = memoryless("modern-snspd").with_length(10.0)
     records = simulate_block(params, 10_000_000, RandomSource.seeded(21))
     alice, bob = records.alice, records.bob
     n = len(records)
@@ -178,7 +185,7 @@ def test_bases_bits_and_positions_are_uniform_and_independent() -> None:
 
 
 def test_double_clicks_follow_the_squashing_rule() -> None:
-    params = preset("modern-snspd").with_length(0.0).with_intensities(0.8, 0.2)
+    params = memoryless("modern-snspd").with_length(0.0).with_intensities(0.8, 0.2)
     records = simulate_block(params, 5_000_000, RandomSource.seeded(4))
     table = pattern_table(params)
     p_z = params.source.z_basis_probability
@@ -201,14 +208,14 @@ def test_dead_time_follows_the_renewal_law() -> None:
     G ~ Geometric(P); the count over N gates has mean N / E[C] and variance
     N Var(C) / E[C]^3 (renewal central limit theorem)."""
     dead_time_s = 50e-9
-    base = preset("modern-snspd").with_length(5.0)
+    base = memoryless("modern-snspd").with_length(5.0)
     params = base.override({"dead_time_s": dead_time_s})
     pulses = 5_000_000
     records = simulate_block(params, pulses, RandomSource.seeded(8))
     dead_gates = math.ceil(dead_time_s * params.source.pulse_rate_hz) - 1
     assert np.diff(records.bob.index).min() >= dead_gates + 1
     p = sum(pc * q for pc, q in zip(params.source.class_probabilities,
-                                    class_statistics(params).click_probability, strict=True))
+                                    class_statistics(base).click_probability, strict=True))
     mean_cycle = dead_gates + 1 / p
     var_cycle = (1 - p) / p ** 2
     mean = pulses / mean_cycle
@@ -223,12 +230,13 @@ def test_afterpulses_follow_their_markov_law() -> None:
     click probability pi = P / (1 - (1 - P) a) and count variance
     N pi (1 - pi) (1 + lambda) / (1 - lambda), lambda = (1 - P) a."""
     afterpulse = 0.08
-    params = preset("modern-snspd").with_length(20.0).override(
+    params = memoryless("modern-snspd").with_length(20.0).override(
         {"afterpulse_probability": afterpulse})
     pulses = 5_000_000
     records = simulate_block(params, pulses, RandomSource.seeded(12))
+    without = params.override({"afterpulse_probability": 0.0})
     p = sum(pc * q for pc, q in zip(params.source.class_probabilities,
-                                    class_statistics(params).click_probability, strict=True))
+                                    class_statistics(without).click_probability, strict=True))
     lam = (1 - p) * afterpulse
     pi = p / (1 - lam)
     sigma = math.sqrt(pulses * pi * (1 - pi) * (1 + lam) / (1 - lam))
@@ -238,7 +246,7 @@ def test_afterpulses_follow_their_markov_law() -> None:
 
 
 def test_summary_reports_expected_values_and_decoy_estimates() -> None:
-    params = preset("modern-snspd").with_length(50.0)
+    params = memoryless("modern-snspd").with_length(50.0)
     report = summarise(simulate_stream(params, 20_000_000, RandomSource.seeded(3)), params)
     assert report["pulses"] == 20_000_000
     assert set(report["per_class"]) == {"signal", "decoy", "vacuum"}
@@ -255,7 +263,7 @@ def test_summary_reports_expected_values_and_decoy_estimates() -> None:
 
 
 def test_bad_input_is_named() -> None:
-    params = preset("modern-snspd")
+    params = memoryless("modern-snspd")
     with pytest.raises(ParameterError, match="pulses"):
         simulate_block(params, -1, RandomSource.seeded(1))
     with pytest.raises(ParameterError, match="block_pulses"):
@@ -265,13 +273,13 @@ def test_bad_input_is_named() -> None:
 
 
 def test_reprs_never_show_bits() -> None:
-    records = simulate_block(preset("modern-snspd"), 100_000, RandomSource.seeded(1))
+    records = simulate_block(memoryless("modern-snspd"), 100_000, RandomSource.seeded(1))
     for text in (repr(records), repr(records.alice), repr(records.bob), str(records)):
         assert "[" not in text and "array" not in text
 
 
 def test_empty_and_tiny_blocks() -> None:
-    params = preset("modern-snspd").with_length(100.0)
+    params = memoryless("modern-snspd").with_length(100.0)
     empty = simulate_block(params, 0, RandomSource.seeded(1))
     assert len(empty) == 0 and empty.alice.pulses_per_class == (0, 0, 0)
     tiny = simulate_block(params, 1, RandomSource.seeded(1))
@@ -304,7 +312,7 @@ def test_pattern_table_is_a_law_and_click_probability_ignores_bases(
 def test_gaps_between_clicks_are_geometric() -> None:
     """Clicks form a Bernoulli(P) process: gaps are i.i.d. Geometric(P), so the number
     of gaps longer than k is Binomial(gaps, (1 - P)^k)."""
-    params = preset("modern-snspd").with_length(30.0)
+    params = memoryless("modern-snspd").with_length(30.0)
     records = simulate_block(params, 20_000_000, RandomSource.seeded(31))
     p = sum(pc * q for pc, q in zip(params.source.class_probabilities,
                                     class_statistics(params).click_probability, strict=True))
@@ -324,7 +332,7 @@ def test_integer_alias_table_encodes_the_exact_outcome_law(preset_name: str,
     # pattern) given a click, up to the 2^-53 resolution of the uniform (1e-12 here).
     from corridor.link.simulator import _click_law
 
-    params = preset(preset_name).with_length(length_km)
+    params = memoryless(preset_name).with_length(length_km)
     law = _click_law(params, None)
     columns = law.alias_threshold.shape[0]
     keep = law.alias_threshold.astype(np.float64) / 2.0**53
@@ -343,3 +351,106 @@ def test_integer_alias_table_encodes_the_exact_outcome_law(preset_name: str,
         expected[code] += classes[c] * basis[a] * basis[b] * table[c, a, b, k]
     expected /= expected.sum()
     np.testing.assert_allclose(encoded, expected, rtol=0.0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# Detector memory: dead time, pixels, afterpulses against the exact stationary model
+# --------------------------------------------------------------------------------------
+
+MEMORY_CASES = [
+    ("modern-snspd", 10.0, {}),                          # 50 ns, one pixel: A ~ 0.13
+    ("modern-snspd", 50.0, {}),
+    ("modern-snspd", 10.0, {"detector_pixels": 4}),
+    ("grunenfelder-2023", 10.0, {}),                     # 14 pixels at 2.5 GHz
+    ("modern-snspd", 20.0, {"afterpulse_probability": 0.05}),
+]
+
+
+def _memory_summary(params: LinkParameters, pulses: int, seed: int) -> SimulationSummary:
+    summary = SimulationSummary()
+    for records in simulate_stream(params, pulses, RandomSource.seeded(seed),
+                                   block_pulses=pulses // 4):
+        summary.add(records)
+    return summary
+
+
+@pytest.mark.parametrize(("preset_name", "length_km", "changes"), MEMORY_CASES)
+def test_detector_memory_matches_the_exact_model(preset_name: str, length_km: float,
+                                                 changes: dict[str, float]) -> None:
+    """Exact tests where the law is exact, a conservative one where it is not.
+
+    Which records survive the dead time depends only on earlier click positions, and
+    whether a record is an afterpulse record only on an independent coin, so the
+    details of the records are i.i.d.: the class of each detection is exactly
+    categorical with weights p_c Q_c, and the errors of sifted clicks exactly
+    binomial. The total count is a renewal count, less variable than a binomial one,
+    so its binomial test is conservative (it can only pass more easily).
+    """
+    params = preset(preset_name).with_length(length_km).override(changes)
+    model = class_statistics(params)
+    summary = _memory_summary(params, 20_000_000, seed=41)
+    label = f"{preset_name} {length_km:g} km {changes}"
+    weights = [p * g for p, g in zip(params.source.class_probabilities,
+                                     model.click_probability, strict=True)]
+    total = sum(weights)
+    for c in range(3):
+        if weights[c] > 0 and params.source.class_probabilities[c] > 0:
+            assert_binomial(summary.detections_per_class[c], summary.detections,
+                            weights[c] / total, f"{label} class {c} share")
+        if summary.sifted_per_class[c]:
+            assert_binomial(summary.errors_per_class[c], summary.sifted_per_class[c],
+                            model.sifted_error_rate[c], f"{label} class {c} QBER")
+    assert_binomial(summary.detections, summary.pulses, total, f"{label} detections")
+    # Every pulse, counted or lost in a dead window, is in its class's tally.
+    for c, p in enumerate(params.source.class_probabilities):
+        if 0 < p < 1:
+            assert_binomial(summary.pulses_per_class[c], summary.pulses, p,
+                            f"{label} class {c} pulses")
+
+
+def test_dead_time_scales_every_class_by_the_closed_form_availability() -> None:
+    """The simulator's exact model and the closed form share A = 1 / (1 + D P / N)."""
+    for name, length_km, changes in MEMORY_CASES[:4]:
+        params = preset(name).with_length(length_km).override(changes)
+        without = params.override({"dead_time_s": 0.0})
+        exact = class_statistics(params).click_probability
+        free = class_statistics(without).click_probability
+        ratios = [e / f for e, f in zip(exact, free, strict=True)]
+        assert max(ratios) == pytest.approx(min(ratios), rel=1e-12)
+        # Exact and textbook click probabilities differ by Y0 (1 - e^-eta l) only.
+        assert ratios[0] == pytest.approx(rates.availability(params), rel=1e-6)
+        assert class_statistics(params).sifted_error_rate == \
+            class_statistics(without).sifted_error_rate
+
+
+def test_pixels_raise_the_count_rate_that_saturates() -> None:
+    base = preset("modern-snspd").with_length(2.0)
+    one = len(simulate_block(base, 2_000_000, RandomSource.seeded(2)))
+    many = len(simulate_block(base.override({"detector_pixels": 8}), 2_000_000,
+                              RandomSource.seeded(2)))
+    free = len(simulate_block(base.override({"dead_time_s": 0.0}), 2_000_000,
+                              RandomSource.seeded(2)))
+    assert one < many < free
+    # A single pixel never clicks twice within its dead time.
+    records = simulate_block(base, 2_000_000, RandomSource.seeded(3))
+    assert np.diff(records.bob.index).min() >= rates.dead_gates(base) + 1
+
+
+def test_afterpulses_with_several_pixels_are_refused() -> None:
+    with pytest.raises(ParameterError, match="afterpulse_probability"):
+        preset("modern-snspd").override({"detector_pixels": 2,
+                                         "afterpulse_probability": 0.01})
+
+
+def test_gaps_of_a_single_pixel_with_dead_time_are_dead_time_plus_geometric() -> None:
+    """A single pixel counts a renewal process: gaps D + G, G ~ Geometric(P) on
+    {1, 2, ...}, so the number of gaps longer than D + k is Binomial(gaps, (1 - P)^k)."""
+    params = preset("modern-snspd").with_length(20.0)
+    gates = rates.dead_gates(params)
+    free = class_statistics(params.override({"dead_time_s": 0.0})).click_probability
+    p = sum(pc * q for pc, q in zip(params.source.class_probabilities, free, strict=True))
+    gaps = np.diff(simulate_block(params, 20_000_000, RandomSource.seeded(5)).alice.index)
+    assert gaps.min() > gates
+    for k in (0, 1, 5, 20, 60):
+        assert_binomial(int(np.count_nonzero(gaps > gates + k)), gaps.size, (1 - p) ** k,
+                        f"gaps longer than D + {k}")

@@ -20,8 +20,18 @@ try:  # typer >= 0.26 vendors click; older versions raise the click package's ex
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line
+class _Console(Console):
+    """rich's Console, except that a closed pipe raises BrokenPipeError (after
+    silencing this console) instead of exiting at once with status 1: a command that
+    holds state, like ``corridor up``, must still stop cleanly."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+console = _Console()
+err_console = _Console(stderr=True, soft_wrap=True)  # an error stays one line
 
 
 class OutputFormat(StrEnum):

@@ -41,10 +41,12 @@ DEFAULT_DISTANCES_KM = (0.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0)
 
 
 class DecoyOption(StrEnum):
-    """Decoy-state analysis of the asymptotic rate."""
+    """Decoy-state analysis: asymptotic (infinite, vacuum-weak) or the one-decoy finite
+    key of Rusca et al. 2018 (one-decoy, with --block-pulses)."""
 
     infinite = "infinite"
     vacuum_weak = "vacuum-weak"
+    one_decoy = "one-decoy"
 
 
 # Shared option declarations, so that every link command spells them the same way.
@@ -55,6 +57,20 @@ ConfigOption = Annotated[Path | None, typer.Option(
     "\\[fibre], \\[source], \\[detector], \\[protocol] tables.")]
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", help="Override one field, e.g. --set attenuation_db_per_km=0.18 (repeatable).")]
+#: Names of the finite-key bounds (corridor.link.finite_key.FINITE_KEY_BOUNDS, which
+#: this module does not import at start-up: it pulls in the models).
+FINITE_KEY_CHOICES = ("lim2014", "tightened")
+FiniteKeyOption = Annotated[str, typer.Option(
+    "--finite-key", metavar="lim2014|tightened",
+    help="Finite-key bound: lim2014 (Lim et al. 2014 as published) or tightened "
+    "(adds v_X1 <= m_X; docs/finite-key.md).")]
+
+
+def check_finite_key_option(value: str) -> str:
+    """The ``--finite-key`` value, or a ParameterError naming the allowed ones."""
+    from corridor.link.finite_key import check_bound
+
+    return check_bound(value, "--finite-key")
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -105,6 +121,11 @@ def link_parameters_from_options(preset: str, config: Path | None,
 
 def _check_block_pulses(block_pulses: int | None, decoy: DecoyOption | None) -> None:
     if block_pulses is None:
+        if decoy is DecoyOption.one_decoy:
+            raise ParameterError(
+                "--block-pulses", None, "must be given with --decoy one-decoy",
+                "the one-decoy bound (Rusca et al. 2018) is a finite-key bound: "
+                "it needs the block size in pulses")
         return
     if block_pulses <= 0:
         raise ParameterError("--block-pulses", block_pulses, "must be a number of pulses above 0")
@@ -116,20 +137,42 @@ def _check_block_pulses(block_pulses: int | None, decoy: DecoyOption | None) -> 
 
 
 def rate_row(params: LinkParameters, length_km: float, decoy: str, block_pulses: int | None,
-             optimise_settings: bool) -> dict[str, Any]:
-    """One distance of ``corridor link rate``: settings, gain, QBER, rates, PLOB."""
-    from corridor.link.finite_key import finite_key_rate
+             optimise_settings: bool, bound: str = "lim2014") -> dict[str, Any]:
+    """One distance of ``corridor link rate``: settings, gain, QBER, rates, PLOB.
+
+    ``bound`` names the finite-key bound of Lim et al. (used only with
+    ``block_pulses``); ``decoy = "one-decoy"`` evaluates the one-decoy finite-key bound
+    (Rusca et al. 2018) for blocks of ``block_pulses`` at the given settings (never
+    optimised).
+    """
+    from corridor.link.finite_key import expected_gain_and_qber, finite_key_rate
+    from corridor.link.finite_key_one_decoy import one_decoy_finite_key_rate
     from corridor.link.optimize import optimise
-    from corridor.link.rates import error_rate, fibre_plob_bits_per_pulse, gain, secret_key_rate
+    from corridor.link.rates import (
+        availability,
+        class_gains_and_errors,
+        fibre_plob_bits_per_pulse,
+        secret_key_rate,
+    )
 
     at = params.with_length(length_km)
-    if optimise_settings:
-        at, rate = optimise(at, decoy, block_pulses)
+    one_decoy = decoy == DecoyOption.one_decoy.value
+    if one_decoy:
+        if block_pulses is None:
+            raise ParameterError("block_pulses", None, "must be given for one-decoy")
+        rate = one_decoy_finite_key_rate(at, block_pulses)
+    elif optimise_settings:
+        at, rate = optimise(at, decoy, block_pulses, bound=bound)
     elif block_pulses is None:
         rate = secret_key_rate(at, decoy)
     else:
-        rate = finite_key_rate(at, block_pulses)
+        rate = finite_key_rate(at, block_pulses, bound)
     src = at.source
+    if block_pulses is None or one_decoy:
+        (signal_gain, _, _), (signal_qber, _, _) = class_gains_and_errors(at)
+    else:
+        # What the finite-key model counts: with afterpulses when the detector has them.
+        signal_gain, signal_qber = expected_gain_and_qber(at, src.signal_intensity)
     plob = fibre_plob_bits_per_pulse(at)
     # A lossless channel (0 km, no insertion loss) has an infinite PLOB bound, which
     # JSON cannot carry: it is reported as null.
@@ -137,17 +180,20 @@ def rate_row(params: LinkParameters, length_km: float, decoy: str, block_pulses:
     return {
         "distance_km": float(length_km),
         "model": "asymptotic" if block_pulses is None else "finite-key",
-        "decoy": decoy if block_pulses is None else "vacuum-weak",
+        "decoy": decoy if block_pulses is None or decoy == DecoyOption.one_decoy.value
+        else "vacuum-weak",
         "block_pulses": block_pulses,
-        "optimised": optimise_settings,
+        "finite_key_bound": None if block_pulses is None or one_decoy else bound,
+        "optimised": optimise_settings and not one_decoy,
         "mu": src.signal_intensity,
         "nu": src.decoy_intensity,
         "vacuum_mu": src.vacuum_intensity,
         "z_basis_probability": src.z_basis_probability,
         "class_probabilities": list(src.class_probabilities),
         "transmittance": at.transmittance,
-        "gain": gain(at, src.signal_intensity),
-        "qber": error_rate(at, src.signal_intensity),
+        "detector_availability": availability(at),
+        "gain": signal_gain,
+        "qber": signal_qber,
         "secret_key_rate_bits_per_pulse": rate,
         "secret_key_rate_bits_per_s": rate * src.pulse_rate_hz,
         "plob_bits_per_pulse": plob_finite,
@@ -184,14 +230,18 @@ def rate_command(
     config: ConfigOption = None,
     overrides: SetOption = None,
     decoy: Annotated[DecoyOption | None, typer.Option(
-        "--decoy", help="Decoy analysis of the asymptotic rate (default: infinite).",
-        show_default=False)] = None,
+        "--decoy", help="Decoy analysis: infinite or vacuum-weak (asymptotic, default "
+        "infinite), or one-decoy (finite key of Rusca et al. 2018 at the given settings, "
+        "needs --block-pulses).", show_default=False)] = None,
     block_pulses: Annotated[int | None, typer.Option(
-        "--block-pulses", parser=parse_pulse_count,
-        help="Finite key (Lim et al. 2014) for blocks of N pulses (1e10 accepted).")] = None,
-    optimise_settings: Annotated[bool, typer.Option(
+        "--block-pulses", parser=parse_pulse_count, metavar="N",
+        help="Finite key for blocks of N pulses, 1e12 accepted (Lim et al. 2014; "
+        "Rusca et al. 2018 with --decoy one-decoy).")] = None,
+    finite_key: FiniteKeyOption = FINITE_KEY_CHOICES[0],
+    optimise_option: Annotated[bool | None, typer.Option(
         "--optimise/--no-optimise", help="Optimise intensities (and, for finite key, "
-        "basis and class probabilities) at each distance.")] = True,
+        "basis and class probabilities) at each distance (default: yes, except with "
+        "--decoy one-decoy).", show_default=False)] = None,
     max_distance: Annotated[bool, typer.Option(
         "--max-distance", help="Print only the distance where the key rate reaches 0.")] = False,
     output_format: Annotated[OutputFormat, typer.Option(
@@ -201,14 +251,22 @@ def rate_command(
     with handle_errors():
         params = link_parameters_from_options(preset_name, config, overrides or [])
         _check_block_pulses(block_pulses, decoy)
+        bound = check_finite_key_option(finite_key)
         decoy_mode = (decoy or DecoyOption.infinite).value
-        if block_pulses is not None:
+        one_decoy = decoy is DecoyOption.one_decoy
+        if block_pulses is not None and not one_decoy:
             decoy_mode = DecoyOption.vacuum_weak.value
+        if one_decoy and (optimise_option or max_distance):
+            raise ParameterError(
+                "--max-distance" if max_distance else "--optimise", True,
+                "is not available with --decoy one-decoy",
+                "the one-decoy bound is evaluated at the preset's own settings")
+        optimise_settings = not one_decoy if optimise_option is None else optimise_option
         if max_distance:
             from corridor.link.optimize import max_distance_km
 
             found = max_distance_km(params, decoy_mode, block_pulses,
-                                    optimise_settings=optimise_settings)
+                                    optimise_settings=optimise_settings, bound=bound)
             # The bisection stops at 10 m: more digits would be noise.
             value = round(found, 2) if math.isfinite(found) else None
             if output_format is OutputFormat.json:
@@ -219,12 +277,13 @@ def rate_command(
                     "unbounded (the rate never reaches 0 within 10 000 km)"))
             return
         lengths = [*(distance_km or []), *(distances_km or [])] or list(DEFAULT_DISTANCES_KM)
-        rows = [rate_row(params, length, decoy_mode, block_pulses, optimise_settings)
+        rows = [rate_row(params, length, decoy_mode, block_pulses, optimise_settings, bound)
                 for length in lengths]
         if output_format is OutputFormat.json:
             emit_json(rows)
         else:
-            model = (f"finite key, N = {block_pulses:.3g} pulses" if block_pulses
+            model = (f"finite key ({'one decoy' if one_decoy else bound}), "
+                     f"N = {block_pulses:.3g} pulses" if block_pulses
                      else f"asymptotic, {decoy_mode} decoys")
             console.print(_rate_table(rows, f"{params.name}: {model}"
                                       + ("" if optimise_settings else ", settings as given")))

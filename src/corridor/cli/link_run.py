@@ -23,9 +23,12 @@ from rich.table import Table
 from corridor.cli.common import OutputFormat, console, emit_json, err_console, handle_errors
 from corridor.cli.link import (
     DEFAULT_PRESET,
+    FINITE_KEY_CHOICES,
     ConfigOption,
+    FiniteKeyOption,
     PresetOption,
     SetOption,
+    check_finite_key_option,
     link_parameters_from_options,
     parse_pulse_count,
 )
@@ -102,7 +105,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def _render_table(data: dict[str, Any]) -> None:
     title = (f"corridor link run: {data['preset']} at {data['length_km']:g} km, "
              f"{data['pulses']:,} pulses, seed {data['seed']}, attack {data['attack']}, "
-             f"Cascade {data['cascade_variant']} ({data['mode']})")
+             f"Cascade {data['cascade_variant']}, finite key {data['finite_key_bound']} "
+             f"({data['mode']})")
     table = Table(title=title, box=box.SIMPLE_HEAD)
     show_reason = any(row["discard_reason"] for row in data["blocks"])
     columns = ["block", "fate", "sifted", "QBER", "disclosed", "f", "secret", "auth bits"]
@@ -194,6 +198,7 @@ def run_command(
         sorted(CASCADE_VARIANTS)) + ".")] = DEFAULT_CASCADE_VARIANT,
     frame_bits: Annotated[int, typer.Option("--frame-bits", help="Cascade frame size in bits.")]
     = 10_000,
+    finite_key: FiniteKeyOption = FINITE_KEY_CHOICES[0],
     link_id: Annotated[str, typer.Option("--link-id", help="Link id written into every key "
                                          "block.")] = "link-1",
     role: Annotated[RoleOption | None, typer.Option(
@@ -235,10 +240,12 @@ def run_command(
         if cascade not in CASCADE_VARIANTS:
             raise ParameterError("--cascade", cascade,
                                  "must be one of " + ", ".join(sorted(CASCADE_VARIANTS)))
+        bound = check_finite_key_option(finite_key)
         attack_model = make_attack(attack.value, attack_fraction)
         distill_config = DistillConfig.for_link(params, link_id=link_id, cascade_variant=cascade,
                                                 frame_bits=frame_bits,
-                                                channel_timeout_s=timeout_s)
+                                                channel_timeout_s=timeout_s,
+                                                finite_key_bound=bound)
         total_blocks = -(-pulses // block_pulses)
         show_progress = not quiet and err_console.is_terminal
         with _ProgressBar(show_progress, total_blocks) as bar:

@@ -4,7 +4,9 @@ This module owns the ``simulate`` command of the ``link`` group (added by
 :func:`add_commands`). It streams blocks from :func:`corridor.link.simulator.simulate_stream`
 so that memory stays bounded whatever ``--pulses`` is, counts them into a
 :class:`~corridor.link.simulator.SimulationSummary`, and reports observed against
-expected gain and QBER per intensity class, the vacuum + weak decoy estimates and
+expected gain and QBER per intensity class (expected: the exact model the simulator
+samples from, detector dead time, pixels, afterpulses and the attack included), the
+vacuum + weak decoy estimates and
 what they imply, the attack, wall time and speed. Same ``--seed``, same output
 (except the timing fields).
 """
@@ -67,7 +69,8 @@ def _render_table(report: dict[str, Any]) -> None:
     title = (f"corridor link simulate: {report['preset']} at {report['distance_km']:g} km, "
              f"{report['pulses']:,} pulses, seed {report['seed']}")
     table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False,
-                  caption="gain, QBER: observed; exp.: closed form of an honest link; "
+                  caption="gain, QBER: observed; exp.: exact model the simulator samples "
+                          "(dead time, pixels, afterpulses, attack included); "
                           "sigma: deviation in binomial standard deviations")
     for header in ("class", "pulses", "clicks", "gain", "gain exp.", "sigma",
                    "QBER", "QBER exp.", "sigma"):

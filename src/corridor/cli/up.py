@@ -11,11 +11,15 @@ audit logs fsync'ed with their chains intact). Exit code 0 on a clean stop.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import shlex
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
@@ -228,15 +232,42 @@ def up_command(
             _describe_start(corridor, spec)
             deadline = None if duration_s is None else time.monotonic() + duration_s
             _run_until_stopped(corridor, stop, deadline, status_interval_s)
+        except BrokenPipeError:
+            # Whoever read our output is gone (a pipe closed, often by the same Ctrl-C):
+            # nobody watches any more, so stop cleanly, and silently.
+            _silence_output()
+            stop_signal.append("output closed")
         finally:
-            err_console.print("stopping: feeders, servers, stores, audit logs ...",
-                              highlight=False)
-            corridor.close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            try:
+                _quietly(lambda: err_console.print(
+                    "stopping: feeders, servers, stores, audit logs ...", highlight=False))
+            finally:
+                corridor.close()
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
         why = stop_signal[0] if stop_signal else "--duration-s elapsed"
-        console.print(f"corridor stopped cleanly ({why}); state kept in "
-                      f"{_shown(corridor.workdir)}", highlight=False, soft_wrap=True)
+        _quietly(lambda: console.print(f"corridor stopped cleanly ({why}); state kept in "
+                                       f"{_shown(corridor.workdir)}", highlight=False,
+                                       soft_wrap=True))
+
+
+def _silence_output() -> None:
+    """Point stdout and stderr at /dev/null, so that no later write (ours, a log line,
+    the interpreter's final flush) fails on a closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+def _quietly(write: Callable[[], object]) -> None:
+    """Run one output call; a closed pipe silences the output instead of failing."""
+    try:
+        write()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_output()
 
 
 def _run_until_stopped(corridor: Corridor, stop: threading.Event, deadline: float | None,

@@ -52,7 +52,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-from corridor.distill.channel import DEFAULT_TIMEOUT_S, ChannelEndpoint, ChannelStats
+from corridor.distill.channel import (
+    DEFAULT_TIMEOUT_S,
+    ChannelEndpoint,
+    ChannelStats,
+    Payload,
+    join_buffers,
+)
 from corridor.errors import AuthenticationFailure, ParameterError, ProtocolAbort
 
 HASH_KEY_BYTES = 16
@@ -222,19 +228,21 @@ class AuthenticatedChannel:
         self._failure = exc.reason
         return exc
 
-    def send(self, kind: str, payload: bytes) -> None:
+    def send(self, kind: str, payload: Payload) -> None:
         """Tag and send one message of type ``kind``."""
         self._check_usable()
         kind_bytes = _encode_kind(kind)
         seq = self._next_seq[self._send_direction]
-        header = _HEADER.pack(FRAME_VERSION, self._send_direction, self._session_offset, seq,
-                              len(kind_bytes))
-        data = header + kind_bytes + bytes(payload)
+        prefix = _HEADER.pack(FRAME_VERSION, self._send_direction, self._session_offset, seq,
+                              len(kind_bytes)) + kind_bytes
         try:
             pad = self._pad(self._send_direction, seq)
         except ProtocolAbort as exc:
             raise self._fail(exc) from None
-        frame = data + Poly1305.generate_tag(self._hash_key + pad, data)
+        mac = Poly1305(self._hash_key + pad)
+        mac.update(prefix)
+        mac.update(payload)
+        frame = join_buffers((prefix, payload, mac.finalize()))
         self._next_seq[self._send_direction] = seq + 1
         try:
             self._raw.send(WIRE_KIND, frame)
@@ -244,6 +252,10 @@ class AuthenticatedChannel:
 
     def recv(self, kind: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bytes:
         """Receive, authenticate and return the next message, which must be of type ``kind``."""
+        return bytes(self.recv_view(kind, timeout_s))
+
+    def recv_view(self, kind: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> memoryview:
+        """Like :meth:`recv`, as a read-only view of the authenticated payload (no copy)."""
         self._check_usable()
         try:
             frame = self._raw.recv(WIRE_KIND, timeout_s)
@@ -251,7 +263,7 @@ class AuthenticatedChannel:
             raise self._fail(exc) from None
         self.stats.on_receive(len(frame) + len(WIRE_KIND))
         try:
-            got_kind, payload = self._open(frame)
+            got_kind, payload = self._open(memoryview(frame).toreadonly())
         except ProtocolAbort as exc:
             raise self._fail(exc) from None
         if got_kind != kind:
@@ -260,7 +272,7 @@ class AuthenticatedChannel:
                                            f"{got_kind!r}"))
         return payload
 
-    def _open(self, frame: bytes) -> tuple[str, bytes]:
+    def _open(self, frame: memoryview) -> tuple[str, memoryview]:
         expected_seq = self._next_seq[self._recv_direction]
         if len(frame) < _HEADER.size + TAG_BYTES:
             raise AuthenticationFailure(f"{self.role}: truncated frame of {len(frame)} bytes "
@@ -294,7 +306,7 @@ class AuthenticatedChannel:
                                         f"({_DIRECTION_NAMES[direction]}): altered or forged")
         self._next_seq[self._recv_direction] = seq + 1
         self._forgery_bound += poly1305_forgery_bound(len(data))
-        kind_bytes = frame[_HEADER.size:_HEADER.size + kind_length]
+        kind_bytes = bytes(frame[_HEADER.size:_HEADER.size + kind_length])
         return kind_bytes.decode("ascii", errors="replace"), data[_HEADER.size + kind_length:]
 
     def close(self) -> None:

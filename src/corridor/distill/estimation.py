@@ -12,7 +12,9 @@ revealing them costs nothing in lambda_EC.
 Bounds: :func:`corridor.link.finite_key.finite_key_bounds` (Lim, Curty, Walenta, Xu,
 Zbinden, PRA 89, 022307 (2014)) gives, with failure probabilities that are part of
 eps_sec, lower bounds on the vacuum and single-photon Z-basis events (s_Z0, s_Z1)
-and an upper bound on the single-photon phase error rate phi_Z.
+and an upper bound on the single-photon phase error rate phi_Z. Which bound
+(``finite_key_bound``: ``"lim2014"`` as published, the default, or ``"tightened"``)
+is a setting that both parties share (docs/finite-key.md).
 
 Abort rules (reason codes of :class:`corridor.errors.ProtocolAbort`):
 
@@ -41,13 +43,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from corridor.distill.block import BlockState
-from corridor.distill.channel import DEFAULT_TIMEOUT_S, ChannelEndpoint
-from corridor.distill.sifting import INTENSITY_CLASSES, SiftingResult, decode_arrays, encode_arrays
+from corridor.distill.channel import DEFAULT_TIMEOUT_S, ChannelEndpoint, receive_view
+from corridor.distill.sifting import SiftingResult, decode_arrays, encode_arrays
 from corridor.distill.verification import DEFAULT_SEGMENT_BITS, TAG_BITS, segment_count
 from corridor.errors import ParameterError, ProtocolAbort
 from corridor.link.finite_key import (
+    DEFAULT_FINITE_KEY_BOUND,
     DecoyCounts,
     FiniteKeyBounds,
+    check_bound,
     finite_key_bounds,
     finite_key_length,
 )
@@ -75,6 +79,10 @@ class EstimationSettings:
         abort_reconciliation_efficiency: f of the pessimistic lambda_EC.
         verification_tag_bits: bits one verification tag discloses.
         verification_segment_bits: length of the key segments verification tags.
+        finite_key_bound: ``"lim2014"`` or ``"tightened"``
+            (:data:`corridor.link.finite_key.FINITE_KEY_BOUNDS`).
+        z_basis_probability: the key-basis probability of the link, recorded in the
+            block's metadata for the report (Lim et al.'s bounds do not use it).
     """
 
     intensities: tuple[float, float, float]
@@ -85,8 +93,11 @@ class EstimationSettings:
     abort_reconciliation_efficiency: float = DEFAULT_ABORT_RECONCILIATION_EFFICIENCY
     verification_tag_bits: int = TAG_BITS
     verification_segment_bits: int = DEFAULT_SEGMENT_BITS
+    finite_key_bound: str = DEFAULT_FINITE_KEY_BOUND
+    z_basis_probability: float | None = None
 
     def __post_init__(self) -> None:
+        check_bound(self.finite_key_bound)
         if not 0.0 < self.qber_abort_threshold <= 0.5:
             raise ParameterError("qber_abort_threshold", self.qber_abort_threshold,
                                  "allowed range is (0, 0.5]",
@@ -120,21 +131,36 @@ class EstimationResult:
 
 
 def _exchange_test_bits(channel: ChannelEndpoint, own_bits: np.ndarray,
-                        role: str, timeout_s: float) -> np.ndarray:
+                        role: str, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Send this party's test bits and receive the peer's: (own packed, peer's packed)."""
     count = int(own_bits.shape[0])
-    packed = encode_arrays(np.packbits(own_bits.astype(np.uint8)))
+    own_packed = np.packbits(own_bits)
+    packed = encode_arrays(own_packed)
     if role == "alice":
         channel.send(MESSAGE_ALICE, packed)
         kind = MESSAGE_BOB
     else:
         kind = MESSAGE_ALICE
-    (other_packed,) = decode_arrays(channel.recv(kind, timeout_s), 1, kind)
+    (other_packed,) = decode_arrays(receive_view(channel, kind, timeout_s), 1, kind)
     if role == "bob":
         channel.send(MESSAGE_BOB, packed)
-    if other_packed.size != (count + 7) // 8:
+    if other_packed.ndim != 1 or other_packed.size != (count + 7) // 8:
         raise ProtocolAbort("malformed_message", f"{kind}: {other_packed.size} bytes "
                             f"for {count} test bits")
-    return np.unpackbits(other_packed.astype(np.uint8), count=count)
+    return own_packed, other_packed
+
+
+def _errors_per_class(own_packed: np.ndarray, other_packed: np.ndarray, count: int,
+                      classes: np.ndarray) -> tuple[int, int, int]:
+    """m_X,k: test bits that differ, per intensity class (classes 0, 1, 2)."""
+    differ = np.unpackbits(np.bitwise_xor(own_packed, other_packed.astype(np.uint8, copy=False)),
+                           count=count)
+    total = int(np.count_nonzero(differ))
+    if not total:
+        return 0, 0, 0
+    decoy = int(np.count_nonzero(differ & (classes == 1)))
+    vacuum = int(np.count_nonzero(differ & (classes == 2)))
+    return total - decoy - vacuum, decoy, vacuum
 
 
 def pessimistic_leak_bits(key_bits: int, qber: float, settings: EstimationSettings) -> int:
@@ -156,10 +182,10 @@ def estimate(channel: ChannelEndpoint, sifted: SiftingResult,
     must be discarded. The caller discards the block on abort.
     """
     block = sifted.block
-    other_bits = _exchange_test_bits(channel, sifted.test_bits, block.role, timeout_s)
-    errors_mask = sifted.test_bits != other_bits
-    test_errors_arr = np.bincount(sifted.test_classes[errors_mask], minlength=INTENSITY_CLASSES)
-    test_errors = (int(test_errors_arr[0]), int(test_errors_arr[1]), int(test_errors_arr[2]))
+    own_packed, other_packed = _exchange_test_bits(channel, sifted.test_bits, block.role,
+                                                   timeout_s)
+    test_errors = _errors_per_class(own_packed, other_packed, int(sifted.test_bits.shape[0]),
+                                    sifted.test_classes)
     test_bits = sifted.counts.test_bits
     if test_bits == 0:
         raise ProtocolAbort("insufficient_test_bits",
@@ -168,7 +194,11 @@ def estimate(channel: ChannelEndpoint, sifted: SiftingResult,
     test_qber = total_errors / test_bits
     qber_estimate = (total_errors + 1) / (test_bits + 2)
     block.meta.update(test_qber=test_qber, qber_estimate=qber_estimate,
-                      test_basis_errors=list(test_errors))
+                      test_basis_errors=list(test_errors),
+                      finite_key_bound=settings.finite_key_bound,
+                      intensities=[float(x) for x in settings.intensities],
+                      class_probabilities=[float(x) for x in settings.class_probabilities],
+                      z_basis_probability=settings.z_basis_probability)
     if test_qber > settings.qber_abort_threshold:
         raise ProtocolAbort("qber_above_threshold",
                             f"block {block.block_id}: test QBER {test_qber:.4f} > "
@@ -184,14 +214,16 @@ def estimate(channel: ChannelEndpoint, sifted: SiftingResult,
                          test_basis_errors=test_errors)
     try:
         bounds = finite_key_bounds(counts, settings.intensities, settings.class_probabilities,
-                                   settings.eps_sec)
+                                   settings.eps_sec, settings.finite_key_bound)
     except ParameterError as exc:
         raise ProtocolAbort("insufficient_statistics",
                             f"block {block.block_id}: {exc}") from None
     block.meta.update(
         vacuum_events_lower=float(bounds.vacuum_events_lower),
         single_photon_events_lower=float(bounds.single_photon_events_lower),
-        single_photon_phase_error_upper=float(bounds.single_photon_phase_error_upper))
+        single_photon_phase_error_upper=float(bounds.single_photon_phase_error_upper),
+        test_single_photon_events_lower=float(bounds.test_single_photon_events_lower),
+        test_single_photon_errors_upper=float(bounds.test_single_photon_errors_upper))
     if not bounds.single_photon_events_lower > 0:
         raise ProtocolAbort("single_photon_bound_too_low",
                             f"block {block.block_id}: lower bound on single-photon key-basis "

@@ -15,7 +15,8 @@ Each party holds only its own side of the detection records, its own
 :class:`~corridor.randomness.RandomSource` and one endpoint of the authenticated
 classical channel; everything the other party needs crosses that channel.
 
-Security accounting of one block (Lim et al., PRA 89, 022307 (2014)):
+Security accounting of one block (Lim et al., PRA 89, 022307 (2014); the bound,
+``lim2014`` or ``tightened``, is ``DistillConfig.finite_key_bound``, docs/finite-key.md):
 
 - lambda_EC = Cascade's disclosed parities + 128 bits per verification tag;
 - l = finite_key_length(bounds, lambda_EC, eps_sec, eps_cor), which also subtracts
@@ -76,7 +77,12 @@ from corridor.distill.verification import (
 )
 from corridor.errors import ParameterError, ProtocolAbort
 from corridor.link.attacks import Attack
-from corridor.link.finite_key import finite_key_length
+from corridor.link.finite_key import (
+    DEFAULT_FINITE_KEY_BOUND,
+    check_bound,
+    finite_key_length,
+    security_cost_bits,
+)
 from corridor.link.params import LinkParameters
 from corridor.link.rates import binary_entropy
 from corridor.link.records import AliceRecords, BobRecords, DetectionRecords
@@ -121,6 +127,8 @@ class DistillConfig:
         auth_pool_bytes: size of the pre-shared authentication key pool.
         verification_segment_bits: key bits per verification tag (a segment that still
             differs after Cascade is dropped, the rest of the block kept).
+        finite_key_bound: ``"lim2014"`` (Lim et al. 2014 as published) or
+            ``"tightened"`` (docs/finite-key.md).
     """
 
     link_id: str = "link-1"
@@ -133,8 +141,10 @@ class DistillConfig:
     channel_timeout_s: float = 120.0
     auth_pool_bytes: int = 1 << 16
     verification_segment_bits: int = DEFAULT_SEGMENT_BITS
+    finite_key_bound: str = DEFAULT_FINITE_KEY_BOUND
 
     def __post_init__(self) -> None:
+        check_bound(self.finite_key_bound)
         if not self.link_id or not isinstance(self.link_id, str):
             raise ParameterError("link_id", self.link_id, "must be a non-empty string")
         for name in ("eps_sec", "eps_cor"):
@@ -178,7 +188,7 @@ class DistillConfig:
         return repr((self.link_id, self.eps_sec, self.eps_cor, self.cascade_variant,
                      self.frame_bits, self.qber_abort_threshold,
                      self.abort_reconciliation_efficiency,
-                     self.verification_segment_bits)).encode()
+                     self.verification_segment_bits, self.finite_key_bound)).encode()
 
 
 def estimation_settings(params: LinkParameters, config: DistillConfig) -> EstimationSettings:
@@ -189,7 +199,9 @@ def estimation_settings(params: LinkParameters, config: DistillConfig) -> Estima
                               qber_abort_threshold=config.qber_abort_threshold,
                               abort_reconciliation_efficiency=config.abort_reconciliation_efficiency,
                               verification_tag_bits=TAG_BITS,
-                              verification_segment_bits=config.verification_segment_bits)
+                              verification_segment_bits=config.verification_segment_bits,
+                              finite_key_bound=config.finite_key_bound,
+                              z_basis_probability=params.source.z_basis_probability)
 
 
 class _Processor(ABC):
@@ -266,6 +278,14 @@ class _Processor(ABC):
                            timeout_s=self.config.channel_timeout_s)
             start = self._timed(block, "estimation", start, timings)
             rec = self._reconcile(block.bits, est)
+            if self.role == "bob":
+                # Bob's flips, per intensity class: the observed key-basis errors (public
+                # as a count, like qber_corrected; the bound does not use them).
+                corrected = np.asarray(rec.bits, dtype=np.uint8)
+                if corrected.shape == block.bits.shape:
+                    flipped = corrected != block.bits
+                    per_class = np.bincount(sifted.key_classes[flipped], minlength=3)
+                    block.meta["key_basis_errors"] = [int(x) for x in per_class[:3]]
             self._advance_corrected(block, rec)
             start = self._timed(block, "reconciliation", start, timings)
             verified = self._verify(block)
@@ -273,6 +293,9 @@ class _Processor(ABC):
             disclosed = int(rec.disclosed_bits) + verified.disclosed_bits
             length = finite_key_length(est.bounds, disclosed, self.config.eps_sec,
                                        self.config.eps_cor)
+            block.meta.update(lambda_ec_bits=disclosed, finite_key_length_bits=int(length),
+                              security_cost_bits=security_cost_bits(self.config.eps_sec,
+                                                                    self.config.eps_cor))
             # Dropped segments lower the min-entropy by at most their length (chain rule).
             length = min(length - verified.removed_bits, block.length_bits)
             seed_bits = self._agree_length(length, block.length_bits, block_id)
@@ -658,6 +681,7 @@ class LinkRunReport:
                 "single_photon_events_lower": meta.get("single_photon_events_lower"),
                 "single_photon_phase_error_upper": meta.get("single_photon_phase_error_upper"),
                 "finite_key_bits": meta.get("finite_key_bits"),
+                "finite_key": self._finite_key_row(meta, other.meta if other else None),
                 "auth_bits_consumed": meta.get("auth_bits_consumed"),
                 "auth_replenished_bits": meta.get("auth_replenished_bits"),
                 "secret_bits": block.length_bits if block.state is BlockState.AUTHENTICATED
@@ -668,6 +692,46 @@ class LinkRunReport:
                           for b in (block, other) if b is not None},
             })
         return rows
+
+    def _finite_key_row(self, meta: dict[str, Any],
+                        bob_meta: dict[str, Any] | None) -> dict[str, Any]:
+        """Everything needed to recompute the block's key length with other code.
+
+        l = floor(s_Z0 + s_Z1 (1 - h(phi_Z)) - lambda_EC - security_cost_bits) from the
+        counts, intensities, probabilities and epsilons below (Lim et al. 2014, Eqs.
+        (1)-(5), with the clamps of the named bound, docs/finite-key.md); then
+        finite_key_bits = min(l - verification_removed_bits, sifted_bits -
+        verification_removed_bits). ``key_basis_errors`` are the errors reconciliation
+        corrected per class (Bob's count; the bound does not use them).
+        """
+        cfg = self.config
+        errors = (bob_meta or {}).get("key_basis_errors", meta.get("key_basis_errors"))
+        return {
+            "bound": meta.get("finite_key_bound", cfg.finite_key_bound),
+            "intensities": meta.get("intensities"),
+            "class_probabilities": meta.get("class_probabilities"),
+            "z_basis_probability": meta.get("z_basis_probability"),
+            "key_basis_detections": meta.get("key_basis_detections"),
+            "key_basis_errors": errors,
+            "test_basis_detections": meta.get("test_basis_detections"),
+            "test_basis_errors": meta.get("test_basis_errors"),
+            "eps_sec": cfg.eps_sec,
+            "eps_cor": cfg.eps_cor,
+            "vacuum_events_lower": meta.get("vacuum_events_lower"),
+            "single_photon_events_lower": meta.get("single_photon_events_lower"),
+            "single_photon_phase_error_upper": meta.get("single_photon_phase_error_upper"),
+            "test_single_photon_events_lower": meta.get("test_single_photon_events_lower"),
+            "test_single_photon_errors_upper": meta.get("test_single_photon_errors_upper"),
+            "reconciliation_alice_bits": meta.get("reconciliation_alice_bits"),
+            "reconciliation_bob_bits": meta.get("reconciliation_bob_bits"),
+            "reconciliation_disclosed_bits": meta.get("reconciliation_disclosed_bits"),
+            "verification_tag_bits": meta.get("verification_tag_bits"),
+            "lambda_ec_bits": meta.get("lambda_ec_bits"),
+            "security_cost_bits": meta.get("security_cost_bits"),
+            "length_bits": meta.get("finite_key_length_bits"),
+            "verification_removed_bits": meta.get("verification_removed_bits"),
+            "finite_key_bits": meta.get("finite_key_bits"),
+        }
 
     def totals(self) -> dict[str, Any]:
         """Sums over the run."""
@@ -716,6 +780,7 @@ class LinkRunReport:
             "frame_bits": cfg.frame_bits,
             "eps_sec": cfg.eps_sec,
             "eps_cor": cfg.eps_cor,
+            "finite_key_bound": cfg.finite_key_bound,
             "qber_abort_threshold": cfg.qber_abort_threshold,
             "psk_source": self.psk_source,
             "blocks": self.block_rows(),

@@ -205,7 +205,10 @@ def _block_shape(input_bits: int, output_bits: int) -> tuple[int, int]:
     Up to 64 words the block is one base case of exactly ceil(l / 64) words. Beyond, b
     is a multiple of 8 (the wide kernel's 8 products per call leave no tail) of at most
     ``_LEAF_MAX_WORDS``, and the shape with the least modelled cost wins: C blocks of x,
-    each 3^k base cases of b(b + 1) products plus a fixed overhead.
+    each 3^k base cases of b(b + 1) products plus a fixed overhead. Base cases larger
+    than the least that covers l are candidates too: a block a little longer can save a
+    whole block of x (n = 3.17e6, l = 1.55e6: 2 blocks of 28 672 words instead of 3 of
+    24 576).
     """
     words = (output_bits + 63) // 64
     if words <= _LEAF_MAX_WORDS:
@@ -216,15 +219,15 @@ def _block_shape(input_bits: int, output_bits: int) -> tuple[int, int]:
     best: tuple[int, int, int] | None = None
     halvings = 0
     while True:
-        leaf = -(-words // (8 << halvings)) * 8
-        if leaf <= _LEAF_MAX_WORDS:
+        least = -(-words // (8 << halvings)) * 8
+        for leaf in range(least, _LEAF_MAX_WORDS + 1, 8):
             m = leaf << halvings
             cost = (-(-input_words // m) * 3 ** halvings
                     * (leaf * (leaf + 1) + overhead))
             if best is None or cost < best[0]:
                 best = (cost, m, leaf)
-            if leaf == 8:
-                break
+        if least == 8:
+            break
         halvings += 1
     assert best is not None  # the loop ends on an 8-word base case, always a candidate
     return best[1], best[2]
@@ -390,12 +393,14 @@ def _clmul(a: np.uint64, b: np.uint64) -> tuple[np.uint64, np.uint64]:
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def _middle_schoolbook(u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
-    # out[k] = word m + k of u * v (len(u) = m, len(v) = 2m), one column at a time: the
-    # column's products are independent, so the CPU overlaps them. Every index read is
-    # in range: column - i - 1 >= m - 1 - (m - 1) = 0 and column - i <= 2m - 1.
+def _schoolbook_at(u: np.ndarray, uo: np.uint64, v: np.ndarray, vo: np.uint64,
+                   out: np.ndarray, oo: np.uint64, m: np.uint64) -> None:
+    # out[oo + k] = word m + k of U * V with U = u[uo:uo+m], V = v[vo:vo+2m], one column
+    # at a time: the column's products are independent, so the CPU overlaps them. Every
+    # index read is in range: column - i - 1 >= m - 1 - (m - 1) = 0 and
+    # column - i <= 2m - 1. Offsets instead of slices: a slice is a new array whose
+    # reference count numba updates atomically, which cost more than a small base case.
     # Unsigned indices spare numba's negative-index wraparound test in the hot loop.
-    m = np.uint64(u.shape[0])
     one = np.uint64(1)
     wide = np.uint64(_WIDE)
     narrow = np.uint64(_NARROW)
@@ -406,54 +411,82 @@ def _middle_schoolbook(u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
         hi_sum = np.uint64(0)
         i = np.uint64(0)
         while i + wide <= m:
-            lo, hi = _antidiagonal_wide(u, i, v, column - i)
+            lo, hi = _antidiagonal_wide(u, uo + i, v, vo + column - i)
             lo_sum ^= lo
             hi_sum ^= hi
             i += wide
         while i + narrow <= m:
-            lo, hi = _antidiagonal_narrow(u, i, v, column - i)
+            lo, hi = _antidiagonal_narrow(u, uo + i, v, vo + column - i)
             lo_sum ^= lo
             hi_sum ^= hi
             i += narrow
         if i < m:
-            lo, hi = _pclmul(u[i], v[column - i])
+            lo, hi = _pclmul(u[uo + i], v[vo + column - i])
             lo_sum ^= lo
             hi_sum ^= hi
         if column >= m:
-            out[column - m] = lo_sum ^ high
+            out[oo + column - m] = lo_sum ^ high
         high = hi_sum
         column += one
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def _middle(u: np.ndarray, v: np.ndarray, out: np.ndarray, scratch: np.ndarray,
-            base: int) -> None:
+def _middle_schoolbook(u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
+    """out[k] = word m + k of u * v (len(u) = m, len(v) = 2m), by columns."""
+    zero = np.uint64(0)
+    _schoolbook_at(u, zero, v, zero, out, zero, np.uint64(u.shape[0]))
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _middle_at(u: np.ndarray, uo: np.uint64, v: np.ndarray, vo: np.uint64,
+               out: np.ndarray, oo: np.uint64, s: np.ndarray, so: np.uint64,
+               m: np.uint64, base: np.uint64) -> None:
     # Transposed Karatsuba (Hanrot, Quercia, Zimmermann 2004) in characteristic 2: with
-    # u = u0 + Z u1 and V_j = v[j h : j h + 2h] (Z = z^(64 h), h = m / 2),
+    # U = u0 + Z u1 and V_j = V[j h : j h + 2h] (Z = z^(64 h), h = m / 2),
     #   low half  = MP(u0 + u1, V1) + MP(u1, V0 + V1)
     #   high half = MP(u0 + u1, V1) + MP(u0, V2 + V1).
-    # m is b * 2^k with b <= base, so every level above the base halves evenly.
-    m = u.shape[0]
+    # m is b * 2^k with b <= base, so every level above the base halves evenly. The
+    # operands are (array, offset) pairs; scratch s[so:] holds u0 + u1 (h words), the
+    # shared product (h), V_j + V1 (2h), and the levels below.
     if m <= base:
-        _middle_schoolbook(u, v, out)
+        _schoolbook_at(u, uo, v, vo, out, oo, m)
         return
-    h = m // 2
-    u_sum = scratch[:h]
-    shared = scratch[h:2 * h]
-    v_sum = scratch[2 * h:4 * h]
-    rest = scratch[4 * h:]
-    for i in range(h):
-        u_sum[i] = u[i] ^ u[h + i]
-    _middle(u_sum, v[h:3 * h], shared, rest, base)
-    for i in range(2 * h):
-        v_sum[i] = v[i] ^ v[h + i]
-    _middle(u[h:], v_sum, out[:h], rest, base)
-    for i in range(2 * h):
-        v_sum[i] = v[2 * h + i] ^ v[h + i]
-    _middle(u[:h], v_sum, out[h:], rest, base)
-    for i in range(h):
-        out[i] ^= shared[i]
-        out[h + i] ^= shared[i]
+    one = np.uint64(1)
+    h = m >> one
+    u_sum = so
+    shared = so + h
+    v_sum = so + np.uint64(2) * h
+    rest = so + np.uint64(4) * h
+    i = np.uint64(0)
+    while i < h:
+        s[u_sum + i] = u[uo + i] ^ u[uo + h + i]
+        i += one
+    _middle_at(s, u_sum, v, vo + h, s, shared, s, rest, h, base)
+    i = np.uint64(0)
+    while i < np.uint64(2) * h:
+        s[v_sum + i] = v[vo + i] ^ v[vo + h + i]
+        i += one
+    _middle_at(u, uo + h, s, v_sum, out, oo, s, rest, h, base)
+    i = np.uint64(0)
+    while i < np.uint64(2) * h:
+        s[v_sum + i] = v[vo + np.uint64(2) * h + i] ^ v[vo + h + i]
+        i += one
+    _middle_at(u, uo, s, v_sum, out, oo + h, s, rest, h, base)
+    i = np.uint64(0)
+    while i < h:
+        out[oo + i] ^= s[shared + i]
+        out[oo + h + i] ^= s[shared + i]
+        i += one
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _middle(u: np.ndarray, v: np.ndarray, out: np.ndarray, scratch: np.ndarray,
+            base: int) -> None:
+    """out = words m .. 2m-1 of u * v (len(u) = m, len(v) = 2m) by transposed Karatsuba
+    down to base cases of at most ``base`` words; ``scratch`` holds 4m + 64 words."""
+    zero = np.uint64(0)
+    _middle_at(u, zero, v, zero, out, zero, scratch, zero, np.uint64(u.shape[0]),
+               np.uint64(base))
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)

@@ -29,7 +29,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from corridor.distill.channel import DEFAULT_TIMEOUT_S, ChannelStats
+from corridor.distill.channel import DEFAULT_TIMEOUT_S, ChannelStats, Payload
 from corridor.errors import ParameterError, ProtocolAbort
 
 #: Largest frame body accepted or sent unless the caller says otherwise.
@@ -99,7 +99,7 @@ class TcpEndpoint:
         self._broken = reason
         return ProtocolAbort(reason, f"{self.name}: {detail}")
 
-    def send(self, kind: str, payload: bytes) -> None:
+    def send(self, kind: str, payload: Payload) -> None:
         """Send one frame of type ``kind``."""
         self._check_usable()
         if not isinstance(kind, str) or not kind or not kind.isascii():
@@ -113,7 +113,7 @@ class TcpEndpoint:
                                 f"{kind!r} frame exceeds the cap of {self.max_frame_bytes} "
                                 f"bytes")
         frame = b"".join((_LENGTH.pack(body_length), bytes((len(kind_bytes),)), kind_bytes,
-                          bytes(payload)))
+                          payload))
         try:
             self._sock.settimeout(self._send_timeout_s)
             self._sock.sendall(frame)

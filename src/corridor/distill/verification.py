@@ -102,11 +102,24 @@ class VerificationResult:
 
 
 def _tags(bits: np.ndarray, hash_key: bytes, segment_bits: int) -> list[bytes]:
+    # Segment i's message is (i, its bit length, its bits packed MSB first). With whole
+    # bytes per segment the key is packed once and each segment is a slice of it.
+    whole = np.packbits(bits) if segment_bits % 8 == 0 else None
     tags = []
     for i in range(segment_count(bits.shape[0], segment_bits)):
-        segment = bits[i * segment_bits:(i + 1) * segment_bits]
-        header = i.to_bytes(8, "big") + int(segment.shape[0]).to_bytes(8, "big")
-        tags.append(Poly1305.generate_tag(hash_key, header + np.packbits(segment).tobytes()))
+        start = i * segment_bits
+        length = min(segment_bits, bits.shape[0] - start)
+        header = i.to_bytes(8, "big") + length.to_bytes(8, "big")
+        if whole is not None:
+            packed = whole[start // 8:(start + length + 7) // 8]
+        else:
+            packed = np.packbits(bits[start:start + length])
+        mac = Poly1305(hash_key)
+        mac.update(header)
+        mac.update(packed.tobytes())
+        tags.append(mac.finalize())
+    if whole is not None:
+        whole[:] = 0
     return tags
 
 
@@ -128,11 +141,14 @@ def _keep(block: KeyBlock, matched: np.ndarray, bound: float,
         raise ProtocolAbort("verification_failed",
                             f"block {block.block_id}: every one of {segments} segment tag(s) "
                             f"differs after reconciliation")
-    keep = np.repeat(matched, segment_bits)[:block.length_bits]
-    removed = int(block.length_bits - np.count_nonzero(keep))
-    kept_bits = np.compress(keep, block.bits)
-    block.bits[:] = 0
     failed = int(segments - np.count_nonzero(matched))
+    if failed:
+        kept_bits = np.concatenate([block.bits[i * segment_bits:(i + 1) * segment_bits]
+                                    for i in np.flatnonzero(matched)])
+        removed = block.length_bits - int(kept_bits.shape[0])
+        block.bits[:] = 0
+    else:
+        kept_bits, removed = block.bits, 0
     block.advance(BlockState.VERIFIED, bits=kept_bits, verification_tag_bits=TAG_BITS * segments,
                   verification_collision_probability=bound, verification_segments=segments,
                   verification_failed_segments=failed, verification_removed_bits=removed)

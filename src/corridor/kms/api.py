@@ -57,7 +57,7 @@ from pydantic import (
 from starlette.convertors import CONVERTOR_TYPES, Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from corridor.errors import ParameterError
+from corridor.errors import CorridorError, ParameterError
 from corridor.kms.crypto import AtRestDecryptionError
 from corridor.kms.interface import (
     DeliveredKey,
@@ -82,6 +82,7 @@ from corridor.kms.tls import CLIENT_SOCKET_OPTIONS, PathLike, client_ssl_context
 
 API_PREFIX = "/api/v1/keys"
 RESERVATIONS_PATH = "/kme/v1/reservations"
+SYNC_PATH = "/kme/v1/sync"
 MSG_INVALID_REQUEST = "invalid request"
 MSG_BODY_TOO_LARGE = "request body too large"
 # The largest legitimate body (a reservation announcement of max_key_per_request keys)
@@ -100,6 +101,7 @@ MSG_OPERATOR_REQUIRED = ("operator certificate required: this path serves operat
 
 IdentityResolver = Callable[[Mapping[str, Any]], Identity | None]
 PeerAcceptor = Callable[[str, list[Reservation]], None]
+PeerSyncAcceptor = Callable[[str, list[str], list[tuple[str, str, int]]], tuple[int, int]]
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,6 +211,29 @@ class ReservationAnnouncement(BaseModel):
 
     reservations: list[ReservationItem] = Field(default_factory=list)
     runs: list[ReservationRun] = Field(default_factory=list)
+
+
+class PoolWatermark(BaseModel):
+    """Below ``below_offset``, the master KME has cut every byte of this pool."""
+
+    link_id: StrictStr
+    direction: StrictStr
+    below_offset: StrictInt = Field(ge=0)
+
+
+class PeerSync(BaseModel):
+    """KME-to-KME: keys whose announcement failed at the master (withdraw them: no SAE
+    holds their IDs) and each pool's watermark (trim skipped bytes below it)."""
+
+    withdrawn_key_ids: list[StrictStr] = Field(default_factory=list, max_length=100_000)
+    watermarks: list[PoolWatermark] = Field(default_factory=list, max_length=1024)
+
+
+class PeerSynced(BaseModel):
+    """KME-to-KME: what the slave KME withdrew and trimmed."""
+
+    withdrawn: int
+    trimmed_bytes: int
 
 
 class ReservationAccepted(BaseModel):
@@ -432,6 +457,8 @@ def _endpoint_label(path: str) -> str:
                 return name
     if path == RESERVATIONS_PATH:
         return "reservations"
+    if path == SYNC_PATH:
+        return "sync"
     if path == "/metrics":
         return "metrics"
     if path == "/openapi.json":
@@ -476,12 +503,14 @@ def create_app(service: KeyDeliveryService, *,
                identity: IdentityResolver = identity_from_scope,
                metrics: Any = None,
                peer_acceptor: PeerAcceptor | None = None,
+               peer_sync: PeerSyncAcceptor | None = None,
                alarms: AlarmDesk | None = None) -> FastAPI:
     """The ETSI GS QKD 014 application of one KME.
 
     ``identity`` reads the caller's identity from the ASGI scope (default: the verified
     client certificate); ``metrics`` (a ``KmsMetrics``) adds ``/metrics`` and request
-    counting; ``peer_acceptor(from_kme_id, reservations)`` enables the KME-to-KME route;
+    counting; ``peer_acceptor(from_kme_id, reservations)`` enables the KME-to-KME route,
+    ``peer_sync(from_kme_id, withdrawn_key_ids, watermarks)`` the KME-to-KME sync;
     ``alarms`` enables the operator's alarm routes.
     """
     app = FastAPI(
@@ -614,6 +643,28 @@ def create_app(service: KeyDeliveryService, *,
             except UnauthorizedError:
                 return _unauthorized()
             return _json(200, {"accepted": len(reservations)})
+
+    if peer_sync is not None:
+        syncer = peer_sync
+
+        @app.post(SYNC_PATH, responses={
+            200: {"model": PeerSynced, "description": "Withdrawn and trimmed"},
+            **_ERROR_RESPONSES},
+            summary="Withdraw keys and trim skipped pool bytes at the peer KME",
+            operation_id="kme_sync", tags=["KME to KME"])
+        def accept_sync(request: Request, body: Annotated[PeerSync, Body()]) -> Response:
+            peer = caller(request, ROLE_KME)
+            if peer is None:
+                return _unauthorized()
+            try:
+                withdrawn, trimmed = syncer(
+                    peer.entity_id, list(body.withdrawn_key_ids),
+                    [(w.link_id, w.direction, w.below_offset) for w in body.watermarks])
+            except KeysUnavailableError as exc:
+                return _error(503, exc.message, exc.details)
+            except CorridorError as exc:  # a malformed or foreign sync: the peer's fault
+                return _error(400, str(exc))
+            return _json(200, {"withdrawn": withdrawn, "trimmed_bytes": trimmed})
 
     def operator_refusal(request: Request) -> tuple[Identity | None, Response | None]:
         """(operator identity, None), or (None, the 401/403 answer for anyone else)."""
@@ -780,6 +831,7 @@ class HttpsPeerLink:
         self._host = parts.hostname
         self._port = parts.port or 443
         self._path = parts.path + RESERVATIONS_PATH
+        self._sync_path = parts.path + SYNC_PATH
         self._timeout_s = timeout_s
         self._context = client_ssl_context(cert, key, ca, Identity(ROLE_KME, peer_kme_id))
         self._max_idle = max_idle_connections
@@ -804,11 +856,11 @@ class HttpsPeerLink:
                 return
         conn.close()
 
-    def _post(self, body: bytes) -> tuple[int, bytes]:
+    def _post(self, body: bytes, path: str | None = None) -> tuple[int, bytes]:
         for _attempt in range(2):
             conn, reused = self._connection()
             try:
-                conn.request("POST", self._path, body=body,
+                conn.request("POST", path or self._path, body=body,
                              headers={"Content-Type": "application/json"})
                 response = conn.getresponse()
                 content = response.read()
@@ -827,6 +879,24 @@ class HttpsPeerLink:
             return response.status, content
         raise PeerUnreachableError(MSG_PEER_UNREACHABLE, [  # pragma: no cover - loop exits
             {"peer_kme_id": self.peer_kme_id, "reason": "connection lost"}])
+
+    def sync(self, withdrawn_key_ids: list[str],
+             watermarks: list[tuple[str, str, int]]) -> None:
+        """Have the peer withdraw keys and trim skipped pool bytes; raises unless it
+        answered 200 (:class:`~corridor.kms.manager.PeerUnreachableError` without an
+        answer)."""
+        body = json.dumps({"withdrawn_key_ids": withdrawn_key_ids,
+                           "watermarks": [{"link_id": link, "direction": direction,
+                                           "below_offset": offset}
+                                          for link, direction, offset in watermarks]},
+                          separators=(",", ":")).encode()
+        status, content = self._post(body, self._sync_path)
+        if status != 200:
+            details: dict[str, Any] = {"peer_kme_id": self.peer_kme_id, "status": status}
+            if content:
+                with contextlib.suppress(ValueError, AttributeError):
+                    details["message"] = str(json.loads(content).get("message", ""))
+            raise KeysUnavailableError(MSG_PEER_REFUSED, [details])
 
     def announce(self, reservations: list[Reservation]) -> None:
         """Send ``reservations``; return only once the peer accepted all of them."""

@@ -607,6 +607,44 @@ class DeliveryJournal:
         return sorted(self._open.values(), key=lambda item: int(item["seq"] or 0))
 
 
+class HighWaterMarks:
+    """The furthest this KME's audit trail says its store had come, per link: the last
+    block ingested and, per pool it masters, the end of the last range it cut.
+
+    Feed it every entry in order (as :class:`DeliveryJournal`). A store restored from
+    an older copy is behind these marks; :meth:`KeyManager.check_store_against`
+    refuses to serve from it, because it would cut the same key bytes again under
+    new key IDs.
+    """
+
+    def __init__(self) -> None:
+        self.last_block_id: dict[str, int] = {}
+        self.cut_end: dict[tuple[str, str], int] = {}
+        self.seq_of: dict[tuple[str, ...], int] = {}
+
+    def observe(self, entry: Mapping[str, Any]) -> None:
+        """Take one audit entry (in log order)."""
+        fields = entry.get("fields")
+        if not isinstance(fields, dict):
+            return
+        event, seq = entry.get("event"), int(entry.get("seq") or 0)
+        try:
+            if event == "block_ingested":
+                link, block_id = str(fields["link_id"]), int(fields["block_id"])
+                if block_id > self.last_block_id.get(link, -1):
+                    self.last_block_id[link] = block_id
+                    self.seq_of[(link,)] = seq
+            elif event == "keys_reserved":
+                pool = (str(fields["link_id"]), str(fields["direction"]))
+                size = int(fields["size_bits"]) // 8
+                end = max(int(o) for o in fields["byte_offsets"]) + size
+                if end > self.cut_end.get(pool, 0):
+                    self.cut_end[pool] = end
+                    self.seq_of[pool] = seq
+        except (KeyError, TypeError, ValueError):
+            return  # not an entry this version wrote; the chain check stands on its own
+
+
 # --- export --------------------------------------------------------------------------
 
 # Severities for the SIEM: CEF 0-10, syslog 0 (emergency) - 7 (debug).

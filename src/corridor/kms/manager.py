@@ -46,11 +46,11 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from corridor.errors import CorridorError, ParameterError
-from corridor.kms.audit import AuditLogError
+from corridor.kms.audit import AuditLogError, HighWaterMarks
 from corridor.kms.config import DIRECTIONS, KmeConfig, LinkSpec, SaeDirectory, split_block
 from corridor.kms.crypto import AtRestDecryptionError
 from corridor.kms.interface import (
@@ -93,6 +93,16 @@ class PeerUnreachableError(KeysUnavailableError):
     """The peer KME could not be reached or did not answer in time (a 503)."""
 
 
+_ROLLBACK_ADVICE = ("Put back the newest copy of the store; if there is none, the link's "
+                    "key material is lost and both of its KMEs must start again on new "
+                    "stores and audit logs")
+
+
+class StoreRollbackError(CorridorError):
+    """The key store is behind what the audit trail recorded (restored from an older
+    copy): serving from it would issue the same key bytes again under new key IDs."""
+
+
 class StorageFailureError(KeysUnavailableError):
     """The audit trail or the key store could not be written (full disk, I/O error): the
     request fails closed with a 503 and the storage alarm is raised."""
@@ -102,6 +112,36 @@ class StorageFailureError(KeysUnavailableError):
 #: AuditLogError (key-material refusals are programming errors and are not caught).
 _STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError,)
 _AUDIT_ERRORS: tuple[type[BaseException], ...] = (OSError, AuditLogError)
+
+
+#: Back-off after the peer KME was found unreachable: first retry, and the longest wait.
+PEER_RETRY_MIN_S = 0.5
+PEER_RETRY_MAX_S = 30.0
+
+
+@dataclass
+class PeerOutage:
+    """What this KME knows of a peer KME it cannot reach (public figures only)."""
+
+    since: float
+    failures: int
+    retry_at: float
+    reason: str
+
+
+def _unreachable_cause(exc: BaseException | None) -> BaseException | None:
+    """The error in ``exc``'s cause chain that says no answer came (as opposed to a
+    refusal), or None."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, PeerUnreachableError | OSError):
+            return exc
+        exc, seen = exc.__cause__, seen + 1
+    return None
+
+
+def _is_unreachable(exc: BaseException | None) -> bool:
+    return _unreachable_cause(exc) is not None
 
 
 def _new_delivery_id() -> str:
@@ -161,6 +201,12 @@ class KeyManager:
         self._peers_lock = threading.Lock()
         self._storage_alarm: str | None = None
         self._storage_alarm_since = 0.0
+        # Peer outages, cuts whose announcement has not finished, and key IDs to
+        # withdraw at the peer once it answers again (see sync_peer).
+        self._flight_lock = threading.Lock()
+        self._outages: dict[str, PeerOutage] = {}
+        self._cuts_in_flight: dict[tuple[str, str], int] = {}
+        self._withdrawals: dict[str, list[str]] = {}
 
     def _wrap(self, peer: PeerLink) -> PeerLink:
         if self._coalesce and not isinstance(peer, CoalescingPeerLink):
@@ -174,6 +220,8 @@ class KeyManager:
                                  f"shares no link with KME {self.kme_id!r}")
         with self._peers_lock:
             self._peers[kme_id] = self._wrap(peer)
+        with self._flight_lock:  # a new link to the peer: what was known of the old is void
+            self._outages.pop(kme_id, None)
 
     # -- audit and the storage alarm ---------------------------------------------------
 
@@ -256,6 +304,10 @@ class KeyManager:
         return link
 
     def _stored_key_count(self, link: LinkSpec, key_size_bits: int) -> int:
+        """Keys this KME can deliver now: none while the slave's KME is known to be
+        unreachable (the pool's bytes are still there, but no key can be agreed)."""
+        if self.peer_outage(link.other(self.kme_id)) is not None:
+            return 0
         state = self.store.pool_state(link.link_id, link.direction_from(self.kme_id))
         return min(state.available_bytes // (key_size_bits // 8), self.config.max_key_count)
 
@@ -371,12 +423,33 @@ class KeyManager:
         if peer is None:
             self._reject("enc_keys", master_sae_id, "no_peer_link", 503)
             raise KeysUnavailableError(f"no connection to the slave's KME {slave_kme!r}")
+        if not self._peer_available(slave_kme):
+            outage = self._outages.get(slave_kme)
+            wait_s = max(0.0, outage.retry_at - time.monotonic()) if outage else 0.0
+            self._reject("enc_keys", master_sae_id, "peer_unreachable", 503)
+            raise PeerUnreachableError(
+                f"the slave's KME {slave_kme!r} is unreachable; nothing was reserved; "
+                f"retry in {wait_s:.1f} s", [{"peer_kme_id": slave_kme}])
         direction = link.direction_from(self.kme_id)
         key_ids = new_key_ids(count)
         delivery_id = _new_delivery_id()
         self._record("keys_reserving", kme_id=self.kme_id, delivery_id=delivery_id,
                      link_id=link.link_id, direction=direction, master_sae_id=master_sae_id,
                      slave_sae_ids=list(slaves), key_ids=key_ids, count=count, size_bits=size)
+        pool_key = (link.link_id, direction)
+        with self._flight_lock:
+            self._cuts_in_flight[pool_key] = self._cuts_in_flight.get(pool_key, 0) + 1
+        try:
+            return self._cut_and_announce(link, direction, slave_kme, peer, master_sae_id,
+                                          slaves, key_ids, count, size, delivery_id)
+        finally:
+            with self._flight_lock:
+                self._cuts_in_flight[pool_key] -= 1
+
+    def _cut_and_announce(self, link: LinkSpec, direction: str, slave_kme: str,
+                          peer: PeerLink, master_sae_id: str, slaves: tuple[str, ...],
+                          key_ids: list[str], count: int, size: int,
+                          delivery_id: str) -> list[DeliveredKey]:
         try:
             # One durable transaction: the bytes leave the pool and the reserve pointer
             # moves past them; the keys stay in this process's memory until the peer
@@ -389,7 +462,7 @@ class KeyManager:
                          delivery_id=delivery_id)
             raise KeysUnavailableError(
                 f"not enough key material for {count} keys of {size} bits to "
-                f"{slave_sae_id!r}; try fewer or smaller keys, or later",
+                f"{slaves[0]!r}; try fewer or smaller keys, or later",
                 [{"stored_key_count": self._stored_key_count(link, size)}]) from exc
         except AtRestDecryptionError as exc:
             self._reject("enc_keys", master_sae_id, "store_integrity", 503,
@@ -416,14 +489,22 @@ class KeyManager:
         except Exception as exc:
             # Fail closed: the slave may or may not hold these ranges; either way they
             # are never delivered here (the keys are dropped from memory), and the
-            # pointer never moves back over them.
+            # pointer never moves back over them. The slave is asked to withdraw them
+            # (and to trim the skipped bytes) once it answers again.
             del cut
+            with self._flight_lock:
+                self._withdrawals.setdefault(slave_kme, []).extend(key_ids)
+            unreachable = _is_unreachable(exc)
+            if unreachable:
+                self._peer_failed(slave_kme, exc)
+            reason = "peer_unreachable" if unreachable else "peer_refused"
             self._record_after("reservations_discarded", kme_id=self.kme_id,
                                delivery_id=delivery_id, link_id=link.link_id,
                                direction=direction, key_ids=key_ids, count=count,
-                               reason="peer_refused")
-            self._reject("enc_keys", master_sae_id, "peer_refused", 503)
-            raise KeysUnavailableError(
+                               reason=reason)
+            self._reject("enc_keys", master_sae_id, reason, 503)
+            error = PeerUnreachableError if unreachable else KeysUnavailableError
+            raise error(
                 f"the slave's KME {slave_kme!r} did not accept the reservation; nothing was "
                 "delivered") from exc
         self._record_after("keys_delivered", kme_id=self.kme_id, delivery_id=delivery_id,
@@ -616,6 +697,159 @@ class KeyManager:
                 f"reservation {res.key_id}: slave SAEs must be distinct SAEs of KME "
                 f"{self.kme_id!r}, at most 1 + max_SAE_ID_count")
 
+    # -- peer outages, withdrawal and trimming ------------------------------------------
+
+    def peer_outage(self, kme_id: str) -> PeerOutage | None:
+        """The known outage of peer KME ``kme_id``, or None while it answers."""
+        return self._outages.get(kme_id)
+
+    def _peer_failed(self, kme_id: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        with self._flight_lock:
+            outage = self._outages.get(kme_id)
+            failures = outage.failures + 1 if outage else 1
+            wait_s = min(PEER_RETRY_MAX_S, PEER_RETRY_MIN_S * 2 ** (failures - 1))
+            reason = type(_unreachable_cause(exc) or exc).__name__
+            self._outages[kme_id] = PeerOutage(since=outage.since if outage else time.time(),
+                                               failures=failures, retry_at=now + wait_s,
+                                               reason=reason)
+        if outage is None:
+            _log.warning("peer KME %s unreachable from %s (%s): enc_keys answers 503 without "
+                         "reserving until it answers again", kme_id, self.kme_id, reason)
+            self._record_after("peer_unreachable", kme_id=self.kme_id, peer_kme_id=kme_id,
+                               reason=reason)
+
+    def _peer_available(self, kme_id: str) -> bool:
+        """False while an outage of ``kme_id`` is known and its retry time has not come;
+        when it has, one caller probes the peer with :meth:`sync_peer` (which reserves
+        nothing) and the others keep waiting."""
+        with self._flight_lock:
+            outage = self._outages.get(kme_id)
+            if outage is None:
+                return True
+            now = time.monotonic()
+            if now < outage.retry_at:
+                return False
+            outage.retry_at = now + PEER_RETRY_MAX_S  # this caller probes; others wait
+        try:
+            self.sync_peer(kme_id)
+        except Exception as exc:
+            self._peer_failed(kme_id, exc)
+            return False
+        return True
+
+    def _watermarks(self, kme_id: str) -> list[tuple[str, str, int]]:
+        """(link, direction, offset) of each pool this KME masters towards ``kme_id`` with
+        no cut in flight: every byte below ``offset`` was cut here, so what the peer
+        still holds below it as pool bytes was skipped and can never be announced."""
+        marks = []
+        with self._flight_lock:  # no cut can start while the offsets are read
+            for link in self.directory.links_of(self.kme_id):
+                if link.other(self.kme_id) != kme_id:
+                    continue
+                direction = link.direction_from(self.kme_id)
+                if self._cuts_in_flight.get((link.link_id, direction), 0):
+                    continue
+                offset = self.store.pool_state(link.link_id, direction).reserve_offset
+                if offset > 0:
+                    marks.append((link.link_id, direction, offset))
+        return marks
+
+    def sync_peer(self, kme_id: str) -> None:
+        """Tell peer KME ``kme_id`` which announced keys to withdraw (their announcement
+        failed here, so no SAE holds their IDs) and up to where its pools hold only
+        skipped bytes; raises if the peer does not answer. Clears a known outage."""
+        peer = self._peer(kme_id)
+        if peer is None:
+            raise KeysUnavailableError(f"no connection to KME {kme_id!r}")
+        with self._flight_lock:
+            withdrawn = list(self._withdrawals.get(kme_id, []))
+        watermarks = self._watermarks(kme_id)
+        sync = getattr(peer, "sync", None)
+        if sync is not None:
+            sync(withdrawn, watermarks)
+        with self._flight_lock:
+            pending = self._withdrawals.get(kme_id, [])
+            del pending[:len(withdrawn)]
+            outage = self._outages.pop(kme_id, None)
+        if outage is not None:
+            _log.warning("peer KME %s answers %s again after %.1f s", kme_id, self.kme_id,
+                         time.time() - outage.since)
+            self._record_after("peer_reachable", kme_id=self.kme_id, peer_kme_id=kme_id,
+                               outage_s=round(time.time() - outage.since, 3),
+                               withdrawn_count=len(withdrawn))
+
+    def probe_peers(self) -> None:
+        """Probe every peer whose outage has reached its retry time (housekeeping, so
+        that an outage ends without waiting for a request)."""
+        with self._flight_lock:
+            due = [kme for kme, outage in self._outages.items()
+                   if time.monotonic() >= outage.retry_at]
+        for kme_id in due:
+            self._peer_available(kme_id)
+
+    def next_probe_in_s(self) -> float | None:
+        """Seconds until the next peer probe is due, or None with no known outage."""
+        with self._flight_lock:
+            if not self._outages:
+                return None
+            return max(0.0, min(o.retry_at for o in self._outages.values())
+                       - time.monotonic())
+
+    def sync_peers(self) -> None:
+        """Best effort :meth:`sync_peer` with every peer (housekeeping): trims what a
+        crash skipped, withdraws what failed; an unreachable peer becomes a known
+        outage."""
+        with self._peers_lock:
+            peers = list(self._peers)
+        for kme_id in peers:
+            try:
+                self.sync_peer(kme_id)
+            except CorridorError as exc:
+                if _is_unreachable(exc):
+                    self._peer_failed(kme_id, exc)
+                    continue
+                _log.warning("sync with peer KME %s from %s refused: %s", kme_id,
+                             self.kme_id, type(exc).__name__)
+
+    def accept_sync(self, from_kme_id: str, withdrawn_key_ids: Sequence[str],
+                    watermarks: Sequence[tuple[str, str, int]]) -> tuple[int, int]:
+        """The slave's side of :meth:`sync_peer`: discard the withdrawn keys that the
+        peer announced here (and no SAE fetched), trim each pool it masters below its
+        watermark; returns (keys withdrawn, bytes trimmed). Audited."""
+        if len(withdrawn_key_ids) > 100_000 or not all(is_uuid(k) for k in withdrawn_key_ids):
+            raise InvalidReservationError("withdrawn_key_ids must be at most 100000 UUIDs")
+        mastered = {(link.link_id, link.direction_from(from_kme_id))
+                    for link in self.directory.links_of(self.kme_id)
+                    if link.other(self.kme_id) == from_kme_id}
+        if not mastered:
+            raise InvalidReservationError(f"KME {from_kme_id!r} shares no link with this KME")
+        for link_id, direction, offset in watermarks:
+            if (link_id, direction) not in mastered:
+                raise InvalidReservationError(
+                    f"KME {from_kme_id!r} is not the master of {link_id} {direction}")
+            if not _is_int(offset) or offset < 0:
+                raise InvalidReservationError("a watermark offset must be an integer >= 0")
+        try:
+            routes = self.store.slave_key_links(list(withdrawn_key_ids))
+            mine = sorted(k for k, route in routes.items() if route in mastered)
+            withdrawn = self.store.discard_keys(mine) if mine else 0
+            if withdrawn:
+                self._record_after("reservations_withdrawn", kme_id=self.kme_id,
+                                   from_kme_id=from_kme_id, key_ids=mine, count=withdrawn)
+            trimmed_total = 0
+            for link_id, direction, offset in watermarks:
+                trimmed = self.store.trim_pool(link_id, direction, int(offset))
+                if trimmed:
+                    trimmed_total += trimmed
+                    self._record_after("pool_trimmed", kme_id=self.kme_id, link_id=link_id,
+                                       direction=direction, below_offset=int(offset),
+                                       trimmed_bytes=trimmed)
+        except _STORAGE_ERRORS as exc:
+            self._raise_storage_alarm("key store write", exc)
+            raise StorageFailureError("the key store cannot be written now") from exc
+        return withdrawn, trimmed_total
+
     # -- recovery ---------------------------------------------------------------------
 
     def resolve_pending(self, older_than_s: float = 0.0) -> int:
@@ -636,6 +870,29 @@ class KeyManager:
                          key_ids=[res.key_id for res in pending], count=discarded,
                          reason="pending_at_startup")
         return discarded
+
+    def check_store_against(self, marks: HighWaterMarks) -> None:
+        """Refuse a store that is behind the audit trail's high-water marks (anti-rollback,
+        at start): a link whose last stored block is older than the last block the
+        trail saw ingested, or a pool this KME masters whose reserve pointer is before
+        the end of a range the trail saw cut."""
+        for link_id, block_id in sorted(marks.last_block_id.items()):
+            stored = self.store.last_block_id(link_id)
+            if stored is None or stored < block_id:
+                raise StoreRollbackError(
+                    f"key store of KME {self.kme_id} is older than its audit trail: link "
+                    f"{link_id} ends at block {stored} in the store but block {block_id} "
+                    f"was ingested (audit seq {marks.seq_of.get((link_id,))}); a restored "
+                    f"copy would re-issue delivered key bytes under new IDs. {_ROLLBACK_ADVICE}")
+        for (link_id, direction), end in sorted(marks.cut_end.items()):
+            pointer = self.store.pool_state(link_id, direction).reserve_offset
+            if pointer < end:
+                raise StoreRollbackError(
+                    f"key store of KME {self.kme_id} is older than its audit trail: pool "
+                    f"{link_id} {direction} reserves from byte {pointer} but bytes up to "
+                    f"{end} were already cut (audit seq "
+                    f"{marks.seq_of.get((link_id, direction))}); a restored copy would "
+                    f"re-issue delivered key bytes under new IDs. {_ROLLBACK_ADVICE}")
 
     def resolve_unfinished(self, intents: Sequence[Mapping[str, Any]]) -> int:
         """Close every delivery whose intent entry has no outcome (call at start with
@@ -713,6 +970,16 @@ class LocalPeerLink:
         """Have the other KME accept ``reservations`` durably, or raise."""
         try:
             self.other.accept_reservations(self.from_kme_id, reservations)
+        except KeysUnavailableError:
+            raise
+        except CorridorError as exc:
+            raise KeysUnavailableError(f"peer KME refused: {exc}") from None
+
+    def sync(self, withdrawn_key_ids: list[str],
+             watermarks: list[tuple[str, str, int]]) -> None:
+        """Have the other KME withdraw keys and trim skipped pool bytes, or raise."""
+        try:
+            self.other.accept_sync(self.from_kme_id, withdrawn_key_ids, watermarks)
         except KeysUnavailableError:
             raise
         except CorridorError as exc:
@@ -827,6 +1094,13 @@ class CoalescingPeerLink:
                 item.error = exc
             else:
                 item.accepted = True
+
+    def sync(self, withdrawn_key_ids: list[str],
+             watermarks: list[tuple[str, str, int]]) -> None:
+        """Pass a sync through to the wrapped link (when it has one)."""
+        sync = getattr(self.peer, "sync", None)
+        if sync is not None:
+            sync(withdrawn_key_ids, watermarks)
 
     def __repr__(self) -> str:
         return f"CoalescingPeerLink({self.peer!r})"

@@ -49,7 +49,13 @@ from typing import Any
 from corridor.errors import ParameterError
 from corridor.kms.alarms import LinkHealth, LinkMonitor
 from corridor.kms.api import HttpsPeerLink, create_app
-from corridor.kms.audit import AuditLog, AuditLogError, DeliveryJournal, verify_audit_log
+from corridor.kms.audit import (
+    AuditLog,
+    AuditLogError,
+    DeliveryJournal,
+    HighWaterMarks,
+    verify_audit_log,
+)
 from corridor.kms.config import KmeConfig, SaeDirectory, check_id
 from corridor.kms.crypto import load_kek, write_kek_file
 from corridor.kms.interface import EventSink, FanOutEventSink
@@ -535,7 +541,13 @@ class KmeNode:
         # The whole chain, not only its tail; on the way, the deliveries a crash or a
         # full disk left without an outcome (their intents, corridor.kms.manager).
         journal = DeliveryJournal()
-        chain = verify_audit_log(self.audit_path, kek, on_entry=journal.observe)
+        marks = HighWaterMarks()
+
+        def observe(entry: dict[str, Any]) -> None:
+            journal.observe(entry)
+            marks.observe(entry)
+
+        chain = verify_audit_log(self.audit_path, kek, on_entry=observe)
         if not chain.ok and self.accept_broken_audit is None:
             raise AuditLogError(
                 f"audit log {self.audit_path} is broken at seq {chain.first_bad_seq}: "
@@ -546,6 +558,7 @@ class KmeNode:
         self._stack.callback(store.close)
         del kek
         manager = KeyManager(self.site.config, self.spec.directory(), store, events=self.events)
+        manager.check_store_against(marks)  # anti-rollback, before anything is served
         self.manager = manager
         self.events.emit("kme_started", kme_id=self.kme_id, pid=os.getpid())
         if not chain.ok:
@@ -586,6 +599,7 @@ class KmeNode:
                 manager.set_peer(peer_id, peer)
             app = create_app(manager, metrics=self.metrics,
                              peer_acceptor=manager.accept_reservations,
+                             peer_sync=manager.accept_sync,
                              alarms=self.alarm_desk)
             sock = self._sock if self._sock is not None else bind_socket(self.site.host,
                                                                          self.site.port)
@@ -600,19 +614,34 @@ class KmeNode:
         return self.url
 
     def _start_housekeeping(self, manager: KeyManager) -> None:
-        """Expire keys nobody fetched, at start and then every quarter of their lifetime
-        (at most every minute); stopped and joined before the store closes."""
+        """Expire keys nobody fetched and sync with the peers (withdraw, trim), a few
+        seconds after start and then every quarter of the key lifetime (at most every
+        minute); in between,
+        probe an unreachable peer at its retry times so that the outage ends (and
+        Status counts keys again) without waiting for a request. Stopped and joined
+        before the store closes."""
         stop = threading.Event()
         interval_s = min(60.0, manager.config.undelivered_key_lifetime_s / 4.0)
 
         def run() -> None:
+            # The first round waits a little: at start the peer may not listen yet.
+            next_round = time.monotonic() + min(interval_s, 5.0)
             while True:
                 try:
-                    manager.expire_undelivered()
+                    if time.monotonic() >= next_round:
+                        manager.expire_undelivered()
+                        manager.sync_peers()
+                        next_round = time.monotonic() + interval_s
+                    else:
+                        manager.probe_peers()
                 except Exception as exc:  # a bug must not end the thread silently
-                    _log.error("key expiry at KME %s failed: %s", self.kme_id,
+                    _log.error("housekeeping at KME %s failed: %s", self.kme_id,
                                type(exc).__name__)
-                if stop.wait(interval_s):
+                probe_in = manager.next_probe_in_s()
+                wait_s = next_round - time.monotonic()
+                if probe_in is not None:
+                    wait_s = min(wait_s, probe_in)
+                if stop.wait(max(0.05, wait_s)):
                     return
 
         thread = threading.Thread(target=run, name=f"{self.kme_id}-expiry", daemon=True)

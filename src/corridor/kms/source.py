@@ -322,7 +322,8 @@ class SimulatedLinkSource:
         params: the link's physical parameters.
         link_id: the link (also written into every distilled block).
         block_pulses: pulses per block; must be large enough for a positive finite key
-            (about 1e7 at a few km for ``modern-snspd``, docs/link.md).
+            (about 1e8 at a few km for ``modern-snspd``, whose 50 ns dead time leaves
+            the detectors live 10 % of the time there; 1e7 without it; docs/link.md).
         config: distillation settings (default: ``DistillConfig.for_link(params)``).
         rng: randomness of the simulation and of both parties (default:
             ``RandomSource.system()``: OS CSPRNG bytes for seeds and the pre-shared key,
@@ -1183,10 +1184,21 @@ class LinkFeeder:
                                     {d: len(half) for d, half in split_block(key).items()})
             else:
                 outcome = self._store(block, keys)
+        if outcome in ("aborted", "empty") or (outcome == "quarantined"
+                                               and len(self.sides) > 1):
+            self._use_block_id(block.block_id)
         stats.last_outcome = outcome
         if self.on_block is not None:
             self.on_block(block, outcome)
         return outcome
+
+    def _use_block_id(self, block_id: int) -> None:
+        """Record a block that stores nothing, so that its ID is never given to another
+        block after a restart (the stream positions do not move)."""
+        for manager in self.sides.values():
+            last = manager.store.last_block_id(self.link_id)
+            if last is None or block_id > last:
+                manager.store.append_block(self.link_id, block_id, {}, 0)
 
     def _store(self, block: SourceBlock, keys: Mapping[str, bytes]) -> str:
         lengths = {len(key) for key in keys.values()}

@@ -256,6 +256,16 @@ class KeyStore(ABC):
         KeyRequestError(MSG_KEYS_NOT_FOUND) if a key is unknown or already delivered."""
 
     @abstractmethod
+    def trim_pool(self, link_id: str, direction: str, below_offset: int) -> int:
+        """Securely delete the pool's bytes at stream offsets below ``below_offset`` that
+        were never cut into keys (ranges the master KME burned without announcing);
+        returns how many bytes went. Key rows are not touched."""
+
+    @abstractmethod
+    def slave_key_links(self, key_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """(link_id, direction) of each slave row among ``key_ids``; reads only."""
+
+    @abstractmethod
     def undelivered_slave_keys(self, slave_sae_id: str, key_ids: Sequence[str]) -> set[str]:
         """The IDs among ``key_ids`` that ``slave_sae_id`` could still fetch (slave rows
         that still name it as a recipient); reads, changes nothing."""
@@ -934,6 +944,42 @@ class SqlKeyStore(KeyStore):
         return keys
 
     # -- recovery and housekeeping ----------------------------------------------------
+
+    def trim_pool(self, link_id: str, direction: str, below_offset: int) -> int:
+        if isinstance(below_offset, bool) or not isinstance(below_offset, int) \
+                or below_offset < 0:
+            raise ParameterError("below_offset", below_offset, "must be an integer >= 0")
+        with self._transaction() as cur:
+            pool = self._lock_pool(cur, link_id, direction, create=False)
+            rows = cur.rows("SELECT seg_start, length, data FROM kms_segment WHERE link_id = ? "
+                            "AND direction = ? AND seg_start < ? ORDER BY seg_start",
+                            (link_id, direction, below_offset))
+            trimmed = 0
+            for start, length, blob in rows:
+                start, length = int(start), int(length)
+                self._delete_segments(cur, link_id, direction, [start])
+                if start + length > below_offset:  # keep the part at or above the mark
+                    plain = self._open_segment(link_id, direction, start, length, bytes(blob))
+                    self._put_segments(cur, link_id, direction, below_offset,
+                                       plain[below_offset - start:])
+                    trimmed += below_offset - start
+                else:
+                    trimmed += length
+            if trimmed:
+                pool.available_bytes -= trimmed
+                self._save_pool(cur, pool)
+        return trimmed
+
+    def slave_key_links(self, key_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(key_ids), 500):  # bounded IN lists
+            chunk = list(key_ids[start:start + 500])
+            with self._transaction(durable=False) as cur:
+                rows = cur.rows(f"SELECT key_id, link_id, direction FROM kms_key WHERE role = ? "
+                                f"AND key_id IN ({', '.join('?' * len(chunk))})",
+                                [ROLE_SLAVE, *chunk])
+            found.update({str(r[0]): (str(r[1]), str(r[2])) for r in rows})
+        return found
 
     def undelivered_slave_keys(self, slave_sae_id: str, key_ids: Sequence[str]) -> set[str]:
         if not key_ids:

@@ -3,9 +3,12 @@
 PRA 89, 022307 (2014).
 
 This module owns the three-intensity decoy-state bounds with Hoeffding corrections,
-the phase-error bound, the key length formula, and the expected counts of a block of
-N pulses from the closed-form model (:mod:`corridor.link.rates`). The distillation
-layer calls :func:`finite_key_bounds` and :func:`finite_key_length` on observed counts.
+the phase-error bound, the key length formula, the choice between the published and
+the tightened bound, and the expected counts of a block of N pulses from the
+closed-form model (:mod:`corridor.link.rates`), also for a block given as n_Z
+key-basis detections with eps_sec = kappa l as in the paper's Fig. 1
+(:func:`key_block_rate`). The distillation layer calls :func:`finite_key_bounds` and
+:func:`finite_key_length` on observed counts.
 
 Mapping to the paper. Lim et al. extract the key from the X basis and test in Z;
 Corridor extracts it from Z (``BASIS_Z`` in :mod:`corridor.link.records`) and tests in
@@ -17,9 +20,9 @@ mu1 > mu2 + mu3, mu2 > mu3 >= 0, chosen with probabilities p_k):
 
 - ``n_{B,k}`` / ``m_{B,k}``: sifted detections / errors in basis B with intensity k;
   ``n_B``, ``m_B`` their sums over k.
-- Hoeffding-corrected counts (Eq. 1 context): ``n^{+-}_{B,k} = e^{mu_k}/p_k *
-  (n_{B,k} +- delta(n_B))`` with ``delta(n) = sqrt(n/2 ln(21/eps_sec))``, and the same
-  for errors with ``delta(m_B)``.
+- Hoeffding-corrected counts (defined with Eqs. (2) and (4); Appendix A, Eqs. A7-A10):
+  ``n^{+-}_{B,k} = e^{mu_k}/p_k (n_{B,k} +- delta(n_B))`` with
+  ``delta(n) = sqrt(n/2 ln(21/eps_sec))``, and the same for errors with ``delta(m_B)``.
 - ``tau_n = sum_k p_k e^{-mu_k} mu_k^n / n!``: probability that a pulse holds n photons.
 - Eq. (2), vacuum events: ``s_{B,0} >= tau_0 (mu2 n^-_{B,3} - mu3 n^+_{B,2}) / (mu2 - mu3)``.
 - Eq. (3), single-photon events: ``s_{B,1} >= tau_1 mu1 [n^-_{B,2} - n^+_{B,3}
@@ -29,16 +32,35 @@ mu1 > mu2 + mu3, mu2 > mu3 >= 0, chosen with probabilities p_k):
 - Eq. (5), phase error of the key basis: ``phi_Z <= v_{X,1}/s_{X,1} +
   gamma(eps_sec/21, v_{X,1}/s_{X,1}, s_{X,1}, s_{Z,1})`` with
   ``gamma(a, b, c, d) = sqrt((c+d)(1-b) b / (c d ln 2) * log2((c+d) / (c d (1-b) b a^2)))``.
-- Key length: ``l = s_{Z,0} + s_{Z,1} (1 - H2(phi_Z)) - lambda_EC - 6 log2(21/eps_sec)
+- Eq. (1), key length: ``l = s_{Z,0} + s_{Z,1} (1 - H2(phi_Z)) - lambda_EC - 6 log2(21/eps_sec)
   - log2(2/eps_cor)``; ``lambda_EC`` counts every bit disclosed by reconciliation
   and verification.
 
-Fail-closed choices (documented deviations): every lower bound is clamped at 0 and
-phi_Z into [0, 1/2]; s_{B,0} + s_{B,1} is capped at the observed n_B and v_{X,1} at the
-observed m_X (valid: those events are among the observed ones); gamma vanishes at
-b = 0, which would certify a zero phase error from a test sample with no observed
-errors, so it is evaluated at no less than one error in the test sample
-(b >= 1/s_{X,1}).
+Two bounds (``bound=``, names in :data:`FINITE_KEY_BOUNDS`; docs/finite-key.md):
+
+- ``"lim2014"`` (the default): Eqs. (1)-(5) exactly as published. The only additions
+  are the clamps that keep a bound a bound: s_{B,0}, s_{B,1} and v_{X,1} are clamped
+  at 0 (a count is never negative, and Eq. (3) may use the clamped s_{B,0}, itself a
+  valid lower bound); phi_Z is 1/2 when s_{X,1} or s_{Z,1} is 0 or when
+  v_{X,1}/s_{X,1} >= 1/2, and never above 1/2 (h(1/2) = 1 is the largest entropy a
+  bit can carry, so the clamp can only lower the key); gamma is 0 where its
+  logarithm's argument is below 1 (there the published expression has no real
+  value and its limit is 0); and gamma is evaluated at b >= 1/s_{X,1}. That last
+  floor is kept for soundness: Eq. (5) evaluates gamma at the estimated error rate
+  b, and gamma vanishes at b = 0, so a test sample with no observed errors would
+  certify phi_Z = 0, which no finite sample can. The floor changes nothing once the
+  bound on v_{X,1} reaches one error.
+- ``"tightened"``: the same, plus caps that use what was observed: v_{X,1} <= m_X
+  (single-photon test errors are among the observed test errors), which can raise
+  the key, and s_{B,0} <= n_B, s_{B,1} <= n_B - s_{B,0}, which can only lower it.
+  Each cap holds whenever the uncapped bound holds, so the failure probability and
+  eps_sec are unchanged (argument in docs/finite-key.md).
+
+Afterpulses: :func:`expected_counts` and the optimiser's expected counts follow the
+detection model of Lim et al.'s evaluation (Sec. IV): with afterpulse probability
+p_ap, R_k = Q_k (1 + p_ap) clicks and E_k Q_k + p_ap Q_k / 2 errors per pulse of
+intensity k (an afterpulse carries a random bit). With p_ap = 0 (every preset but
+``lim-2014``) these are the closed-form Q_k and E_k Q_k of :mod:`corridor.link.rates`.
 """
 
 from __future__ import annotations
@@ -47,11 +69,17 @@ import math
 from dataclasses import dataclass
 
 from corridor.errors import ParameterError
+from corridor.link import rates
 from corridor.link.params import LinkParameters
 from corridor.link.rates import BACKGROUND_ERROR_RATE, binary_entropy
 
 #: Number of failure events in Lim et al.'s security statement; eps_sec is split so.
 _EPS_SPLIT = 21.0
+
+#: The finite-key bounds this module computes (module docstring, docs/finite-key.md).
+FINITE_KEY_BOUNDS: tuple[str, ...] = ("lim2014", "tightened")
+#: The published bound, unless a caller chooses the tightened one.
+DEFAULT_FINITE_KEY_BOUND = "lim2014"
 
 Triple = tuple[float, float, float]
 
@@ -105,6 +133,14 @@ class FiniteKeyBounds:
     test_single_photon_errors_upper: float
 
 
+def check_bound(bound: str, field: str = "finite_key_bound") -> str:
+    """Return ``bound`` if it names one of :data:`FINITE_KEY_BOUNDS`, else raise."""
+    if not isinstance(bound, str) or bound not in FINITE_KEY_BOUNDS:
+        raise ParameterError(field, bound, "must be one of " + ", ".join(FINITE_KEY_BOUNDS),
+                             "docs/finite-key.md")
+    return bound
+
+
 def _hoeffding(total: float, eps_sec: float) -> float:
     """delta(n) = sqrt(n/2 ln(21/eps_sec)), the Hoeffding deviation of Lim et al."""
     return math.sqrt(total / 2.0 * math.log(_EPS_SPLIT / eps_sec))
@@ -125,9 +161,10 @@ def _tau(n: int, mus: Triple, ps: Triple) -> float:
                for mu, p in zip(mus, ps, strict=True))
 
 
-def _vacuum_and_single(counts: Triple, mus: Triple, ps: Triple, eps_sec: float
-                       ) -> tuple[float, float]:
-    """Eqs. (2) and (3): lower bounds (s_0, s_1) in one basis, clamped at 0."""
+def _vacuum_and_single(counts: Triple, mus: Triple, ps: Triple, eps_sec: float,
+                       tightened: bool) -> tuple[float, float]:
+    """Eqs. (2) and (3): lower bounds (s_0, s_1) in one basis, clamped at 0 (and capped
+    by the observed n_B when ``tightened``)."""
     mu1, mu2, mu3 = mus
     lower, upper = _corrected(counts, mus, ps, eps_sec)
     tau0 = _tau(0, mus, ps)
@@ -135,8 +172,10 @@ def _vacuum_and_single(counts: Triple, mus: Triple, ps: Triple, eps_sec: float
     s0 = max(0.0, tau0 * (mu2 * lower[2] - mu3 * upper[1]) / (mu2 - mu3))
     s1 = tau1 * mu1 * (lower[1] - upper[2] - (mu2 ** 2 - mu3 ** 2) / mu1 ** 2
                        * (upper[0] - s0 / tau0)) / (mu1 * (mu2 - mu3) - mu2 ** 2 + mu3 ** 2)
-    # Counts of events are also bounded by what was observed: s_0 + s_1 <= n_B. Noisy
-    # or tampered observations can push Eq. (3) past it; the cap keeps bounds physical.
+    if not tightened:
+        return s0, max(0.0, s1)
+    # The true counts satisfy s_0 + s_1 <= n_B, so lowering a lower bound to it keeps
+    # it a lower bound; the cap can only shorten the key.
     total = sum(counts)
     s0 = min(s0, total)
     return s0, min(max(0.0, s1), total - s0)
@@ -153,21 +192,25 @@ def _gamma(a: float, b: float, c: float, d: float) -> float:
 
 
 def _bounds(key_n: Triple, test_n: Triple, test_m: Triple, mus: Triple, ps: Triple,
-            eps_sec: float) -> FiniteKeyBounds:
-    s_z0, s_z1 = _vacuum_and_single(key_n, mus, ps, eps_sec)
-    _, s_x1 = _vacuum_and_single(test_n, mus, ps, eps_sec)
+            eps_sec: float, bound: str) -> FiniteKeyBounds:
+    tightened = bound == "tightened"
+    s_z0, s_z1 = _vacuum_and_single(key_n, mus, ps, eps_sec, tightened)
+    _, s_x1 = _vacuum_and_single(test_n, mus, ps, eps_sec, tightened)
     mu2, mu3 = mus[1], mus[2]
     m_lower, m_upper = _corrected(test_m, mus, ps, eps_sec)
+    # Eq. (4), clamped at 0.
     v_x1 = max(0.0, _tau(1, mus, ps) * (m_upper[1] - m_lower[2]) / (mu2 - mu3))
-    v_x1 = min(v_x1, sum(test_m))  # single-photon errors are among the observed errors
+    if tightened:
+        # Single-photon test errors are among the observed test errors: v_X1 <= m_X.
+        v_x1 = min(v_x1, sum(test_m))
     if s_x1 <= 0.0 or s_z1 <= 0.0:
         phi = 0.5
     else:
-        v_x1 = min(v_x1, s_x1)
         ratio = v_x1 / s_x1
         if ratio >= 0.5:
             phi = 0.5
         else:
+            # Eq. (5); gamma at no less than one error in the test sample (docstring).
             b = min(max(ratio, 1.0 / s_x1), 0.5)
             phi = min(0.5, ratio + _gamma(eps_sec / _EPS_SPLIT, b, s_x1, s_z1))
     return FiniteKeyBounds(vacuum_events_lower=s_z0, single_photon_events_lower=s_z1,
@@ -217,7 +260,8 @@ def _check_counts(counts: DecoyCounts) -> None:
 
 def finite_key_bounds(counts: DecoyCounts, intensities: tuple[float, float, float],
                       probabilities: tuple[float, float, float],
-                      eps_sec: float) -> FiniteKeyBounds:
+                      eps_sec: float, bound: str = DEFAULT_FINITE_KEY_BOUND
+                      ) -> FiniteKeyBounds:
     """Bounds on vacuum and single-photon events and on the phase error (Lim et al.).
 
     Args:
@@ -227,11 +271,14 @@ def finite_key_bounds(counts: DecoyCounts, intensities: tuple[float, float, floa
         probabilities: (p1, p2, p3), the probabilities Alice chose each class with.
         eps_sec: secrecy parameter; each of the 21 estimation events fails with at
             most eps_sec/21.
+        bound: ``"lim2014"`` (as published) or ``"tightened"`` (module docstring).
 
     Raises:
         ParameterError: counts negative or errors above detections, an intensity
-            ordering Lim et al. do not cover, probabilities not summing to 1.
+            ordering Lim et al. do not cover, probabilities not summing to 1, an
+            unknown bound.
     """
+    check_bound(bound)
     _check_counts(counts)
     _check_setting(intensities, probabilities)
     _check_epsilon("eps_sec", eps_sec)
@@ -240,7 +287,7 @@ def finite_key_bounds(counts: DecoyCounts, intensities: tuple[float, float, floa
     return _bounds(tuple(float(x) for x in counts.key_basis_detections),  # type: ignore[arg-type]
                    tuple(float(x) for x in counts.test_basis_detections),  # type: ignore[arg-type]
                    tuple(float(x) for x in counts.test_basis_errors),  # type: ignore[arg-type]
-                   mus, ps, eps_sec)  # type: ignore[arg-type]
+                   mus, ps, eps_sec, bound)  # type: ignore[arg-type]
 
 
 def security_cost_bits(eps_sec: float, eps_cor: float) -> float:
@@ -282,29 +329,57 @@ class LinkConstants:
     reconciliation_efficiency: float
     eps_sec: float
     eps_cor: float
+    afterpulse_probability: float = 0.0
+    dead_gates: int = 0
+    detector_pixels: int = 1
 
     @classmethod
     def of(cls, params: LinkParameters) -> LinkConstants:
         return cls(params.transmittance, params.background_yield,
                    params.protocol.misalignment_error,
                    params.protocol.reconciliation_efficiency,
-                   params.protocol.eps_sec, params.protocol.eps_cor)
+                   params.protocol.eps_sec, params.protocol.eps_cor,
+                   params.detector.afterpulse_probability, rates.dead_gates(params),
+                   params.detector.detector_pixels)
+
+
+def _clicks_and_errors(link: LinkConstants, mus: Triple, ps: Triple
+                       ) -> list[tuple[float, float]]:
+    """Per pulse of each class: (R, errors) = (Q (1 + p_ap), E Q + p_ap Q / 2), with Q and
+    E the closed-form gain and error rate with detector saturation
+    (:func:`corridor.link.rates.saturated_gains_and_errors`: every yield times the
+    availability of the receiver at this class mix) and Lim et al.'s afterpulses (an
+    afterpulse carries a random bit)."""
+    gains, errors = rates.saturated_gains_and_errors(
+        link.transmittance, link.background_yield, link.misalignment_error, mus, ps,
+        link.dead_gates, link.detector_pixels)
+    p_ap = link.afterpulse_probability
+    return [(float(q) * (1.0 + p_ap), float(q) * float(e) + BACKGROUND_ERROR_RATE * p_ap * float(q))
+            for q, e in zip(gains, errors, strict=True)]
+
+
+def expected_gain_and_qber(params: LinkParameters, intensity: float) -> tuple[float, float]:
+    """Click probability per pulse and QBER of one intensity as the finite-key model
+    sees them: the closed form with saturation at the link's own class mix, plus
+    afterpulses (module docstring)."""
+    src = params.source
+    mus = (float(intensity), *src.intensities)
+    ps = (0.0, *src.class_probabilities)  # the pulse of interest does not change the mix
+    clicks, errors = _clicks_and_errors(LinkConstants.of(params), mus, ps)[0]  # type: ignore[arg-type]
+    return clicks, (errors / clicks if clicks > 0.0 else BACKGROUND_ERROR_RATE)
 
 
 def _expected_real(link: LinkConstants, mus: Triple, ps: Triple, z_basis_probability: float,
                    pulses: float) -> tuple[Triple, Triple, Triple, Triple]:
-    """Expected (n_Z, m_Z, n_X, m_X) per class from Q_k and E_k (rates.py formulas)."""
-    eta, y0, e_d = link.transmittance, link.background_yield, link.misalignment_error
+    """Expected (n_Z, m_Z, n_X, m_X) per class from R_k and the errors of
+    :func:`_clicks_and_errors` (detector saturation and afterpulses included)."""
     n_z: list[float] = []
     m_z: list[float] = []
     n_x: list[float] = []
     m_x: list[float] = []
     sift_z = z_basis_probability ** 2
     sift_x = (1.0 - z_basis_probability) ** 2
-    for mu, p in zip(mus, ps, strict=True):
-        signal_clicks = -math.expm1(-eta * mu)
-        q = y0 + signal_clicks
-        eq = BACKGROUND_ERROR_RATE * y0 + e_d * signal_clicks
+    for p, (q, eq) in zip(ps, _clicks_and_errors(link, mus, ps), strict=True):
         n_z.append(pulses * p * sift_z * q)
         m_z.append(pulses * p * sift_z * eq)
         n_x.append(pulses * p * sift_x * q)
@@ -313,14 +388,68 @@ def _expected_real(link: LinkConstants, mus: Triple, ps: Triple, z_basis_probabi
 
 
 def raw_finite_key_rate(link: LinkConstants, mus: Triple, ps: Triple, z_basis_probability: float,
-                        pulses: float) -> float:
-    """Unfloored, unclamped l / N for expected counts: what the optimiser climbs."""
+                        pulses: float, bound: str = DEFAULT_FINITE_KEY_BOUND,
+                        eps_sec: float | None = None) -> float:
+    """Unfloored, unclamped l / N for expected counts: what the optimiser climbs.
+
+    ``eps_sec`` replaces ``link.eps_sec`` when given (the fixed point of
+    :func:`key_block_rate` needs it).
+    """
+    eps = link.eps_sec if eps_sec is None else eps_sec
     n_z, m_z, n_x, m_x = _expected_real(link, mus, ps, z_basis_probability, pulses)
-    bounds = _bounds(n_z, n_x, m_x, mus, ps, link.eps_sec)
+    bounds = _bounds(n_z, n_x, m_x, mus, ps, eps, bound)
     total_z = sum(n_z)
     qber_z = sum(m_z) / total_z if total_z > 0 else BACKGROUND_ERROR_RATE
     ec = link.reconciliation_efficiency * total_z * binary_entropy(min(qber_z, 0.5))
-    return _length_real(bounds, ec, link.eps_sec, link.eps_cor) / pulses
+    return _length_real(bounds, ec, eps, link.eps_cor) / pulses
+
+
+def key_basis_detection_probability(link: LinkConstants, mus: Triple, ps: Triple,
+                                    z_basis_probability: float) -> float:
+    """Expected sifted key-basis detections per pulse, p_Z^2 sum_k p_k R_k."""
+    n_z, _, _, _ = _expected_real(link, mus, ps, z_basis_probability, 1.0)
+    return float(sum(n_z))
+
+
+#: Iterations of the eps_sec = kappa * l fixed point; l moves by a few bits per
+#: decade of eps_sec, so it settles to well under a bit within a handful.
+_SECRECY_FIXED_POINT_STEPS = 30
+
+
+def key_block_rate(link: LinkConstants, mus: Triple, ps: Triple, z_basis_probability: float,
+                   key_basis_detections: float, bound: str = DEFAULT_FINITE_KEY_BOUND,
+                   secrecy_per_key_bit: float | None = None) -> float:
+    """Unfloored l / N for a block of ``key_basis_detections`` sifted key-basis detections.
+
+    This is how Lim et al. parametrise Fig. 1: the block size is n_X (our n_Z), and
+    the pulses it takes are N = n_Z / (p_Z^2 sum_k p_k R_k). With
+    ``secrecy_per_key_bit`` = kappa, eps_sec is not ``link.eps_sec`` but kappa * l
+    (their Sec. IV: "eps_sec = kappa l"). l(eps_sec) grows with eps_sec, so iterating
+    l <- l(kappa l) from l = n_Z falls to the largest fixed point; a key needs one at
+    l >= 1 bit. Where there is none, l(kappa) < 1 and (l(kappa) - 1) / N < 0 is
+    returned, so that the optimiser sees how far from a key the settings are.
+    """
+    per_pulse = key_basis_detection_probability(link, mus, ps, z_basis_probability)
+    if not per_pulse > 0.0:
+        return -math.inf
+    pulses = key_basis_detections / per_pulse
+    if secrecy_per_key_bit is None:
+        return raw_finite_key_rate(link, mus, ps, z_basis_probability, pulses, bound)
+
+    def bits(length: float) -> float:
+        eps = min(secrecy_per_key_bit * length, 0.5)
+        return raw_finite_key_rate(link, mus, ps, z_basis_probability, pulses, bound,
+                                   eps) * pulses
+
+    length = float(key_basis_detections)
+    for _ in range(_SECRECY_FIXED_POINT_STEPS):
+        following = bits(length)
+        if following < 1.0:
+            return (bits(1.0) - 1.0) / pulses
+        if length - following < 0.5:
+            return following / pulses
+        length = following
+    return length / pulses
 
 
 def _check_pulses(pulses: int) -> None:
@@ -346,17 +475,20 @@ def expected_counts(params: LinkParameters, pulses: int) -> DecoyCounts:
     return DecoyCounts(rounded(n_z), rounded(m_z), rounded(n_x), rounded(m_x))
 
 
-def finite_key_rate(params: LinkParameters, pulses: int) -> float:
+def finite_key_rate(params: LinkParameters, pulses: int,
+                    bound: str = DEFAULT_FINITE_KEY_BOUND) -> float:
     """Expected finite-key rate in bits per pulse for a block of ``pulses`` pulses.
 
     The counts are the closed-form expectations; lambda_EC = f n_Z H2(E_Z);
-    eps_sec and eps_cor come from ``params.protocol``. The key length is floored and
-    never negative, as :func:`finite_key_length`.
+    eps_sec and eps_cor come from ``params.protocol``; ``bound`` is ``"lim2014"`` or
+    ``"tightened"``. The key length is floored and never negative, as
+    :func:`finite_key_length`.
     """
+    check_bound(bound)
     _check_pulses(pulses)
     src = params.source
     _check_setting(src.intensities, src.class_probabilities)
     link = LinkConstants.of(params)
     raw_bits = raw_finite_key_rate(link, src.intensities, src.class_probabilities,
-                                   src.z_basis_probability, float(pulses)) * pulses
+                                   src.z_basis_probability, float(pulses), bound) * pulses
     return max(0, math.floor(raw_bits)) / pulses

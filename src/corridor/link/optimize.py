@@ -13,18 +13,32 @@ What is optimised, and why only that:
   The vacuum intensity stays as given (a real vacuum is not tunable).
 
 Only the settings change: the link's physics (loss, detectors, f, epsilons) is fixed.
+The finite-key bound (``bound``: ``"lim2014"`` or ``"tightened"``,
+:mod:`corridor.link.finite_key`) is part of the question, not of the search.
+
+:func:`optimise_key_block` answers the question of Lim et al.'s Fig. 1 instead: the
+block is a number of sifted key-basis detections n_Z rather than of pulses, and
+eps_sec may scale with the key length (eps_sec = kappa l).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
 from corridor.errors import ParameterError
-from corridor.link.finite_key import LinkConstants, finite_key_rate, raw_finite_key_rate
+from corridor.link.finite_key import (
+    DEFAULT_FINITE_KEY_BOUND,
+    LinkConstants,
+    check_bound,
+    finite_key_rate,
+    key_block_rate,
+    raw_finite_key_rate,
+)
 from corridor.link.params import LinkParameters
 from corridor.link.rates import (
     DECOY_MODES,
@@ -51,10 +65,11 @@ def _check(decoy: str, block_pulses: int | None) -> None:
                              "must be a whole number of pulses above 0")
 
 
-def _rate(params: LinkParameters, decoy: str, block_pulses: int | None) -> float:
+def _rate(params: LinkParameters, decoy: str, block_pulses: int | None,
+          bound: str = DEFAULT_FINITE_KEY_BOUND) -> float:
     if block_pulses is None:
         return secret_key_rate(params, decoy)
-    return finite_key_rate(params, block_pulses)
+    return finite_key_rate(params, block_pulses, bound)
 
 
 def _optimise_signal(params: LinkParameters, decoy: str) -> LinkParameters:
@@ -98,14 +113,30 @@ def _finite_start_points(params: LinkParameters) -> list[np.ndarray]:
 
 
 def _optimise_finite(params: LinkParameters, block_pulses: int,
-                     warm_only: bool = False) -> LinkParameters:
+                     warm_only: bool = False, bound: str = DEFAULT_FINITE_KEY_BOUND,
+                     ) -> LinkParameters:
+    """Nelder-Mead over (mu1, mu2, p_Z, p1, p2) for a block of pulses."""
+    link = LinkConstants.of(params)
+
+    def rate(mus: tuple[float, float, float], ps: tuple[float, float, float],
+             p_z: float) -> float:
+        return raw_finite_key_rate(link, mus, ps, p_z, float(block_pulses), bound)
+
+    return _search_settings(params, rate, warm_only, min_z_basis_probability=0.5)
+
+
+def _search_settings(params: LinkParameters,
+                     rate: Callable[[tuple[float, float, float], tuple[float, float, float],
+                                     float], float],
+                     warm_only: bool, min_z_basis_probability: float) -> LinkParameters:
     """Nelder-Mead over (mu1, mu2, p_Z, p1, p2), infeasible points penalised.
 
     Starts from the given settings and from typical optima, unless ``warm_only``
-    (the given settings are already the optimum of a nearby distance). The key basis
-    Z is chosen at least as often as the test basis X (p_Z >= 1/2).
+    (the given settings are already the optimum of a nearby distance). For a block
+    of pulses the key basis Z is chosen at least as often as the test basis X
+    (``min_z_basis_probability`` 1/2); for a block of key-basis detections (Lim et
+    al.'s q_x is free) small blocks at long distances want more test pulses.
     """
-    link = LinkConstants.of(params)
     mu3 = params.source.vacuum_intensity
     # The finite-key rate scales like eta; dividing by it keeps tolerances meaningful
     # from 0 km to the cutoff.
@@ -116,15 +147,17 @@ def _optimise_finite(params: LinkParameters, block_pulses: int,
         mu1, mu2, p_z, p1, p2 = (float(v) for v in x)
         p3 = 1.0 - p1 - p2
         if (mu2 <= mu3 or mu1 <= mu2 + mu3 or mu1 > MAX_SIGNAL_INTENSITY
-                or not 0.5 <= p_z <= 1.0 - _MIN_PROBABILITY
+                or not min_z_basis_probability <= p_z <= 1.0 - _MIN_PROBABILITY
                 or min(p1, p2, p3) < _MIN_PROBABILITY):
             return infeasible
-        return -raw_finite_key_rate(link, (mu1, mu2, mu3), (p1, p2, p3), p_z,
-                                    float(block_pulses)) / scale
+        return -rate((mu1, mu2, mu3), (p1, p2, p3), p_z) / scale
 
     best_x: np.ndarray | None = None
     best_value = math.inf
     starts = _finite_start_points(params)
+    if min_z_basis_probability < 0.5:
+        mu3 = params.source.vacuum_intensity
+        starts.append(np.array([0.5, 0.1 + mu3, 0.3, 0.05, 0.5]))
     for start in starts[:1] if warm_only else starts:
         if objective(start) >= infeasible:
             continue
@@ -145,7 +178,8 @@ def _optimise_finite(params: LinkParameters, block_pulses: int,
 
 def optimise(params: LinkParameters, decoy: str = "infinite",
              block_pulses: int | None = None,
-             warm_start: bool = False) -> tuple[LinkParameters, float]:
+             warm_start: bool = False,
+             bound: str = DEFAULT_FINITE_KEY_BOUND) -> tuple[LinkParameters, float]:
     """The best settings at ``params.fibre.length_km`` and the rate they give.
 
     Args:
@@ -155,31 +189,67 @@ def optimise(params: LinkParameters, decoy: str = "infinite",
         block_pulses: N for the finite-key rate; None for the asymptotic rate.
         warm_start: the given settings are the optimum of a nearby link (the last
             distance of a sweep): search from them only, not also from a typical start.
+        bound: finite-key bound, ``"lim2014"`` or ``"tightened"`` (ignored by the
+            asymptotic models).
 
     Returns:
         (optimised parameters, secret key rate in bits per pulse). The rate is never
         below that of the given settings.
     """
     _check(decoy, block_pulses)
-    return _optimise(params, decoy, block_pulses, warm_only=warm_start)
+    check_bound(bound)
+    return _optimise(params, decoy, block_pulses, warm_only=warm_start, bound=bound)
+
+
+def optimise_key_block(params: LinkParameters, key_basis_detections: int,
+                       bound: str = DEFAULT_FINITE_KEY_BOUND,
+                       secrecy_per_key_bit: float | None = None
+                       ) -> tuple[LinkParameters, float]:
+    """Best settings for a block of ``key_basis_detections`` sifted key-basis detections.
+
+    The question of Lim et al. 2014, Fig. 1: n_Z (their n_X) is fixed, the pulses it
+    takes follow from the settings, and R = l / N. With ``secrecy_per_key_bit``
+    (their kappa) eps_sec = kappa * l instead of ``params.protocol.eps_sec``
+    (:func:`corridor.link.finite_key.key_block_rate`). Returns (settings, unfloored
+    rate in bits per pulse, negative where there is no key).
+    """
+    check_bound(bound)
+    if isinstance(key_basis_detections, bool) or not isinstance(key_basis_detections, int) \
+            or key_basis_detections <= 0:
+        raise ParameterError("key_basis_detections", key_basis_detections,
+                             "must be a whole number of detections above 0")
+    if secrecy_per_key_bit is not None and not 0.0 < secrecy_per_key_bit < 1.0:
+        raise ParameterError("secrecy_per_key_bit", secrecy_per_key_bit, "must be in (0, 1)")
+    link = LinkConstants.of(params)
+
+    def rate(mus: tuple[float, float, float], ps: tuple[float, float, float],
+             p_z: float) -> float:
+        return key_block_rate(link, mus, ps, p_z, float(key_basis_detections), bound,
+                              secrecy_per_key_bit)
+
+    best = _search_settings(params, rate, warm_only=False,
+                            min_z_basis_probability=_MIN_PROBABILITY)
+    src = best.source
+    return best, rate(src.intensities, src.class_probabilities, src.z_basis_probability)
 
 
 def _optimise(params: LinkParameters, decoy: str, block_pulses: int | None,
-              warm_only: bool) -> tuple[LinkParameters, float]:
+              warm_only: bool, bound: str = DEFAULT_FINITE_KEY_BOUND
+              ) -> tuple[LinkParameters, float]:
     if block_pulses is None:
         candidate = _optimise_signal(params, decoy)
     else:
-        candidate = _optimise_finite(params, block_pulses, warm_only)
-    given_rate = _rate(params, decoy, block_pulses)
-    candidate_rate = _rate(candidate, decoy, block_pulses)
+        candidate = _optimise_finite(params, block_pulses, warm_only, bound)
+    given_rate = _rate(params, decoy, block_pulses, bound)
+    candidate_rate = _rate(candidate, decoy, block_pulses, bound)
     if candidate_rate > given_rate:
         return candidate, candidate_rate
     return params, given_rate
 
 
 def max_distance_km(params: LinkParameters, decoy: str = "infinite",
-                    block_pulses: int | None = None, optimise_settings: bool = True
-                    ) -> float:
+                    block_pulses: int | None = None, optimise_settings: bool = True,
+                    bound: str = DEFAULT_FINITE_KEY_BOUND) -> float:
     """Fibre length at which the (optimised) secret key rate reaches zero, in km.
 
     Bisection on "rate > 0" to 10 m, each step re-optimising the settings (warm-started
@@ -188,14 +258,15 @@ def max_distance_km(params: LinkParameters, decoy: str = "infinite",
     still positive at 10 000 km (a lossless or noiseless link).
     """
     _check(decoy, block_pulses)
+    check_bound(bound)
 
     def best_at(length_km: float, start: LinkParameters,
                 warm_only: bool = True) -> LinkParameters | None:
         at = start.with_length(length_km)
         if optimise_settings:
-            at, rate = _optimise(at, decoy, block_pulses, warm_only)
+            at, rate = _optimise(at, decoy, block_pulses, warm_only, bound)
         else:
-            rate = _rate(at, decoy, block_pulses)
+            rate = _rate(at, decoy, block_pulses, bound)
         return at if rate > 0.0 else None
 
     good = best_at(0.0, params, warm_only=False)

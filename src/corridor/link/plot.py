@@ -5,6 +5,9 @@ rates with infinite decoys and with vacuum + one weak decoy (and the efficient-B
 limit of the former), finite-key curves for a few block sizes, and the PLOB bound of
 the fibre, each in bits per pulse (top panel) and bits per second (bottom panel), log
 scale. Settings are re-optimised at every distance (:mod:`corridor.link.optimize`).
+A link whose detectors have a dead time also gets its infinite-decoy curve without
+the dead time (grey, dashed): the gap at short distance is the saturation of the
+receiver, where the rate per second bends away from the growth of the transmittance.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from matplotlib.figure import Figure
 from corridor.errors import ParameterError
 from corridor.link.optimize import max_distance_km, optimise
 from corridor.link.params import LinkParameters
-from corridor.link.rates import fibre_plob_bits_per_pulse, sifting_factor
+from corridor.link.rates import dead_gates, fibre_plob_bits_per_pulse, sifting_factor
 
 #: Block sizes (pulses) of the finite-key curves drawn by default.
 DEFAULT_BLOCK_PULSES: tuple[int, ...] = (10**8, 10**10, 10**12)
@@ -110,6 +113,12 @@ def write_rate_figure(params: LinkParameters, out: Path, max_distance: float | N
                           label=f"finite key, N = 1e{np.log10(n):.3g} pulses (Lim 2014), "
                           "settings and p_Z optimised")
                for n in block_pulses]
+    unsaturated = None
+    if dead_gates(params) > 0:
+        unsaturated = rate_curve(
+            params.override({"dead_time_s": 0.0}), distances, "infinite",
+            label=f"asymptotic, infinite decoys, p_Z = {p_z:g}, without the "
+            f"{params.detector.dead_time_s * 1e9:g} ns dead time")
     plob = np.array([fibre_plob_bits_per_pulse(params.with_length(float(d)))
                      for d in distances])
     pulse_rate_hz = params.source.pulse_rate_hz
@@ -120,6 +129,11 @@ def write_rate_figure(params: LinkParameters, out: Path, max_distance: float | N
                             (ax_second, pulse_rate_hz, "bits/s")):
         ax.plot(distances, plob * scale, color="black", linestyle="--",
                 label="PLOB bound of the fibre")
+        if unsaturated is not None:
+            positive = unsaturated.rate_bits_per_pulse > 0
+            ax.plot(unsaturated.distance_km[positive],
+                    unsaturated.rate_bits_per_pulse[positive] * scale, color="grey",
+                    linestyle="--", label=unsaturated.label)
         for curve in curves:
             positive = curve.rate_bits_per_pulse > 0
             ax.plot(curve.distance_km[positive], curve.rate_bits_per_pulse[positive] * scale,
@@ -137,7 +151,10 @@ def write_rate_figure(params: LinkParameters, out: Path, max_distance: float | N
                        f"Y0 {params.background_yield:.2g}, "
                        f"e_d {params.protocol.misalignment_error:g}, "
                        f"f {params.protocol.reconciliation_efficiency:g}, "
-                       f"{pulse_rate_hz:.3g} Hz")
+                       f"{pulse_rate_hz:.3g} Hz"
+                       + (f",\ndead time {params.detector.dead_time_s * 1e9:g} ns, "
+                          f"{params.detector.detector_pixels} pixel(s) per detector"
+                          if params.detector.dead_time_s > 0 else ""))
     ax_second.set_xlabel("fibre length (km)")
     fig.tight_layout(rect=(0.0, 0.16, 1.0, 1.0))
     out.parent.mkdir(parents=True, exist_ok=True)

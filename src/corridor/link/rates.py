@@ -23,6 +23,23 @@ decoy-state form of Lo-Ma-Chen::
     R = q * ( -Q_mu f H2(E_mu) + Q1 (1 - H2(e1)) ),
 
 clamped to 0 where it would be negative (no key, not a negative key).
+
+Detectors that saturate
+-----------------------
+With a dead time tau at pulse rate f, a click blinds its receiver lane for the
+``D = ceil(tau f) - 1`` gates that follow (:func:`dead_gates`). Bob's receiver has
+``N = detector_pixels`` lanes (pixel i of both detectors) and the light of each gate
+lands on one lane chosen uniformly at random. Dead time never depends on the pulse
+in the current gate, so every gate sees its lane free with the same probability, the
+renewal availability (:func:`detector_availability`)::
+
+    A = 1 / (1 + D P / N),        P = sum_k p_k Q_k  (click probability of a free gate)
+
+and every yield is multiplied by A: Q_k -> A Q_k for all intensity classes, Y0 -> A Y0,
+Y1 -> A Y1, while every error rate stays what it was. The decoy bounds are linear in
+the yields, so the key rate per pulse is exactly A times the unsaturated one; at short
+distance P grows with eta and the rate per second bends towards ``N f / D`` clicks per
+second instead of growing like eta.
 """
 
 from __future__ import annotations
@@ -133,6 +150,76 @@ def _error_rate(eta: float, y0: float, e_d: float, intensity: ArrayLike) -> NDAr
     return np.where(total > 0.0, e, BACKGROUND_ERROR_RATE)
 
 
+def dead_gates(params: LinkParameters) -> int:
+    """D: gates after a click that fall inside the dead time (j / f < dead_time_s, j >= 1).
+
+    ``ceil(dead_time_s * pulse_rate_hz) - 1``, never negative; a gate exactly one dead
+    time after the click is live again. The 1e-9 guard keeps 50 ns at 1 GHz at 49 gates
+    despite the rounding of 50e-9 * 1e9.
+    """
+    gates = params.detector.dead_time_s * params.source.pulse_rate_hz
+    return max(math.ceil(gates - 1e-9) - 1, 0)
+
+
+def detector_availability(dead_gate_count: int, detector_pixels: int,
+                          click_probability: ArrayLike) -> NDArray[np.float64]:
+    """A = 1 / (1 + D P / N): probability that a gate finds its receiver lane live.
+
+    Renewal argument: a lane receives a gate's light with probability 1/N and then
+    clicks with probability P (the click probability of an unsaturated receiver,
+    averaged over intensity classes), independently of its past; after a click it is
+    dead for D gates. Its clicks therefore follow a renewal process with mean gap
+    D + N / P gates, live a fraction (N / P) / (D + N / P) of the time. The lane a gate
+    lands on is independent of the past, so this is the probability that any gate is
+    counted; exact in the stationary regime, and what the simulator samples
+    (:func:`corridor.link.simulator.class_statistics`).
+    """
+    p = np.asarray(click_probability, dtype=np.float64)
+    return np.asarray(1.0 / (1.0 + dead_gate_count * p / detector_pixels))
+
+
+def saturated_gains_and_errors(transmittance: float, background_yield: float,
+                               misalignment_error: float, intensities: ArrayLike,
+                               class_probabilities: ArrayLike, dead_gate_count: int = 0,
+                               detector_pixels: int = 1
+                               ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per-class gains A Q_k and error rates E_k of a receiver with dead time.
+
+    ``intensities`` and ``class_probabilities`` are the classes' l_k and p_k (any
+    number of classes; the probabilities sum to 1). Q_k and E_k are the closed forms
+    of :func:`gain` and :func:`error_rate`; A is :func:`detector_availability` of the
+    mean click probability sum_k p_k Q_k. Dead time scales every class by the same A
+    and leaves the error rates unchanged. With ``dead_gate_count = 0`` this is the
+    textbook model.
+    """
+    mus = np.asarray(intensities, dtype=np.float64)
+    ps = np.asarray(class_probabilities, dtype=np.float64)
+    gains = _gain(transmittance, background_yield, mus)
+    errors = _error_rate(transmittance, background_yield, misalignment_error, mus)
+    availability = detector_availability(dead_gate_count, detector_pixels,
+                                         float(np.dot(ps, gains)))
+    return gains * availability, errors
+
+
+def class_gains_and_errors(params: LinkParameters
+                           ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(gains, error rates) of the signal, decoy and vacuum classes, saturation included."""
+    gains, errors = saturated_gains_and_errors(
+        params.transmittance, params.background_yield, params.protocol.misalignment_error,
+        params.source.intensities, params.source.class_probabilities, dead_gates(params),
+        params.detector.detector_pixels)
+    return ((float(gains[0]), float(gains[1]), float(gains[2])),
+            (float(errors[0]), float(errors[1]), float(errors[2])))
+
+
+def availability(params: LinkParameters) -> float:
+    """A of the link at its own settings (1 without dead time)."""
+    src = params.source
+    p = float(np.dot(src.class_probabilities,
+                     _gain(params.transmittance, params.background_yield, src.intensities)))
+    return float(detector_availability(dead_gates(params), params.detector.detector_pixels, p))
+
+
 @dataclass(frozen=True)
 class DecoyEstimate:
     """What the decoy-state method says about single-photon pulses.
@@ -154,14 +241,17 @@ class DecoyEstimate:
 def decoy_bounds_infinite(params: LinkParameters) -> DecoyEstimate:
     """Infinitely many decoys (GLLP / Lo-Ma-Chen): Y1, e1 and Q1 are known exactly.
 
-    Y1 = Y0 + eta - Y0 eta, e1 = (e0 Y0 + e_d eta) / Y1, Q1 = Y1 mu exp(-mu) with
-    mu = ``params.source.signal_intensity``.
+    Y1 = A (Y0 + eta - Y0 eta), e1 = (e0 Y0 + e_d eta) / (Y0 + eta - Y0 eta),
+    Q1 = Y1 mu exp(-mu) with mu = ``params.source.signal_intensity`` and A the
+    availability of the receiver (:func:`availability`, 1 without dead time): a dead
+    receiver misses single photons as often as any other pulse.
     """
     eta = params.transmittance
     y0 = params.background_yield
     mu = params.source.signal_intensity
     y1 = y0 + eta - y0 * eta
     e1 = (BACKGROUND_ERROR_RATE * y0 + params.protocol.misalignment_error * eta) / y1
+    y1 *= availability(params)
     return DecoyEstimate(single_photon_yield_lower=y1,
                          single_photon_error_upper=min(e1, 0.5),
                          single_photon_gain_lower=y1 * mu * math.exp(-mu))
@@ -239,19 +329,15 @@ def raw_key_rate(params: LinkParameters, decoy: str = "infinite") -> float:
     _validate_decoy(decoy)
     src = params.source
     mu = src.signal_intensity
-    eta = params.transmittance
-    y0 = params.background_yield
-    e_d = params.protocol.misalignment_error
-    q_mu = float(_gain(eta, y0, mu))
-    e_mu = float(_error_rate(eta, y0, e_d, mu))
+    # Saturated gains: every yield carries the receiver's availability A.
+    (q_mu, q_nu, _), (e_mu, e_nu, _) = class_gains_and_errors(params)
     if decoy == "infinite":
         estimate = decoy_bounds_infinite(params)
     else:
-        nu = src.decoy_intensity
         estimate = decoy_bounds_vacuum_weak(
-            signal_gain=q_mu, decoy_gain=float(_gain(eta, y0, nu)), signal_qber=e_mu,
-            decoy_qber=float(_error_rate(eta, y0, e_d, nu)), background_yield=y0,
-            signal_intensity=mu, decoy_intensity=nu)
+            signal_gain=q_mu, decoy_gain=q_nu, signal_qber=e_mu, decoy_qber=e_nu,
+            background_yield=params.background_yield * availability(params),
+            signal_intensity=mu, decoy_intensity=src.decoy_intensity)
     q = sifting_factor(src.z_basis_probability)
     f = params.protocol.reconciliation_efficiency
     return q * (-q_mu * f * binary_entropy(e_mu)
@@ -275,8 +361,13 @@ def secret_key_rate(params: LinkParameters, decoy: str = "infinite") -> float:
 
 def infinite_decoy_rate_array(params: LinkParameters, signal_intensity: ArrayLike
                               ) -> NDArray[np.float64]:
-    """Unclamped infinite-decoy rate for many signal intensities at once (optimiser grid)."""
+    """Unclamped infinite-decoy rate for many signal intensities at once (optimiser grid).
+
+    The receiver's availability is recomputed for each signal intensity (a stronger
+    signal saturates the detectors sooner).
+    """
     mu = np.asarray(signal_intensity, dtype=np.float64)
+    src = params.source
     eta = params.transmittance
     y0 = params.background_yield
     e_d = params.protocol.misalignment_error
@@ -284,10 +375,14 @@ def infinite_decoy_rate_array(params: LinkParameters, signal_intensity: ArrayLik
     e_mu = _error_rate(eta, y0, e_d, mu)
     y1 = y0 + eta - y0 * eta
     e1 = (BACKGROUND_ERROR_RATE * y0 + e_d * eta) / y1
-    q = sifting_factor(params.source.z_basis_probability)
+    others = (src.decoy_probability * float(_gain(eta, y0, src.decoy_intensity))
+              + src.vacuum_probability * float(_gain(eta, y0, src.vacuum_intensity)))
+    available = detector_availability(dead_gates(params), params.detector.detector_pixels,
+                                      src.signal_probability * q_mu + others)
+    q = sifting_factor(src.z_basis_probability)
     f = params.protocol.reconciliation_efficiency
-    return q * (-q_mu * f * _h2_clamped(e_mu)
-                + y1 * mu * np.exp(-mu) * (1.0 - binary_entropy(min(e1, 0.5))))
+    return q * available * (-q_mu * f * _h2_clamped(e_mu)
+                            + y1 * mu * np.exp(-mu) * (1.0 - binary_entropy(min(e1, 0.5))))
 
 
 def plob_bound(transmittance: float) -> float:

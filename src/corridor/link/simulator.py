@@ -51,9 +51,10 @@ same joint law as "draw class counts (multinomial), clicks per class (binomial),
 their positions (uniform without replacement), then the details", so the records are
 exact in distribution; the tests check gains and error rates against the closed form.
 
-Attacks (:mod:`corridor.link.attacks`) only change the table T; afterpulses and dead
-time (zero in the presets) are applied to the clicks afterwards, see
-:func:`_apply_detector_memory`.
+Attacks (:mod:`corridor.link.attacks`) only change the table T; afterpulses, dead
+time and the pixel lanes of multi-pixel detectors are applied to the clicks
+afterwards, see :func:`_apply_detector_memory`; :func:`class_statistics` gives the
+exact gains and error rates with them.
 """
 
 from __future__ import annotations
@@ -207,9 +208,66 @@ class ClassStatistics:
 
 
 def class_statistics(params: LinkParameters, attack: Attack | None = None) -> ClassStatistics:
-    """Exact gains and sifted error rates of the model the simulator samples from."""
+    """Exact gains and sifted error rates of the model the simulator samples from.
+
+    Includes the detector memory of :func:`_apply_detector_memory` in its stationary
+    regime (a block starts with a live receiver, which moves its expected counts by
+    less than one click):
+
+    - dead time D gates, N pixel lanes, no afterpulses: every gain times
+      A = 1 / (1 + D P / N) (:func:`corridor.link.rates.detector_availability`, P the
+      click probability of a live receiver), error rates unchanged;
+    - afterpulse probability a (single pixel): after each record the next one is an
+      afterpulse record D + 1 gates later with probability a, else the first own click
+      after the dead time, so records arrive at R = 1 / (D + a + (1 - a) / P) per
+      gate; a fraction 1 - a of them follow the click law, a fraction a are the pulse
+      of the afterpulse gate (clicked or not) with the afterpulsing detector, which is
+      Alice's-bit detector or the other with probability 1/2 each, added to its
+      pattern.
+    """
     table = pattern_table(params, attack)
     basis = _basis_probabilities(params)
+    stats = _memoryless_statistics(table, basis)
+    gates = rates.dead_gates(params)
+    afterpulse = params.detector.afterpulse_probability
+    if gates == 0 and afterpulse == 0.0:
+        return stats
+    classes = np.asarray(params.source.class_probabilities)
+    weights = classes[:, None, None] * basis[None, :, None] * basis[None, None, :]
+    clicks = table.sum(axis=-1)
+    total = float((weights * clicks).sum())
+    if afterpulse == 0.0:
+        scale = float(rates.detector_availability(gates, params.detector.detector_pixels,
+                                                  total))
+        g, z = stats.click_probability, stats.sifted_click_probability
+        return ClassStatistics(
+            click_probability=(scale * g[0], scale * g[1], scale * g[2]),
+            sifted_error_rate=stats.sifted_error_rate,
+            sifted_click_probability=(scale * z[0], scale * z[1], scale * z[2]))
+    records_per_gate = 1.0 / (gates + afterpulse + (1.0 - afterpulse) / total) \
+        if total > 0.0 else 0.0
+    silent = 1.0 - clicks
+    after = np.stack([table[..., 0] / 2 + silent / 2, table[..., 1] / 2 + silent / 2,
+                      table[..., 2] + (table[..., 0] + table[..., 1]) / 2], axis=-1)
+    normal = table / total if total > 0.0 else np.zeros_like(table)
+    # Expected records per gate in (c, a, b, pattern), divided by p_c (per pulse of c).
+    per_pulse = records_per_gate * ((1.0 - afterpulse) * normal + afterpulse * after) \
+        * (basis[:, None, None] * basis[None, :, None])[None, :, :, :]
+    gains = per_pulse.sum(axis=(1, 2, 3))
+    matched = per_pulse[:, [0, 1], [0, 1], :]                          # [c, a, k]
+    sifted = matched.sum(axis=(1, 2))
+    errors = (matched[:, :, PATTERN_OTHER_BIT] + 0.5 * matched[:, :, PATTERN_DOUBLE]).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        qber = np.where(sifted > 0.0, errors / sifted, 0.5)
+    return ClassStatistics(
+        click_probability=(float(gains[0]), float(gains[1]), float(gains[2])),
+        sifted_error_rate=(float(qber[0]), float(qber[1]), float(qber[2])),
+        sifted_click_probability=(float(sifted[0]), float(sifted[1]), float(sifted[2])))
+
+
+def _memoryless_statistics(table: NDArray[np.float64], basis: NDArray[np.float64]
+                           ) -> ClassStatistics:
+    """Per-pulse statistics of the pattern table, each pulse on its own."""
     weights = basis[:, None] * basis[None, :]                     # [a, b]
     clicks = (table.sum(axis=-1) * weights).sum(axis=(1, 2))
     matched = table[:, [0, 1], [0, 1], :]                          # [c, a, k]
@@ -325,7 +383,7 @@ _TWO_53 = 9007199254740992.0
 
 
 @numba.njit(cache=True, nogil=True)
-def _sample_clicks(start: int, pulses: int, exponentials: np.ndarray,
+def _sample_clicks(start: int, pulses: int, dead_gates: int, exponentials: np.ndarray,
                    raw: np.ndarray, inverse_rate: float, alias_threshold: np.ndarray,
                    alias_codes: np.ndarray, index: np.ndarray,
                    intensity_class: np.ndarray, alice_basis: np.ndarray, alice_bit: np.ndarray,
@@ -333,7 +391,10 @@ def _sample_clicks(start: int, pulses: int, exponentials: np.ndarray,
                    class_counts: np.ndarray) -> tuple[int, int]:
     """Fill records from gap and word draws; returns (records written, last position).
 
-    ``start`` is the position of the previous click (-1 before the first). Stops at the
+    ``start`` is where the next gap starts (-1 before the first click). After each click
+    the ``dead_gates`` gates of a single-pixel receiver's dead time are skipped: the
+    clicks it counts form a renewal process with gaps D + Geometric(P), and only those
+    are drawn. Stops at the
     first gap that leaves the block or when the draws run out. Clicks per intensity
     class are added to ``class_counts``. The categorical draw uses Walker's alias
     method in integer arithmetic: one look-up of both candidate codes, one comparison,
@@ -381,6 +442,7 @@ def _sample_clicks(start: int, pulses: int, exponentials: np.ndarray,
         bob_bit[i] = (((bit ^ ((code >> np.uint8(_CODE_FLIP)) & one)) & (double ^ one))
                       | (coin & double))
         double_click[i] = double != 0
+        position += dead_gates
     class_counts[0] += signal
     class_counts[1] += decoy
     class_counts[2] += written - signal - decoy
@@ -392,16 +454,17 @@ _FIELDS = ("index", "intensity_class", "alice_basis", "alice_bit", "bob_basis", 
 _DTYPES = (np.int64, np.uint8, np.uint8, np.uint8, np.uint8, np.uint8, np.bool_)
 
 
-def _draw_clicks(law: _ClickLaw, pulses: int, generator: np.random.Generator
-                 ) -> tuple[dict[str, NDArray[Any]], NDArray[np.int64]]:
+def _draw_clicks(law: _ClickLaw, pulses: int, generator: np.random.Generator,
+                 dead_gates: int = 0) -> tuple[dict[str, NDArray[Any]], NDArray[np.int64]]:
     """Sorted click positions and their details for a block of ``pulses`` pulses, and
-    the number of clicks per intensity class."""
+    the number of clicks per intensity class. With ``dead_gates`` > 0, the clicks that a
+    single-pixel receiver with that dead time counts (see :func:`_sample_clicks`)."""
     p = law.click_probability
     class_counts = np.zeros(3, dtype=np.int64)
     if p <= 0.0 or pulses == 0:
         return ({name: np.empty(0, dtype=dt) for name, dt in zip(_FIELDS, _DTYPES, strict=True)},
                 class_counts)
-    expected = pulses * p
+    expected = pulses * p / (1.0 + dead_gates * p)
     likely_most = int(expected + _CHUNK_SIGMAS * math.sqrt(expected + 1.0) + 16)
     chunk = min(_DRAW_CHUNK, likely_most)
     capacity = likely_most + chunk
@@ -420,7 +483,8 @@ def _draw_clicks(law: _ClickLaw, pulses: int, generator: np.random.Generator
         raw = generator.bit_generator.random_raw(chunk)
         end = written + chunk
         count, position = _sample_clicks(
-            position, pulses, exponentials, raw, law.inverse_rate, law.alias_threshold,
+            position, pulses, dead_gates, exponentials, raw, law.inverse_rate,
+            law.alias_threshold,
             law.alias_codes, out["index"][written:end],
             out["intensity_class"][written:end], out["alice_basis"][written:end],
             out["alice_bit"][written:end], out["bob_basis"][written:end],
@@ -429,14 +493,9 @@ def _draw_clicks(law: _ClickLaw, pulses: int, generator: np.random.Generator
     return {name: arr[:written] for name, arr in out.items()}, class_counts
 
 
-def _dead_gates(params: LinkParameters) -> int:
-    """Gates after a click that fall inside the dead time (j / rate < dead_time_s)."""
-    gates = params.detector.dead_time_s * params.source.pulse_rate_hz
-    return max(math.ceil(gates - 1e-9) - 1, 0)
-
-
 @numba.njit(cache=True, nogil=True)
 def _apply_memory_kernel(pulses: int, dead_gates: int, afterpulse_probability: float,
+                         lanes: np.ndarray, dead_until: np.ndarray,
                          index: np.ndarray, intensity_class: np.ndarray,
                          alice_basis: np.ndarray, alice_bit: np.ndarray,
                          bob_basis: np.ndarray, bob_bit: np.ndarray, double_click: np.ndarray,
@@ -448,20 +507,23 @@ def _apply_memory_kernel(pulses: int, dead_gates: int, afterpulse_probability: f
                          out_double: np.ndarray, out_new_pulse: np.ndarray) -> int:
     """Sequential pass over the clicks applying dead time and afterpulses.
 
-    ``detector_a``/``detector_b`` say which of Bob's detectors (bit 0, bit 1) fired.
+    ``detector_a``/``detector_b`` say which of Bob's detectors (bit 0, bit 1) fired,
+    ``lanes`` which receiver lane (pixel pair) each click's light landed on;
+    ``dead_until`` holds, per lane, the last gate of its dead time (-1: live).
+    Afterpulses land on lane 0 (they are only allowed with a single lane).
     Returns the number of output records; ``out_new_pulse`` marks records created by an
     afterpulse in a gate that had no click of its own (their Alice settings are drawn
     from the law of pulses that did not click).
     """
     n = index.shape[0]
     written = 0
-    dead_until = -1
     pending_gate = -1
     pending_detector = np.uint8(0)
     i = 0
     draws = 0
     while i < n or pending_gate >= 0:
         take_pending = pending_gate >= 0 and (i >= n or pending_gate <= index[i])
+        lane = 0
         if take_pending:
             gate = pending_gate
             fired0 = pending_detector == 0
@@ -480,11 +542,12 @@ def _apply_memory_kernel(pulses: int, dead_gates: int, afterpulse_probability: f
             gate = index[i]
             fired0 = detector_a[i]
             fired1 = detector_b[i]
+            lane = lanes[i]
             src = i
             i += 1
             new_pulse = False
-        if gate <= dead_until:
-            continue                      # the receiver is blind: this click never happens
+        if gate <= dead_until[lane]:
+            continue                      # the lane is blind: this click never happens
         word = words[draws % words.shape[0]]
         u_after = uniforms[draws % uniforms.shape[0]]
         draws += 1
@@ -512,7 +575,7 @@ def _apply_memory_kernel(pulses: int, dead_gates: int, afterpulse_probability: f
             out_double[written] = False
             out_bob_bit[written] = np.uint8(0) if fired0 else np.uint8(1)
         written += 1
-        dead_until = gate + dead_gates
+        dead_until[lane] = gate + dead_gates
         if u_after < afterpulse_probability:
             target = gate + dead_gates + 1
             if target < pulses:
@@ -531,7 +594,9 @@ def _apply_detector_memory(params: LinkParameters, law: _ClickLaw, pulses: int,
 
     Model (documented in docs/link-simulator.md): after any click both detectors are
     blind for the gates that arrive within ``dead_time_s`` (non-paralysable, the whole
-    receiver), and with probability ``afterpulse_probability`` the detector that fired
+    receiver lane: with ``detector_pixels`` = N the light of each click lands on one of
+    N lanes, pixel i of both detectors, uniformly at random, and only that lane goes
+    blind), and with probability ``afterpulse_probability`` the detector that fired
     (a random one of the two after a double click) fires again in the first gate after
     its dead time; an afterpulse can itself be followed by dead time and an
     afterpulse. Removing the clicks that fall in a dead window of an earlier surviving
@@ -551,13 +616,18 @@ def _apply_detector_memory(params: LinkParameters, law: _ClickLaw, pulses: int,
     detector_1 = double | (b_bit == 1)
     del a_bit
     capacity = 2 * n + 2                    # each click adds at most one afterpulse record
+    pixels = params.detector.detector_pixels
+    lanes: NDArray[np.int64] = (
+        np.asarray(generator.integers(0, pixels, size=n, dtype=np.int64)) if pixels > 1
+        else np.zeros(n, dtype=np.int64))
     uniforms = generator.random(capacity)
     words = generator.bit_generator.random_raw(capacity)
     out = {name: np.empty(capacity, dtype=dt) for name, dt in zip(_FIELDS, _DTYPES, strict=True)}
     new_pulse = np.empty(capacity, dtype=np.bool_)
     written = _apply_memory_kernel(
-        pulses, _dead_gates(params),
-        params.detector.afterpulse_probability, clicks["index"], clicks["intensity_class"],
+        pulses, rates.dead_gates(params),
+        params.detector.afterpulse_probability, lanes, np.full(pixels, -1, dtype=np.int64),
+        clicks["index"], clicks["intensity_class"],
         clicks["alice_basis"], clicks["alice_bit"], clicks["bob_basis"], b_bit, double,
         detector_0, detector_1, uniforms, words, law.silent_cdf, out["index"],
         out["intensity_class"], out["alice_basis"], out["alice_bit"], out["bob_basis"],
@@ -565,6 +635,23 @@ def _apply_detector_memory(params: LinkParameters, law: _ClickLaw, pulses: int,
     result = {name: arr[:written] for name, arr in out.items()}
     new_classes = result["intensity_class"][new_pulse[:written]]
     return result, np.bincount(new_classes, minlength=3).astype(np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _lane_survivors(index: np.ndarray, lanes: np.ndarray, dead_gates: int,
+                    pixels: int) -> np.ndarray:
+    """Which clicks a receiver of ``pixels`` lanes counts: a click on a lane still blind
+    from its last counted click (within ``dead_gates`` gates) is lost and does not
+    extend the dead time (non-paralysable)."""
+    dead_until = np.full(pixels, -1, dtype=np.int64)
+    keep = np.empty(index.shape[0], dtype=np.bool_)
+    for i in range(index.shape[0]):
+        lane = lanes[i]
+        alive = index[i] > dead_until[lane]
+        keep[i] = alive
+        if alive:
+            dead_until[lane] = index[i] + dead_gates
+    return keep
 
 
 def _check_pulses(name: str, value: int) -> int:
@@ -587,15 +674,34 @@ def _metadata(params: LinkParameters, attack: Attack | None) -> dict[str, object
 def _simulate_with_law(params: LinkParameters, law: _ClickLaw, pulses: int,
                        generator: np.random.Generator, block_id: int,
                        metadata: dict[str, object]) -> DetectionRecords:
-    clicks, clicked = _draw_clicks(law, pulses, generator)
-    silent_pulses = pulses - int(clicks["index"].shape[0])
+    gates = rates.dead_gates(params)
+    pixels = params.detector.detector_pixels
+    afterpulse = params.detector.afterpulse_probability
+    # A single pixel without afterpulses: draw only the clicks it counts (renewal).
+    renewal = gates > 0 and pixels == 1 and afterpulse == 0.0
+    clicks, clicked = _draw_clicks(law, pulses, generator, gates if renewal else 0)
+    records = int(clicks["index"].shape[0])
+    silent_pulses = pulses - records
     leaving_silence = np.zeros(3, dtype=np.int64)
-    if params.detector.afterpulse_probability > 0.0 or _dead_gates(params) > 0:
+    blind = np.zeros(3, dtype=np.int64)
+    if renewal and records:
+        # The pulses of the blind gates were never looked at: their classes follow the
+        # class law itself, whatever they would have done. The last dead window may be
+        # cut by the end of the block (earlier ones never are: records are D + 1 apart).
+        last = int(clicks["index"][-1])
+        blind_gates = records * gates - max(0, last + gates - (pulses - 1))
+        blind = generator.multinomial(blind_gates, params.source.class_probabilities)
+        silent_pulses -= blind_gates
+    elif afterpulse == 0.0 and gates > 0:
+        lanes = generator.integers(0, pixels, size=records, dtype=np.int64)
+        keep = _lane_survivors(clicks["index"], np.asarray(lanes), gates, pixels)
+        clicks = {name: arr[keep] for name, arr in clicks.items()}
+    elif afterpulse > 0.0:
         clicks, leaving_silence = _apply_detector_memory(params, law, pulses, clicks,
                                                          generator)
         silent_pulses -= int(leaving_silence.sum())
     silent = generator.multinomial(silent_pulses, law.silent_class_probabilities)
-    per_class = clicked + leaving_silence + silent
+    per_class = clicked + leaving_silence + blind + silent
     alice = AliceRecords(
         index=clicks["index"], intensity_class=clicks["intensity_class"],
         basis=clicks["alice_basis"], bit=clicks["alice_bit"],
@@ -769,10 +875,14 @@ def summarise(source: SimulationSummary | Iterable[DetectionRecords], params: Li
     """Observed against expected statistics, and the decoy-state estimates they give.
 
     ``source`` is a :class:`SimulationSummary` or any iterable of records (consumed
-    once). Per intensity class: pulses, detections, observed gain against the closed
-    form of an honest link (:func:`corridor.link.rates.gain`) with the binomial
-    standard deviation of the observed gain, QBER over sifted clicks against
-    :func:`corridor.link.rates.error_rate`. The decoy-state estimates apply the
+    once). Per intensity class: pulses, detections, observed gain and QBER over sifted
+    clicks against the exact model the simulator samples from (:func:`class_statistics`:
+    double clicks, dead time, pixels, afterpulses and the attack included), with their
+    binomial standard deviations and the deviations in those units; the textbook
+    closed form of an honest link (:func:`corridor.link.rates.class_gains_and_errors`,
+    saturation included) is reported next to it. With dead time the click counts are
+    less variable than binomial (a renewal process), so the binomial sigma is the
+    conservative one. The decoy-state estimates apply the
     vacuum + weak decoy bounds (Ma-Qi-Zhao-Lo 2005) to the observed gains and QBERs,
     the observed vacuum gain standing in for Y0. ``wall_time_s`` defaults to the time
     spent consuming ``source`` (or the summary's own ``wall_time_s``).
@@ -787,14 +897,15 @@ def summarise(source: SimulationSummary | Iterable[DetectionRecords], params: Li
         summary.wall_time_s = time.perf_counter() - started
     wall = summary.wall_time_s if wall_time_s is None else wall_time_s
     model = class_statistics(params, attack)
+    textbook_gains, textbook_qbers = rates.class_gains_and_errors(params)
     per_class: dict[str, dict[str, Any]] = {}
     observed_gain: list[float] = []
     observed_qber: list[float] = []
     for c, name in enumerate(INTENSITY_CLASS_NAMES):
         intensity = params.source.intensities[c]
         sent = summary.pulses_per_class[c]
-        expected_gain = rates.gain(params, intensity)
-        expected_qber = rates.error_rate(params, intensity)
+        expected_gain = model.click_probability[c]
+        expected_qber = model.sifted_error_rate[c]
         gain = _ratio(summary.detections_per_class[c], sent, 0.0)
         qber = _ratio(summary.errors_per_class[c], summary.sifted_per_class[c], 0.0)
         observed_gain.append(gain)
@@ -819,8 +930,8 @@ def summarise(source: SimulationSummary | Iterable[DetectionRecords], params: Li
             "qber_sigma": qber_sigma,
             "qber_deviation_sigmas": (qber - expected_qber) / qber_sigma
             if qber_sigma else None,
-            "model_gain": model.click_probability[c],
-            "model_qber": model.sifted_error_rate[c],
+            "closed_form_gain": textbook_gains[c],
+            "closed_form_qber": textbook_qbers[c],
         }
     return {
         "pulses": summary.pulses,
@@ -848,13 +959,18 @@ def decoy_estimates(params: LinkParameters, observed_gain: list[float],
     """Vacuum + weak decoy bounds from observed gains, and what they imply.
 
     Compares the bounds with the exact single-photon values of an honest link
-    (:func:`corridor.link.rates.decoy_bounds_infinite`) and gives the asymptotic key
+    (:func:`corridor.link.rates.decoy_bounds_infinite`, whose Y1 carries the receiver's
+    availability as every observed yield does) and gives the asymptotic key
     rate per pulse they certify: q (Q1_L (1 - H2(e1_U)) - f Q_mu H2(E_mu)).
     """
     src = params.source
     if src.vacuum_intensity != 0.0:
         return {"available": False,
                 "reason": "the vacuum + weak bound needs vacuum_intensity = 0"}
+    if src.vacuum_probability == 0.0:
+        return {"available": False,
+                "reason": "no vacuum pulses (a one-decoy set-up): the vacuum + weak bound "
+                          "does not apply; corridor link rate --decoy one-decoy has its own"}
     if min(pulses_per_class) == 0:
         return {"available": False,
                 "reason": "every intensity class needs at least one pulse"}
