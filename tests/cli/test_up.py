@@ -96,6 +96,29 @@ def test_corridor_up_delivers_the_same_key_at_both_kmes_and_stops_cleanly(
         with _sae(up, workdir, "sae-b") as sae_b, pytest.raises(KmeResponseError) as excinfo:
             sae_b.get_key_with_id("sae-a", [key["key_ID"]])
         assert excinfo.value.status_code == 400
+        # The operator: metrics with the operator certificate of corridor-up.json (an SAE
+        # certificate gets 403), link states and alarms with corridor alarm list.
+        [operator] = up["operators"]
+        metrics = subprocess.run(
+            ["curl", "--silent", "--show-error", "--fail", "--cert",
+             str(workdir / operator["cert"]), "--key", str(workdir / operator["key"]),
+             "--cacert", str(workdir / operator["ca_cert"]), f"{urls['kme-a']}/metrics"],
+            capture_output=True, text=True, timeout=30)
+        assert metrics.returncode == 0 and "corridor_pool_stored_keys" in metrics.stdout
+        sae_entry = next(s for s in up["saes"] if s["sae_id"] == "sae-a")
+        refused = subprocess.run(
+            ["curl", "--silent", "--write-out", "%{http_code}", "--output", "/dev/null",
+             "--cert", str(workdir / sae_entry["cert"]), "--key", str(workdir / sae_entry["key"]),
+             "--cacert", str(workdir / sae_entry["ca_cert"]), f"{urls['kme-a']}/metrics"],
+            capture_output=True, text=True, timeout=30)
+        assert refused.stdout == "403"
+        alarms = _run("alarm", "list", "--from-up", str(up_file), "--format", "json",
+                      cwd=tmp_path)
+        assert alarms.returncode == 0, alarms.stderr
+        states = {(k["kme_id"], link["link_id"]): link["state"]
+                  for k in json.loads(alarms.stdout)["kmes"] for link in k["links"]}
+        assert set(states) == {("kme-a", "link-ab"), ("kme-b", "link-ab")}
+        assert set(states.values()) <= {"ok", "pool_full"}
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
     finally:
@@ -107,6 +130,8 @@ def test_corridor_up_delivers_the_same_key_at_both_kmes_and_stops_cleanly(
     assert "curl --cert" in stdout and "dec_keys?key_ID=KEY_ID" in stdout
     assert "stopped cleanly (SIGTERM)" in stdout
     assert "pools(keys):" in stdout  # plain status lines when stdout is not a terminal
+    assert "link-ab: state=" in stdout
+    assert "corridor alarm list --from-up" in stdout and "/metrics" in stdout
     verifiers = [subprocess.Popen([*CORRIDOR, "audit", "verify", str(workdir / kme["audit_log"]),
                                    "--kek-file", str(workdir / kme["kek_file"])],
                                   cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,

@@ -28,6 +28,7 @@ from corridor.kms.store_sqlite import SqliteKeyStore
 from corridor.kms.tls import bind_socket, client_ssl_context, running_server
 
 KME_A, KME_B = "kme-a", "kme-b"
+OPERATOR = "ops"
 LINK_ID = "link-ab"
 ODD_SAE_ID = "sae/β?#%&=x"
 # sae-a, sae-a2 at KME A; sae-b, sae-c and the odd one at KME B. sae-c is never named as
@@ -65,8 +66,10 @@ class Deployment:
                          expected_kme_id=kme)
 
     def raw(self, cert_owner: str, *, kme_id: str, role: str = "sae") -> httpx.Client:
-        """A plain httpx client presenting ``cert_owner``'s certificate (SAE or KME)."""
-        paths = (self.pki.saes if role == "sae" else self.pki.kmes)[cert_owner]
+        """A plain httpx client presenting ``cert_owner``'s certificate (``role``: sae,
+        kme or operator)."""
+        paths = {"sae": self.pki.saes, "kme": self.pki.kmes,
+                 "operator": self.pki.operators}[role][cert_owner]
         context = client_ssl_context(paths.cert, paths.key, self.pki.ca_cert)
         return httpx.Client(base_url=self.urls[kme_id], verify=context, timeout=10)
 
@@ -80,10 +83,12 @@ class Deployment:
 
 @contextmanager
 def two_kme_deployment(root: Path, *, config: dict[str, Any] | None = None,
-                       with_metrics: bool = False) -> Iterator[Deployment]:
-    """Start KME A and KME B (SQLite stores under ``root``) and stop them on exit."""
+                       with_metrics: bool = False,
+                       alarm_desks: dict[str, Any] | None = None) -> Iterator[Deployment]:
+    """Start KME A and KME B (SQLite stores under ``root``) and stop them on exit;
+    ``alarm_desks`` (by KME ID) enables the operator's alarm routes."""
     pki = init_pki(root / "pki", [KME_A, KME_B, "kme-c"],
-                   [(sae, kme) for sae, kme in SAES.items()])
+                   [(sae, kme) for sae, kme in SAES.items()], operators=[OPERATOR])
     directory = SaeDirectory(SAES, {LINK_ID: (KME_A, KME_B)})
     settings = {"key_size_bits": 256, "min_key_size_bits": 64, "max_key_size_bits": 1024,
                 "max_key_per_request": 128, "max_key_count": 100_000, **(config or {})}
@@ -109,7 +114,8 @@ def two_kme_deployment(root: Path, *, config: dict[str, Any] | None = None,
                 app_metrics = metrics[kme] = KmsMetrics()
             app = create_app(managers[kme], metrics=app_metrics,
                              peer_acceptor=managers[kme].accept_reservations,
-                             peer_sync=managers[kme].accept_sync)
+                             peer_sync=managers[kme].accept_sync,
+                             alarms=(alarm_desks or {}).get(kme))
             paths = pki.kmes[kme]
             stack.enter_context(running_server(app, paths.cert, paths.key, pki.ca_cert,
                                                sock=sockets[kme]))

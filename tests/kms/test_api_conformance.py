@@ -26,6 +26,7 @@ from tests.kms.mtls_harness import (
     KME_B,
     LINK_ID,
     ODD_SAE_ID,
+    OPERATOR,
     fingerprint,
     fingerprints,
     two_kme_deployment,
@@ -86,10 +87,25 @@ def _assert_bodiless_401(response: httpx.Response) -> None:
 
 
 def test_01_no_client_certificate_is_refused(dep, sae_a) -> None:
+    # The handshake completes without a client certificate (CERT_OPTIONAL) so that the
+    # caller learns what is missing; every ETSI call answers the bodiless 401, with the
+    # explanation in WWW-Authenticate, and nothing is reserved or delivered.
     before = _stored(sae_a)
     context = ssl.create_default_context(cafile=str(dep.pki.ca_cert))
-    with httpx.Client(verify=context) as anonymous, pytest.raises(httpx.TransportError):
-        anonymous.post(dep.urls[KME_A] + ENC, json={})
+    with httpx.Client(verify=context, base_url=dep.urls[KME_A]) as anonymous:
+        for response in (anonymous.post(ENC, json={}), anonymous.get(ENC),
+                         anonymous.get("/api/v1/keys/sae-b/status"),
+                         anonymous.get("/api/v1/keys/sae-b/dec_keys",
+                                       params={"key_ID": str(uuid.uuid4())}),
+                         anonymous.post("/kme/v1/reservations", json={"runs": []}),
+                         anonymous.post("/kme/v1/sync", json={"withdrawn_key_ids": []})):
+            _assert_bodiless_401(response)
+            assert "client certificate required" in response.headers["www-authenticate"]
+        # Other paths say it in an Error body.
+        for path in ("/metrics", "/openapi.json", "/nonsense"):
+            _assert_error_body(anonymous.get(path), 401,
+                               "client certificate required: pass --cert/--key issued by "
+                               "this corridor's CA")
     assert _stored(sae_a) == before
 
 
@@ -386,8 +402,30 @@ def test_unknown_paths_and_methods_answer_with_an_error_body(raw_a) -> None:
     _assert_error_body(raw_a.delete(ENC), 405)
 
 
-def test_openapi_documents_every_call_with_its_status_codes(raw_a) -> None:
-    document = raw_a.get("/openapi.json").json()
+@pytest.fixture(scope="module")
+def raw_operator(dep):
+    with dep.raw(OPERATOR, kme_id=KME_A, role="operator") as client:
+        yield client
+
+
+def test_metrics_and_openapi_answer_operator_certificates_only(dep, raw_a,
+                                                               raw_operator) -> None:
+    with dep.raw(KME_B, kme_id=KME_A, role="kme") as raw_kme:
+        for client, role in ((raw_a, "sae"), (raw_kme, "kme")):
+            for path in ("/metrics", "/openapi.json"):
+                response = client.get(path)
+                _assert_error_body(response, 403)
+                assert response.json()["message"].startswith("operator certificate required")
+                assert response.json()["details"] == [{"certificate_role": role}]
+    assert raw_operator.get("/metrics").status_code == 200
+    assert raw_operator.get("/openapi.json").json()["info"]["version"] == "1.1.1"
+    # And an operator certificate gets no key: it is not an SAE.
+    _assert_bodiless_401(raw_operator.post(ENC, json={}))
+    _assert_bodiless_401(raw_operator.get("/api/v1/keys/sae-b/status"))
+
+
+def test_openapi_documents_every_call_with_its_status_codes(raw_operator) -> None:
+    document = raw_operator.get("/openapi.json").json()
     paths = document["paths"]
     expected = {"/api/v1/keys/{slave_SAE_ID}/status": {"get"},
                 "/api/v1/keys/{slave_SAE_ID}/enc_keys": {"get", "post"},
@@ -404,16 +442,17 @@ def test_openapi_documents_every_call_with_its_status_codes(raw_a) -> None:
     assert "HTTPValidationError" not in schemas
 
 
-def test_metrics_count_requests_by_endpoint_and_status(dep, raw_a, sae_a) -> None:
+def test_metrics_count_requests_by_endpoint_and_status(dep, raw_a, sae_a,
+                                                       raw_operator) -> None:
     sae_a.get_key("sae-b")  # one announcement from KME A to KME B
     raw_a.post(ENC, json={"size": 129})
     raw_a.get("/api/v1/keys/sae-b/status")
-    text = raw_a.get("/metrics").text
+    text = raw_operator.get("/metrics").text
     assert 'corridor_requests_total{endpoint="enc_keys",method="POST",status="400"}' in text
     assert 'corridor_requests_total{endpoint="status",method="GET",status="200"}' in text
     assert 'corridor_request_duration_seconds_count{endpoint="enc_keys"}' in text
     # The slave KME counted the reservations it accepted from the master KME.
-    with dep.raw("sae-b", kme_id=KME_B) as raw_b:
+    with dep.raw(OPERATOR, kme_id=KME_B, role="operator") as raw_b:
         text_b = raw_b.get("/metrics").text
     assert 'corridor_requests_total{endpoint="reservations",method="POST",status="200"}' in text_b
 

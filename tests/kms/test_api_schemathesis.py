@@ -15,7 +15,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.kms.mtls_harness import KME_A, KME_B, two_kme_deployment
+from tests.kms.mtls_harness import KME_A, KME_B, OPERATOR, two_kme_deployment
 
 MAX_EXAMPLES = 60
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance,
@@ -33,7 +33,8 @@ def dep(tmp_path_factory):
 def sessions(dep):
     """requests sessions with an SAE certificate and with the peer KME's certificate."""
     made = {}
-    for name, paths in (("sae", dep.pki.saes["sae-a"]), ("kme", dep.pki.kmes[KME_B])):
+    for name, paths in (("sae", dep.pki.saes["sae-a"]), ("kme", dep.pki.kmes[KME_B]),
+                        ("operator", dep.pki.operators[OPERATOR])):
         session = requests.Session()
         # Otherwise REQUESTS_CA_BUNDLE from the environment silently replaces session.verify.
         session.trust_env = False
@@ -47,7 +48,7 @@ def sessions(dep):
 
 @pytest.fixture(scope="module")
 def kme_schema(dep, sessions):
-    document = sessions["sae"].get(dep.urls[KME_A] + "/openapi.json", timeout=10).json()
+    document = sessions["operator"].get(dep.urls[KME_A] + "/openapi.json", timeout=10).json()
     return schemathesis.openapi.from_dict(document)
 
 

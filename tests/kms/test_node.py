@@ -108,6 +108,9 @@ def test_corridor_serves_keys_and_survives_a_restart(tmp_path: Path, keys_dir: P
         assert all((workdir / s[name]).is_file() for s in up["saes"]
                    for name in ("cert", "key", "ca_cert"))
         assert oct((workdir / up["saes"][0]["key"]).stat().st_mode & 0o777) == "0o600"
+        [operator] = up["operators"]
+        assert operator["name"] == "operator"
+        assert all((workdir / operator[name]).is_file() for name in ("cert", "key", "ca_cert"))
         sae_a, sae_b = _clients(corridor)
         with sae_a, sae_b:
             _wait_for_keys(sae_a, "sae-b")
@@ -124,8 +127,8 @@ def test_corridor_serves_keys_and_survives_a_restart(tmp_path: Path, keys_dir: P
         assert node.kek_path is not None
         pki = corridor.pki
         assert pki is not None
-        context = client_ssl_context(pki.kmes["kme-b"].cert, pki.kmes["kme-b"].key,
-                                     pki.ca_cert)
+        context = client_ssl_context(pki.operators["operator"].cert,
+                                     pki.operators["operator"].key, pki.ca_cert)
         with httpx.Client(verify=context) as http:
             metrics = http.get(f"{node.url}/metrics").text
         assert 'corridor_pool_stored_keys{direction="A->B",kme_id="kme-a",link_id="link-ab"}' \
@@ -219,6 +222,58 @@ def test_a_broken_audit_chain_stops_the_kme_unless_an_operator_accepts_it(
     assert len(accepted) == 1
     assert accepted[0]["fields"]["operator_reason"] == "restored from backup"
     assert accepted[0]["fields"]["first_bad_seq"] == 2
+
+
+def test_status_tells_a_full_pool_from_a_dead_link(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    data = os.urandom(6 * 1024)  # six blocks of 1024 bytes: two fit, then the pools are full
+    (keys / "alice.bin").write_bytes(data)
+    (keys / "bob.bin").write_bytes(data)
+    spec_data = _spec_data(keys)
+    spec_data["kme"] = {"max_key_count": 40}  # 40 keys of 32 bytes: 1280 bytes per pool
+    spec = parse_corridor(spec_data)
+    with Corridor(spec, tmp_path / "run", host="127.0.0.1") as corridor:
+        def link_state() -> str:
+            [link] = corridor.status()["links"]
+            return str(link["state"])
+
+        deadline = time.monotonic() + 20.0
+        while link_state() != "pool_full":
+            assert link_state() in ("starting", "ok"), corridor.status()
+            assert time.monotonic() < deadline, corridor.status()
+            time.sleep(0.05)
+        [link] = corridor.status()["links"]
+        assert link["halves_dropped_full"] > 0 and not link["quarantined"]
+        assert link["last_block_age_s"] is not None
+        # The operator endpoint of either KME reads the same state.
+        pki = corridor.pki
+        assert pki is not None
+        operator = pki.operators["operator"]
+        from corridor.kms.client import OperatorClient
+
+        with OperatorClient(corridor.nodes["kme-b"].url or "", operator.cert, operator.key,
+                            pki.ca_cert, expected_kme_id="kme-b") as ops:
+            [seen] = ops.alarms()["links"]
+        assert seen["link_id"] == LINK and seen["state"] in ("pool_full", "dead")
+        # Once the recorded file is used up no block comes any more: the link is dead,
+        # whatever the pools hold.
+        deadline = time.monotonic() + 30.0
+        while link_state() != "dead":
+            assert time.monotonic() < deadline, corridor.status()
+            time.sleep(0.1)
+        assert corridor.status()["links"][0]["stopped_reason"] == "source_finished"
+
+
+def test_a_pki_from_before_operators_gets_an_operator_certificate(tmp_path: Path) -> None:
+    from corridor.kms.node import ensure_pki
+    from corridor.kms.pki import init_pki
+
+    spec = load_corridor(None)
+    init_pki(tmp_path / "pki", list(spec.kmes), list(spec.saes.items()))
+    layout = ensure_pki(spec, tmp_path / "pki")
+    assert list(layout.operators) == ["operator"]
+    assert "operator" in json.loads((tmp_path / "pki" / "pki.json").read_text())["operators"]
 
 
 def test_a_store_restored_from_an_older_copy_is_refused(tmp_path: Path, keys_dir: Path) -> None:

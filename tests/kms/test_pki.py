@@ -21,9 +21,11 @@ from corridor.cli import app
 from corridor.errors import ParameterError
 from corridor.kms.pki import (
     ROLE_KME,
+    ROLE_OPERATOR,
     ROLE_SAE,
     CertificateIdentityError,
     Identity,
+    add_operator,
     create_ca,
     identity_from_certificate,
     identity_from_der,
@@ -212,3 +214,55 @@ def test_cli_init_writes_the_pki_and_reports_json(tmp_path: Path) -> None:
                                    "kme-a", "--sae", "sae-without-kme"])
     assert bad.exit_code == 2
     assert "SAE_ID@KME_ID" in bad.output
+
+
+def test_operator_certificates_carry_the_operator_role_for_client_auth_only(
+        tmp_path: Path) -> None:
+    layout = init_pki(tmp_path / "pki", ["kme-a"], [("sae-a", "kme-a")],
+                      operators=["alice", "night/shift"])
+    ca = _load(layout.ca_cert)
+    assert set(layout.operators) == {"alice", "night/shift"}
+    for name, paths in layout.operators.items():
+        cert = _load(paths.cert)
+        cert.verify_directly_issued_by(ca)
+        assert identity_from_certificate(cert) == Identity(ROLE_OPERATOR, name)
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert list(usages) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+        assert paths.cert.parent == layout.root / "operator" / name.replace("/", "%2F")
+        assert _mode(paths.key) == 0o600
+    manifest = json.loads((layout.root / "pki.json").read_text())
+    assert manifest["operators"]["alice"] == {"cert": "operator/alice/cert.pem",
+                                              "key": "operator/alice/key.pem"}
+    # An operator name on a server certificate is refused, like an SAE's.
+    server = _custom_cert(create_ca(), uris=[identity_uri(ROLE_OPERATOR, "alice")],
+                          usages=[ExtendedKeyUsageOID.SERVER_AUTH,
+                                  ExtendedKeyUsageOID.CLIENT_AUTH])
+    with pytest.raises(CertificateIdentityError, match="key usage"):
+        identity_from_certificate(server)
+
+
+def test_operator_names_are_checked(tmp_path: Path) -> None:
+    for names in (["a", "a"], ["x" * 65], [""], ["two words\n"]):
+        with pytest.raises(ParameterError, match="--operator"):
+            init_pki(tmp_path / "pki", ["kme-a"], [], operators=names)
+
+
+def test_an_operator_can_be_added_to_an_existing_pki(layout) -> None:
+    grown = add_operator(layout, "late-operator")
+    assert identity_from_certificate(_load(grown.operators["late-operator"].cert)) == \
+        Identity(ROLE_OPERATOR, "late-operator")
+    manifest = json.loads((layout.root / "pki.json").read_text())
+    assert set(manifest["operators"]) == {"late-operator"}
+    assert set(manifest["saes"]) == set(layout.saes)
+
+
+def test_cli_init_issues_operator_certificates(tmp_path: Path) -> None:
+    out = tmp_path / "pki"
+    result = CliRunner().invoke(app, ["pki", "init", "--out", str(out), "--kme", "kme-a",
+                                      "--operator", "alice", "--operator", "bob",
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report["operators"]) == {"alice", "bob"}
+    assert identity_from_certificate(_load(out / report["operators"]["bob"]["cert"])) == \
+        Identity(ROLE_OPERATOR, "bob")

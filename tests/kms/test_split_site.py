@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from corridor.errors import CorridorError, ParameterError
-from corridor.kms.client import SaeClient
+from corridor.kms.client import OperatorClient, SaeClient
 from corridor.kms.config import DIRECTIONS
 from corridor.kms.manager import KeyManager
 from corridor.kms.node import KmeNode, ensure_pki, own_link_feeders, parse_corridor
@@ -284,7 +284,8 @@ kme = "kme-a"
 id = "sae-b"
 kme = "kme-b"
 ''')
-    pki = init_pki(tmp_path / "pki", list(ports), [("sae-a", "kme-a"), ("sae-b", "kme-b")])
+    pki = init_pki(tmp_path / "pki", list(ports), [("sae-a", "kme-a"), ("sae-b", "kme-b")],
+                   operators=["ops"])
     corridor = str(Path(sys.executable).parent / "corridor")
     processes: dict[str, subprocess.Popen[str]] = {}
     logs = {kme: tmp_path / f"{kme}.log" for kme in ports}
@@ -316,6 +317,14 @@ kme = "kme-b"
         assert [k.key for k in again] == [k.key for k in issued]
         for client in clients.values():
             client.close()
+        # Each process judges its own side of the link: both KMEs answer for it.
+        for kme, port in ports.items():
+            with OperatorClient(f"https://127.0.0.1:{port}", pki.operators["ops"].cert,
+                                pki.operators["ops"].key, pki.ca_cert,
+                                expected_kme_id=kme) as ops:
+                [link_seen] = ops.alarms()["links"]
+            assert link_seen["link_id"] == LINK and link_seen["fed_here"], link_seen
+            assert link_seen["state"] in ("ok", "pool_full") and not link_seen["alarms"]
     finally:
         codes = {}
         for kme, process in processes.items():

@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "pki",       # corridor pki init
     "sae",       # corridor sae status|get-key|get-key-with-id
     "audit",     # corridor audit verify|export
+    "alarm",     # corridor alarm list|clear
     "kme",       # corridor kme serve
     "up",        # corridor up
 )

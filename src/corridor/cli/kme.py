@@ -60,7 +60,7 @@ def serve_command(
 ) -> None:
     """Serve one KME over mutual TLS and feed it from its side of each of its links."""
     # The KMS stack is imported when a KME runs, not by every `corridor` invocation.
-    from corridor.kms.node import KmeNode, load_corridor, load_pki, own_link_feeders
+    from corridor.kms.node import KmeNode, load_corridor, load_pki, monitor_for, own_link_feeders
     from corridor.kms.source import LinkFeeder
 
     with handle_errors():
@@ -86,7 +86,11 @@ def serve_command(
             url = node.start()
             manager = node.manager
             assert manager is not None
-            found, skipped = own_link_feeders(spec, kme, manager, node.events)
+            # This process's own monitor judges its side of each link: alarms live here,
+            # and `corridor alarm clear` at this KME clears them here.
+            monitor = monitor_for(spec, node.events)
+            found, skipped = own_link_feeders(spec, kme, manager, node.events, monitor)
+            node.alarm_desk.attach(monitor, {f.link_id: f for f in found})
             for link_id in skipped:
                 err_console.print(
                     f"link {link_id}: a simulated link needs channel_listen, channel_address "

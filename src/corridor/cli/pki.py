@@ -1,4 +1,5 @@
-"""``corridor pki init``: a local CA and the KME and SAE certificates of a deployment."""
+"""``corridor pki init``: a local CA and the KME, SAE and operator certificates of a
+deployment."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def init_command(
     sae: Annotated[list[str] | None, typer.Option(
         "--sae", help="SAE_ID@KME_ID: an SAE and the KME it is attached to (repeatable).")
     ] = None,
+    operator: Annotated[list[str] | None, typer.Option(
+        "--operator", help="An operator name: a certificate that reads /metrics and the "
+        "OpenAPI document and lists and clears alarms (repeatable).")] = None,
     host: Annotated[list[str] | None, typer.Option(
         "--host", help="Host name or IP address KMEs are reached at (repeatable; "
                        "default localhost, 127.0.0.1, ::1).")] = None,
@@ -30,14 +34,16 @@ def init_command(
     output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")
                       ] = OutputFormat.table,
 ) -> None:
-    """Create a CA, a certificate per KME (server and client) and per SAE (client).
+    """Create a CA, a certificate per KME (server and client), per SAE and per operator
+    (client).
 
     Private keys are written with mode 0600 in directories with mode 0700; the
     manifest pki.json lists every file.
     """
     with handle_errors():
         saes = [parse_sae_spec(spec) for spec in (sae or [])]
-        layout = init_pki(out, kme, saes, hosts=tuple(host) if host else DEFAULT_KME_HOSTS,
+        layout = init_pki(out, kme, saes, operators=list(operator or []),
+                          hosts=tuple(host) if host else DEFAULT_KME_HOSTS,
                           force=force, validity_days=validity_days)
     if output == OutputFormat.json:
         emit_json({"root": str(layout.root), **layout.to_json()})
@@ -48,6 +54,8 @@ def init_command(
     for sae_id, paths in layout.saes.items():
         console.print(f"SAE {sae_id} @ {layout.sae_kme[sae_id]}: {paths.cert} (key {paths.key})",
                       highlight=False)
+    for name, paths in layout.operators.items():
+        console.print(f"operator {name}: {paths.cert} (key {paths.key})", highlight=False)
     console.print(f"Manifest: {layout.root / 'pki.json'}")
 
 

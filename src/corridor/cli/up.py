@@ -88,6 +88,29 @@ def key_commands(corridor: Corridor) -> list[str]:
     ]
 
 
+def operator_commands(corridor: Corridor) -> list[str]:
+    """The operator's commands: link states and alarms, and the metrics of the first KME
+    with the operator certificate of ``corridor-up.json``."""
+    pki = corridor.pki
+    assert pki is not None
+    up = shlex.quote(_shown(corridor.up_file))
+    commands = [f"corridor alarm list --from-up {up}"]
+    if pki.operators and corridor.nodes:
+        paths = next(iter(pki.operators.values()))
+        url = next(iter(corridor.nodes.values())).url
+        commands.append(f"curl --cert {shlex.quote(_shown(paths.cert))} "
+                        f"--key {shlex.quote(_shown(paths.key))} "
+                        f"--cacert {shlex.quote(_shown(pki.ca_cert))} "
+                        f"{shlex.quote(f'{url}/metrics')}")
+    return commands
+
+
+#: How each link state reads in the live status (corridor.kms.operator).
+STATE_TEXT = {"ok": ("ok", ""), "starting": ("starting", "yellow"),
+              "pool_full": ("pool full (SAEs not fetching)", "yellow"),
+              "quarantined": ("quarantined", "bold red"), "dead": ("LINK DEAD", "bold red")}
+
+
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -104,21 +127,23 @@ def status_table(corridor: Corridor) -> Group:
                       pool["link_id"], pool["direction"], pool["role"],
                       f"{pool['stored_keys']:,}", f"{pool['max_keys']:,}")
     links = Table(title="links", title_justify="left")
-    for column in ("link", "QBER", "key rate (model)", "stored (wall)", "blocks stored",
-                   "aborted", "quarantined", "alarms"):
+    for column in ("link", "state", "QBER", "key rate (model)", "stored (wall)",
+                   "blocks stored", "aborted", "last block", "alarms"):
         links.add_column(column)
     for link in status["links"]:
         alarms = ", ".join(f"{a['kind']}:{a['reason']}" for a in link["alarms"]) or "none"
         if link["stopped_reason"]:
             alarms += f" (feed stopped: {link['stopped_reason']})"
         rate = link["last_key_rate_bits_per_second"]
-        links.add_row(link["link_id"], _fmt(link["last_qber"], ".4f"),
+        state, style = STATE_TEXT.get(link["state"], (link["state"], ""))
+        age = link["last_block_age_s"]
+        links.add_row(link["link_id"], Text(state, style=style), _fmt(link["last_qber"], ".4f"),
                       "-" if rate is None else f"{rate / 1e3:,.1f} kbit/s",
                       f"{link['stored_bits_per_second_wall'] / 1e3:,.1f} kbit/s",
                       str(link["blocks_stored"]),
                       f"{link['blocks_aborted']}" + (f" (last: {link['last_abort_reason']})"
                                                      if link["last_abort_reason"] else ""),
-                      "yes" if link["quarantined"] else "no",
+                      "-" if age is None else f"{age:,.0f} s ago",
                       Text(alarms, style="bold red" if link["alarms"] else ""))
     return Group(pools, links)
 
@@ -129,7 +154,7 @@ def status_line(corridor: Corridor) -> str:
     pools = " ".join(f"{p['kme_id']}/{p['direction']}={p['stored_keys']}"
                      for p in status["pools"])
     links = " ".join(
-        f"{link['link_id']}: qber={_fmt(link['last_qber'], '.4f')} "
+        f"{link['link_id']}: state={link['state']} qber={_fmt(link['last_qber'], '.4f')} "
         f"blocks_stored={link['blocks_stored']} aborted={link['blocks_aborted']} "
         f"quarantined={'yes' if link['quarantined'] else 'no'} "
         f"alarms={len(link['alarms'])}"
@@ -156,6 +181,10 @@ def _describe_start(corridor: Corridor, spec: CorridorSpec) -> None:
                       highlight=False, soft_wrap=True)
         for command in commands:
             console.print(f"  {command}", highlight=False, markup=False, soft_wrap=True)
+    console.print("operator (link states, alarms, metrics; operator certificate in "
+                  f"{_shown(corridor.up_file)}):", highlight=False, soft_wrap=True)
+    for command in operator_commands(corridor):
+        console.print(f"  {command}", highlight=False, markup=False, soft_wrap=True)
     console.print("stop with Ctrl-C (or SIGTERM)", highlight=False)
 
 
@@ -264,5 +293,5 @@ def register(app: typer.Typer) -> None:
     app.command("up")(up_command)
 
 
-__all__ = ["default_workdir", "key_commands", "register", "status_line", "status_table",
-           "up_command"]
+__all__ = ["default_workdir", "key_commands", "operator_commands", "register", "status_line",
+           "status_table", "up_command"]

@@ -54,6 +54,7 @@ event on the sink (audit log and metrics): ``link_alarm_raised``, ``link_quarant
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import threading
@@ -65,6 +66,8 @@ from typing import Any
 
 from corridor.errors import ParameterError
 from corridor.kms.interface import EventSink
+
+_log = logging.getLogger(__name__)
 
 ESTIMATION_REASONS = frozenset({
     "qber_above_threshold", "single_photon_bound_too_low", "phase_error_bound_too_high",
@@ -281,18 +284,29 @@ class LinkMonitor:
             return BlockVerdict(ingest=ingest, outcome=outcome, quarantined=state.quarantined,
                                 alarms_raised=tuple(raised))
 
-    def clear(self, link_id: str, operator: str) -> bool:
-        """An operator lifts every alarm of ``link_id``; False if there was none."""
+    def clear(self, link_id: str, operator: str, *, reason: str | None = None) -> bool:
+        """An operator lifts every alarm of ``link_id``; False if there was none.
+
+        ``reason`` (the operator's words, required by the operator endpoints and
+        ``corridor alarm clear``) goes into the ``link_cleared`` event and the log.
+        """
         _check_text("link_id", link_id)
         _check_text("operator", operator, 64)
+        if reason is not None:
+            _check_text("reason", reason, 256)
         with self._lock:
             state = self._links.get(link_id)
             if state is None or not state.alarms:
                 return False
             cleared = [alarm.alarm_id for alarm in state.alarms]
+            kinds = sorted({alarm.kind for alarm in state.alarms})
             self._release(state)
+            detail = {} if reason is None else {"operator_reason": reason}
             self.event_sink.emit(EVENT_CLEARED, link_id=link_id, operator=operator,
-                                 alarm_ids=cleared, active_alarms=0)
+                                 alarm_ids=cleared, active_alarms=0, **detail)
+            _log.warning("link %s: operator %s cleared %d alarm(s) (%s), quarantine lifted; "
+                         "reason: %s", link_id, operator, len(cleared), ", ".join(kinds),
+                         reason if reason is not None else "(none given)")
             return True
 
     # -- internals (called under the lock) -------------------------------------
@@ -346,6 +360,9 @@ class LinkMonitor:
                                  alarm_ids=cleared, good_blocks=streak,
                                  recovery_qber_threshold=self.recovery_qber_threshold,
                                  active_alarms=0)
+            _log.warning("link %s recovered at block %d after %d good blocks (QBER <= %.4f): "
+                         "%d alarm(s) lifted, keys flow again", link_id, block_id, streak,
+                         self.recovery_qber_threshold, len(cleared))
         return raised
 
     def _raise(self, link_id: str, block_id: int, state: _LinkState, kind: str, reason: str,
@@ -361,10 +378,15 @@ class LinkMonitor:
         self.event_sink.emit(EVENT_ALARM_RAISED, link_id=link_id, alarm_id=alarm.alarm_id,
                              kind=kind, reason=reason, block_id=block_id, latched=latched,
                              active_alarms=len(state.alarms), **detail)
+        _log.warning("link %s: alarm %s (%s) raised at block %d%s", link_id, kind, reason,
+                     block_id, ", latched until an operator clears it (corridor alarm clear)"
+                     if latched else "")
         if not was_quarantined:
             self.event_sink.emit(EVENT_QUARANTINED, link_id=link_id, alarm_id=alarm.alarm_id,
                                  kind=kind, reason=reason, block_id=block_id,
                                  active_alarms=len(state.alarms))
+            _log.warning("link %s quarantined at block %d (%s: %s): its blocks no longer "
+                         "enter the key pools", link_id, block_id, kind, reason)
         return [alarm]
 
     def _release(self, state: _LinkState) -> None:

@@ -7,15 +7,23 @@
 - ``GET|POST /api/v1/keys/{slave_SAE_ID}/enc_keys`` (GET with ``?number=&size=``)
 - ``GET|POST /api/v1/keys/{master_SAE_ID}/dec_keys`` (GET with one ``?key_ID=``)
 - ``POST /kme/v1/reservations``: the peer KME announces reservations (KME certs only)
-- ``GET /metrics`` (Prometheus text, when a metrics object is given) and
-  ``GET /openapi.json``.
+- operator certificates only: ``GET /metrics`` (Prometheus text, when a metrics object
+  is given), ``GET /openapi.json``, and, when an :class:`~corridor.kms.operator.AlarmDesk`
+  is given, ``GET /operator/v1/alarms`` and ``POST /operator/v1/alarms/{link_id}/clear``.
 
 The caller's identity comes only from the verified TLS client certificate that
 :mod:`corridor.kms.tls` puts into ``scope["extensions"]["tls"]`` (never from a header or
-the body); SAE routes demand an SAE certificate, the reservation route a KME one.
-Status codes are exactly the interface's: 200 with a body, 400 with an Error body
-(also for malformed JSON, wrong types and bodies over :data:`MAX_BODY_BYTES`: FastAPI's
-422 is mapped to 400), 401 with no body, 503 with an Error body.
+the body); SAE routes demand an SAE certificate, the reservation route a KME one, the
+operator routes an operator one. A request without a verified Corridor certificate (the
+TLS server accepts a handshake without a client certificate, so that such a caller gets
+an answer rather than a dropped connection) never reaches a route: the ETSI GS QKD 014
+and KME-to-KME paths answer 401 with no body and a ``WWW-Authenticate`` header saying
+what is missing, every other path 401 with an Error body saying the same. A verified
+SAE or KME certificate on an operator route gets 403 with an Error body.
+Status codes of the ETSI routes are exactly the interface's: 200 with a body, 400 with
+an Error body (also for malformed JSON, wrong types and bodies over
+:data:`MAX_BODY_BYTES`: FastAPI's 422 is mapped to 400), 401 with no body, 503 with an
+Error body.
 
 :class:`HttpsPeerLink` is the master KME's side of the reservation call: a
 :class:`~corridor.kms.interface.PeerLink` over ``http.client`` with mutual TLS that talks only to
@@ -60,8 +68,10 @@ from corridor.kms.interface import (
     UnauthorizedError,
 )
 from corridor.kms.manager import PeerUnreachableError
+from corridor.kms.operator import AlarmDesk, UnknownLinkError
 from corridor.kms.pki import (
     ROLE_KME,
+    ROLE_OPERATOR,
     ROLE_SAE,
     CertificateIdentityError,
     Identity,
@@ -80,6 +90,14 @@ MSG_BODY_TOO_LARGE = "request body too large"
 MAX_BODY_BYTES = 1 << 20
 MSG_PEER_UNREACHABLE = "peer KME unreachable"
 MSG_PEER_REFUSED = "peer KME refused the reservation"
+OPERATOR_PREFIX = "/operator/v1"
+MSG_CLIENT_CERT_REQUIRED = ("client certificate required: pass --cert/--key issued by this "
+                            "corridor's CA")
+#: On a bodiless 401 (RFC 9110 asks for the header; ETSI GS QKD 014 for no body).
+WWW_AUTHENTICATE = f'MutualTLS realm="corridor", error="{MSG_CLIENT_CERT_REQUIRED}"'
+MSG_OPERATOR_REQUIRED = ("operator certificate required: this path serves operator "
+                         "certificates only (corridor pki init --operator NAME; corridor up "
+                         "writes one, see corridor-up.json)")
 
 IdentityResolver = Callable[[Mapping[str, Any]], Identity | None]
 PeerAcceptor = Callable[[str, list[Reservation]], None]
@@ -288,6 +306,14 @@ def _unauthorized() -> Response:
     return Response(status_code=401)
 
 
+KME_TO_KME_PREFIX = "/kme/v1/"
+
+
+def _is_etsi_path(path: str) -> bool:
+    """ETSI GS QKD 014 and KME-to-KME paths: their 401 carries no body."""
+    return path.startswith(API_PREFIX + "/") or path.startswith(KME_TO_KME_PREFIX)
+
+
 def _keys_body(keys: Sequence[DeliveredKey]) -> dict[str, Any]:
     return {"keys": [{"key_ID": k.key_id, "key": base64.b64encode(k.key).decode("ascii")}
                      for k in keys]}
@@ -400,6 +426,30 @@ class _BodyLimitMiddleware:
                 await self._refuse(send)
 
 
+class _ClientCertificateMiddleware:
+    """No request without a verified Corridor certificate reaches a route: ETSI paths get
+    the bodiless 401 (with ``WWW-Authenticate``), every other path a 401 Error body."""
+
+    def __init__(self, app: Any, identity: IdentityResolver) -> None:
+        self.app = app
+        self.identity = identity
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or self.identity(scope) is not None:
+            await self.app(scope, receive, send)
+            return
+        headers = [(b"www-authenticate", WWW_AUTHENTICATE.encode())]
+        if _is_etsi_path(scope["path"]):
+            body = b""
+            headers.append((b"content-length", b"0"))
+        else:
+            body = json.dumps({"message": MSG_CLIENT_CERT_REQUIRED, "details": []}).encode()
+            headers += [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def _endpoint_label(path: str) -> str:
     if path.startswith(API_PREFIX + "/"):
         for name in ("status", "enc_keys", "dec_keys"):
@@ -413,6 +463,8 @@ def _endpoint_label(path: str) -> str:
         return "metrics"
     if path == "/openapi.json":
         return "openapi"
+    if path.startswith(OPERATOR_PREFIX + "/alarms"):
+        return "operator_alarms"
     return "other"  # keeps label cardinality bounded whatever paths clients send
 
 
@@ -451,20 +503,22 @@ def create_app(service: KeyDeliveryService, *,
                identity: IdentityResolver = identity_from_scope,
                metrics: Any = None,
                peer_acceptor: PeerAcceptor | None = None,
-               peer_sync: PeerSyncAcceptor | None = None) -> FastAPI:
+               peer_sync: PeerSyncAcceptor | None = None,
+               alarms: AlarmDesk | None = None) -> FastAPI:
     """The ETSI GS QKD 014 application of one KME.
 
     ``identity`` reads the caller's identity from the ASGI scope (default: the verified
     client certificate); ``metrics`` (a ``KmsMetrics``) adds ``/metrics`` and request
     counting; ``peer_acceptor(from_kme_id, reservations)`` enables the KME-to-KME route,
-    ``peer_sync(from_kme_id, withdrawn_key_ids, watermarks)`` the KME-to-KME sync.
+    ``peer_sync(from_kme_id, withdrawn_key_ids, watermarks)`` the KME-to-KME sync;
+    ``alarms`` enables the operator's alarm routes.
     """
     app = FastAPI(
         title=f"Corridor KME {service.kme_id}: ETSI GS QKD 014 key delivery",
         version="1.1.1",
         description="ETSI GS QKD 014 V1.1.1 REST key delivery over mutual TLS. The caller's "
                     "SAE ID is taken from its client certificate.",
-        docs_url=None, redoc_url=None,
+        docs_url=None, redoc_url=None, openapi_url=None,
     )
 
     def caller(request: Request, role: str) -> Identity | None:
@@ -612,17 +666,80 @@ def create_app(service: KeyDeliveryService, *,
                 return _error(400, str(exc))
             return _json(200, {"withdrawn": withdrawn, "trimmed_bytes": trimmed})
 
+    def operator_refusal(request: Request) -> tuple[Identity | None, Response | None]:
+        """(operator identity, None), or (None, the 401/403 answer for anyone else)."""
+        who = identity(request.scope)
+        if who is None:
+            return None, _error(401, MSG_CLIENT_CERT_REQUIRED)
+        if who.role != ROLE_OPERATOR:
+            return None, _error(403, MSG_OPERATOR_REQUIRED,
+                                [{"certificate_role": who.role}])
+        return who, None
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_document(request: Request) -> Response:
+        _, refusal = operator_refusal(request)
+        return refusal or _json(200, app.openapi())
+
     if metrics is not None:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         @app.get("/metrics", include_in_schema=False)
         def prometheus_metrics(request: Request) -> Response:
-            if identity(request.scope) is None:
-                return _unauthorized()
-            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+            _, refusal = operator_refusal(request)
+            return refusal or Response(generate_latest(metrics.registry),
+                                       media_type=CONTENT_TYPE_LATEST)
 
-    # Added last = outermost: the metrics see the body-limit refusals too.
+    if alarms is not None:
+        desk = alarms
+        operator_responses: dict[int | str, dict[str, Any]] = {
+            400: {"model": Error, "description": "Bad request (Error body)"},
+            401: {"model": Error, "description": "No verified client certificate"},
+            403: {"model": Error, "description": "Not an operator certificate"},
+        }
+
+        @app.get(OPERATOR_PREFIX + "/alarms", responses={
+            200: {"description": "Each link of this KME: state and active alarms"},
+            **operator_responses},
+            summary="List link states and alarms", operation_id="operator_alarms",
+            tags=["Operator"])
+        def list_alarms(request: Request) -> Response:
+            _, refusal = operator_refusal(request)
+            return refusal or _json(200, {"kme_id": desk.kme_id, "links": desk.links()})
+
+        @app.post(OPERATOR_PREFIX + "/alarms/{link_id:sae_id}/clear", responses={
+            200: {"description": "What was cleared (cleared false: no active alarm here)"},
+            404: {"model": Error, "description": "Not a link of this KME"},
+            **operator_responses},
+            summary="Clear a link's alarms (reason required, audited)",
+            operation_id="operator_clear_alarms", tags=["Operator"],
+            openapi_extra={"requestBody": {"required": True, "content": {
+                "application/json": {"schema": {
+                    "type": "object", "required": ["reason"],
+                    "properties": {"reason": {"type": "string", "minLength": 1,
+                                              "maxLength": 256}}}}}}})
+        async def clear_alarms(request: Request, link_id: str) -> Response:
+            who, refusal = operator_refusal(request)
+            if refusal is not None or who is None:
+                return refusal or _unauthorized()
+            try:
+                body = json.loads(await request.body() or b"null")
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                return _error(400, f"{MSG_INVALID_REQUEST}: body must be a JSON object "
+                                   '{"reason": "..."}')
+            try:
+                result = desk.clear(link_id, who.entity_id, body.get("reason"))
+            except UnknownLinkError as exc:
+                return _error(404, str(exc), [{"field": exc.field}])
+            except ParameterError as exc:
+                return _error(400, str(exc), [{"field": exc.field}])
+            return _json(200, result)
+
+    # Added last = outermost: the metrics see the body-limit and certificate refusals.
     app.add_middleware(_BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(_ClientCertificateMiddleware, identity=identity)
     if metrics is not None:
         app.add_middleware(_RequestMetricsMiddleware, metrics=metrics)
     _document_status_codes(app)

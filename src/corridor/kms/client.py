@@ -7,7 +7,10 @@ certificate identity during the handshake, before a request is sent.
 
 Every non-200 answer raises :class:`KmeResponseError` carrying the status code and the
 Error body; the interface's 401 has no body, and the client does not try to parse one
-(ETSI014.md, "Known trouble"). Keys come back as
+(ETSI014.md, "Known trouble"). A connection that fails raises
+:class:`KmeConnectionError` with one line that says which side refused what
+(:func:`describe_connection_failure`): the KME's certificate not signed by ``--ca``,
+not naming the host or not the expected KME, or the KME refusing our certificate. Keys come back as
 :class:`~corridor.kms.interface.DeliveredKey`, whose ``repr`` never shows key bytes;
 nothing here logs keys.
 """
@@ -16,13 +19,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+import ssl
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from corridor.errors import CorridorError, ParameterError
 from corridor.kms.interface import DeliveredKey, KmeStatus
@@ -55,6 +63,82 @@ class KmeConnectionError(CorridorError):
 
 class KmeProtocolError(CorridorError):
     """The KME's 200 answer does not follow ETSI GS QKD 014."""
+
+
+def _issued_by(cert: PathLike, ca: PathLike) -> bool | None:
+    """Whether ``cert`` is signed by a certificate in ``ca`` (None if unreadable)."""
+    try:
+        leaf = x509.load_pem_x509_certificates(Path(cert).read_bytes())[0]
+        authorities = x509.load_pem_x509_certificates(Path(ca).read_bytes())
+    except (OSError, ValueError):
+        return None
+    for authority in authorities:
+        try:
+            leaf.verify_directly_issued_by(authority)
+            return True
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+    return False
+
+
+def _answers_without_certificate(kme_url: str, ca: PathLike, timeout_s: float) -> bool:
+    """True if the KME completes a handshake and answers HTTP to a caller without a
+    client certificate (it does: 401), i.e. it is up and speaks TLS with our CA."""
+    context = ssl.create_default_context(cafile=str(ca))
+    try:
+        with httpx.Client(verify=context, timeout=timeout_s) as probe:
+            probe.get(kme_url + "/")
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def describe_connection_failure(exc: httpx.HTTPError, kme_url: str, cert: PathLike,
+                                key: PathLike, ca: PathLike, *, timeout_s: float = 5.0) -> str:
+    """One line: what went wrong connecting to ``kme_url`` and what to do."""
+    text = str(exc)
+    if isinstance(exc, httpx.ConnectError):
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            if "mismatch" in text:
+                return (f"the KME's certificate at {kme_url} does not name that host: use the "
+                        "host the KME certificates were issued for (corridor pki init --host)")
+            if "expired" in text:
+                return (f"the KME's certificate at {kme_url} has expired: issue new "
+                        "certificates (corridor pki init)")
+            return (f"the KME's certificate at {kme_url} is not signed by the CA in --ca "
+                    f"{ca}: pass the ca.pem of the corridor that KME belongs to "
+                    "(corridor-up.json: ca_cert)")
+        if "not the expected" in text or "peer certificate" in text:
+            found = re.search(r"identity Identity\(role='(\w+)', entity_id='(.*?)'\) is not "
+                              r"the expected Identity\(role='\w+', entity_id='(.*?)'\)", text)
+            if found:
+                role, actual, wanted = found.groups()
+                return (f"the server at {kme_url} is {role.upper()} {actual!r}, not the "
+                        f"expected KME {wanted!r}: check --kme and --expect-kme "
+                        "(corridor-up.json: kmes[].base_url)")
+            return (f"the server at {kme_url} is not the expected KME: check --kme and "
+                    "--expect-kme")
+        if isinstance(exc.__context__, ssl.SSLError) or "SSL" in text or "alert" in text:
+            pass  # a TLS alert during the handshake: diagnosed below
+        else:
+            return (f"cannot reach KME at {kme_url}: {text or type(exc).__name__}: check the "
+                    "URL and that the KME is running")
+    elif isinstance(exc, httpx.TimeoutException):
+        return (f"KME at {kme_url} did not answer within {timeout_s:g} s "
+                f"({type(exc).__name__}): check the URL, the KME and the network")
+    elif not isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+        return f"cannot reach KME at {kme_url}: {type(exc).__name__}: {text}"
+    # The KME dropped the connection during or right after the handshake: with TLS 1.3
+    # that is how a server refuses the client's certificate.
+    if _issued_by(cert, ca) is False:
+        return (f"the KME at {kme_url} refused our certificate --cert {cert}: it is not "
+                f"issued by the corridor's CA (--ca {ca}); use the certificate of an SAE of "
+                "this corridor (corridor-up.json: saes[].cert)")
+    if _answers_without_certificate(kme_url, ca, timeout_s):
+        return (f"the KME at {kme_url} refused our certificate --cert {cert} (not issued by "
+                "its CA, or expired): use a certificate issued by the KME's CA")
+    return (f"cannot reach KME at {kme_url}: {type(exc).__name__}: {text or 'disconnected'}: "
+            "check the URL and that the KME is running")
 
 
 def _path_id(sae_id: str) -> str:
@@ -121,6 +205,8 @@ class SaeClient:
                                  "ETSI GS QKD 014 runs over TLS only")
         self.kme_url = kme_url.rstrip("/")
         self.expected_kme_id = expected_kme_id
+        self._files = (cert, key, ca)
+        self._timeout_s = timeout_s
         expected = Identity(ROLE_KME, expected_kme_id) if expected_kme_id else None
         context = client_ssl_context(cert, key, ca, expected)
         limits = httpx.Limits(max_connections=max_connections,
@@ -149,8 +235,8 @@ class SaeClient:
         try:
             response = self._client.request(method, path, params=params, json=json_body)
         except httpx.HTTPError as exc:
-            raise KmeConnectionError(
-                f"cannot reach KME at {self.kme_url}: {type(exc).__name__}: {exc}") from None
+            raise KmeConnectionError(describe_connection_failure(
+                exc, self.kme_url, *self._files, timeout_s=self._timeout_s)) from None
         if response.status_code == 200:
             try:
                 return response.json()
@@ -213,3 +299,51 @@ class SaeClient:
         path = f"{API_PREFIX}/{_path_id(master_sae_id)}/dec_keys"
         return parse_keys(self._request(
             "POST", path, json_body={"key_IDs": [{"key_ID": k} for k in ids]}))
+
+
+OPERATOR_PREFIX = "/operator/v1"
+
+
+class OperatorClient:
+    """An operator's connection to one KME (operator certificate; docs/kms-api.md,
+    "Operator endpoints"): link states and alarms, and clearing them with a reason.
+
+    Same transport, checks and errors as :class:`SaeClient` (a refusal raises
+    :class:`KmeResponseError`: 401 without a verified certificate, 403 for a certificate
+    that is not an operator's).
+    """
+
+    def __init__(self, kme_url: str, cert: PathLike, key: PathLike, ca: PathLike,
+                 expected_kme_id: str | None = None, *, timeout_s: float = 10.0) -> None:
+        self._http = SaeClient(kme_url, cert, key, ca, expected_kme_id, timeout_s=timeout_s,
+                               max_connections=2)
+        self.kme_url = self._http.kme_url
+
+    def __repr__(self) -> str:
+        return f"OperatorClient(kme_url={self.kme_url!r})"
+
+    def __enter__(self) -> OperatorClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._http.close()
+
+    def alarms(self) -> dict[str, Any]:
+        """``{"kme_id": ..., "links": [{"link_id", "state", "quarantined", "alarms", ...}]}``."""
+        body = self._http._request("GET", f"{OPERATOR_PREFIX}/alarms")
+        if not isinstance(body, dict) or not isinstance(body.get("links"), list):
+            raise KmeProtocolError("alarm list is not a JSON object with links")
+        return body
+
+    def clear(self, link_id: str, reason: str) -> dict[str, Any]:
+        """Clear every alarm of ``link_id`` at this KME; ``reason`` is audited."""
+        body = self._http._request("POST", f"{OPERATOR_PREFIX}/alarms/{_path_id(link_id)}/clear",
+                                   json_body={"reason": reason})
+        if not isinstance(body, dict) or not isinstance(body.get("cleared"), bool):
+            raise KmeProtocolError("clear answer is not a JSON object with cleared")
+        return body

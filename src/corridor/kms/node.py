@@ -68,7 +68,14 @@ from corridor.kms.limits import (
 )
 from corridor.kms.manager import KeyManager
 from corridor.kms.metrics import KmsMetrics, MetricsEventSink, PoolSample
-from corridor.kms.pki import MANIFEST_NAME, CertificatePaths, PkiLayout, init_pki
+from corridor.kms.operator import DEFAULT_LINK_DEAD_AFTER_S, AlarmDesk, feeder_state
+from corridor.kms.pki import (
+    MANIFEST_NAME,
+    CertificatePaths,
+    PkiLayout,
+    add_operator,
+    init_pki,
+)
 from corridor.kms.quota import QuotaPolicy, SaeQuotas
 from corridor.kms.rejections import RejectionAggregator
 from corridor.kms.source import (
@@ -90,6 +97,8 @@ _log = logging.getLogger(__name__)
 DEFAULT_CORRIDOR_RESOURCE = "default_corridor.toml"
 UP_FILE_NAME = "corridor-up.json"
 LOCK_FILE_NAME = "corridor.lock"
+UP_OPERATOR = "operator"
+"""The operator certificate ``corridor up`` issues (``pki/operator/operator/``)."""
 SOURCE_SIMULATED = "simulated"
 SOURCE_RECORDED = "recorded"
 
@@ -427,15 +436,21 @@ def load_pki(pki_dir: Path) -> PkiLayout:
     return PkiLayout(root=root, ca_cert=root / data["ca_cert"], ca_key=root / "ca.key",
                      kmes={k: paths(v) for k, v in data["kmes"].items()},
                      saes={s: paths(v) for s, v in data["saes"].items()},
-                     sae_kme={s: v["kme_id"] for s, v in data["saes"].items()})
+                     sae_kme={s: v["kme_id"] for s, v in data["saes"].items()},
+                     operators={o: paths(v) for o, v in data.get("operators", {}).items()})
 
 
 def ensure_pki(spec: CorridorSpec, pki_dir: Path) -> PkiLayout:
     """Create the corridor's PKI under ``pki_dir`` on first use, else load it and check it
-    covers every KME and SAE of the corridor."""
+    covers every KME and SAE of the corridor. It holds an operator certificate
+    (:data:`UP_OPERATOR`, for ``/metrics`` and ``corridor alarm``); a PKI made before
+    operators existed gets one issued by its CA."""
     if not (pki_dir / MANIFEST_NAME).exists():
-        return init_pki(pki_dir, list(spec.kmes), list(spec.saes.items()))
+        return init_pki(pki_dir, list(spec.kmes), list(spec.saes.items()),
+                        operators=[UP_OPERATOR])
     layout = load_pki(pki_dir)
+    if not layout.operators and layout.ca_key.exists():
+        layout = add_operator(layout, UP_OPERATOR)
     missing = sorted((set(spec.kmes) - set(layout.kmes)) | (set(spec.saes) - set(layout.saes)))
     if missing:
         raise ParameterError("pki_dir", str(pki_dir),
@@ -497,6 +512,10 @@ class KmeNode:
         self.events: EventSink = FanOutEventSink()
         self.pending_discarded = 0
         self.unfinished_resolved = 0
+        # The operator's view of this KME's links; the monitor judging them and their
+        # feeders are attached once they exist (Corridor.start, `corridor kme serve`).
+        self.alarm_desk = AlarmDesk(kme_id, [link.link_id for link in
+                                             spec.directory().links_of(kme_id)])
         if accept_broken_audit is not None and not accept_broken_audit.strip():
             raise ParameterError("--accept-broken-audit", accept_broken_audit,
                                  "must give the operator's reason")
@@ -611,7 +630,8 @@ class KmeNode:
                 manager.set_peer(peer_id, peer)
             app = create_app(manager, metrics=self.metrics,
                              peer_acceptor=manager.accept_reservations,
-                             peer_sync=manager.accept_sync)
+                             peer_sync=manager.accept_sync,
+                             alarms=self.alarm_desk)
             sock = self._sock if self._sock is not None else bind_socket(self.site.host,
                                                                          self.site.port)
             limits = self._limits or check_file_budget(
@@ -755,14 +775,17 @@ def make_source(link: LinkSite, sides: tuple[str, ...], *,
 
 
 def own_link_feeders(spec: CorridorSpec, kme_id: str, manager: KeyManager,
-                     events: EventSink) -> tuple[list[LinkFeeder], list[str]]:
+                     events: EventSink, monitor: LinkMonitor | None = None,
+                     ) -> tuple[list[LinkFeeder], list[str]]:
     """The feeders of one KME process (``corridor kme serve``): this KME's side of each of
-    its links, one LinkMonitor for them all; not started.
+    its links, one LinkMonitor for them all (``monitor``, default a new one on
+    ``events``); not started.
 
     Returns the feeders and the IDs of the links this process cannot feed (a simulated
     link without a TCP channel runs only in ``corridor up``).
     """
-    monitor = monitor_for(spec, events)
+    if monitor is None:
+        monitor = monitor_for(spec, events)
     feeders: list[LinkFeeder] = []
     skipped: list[str] = []
     for link in spec.links.values():
@@ -840,6 +863,9 @@ class Corridor:
                                     alice.manager, bob.manager, self.monitor,
                                     FanOutEventSink(alice.events, bob.events))
                 self.feeders[link.link_id] = feeder
+            for node in self.nodes.values():
+                node.alarm_desk.attach(self.monitor, self.feeders)
+            for feeder in self.feeders.values():
                 feeder.start()
             self.write_up_file()
         except BaseException:
@@ -891,6 +917,9 @@ class Corridor:
                       "key": rel(self.pki.saes[sae_id].key),
                       "ca_cert": rel(self.pki.ca_cert)}
                      for sae_id, kme_id in self.spec.saes.items()],
+            "operators": [{"name": name, "cert": rel(paths.cert), "key": rel(paths.key),
+                           "ca_cert": rel(self.pki.ca_cert)}
+                          for name, paths in self.pki.operators.items()],
             "links": [{"link_id": link.link_id, "alice_kme": link.alice_kme,
                        "bob_kme": link.bob_kme, "source": link.source,
                        "preset": link.params.name, "length_km": link.params.fibre.length_km}
@@ -905,17 +934,25 @@ class Corridor:
         os.replace(partial, self.up_file)
         return self.up_file
 
-    def status(self) -> dict[str, Any]:
-        """Pools, links (QBER, key rate, alarms) and feeders, as plain data."""
+    def status(self, *, dead_after_s: float = DEFAULT_LINK_DEAD_AFTER_S) -> dict[str, Any]:
+        """Pools, links (state, QBER, key rate, alarms) and feeders, as plain data.
+
+        A link's ``state`` is ``ok``, ``starting``, ``pool_full``, ``quarantined`` or
+        ``dead`` (:mod:`corridor.kms.operator`); ``last_block_age_s`` is None before the
+        first block."""
         links = []
         for link_id, feeder in self.feeders.items():
             health: LinkHealth | None = self.monitor.health(link_id) if self.monitor else None
-            elapsed_s = max(1e-9, time.monotonic() - feeder.stats.started_at_monotonic_s)
+            now = time.monotonic()
+            elapsed_s = max(1e-9, now - feeder.stats.started_at_monotonic_s)
+            quarantined = bool(health and health.quarantined)
+            state, age_s = feeder_state(feeder, quarantined, now_s=now,
+                                        dead_after_s=dead_after_s)
             links.append({
                 "link_id": link_id, **feeder.stats.as_dict(),
-                "running": feeder.running,
+                "running": feeder.running, "state": state, "last_block_age_s": age_s,
                 "stored_bits_per_second_wall": 8 * feeder.stats.bytes_stored / elapsed_s,
-                "quarantined": bool(health and health.quarantined),
+                "quarantined": quarantined,
                 "alarms": [{"kind": a.kind, "reason": a.reason, "latched": a.latched,
                             "block_id": a.block_id}
                            for a in (health.active_alarms if health else ())]})

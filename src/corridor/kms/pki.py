@@ -6,14 +6,18 @@ identity"). This module owns how an identity is written into a certificate and r
 back out of one:
 
 - every certificate carries exactly one URI subject alternative name
-  ``urn:corridor:<role>:<percent-encoded ID>`` with ``role`` either ``kme`` or ``sae``;
+  ``urn:corridor:<role>:<percent-encoded ID>`` with ``role`` one of ``kme``, ``sae``
+  or ``operator`` (a person or tool that reads ``/metrics`` and the OpenAPI document
+  and lists and clears link alarms, docs/kms-api.md "Operator endpoints");
   the percent-encoding lets an SAE ID hold any character (ETSI014.md checklist item 12)
   while the SAN stays ASCII;
 - the extended key usage separates the roles as well: a KME certificate is for server
-  and client authentication (it serves SAEs and calls its peer KME), an SAE certificate
-  for client authentication only. :func:`identity_from_certificate` demands both the
-  URI and the matching key usage, so a KME certificate can never call as an SAE and an
-  SAE certificate can never call as a KME.
+  and client authentication (it serves SAEs and calls its peer KME), an SAE or operator
+  certificate for client authentication only. :func:`identity_from_certificate`
+  demands both the URI and the matching key usage, so a KME certificate can never call
+  as an SAE and an SAE certificate can never call as a KME; the role in the URI keeps
+  SAE and operator certificates apart (an operator certificate never gets a key, an
+  SAE certificate never reads metrics or clears an alarm).
 
 :func:`init_pki` writes a CA and the certificates of a deployment into one directory,
 private keys with mode 0600 inside directories with mode 0700, and refuses to overwrite
@@ -22,6 +26,7 @@ an existing CA unless asked to. Keys are ECDSA P-256 (small, fast TLS handshakes
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import json
@@ -41,15 +46,18 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from corridor.errors import CorridorError, ParameterError
 from corridor.kms.config import check_id
 
-Role = Literal["kme", "sae"]
+Role = Literal["kme", "sae", "operator"]
 ROLE_KME: Role = "kme"
 ROLE_SAE: Role = "sae"
+ROLE_OPERATOR: Role = "operator"
+ROLES: tuple[Role, ...] = (ROLE_KME, ROLE_SAE, ROLE_OPERATOR)
 IDENTITY_URI_PREFIX = "urn:corridor:"
 DEFAULT_VALIDITY_DAYS = 825
 DEFAULT_KME_HOSTS = ("localhost", "127.0.0.1", "::1")
 MANIFEST_NAME = "pki.json"
 CA_CERT_NAME = "ca.pem"
 CA_KEY_NAME = "ca.key"
+MAX_OPERATOR_NAME_CHARS = 64  # the operator's name goes into audit events as it is
 
 
 class CertificateIdentityError(CorridorError):
@@ -58,7 +66,7 @@ class CertificateIdentityError(CorridorError):
 
 @dataclass(frozen=True)
 class Identity:
-    """Who a certificate speaks for: a KME or an SAE, and its ID."""
+    """Who a certificate speaks for: a KME, an SAE or an operator, and its ID (name)."""
 
     role: Role
     entity_id: str
@@ -82,7 +90,7 @@ def identity_uri(role: Role, entity_id: str) -> str:
 def _role_eku_ok(role: Role, usages: set[x509.ObjectIdentifier]) -> bool:
     if role == ROLE_KME:
         return {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= usages
-    # An SAE certificate that could also serve TLS would blur the roles: refuse it.
+    # An SAE or operator certificate that could also serve TLS would blur the roles.
     return usages == {ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
@@ -105,9 +113,9 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity:
             f"certificate must carry exactly one {IDENTITY_URI_PREFIX}<role>:<id> name, "
             f"found {len(uris)}")
     role, sep, encoded = uris[0][len(IDENTITY_URI_PREFIX):].partition(":")
-    if not sep or role not in (ROLE_KME, ROLE_SAE) or not encoded:
+    checked_role = next((r for r in ROLES if r == role), None)
+    if not sep or checked_role is None or not encoded:
         raise CertificateIdentityError(f"malformed identity name {uris[0]!r}")
-    checked_role: Role = ROLE_KME if role == ROLE_KME else ROLE_SAE
     if not _role_eku_ok(checked_role, set(eku)):
         raise CertificateIdentityError(
             f"extended key usage does not match the {role} role")
@@ -196,8 +204,8 @@ def issue_certificate(ca: CertificateAuthority, identity: Identity, *,
     """Issue an end-entity certificate for ``identity`` signed by ``ca``.
 
     KME certificates get server and client authentication and the ``hosts`` as DNS/IP
-    names (what SAEs and the peer KME connect to); SAE certificates get client
-    authentication only.
+    names (what SAEs and the peer KME connect to); SAE and operator certificates get
+    client authentication only.
     """
     validate_entity_id(f"{identity.role}_id", identity.entity_id)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -256,6 +264,7 @@ class PkiLayout:
     kmes: dict[str, CertificatePaths]
     saes: dict[str, CertificatePaths]
     sae_kme: dict[str, str]
+    operators: dict[str, CertificatePaths] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         """The manifest: paths relative to ``root``."""
@@ -266,6 +275,8 @@ class PkiLayout:
             "kmes": {k: {"cert": rel(p.cert), "key": rel(p.key)} for k, p in self.kmes.items()},
             "saes": {s: {"kme_id": self.sae_kme[s], "cert": rel(p.cert), "key": rel(p.key)}
                      for s, p in self.saes.items()},
+            "operators": {o: {"cert": rel(p.cert), "key": rel(p.key)}
+                          for o, p in self.operators.items()},
         }
 
 
@@ -307,14 +318,17 @@ def parse_sae_spec(spec: str) -> tuple[str, str]:
 
 
 def init_pki(out_dir: Path | str, kme_ids: Sequence[str], saes: Sequence[tuple[str, str]], *,
+             operators: Sequence[str] = (),
              hosts: Sequence[str] = DEFAULT_KME_HOSTS, force: bool = False,
              validity_days: int = DEFAULT_VALIDITY_DAYS) -> PkiLayout:
-    """Create a CA and a certificate per KME and per SAE under ``out_dir``.
+    """Create a CA and a certificate per KME, per SAE and per operator under ``out_dir``.
 
     ``saes`` is a list of (SAE ID, KME ID) pairs; every KME ID they name must be in
-    ``kme_ids``. Layout: ``ca.pem``, ``ca.key``, ``kme/<ID>/{cert,key}.pem``,
-    ``sae/<ID>/{cert,key}.pem`` (IDs percent-encoded in file names) and ``pki.json``.
-    Refuses to overwrite an existing CA unless ``force``.
+    ``kme_ids``. ``operators`` are the names of the operator certificates (client
+    authentication, ``urn:corridor:operator:<name>``). Layout: ``ca.pem``, ``ca.key``,
+    ``kme/<ID>/{cert,key}.pem``, ``sae/<ID>/{cert,key}.pem``,
+    ``operator/<name>/{cert,key}.pem`` (IDs percent-encoded in file names) and
+    ``pki.json``. Refuses to overwrite an existing CA unless ``force``.
     """
     root = Path(out_dir).resolve()
     if not kme_ids:
@@ -330,6 +344,13 @@ def init_pki(out_dir: Path | str, kme_ids: Sequence[str], saes: Sequence[tuple[s
         validate_entity_id("sae_id", sae_id)
         if kme_id not in kme_ids:
             raise ParameterError("--sae", f"{sae_id}@{kme_id}", f"a KME among {list(kme_ids)}")
+    for name in operators:
+        validate_entity_id("--operator", name)
+        if len(name) > MAX_OPERATOR_NAME_CHARS:
+            raise ParameterError("--operator", name,
+                                 f"at most {MAX_OPERATOR_NAME_CHARS} characters")
+    if len(set(operators)) != len(operators):
+        raise ParameterError("--operator", list(operators), "distinct operator names")
     if validity_days < 1:
         raise ParameterError("validity_days", validity_days, "at least 1")
     ca_cert_path, ca_key_path = root / CA_CERT_NAME, root / CA_KEY_NAME
@@ -353,7 +374,9 @@ def init_pki(out_dir: Path | str, kme_ids: Sequence[str], saes: Sequence[tuple[s
 
     kmes = {k: write_entity(Identity(ROLE_KME, k)) for k in kme_ids}
     sae_paths = {s: write_entity(Identity(ROLE_SAE, s)) for s, _ in saes}
-    layout = PkiLayout(root, ca_cert_path, ca_key_path, kmes, sae_paths, dict(saes))
+    operator_paths = {o: write_entity(Identity(ROLE_OPERATOR, o)) for o in operators}
+    layout = PkiLayout(root, ca_cert_path, ca_key_path, kmes, sae_paths, dict(saes),
+                       operator_paths)
     _write_public(root / MANIFEST_NAME, json.dumps(layout.to_json(), indent=2).encode())
     return layout
 
@@ -366,6 +389,26 @@ def load_ca(directory: Path | str) -> CertificateAuthority:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ParameterError("ca.key", type(key).__name__, "an EC private key")
     return CertificateAuthority(cert, key)
+
+
+def add_operator(layout: PkiLayout, name: str,
+                 validity_days: int = DEFAULT_VALIDITY_DAYS) -> PkiLayout:
+    """Issue an operator certificate with the CA of ``layout`` (``operator/<name>/``) and
+    rewrite ``pki.json``; returns the new layout. The CA key must be in the layout's root."""
+    validate_entity_id("--operator", name)
+    if len(name) > MAX_OPERATOR_NAME_CHARS:
+        raise ParameterError("--operator", name, f"at most {MAX_OPERATOR_NAME_CHARS} characters")
+    ca = load_ca(layout.root)
+    cert, key = issue_certificate(ca, Identity(ROLE_OPERATOR, name), validity_days=validity_days)
+    directory = layout.root / ROLE_OPERATOR / quote(name, safe="")
+    _private_dir(layout.root / ROLE_OPERATOR)
+    _private_dir(directory)
+    paths = CertificatePaths(directory / "cert.pem", directory / "key.pem")
+    _write_private(paths.key, _key_pem(key))
+    _write_public(paths.cert, _cert_pem(cert))
+    new = dataclasses.replace(layout, operators={**layout.operators, name: paths})
+    _write_public(layout.root / MANIFEST_NAME, json.dumps(new.to_json(), indent=2).encode())
+    return new
 
 
 def write_certificate(directory: Path | str, name: str, cert: x509.Certificate,

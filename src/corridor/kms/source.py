@@ -999,6 +999,7 @@ class FeederStats:
     last_outcome: str | None = None
     last_abort_reason: str | None = None
     started_at_monotonic_s: float = field(default_factory=time.monotonic)
+    last_block_at_monotonic_s: float | None = None
     stopped_reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -1149,6 +1150,7 @@ class LinkFeeder:
         stats = self.stats
         stats.blocks_seen += 1
         stats.last_block_id = block.block_id
+        stats.last_block_at_monotonic_s = time.monotonic()
         if block.qber is not None:
             stats.last_qber = block.qber
         keys = {side: block.key_for(side) for side in self.sides}

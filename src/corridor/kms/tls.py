@@ -1,16 +1,26 @@
 """Mutual TLS for the KME: uvicorn serving HTTPS with required client certificates,
 and client-side TLS contexts that check the server's Corridor identity.
 
-Server side. :func:`server_ssl_context` demands a client certificate issued by our CA
-(``ssl.CERT_REQUIRED``, only the deployment's CA loaded, TLS 1.2 or later). Uvicorn
+Server side. :func:`server_ssl_context` verifies a client certificate against our CA
+(only the deployment's CA loaded, TLS 1.2 or later). It is ``ssl.CERT_OPTIONAL``: a
+client that presents no certificate completes the handshake, so that it gets an HTTP
+answer saying a certificate is required (401, :mod:`corridor.kms.api`) instead of a
+dropped connection; a client that presents a certificate that does not verify still
+fails the handshake. Uvicorn
 does not pass the peer certificate to the application, so :class:`TlsH11Protocol` (and
 :class:`TlsHttpToolsProtocol` where ``httptools`` is installed) wraps the application
 once per connection, right after the handshake, and adds the verified client
 certificate to every request's ``scope["extensions"]["tls"]`` in the shape of the ASGI
 TLS extension (``client_cert_chain``: a list of PEM strings, the client certificate
 first; ``tls_version``: the protocol number, 0x0303 for TLS 1.2, 0x0304 for TLS 1.3).
-Only a handshake that verified the chain reaches the application, so whatever sits in
-the extension has been checked against the CA.
+A presented certificate reaches the application only after its chain verified, so
+whatever sits in ``client_cert_chain`` has been checked against the CA; an empty chain
+means the client presented none, and the application refuses every such request.
+
+Loading. Certificate, key and CA files are checked before OpenSSL sees them
+(:func:`load_pem_files`): a file that is not PEM, a key that does not belong to the
+certificate or a CA file holding an end-entity certificate each raise one
+:class:`~corridor.errors.ParameterError` that names the option and says what to pass.
 
 Client side. :func:`client_ssl_context` verifies the server against the CA and the host
 name and, when given an expected :class:`~corridor.kms.pki.Identity`, checks the
@@ -46,6 +56,9 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from corridor.errors import ParameterError
@@ -75,14 +88,89 @@ def _require_file(field: str, path: PathLike) -> str:
     return os.fspath(path)
 
 
+def _read(field: str, path: PathLike) -> bytes:
+    try:
+        return Path(_require_file(field, path)).read_bytes()
+    except OSError as exc:
+        raise ParameterError(field, str(path), "a readable PEM file",
+                             exc.strerror or type(exc).__name__) from None
+
+
+def _swap_hint(data: bytes, wanted: str) -> str:
+    if wanted == "certificate" and b"PRIVATE KEY-----" in data:
+        return "it holds a private key: were --cert and --key swapped?"
+    if wanted == "key" and b"CERTIFICATE-----" in data:
+        return "it holds a certificate: were --cert and --key swapped?"
+    return "it is not PEM (-----BEGIN ...-----) or is damaged"
+
+
+def load_pem_files(cert: PathLike, key: PathLike, ca: PathLike) -> None:
+    """Check the files a TLS context is built from, with one clear error per mistake.
+
+    Raises :class:`ParameterError` for ``--ca``, ``--cert`` or ``--key`` when a file is
+    missing, is not PEM, the CA file holds no CA certificate, the key is encrypted, or
+    the key is not the certificate's.
+    """
+    ca_data = _read("--ca", ca)
+    try:
+        authorities = x509.load_pem_x509_certificates(ca_data)
+    except ValueError:
+        raise ParameterError("--ca", str(ca), "must be the corridor's CA certificate in PEM "
+                             "(pki/ca.pem)", _swap_hint(ca_data, "certificate")) from None
+
+    def is_ca(certificate: x509.Certificate) -> bool:
+        try:
+            return bool(certificate.extensions.get_extension_for_class(
+                x509.BasicConstraints).value.ca)
+        except x509.ExtensionNotFound:
+            return False
+
+    if not any(is_ca(c) for c in authorities):
+        raise ParameterError("--ca", str(ca), "must be the corridor's CA certificate "
+                             "(pki/ca.pem)", "it holds an end-entity certificate, not a CA: "
+                             "pass the ca.pem of the PKI that issued the certificates")
+    cert_data = _read("--cert", cert)
+    try:
+        certificate = x509.load_pem_x509_certificates(cert_data)[0]
+    except ValueError:
+        raise ParameterError("--cert", str(cert), "must be a certificate in PEM",
+                             _swap_hint(cert_data, "certificate")) from None
+    key_data = _read("--key", key)
+    try:
+        private_key = serialization.load_pem_private_key(key_data, None)
+    except TypeError:
+        raise ParameterError("--key", str(key), "must be an unencrypted PEM private key",
+                             "it is password-protected") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ParameterError("--key", str(key), "must be a private key in PEM",
+                             _swap_hint(key_data, "key")) from None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private_key.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(
+            *spki):
+        raise ParameterError("--key", str(key), f"must be the private key of --cert {cert}",
+                             "they do not match: pass the key.pem written next to that "
+                             "cert.pem")
+
+
+def _load(context: ssl.SSLContext, cert: PathLike, key: PathLike, ca: PathLike) -> None:
+    load_pem_files(cert, key, ca)
+    try:
+        # Only the deployment's CA: never the system store, which would admit any cert.
+        context.load_verify_locations(cafile=os.fspath(ca))
+        context.load_cert_chain(os.fspath(cert), os.fspath(key))
+    except ssl.SSLError as exc:  # what the checks above did not foresee, still one line
+        raise ParameterError("--cert/--key/--ca", f"{cert}, {key}, {ca}",
+                             "must be a matching certificate, key and CA in PEM",
+                             f"OpenSSL: {exc.reason or exc}") from None
+
+
 def server_ssl_context(cert: PathLike, key: PathLike, ca: PathLike) -> ssl.SSLContext:
-    """Server context: our certificate, client certificates required, our CA only."""
+    """Server context: our certificate, client certificates verified against our CA only
+    (optional at the handshake; the application refuses requests without one)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.verify_mode = ssl.CERT_REQUIRED
-    # Only the deployment's CA: never the system store, which would admit any public cert.
-    context.load_verify_locations(cafile=_require_file("ca", ca))
-    context.load_cert_chain(_require_file("cert", cert), _require_file("key", key))
+    context.verify_mode = ssl.CERT_OPTIONAL
+    _load(context, cert, key, ca)
     return context
 
 
@@ -119,8 +207,7 @@ def client_ssl_context(cert: PathLike, key: PathLike, ca: PathLike,
     and (if given) ``expected_identity``. TLS 1.2 or later."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED on
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_verify_locations(cafile=_require_file("ca", ca))
-    context.load_cert_chain(_require_file("cert", cert), _require_file("key", key))
+    _load(context, cert, key, ca)
     if expected_identity is not None:
         context.sslsocket_class = type(
             "ExpectingSSLSocket", (IdentityCheckingSSLSocket,),
@@ -149,7 +236,8 @@ def tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
         "server_cert": None,
         "client_cert_chain": chain,
         "client_cert_name": None,
-        # A certificate that fails verification aborts the handshake (CERT_REQUIRED).
+        # A presented certificate that fails verification aborts the handshake; an empty
+        # chain means none was presented (CERT_OPTIONAL), refused by the application.
         "client_cert_error": None,
         "tls_version": _TLS_VERSION_NUMBERS.get(ssl_object.version() or ""),
         "cipher_suite": None,
