@@ -238,17 +238,19 @@ def up_command(
             _silence_output()
             stop_signal.append("output closed")
         finally:
+            # Our handlers stay until the very end: a second Ctrl-C (or the first one,
+            # when a closed pipe started the stop) must not cut the clean stop short.
             try:
                 _quietly(lambda: err_console.print(
                     "stopping: feeders, servers, stores, audit logs ...", highlight=False))
             finally:
                 corridor.close()
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
         why = stop_signal[0] if stop_signal else "--duration-s elapsed"
         _quietly(lambda: console.print(f"corridor stopped cleanly ({why}); state kept in "
                                        f"{_shown(corridor.workdir)}", highlight=False,
                                        soft_wrap=True))
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _silence_output() -> None:
