@@ -33,6 +33,7 @@ from corridor.distill.block import BlockState, KeyBlock
 from corridor.distill.cascade import CASCADE_VARIANTS
 from corridor.distill.pipeline import (
     DEFAULT_BLOCK_PULSES,
+    RECONCILIATION_METHODS,
     DistillConfig,
     LinkRunReport,
     PartyOutcome,
@@ -99,10 +100,16 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _method(data: dict[str, Any]) -> str:
+    if data.get("reconciliation") == "ldpc":
+        return "LDPC"
+    return f"Cascade {data['cascade_variant']}"
+
+
 def _render_table(data: dict[str, Any]) -> None:
     title = (f"corridor link run: {data['preset']} at {data['length_km']:g} km, "
              f"{data['pulses']:,} pulses, seed {data['seed']}, attack {data['attack']}, "
-             f"Cascade {data['cascade_variant']} ({data['mode']})")
+             f"{_method(data)} ({data['mode']})")
     table = Table(title=title, box=box.SIMPLE_HEAD)
     show_reason = any(row["discard_reason"] for row in data["blocks"])
     columns = ["block", "fate", "sifted", "QBER", "disclosed", "f", "secret", "auth bits"]
@@ -194,6 +201,9 @@ def run_command(
         sorted(CASCADE_VARIANTS)) + ".")] = DEFAULT_CASCADE_VARIANT,
     frame_bits: Annotated[int, typer.Option("--frame-bits", help="Cascade frame size in bits.")]
     = 10_000,
+    reconciliation: Annotated[str, typer.Option(
+        "--reconciliation", help="Reconciliation method: " + "|".join(RECONCILIATION_METHODS)
+        + " (interactive Cascade, or one-way rate-adaptive LDPC).")] = "cascade",
     link_id: Annotated[str, typer.Option("--link-id", help="Link id written into every key "
                                          "block.")] = "link-1",
     role: Annotated[RoleOption | None, typer.Option(
@@ -216,8 +226,9 @@ def run_command(
 ) -> None:
     """Simulate the link and distil identical secret keys, block by block.
 
-    Runs sifting, parameter estimation, Cascade, verification, privacy amplification
-    and authentication accounting, and prints per-block and total figures.
+    Runs sifting, parameter estimation, reconciliation (Cascade or LDPC), verification,
+    privacy amplification and authentication accounting, and prints per-block and
+    total figures.
     """
     with handle_errors():
         params = link_parameters_from_options(preset, config, overrides or []) \
@@ -232,12 +243,16 @@ def run_command(
         if attack_fraction is not None and attack is not AttackOption.intercept_resend:
             raise ParameterError("--attack-fraction", attack_fraction,
                                  "only applies to --attack intercept-resend")
+        if reconciliation not in RECONCILIATION_METHODS:
+            raise ParameterError("--reconciliation", reconciliation,
+                                 "must be one of " + ", ".join(RECONCILIATION_METHODS))
         if cascade not in CASCADE_VARIANTS:
             raise ParameterError("--cascade", cascade,
                                  "must be one of " + ", ".join(sorted(CASCADE_VARIANTS)))
         attack_model = make_attack(attack.value, attack_fraction)
         distill_config = DistillConfig.for_link(params, link_id=link_id, cascade_variant=cascade,
                                                 frame_bits=frame_bits,
+                                                reconciliation=reconciliation,
                                                 channel_timeout_s=timeout_s)
         total_blocks = -(-pulses // block_pulses)
         show_progress = not quiet and err_console.is_terminal

@@ -224,6 +224,9 @@ class ReconciliationResult:
         round_trips: Bob -> Alice -> Bob exchanges.
         direction_bits: binary-search directions Bob sent (error-pattern information,
             not counted in ``disclosed_bits``; see the module docstring).
+        alice_disclosed_bits: bits counted against the key that Alice sent.
+        bob_disclosed_bits: bits counted against the key that Bob sent
+            (``disclosed_bits`` is the sum of the two).
     """
 
     bits: np.ndarray = field(repr=False)
@@ -235,6 +238,8 @@ class ReconciliationResult:
     qber_corrected: float | None
     round_trips: int = 0
     direction_bits: int = 0
+    alice_disclosed_bits: int = 0
+    bob_disclosed_bits: int = 0
 
     def efficiency(self, qber: float) -> float:
         """f = disclosed_bits / (n H2(qber)), the ratio to the Shannon limit."""
