@@ -161,9 +161,12 @@ def phi_table() -> np.ndarray:
     return (-np.log(np.tanh(x / 2.0))).astype(np.float32)
 
 
+_SCALE32 = np.float32(PHI_SCALE)
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _phi(table: np.ndarray, x: float) -> float:
-    i = int(x * PHI_SCALE)
+    i = int(x * _SCALE32)
     if i >= PHI_SIZE:
         i = PHI_SIZE - 1
     return table[i]
@@ -173,7 +176,8 @@ def _phi(table: np.ndarray, x: float) -> float:
 def decode_layered_spa(llr: np.ndarray, target: np.ndarray, row_start: np.ndarray,
                        cols: np.ndarray, frames: np.ndarray, max_iterations: int,
                        table: np.ndarray, out: np.ndarray, converged: np.ndarray,
-                       iterations: np.ndarray) -> None:
+                       iterations: np.ndarray, state_r: np.ndarray, state_total: np.ndarray,
+                       slot: np.ndarray, resume: np.ndarray) -> None:
     """Layered sum-product decoding of the listed frames.
 
     ``llr[f, v]`` is the channel log-likelihood ratio of bit ``v`` being 0 (positive:
@@ -185,6 +189,11 @@ def decode_layered_spa(llr: np.ndarray, target: np.ndarray, row_start: np.ndarra
     sweeps of flooding). After each sweep the hard decision is checked against the
     whole syndrome; decoding stops as soon as it matches. ``out[f]`` gets the hard
     decision, ``converged[f]`` whether it matched, ``iterations[f]`` the sweeps.
+
+    Warm start: a frame with ``slot[f] = k >= 0`` that does not converge leaves its
+    check messages and totals in ``state_r[k]``, ``state_total[k]``; with
+    ``resume[f]`` it starts from them instead of from ``llr`` (the caller has added
+    any change of channel values to ``state_total[k]``).
     """
     n = llr.shape[1]
     edges = cols.shape[0]
@@ -199,9 +208,16 @@ def decode_layered_spa(llr: np.ndarray, target: np.ndarray, row_start: np.ndarra
     hard = np.empty(n, np.uint8)
     for i in range(frames.shape[0]):
         f = frames[i]
-        for v in range(n):
-            total[v] = llr[f, v]
-        r[:] = 0.0
+        k = slot[f]
+        if k >= 0 and resume[f]:
+            for v in range(n):
+                total[v] = state_total[k, v]
+            for e in range(edges):
+                r[e] = state_r[k, e]
+        else:
+            for v in range(n):
+                total[v] = llr[f, v]
+            r[:] = 0.0
         done = False
         sweeps = 0
         for _ in range(max_iterations):
@@ -243,3 +259,8 @@ def decode_layered_spa(llr: np.ndarray, target: np.ndarray, row_start: np.ndarra
             out[f, v] = hard[v]
         converged[f] = done
         iterations[f] = sweeps
+        if k >= 0 and not done:
+            for v in range(n):
+                state_total[k, v] = total[v]
+            for e in range(edges):
+                state_r[k, e] = r[e]

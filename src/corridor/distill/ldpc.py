@@ -85,6 +85,10 @@ MIN_PLANNING_QBER = 0.002
 _KNOWN_LLR = np.float32(1e4)
 _PHI = kernels.phi_table()
 
+#: Failed frames per call whose decoder state a retry starts from (each holds one
+#: float32 per edge and per variable: about 7.5 MB at n = 2^18).
+WARM_START_FRAMES = 16
+
 _SYNDROME_HEADER = struct.Struct("<32sQIIIII")
 _RESULT_HEADER = struct.Struct("<BI")
 _REVEAL_HEADER = struct.Struct("<II")
@@ -102,6 +106,10 @@ class LdpcSettings:
         retry_step: each blind retry reveals ``ceil(retry_step * h(q) * K)`` more bits
             of a failed frame (its f rises by ``retry_step``).
         max_retries: blind retries before a frame is dropped (0: one-way only).
+        retry_headroom: the plan keeps at least ``retry_headroom * h(q) * K`` punctured
+            positions per frame (shortening more key positions instead), so that the
+            first ``retry_headroom / retry_step`` retries reveal punctured bits, each a
+            full bit of help to Bob; a revealed key bit helps him only h(q) bits.
         max_iterations: decoder sweeps per attempt.
     """
 
@@ -110,6 +118,7 @@ class LdpcSettings:
     efficiency: float = 1.10
     retry_step: float = 0.04
     max_retries: int = 10
+    retry_headroom: float = 0.0
     max_iterations: int = 60
 
     def __post_init__(self) -> None:
@@ -129,6 +138,9 @@ class LdpcSettings:
                 or not 0 <= self.max_retries <= 32:
             raise ParameterError("ldpc.max_retries", self.max_retries,
                                  "must be a whole number in [0, 32]")
+        if not _real(self.retry_headroom) or not 0.0 <= self.retry_headroom <= 1.0:
+            raise ParameterError("ldpc.retry_headroom", self.retry_headroom,
+                                 "must be in [0, 1]")
         if isinstance(self.max_iterations, bool) or not isinstance(self.max_iterations, int) \
                 or not 1 <= self.max_iterations <= 1000:
             raise ParameterError("ldpc.max_iterations", self.max_iterations,
@@ -151,6 +163,7 @@ class LdpcReconciliationResult(ReconciliationResult):
         punctured_bits: ``p`` per frame; shortened_bits: ``s`` per full frame.
         syndrome_bits: syndrome bits sent (``F m``).
         revealed_bits: bits Alice revealed in blind retries.
+        first_round_failures: frames that did not decode from the syndrome alone.
         dropped_frames, dropped_bits: frames (and their key bits) left out.
     """
 
@@ -161,6 +174,7 @@ class LdpcReconciliationResult(ReconciliationResult):
     shortened_bits: int = 0
     syndrome_bits: int = 0
     revealed_bits: int = 0
+    first_round_failures: int = 0
     dropped_frames: int = 0
     dropped_bits: int = 0
 
@@ -207,6 +221,7 @@ def plan(n_key: int, qber_estimate: float, settings: LdpcSettings) -> Plan:
     """Choose the code, frames, puncturing and shortening (see the module docstring)."""
     q = max(float(qber_estimate), MIN_PLANNING_QBER)
     fh = min(settings.efficiency * binary_entropy(q), 0.999)
+    gh = settings.retry_headroom * binary_entropy(q)
     target_rate = 1.0 - fh
     n = settings.code_bits
     best: tuple[float, LdpcCode, int] | None = None
@@ -216,11 +231,12 @@ def plan(n_key: int, qber_estimate: float, settings: LdpcSettings) -> Plan:
             break
         code = get_code(dist.name, n, settings.code_seed)
         p_cap = code.max_punctured
-        # The most key bits a frame can carry with m - p = f h K, 0 <= p <= p_cap and
-        # K <= n - p (p = 0 bounds K by m / (f h): a code of too high a rate is shortened).
-        if fh * (n - p_cap) < m - p_cap:
+        # The most key bits a frame can carry with m - p = f h K, K <= n - p and the
+        # headroom p >= g h K (so K <= m / ((f + g) h): a code of too high a rate is
+        # shortened); then p <= p_cap must hold.
+        k_max = min(n, math.floor((n - m) / (1.0 - fh)), math.floor(m / (fh + gh)))
+        if m - fh * k_max > p_cap:
             continue   # even full puncturing leaves the rate too low
-        k_max = min(n, math.floor((n - m) / (1.0 - fh)), math.floor(m / fh))
         best = (abs(dist.rate - target_rate), code, k_max)
     if best is None:
         # QBER so low that no code reaches the rate: the highest one, fully punctured.
@@ -301,6 +317,7 @@ def reconcile_alice(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate
     failing = in_play
     rounds = 0
     flag_bits = 0
+    first_failures = 0
     while True:
         payload = channel.recv(MESSAGE_RESULT, timeout_s)
         messages += 1
@@ -308,6 +325,8 @@ def reconcile_alice(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate
         ok = _parse_result(payload, in_play.size)
         flag_bits += int(in_play.size)
         failing = in_play[ok == 0]
+        if rounds == 1:
+            first_failures = int(failing.size)
         if failing.size == 0 or rounds > settings.max_retries:
             break
         chunks = []
@@ -327,7 +346,7 @@ def reconcile_alice(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate
     keep[failing] = False
     kept = _kept_bits(key, offsets, keep)
     return _result(pl, kept, keep, lengths, revealed, messages, rounds, None,
-                   bob_bits=flag_bits)
+                   bob_bits=flag_bits, first_failures=first_failures)
 
 
 def _parse_result(payload: bytes, expected: int) -> np.ndarray:
@@ -355,7 +374,7 @@ def _kept_bits(key: np.ndarray, offsets: np.ndarray, keep: np.ndarray) -> np.nda
 
 def _result(pl: Plan, kept: np.ndarray, keep: np.ndarray, lengths: np.ndarray,
             revealed: np.ndarray, messages: int, rounds: int, qber_corrected: float | None,
-            bob_bits: int) -> LdpcReconciliationResult:
+            bob_bits: int, first_failures: int) -> LdpcReconciliationResult:
     code = pl.code
     syndrome_bits = pl.frames * code.checks
     revealed_bits = int(revealed.sum())
@@ -368,7 +387,8 @@ def _result(pl: Plan, kept: np.ndarray, keep: np.ndarray, lengths: np.ndarray,
         code_identity=code.identity, distribution=code.distribution, code_bits=code.n,
         punctured_bits=pl.punctured, shortened_bits=pl.shortened,
         syndrome_bits=syndrome_bits, revealed_bits=revealed_bits,
-        dropped_frames=int((~keep).sum()), dropped_bits=int(lengths[~keep].sum()))
+        first_round_failures=first_failures, dropped_frames=int((~keep).sum()),
+        dropped_bits=int(lengths[~keep].sum()))
 
 
 def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: float,
@@ -410,12 +430,20 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
     iterations = np.zeros(pl.frames, np.int64)
     revealed = np.zeros(pl.frames, np.int64)
     in_play = np.arange(pl.frames, dtype=np.int64)
+    # Warm start of retries: the first WARM_START_FRAMES frames keep their decoder
+    # state when they fail (np.empty: memory is only touched for frames that fail).
+    slots = min(pl.frames, WARM_START_FRAMES)
+    slot = np.where(in_play < slots, in_play, -1)
+    resume = np.zeros(pl.frames, np.bool_)
+    state_r = np.empty((slots, code.edges), np.float32)
+    state_total = np.empty((slots, n), np.float32)
     flag_bits = 0
     rounds = 0
+    first_failures = 0
     while True:
         kernels.decode_layered_spa(llr, target, code.row_start, code.cols, in_play,
                                    settings.max_iterations, _PHI, decoded, converged,
-                                   iterations)
+                                   iterations, state_r, state_total, slot, resume)
         ok = converged[in_play].astype(np.uint8)
         channel.send(MESSAGE_RESULT, _RESULT_HEADER.pack(0, in_play.size)
                      + np.packbits(ok).tobytes())
@@ -423,6 +451,8 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
         rounds += 1
         flag_bits += int(in_play.size)
         failing = in_play[ok == 0]
+        if rounds == 1:
+            first_failures = int(failing.size)
         if failing.size == 0 or rounds > settings.max_retries:
             break
         payload = channel.recv(MESSAGE_REVEAL, timeout_s)
@@ -439,7 +469,11 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
         for i, f in enumerate(failing.tolist()):
             order = pl.reveal_order(bool(lengths[f] < pl.key_per_frame))
             take = order[revealed[f]:revealed[f] + step]
-            llr[f, take] = np.where(values[i, :take.size] == 1, -_KNOWN_LLR, _KNOWN_LLR)
+            known = np.where(values[i, :take.size] == 1, -_KNOWN_LLR, _KNOWN_LLR)
+            if slot[f] >= 0:
+                state_total[slot[f], take] += known - llr[f, take]
+                resume[f] = True
+            llr[f, take] = known
             revealed[f] += take.size
         in_play = failing
     keep = converged.copy()
@@ -455,7 +489,7 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
     decoded[:] = 0
     qber_corrected = flips / kept.size if kept.size else None
     return _result(pl, kept, keep, lengths, revealed, messages, rounds, qber_corrected,
-                   bob_bits=flag_bits)
+                   bob_bits=flag_bits, first_failures=first_failures)
 
 
 def _check_header(channel: ChannelEndpoint, payload: bytes, pl: Plan) -> None:
