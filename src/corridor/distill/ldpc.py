@@ -485,8 +485,9 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
                                          != key[offsets[f]:offsets[f + 1]]))
                     for f in np.flatnonzero(keep).tolist()))
     kept = _kept_bits(corrected, offsets, keep)
-    corrected[:] = 0
-    decoded[:] = 0
+    # Everything derived from Bob's key goes before the arrays are released.
+    for array in (corrected, decoded, llr, state_total, state_r):
+        array[:] = 0
     qber_corrected = flips / kept.size if kept.size else None
     return _result(pl, kept, keep, lengths, revealed, messages, rounds, qber_corrected,
                    bob_bits=flag_bits, first_failures=first_failures)
