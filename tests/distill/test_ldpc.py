@@ -335,3 +335,41 @@ def test_corridor_file_takes_reconciliation_per_link(tmp_path: Path) -> None:
             with pytest.raises(ParameterError) as info:
                 load_corridor(path)
             assert info.value.field.endswith(".reconciliation")
+
+
+def test_degree_two_chain_between_unsatisfied_checks_is_repaired() -> None:
+    from corridor.distill import _ldpc_kernels as kernels
+    from corridor.distill.ldpc import _repair_degree_two_paths
+
+    code = codes.get_code("elkouss2009-r50", 8192, 7)
+    rng = np.random.default_rng(0)
+    word = rng.integers(0, 2, code.n, dtype=np.uint8)
+    target = np.empty((1, code.checks), np.uint8)
+    kernels.syndromes(word[None, :], code.row_start, code.cols, target)
+    degree = np.bincount(code.cols, minlength=code.n)
+    rows_of = {}
+    for c in range(code.checks):
+        for v in code.cols[code.row_start[c]:code.row_start[c + 1]].tolist():
+            if degree[v] == 2:
+                rows_of.setdefault(v, []).append(c)
+    # Two degree-2 variables sharing a check: a chain c1 - v1 - c2 - v2 - c3.
+    by_check: dict[int, list[int]] = {}
+    for v, (c1, c2) in rows_of.items():
+        by_check.setdefault(c1, []).append(v)
+        by_check.setdefault(c2, []).append(v)
+    chain = next(vs[:2] for vs in by_check.values() if len(vs) >= 2)
+    for flipped in ([chain[0]], chain):
+        wrong = word.copy()
+        wrong[flipped] ^= 1
+        suspect = wrong != word      # what Bob's channel values would say, error-free
+        assert _repair_degree_two_paths(code, wrong, target[0], suspect)
+        assert np.array_equal(wrong, word)
+        # A chain of bits that agree with the channel is never flipped.
+        wrong = word.copy()
+        wrong[flipped] ^= 1
+        assert not _repair_degree_two_paths(code, wrong, target[0], np.zeros(code.n, bool))
+    # Errors elsewhere (a degree >= 3 variable) are not touched.
+    heavy = int(np.flatnonzero(degree >= 3)[0])
+    wrong = word.copy()
+    wrong[heavy] ^= 1
+    assert not _repair_degree_two_paths(code, wrong, target[0], np.ones(code.n, bool))

@@ -53,6 +53,7 @@ catches it. ``disclosed_bits = alice_disclosed_bits + bob_disclosed_bits``.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from dataclasses import dataclass, field
@@ -444,6 +445,11 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
         kernels.decode_layered_spa(llr, target, code.row_start, code.cols, in_play,
                                    settings.max_iterations, _PHI, decoded, converged,
                                    iterations, state_r, state_total, slot, resume)
+        for f in in_play[~converged[in_play]].tolist():
+            # Suspect: a bit whose decision contradicts Bob's own channel value (or that
+            # he has no value for); known (shortened, revealed) bits never are.
+            suspect = (llr[f] == 0) | ((llr[f] < 0) != (decoded[f] == 1))
+            converged[f] = _repair_degree_two_paths(code, decoded[f], target[f], suspect)
         ok = converged[in_play].astype(np.uint8)
         channel.send(MESSAGE_RESULT, _RESULT_HEADER.pack(0, in_play.size)
                      + np.packbits(ok).tobytes())
@@ -491,6 +497,86 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
     qber_corrected = flips / kept.size if kept.size else None
     return _result(pl, kept, keep, lengths, revealed, messages, rounds, qber_corrected,
                    bob_bits=flag_bits, first_failures=first_failures)
+
+
+#: A frame that fails with at most this many unsatisfied checks gets the repair below.
+REPAIR_MAX_UNSATISFIED = 16
+_REPAIR_MAX_PATH = 64
+
+
+@functools.lru_cache(maxsize=16)
+def _degree_two_graph(code: LdpcCode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checks joined by degree-2 variables, as CSR: (start, neighbour check, variable)."""
+    degree = np.bincount(code.cols, minlength=code.n)
+    rows = np.repeat(np.arange(code.checks, dtype=np.int64), np.diff(code.row_start))
+    two = degree[code.cols] == 2
+    var, row = code.cols[two].astype(np.int64), rows[two]
+    order = np.argsort(var, kind="stable")
+    var, row = var[order], row[order]
+    a, b, v = row[0::2], row[1::2], var[0::2]
+    ends = np.concatenate((a, b))
+    others = np.concatenate((b, a))
+    via = np.concatenate((v, v))
+    order = np.argsort(ends, kind="stable")
+    start = np.zeros(code.checks + 1, np.int64)
+    np.cumsum(np.bincount(ends, minlength=code.checks), out=start[1:])
+    return start, others[order], via[order]
+
+
+def _repair_degree_two_paths(code: LdpcCode, word: np.ndarray, target: np.ndarray,
+                             suspect: np.ndarray) -> bool:
+    """Flip chains of suspect degree-2 variables between unsatisfied checks; True if the
+    word then has the target syndrome.
+
+    Belief propagation on these codes is left, in a few frames, with a handful of
+    wrong bits along a path of degree-2 variables whose two end checks are
+    unsatisfied (measured: 5 wrong degree-2 bits, 2 unsatisfied checks); no message
+    can move such an error. Flipping every variable on the shortest such path between
+    two unsatisfied checks satisfies both ends and leaves the inner checks as they were.
+    Only *suspect* variables (``suspect[v]``: the decision contradicts Bob's channel
+    value, or he has none) may be on the path: with any path, short codes were measured
+    to close a cycle of degree-2 variables instead and end on a wrong word. The result
+    is only accepted when the whole syndrome matches; the verification stage catches a
+    wrong word as for any other decoding.
+    """
+    syndrome = np.empty((1, code.checks), np.uint8)
+    kernels.syndromes(word[None, :], code.row_start, code.cols, syndrome)
+    unsatisfied = np.flatnonzero(syndrome[0] != target).tolist()
+    if not unsatisfied or len(unsatisfied) > REPAIR_MAX_UNSATISFIED:
+        return not unsatisfied
+    start, other, via = _degree_two_graph(code)
+    remaining = set(unsatisfied)
+    while remaining:
+        source = remaining.pop()
+        parent: dict[int, tuple[int, int]] = {source: (-1, -1)}
+        frontier = [source]
+        found = -1
+        for _ in range(_REPAIR_MAX_PATH):
+            nxt = []
+            for c in frontier:
+                for i in range(int(start[c]), int(start[c + 1])):
+                    d = int(other[i])
+                    if d not in parent and suspect[via[i]]:
+                        parent[d] = (c, int(via[i]))
+                        if d in remaining:
+                            found = d
+                            break
+                        nxt.append(d)
+                if found >= 0:
+                    break
+            if found >= 0 or not nxt:
+                break
+            frontier = nxt
+        if found < 0:
+            return False
+        remaining.discard(found)
+        node = found
+        while node != source:
+            back, variable = parent[node]
+            word[variable] ^= 1
+            node = back
+    kernels.syndromes(word[None, :], code.row_start, code.cols, syndrome)
+    return bool(np.array_equal(syndrome[0], target))
 
 
 def _check_header(channel: ChannelEndpoint, payload: bytes, pl: Plan) -> None:
