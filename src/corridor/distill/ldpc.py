@@ -53,6 +53,7 @@ catches it. ``disclosed_bits = alice_disclosed_bits + bob_disclosed_bits``.
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import struct
@@ -500,8 +501,8 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
 
 
 #: A frame that fails with at most this many unsatisfied checks gets the repair below.
-REPAIR_MAX_UNSATISFIED = 16
-_REPAIR_MAX_PATH = 64
+REPAIR_MAX_UNSATISFIED = 2
+_REPAIR_MAX_PATH = 16
 
 
 @functools.lru_cache(maxsize=16)
@@ -525,18 +526,23 @@ def _degree_two_graph(code: LdpcCode) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def _repair_degree_two_paths(code: LdpcCode, word: np.ndarray, target: np.ndarray,
                              suspect: np.ndarray) -> bool:
-    """Flip chains of suspect degree-2 variables between unsatisfied checks; True if the
-    word then has the target syndrome.
+    """Flip chains of degree-2 variables between unsatisfied checks; True if the word
+    then has the target syndrome.
 
     Belief propagation on these codes is left, in a few frames, with a handful of
     wrong bits along a path of degree-2 variables whose two end checks are
     unsatisfied (measured: 5 wrong degree-2 bits, 2 unsatisfied checks); no message
-    can move such an error. Flipping every variable on the shortest such path between
-    two unsatisfied checks satisfies both ends and leaves the inner checks as they were.
-    Only *suspect* variables (``suspect[v]``: the decision contradicts Bob's channel
-    value, or he has none) may be on the path: with any path, short codes were measured
-    to close a cycle of degree-2 variables instead and end on a wrong word. The result
-    is only accepted when the whole syndrome matches; the verification stage catches a
+    can move such an error. Flipping every variable on a path between two
+    unsatisfied checks satisfies both ends and leaves the inner checks as they were.
+    The path taken is the cheapest, a variable costing 0 when it is *suspect*
+    (``suspect[v]``: its decision contradicts Bob's channel value, or he has none) and
+    1 otherwise (fewest flips against the channel, then shortest). The measured chain
+    was 5 channel errors the decoder had kept, so every bit on it agrees with the
+    channel: the repair cannot demand suspects. Two paths between the same checks
+    close a cycle of degree-2 variables, and with up to 16 unsatisfied checks the
+    repair was measured to end on a wrong word on a short code; it is therefore kept
+    to exactly one pair of unsatisfied checks and paths of at most 16. The result is
+    only accepted when the whole syndrome matches; the verification stage catches a
     wrong word as for any other decoding.
     """
     syndrome = np.empty((1, code.checks), np.uint8)
@@ -548,25 +554,30 @@ def _repair_degree_two_paths(code: LdpcCode, word: np.ndarray, target: np.ndarra
     remaining = set(unsatisfied)
     while remaining:
         source = remaining.pop()
-        parent: dict[int, tuple[int, int]] = {source: (-1, -1)}
-        frontier = [source]
+        # 0-1 breadth-first search: cost = non-suspect variables on the path.
+        best: dict[int, tuple[int, int]] = {source: (0, 0)}
+        parent: dict[int, tuple[int, int]] = {}
+        queue: collections.deque[int] = collections.deque([source])
         found = -1
-        for _ in range(_REPAIR_MAX_PATH):
-            nxt = []
-            for c in frontier:
-                for i in range(int(start[c]), int(start[c + 1])):
-                    d = int(other[i])
-                    if d not in parent and suspect[via[i]]:
-                        parent[d] = (c, int(via[i]))
-                        if d in remaining:
-                            found = d
-                            break
-                        nxt.append(d)
-                if found >= 0:
-                    break
-            if found >= 0 or not nxt:
+        while queue:
+            c = queue.popleft()
+            cost, length = best[c]
+            if c != source and c in remaining:
+                found = c
                 break
-            frontier = nxt
+            if length >= _REPAIR_MAX_PATH:
+                continue
+            for i in range(int(start[c]), int(start[c + 1])):
+                d, v = int(other[i]), int(via[i])
+                step = 0 if suspect[v] else 1
+                candidate = (cost + step, length + 1)
+                if d not in best or candidate < best[d]:
+                    best[d] = candidate
+                    parent[d] = (c, v)
+                    if step:
+                        queue.append(d)
+                    else:
+                        queue.appendleft(d)
         if found < 0:
             return False
         remaining.discard(found)
