@@ -36,6 +36,7 @@ from corridor.distill.block import BlockState, KeyBlock
 from corridor.distill.cascade import CASCADE_VARIANTS
 from corridor.distill.pipeline import (
     DEFAULT_BLOCK_PULSES,
+    RECONCILIATION_METHODS,
     DistillConfig,
     LinkRunReport,
     PartyOutcome,
@@ -102,11 +103,16 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _method(data: dict[str, Any]) -> str:
+    if data.get("reconciliation") == "ldpc":
+        return "LDPC"
+    return f"Cascade {data['cascade_variant']}"
+
+
 def _render_table(data: dict[str, Any]) -> None:
     title = (f"corridor link run: {data['preset']} at {data['length_km']:g} km, "
              f"{data['pulses']:,} pulses, seed {data['seed']}, attack {data['attack']}, "
-             f"Cascade {data['cascade_variant']}, finite key {data['finite_key_bound']} "
-             f"({data['mode']})")
+             f"{_method(data)}, finite key {data['finite_key_bound']} ({data['mode']})")
     table = Table(title=title, box=box.SIMPLE_HEAD)
     show_reason = any(row["discard_reason"] for row in data["blocks"])
     columns = ["block", "fate", "sifted", "QBER", "disclosed", "f", "secret", "auth bits"]
@@ -199,6 +205,9 @@ def run_command(
     frame_bits: Annotated[int, typer.Option("--frame-bits", help="Cascade frame size in bits.")]
     = 10_000,
     finite_key: FiniteKeyOption = FINITE_KEY_CHOICES[0],
+    reconciliation: Annotated[str, typer.Option(
+        "--reconciliation", help="Reconciliation method: " + "|".join(RECONCILIATION_METHODS)
+        + " (interactive Cascade, or one-way rate-adaptive LDPC).")] = "cascade",
     link_id: Annotated[str, typer.Option("--link-id", help="Link id written into every key "
                                          "block.")] = "link-1",
     role: Annotated[RoleOption | None, typer.Option(
@@ -221,8 +230,9 @@ def run_command(
 ) -> None:
     """Simulate the link and distil identical secret keys, block by block.
 
-    Runs sifting, parameter estimation, Cascade, verification, privacy amplification
-    and authentication accounting, and prints per-block and total figures.
+    Runs sifting, parameter estimation, reconciliation (Cascade or LDPC), verification,
+    privacy amplification and authentication accounting, and prints per-block and
+    total figures.
     """
     with handle_errors():
         params = link_parameters_from_options(preset, config, overrides or []) \
@@ -237,6 +247,9 @@ def run_command(
         if attack_fraction is not None and attack is not AttackOption.intercept_resend:
             raise ParameterError("--attack-fraction", attack_fraction,
                                  "only applies to --attack intercept-resend")
+        if reconciliation not in RECONCILIATION_METHODS:
+            raise ParameterError("--reconciliation", reconciliation,
+                                 "must be one of " + ", ".join(RECONCILIATION_METHODS))
         if cascade not in CASCADE_VARIANTS:
             raise ParameterError("--cascade", cascade,
                                  "must be one of " + ", ".join(sorted(CASCADE_VARIANTS)))
@@ -244,6 +257,7 @@ def run_command(
         attack_model = make_attack(attack.value, attack_fraction)
         distill_config = DistillConfig.for_link(params, link_id=link_id, cascade_variant=cascade,
                                                 frame_bits=frame_bits,
+                                                reconciliation=reconciliation,
                                                 channel_timeout_s=timeout_s,
                                                 finite_key_bound=bound)
         total_blocks = -(-pulses // block_pulses)

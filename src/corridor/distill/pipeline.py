@@ -8,7 +8,7 @@ stage 6 (output and authentication-key accounting), and the drivers:
 
 A key block's life (ARCHITECTURE.md, "The key's life")::
 
-    records --sifting--> SIFTED --estimation--> ESTIMATED --Cascade--> CORRECTED
+    records --sifting--> SIFTED --estimation--> ESTIMATED --Cascade/LDPC--> CORRECTED
       --verification--> VERIFIED --Toeplitz--> AMPLIFIED --auth accounting--> AUTHENTICATED
 
 Each party holds only its own side of the detection records, its own
@@ -18,10 +18,13 @@ classical channel; everything the other party needs crosses that channel.
 Security accounting of one block (Lim et al., PRA 89, 022307 (2014); the bound,
 ``lim2014`` or ``tightened``, is ``DistillConfig.finite_key_bound``, docs/finite-key.md):
 
-- lambda_EC = Cascade's disclosed parities + 128 bits per verification tag;
+- lambda_EC = the reconciliation's disclosed bits (Cascade's parities, or LDPC's
+  syndromes, reveals and Bob's flags: ``ReconciliationResult.disclosed_bits``) + the
+  verification tags and verdicts;
 - l = finite_key_length(bounds, lambda_EC, eps_sec, eps_cor), which also subtracts
   6 log2(21/eps_sec) + log2(2/eps_cor) (so the tag is, conservatively, paid twice),
-  minus the bits of any segment that verification dropped;
+  minus the bits of any segment that verification dropped and of any LDPC frame that
+  reconciliation dropped;
 - Toeplitz seed of n + l - 1 bits drawn by Alice and sent over the channel;
 - the Wegman-Carter authentication of the block's messages consumes pre-shared key
   bits; after the block the same number of bits, rounded up to whole bytes, is moved
@@ -66,6 +69,10 @@ from corridor.distill.estimation import (
     EstimationSettings,
     estimate,
 )
+from corridor.distill.ldpc import LdpcReconciliationResult, LdpcSettings
+from corridor.distill.ldpc import reconcile_alice as ldpc_reconcile_alice
+from corridor.distill.ldpc import reconcile_bob as ldpc_reconcile_bob
+from corridor.distill.ldpc_codes import DEFAULT_CODE_BITS
 from corridor.distill.privacy import toeplitz_hash
 from corridor.distill.sifting import decode_arrays, encode_arrays, sift_alice, sift_bob
 from corridor.distill.verification import (
@@ -107,6 +114,9 @@ BLOCK_ABORT_REASONS = frozenset({
 #: the finite-key length of Lim et al. 2014 turns positive for efficient BB84.
 DEFAULT_BLOCK_PULSES = 100_000_000
 
+#: Reconciliation methods a link can run (``DistillConfig.reconciliation``).
+RECONCILIATION_METHODS = ("cascade", "ldpc")
+
 STAGES = ("sifting", "estimation", "reconciliation", "verification", "amplification",
           "authentication")
 
@@ -129,6 +139,9 @@ class DistillConfig:
             differs after Cascade is dropped, the rest of the block kept).
         finite_key_bound: ``"lim2014"`` (Lim et al. 2014 as published) or
             ``"tightened"`` (docs/finite-key.md).
+        reconciliation: "cascade" (interactive, ``corridor.distill.cascade``) or "ldpc"
+            (one-way syndrome with blind retries, ``corridor.distill.ldpc``).
+        ldpc_code_bits: length of the LDPC mother codes (``reconciliation = "ldpc"``).
     """
 
     link_id: str = "link-1"
@@ -142,6 +155,8 @@ class DistillConfig:
     auth_pool_bytes: int = 1 << 16
     verification_segment_bits: int = DEFAULT_SEGMENT_BITS
     finite_key_bound: str = DEFAULT_FINITE_KEY_BOUND
+    reconciliation: str = "cascade"
+    ldpc_code_bits: int = DEFAULT_CODE_BITS
 
     def __post_init__(self) -> None:
         check_bound(self.finite_key_bound)
@@ -169,6 +184,10 @@ class DistillConfig:
                 self.verification_segment_bits < 1024:
             raise ParameterError("verification_segment_bits", self.verification_segment_bits,
                                  "must be a whole number of bits >= 1024")
+        if self.reconciliation not in RECONCILIATION_METHODS:
+            raise ParameterError("reconciliation", self.reconciliation,
+                                 "must be one of " + ", ".join(RECONCILIATION_METHODS))
+        self.ldpc_settings()  # validates ldpc_code_bits
         # Validates the thresholds with their own error messages.
         EstimationSettings(intensities=(0.5, 0.1, 0.0), class_probabilities=(0.8, 0.1, 0.1),
                            eps_sec=self.eps_sec, eps_cor=self.eps_cor,
@@ -183,12 +202,17 @@ class DistillConfig:
         values.update(overrides)
         return cls(**values)
 
+    def ldpc_settings(self) -> LdpcSettings:
+        """The LDPC reconciliation settings of this config."""
+        return LdpcSettings(code_bits=self.ldpc_code_bits)
+
     def fingerprint(self) -> bytes:
         """The settings both parties must share, as bytes (sent at session start)."""
         return repr((self.link_id, self.eps_sec, self.eps_cor, self.cascade_variant,
                      self.frame_bits, self.qber_abort_threshold,
                      self.abort_reconciliation_efficiency,
-                     self.verification_segment_bits, self.finite_key_bound)).encode()
+                     self.verification_segment_bits, self.finite_key_bound,
+                     self.reconciliation, self.ldpc_settings())).encode()
 
 
 def estimation_settings(params: LinkParameters, config: DistillConfig) -> EstimationSettings:
@@ -277,6 +301,7 @@ class _Processor(ABC):
             est = estimate(self.channel, sifted, self.settings,
                            timeout_s=self.config.channel_timeout_s)
             start = self._timed(block, "estimation", start, timings)
+            sifted_bits = block.length_bits
             rec = self._reconcile(block.bits, est)
             if self.role == "bob":
                 # Bob's flips, per intensity class: the observed key-basis errors (public
@@ -287,6 +312,8 @@ class _Processor(ABC):
                     per_class = np.bincount(sifted.key_classes[flipped], minlength=3)
                     block.meta["key_basis_errors"] = [int(x) for x in per_class[:3]]
             self._advance_corrected(block, rec)
+            # LDPC frames that Bob could not decode left the key on both sides.
+            dropped = sifted_bits - block.length_bits
             start = self._timed(block, "reconciliation", start, timings)
             verified = self._verify(block)
             start = self._timed(block, "verification", start, timings)
@@ -297,7 +324,7 @@ class _Processor(ABC):
                               security_cost_bits=security_cost_bits(self.config.eps_sec,
                                                                     self.config.eps_cor))
             # Dropped segments lower the min-entropy by at most their length (chain rule).
-            length = min(length - verified.removed_bits, block.length_bits)
+            length = min(length - verified.removed_bits - dropped, block.length_bits)
             seed_bits = self._agree_length(length, block.length_bits, block_id)
             if length <= 0:
                 raise ProtocolAbort("no_secret_key",
@@ -332,15 +359,28 @@ class _Processor(ABC):
         qber = float(rec.qber_corrected or 0.0)
         shannon = n * binary_entropy(min(max(qber, 0.0), 0.5))
         efficiency = rec.disclosed_bits / shannon if shannon > 0 else None
-        block.advance(BlockState.CORRECTED, bits=np.asarray(rec.bits, dtype=np.uint8),
-                      reconciliation_disclosed_bits=int(rec.disclosed_bits),
-                      reconciliation_alice_bits=int(rec.alice_disclosed_bits),
-                      reconciliation_bob_bits=int(rec.bob_disclosed_bits),
-                      qber_corrected=qber, reconciliation_efficiency=efficiency,
-                      cascade_variant=self.config.cascade_variant,
-                      cascade_frames=int(rec.frames), cascade_passes=int(rec.passes_run),
-                      cascade_messages=int(rec.messages),
-                      cascade_direction_bits=int(rec.direction_bits))
+        meta: dict[str, Any] = {
+            "reconciliation_method": self.config.reconciliation,
+            "reconciliation_disclosed_bits": int(rec.disclosed_bits),
+            "reconciliation_alice_bits": int(rec.alice_disclosed_bits),
+            "reconciliation_bob_bits": int(rec.bob_disclosed_bits),
+            "reconciliation_frames": int(rec.frames),
+            "reconciliation_messages": int(rec.messages),
+            "reconciliation_dropped_bits": n - int(rec.bits.shape[0]),
+            "qber_corrected": qber, "reconciliation_efficiency": efficiency}
+        if isinstance(rec, LdpcReconciliationResult):
+            meta.update(ldpc_code=rec.code_identity, ldpc_distribution=rec.distribution,
+                        ldpc_code_bits=rec.code_bits, ldpc_punctured_bits=rec.punctured_bits,
+                        ldpc_shortened_bits=rec.shortened_bits,
+                        ldpc_syndrome_bits=rec.syndrome_bits,
+                        ldpc_revealed_bits=rec.revealed_bits, ldpc_rounds=rec.passes_run,
+                        ldpc_dropped_frames=rec.dropped_frames)
+        else:
+            meta.update(cascade_variant=self.config.cascade_variant,
+                        cascade_frames=int(rec.frames), cascade_passes=int(rec.passes_run),
+                        cascade_messages=int(rec.messages),
+                        cascade_direction_bits=int(rec.direction_bits))
+        block.advance(BlockState.CORRECTED, bits=np.asarray(rec.bits, dtype=np.uint8), **meta)
 
     def _authenticate(self, block: KeyBlock) -> None:
         """Stage 6: refill the authentication pool from the block, deliver the rest.
@@ -401,6 +441,10 @@ class AliceProcessor(_Processor):
                           timeout_s=self.config.channel_timeout_s)
 
     def _reconcile(self, bits: np.ndarray, est: EstimationResult) -> ReconciliationResult:
+        if self.config.reconciliation == "ldpc":
+            return ldpc_reconcile_alice(self.channel, bits, qber_estimate=est.qber_estimate,
+                                        rng=self.rng, settings=self.config.ldpc_settings(),
+                                        timeout_s=self.config.channel_timeout_s)
         shuffle_seed = int.from_bytes(self.rng.bytes(8), "big")
         self.channel.send(MESSAGE_RECONCILE_SEED, shuffle_seed.to_bytes(8, "big"))
         return reconcile_alice(self.channel, bits, variant=self.config.cascade_variant,
@@ -434,6 +478,10 @@ class BobProcessor(_Processor):
                         timeout_s=self.config.channel_timeout_s)
 
     def _reconcile(self, bits: np.ndarray, est: EstimationResult) -> ReconciliationResult:
+        if self.config.reconciliation == "ldpc":
+            return ldpc_reconcile_bob(self.channel, bits, qber_estimate=est.qber_estimate,
+                                      settings=self.config.ldpc_settings(),
+                                      timeout_s=self.config.channel_timeout_s)
         payload = self.channel.recv(MESSAGE_RECONCILE_SEED, self.config.channel_timeout_s)
         if len(payload) != 8:
             raise ProtocolAbort("malformed_message", f"{MESSAGE_RECONCILE_SEED}: "
@@ -670,6 +718,7 @@ class LinkRunReport:
                 "test_qber": meta.get("test_qber"),
                 "qber_estimate": meta.get("qber_estimate"),
                 "qber_corrected": (other.meta if other else meta).get("qber_corrected"),
+                "reconciliation_method": meta.get("reconciliation_method"),
                 "reconciliation_disclosed_bits": meta.get("reconciliation_disclosed_bits"),
                 "reconciliation_alice_bits": meta.get("reconciliation_alice_bits"),
                 "reconciliation_bob_bits": meta.get("reconciliation_bob_bits"),
@@ -776,6 +825,7 @@ class LinkRunReport:
             "block_pulses": self.block_pulses,
             "seed": self.seed,
             "attack": self.attack,
+            "reconciliation": cfg.reconciliation,
             "cascade_variant": cfg.cascade_variant,
             "frame_bits": cfg.frame_bits,
             "eps_sec": cfg.eps_sec,

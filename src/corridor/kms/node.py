@@ -105,7 +105,8 @@ SOURCE_RECORDED = "recorded"
 _KME_NODE_KEYS = {"id", "site", "host", "port", "url", "store", "kek_file", "kek_env",
                   "audit_fsync_interval_s"}
 _LINK_KEYS = {"id", "alice_kme", "bob_kme", "preset", "parameters", "source", "block_pulses",
-              "block_interval_s", "cascade_variant", "frame_bits", "keys_dir", "block_bytes",
+              "block_interval_s", "cascade_variant", "frame_bits", "reconciliation", "keys_dir",
+              "block_bytes",
               "channel_listen", "channel_address", "simulation_seed", "psk_file"}
 _MONITOR_KEYS = {"qber_alarm_threshold", "trend_window_blocks", "recovery_blocks",
                  "recovery_qber_threshold", "max_consecutive_discards"}
@@ -154,6 +155,7 @@ class LinkSite:
     block_interval_s: float = 0.0
     cascade_variant: str = "yanetal"
     frame_bits: int = 10_000
+    reconciliation: str = "cascade"
     keys_dir: Path | None = None
     block_bytes: int = 4096
     channel_listen: str | None = None
@@ -348,6 +350,10 @@ def _parse_link(entry: Mapping[str, Any], index: int, kmes: Mapping[str, KmeSite
     variant = entry.get("cascade_variant", "yanetal")
     if not isinstance(variant, str):
         raise ParameterError(f"{where}.cascade_variant", variant, "must be a variant name")
+    reconciliation = entry.get("reconciliation", "cascade")
+    if reconciliation not in ("cascade", "ldpc"):
+        raise ParameterError(f"{where}.reconciliation", reconciliation,
+                             "must be one of cascade, ldpc")
     return LinkSite(
         link_id=link_id, alice_kme=ends["alice_kme"], bob_kme=ends["bob_kme"], params=params,
         source=source,
@@ -355,7 +361,7 @@ def _parse_link(entry: Mapping[str, Any], index: int, kmes: Mapping[str, KmeSite
                              integer=True, minimum=1),
         block_interval_s=float(_number(f"{where}.block_interval_s",
                                        entry.get("block_interval_s", 0.0))),
-        cascade_variant=variant,
+        cascade_variant=variant, reconciliation=reconciliation,
         frame_bits=_number(f"{where}.frame_bits", entry.get("frame_bits", 10_000),
                            integer=True, minimum=64),
         keys_dir=keys_dir, block_bytes=block_bytes, channel_listen=channel_listen,
@@ -749,7 +755,8 @@ def make_source(link: LinkSite, sides: tuple[str, ...], *,
 
     config = DistillConfig.for_link(link.params, link_id=link.link_id,
                                     cascade_variant=link.cascade_variant,
-                                    frame_bits=link.frame_bits, channel_timeout_s=30.0)
+                                    frame_bits=link.frame_bits,
+                                    reconciliation=link.reconciliation, channel_timeout_s=30.0)
     if set(sides) == {SIDE_ALICE, SIDE_BOB}:
         return SimulatedLinkSource(link.params, link_id=link.link_id,
                                    block_pulses=link.block_pulses, config=config, rng=rng,

@@ -1,0 +1,266 @@
+"""Compiled inner loops of LDPC reconciliation (``corridor.distill.ldpc``, ``ldpc_codes``).
+
+Code construction: :func:`peg_edges` (progressive edge growth, Hu, Eleftheriou and
+Arnold, IEEE Trans. Inf. Theory 51, 386 (2005), with the tree expansion cut at depth
+1, see ``ldpc_codes``) and :func:`private_check_puncturing` (the nested puncturing
+order). Reconciliation: :func:`syndromes` (Alice's encoder: one parity per check
+row) and :func:`decode_layered_spa` (Bob's layered sum-product decoder, ``phi`` from
+a table, many frames per call, early stop when the syndrome matches).
+
+The parity-check matrix is held as CSR index arrays: the columns of row ``c`` are
+``cols[row_start[c]:row_start[c + 1]]``; an edge is a position in ``cols``. Numba
+does not check bounds: ``ldpc.py`` validates everything that arrives from the
+channel before it reaches a kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def peg_edges(var_degrees: np.ndarray, checks: int, max_check_degree: int,
+              randoms: np.ndarray, var_adj: np.ndarray, check_adj: np.ndarray,
+              check_degree: np.ndarray) -> int:
+    """Grow the Tanner graph edge by edge; returns the number of edges placed by the
+    fallback rule (0 when every edge closes no cycle of length 4).
+
+    Variables are taken in the order given (ascending degree, as Hu et al.). For each
+    new edge of variable ``v`` the checks within distance 1 of ``v``'s current
+    subgraph (its checks and the checks of their variables) are excluded, and the
+    edge goes to a check of lowest current degree among the others; ties are broken
+    by scanning that degree's bucket from a position drawn from ``randoms``. When
+    every check is excluded, only ``v``'s own checks are (no double edges).
+    ``var_adj[v, :var_degrees[v]]`` and ``check_adj[c, :check_degree[c]]`` receive
+    the graph.
+    """
+    n = var_degrees.shape[0]
+    # Checks sorted by current degree: bucket d holds order[start[d]:start[d + 1]].
+    order = np.arange(checks)
+    pos = np.arange(checks)
+    start = np.full(max_check_degree + 2, checks, np.int64)
+    start[0] = 0
+    stamp = np.zeros(checks, np.int64)
+    tick = 0
+    draw = 0
+    fallbacks = 0
+    for v in range(n):
+        for k in range(var_degrees[v]):
+            tick += 2
+            # Exclude checks within distance 1 (4-cycles) and v's own checks.
+            for a in range(k):
+                c = var_adj[v, a]
+                stamp[c] = tick + 1
+                for b in range(check_degree[c]):
+                    u = check_adj[c, b]
+                    # Variables before v are complete; v itself has k edges so far.
+                    for j in range(var_degrees[u] if u < v else k):
+                        c2 = var_adj[u, j]
+                        if stamp[c2] < tick:
+                            stamp[c2] = tick
+            chosen = -1
+            for level in range(2):
+                limit = tick if level == 0 else tick + 1
+                for d in range(max_check_degree):
+                    lo = start[d]
+                    hi = start[d + 1]
+                    size = hi - lo
+                    if size <= 0:
+                        continue
+                    offset = randoms[draw % randoms.shape[0]] % size
+                    draw += 1
+                    for t in range(size):
+                        c = order[lo + (offset + t) % size]
+                        if stamp[c] < limit:
+                            chosen = c
+                            break
+                    if chosen >= 0:
+                        break
+                if chosen >= 0:
+                    if level == 1:
+                        fallbacks += 1
+                    break
+            if chosen < 0:
+                return -1
+            d = check_degree[chosen]
+            if d + 1 >= max_check_degree:
+                return -1
+            # Move ``chosen`` from bucket d to bucket d + 1.
+            last = start[d + 1] - 1
+            other = order[last]
+            p = pos[chosen]
+            order[p] = other
+            pos[other] = p
+            order[last] = chosen
+            pos[chosen] = last
+            start[d + 1] -= 1
+            var_adj[v, k] = chosen
+            check_adj[chosen, d] = v
+            check_degree[chosen] = d + 1
+    return fallbacks
+
+
+@njit(cache=True, nogil=True)
+def private_check_puncturing(candidates: np.ndarray, var_start: np.ndarray,
+                             var_checks: np.ndarray, checks: int, out: np.ndarray) -> int:
+    """Greedy nested puncturing order: each chosen variable owns a *private* check.
+
+    A candidate is taken when none of its checks is already some punctured
+    variable's private check, and one of its checks touches no punctured variable
+    yet (that check becomes its private one). Every prefix of the order then has a
+    parity-check submatrix of full column rank (the private rows form a permutation
+    matrix). Returns how many variables were taken into ``out``.
+    """
+    punctured_on = np.zeros(checks, np.int64)
+    private = np.zeros(checks, np.bool_)
+    count = 0
+    for i in range(candidates.shape[0]):
+        v = candidates[i]
+        ok = True
+        own = -1
+        for e in range(var_start[v], var_start[v + 1]):
+            c = var_checks[e]
+            if private[c]:
+                ok = False
+                break
+            if own < 0 and punctured_on[c] == 0:
+                own = c
+        if not ok or own < 0:
+            continue
+        private[own] = True
+        for e in range(var_start[v], var_start[v + 1]):
+            punctured_on[var_checks[e]] += 1
+        out[count] = v
+        count += 1
+    return count
+
+
+@njit(cache=True, nogil=True)
+def syndromes(words: np.ndarray, row_start: np.ndarray, cols: np.ndarray,
+              out: np.ndarray) -> None:
+    """``out[f, c]`` = parity of ``words[f]`` (0/1 bytes) over row ``c``."""
+    for f in range(words.shape[0]):
+        w = words[f]
+        for c in range(row_start.shape[0] - 1):
+            acc = 0
+            for e in range(row_start[c], row_start[c + 1]):
+                acc ^= w[cols[e]]
+            out[f, c] = acc
+
+
+#: phi(x) = -log tanh(x / 2) tabulated on x = (i + 1/2) / PHI_SCALE; ``phi`` is its own
+#: inverse, so one table serves both directions of the check update.
+PHI_SCALE = 512.0
+PHI_SIZE = 16384
+
+
+def phi_table() -> np.ndarray:
+    """The table :func:`decode_layered_spa` reads (float32, ``PHI_SIZE`` entries)."""
+    x = (np.arange(PHI_SIZE, dtype=np.float64) + 0.5) / PHI_SCALE
+    return (-np.log(np.tanh(x / 2.0))).astype(np.float32)
+
+
+_SCALE32 = np.float32(PHI_SCALE)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _phi(table: np.ndarray, x: float) -> float:
+    i = int(x * _SCALE32)
+    if i >= PHI_SIZE:
+        i = PHI_SIZE - 1
+    return table[i]
+
+
+@njit(cache=True, nogil=True)
+def decode_layered_spa(llr: np.ndarray, target: np.ndarray, row_start: np.ndarray,
+                       cols: np.ndarray, frames: np.ndarray, max_iterations: int,
+                       table: np.ndarray, out: np.ndarray, converged: np.ndarray,
+                       iterations: np.ndarray, state_r: np.ndarray, state_total: np.ndarray,
+                       slot: np.ndarray, resume: np.ndarray) -> None:
+    """Layered sum-product decoding of the listed frames.
+
+    ``llr[f, v]`` is the channel log-likelihood ratio of bit ``v`` being 0 (positive:
+    0 more likely); ``target[f, c]`` the syndrome the word must have. Each check row
+    in turn takes its variables' extrinsic values ``q = L - r`` and sends back the
+    tanh-rule message in the log domain, ``phi(sum of the others' phi(|q|))`` with the
+    sign that makes the row's parity ``target`` (``phi`` from ``table``, see
+    :func:`phi_table`), updating ``L`` at once (layered scheduling: about half the
+    sweeps of flooding). After each sweep the hard decision is checked against the
+    whole syndrome; decoding stops as soon as it matches. ``out[f]`` gets the hard
+    decision, ``converged[f]`` whether it matched, ``iterations[f]`` the sweeps.
+
+    Warm start: a frame with ``slot[f] = k >= 0`` that does not converge leaves its
+    check messages and totals in ``state_r[k]``, ``state_total[k]``; with
+    ``resume[f]`` it starts from them instead of from ``llr`` (the caller has added
+    any change of channel values to ``state_total[k]``).
+    """
+    n = llr.shape[1]
+    edges = cols.shape[0]
+    checks = row_start.shape[0] - 1
+    widest = 0
+    for c in range(checks):
+        widest = max(widest, row_start[c + 1] - row_start[c])
+    r = np.zeros(edges, np.float32)
+    q = np.empty(widest, np.float32)
+    fq = np.empty(widest, np.float32)
+    total = np.empty(n, np.float32)
+    hard = np.empty(n, np.uint8)
+    for i in range(frames.shape[0]):
+        f = frames[i]
+        k = slot[f]
+        if k >= 0 and resume[f]:
+            for v in range(n):
+                total[v] = state_total[k, v]
+            for e in range(edges):
+                r[e] = state_r[k, e]
+        else:
+            for v in range(n):
+                total[v] = llr[f, v]
+            r[:] = 0.0
+        done = False
+        sweeps = 0
+        for _ in range(max_iterations):
+            sweeps += 1
+            for c in range(checks):
+                lo = row_start[c]
+                hi = row_start[c + 1]
+                negative = target[f, c]
+                acc = np.float32(0.0)
+                for e in range(lo, hi):
+                    x = total[cols[e]] - r[e]
+                    q[e - lo] = x
+                    if x < 0:
+                        negative ^= 1
+                        x = -x
+                    y = _phi(table, x)
+                    fq[e - lo] = y
+                    acc += y
+                for e in range(lo, hi):
+                    x = q[e - lo]
+                    mag = _phi(table, acc - fq[e - lo])
+                    flip = negative ^ (1 if x < 0 else 0)
+                    msg = -mag if flip else mag
+                    r[e] = msg
+                    total[cols[e]] = x + msg
+            for v in range(n):
+                hard[v] = 1 if total[v] < 0 else 0
+            done = True
+            for c in range(checks):
+                acc2 = target[f, c]
+                for e in range(row_start[c], row_start[c + 1]):
+                    acc2 ^= hard[cols[e]]
+                if acc2:
+                    done = False
+                    break
+            if done:
+                break
+        for v in range(n):
+            out[f, v] = hard[v]
+        converged[f] = done
+        iterations[f] = sweeps
+        if k >= 0 and not done:
+            for v in range(n):
+                state_total[k, v] = total[v]
+            for e in range(edges):
+                state_r[k, e] = r[e]

@@ -1,0 +1,378 @@
+"""Tests of corridor.distill.ldpc: decoding, exact accounting, agreement, refusals.
+
+Alice and Bob run in two threads over an in-process channel; a wrapper records what
+Alice and Bob send, so that the disclosed bits are counted from the bytes on the wire
+independently of the code under test. Keys and errors come from fixed seeds. The
+codes are short (n = 16384) to keep the suite quick; the efficiency figures at the
+default length are in benchmarks/bench_ldpc.py and docs/ldpc.md.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import corridor.distill.ldpc_codes as codes
+from corridor.distill.channel import ChannelEndpoint, ChannelStats, in_process_pair
+from corridor.distill.ldpc import (
+    MESSAGE_RESULT,
+    MESSAGE_REVEAL,
+    MESSAGE_SYNDROME,
+    LdpcReconciliationResult,
+    LdpcSettings,
+    plan,
+    reconcile_alice,
+    reconcile_bob,
+)
+from corridor.distill.pipeline import DistillConfig, distill_link
+from corridor.errors import ParameterError, ProtocolAbort
+from corridor.link.params import preset
+from corridor.link.rates import binary_entropy
+from corridor.randomness import RandomSource
+
+TIMEOUT_S = 30.0
+CORRIDOR_TOML = Path(codes.__file__).parent.parent / "kms" / "default_corridor.toml"
+SETTINGS = LdpcSettings(code_bits=16384)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> object:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(codes.CACHE_ENV, str(tmp_path_factory.mktemp("ldpc-cache")))
+        codes.get_code.cache_clear()
+        yield
+    codes.get_code.cache_clear()
+
+
+@dataclass
+class RecordingEndpoint:
+    """Passes messages through and keeps (kind, payload) of everything sent."""
+
+    inner: ChannelEndpoint
+    tamper: Callable[[str, bytes], bytes] | None = None
+    sent: list[tuple[str, bytes]] = field(default_factory=list)
+    stats: ChannelStats = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stats = self.inner.stats
+
+    def send(self, kind: str, payload: bytes) -> None:
+        if self.tamper is not None:
+            payload = self.tamper(kind, payload)
+        self.sent.append((kind, bytes(payload)))
+        self.inner.send(kind, payload)
+
+    def recv(self, kind: str, timeout_s: float = TIMEOUT_S) -> bytes:
+        return self.inner.recv(kind, timeout_s)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass
+class Run:
+    alice: LdpcReconciliationResult
+    bob: LdpcReconciliationResult
+    alice_sent: list[tuple[str, bytes]]
+    bob_sent: list[tuple[str, bytes]]
+
+
+def bsc_pair(n: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    alice = rng.integers(0, 2, n, dtype=np.uint8)
+    return alice, alice ^ (rng.random(n) < qber).astype(np.uint8)
+
+
+def run(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float,
+        alice_settings: LdpcSettings = SETTINGS, bob_settings: LdpcSettings = SETTINGS,
+        tamper: Callable[[str, bytes], bytes] | None = None) -> Run:
+    a_raw, b_raw = in_process_pair()
+    a_end = RecordingEndpoint(a_raw, tamper)
+    b_end = RecordingEndpoint(b_raw)
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(reconcile_alice, a_end, alice_bits, qber_estimate=qber,
+                             rng=RandomSource.seeded(99), settings=alice_settings,
+                             timeout_s=TIMEOUT_S)
+        try:
+            bob = reconcile_bob(b_end, bob_bits, qber_estimate=qber, settings=bob_settings,
+                                timeout_s=TIMEOUT_S)
+        finally:
+            alice = future.result()
+    return Run(alice, bob, a_end.sent, b_end.sent)
+
+
+def wire_counts(result: Run) -> tuple[int, int, int]:
+    """(syndrome bits, reveal bits, Bob's flag bits) counted from the recorded bytes."""
+    syndrome = reveal = flags = 0
+    header = struct.Struct("<32sQIIIII")
+    for kind, payload in result.alice_sent:
+        if kind == MESSAGE_SYNDROME:
+            _, _, frames, *_ = header.unpack_from(payload)
+            code = codes.get_code(result.alice.distribution, SETTINGS.code_bits,
+                                  SETTINGS.code_seed)
+            assert len(payload) == header.size + frames * ((code.checks + 7) // 8)
+            syndrome += frames * code.checks
+        else:
+            assert kind == MESSAGE_REVEAL
+            count, step = struct.unpack_from("<II", payload)
+            reveal += count * step
+    for kind, payload in result.bob_sent:
+        assert kind == MESSAGE_RESULT
+        flags += struct.unpack_from("<BI", payload)[1]
+    return syndrome, reveal, flags
+
+
+#: Short codes (n = 16384) sit further from their thresholds than the default length:
+#: start at f = 1.15 and allow six retries of 0.05 (f <= 1.45).
+TOLERANT = LdpcSettings(code_bits=16384, efficiency=1.15, retry_step=0.05, max_retries=6)
+
+
+@pytest.mark.parametrize("qber", [0.01, 0.02, 0.03, 0.04, 0.05])
+def test_syndrome_decoding_corrects_bsc_errors(qber: float) -> None:
+    # 2e5 bits in 13-14 frames per QBER. On these seeds at most one frame per QBER is
+    # still failing after the retries (2 of 67 frames in all at QBER 1-5 %: the short
+    # code's error floor); both parties drop it, and every kept frame is Alice's.
+    alice, bob = bsc_pair(200_000, qber, seed=round(qber * 1000))
+    result = run(alice, bob, qber, TOLERANT, TOLERANT)
+    assert result.bob.dropped_frames == result.alice.dropped_frames <= 1
+    assert result.bob.first_round_failures >= result.bob.dropped_frames
+    assert np.array_equal(result.alice.bits, result.bob.bits)
+    assert result.bob.bits.size == 200_000 - result.bob.dropped_bits
+    if result.bob.dropped_frames == 0:
+        assert np.array_equal(result.bob.bits, alice)
+    assert result.bob.qber_corrected == pytest.approx(qber, abs=0.002)
+    # Disclosure: at least the Shannon limit, at most f = 1.15 + every retry step.
+    f = result.bob.efficiency(qber)
+    assert 1.0 < f <= TOLERANT.efficiency + TOLERANT.max_retries * TOLERANT.retry_step + 0.01
+
+
+def test_disclosed_bits_equal_the_bits_on_the_wire() -> None:
+    alice, bob = bsc_pair(150_000, 0.03, seed=5)
+    result = run(alice, bob, 0.03)
+    syndrome, reveal, flags = wire_counts(result)
+    for side in (result.alice, result.bob):
+        code = codes.get_code(side.distribution, SETTINGS.code_bits, SETTINGS.code_seed)
+        assert side.syndrome_bits == syndrome == side.frames * code.checks
+        # The syndrome discloses m - p per frame (the p secret punctured bits are in it).
+        credit = side.frames * side.punctured_bits
+        assert side.revealed_bits == reveal   # no frame ran out of positions to reveal
+        assert side.alice_disclosed_bits == syndrome - credit + reveal
+        assert side.bob_disclosed_bits == flags
+        assert side.disclosed_bits == side.alice_disclosed_bits + side.bob_disclosed_bits
+        assert side.messages == len(result.alice_sent) + len(result.bob_sent)
+    assert result.alice.disclosed_bits == result.bob.disclosed_bits
+
+
+def test_blind_retries_are_counted_and_failed_frames_dropped_on_both_sides() -> None:
+    # Start well below what the code can decode (f = 1.0 at QBER 4 %), one retry only:
+    # some frames fail, are retried with revealed bits, and the rest are dropped.
+    settings = LdpcSettings(code_bits=16384, efficiency=1.0, retry_step=0.05, max_retries=1)
+    alice, bob = bsc_pair(200_000, 0.04, seed=8)
+    result = run(alice, bob, 0.04, settings, settings)
+    syndrome, reveal, flags = wire_counts(result)
+    assert reveal > 0 and result.bob.revealed_bits == reveal
+    assert result.bob.passes_run == 2 and result.bob.round_trips == 2
+    frames = result.bob.frames
+    assert flags == frames + reveal // plan(200_000, 0.04, settings).reveal_step
+    assert result.bob.dropped_frames == result.alice.dropped_frames > 0
+    assert np.array_equal(result.alice.bits, result.bob.bits)
+    assert result.bob.bits.size == 200_000 - result.bob.dropped_bits
+    assert result.alice.disclosed_bits == result.bob.disclosed_bits == (
+        syndrome - frames * result.bob.punctured_bits + reveal + flags)
+
+
+def test_plan_matches_the_target_rate() -> None:
+    for qber in (0.01, 0.02, 0.03, 0.05, 0.08):
+        pl = plan(1_000_000, qber, SETTINGS)
+        code = pl.code
+        assert pl.frames * pl.key_per_frame >= 1_000_000 > pl.frames * (pl.key_per_frame - 1)
+        assert pl.punctured + pl.shortened + pl.key_per_frame == code.n
+        assert 0 <= pl.punctured <= code.max_punctured
+        leak = code.checks - pl.punctured
+        assert leak == pytest.approx(SETTINGS.efficiency * binary_entropy(qber)
+                                     * pl.key_per_frame, abs=1)
+
+
+def test_mismatched_code_identity_aborts_with_a_named_reason() -> None:
+    alice, bob = bsc_pair(50_000, 0.02, seed=3)
+    other = LdpcSettings(code_bits=16384, code_seed=SETTINGS.code_seed + 1)
+    with pytest.raises(ProtocolAbort) as info:
+        run(alice, bob, 0.02, alice_settings=other)
+    assert info.value.reason == "ldpc_code_mismatch"
+
+
+def test_mismatched_layout_aborts_on_both_sides() -> None:
+    alice, bob = bsc_pair(50_000, 0.02, seed=3)
+    a_raw, b_raw = in_process_pair()
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(reconcile_alice, a_raw, alice, qber_estimate=0.02,
+                             rng=RandomSource.seeded(1), settings=SETTINGS, timeout_s=TIMEOUT_S)
+        with pytest.raises(ProtocolAbort) as bob_info:
+            reconcile_bob(b_raw, bob[:-1000], qber_estimate=0.02, settings=SETTINGS,
+                          timeout_s=TIMEOUT_S)
+        with pytest.raises(ProtocolAbort) as alice_info:
+            future.result()
+    assert bob_info.value.reason == alice_info.value.reason == "ldpc_parameter_mismatch"
+    assert "n_key" in bob_info.value.detail
+
+
+def test_malformed_syndrome_is_refused() -> None:
+    alice, bob = bsc_pair(50_000, 0.02, seed=4)
+
+    def truncate(kind: str, payload: bytes) -> bytes:
+        return payload[:-1] if kind == MESSAGE_SYNDROME else payload
+
+    with pytest.raises(ProtocolAbort) as info:
+        a_raw, b_raw = in_process_pair()
+        a_end = RecordingEndpoint(a_raw, truncate)
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(reconcile_alice, a_end, alice, qber_estimate=0.02,
+                        rng=RandomSource.seeded(1), settings=SETTINGS, timeout_s=2.0)
+            reconcile_bob(b_raw, bob, qber_estimate=0.02, settings=SETTINGS,
+                          timeout_s=TIMEOUT_S)
+    assert info.value.reason == "malformed_message"
+
+
+def test_empty_key_discloses_nothing() -> None:
+    a_raw, _ = in_process_pair()
+    result = reconcile_alice(a_raw, np.zeros(0, np.uint8), qber_estimate=0.02,
+                             rng=RandomSource.seeded(1), settings=SETTINGS)
+    assert result.disclosed_bits == 0 and result.bits.size == 0 and result.messages == 0
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"code_bits": 100}, "ldpc.code_bits"),
+    ({"code_seed": -1}, "ldpc.code_seed"),
+    ({"efficiency": 0.9}, "ldpc.efficiency"),
+    ({"retry_step": 0.0}, "ldpc.retry_step"),
+    ({"max_retries": 33}, "ldpc.max_retries"),
+    ({"max_iterations": 0}, "ldpc.max_iterations"),
+])
+def test_bad_settings_name_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ParameterError) as info:
+        LdpcSettings(**kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_bad_inputs_are_refused() -> None:
+    a_raw, _ = in_process_pair()
+    for bits, qber in ((np.array([0, 2], np.uint8), 0.02), (np.zeros(10, np.uint8), 0.6)):
+        with pytest.raises(ParameterError):
+            reconcile_alice(a_raw, bits, qber_estimate=qber, rng=RandomSource.seeded(1))
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"reconciliation": "turbo"}, "reconciliation"),
+    ({"ldpc_code_bits": 12}, "ldpc.code_bits"),
+])
+def test_bad_config_values_name_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ParameterError) as info:
+        DistillConfig(**kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_reconciliation_method_is_part_of_the_session_fingerprint() -> None:
+    assert DistillConfig().fingerprint() != DistillConfig(reconciliation="ldpc").fingerprint()
+    assert DistillConfig(reconciliation="ldpc").fingerprint() != DistillConfig(
+        reconciliation="ldpc", ldpc_code_bits=16384).fingerprint()
+
+
+@pytest.mark.slow
+def test_distill_link_with_ldpc_gives_identical_keys() -> None:
+    # No dead time: a 1e7-pulse block of the saturating preset holds no finite key.
+    params = preset("modern-snspd").override({
+        "z_basis_probability": 0.5, "signal_probability": 0.5, "decoy_probability": 0.3,
+        "vacuum_probability": 0.2, "misalignment_error": 0.01,
+        "dead_time_s": 0.0}).with_length(5.0)
+    config = DistillConfig.for_link(params, channel_timeout_s=30.0, reconciliation="ldpc",
+                                    ldpc_code_bits=16384)
+    report = distill_link(params, 10_000_000, 1, block_pulses=10_000_000, config=config)
+    assert report.run_abort is None
+    assert report.alice is not None and report.bob is not None
+    assert len(report.alice.keys) == len(report.bob.keys) == 1
+    assert [k.key_bytes() for k in report.alice.keys] == [k.key_bytes() for k in report.bob.keys]
+    meta = report.bob.keys[0].meta
+    assert meta["reconciliation_method"] == "ldpc"
+    assert meta["reconciliation_disclosed_bits"] == (meta["reconciliation_alice_bits"]
+                                                     + meta["reconciliation_bob_bits"])
+    assert meta["ldpc_distribution"].startswith("elkouss2009-")
+    # What reconciliation dropped is taken off the key length (chain rule).
+    assert meta["finite_key_bits"] <= meta["sifted_bits"] - meta["reconciliation_dropped_bits"]
+    row = report.block_rows()[0]
+    assert row["reconciliation_method"] == "ldpc"
+    assert report.as_dict()["reconciliation"] == "ldpc"
+
+
+def test_cli_refuses_an_unknown_method_in_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from corridor.cli import app
+
+    result = CliRunner().invoke(app, ["link", "run", "--distance-km", "5",
+                                      "--reconciliation", "turbo", "--quiet"])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--reconciliation" in lines[0] and "ldpc" in lines[0]
+
+
+def test_corridor_file_takes_reconciliation_per_link(tmp_path: Path) -> None:
+    from corridor.kms.node import load_corridor
+
+    text = CORRIDOR_TOML.read_text()
+    assert 'cascade_variant = "biconf"' in text
+    for value, ok in (('"ldpc"', True), ('"turbo"', False)):
+        path = tmp_path / f"corridor-{ok}.toml"
+        path.write_text(text.replace('cascade_variant = "biconf"',
+                                     f'cascade_variant = "biconf"\nreconciliation = {value}'))
+        if ok:
+            corridor = load_corridor(path)
+            assert {link.reconciliation for link in corridor.links.values()} == {"ldpc"}
+        else:
+            with pytest.raises(ParameterError) as info:
+                load_corridor(path)
+            assert info.value.field.endswith(".reconciliation")
+
+
+def test_degree_two_chain_between_unsatisfied_checks_is_repaired() -> None:
+    from corridor.distill import _ldpc_kernels as kernels
+    from corridor.distill.ldpc import _repair_degree_two_paths
+
+    code = codes.get_code("elkouss2009-r50", 8192, 7)
+    rng = np.random.default_rng(0)
+    word = rng.integers(0, 2, code.n, dtype=np.uint8)
+    target = np.empty((1, code.checks), np.uint8)
+    kernels.syndromes(word[None, :], code.row_start, code.cols, target)
+    degree = np.bincount(code.cols, minlength=code.n)
+    rows_of = {}
+    for c in range(code.checks):
+        for v in code.cols[code.row_start[c]:code.row_start[c + 1]].tolist():
+            if degree[v] == 2:
+                rows_of.setdefault(v, []).append(c)
+    # Two degree-2 variables sharing a check: a chain c1 - v1 - c2 - v2 - c3.
+    by_check: dict[int, list[int]] = {}
+    for v, (c1, c2) in rows_of.items():
+        by_check.setdefault(c1, []).append(v)
+        by_check.setdefault(c2, []).append(v)
+    chain = next(vs[:2] for vs in by_check.values() if len(vs) >= 2)
+    for flipped in ([chain[0]], chain):
+        wrong = word.copy()
+        wrong[flipped] ^= 1
+        suspect = wrong != word      # what Bob's channel values would say, error-free
+        assert _repair_degree_two_paths(code, wrong, target[0], suspect)
+        assert np.array_equal(wrong, word)
+        # Without any suspect variable the shortest path is taken: the same here.
+        wrong = word.copy()
+        wrong[flipped] ^= 1
+        assert _repair_degree_two_paths(code, wrong, target[0], np.zeros(code.n, bool))
+        assert np.array_equal(wrong, word)
+    # Errors elsewhere (a degree >= 3 variable) are not touched.
+    heavy = int(np.flatnonzero(degree >= 3)[0])
+    wrong = word.copy()
+    wrong[heavy] ^= 1
+    assert not _repair_degree_two_paths(code, wrong, target[0], np.ones(code.n, bool))
