@@ -189,7 +189,7 @@ def run_command(
     config: ConfigOption = None,
     overrides: SetOption = None,
     pulses: Annotated[int, typer.Option("--pulses", parser=parse_pulse_count, metavar="N",
-                                        help="Pulses to send in total (1e8 or 100000000).")]
+                                        help="Pulses to send in total (1e9 or 1000000000).")]
     = DEFAULT_BLOCK_PULSES,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the simulation (same seed, "
                                       "same keys).")] = 0,

@@ -63,7 +63,6 @@ from corridor.distill.cascade import (
 )
 from corridor.distill.channel import ChannelEndpoint, ChannelStats, in_process_pair
 from corridor.distill.estimation import (
-    DEFAULT_ABORT_RECONCILIATION_EFFICIENCY,
     DEFAULT_QBER_ABORT_THRESHOLD,
     EstimationResult,
     EstimationSettings,
@@ -110,15 +109,24 @@ BLOCK_ABORT_REASONS = frozenset({
     "output_used_for_authentication",
 })
 
-#: Pulses per block by default: at the presets' short distances this is the order where
-#: the finite-key length of Lim et al. 2014 turns positive for efficient BB84.
-DEFAULT_BLOCK_PULSES = 100_000_000
+#: Pulses per block by default: with detectors that saturate (modern-snspd's 50 ns dead
+#: time) a 1e8-pulse block of efficient BB84 at 10 km holds no finite key (Lim et al.
+#: 2014, test-basis statistics too thin); 1e9 pulses (1 s at 1 GHz, ~1.4e7 sifted bits
+#: at 10 km) do.
+DEFAULT_BLOCK_PULSES = 1_000_000_000
 
 #: Reconciliation methods a link can run (``DistillConfig.reconciliation``).
 RECONCILIATION_METHODS = ("cascade", "ldpc")
 
 STAGES = ("sifting", "estimation", "reconciliation", "verification", "amplification",
           "authentication")
+
+
+#: Disclosed bits over n H2(QBER), both directions, that the pre-reconciliation check
+#: assumes per method, a little above what docs/benchmarks.md measures: Cascade
+#: (biconf) discloses f = 2.15-2.18 counting Bob's answers, LDPC 1.10-1.18 with its
+#: retries. A block that cannot pay that is aborted before the work is done.
+PRE_CHECK_EFFICIENCY = {"cascade": 2.30, "ldpc": 1.25}
 
 
 @dataclass(frozen=True)
@@ -132,7 +140,8 @@ class DistillConfig:
         cascade_variant: one of ``CASCADE_VARIANTS``.
         frame_bits: Cascade frame size in bits.
         qber_abort_threshold: abort a block above this test-basis QBER (11 % for BB84).
-        abort_reconciliation_efficiency: f of the pessimistic pre-reconciliation check.
+        abort_reconciliation_efficiency: f of the pessimistic pre-reconciliation check
+            (both directions; default: the method's, ``PRE_CHECK_EFFICIENCY``).
         channel_timeout_s: how long a party waits for the next message.
         auth_pool_bytes: size of the pre-shared authentication key pool.
         verification_segment_bits: key bits per verification tag (a segment that still
@@ -150,7 +159,7 @@ class DistillConfig:
     cascade_variant: str = "biconf"
     frame_bits: int = 10_000
     qber_abort_threshold: float = DEFAULT_QBER_ABORT_THRESHOLD
-    abort_reconciliation_efficiency: float = DEFAULT_ABORT_RECONCILIATION_EFFICIENCY
+    abort_reconciliation_efficiency: float | None = None
     channel_timeout_s: float = 120.0
     auth_pool_bytes: int = 1 << 16
     verification_segment_bits: int = DEFAULT_SEGMENT_BITS
@@ -192,7 +201,15 @@ class DistillConfig:
         EstimationSettings(intensities=(0.5, 0.1, 0.0), class_probabilities=(0.8, 0.1, 0.1),
                            eps_sec=self.eps_sec, eps_cor=self.eps_cor,
                            qber_abort_threshold=self.qber_abort_threshold,
-                           abort_reconciliation_efficiency=self.abort_reconciliation_efficiency)
+                           abort_reconciliation_efficiency=self.pre_check_efficiency)
+
+    @property
+    def pre_check_efficiency(self) -> float:
+        """f of the pessimistic key-length check before reconciliation: the one set, or
+        the reconciliation method's (``PRE_CHECK_EFFICIENCY``)."""
+        if self.abort_reconciliation_efficiency is not None:
+            return float(self.abort_reconciliation_efficiency)
+        return PRE_CHECK_EFFICIENCY[self.reconciliation]
 
     @classmethod
     def for_link(cls, params: LinkParameters, **overrides: Any) -> DistillConfig:
@@ -210,7 +227,7 @@ class DistillConfig:
         """The settings both parties must share, as bytes (sent at session start)."""
         return repr((self.link_id, self.eps_sec, self.eps_cor, self.cascade_variant,
                      self.frame_bits, self.qber_abort_threshold,
-                     self.abort_reconciliation_efficiency,
+                     self.pre_check_efficiency,
                      self.verification_segment_bits, self.finite_key_bound,
                      self.reconciliation, self.ldpc_settings())).encode()
 
@@ -221,7 +238,7 @@ def estimation_settings(params: LinkParameters, config: DistillConfig) -> Estima
                               class_probabilities=params.source.class_probabilities,
                               eps_sec=config.eps_sec, eps_cor=config.eps_cor,
                               qber_abort_threshold=config.qber_abort_threshold,
-                              abort_reconciliation_efficiency=config.abort_reconciliation_efficiency,
+                              abort_reconciliation_efficiency=config.pre_check_efficiency,
                               verification_tag_bits=TAG_BITS,
                               verification_segment_bits=config.verification_segment_bits,
                               finite_key_bound=config.finite_key_bound,
