@@ -65,6 +65,9 @@ def test_embedded_default_describes_two_sites_one_link_two_saes() -> None:
     (lambda d: d["links"][0]["parameters"].update(length_miles=3), "parameter name"),
     (lambda d: d["saes"][0].update(kme="kme-z"), "saes.sae-a.kme"),
     (lambda d: d["kmes"].pop(), "kmes"),
+    # Beyond the link's reach (issue 7: every block aborted, the link quarantined at
+    # block 0, nothing said): refused at start with the reach of these settings.
+    (lambda d: d["links"][0]["parameters"].update(length_km=200.0), "links.link-ab.parameters"),
 ])
 def test_bad_corridor_files_name_the_field(change: Any, field: str) -> None:
     data = _spec_data()

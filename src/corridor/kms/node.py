@@ -354,11 +354,14 @@ def _parse_link(entry: Mapping[str, Any], index: int, kmes: Mapping[str, KmeSite
     if reconciliation not in ("cascade", "ldpc"):
         raise ParameterError(f"{where}.reconciliation", reconciliation,
                              "must be one of cascade, ldpc")
+    block_pulses = _number(f"{where}.block_pulses", entry.get("block_pulses", 1_000_000_000),
+                           integer=True, minimum=1)
+    if source == SOURCE_SIMULATED:
+        _check_finite_key(where, params, int(block_pulses), reconciliation)
     return LinkSite(
         link_id=link_id, alice_kme=ends["alice_kme"], bob_kme=ends["bob_kme"], params=params,
         source=source,
-        block_pulses=_number(f"{where}.block_pulses", entry.get("block_pulses", 10_000_000),
-                             integer=True, minimum=1),
+        block_pulses=block_pulses,
         block_interval_s=float(_number(f"{where}.block_interval_s",
                                        entry.get("block_interval_s", 0.0))),
         cascade_variant=variant, reconciliation=reconciliation,
@@ -368,6 +371,31 @@ def _parse_link(entry: Mapping[str, Any], index: int, kmes: Mapping[str, KmeSite
         channel_address=channel_address, simulation_seed=simulation_seed,
         psk_file=_path(base, entry["psk_file"], f"{where}.psk_file")
         if "psk_file" in entry else None)
+
+
+def _check_finite_key(where: str, params: LinkParameters, block_pulses: int,
+                      reconciliation: str) -> None:
+    """Refuse, at start, a simulated link whose settings can never give a finite key: the
+    closed-form model (expected counts of one block, Lim et al. 2014 as published, the
+    disclosure the reconciliation method is checked against before it runs) says 0, so
+    every block would abort and the link sit quarantined."""
+    from corridor.distill.pipeline import PRE_CHECK_EFFICIENCY
+    from corridor.link.finite_key import finite_key_rate
+    from corridor.link.optimize import max_distance_km
+
+    efficiency = PRE_CHECK_EFFICIENCY[reconciliation]
+    model = params.override({"reconciliation_efficiency": efficiency})
+    if finite_key_rate(model, block_pulses) > 0.0:
+        return
+    reach = max_distance_km(model.with_length(0.0), "vacuum-weak", block_pulses,
+                            optimise_settings=False)
+    reach_text = (f"these settings reach {reach:.1f} km" if reach > 0.0 else
+                  "these settings give no finite key at any length")
+    raise ParameterError(
+        f"{where}.parameters", f"length_km = {params.fibre.length_km:g}",
+        f"gives no finite key in blocks of block_pulses = {block_pulses:.3g} pulses "
+        f"({reach_text} with {reconciliation}; every block would abort)",
+        "shorten the link, raise block_pulses, or change the source settings")
 
 
 def _parse_channel(entry: Mapping[str, Any], where: str, source: str
