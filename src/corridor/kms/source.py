@@ -778,6 +778,7 @@ class SimulatedLinkPartySource:
         self._fed = 0
         # Reconnection state (session thread only).
         self._lost_at: float | None = None
+        self._loss_reason: str | None = None
         self._attempts = 0
         self._backoff_s = self.reconnect_initial_s
         #: Public counters: sessions established, connections lost.
@@ -999,6 +1000,7 @@ class SimulatedLinkPartySource:
                 reason = block.discard_reason or "session_abort"
                 detail = str(block.meta.get("discard_detail") or "")
                 if _is_connection_loss(reason, detail):
+                    self._loss_reason = reason
                     block.discard(REASON_CHANNEL_LOST)
                 self._hand_out(block)
                 return
@@ -1045,9 +1047,6 @@ class SimulatedLinkPartySource:
                     self._run_abort = str(ended)
                     return
                 self._lost(ended, established=self.sessions > sessions_before)
-                if self._end_id is not None and self._proposal >= self._end_id and \
-                        self._pending is None:
-                    return
                 if self.listen:
                     continue  # the bound port waits for the peer: nothing to back off
                 wait_s = self._backoff_s * (0.5 + 0.5 * _jitter())
@@ -1070,18 +1069,22 @@ class SimulatedLinkPartySource:
     def _lost(self, ended: ProtocolAbort, *, established: bool) -> None:
         """One failed attempt or one lost session: log, count, emit at the first."""
         self._attempts += 1
+        reason = ended.reason
+        if reason == REASON_CHANNEL_LOST and self._loss_reason is not None:
+            reason = self._loss_reason  # what the transport said, for the operator
+        self._loss_reason = None
         if established or (self._lost_at is None and self.sessions > 0):
             self.channel_losses += 1
             self._lost_at = time.monotonic()
             _log.warning("party %s of link %s: classical channel lost (%s); reconnecting "
-                         "with backoff from %.1f s", self.role, self.link_id, ended.reason,
+                         "with backoff from %.1f s", self.role, self.link_id, reason,
                          self.reconnect_initial_s)
             self.events.emit(EVENT_CHANNEL_LOST, link_id=self.link_id, role=self.role,
-                             reason=ended.reason, next_block_id=self._proposal,
+                             reason=reason, next_block_id=self._proposal,
                              unconfirmed_block=self._pending is not None)
         elif self.sessions > 0 or self._attempts in (1, 10) or self._attempts % 60 == 0:
             _log.warning("party %s of link %s: peer not reached (%s, attempt %d)",
-                         self.role, self.link_id, ended.reason, self._attempts)
+                         self.role, self.link_id, reason, self._attempts)
 
     def _close_endpoint(self) -> None:
         endpoint, self._endpoint = self._endpoint, None
