@@ -13,7 +13,10 @@ it, the abort reason.
 - :class:`SimulatedLinkPartySource`: one party of the simulated link (Alice's or
   Bob's) and its distillation, for one KME process of a split-site deployment: the
   classical channel to the other site's party is TCP; a session agrees the next block
-  ID (and lines up the two stores' streams) before its first block.
+  ID (and lines up the two stores' streams) before its first block, every key block is
+  confirmed by both parties before it is handed out, and a lost connection is
+  re-established by itself with backoff (``link_channel_lost`` /
+  ``link_channel_restored`` events), while an authentication failure stops the feed.
 - :class:`RecordedKeyFileSource`: Alice's and Bob's key files as
   ``corridor link run --keys-out DIR`` writes them (``DIR/alice.bin``,
   ``DIR/bob.bin``), cut into blocks of a stated size; block ``k`` is bytes
@@ -920,6 +923,11 @@ class SimulatedLinkPartySource:
             theirs = _parse_done(channel.recv(MESSAGE_BLOCK_DONE, timeout_s), block.block_id)
         else:
             theirs = _parse_done(channel.recv(MESSAGE_BLOCK_DONE, timeout_s), block.block_id)
+            if self._stop.is_set():
+                # Closing: the feeder stores nothing more, so Bob must not confirm a
+                # block he cannot keep (Alice then settles it at the next session).
+                raise ProtocolAbort("source_closed", f"closed before block "
+                                    f"{block.block_id} was confirmed")
         self._pending = None
         if ok and theirs:
             key = block.key_bytes()
