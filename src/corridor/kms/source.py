@@ -919,6 +919,11 @@ class SimulatedLinkPartySource:
             self._pending = block
         self._proposal = max(self._proposal, block.block_id + 1)
         if self.role == SIDE_ALICE:
+            if self._stop.is_set():
+                # Closing: confirm nothing this side can no longer keep (Bob then holds
+                # the block unconfirmed and discards it at the next session start).
+                raise ProtocolAbort("source_closed", f"closed before block "
+                                    f"{block.block_id} was confirmed")
             channel.send(MESSAGE_BLOCK_DONE, mine)
             theirs = _parse_done(channel.recv(MESSAGE_BLOCK_DONE, timeout_s), block.block_id)
         else:
