@@ -15,10 +15,14 @@ import pytest
 
 from corridor.distill.auth import AuthenticatedChannel, AuthenticationKeyPool
 from corridor.distill.transport import (
+    CONNECTION_LOSS_REASONS,
+    PEER_ABORT_KIND,
     TcpEndpoint,
+    TcpListener,
     connect,
     listen,
     parse_host_port,
+    peer_abort_reason,
 )
 from corridor.errors import AuthenticationFailure, ParameterError, ProtocolAbort
 from corridor.randomness import RandomSource
@@ -310,3 +314,50 @@ def test_bad_arguments_name_the_field() -> None:
         connect(HOST, 80, timeout_s=-1)
     with pytest.raises(ParameterError, match="retries"):
         connect(HOST, 80, retries=-1)
+
+
+def test_listener_accepts_one_peer_after_another_on_the_same_port() -> None:
+    with TcpListener(HOST, 0, send_timeout_s=5) as listener:
+        for i in range(3):
+            client = connect(HOST, listener.port, timeout_s=5, retries=0)
+            server = listener.accept(5)
+            client.send("ping", bytes([i]))
+            assert server.recv("ping", 5) == bytes([i])
+            client.close()  # the peer goes away; the port stays bound
+            with pytest.raises(ProtocolAbort) as info:
+                server.recv("ping", 5)
+            assert info.value.reason == "peer_closed"
+            server.close()
+        with pytest.raises(ProtocolAbort) as info:
+            listener.accept(0.05)
+        assert info.value.reason == "channel_timeout"
+    with pytest.raises(ProtocolAbort) as info:
+        listener.accept(1)
+    assert info.value.reason == "channel_closed"
+
+
+def test_listener_on_busy_port_is_reported() -> None:
+    with TcpListener(HOST, 0) as first, pytest.raises(ProtocolAbort) as info:
+        TcpListener(HOST, first.port)
+    assert info.value.reason == "listen_failed"
+
+
+@pytest.mark.parametrize("stated", ["source_closed", "authentication_failed"])
+def test_a_peer_abort_notice_ends_the_wait_and_carries_its_reason(stated: str) -> None:
+    server, client = _connected_pair()
+    with server, client:
+        client.send(PEER_ABORT_KIND, stated.encode())
+        with pytest.raises(ProtocolAbort) as info:
+            server.recv("auth", 5)
+        assert info.value.reason == "peer_aborted"
+        assert peer_abort_reason(info.value) == stated
+        with pytest.raises(ProtocolAbort) as again:
+            server.recv("auth", 5)
+        assert again.value.reason == "channel_broken"
+
+
+def test_connection_loss_reasons_never_cover_tampering_or_bad_frames() -> None:
+    assert {"peer_closed", "connection_refused", "channel_timeout"} <= CONNECTION_LOSS_REASONS
+    assert not {"authentication_failed", "malformed_frame", "frame_too_large",
+                "unexpected_message", "peer_aborted"} & CONNECTION_LOSS_REASONS
+    assert peer_abort_reason(ProtocolAbort("peer_closed", "gone")) is None

@@ -247,11 +247,8 @@ def test_two_kme_nodes_fed_over_tcp_deliver_the_same_key(nodes: dict[str, KmeNod
     assert all(_ends(a)[d] > ends_b[d] for d in DIRECTIONS)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(90)
-def test_two_kme_serve_processes_share_a_simulated_link_over_tcp(tmp_path: Path) -> None:
-    """The deployment itself: two `corridor kme serve` processes from one corridor file,
-    the link's parties next to their KMEs; a key issued at A is the same key by ID at B."""
+def _serve_files(tmp_path: Path) -> tuple[dict[str, int], Path, Any]:
+    """The corridor file of two `corridor kme serve` processes on loopback, and its PKI."""
     ports = {"kme-a": _free_port(), "kme-b": _free_port()}
     data = _spec_data(_free_port())
     kmes = "\n".join(f'[[kmes]]\nid = "{kme}"\nhost = "127.0.0.1"\nport = {port}\n'
@@ -286,6 +283,15 @@ kme = "kme-b"
 ''')
     pki = init_pki(tmp_path / "pki", list(ports), [("sae-a", "kme-a"), ("sae-b", "kme-b")],
                    operators=["ops"])
+    return ports, config, pki
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_two_kme_serve_processes_share_a_simulated_link_over_tcp(tmp_path: Path) -> None:
+    """The deployment itself: two `corridor kme serve` processes from one corridor file,
+    the link's parties next to their KMEs; a key issued at A is the same key by ID at B."""
+    ports, config, pki = _serve_files(tmp_path)
     corridor = str(Path(sys.executable).parent / "corridor")
     processes: dict[str, subprocess.Popen[str]] = {}
     logs = {kme: tmp_path / f"{kme}.log" for kme in ports}
@@ -341,3 +347,83 @@ kme = "kme-b"
         assert "feeding 1 link(s)" in log and "stopped cleanly" in log
         for key in issued:
             assert key.key.hex() not in log
+
+
+def _serve(config: Path, kme: str, workdir: Path, log_path: Path) -> subprocess.Popen[str]:
+    corridor = str(Path(sys.executable).parent / "corridor")
+    with log_path.open("a") as log:
+        return subprocess.Popen([corridor, "kme", "serve", "--config", str(config), "--kme",
+                                 kme, "--workdir", str(workdir), "--log-text"],
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize(("stopped", "how"), [
+    ("kme-a", signal.SIGTERM),  # Alice's site, the side that connects: a clean restart
+    ("kme-b", signal.SIGKILL),  # Bob's site, the listening side: a crash
+])
+def test_a_restarted_kme_serve_site_reconnects_without_a_latched_alarm(
+        tmp_path: Path, stopped: str, how: signal.Signals) -> None:
+    """Stop one of two `corridor kme serve` processes and start it again: the survivor's
+    party reconnects by itself, keys flow again and neither site latches an alarm."""
+    ports, config, pki = _serve_files(tmp_path)
+    logs = {kme: tmp_path / f"{kme}.log" for kme in ports}
+    processes = {kme: _serve(config, kme, tmp_path / "state", logs[kme]) for kme in ports}
+    survivor = "kme-b" if stopped == "kme-a" else "kme-a"
+    sae_of = {"kme-a": ("sae-a", "sae-b"), "kme-b": ("sae-b", "sae-a")}
+
+    def client(kme: str) -> SaeClient:
+        sae = sae_of[kme][0]
+        return SaeClient(f"https://127.0.0.1:{ports[kme]}", pki.saes[sae].cert,
+                         pki.saes[sae].key, pki.ca_cert, expected_kme_id=kme, timeout_s=10.0)
+
+    def stored(kme: str) -> int:
+        try:
+            with client(kme) as sae:
+                return sae.status(sae_of[kme][1]).stored_key_count
+        except CorridorError:
+            return -1  # not serving (yet)
+
+    def wait_until(condition: Any, what: str) -> None:
+        deadline = time.monotonic() + 60.0
+        while not condition():
+            for kme, process in processes.items():
+                assert process.poll() is None, (kme, logs[kme].read_text())
+            assert time.monotonic() < deadline, (what, {k: v.read_text()
+                                                        for k, v in logs.items()})
+            time.sleep(0.2)
+
+    try:
+        wait_until(lambda: min(stored(kme) for kme in ports) >= 2, "first keys")
+        processes[stopped].send_signal(how)
+        assert processes[stopped].wait(40) in (0, -how)
+        # The survivor keeps serving and keeps its link: no latched alarm meanwhile.
+        before = stored(survivor)
+        processes[stopped] = _serve(config, stopped, tmp_path / "state", logs[stopped])
+        # Keys flow again: both KMEs store new blocks after the restart.
+        wait_until(lambda: stored(survivor) > before and stored(stopped) > before,
+                   "keys after the restart")
+        with client("kme-a") as sae_a, client("kme-b") as sae_b:
+            issued = sae_a.get_key("sae-b", number=2)
+            again = sae_b.get_key_with_id("sae-a", [k.key_id for k in issued])
+        assert [k.key for k in again] == [k.key for k in issued]
+        for kme, port in ports.items():
+            with OperatorClient(f"https://127.0.0.1:{port}", pki.operators["ops"].cert,
+                                pki.operators["ops"].key, pki.ca_cert,
+                                expected_kme_id=kme) as ops:
+                [link_seen] = ops.alarms()["links"]
+            assert link_seen["state"] in ("ok", "pool_full"), (kme, link_seen)
+            assert not [a for a in link_seen["alarms"] if a["latched"]], (kme, link_seen)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    survivor_log = logs[survivor].read_text()
+    assert "classical channel lost" in survivor_log, survivor_log
+    assert "classical channel restored after" in survivor_log, survivor_log
+    assert "integrity" not in survivor_log

@@ -1,9 +1,10 @@
 """The TCP transport of the classical channel: Alice and Bob in two OS processes.
 
 This module owns :class:`TcpEndpoint` (a :class:`~corridor.distill.channel.ChannelEndpoint`
-over one TCP connection), :func:`listen` (wait for one peer), :func:`connect` (reach
-it, retrying while it is not up yet) and :func:`parse_host_port` for ``HOST:PORT``
-options. It moves bytes only; authenticity comes from wrapping the endpoint in
+over one TCP connection), :func:`listen` (wait for one peer), :class:`TcpListener` (a
+bound port that accepts one peer after another, for a party that reconnects),
+:func:`connect` (reach it, retrying while it is not up yet) and :func:`parse_host_port`
+for ``HOST:PORT`` options. It moves bytes only; authenticity comes from wrapping the endpoint in
 :class:`~corridor.distill.auth.AuthenticatedChannel`, which is what the distillation
 stages always do.
 
@@ -18,7 +19,14 @@ A frame longer than the cap is refused before anything is allocated. Every failu
 a :class:`~corridor.errors.ProtocolAbort` with a reason: ``connection_refused``,
 ``connection_failed``, ``listen_failed``, ``channel_timeout``, ``peer_closed``,
 ``frame_too_large``, ``malformed_frame``, ``unexpected_message``, ``channel_broken``
-(any use after a failure that may have left the byte stream out of step).
+(any use after a failure that may have left the byte stream out of step), and
+``peer_aborted`` (the peer's best-effort, unauthenticated ``session.abort`` frame arrived
+where another message was expected; its detail carries the peer's stated reason, which
+:func:`peer_abort_reason` reads back).
+
+:data:`CONNECTION_LOSS_REASONS` names the reasons that only say the connection is gone
+(refused, reset, closed, silent): a caller may reconnect after them. They never cover a
+frame that arrived altered: that fails the authenticated channel above this one.
 """
 
 from __future__ import annotations
@@ -36,6 +44,26 @@ from corridor.errors import ParameterError, ProtocolAbort
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 _LENGTH = struct.Struct(">I")
 _MAX_KIND_BYTES = 255
+
+#: The frame type of a peer's best-effort notice that it stops the session (sent raw,
+#: unauthenticated, by ``corridor.distill.pipeline``).
+PEER_ABORT_KIND = "session.abort"
+_PEER_ABORT_PREFIX = "the peer stopped the session: "
+
+CONNECTION_LOSS_REASONS = frozenset({
+    "peer_closed", "channel_timeout", "connection_refused", "connection_failed",
+    "listen_failed",
+})
+"""Transport failures that mean only "the connection is gone or not up yet"."""
+
+
+def peer_abort_reason(exc: ProtocolAbort) -> str | None:
+    """The reason a ``peer_aborted`` failure carries (the peer's own word, unauthenticated:
+    anyone on the path could have written it), or None for any other failure."""
+    if exc.reason != "peer_aborted" or _PEER_ABORT_PREFIX not in exc.detail:
+        return None
+    stated = exc.detail.split(_PEER_ABORT_PREFIX, 1)[1].strip()
+    return stated if stated.isidentifier() and len(stated) <= 64 else "unreadable"
 
 
 def _check_port(field: str, port: object, allow_zero: bool) -> int:
@@ -174,6 +202,10 @@ class TcpEndpoint:
                               f"a {body_length}-byte frame")
         got_kind = body[1:1 + kind_length].decode("ascii", errors="replace")
         self.stats.on_receive(_LENGTH.size + body_length)
+        if got_kind == PEER_ABORT_KIND and kind != PEER_ABORT_KIND:
+            # The peer's session is over: nothing more will follow on this connection.
+            stated = body[1 + kind_length:][:64].decode("ascii", errors="replace")
+            raise self._break("peer_aborted", f"{_PEER_ABORT_PREFIX}{stated}")
         if got_kind != kind:
             raise ProtocolAbort("unexpected_message",
                                 f"{self.name}: expected {kind!r}, got {got_kind!r}")
@@ -233,6 +265,69 @@ def listen(host: str, port: int, timeout_s: float = DEFAULT_TIMEOUT_S, *,
                        max_frame_bytes=max_frame_bytes,
                        send_timeout_s=timeout if send_timeout_s is None
                        else _check_positive("send_timeout_s", send_timeout_s))
+
+
+class TcpListener:
+    """A bound, listening TCP port that accepts one peer at a time, again and again.
+
+    A party that reconnects after a lost connection keeps its port bound (the peer's
+    next attempt is never refused while this side is between two sessions). Each
+    :meth:`accept` returns a fresh :class:`TcpEndpoint`; the listener itself carries no
+    session state.
+
+    Args:
+        host, port: where to listen (``port`` 0 picks a free port, see :attr:`port`).
+        max_frame_bytes: passed to every endpoint.
+        send_timeout_s: every endpoint's send timeout.
+        name: a label for the endpoints.
+    """
+
+    def __init__(self, host: str, port: int, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 send_timeout_s: float = DEFAULT_TIMEOUT_S, name: str | None = None) -> None:
+        _check_port("port", port, allow_zero=True)
+        self._send_timeout_s = _check_positive("send_timeout_s", send_timeout_s)
+        self.max_frame_bytes = max_frame_bytes
+        try:
+            self._server = socket.create_server((host, port), family=_family(host), backlog=1)
+        except OSError as exc:
+            raise ProtocolAbort("listen_failed", f"cannot listen on {host}:{port} "
+                                f"({exc.strerror or exc})") from None
+        self.host = host
+        self.port = int(self._server.getsockname()[1])
+        self.name = name or f"{host}:{self.port}"
+        self._closed = False
+
+    def accept(self, timeout_s: float) -> TcpEndpoint:
+        """The next peer's endpoint, or ProtocolAbort ``channel_timeout`` within
+        ``timeout_s`` (``channel_closed`` once the listener is closed)."""
+        if self._closed:
+            raise ProtocolAbort("channel_closed", f"{self.name}: the listener was closed")
+        self._server.settimeout(_check_positive("timeout_s", timeout_s))
+        try:
+            sock, _peer = self._server.accept()
+        except TimeoutError:
+            raise ProtocolAbort("channel_timeout", f"no peer connected to {self.name} "
+                                f"within {timeout_s} s") from None
+        except OSError as exc:
+            raise ProtocolAbort("connection_failed", f"{self.name}: accepting failed "
+                                f"({exc.strerror or exc})") from None
+        return TcpEndpoint(sock, self.name, max_frame_bytes=self.max_frame_bytes,
+                           send_timeout_s=self._send_timeout_s)
+
+    def close(self) -> None:
+        """Stop listening (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._server.close()
+
+    def __enter__(self) -> TcpListener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TcpListener({self.name})"
 
 
 def connect(host: str, port: int, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = 10, *,

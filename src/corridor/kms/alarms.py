@@ -19,7 +19,9 @@ Rules (all thresholds are constructor arguments):
    - *benign* reasons (:data:`BENIGN_REASONS`: ``verification_failed``, a Cascade frame
      error caught by the verification hash; ``channel_timeout``;
      ``output_used_for_authentication``, a block too short to pay for its own
-     authentication): no alarm, but
+     authentication; ``channel_lost``, the block in flight when a split-site link's
+     TCP connection went away, after which the party reconnects by itself,
+     :class:`~corridor.kms.source.SimulatedLinkPartySource`): no alarm, but
      ``max_consecutive_discards`` (5) discarded blocks in a row raise
      ``consecutive_discards`` (quarantine, automatic recovery allowed);
    - every other reason (``authentication_failed``, ``malformed_message``,
@@ -77,8 +79,11 @@ ESTIMATION_REASONS = frozenset({
 
 # ``output_used_for_authentication``: a block too short to pay for its own
 # authentication yields no key but says nothing about the channel's integrity.
+# ``channel_lost``: a split-site party lost its TCP connection mid-block and reconnects
+# (kms/source.py); an attacker who cuts connections gets only this (denial of service):
+# a tampered message fails authentication, which stays an integrity alarm.
 BENIGN_REASONS = frozenset({"verification_failed", "channel_timeout",
-                            "output_used_for_authentication"})
+                            "output_used_for_authentication", "channel_lost"})
 """Abort reasons that alone raise no alarm (counted towards consecutive_discards)."""
 
 ALARM_BLOCK_ABORTED = "block_aborted"
