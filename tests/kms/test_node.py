@@ -315,3 +315,29 @@ def test_a_store_restored_from_an_older_copy_is_refused(tmp_path: Path, keys_dir
     shutil.copy(newest, workdir / "kme-a" / "store.sqlite")
     with Corridor(spec, workdir, host="127.0.0.1"):
         pass
+
+
+def test_kme_ports_are_remembered_across_restarts(tmp_path: Path, keys_dir: Path) -> None:
+    """KMEs with port = 0 get a free port the first time and the same one after a
+    restart in the same working directory (SAEs keep their URLs); a port taken in the
+    meantime gives another, with corridor-up.json telling the new URL."""
+    spec = parse_corridor(_spec_data(keys_dir))
+    workdir = tmp_path / "run"
+    with Corridor(spec, workdir, host="127.0.0.1") as corridor:
+        first = {kme: node.url for kme, node in corridor.nodes.items()}
+    assert json.loads((workdir / "ports.json").read_text()).keys() == {"kme-a", "kme-b"}
+    with Corridor(spec, workdir, host="127.0.0.1") as corridor:
+        assert {kme: node.url for kme, node in corridor.nodes.items()} == first
+    port_a = int(str(first["kme-a"]).rsplit(":", 1)[1])
+    from corridor.kms.tls import bind_socket
+
+    squatter = bind_socket("127.0.0.1", port_a)
+    squatter.listen()
+    try:
+        with Corridor(spec, workdir, host="127.0.0.1") as corridor:
+            moved = corridor.nodes["kme-a"].url
+            assert moved != first["kme-a"] and corridor.nodes["kme-b"].url == first["kme-b"]
+            up = json.loads(corridor.up_file.read_text())
+            assert {k["kme_id"]: k["base_url"] for k in up["kmes"]}["kme-a"] == moved
+    finally:
+        squatter.close()

@@ -879,11 +879,14 @@ class Corridor:
                                        raise_open_file_limit())
             sockets: dict[str, socket.socket] = {}
             urls: dict[str, str] = {}
+            remembered = self._remembered_ports()
             for kme_id, site in self.spec.kmes.items():
                 # Every port is known before any KME starts: each needs its peers' URLs.
-                sock = bind_socket(self.host or site.host, site.port)
+                sock = self._bind(kme_id, site, remembered.get(kme_id))
                 sockets[kme_id] = sock
                 urls[kme_id] = site.base_url(sock.getsockname()[1], self.host)
+            self._remember_ports({kme_id: int(sock.getsockname()[1])
+                                  for kme_id, sock in sockets.items()})
             for kme_id in self.spec.kmes:
                 node = KmeNode(self.spec, kme_id, self.workdir, self.pki, peer_urls=urls,
                                sock=sockets.pop(kme_id), public_url=urls[kme_id],
@@ -908,6 +911,39 @@ class Corridor:
                 sock.close()
             self.close()
             raise
+
+    @property
+    def ports_file(self) -> Path:
+        """Where the ports chosen for KMEs with ``port = 0`` are remembered."""
+        return self.workdir / "ports.json"
+
+    def _remembered_ports(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.ports_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): int(v) for k, v in data.items()
+                if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536}
+
+    def _remember_ports(self, ports: Mapping[str, int]) -> None:
+        tmp = self.ports_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(ports), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.ports_file)
+
+    def _bind(self, kme_id: str, site: KmeSite, remembered: int | None) -> socket.socket:
+        """The KME's socket: its configured port; for ``port = 0`` the port it had the
+        last time in this working directory (so SAEs' URLs survive a restart), or any
+        free one when that is taken now (said in a warning)."""
+        host = self.host or site.host
+        if site.port == 0 and remembered is not None:
+            try:
+                return bind_socket(host, remembered)
+            except (OSError, ParameterError):
+                _log.warning("port %d that KME %s had before is taken; it serves on another "
+                             "port now (corridor-up.json has its URL)", remembered, kme_id)
+        return bind_socket(host, site.port)
 
     def _lock_workdir(self) -> None:
         """Refuse a second corridor on the same state: two feeders would fight over the
