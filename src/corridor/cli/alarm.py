@@ -16,7 +16,6 @@ link for both; KMEs run with ``corridor kme serve`` each hold their own alarms, 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,7 +24,13 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from corridor.cli.common import OutputFormat, console, emit_json, handle_errors
+from corridor.cli.common import (
+    OutputFormat,
+    console,
+    emit_json,
+    handle_errors,
+    read_up_file,
+)
 from corridor.errors import ParameterError
 
 alarm_app = typer.Typer(help="Link states and alarms at the KMEs (operator certificate).",
@@ -45,15 +50,7 @@ class OperatorConnection:
 
 def load_up_operator(path: Path, operator: str | None) -> list[OperatorConnection]:
     """A connection to every KME of a ``corridor-up.json`` with its operator certificate."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ParameterError("--from-up", str(path), "an existing corridor-up.json") from None
-    except (OSError, ValueError) as exc:
-        raise ParameterError("--from-up", str(path), "a readable JSON file",
-                             type(exc).__name__) from None
-    if not isinstance(data, dict):
-        raise ParameterError("--from-up", str(path), "a JSON object")
+    data = read_up_file(path)
     operators = [o for o in data.get("operators") or [] if isinstance(o, dict)]
     if not operators:
         raise ParameterError("--from-up", str(path), "must list an operator certificate",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from corridor.cli.common import OutputFormat, console, emit_json, handle_errors
+from corridor.cli.common import OutputFormat, console, emit_json, handle_errors, read_up_file
 from corridor.errors import ParameterError
 from corridor.kms.client import SaeClient
 from corridor.kms.interface import DeliveredKey
@@ -61,15 +60,7 @@ def _entry(entries: Any, id_field: str, wanted: str, what: str, source: Path) ->
 
 def load_up_connection(path: Path, sae_id: str) -> SaeConnection:
     """The connection of ``sae_id`` as described by a ``corridor-up.json``."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ParameterError("--from-up", str(path), "an existing corridor-up.json") from None
-    except (OSError, ValueError) as exc:
-        raise ParameterError("--from-up", str(path), "a readable JSON file",
-                             type(exc).__name__) from None
-    if not isinstance(data, dict):
-        raise ParameterError("--from-up", str(path), "a JSON object")
+    data = read_up_file(path)
     base = path.parent
     sae = _entry(data.get("saes"), "sae_id", sae_id, "sae", path)
     kme_id = sae.get("kme_id")

@@ -895,7 +895,11 @@ class HttpsPeerLink:
                                            "below_offset": offset}
                                           for link, direction, offset in watermarks]},
                           separators=(",", ":")).encode()
-        status, content = self._post(body, self._sync_path)
+        self._check_answer(*self._post(body, self._sync_path))
+
+    def _check_answer(self, status: int, content: bytes) -> None:
+        """Raise :class:`KeysUnavailableError` (the peer's message in the details) unless
+        the peer answered 200."""
         if status != 200:
             details: dict[str, Any] = {"peer_kme_id": self.peer_kme_id, "status": status}
             if content:
@@ -909,12 +913,7 @@ class HttpsPeerLink:
             return
         body = json.dumps({"runs": _as_runs(reservations)}, separators=(",", ":")).encode()
         status, content = self._post(body)
-        if status != 200:
-            details: dict[str, Any] = {"peer_kme_id": self.peer_kme_id, "status": status}
-            if content:
-                with contextlib.suppress(ValueError, AttributeError):
-                    details["message"] = str(json.loads(content).get("message", ""))
-            raise KeysUnavailableError(MSG_PEER_REFUSED, [details])
+        self._check_answer(status, content)
         try:
             accepted = json.loads(content).get("accepted")
         except (ValueError, AttributeError):
