@@ -638,7 +638,7 @@ class KmeNode:
                 {self.kme_id: self.site.limits}, raise_open_file_limit())[self.kme_id]
             server = self._stack.enter_context(running_server(
                 app, paths.cert, paths.key, self.pki.ca_cert, sock=sock, limits=limits,
-                reporter=self.refusals))
+                reporter=self.refusals, on_handshake=self._count_handshake))
             if server.guard is not None:
                 guard = server.guard
                 self.metrics.connections_open.labels(self.kme_id).set_function(
@@ -650,6 +650,9 @@ class KmeNode:
             self.close()
             raise
         return self.url
+
+    def _count_handshake(self, group: str) -> None:
+        self.metrics.tls_handshakes.labels(self.kme_id, group).inc()
 
     def _start_housekeeping(self, manager: KeyManager) -> None:
         """Expire keys nobody fetched and sync with the peers (withdraw, trim), a few

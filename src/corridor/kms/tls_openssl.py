@@ -1,0 +1,359 @@
+"""Hybrid post-quantum TLS for the KME listeners: TLS terminated by the OpenSSL that
+pyca/cryptography bundles (through pyOpenSSL), under uvicorn's HTTP protocol.
+
+Why. Python's :mod:`ssl` binds the system OpenSSL (3.0 here), which has no ML-KEM, so a
+server on it negotiates classical X25519 and a recorded session exposes the delivered
+keys to a future quantum computer. The cryptography wheels bundle OpenSSL 4, whose TLS
+1.3 offers the hybrid group X25519MLKEM768 (X25519 and ML-KEM-768 combined, secure if
+either holds); pyOpenSSL is the only Python binding to that library. Uvicorn accepts
+only a stdlib ``ssl.SSLContext``, so this module runs TLS itself:
+
+- :func:`openssl_server_context` builds the server context: our certificate, client
+  certificates verified against the deployment's CA only, optional at the handshake
+  (``CERT_OPTIONAL`` as :func:`corridor.kms.tls.server_ssl_context`: none presented ->
+  the application answers 401; one presented that does not verify -> the handshake
+  fails), TLS 1.2 or later, the key-exchange groups of the KME's ``tls_groups``.
+- :class:`OpenSSLServerProtocol` is the asyncio protocol of an accepted socket. It feeds
+  the socket's bytes to a pyOpenSSL ``Connection`` over memory BIOs (no blocking call),
+  and once the handshake is done it hands the plaintext to uvicorn's HTTP protocol
+  through :class:`OpenSSLTransport`, a transport that encrypts what is written and
+  answers ``get_extra_info`` like asyncio's SSL transport (``ssl_object``: a
+  :class:`PeerInfo` with ``getpeercert``/``cipher``/``version``/``group``). The
+  handshake has its own timeout (the KME's ``tls_handshake_timeout_s``); the socket
+  still passes the connection guard first, and the guard still sees its close.
+- :func:`check_tls_groups` validates a ``tls_groups`` value against the OpenSSL that
+  will use it (one :class:`~corridor.errors.ParameterError` naming the field).
+
+Classical clients (curl and Python on OpenSSL 3.0) do not offer X25519MLKEM768 and
+negotiate X25519 with the same listener; ``tls_groups`` decides what is accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+from OpenSSL._util import lib as _lib
+
+from corridor.errors import ParameterError
+
+DEFAULT_TLS_GROUPS = "X25519MLKEM768:X25519"
+# TLS 1.2 suites as Python's ssl module chooses them (forward secret, AEAD first).
+_TLS12_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES:!aNULL:!eNULL:!SHA1:!AESCCM"
+_READ_CHUNK = 65536
+
+logger = logging.getLogger(__name__)
+
+
+def _set_groups(context: Any, groups: str) -> bool:
+    # SSL_CTX_set1_curves_list is OpenSSL's older name of SSL_CTX_set1_groups_list, the
+    # one pyOpenSSL's bindings export; it takes the same list and returns 1 on success.
+    ok = _lib.SSL_CTX_set1_curves_list(context._context, groups.encode("ascii")) == 1
+    if not ok:
+        _lib.ERR_clear_error()
+    return ok
+
+
+def check_tls_groups(value: Any, field: str = "tls_groups") -> str:
+    """``value`` if it is a colon-separated list of key-exchange groups the bundled
+    OpenSSL accepts (e.g. ``X25519MLKEM768:X25519``); else :class:`ParameterError`."""
+    allowed = ("a colon-separated list of TLS groups of OpenSSL 4, e.g. "
+               f"'{DEFAULT_TLS_GROUPS}' (hybrid post-quantum first, classical X25519 "
+               "for older clients)")
+    if not isinstance(value, str) or not value or not value.isascii() \
+            or any(c.isspace() for c in value):
+        raise ParameterError(field, value, allowed)
+    if not _set_groups(SSL.Context(SSL.TLS_SERVER_METHOD), value):
+        raise ParameterError(field, value, allowed, "OpenSSL does not know one of them")
+    return value
+
+
+def openssl_server_context(cert: str | os.PathLike[str], key: str | os.PathLike[str],
+                           ca: str | os.PathLike[str], groups: str) -> Any:
+    """A pyOpenSSL server context for a KME listener (files already checked by
+    :func:`corridor.kms.tls.load_pem_files`)."""
+    check_tls_groups(groups)
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
+                        | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    context.set_cipher_list(_TLS12_CIPHERS)
+    try:
+        context.use_certificate_chain_file(os.fspath(cert))
+        context.use_privatekey_file(os.fspath(key))
+        context.check_privatekey()
+        # Only the deployment's CA: never the system store, which would admit any cert.
+        context.load_verify_locations(os.fspath(ca))
+    except SSL.Error as exc:
+        raise ParameterError("--cert/--key/--ca", f"{cert}, {key}, {ca}",
+                             "must be a matching certificate, key and CA in PEM",
+                             f"OpenSSL: {exc}") from None
+    # VERIFY_PEER without FAIL_IF_NO_PEER_CERT: a certificate is asked for and, when
+    # presented, must verify against the CA; a client without one completes the
+    # handshake and is refused by the application (401), as with ssl.CERT_OPTIONAL.
+    context.set_verify(SSL.VERIFY_PEER)
+    _set_groups(context, groups)
+    return context
+
+
+class PeerInfo:
+    """What the application may learn about a TLS connection (the ``ssl_object`` extra
+    of :class:`OpenSSLTransport`), in the shape of :class:`ssl.SSLObject`'s methods."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    def getpeercert(self, binary_form: bool = False) -> bytes | None:
+        """The client's verified certificate in DER (``binary_form`` only), or None."""
+        if not binary_form:
+            raise ValueError("only binary_form=True is provided")
+        cert = self._connection.get_peer_certificate(as_cryptography=True)
+        return None if cert is None else cert.public_bytes(serialization.Encoding.DER)
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        """(cipher name, protocol, secret bits) as :meth:`ssl.SSLObject.cipher`."""
+        name = self._connection.get_cipher_name()
+        if name is None:
+            return None
+        return name, self._connection.get_cipher_version(), self._connection.get_cipher_bits()
+
+    def version(self) -> str | None:
+        """``TLSv1.2`` or ``TLSv1.3``."""
+        return str(self._connection.get_protocol_version_name())
+
+    def group(self) -> str | None:
+        """The negotiated key-exchange group, e.g. ``X25519MLKEM768`` or ``x25519``."""
+        return self._connection.get_group_name()
+
+
+class OpenSSLTransport(asyncio.Transport):
+    """The transport uvicorn's HTTP protocol sees: plaintext in, TLS records out."""
+
+    def __init__(self, owner: OpenSSLServerProtocol) -> None:
+        super().__init__()
+        self._owner = owner
+        self._closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sslcontext":
+            return self._owner.context
+        if name == "ssl_object":
+            return self._owner.peer_info
+        return self._owner.raw.get_extra_info(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or not data:
+            return
+        self._owner.send(bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def is_closing(self) -> bool:
+        return self._closing or self._owner.raw.is_closing()
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._owner.close_tls()
+
+    def abort(self) -> None:
+        self._closing = True
+        self._owner.raw.abort()
+
+    def pause_reading(self) -> None:
+        self._owner.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._owner.raw.resume_reading()
+
+    def is_reading(self) -> bool:
+        return bool(self._owner.raw.is_reading())
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._owner.raw.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._owner.raw.get_write_buffer_size())
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._owner.app = protocol  # type: ignore[assignment]
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._owner.app  # type: ignore[return-value]
+
+
+class OpenSSLServerProtocol(asyncio.Protocol):
+    """TLS server side of one accepted socket; the HTTP protocol runs on top.
+
+    ``app_factory`` makes the HTTP protocol (called once the handshake is done, so a
+    connection that never completes it costs no HTTP state); ``on_handshake`` is told
+    the negotiated group of every completed handshake; ``pending`` holds the protocols
+    still in their handshake (the server aborts them when it stops).
+    """
+
+    def __init__(self, context: Any, app_factory: Callable[[], asyncio.Protocol], *,
+                 handshake_timeout_s: float,
+                 on_handshake: Callable[[str], None] | None = None,
+                 pending: set[OpenSSLServerProtocol] | None = None) -> None:
+        self.context = context
+        self.app_factory = app_factory
+        self.handshake_timeout_s = handshake_timeout_s
+        self.on_handshake = on_handshake
+        self.pending = pending if pending is not None else set()
+        self.raw: asyncio.Transport = None  # type: ignore[assignment]
+        self.app: asyncio.Protocol | None = None
+        self.peer_info: PeerInfo | None = None
+        self._connection: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: OpenSSLTransport | None = None
+
+    # -- raw socket side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.raw = transport  # type: ignore[assignment]
+        self._connection = SSL.Connection(self.context, None)  # memory BIOs
+        self._connection.set_accept_state()
+        self._timer = asyncio.get_running_loop().call_later(self.handshake_timeout_s,
+                                                            self._handshake_timeout)
+        self.pending.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        connection = self._connection
+        if connection is None:
+            return
+        connection.bio_write(data)
+        if self.app is None:
+            try:
+                connection.do_handshake()
+            except SSL.WantReadError:
+                self._flush()
+                return
+            except SSL.Error as exc:
+                logger.debug("TLS handshake failed: %s", exc)
+                self._flush()  # the alert
+                self._drop(abort=False)
+                return
+            self._handshake_done()
+        self._read_plaintext()
+
+    def eof_received(self) -> bool | None:
+        if self.app is not None:
+            return self.app.eof_received()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self.pending.discard(self)
+        self._connection = None
+        if self._transport is not None:
+            self._transport._closing = True
+        if self.app is not None:
+            self.app.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.app is not None:
+            self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.app is not None:
+            self.app.resume_writing()
+
+    # -- TLS
+
+    def _handshake_done(self) -> None:
+        self._cancel_timer()
+        self.pending.discard(self)
+        self._flush()  # Finished / session tickets
+        self.peer_info = PeerInfo(self._connection)
+        group = self.peer_info.group() or "none"
+        if self.on_handshake is not None:
+            self.on_handshake(group)
+        logger.debug("TLS handshake done: %s, group %s", self.peer_info.version(), group)
+        self._transport = OpenSSLTransport(self)
+        self.app = self.app_factory()
+        self.app.connection_made(self._transport)
+
+    def _read_plaintext(self) -> None:
+        while self._connection is not None and self.app is not None:
+            try:
+                chunk = self._connection.recv(_READ_CHUNK)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:  # the client's close_notify
+                self._flush()
+                if not self.app.eof_received():
+                    self.close_tls()
+                return
+            except SSL.Error as exc:
+                logger.debug("TLS record error: %s", exc)
+                self._drop(abort=True)
+                return
+            if not chunk:
+                break
+            self.app.data_received(chunk)
+        self._flush()
+
+    def send(self, data: bytes) -> None:
+        """Encrypt ``data`` and queue the records on the socket."""
+        if self._connection is None or self.raw.is_closing():
+            return
+        try:
+            self._connection.sendall(data)
+        except SSL.Error as exc:
+            logger.debug("TLS write error: %s", exc)
+            self._drop(abort=True)
+            return
+        self._flush()
+
+    def close_tls(self) -> None:
+        """Send close_notify and close the socket once its buffer is written."""
+        if self._connection is not None and not self.raw.is_closing():
+            with contextlib.suppress(SSL.Error):  # the socket may be half gone already
+                self._connection.shutdown()
+            self._flush()
+        if not self.raw.is_closing():
+            self.raw.close()
+
+    def _flush(self) -> None:
+        connection = self._connection
+        if connection is None or self.raw.is_closing():
+            return
+        while True:
+            try:
+                records = connection.bio_read(_READ_CHUNK)
+            except SSL.WantReadError:
+                return
+            if not records:
+                return
+            self.raw.write(records)
+
+    def _drop(self, *, abort: bool) -> None:
+        if abort:
+            self.raw.abort()
+        elif not self.raw.is_closing():
+            self.raw.close()
+
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        if self.app is None:
+            self.raw.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def abort_handshake(self) -> None:
+        """Server stop: drop a connection that has not completed its handshake."""
+        if self.app is None and self.raw is not None:
+            self.raw.abort()

@@ -1,0 +1,217 @@
+"""Hybrid post-quantum TLS on the KME listeners, over real sockets: which key-exchange
+group each client negotiates (a pyOpenSSL client on OpenSSL 4: X25519MLKEM768; httpx,
+curl and the ETSI 014 clients on the system OpenSSL: X25519), that every one of them
+still gets keys, and the ``tls_groups`` setting."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from OpenSSL import SSL
+
+from corridor.errors import ParameterError
+from corridor.kms.limits import ConnectionLimits
+from corridor.kms.node import Corridor, parse_corridor
+from corridor.kms.pki import identity_from_pem, init_pki
+from corridor.kms.tls import client_ssl_context, running_server
+from corridor.kms.tls_openssl import DEFAULT_TLS_GROUPS, check_tls_groups
+
+from .test_node import _spec_data, keys_dir  # noqa: F401  (fixture)
+from .test_tls import echo_tls_app
+
+PQ_GROUP = "X25519MLKEM768"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return init_pki(tmp_path_factory.mktemp("pki"), ["kme-a"], [("sae-a", "kme-a")])
+
+
+@pytest.fixture(scope="module")
+def other_pki(tmp_path_factory):
+    return init_pki(tmp_path_factory.mktemp("other"), ["kme-a"], [("sae-a", "kme-a")])
+
+
+def pq_get(url: str, path: str, ca: Path, cert: Path | None = None,
+           key: Path | None = None) -> tuple[str, int, dict[str, Any]]:
+    """GET ``path`` with a pyOpenSSL client (OpenSSL 4, default groups: X25519MLKEM768
+    first); returns (negotiated group, HTTP status, JSON body)."""
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.load_verify_locations(str(ca))
+    context.set_verify(SSL.VERIFY_PEER)
+    if cert is not None and key is not None:
+        context.use_certificate_chain_file(str(cert))
+        context.use_privatekey_file(str(key))
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.setblocking(True)  # pyOpenSSL raises WantReadError on a socket timeout
+        connection = SSL.Connection(context, sock)
+        connection.set_connect_state()
+        connection.set_tlsext_host_name(host.encode())
+        connection.do_handshake()
+        group = connection.get_group_name()
+        connection.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n"
+                           "Connection: close\r\n\r\n".encode())
+        response = b""
+        while True:
+            try:
+                chunk = connection.recv(65536)
+            except SSL.ZeroReturnError:
+                break
+            if not chunk:
+                break
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
+    return group, status, json.loads(body) if body else {}
+
+
+def _dechunk(data: bytes) -> bytes:
+    body = b""
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return body
+        body, data = body + data[:size], data[size + 2:]
+
+
+def _recording() -> tuple[list[str], Any]:
+    groups: list[str] = []
+    lock = threading.Lock()
+
+    def record(group: str) -> None:
+        with lock:
+            groups.append(group)
+    return groups, record
+
+
+def test_pq_client_gets_the_hybrid_group_and_the_certificate_in_the_scope(pki) -> None:
+    kme, sae = pki.kmes["kme-a"], pki.saes["sae-a"]
+    groups, record = _recording()
+    with running_server(echo_tls_app, kme.cert, kme.key, pki.ca_cert,
+                        on_handshake=record) as server:
+        group, status, body = pq_get(server.url, "/", pki.ca_cert, sae.cert, sae.key)
+        assert (group, status, body["tls_version"]) == (PQ_GROUP, 200, 0x0304)
+        [pem] = body["chain"]
+        assert identity_from_pem(pem).entity_id == "sae-a"
+        # Without a certificate the handshake completes and the application sees an
+        # empty chain (it answers 401 there); the exchange is still hybrid.
+        group, status, body = pq_get(server.url, "/", pki.ca_cert)
+        assert (group, status, body["chain"]) == (PQ_GROUP, 200, [])
+        # A classical client (Python's ssl on the system OpenSSL) on the same listener.
+        context = client_ssl_context(sae.cert, sae.key, pki.ca_cert)
+        with httpx.Client(verify=context) as http:
+            answer = http.get(server.url + "/").json()
+        assert identity_from_pem(answer["chain"][0]).entity_id == "sae-a"
+    assert groups == [PQ_GROUP, PQ_GROUP, "x25519"]
+
+
+def test_a_certificate_of_another_ca_fails_the_handshake(pki, other_pki) -> None:
+    kme, stranger = pki.kmes["kme-a"], other_pki.saes["sae-a"]
+    groups, record = _recording()
+    with running_server(echo_tls_app, kme.cert, kme.key, pki.ca_cert,
+                        on_handshake=record) as server, pytest.raises(SSL.Error):
+        pq_get(server.url, "/", pki.ca_cert, stranger.cert, stranger.key)
+    assert groups == []
+
+
+@pytest.mark.parametrize(("tls_groups", "expected"), [
+    ("X25519", "x25519"),
+    ("secp256r1", "secp256r1"),  # not in the key shares the client sent first: a retry
+    (None, "x25519"),  # Python's ssl module: the system OpenSSL, no ML-KEM
+])
+def test_tls_groups_decides_what_the_listener_negotiates(pki, tls_groups, expected) -> None:
+    kme, sae = pki.kmes["kme-a"], pki.saes["sae-a"]
+    limits = ConnectionLimits(tls_groups=tls_groups)
+    with running_server(echo_tls_app, kme.cert, kme.key, pki.ca_cert,
+                        limits=limits) as server:
+        group, status, body = pq_get(server.url, "/", pki.ca_cert, sae.cert, sae.key)
+    assert (group, status, len(body["chain"])) == (expected, 200, 1)
+
+
+def test_a_listener_without_classical_groups_refuses_classical_clients(pki) -> None:
+    kme, sae = pki.kmes["kme-a"], pki.saes["sae-a"]
+    limits = ConnectionLimits(tls_groups=PQ_GROUP)
+    with running_server(echo_tls_app, kme.cert, kme.key, pki.ca_cert,
+                        limits=limits) as server:
+        context = client_ssl_context(sae.cert, sae.key, pki.ca_cert)
+        with httpx.Client(verify=context) as http, pytest.raises(httpx.ConnectError):
+            http.get(server.url + "/")
+        assert pq_get(server.url, "/", pki.ca_cert, sae.cert, sae.key)[0] == PQ_GROUP
+
+
+@pytest.mark.parametrize("bad", ["", "X25519 MLKEM", "X25519:NoSuchGroup", 25519, None])
+def test_bad_tls_groups_name_the_setting(bad) -> None:
+    with pytest.raises(ParameterError) as excinfo:
+        check_tls_groups(bad)
+    assert excinfo.value.field == "tls_groups"
+    assert DEFAULT_TLS_GROUPS in str(excinfo.value)
+
+
+def test_tls_groups_in_the_corridor_file() -> None:
+    data = _spec_data()
+    data["kme"]["tls_groups"] = "X25519"
+    data["kmes"][1]["tls_groups"] = DEFAULT_TLS_GROUPS
+    spec = parse_corridor(data)
+    assert spec.kmes["kme-a"].limits.tls_groups == "X25519"
+    assert spec.kmes["kme-b"].limits.tls_groups == DEFAULT_TLS_GROUPS
+    data["kmes"][0]["tls_groups"] = "X25519:kyber"
+    with pytest.raises(ParameterError) as excinfo:
+        parse_corridor(data)
+    assert excinfo.value.field == "kmes.kme-a.tls_groups"
+
+
+@pytest.mark.timeout(120)
+def test_every_client_gets_keys_and_operators_see_the_groups(
+        tmp_path: Path, keys_dir: Path) -> None:  # noqa: F811
+    spec = parse_corridor(_spec_data(keys_dir))
+    assert spec.kmes["kme-a"].limits.tls_groups == DEFAULT_TLS_GROUPS  # on by default
+    with Corridor(spec, tmp_path / "run", host="127.0.0.1") as corridor:
+        pki = corridor.pki
+        assert pki is not None
+        sae = pki.saes["sae-a"]
+        url = corridor.nodes["kme-a"].url or ""
+        context = client_ssl_context(sae.cert, sae.key, pki.ca_cert)
+        # httpx on Python's ssl: the SaeClient's stack, classical.
+        with httpx.Client(verify=context, base_url=url) as http:
+            deadline = time.monotonic() + 30.0
+            while http.get("/api/v1/keys/sae-b/status").json()["stored_key_count"] < 4:
+                assert time.monotonic() < deadline, "no key reached the pool in time"
+                time.sleep(0.1)
+            by_httpx = http.get("/api/v1/keys/sae-b/enc_keys").json()["keys"]
+        group, code, by_pq = pq_get(url, "/api/v1/keys/sae-b/enc_keys", pki.ca_cert,
+                                    sae.cert, sae.key)
+        assert (group, code, len(by_pq["keys"])) == (PQ_GROUP, 200, 1)
+        # No certificate: a hybrid handshake, then the application's 401.
+        assert pq_get(url, "/api/v1/keys/sae-b/enc_keys", pki.ca_cert)[:2] == (PQ_GROUP, 401)
+        keys = [by_httpx[0]["key_ID"], by_pq["keys"][0]["key_ID"]]
+        if shutil.which("curl") is not None:
+            result = subprocess.run(
+                ["curl", "--silent", "--show-error", "--fail", "--cert", str(sae.cert),
+                 "--key", str(sae.key), "--cacert", str(pki.ca_cert),
+                 f"{url}/api/v1/keys/sae-b/enc_keys"],
+                capture_output=True, text=True, timeout=30)
+            assert result.returncode == 0, result.stderr
+            keys.append(json.loads(result.stdout)["keys"][0]["key_ID"])
+        assert len(set(keys)) == len(keys)
+        registry = corridor.nodes["kme-a"].metrics.registry
+
+        def handshakes(group: str) -> float:
+            value = registry.get_sample_value("corridor_tls_handshakes_total",
+                                              {"kme_id": "kme-a", "group": group})
+            return value or 0.0
+        assert handshakes(PQ_GROUP) >= 2
+        # httpx, curl, and kme-b's peer link (http.client on Python's ssl).
+        assert handshakes("x25519") >= 1 + (len(keys) == 3)
