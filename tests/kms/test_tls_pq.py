@@ -171,6 +171,7 @@ def test_tls_groups_in_the_corridor_file() -> None:
     with pytest.raises(ParameterError) as excinfo:
         parse_corridor(data)
     assert excinfo.value.field == "kmes.kme-a.tls_groups"
+    assert "has no group 'kyber'" in str(excinfo.value)
 
 
 @pytest.mark.timeout(120)

@@ -121,7 +121,8 @@ class ConnectionLimits:
         try:
             return cls(**settings)
         except ParameterError as exc:
-            raise ParameterError(f"{where}.{exc.field}", exc.value, exc.allowed) from None
+            raise ParameterError(f"{where}.{exc.field}", exc.value, exc.allowed,
+                                 exc.hint) from None
 
     def with_cap(self, max_connections: int) -> ConnectionLimits:
         """These limits with a concrete connection cap."""

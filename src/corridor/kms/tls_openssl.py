@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -69,8 +70,14 @@ def check_tls_groups(value: Any, field: str = "tls_groups") -> str:
     if not isinstance(value, str) or not value or not value.isascii() \
             or any(c.isspace() for c in value):
         raise ParameterError(field, value, allowed)
-    if not _set_groups(SSL.Context(SSL.TLS_SERVER_METHOD), value):
-        raise ParameterError(field, value, allowed, "OpenSSL does not know one of them")
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    if not _set_groups(context, value):
+        names = [name.lstrip("?*-") for name in re.split(r"[:/]", value)]
+        unknown = [name for name in names if not name or not _set_groups(context, name)]
+        raise ParameterError(field, value, allowed,
+                             f"{SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()} "
+                             f"has no group {', '.join(map(repr, unknown))}" if unknown
+                             else "OpenSSL refuses the list")
     return value
 
 
