@@ -11,6 +11,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import pytest
 from OpenSSL import SSL
 
 from corridor.errors import ParameterError
+from corridor.kms.api import HttpsPeerLink
+from corridor.kms.interface import KeysUnavailableError, Reservation
 from corridor.kms.limits import ConnectionLimits
 from corridor.kms.node import Corridor, parse_corridor
 from corridor.kms.pki import identity_from_pem, init_pki
@@ -213,6 +216,106 @@ def test_every_client_gets_keys_and_operators_see_the_groups(
             value = registry.get_sample_value("corridor_tls_handshakes_total",
                                               {"kme_id": "kme-a", "group": group})
             return value or 0.0
-        assert handshakes(PQ_GROUP) >= 2
-        # httpx, curl, and kme-b's peer link (http.client on Python's ssl).
-        assert handshakes("x25519") >= 1 + (len(keys) == 3)
+        assert handshakes(PQ_GROUP) >= 2  # pq_get twice (and kme-b's peer link, if used)
+        assert handshakes("x25519") == 1 + (len(keys) == 3)  # httpx and curl, nobody else
+
+
+class AcceptingPeer:
+    """An ASGI stand-in for a peer KME: accepts every announcement, records who sent it
+    (the KME identity of the client certificate) and how large it was."""
+
+    def __init__(self) -> None:
+        self.callers: list[str] = []
+
+    async def __call__(self, scope, receive, send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        chain = scope["extensions"]["tls"]["client_cert_chain"]
+        self.callers.append(identity_from_pem(chain[0]).entity_id if chain else "")
+        accepted = sum(len(run["key_ids"]) for run in json.loads(body)["runs"])
+        answer = json.dumps({"accepted": accepted}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+
+def _reservations(count: int) -> list[Reservation]:
+    return [Reservation(str(uuid.uuid4()), "link-ab", "A->B", 32 * i, 32, "sae-a", ("sae-b",))
+            for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def kme_pki(tmp_path_factory):
+    return init_pki(tmp_path_factory.mktemp("kmes"), ["kme-a", "kme-b"], [("sae-a", "kme-a")])
+
+
+@pytest.mark.parametrize(("tls_groups", "expected"), [
+    (DEFAULT_TLS_GROUPS, PQ_GROUP), (None, "x25519")])
+def test_the_peer_link_negotiates_the_hybrid_group_and_reuses_its_connection(
+        kme_pki, tls_groups, expected) -> None:
+    server_paths, own = kme_pki.kmes["kme-b"], kme_pki.kmes["kme-a"]
+    peer, (groups, record) = AcceptingPeer(), _recording()
+    with running_server(peer, server_paths.cert, server_paths.key, kme_pki.ca_cert,
+                        on_handshake=record) as server:
+        link = HttpsPeerLink(server.url, cert=own.cert, key=own.key, ca=kme_pki.ca_cert,
+                             peer_kme_id="kme-b", tls_groups=tls_groups)
+        try:
+            link.announce(_reservations(3))
+            link.announce(_reservations(2000))  # a body of many TLS records
+            link.announce(_reservations(1))
+        finally:
+            link.close()
+    assert peer.callers == ["kme-a"] * 3
+    assert groups == [expected]  # one handshake, a keep-alive connection after it
+
+
+def test_the_peer_link_sends_nothing_to_a_server_of_another_identity_or_host(
+        kme_pki) -> None:
+    server_paths, own = kme_pki.kmes["kme-b"], kme_pki.kmes["kme-a"]
+    peer = AcceptingPeer()
+    with running_server(peer, server_paths.cert, server_paths.key, kme_pki.ca_cert) as server:
+        # kme-b's certificate where kme-a was expected.
+        link = HttpsPeerLink(server.url, cert=own.cert, key=own.key, ca=kme_pki.ca_cert,
+                             peer_kme_id="kme-a")
+        try:
+            with pytest.raises(KeysUnavailableError) as excinfo:
+                link.announce(_reservations(1))
+        finally:
+            link.close()
+        assert excinfo.value.details[0]["reason"] == "SSLCertVerificationError"
+    # The same certificate on an address it does not name (it names 127.0.0.1 only).
+    with running_server(peer, server_paths.cert, server_paths.key, kme_pki.ca_cert,
+                        host="127.0.0.2") as server:
+        link = HttpsPeerLink(server.url, cert=own.cert, key=own.key, ca=kme_pki.ca_cert,
+                             peer_kme_id="kme-b")
+        try:
+            with pytest.raises(KeysUnavailableError) as excinfo:
+                link.announce(_reservations(1))
+        finally:
+            link.close()
+        assert excinfo.value.details[0]["reason"] == "SSLError"  # the host name
+    assert peer.callers == []
+
+
+def test_the_peer_link_times_out_on_a_silent_peer(kme_pki) -> None:
+    own = kme_pki.kmes["kme-a"]
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers the hello
+    try:
+        port = silent.getsockname()[1]
+        link = HttpsPeerLink(f"https://127.0.0.1:{port}", cert=own.cert, key=own.key,
+                             ca=kme_pki.ca_cert, peer_kme_id="kme-b", timeout_s=0.5)
+        start = time.monotonic()
+        try:
+            with pytest.raises(KeysUnavailableError) as excinfo:
+                link.announce(_reservations(1))
+        finally:
+            link.close()
+        assert time.monotonic() - start < 5.0
+        assert excinfo.value.details[0]["reason"] == "TimeoutError"
+    finally:
+        silent.close()

@@ -625,7 +625,8 @@ class KmeNode:
                 peer_id = link.other(self.kme_id)
                 peer_url = self._peer_urls.get(peer_id) or self.spec.kme(peer_id).base_url()
                 peer = HttpsPeerLink(peer_url, cert=paths.cert, key=paths.key,
-                                     ca=self.pki.ca_cert, peer_kme_id=peer_id)
+                                     ca=self.pki.ca_cert, peer_kme_id=peer_id,
+                                     tls_groups=self.site.limits.tls_groups)
                 self._stack.callback(peer.close)
                 manager.set_peer(peer_id, peer)
             app = create_app(manager, metrics=self.metrics,

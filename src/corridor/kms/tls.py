@@ -190,16 +190,23 @@ class IdentityCheckingSSLSocket(ssl.SSLSocket):
         expected = self.expected_identity
         if expected is None:
             return
-        der = self.getpeercert(binary_form=True)
         try:
-            actual = identity_from_der(der) if der else None
-        except CertificateIdentityError as exc:
+            check_peer_identity(self.getpeercert(binary_form=True), expected)
+        except ssl.SSLCertVerificationError:
             self.close()
-            raise ssl.SSLCertVerificationError(f"peer certificate: {exc}") from None
-        if actual != expected:
-            self.close()
-            raise ssl.SSLCertVerificationError(
-                f"peer certificate identity {actual} is not the expected {expected}")
+            raise
+
+
+def check_peer_identity(der: bytes | None, expected: Identity) -> None:
+    """Raise :class:`ssl.SSLCertVerificationError` unless the certificate ``der`` (already
+    verified against the CA) carries the ``expected`` Corridor identity."""
+    try:
+        actual = identity_from_der(der) if der else None
+    except CertificateIdentityError as exc:
+        raise ssl.SSLCertVerificationError(f"peer certificate: {exc}") from None
+    if actual != expected:
+        raise ssl.SSLCertVerificationError(
+            f"peer certificate identity {actual} is not the expected {expected}")
 
 
 def client_ssl_context(cert: PathLike, key: PathLike, ca: PathLike,

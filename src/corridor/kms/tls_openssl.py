@@ -32,9 +32,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import io
+import ipaddress
 import logging
 import os
 import re
+import select
+import socket
+import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -364,3 +371,164 @@ class OpenSSLServerProtocol(asyncio.Protocol):
         """Server stop: drop a connection that has not completed its handshake."""
         if self.app is None and self.raw is not None:
             self.raw.abort()
+
+
+# ---------------------------------------------------------------------------------------
+# Client side: a blocking socket over pyOpenSSL for http.client (KME to KME)
+
+
+def openssl_client_context(cert: str | os.PathLike[str], key: str | os.PathLike[str],
+                           ca: str | os.PathLike[str], groups: str = DEFAULT_TLS_GROUPS
+                           ) -> Any:
+    """A pyOpenSSL client context: our certificate, the server verified against the
+    deployment's CA only, TLS 1.2 or later, key exchange from ``groups``. Host name and
+    identity are checked per connection (:func:`connect_tls`)."""
+    check_tls_groups(groups)
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    context.set_cipher_list(_TLS12_CIPHERS)
+    try:
+        context.use_certificate_chain_file(os.fspath(cert))
+        context.use_privatekey_file(os.fspath(key))
+        context.check_privatekey()
+        context.load_verify_locations(os.fspath(ca))
+    except SSL.Error as exc:
+        raise ParameterError("--cert/--key/--ca", f"{cert}, {key}, {ca}",
+                             "must be a matching certificate, key and CA in PEM",
+                             f"OpenSSL: {exc}") from None
+    context.set_verify(SSL.VERIFY_PEER)
+    _set_groups(context, groups)
+    return context
+
+
+def _wait_ready(sock: socket.socket, readable: bool, timeout_s: float | None) -> bool:
+    """Wait until ``sock`` is readable (or writable); False when ``timeout_s`` ran out.
+    poll, not select: a KME holds many sockets, and select fails above descriptor 1023."""
+    if not hasattr(select, "poll"):  # pragma: no cover - Windows
+        ready = select.select([sock] if readable else [], [] if readable else [sock], [],
+                              timeout_s)
+        return any(ready)
+    poller = select.poll()
+    poller.register(sock, select.POLLIN if readable else select.POLLOUT)
+    return bool(poller.poll(None if timeout_s is None else max(0, int(timeout_s * 1e3) + 1)))
+
+
+class OpenSSLClientSocket:
+    """The part of a socket's interface ``http.client`` uses (``sendall``,
+    ``recv_into``, ``makefile``, ``close``), over a pyOpenSSL connection, honouring the
+    socket's timeout (:class:`TimeoutError` when it runs out). TLS failures are raised
+    as :class:`ssl.SSLError` (an ``OSError``), a peer's close as end of file."""
+
+    def __init__(self, connection: Any, sock: socket.socket) -> None:
+        self._connection = connection
+        self._sock = sock
+        self._io_refs = 0
+        self._closed = False
+
+    def _wait(self, operation: Callable[[], Any]) -> Any:
+        timeout_s = self._sock.gettimeout()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                return operation()
+            except (SSL.WantReadError, SSL.WantWriteError) as want:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError("timed out") from None
+                if not _wait_ready(self._sock, isinstance(want, SSL.WantReadError),
+                                   remaining):
+                    raise TimeoutError("timed out") from None
+            except SSL.ZeroReturnError:
+                return None
+            except SSL.SysCallError as exc:
+                if exc.args and exc.args[0] == -1:  # EOF without close_notify
+                    return None
+                raise ConnectionResetError(str(exc)) from None
+            except SSL.Error as exc:
+                raise ssl.SSLError(f"TLS: {exc}") from None
+
+    def handshake(self) -> None:
+        """Complete the TLS handshake (the socket's timeout applies)."""
+        self._wait(self._connection.do_handshake)
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            sent = self._wait(functools.partial(self._connection.send, view[:65536]))
+            if sent is None:
+                raise BrokenPipeError("the peer closed the TLS connection")
+            view = view[sent:]
+
+    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+        size = nbytes or len(buffer)
+        data = self._wait(lambda: self._connection.recv(size))
+        if not data:
+            return 0
+        buffer[:len(data)] = data
+        return len(data)
+
+    def makefile(self, mode: str = "rb", buffering: int | None = None, **_: Any) -> Any:
+        if mode not in ("r", "rb"):
+            raise ValueError(f"mode {mode!r}: only reading")
+        self._io_refs += 1
+        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
+
+    def _decref_socketios(self) -> None:  # called by socket.SocketIO.close
+        self._io_refs -= 1
+        if self._closed and self._io_refs <= 0:
+            self._sock.close()
+
+    def setsockopt(self, *args: Any) -> None:
+        self._sock.setsockopt(*args)
+
+    def settimeout(self, timeout_s: float | None) -> None:
+        self._sock.settimeout(timeout_s)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def peer_info(self) -> PeerInfo:
+        """Version, cipher, group and certificate of the connection."""
+        return PeerInfo(self._connection)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # No close_notify: it could block on a full socket, and the peer needs none
+        # (every HTTP response here is length-delimited).
+        if self._io_refs <= 0:
+            self._sock.close()
+
+
+def connect_tls(sock: socket.socket, context: Any, host: str,
+                check_peer: Callable[[bytes], None] | None = None) -> OpenSSLClientSocket:
+    """Run the client handshake on the connected ``sock``: SNI and host-name check for
+    ``host``, then ``check_peer`` on the server's certificate (DER) before anything is
+    sent. Raises :class:`ssl.SSLError` (or :class:`TimeoutError`) and closes ``sock``."""
+    connection = SSL.Connection(context, sock)
+    param = _lib.SSL_get0_param(connection._ssl)
+    try:
+        address = ipaddress.ip_address(host).packed
+    except ValueError:  # a name: sent as SNI, checked against the DNS names
+        connection.set_tlsext_host_name(host.encode("idna"))
+        ok = _lib.X509_VERIFY_PARAM_set1_host(param, host.encode("idna"), 0)
+    else:  # an address: checked against the IP addresses
+        ok = _lib.X509_VERIFY_PARAM_set1_ip(param, address, len(address))
+    if ok != 1:
+        sock.close()
+        raise ssl.SSLError(f"TLS: cannot check the host name {host!r}")
+    connection.set_connect_state()
+    tls = OpenSSLClientSocket(connection, sock)
+    try:
+        tls.handshake()
+        if check_peer is not None:
+            certificate = tls.peer_info().getpeercert(binary_form=True)
+            if certificate is None:
+                raise ssl.SSLCertVerificationError("the server presented no certificate")
+            check_peer(certificate)
+    except BaseException:
+        tls.close()
+        raise
+    return tls
