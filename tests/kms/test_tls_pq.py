@@ -5,7 +5,9 @@ still gets keys, and the ``tls_groups`` setting."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -22,11 +24,15 @@ from OpenSSL import SSL
 from corridor.errors import ParameterError
 from corridor.kms.api import HttpsPeerLink
 from corridor.kms.interface import KeysUnavailableError, Reservation
-from corridor.kms.limits import ConnectionLimits
+from corridor.kms.limits import ConnectionLimits, RefusalReporter
 from corridor.kms.node import Corridor, parse_corridor
 from corridor.kms.pki import identity_from_pem, init_pki
 from corridor.kms.tls import client_ssl_context, running_server
-from corridor.kms.tls_openssl import DEFAULT_TLS_GROUPS, check_tls_groups
+from corridor.kms.tls_openssl import (
+    DEFAULT_TLS_GROUPS,
+    OpenSSLServerProtocol,
+    check_tls_groups,
+)
 
 from .test_node import _spec_data, keys_dir  # noqa: F401  (fixture)
 from .test_tls import echo_tls_app
@@ -319,3 +325,93 @@ def test_the_peer_link_times_out_on_a_silent_peer(kme_pki) -> None:
         assert excinfo.value.details[0]["reason"] == "TimeoutError"
     finally:
         silent.close()
+
+
+BIG_BYTES = 6 * 1024 * 1024
+
+
+async def big_echo_app(scope, receive, send) -> None:
+    """Reads the whole request body, answers with BIG_BYTES in 64 KiB chunks followed by
+    the request body's length."""
+    received = 0
+    while True:
+        message = await receive()
+        received += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(BIG_BYTES + 12).encode())]})
+    chunk = b"k" * 65536
+    for _ in range(BIG_BYTES // len(chunk)):
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"%012d" % received})
+
+
+def test_large_bodies_and_a_slow_reader_pass_through_flow_control(pki, monkeypatch) -> None:
+    kme, sae = pki.kmes["kme-a"], pki.saes["sae-a"]
+    pauses: list[str] = []
+    for name in ("pause_writing", "resume_writing"):
+        original = getattr(OpenSSLServerProtocol, name)
+
+        def recording(self, _original=original, _name=name) -> None:
+            pauses.append(_name)
+            _original(self)
+        monkeypatch.setattr(OpenSSLServerProtocol, name, recording)
+    upload = os.urandom(3 * 1024 * 1024)
+    with running_server(big_echo_app, kme.cert, kme.key, pki.ca_cert) as server:
+        # A reader with a small receive buffer that waits before reading: the server's
+        # socket buffer fills and uvicorn is told to stop writing, then to go on.
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.load_verify_locations(str(pki.ca_cert))
+        context.use_certificate_chain_file(str(sae.cert))
+        context.use_privatekey_file(str(sae.key))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.connect(("127.0.0.1", server.port))
+        with sock:
+            connection = SSL.Connection(context, sock)
+            connection.set_connect_state()
+            connection.do_handshake()
+            connection.sendall(b"POST / HTTP/1.1\r\nHost: kme\r\nContent-Length: 1\r\n\r\nx")
+            time.sleep(0.5)
+            response = b""
+            while not response.endswith(b"%012d" % 1):
+                response += connection.recv(65536)
+        assert len(response.partition(b"\r\n\r\n")[2]) == BIG_BYTES + 12
+        assert pauses[:2] == ["pause_writing", "resume_writing"]
+        # Both directions large through httpx (Python's ssl), on a keep-alive connection.
+        client_context = client_ssl_context(sae.cert, sae.key, pki.ca_cert)
+        with httpx.Client(verify=client_context, timeout=30) as http:
+            received = http.post(server.url + "/", content=upload).content
+            assert len(received) == BIG_BYTES + 12
+            assert int(received[-12:]) == len(upload)
+            assert received[:BIG_BYTES] == b"k" * BIG_BYTES
+            assert http.post(server.url + "/", content=b"x").content[-12:] == b"%012d" % 1
+
+
+def test_garbage_and_broken_handshakes_are_counted_and_do_not_disturb_the_server(pki) -> None:
+    kme, sae = pki.kmes["kme-a"], pki.saes["sae-a"]
+    refused: list[str] = []
+    reporter = RefusalReporter("kme-a", count=refused.append)
+    with running_server(echo_tls_app, kme.cert, kme.key, pki.ca_cert,
+                        reporter=reporter) as server:
+        for junk in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", os.urandom(4096),
+                     b"\x16\x03\x01\x00\x05hello", b"\x16\x03\x01\xff\xff" + b"\x00" * 70000):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock, \
+                    contextlib.suppress(OSError):
+                sock.sendall(junk)
+                while sock.recv(65536):  # the alert, then the server's close
+                    pass
+        # A client that leaves in the middle of its handshake.
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            connection = SSL.Connection(context, sock)
+            connection.set_connect_state()
+            with contextlib.suppress(SSL.WantReadError, SSL.Error):
+                connection.do_handshake()  # sends the ClientHello, leaves
+        group, status, body = pq_get(server.url, "/", pki.ca_cert, sae.cert, sae.key)
+        assert (group, status, len(body["chain"])) == (PQ_GROUP, 200, 1)
+        deadline = time.monotonic() + 5
+        while len(refused) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert refused == ["handshake_failed"] * 5

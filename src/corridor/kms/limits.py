@@ -23,8 +23,11 @@ This module owns the defence of a KME's listening socket against connection floo
   open-file limit is raised to its hard limit at start, and the connection caps of the
   KMEs in one process must leave room under it.
 
-The TLS handshake timeout is asyncio's (``ssl_handshake_timeout`` of ``create_server``);
-the header timeout is enforced by the HTTP protocol of :mod:`corridor.kms.tls`.
+The TLS handshake timeout is asyncio's (``ssl_handshake_timeout`` of ``create_server``)
+or, on the default post-quantum listener, :class:`~corridor.kms.tls_openssl.
+OpenSSLServerProtocol`'s; the header timeout is enforced by the HTTP protocol of
+:mod:`corridor.kms.tls`. ``tls_groups`` (the listener's TLS key-exchange groups) sits
+here with the other per-listener settings of the corridor file.
 """
 
 from __future__ import annotations

@@ -1,6 +1,13 @@
 """Mutual TLS for the KME: uvicorn serving HTTPS with required client certificates,
 and client-side TLS contexts that check the server's Corridor identity.
 
+Two TLS stacks serve. By default a listener runs TLS on the OpenSSL 4 that cryptography
+bundles, with the hybrid post-quantum key exchange X25519MLKEM768
+(:mod:`corridor.kms.tls_openssl`, the KME's ``tls_groups``); with ``tls_groups`` None it
+runs on Python's :mod:`ssl` (system OpenSSL, classical groups), as described below for
+:func:`server_ssl_context`. Both give the application the same TLS extension and obey
+the same guard and timeouts.
+
 Server side. :func:`server_ssl_context` verifies a client certificate against our CA
 (only the deployment's CA loaded, TLS 1.2 or later). It is ``ssl.CERT_OPTIONAL``: a
 client that presents no certificate completes the handshake, so that it gets an HTTP
@@ -33,7 +40,8 @@ background thread on a free port and stops it cleanly (tests, tools, ``corridor 
 Connection limits (:mod:`corridor.kms.limits`). :class:`GuardedServer` serves on a
 :class:`~corridor.kms.limits.GuardedListener`, so every accepted socket passes the
 KME's :class:`~corridor.kms.limits.ConnectionGuard` before its TLS handshake, with
-asyncio's ``ssl_handshake_timeout`` set from the limits. The HTTP protocol closes a
+the handshake timeout set from the limits (asyncio's ``ssl_handshake_timeout``, or the
+pyOpenSSL protocol's own timer). The HTTP protocol closes a
 connection whose request headers are not complete ``header_timeout_s`` after its
 handshake or its previous response (uvicorn has no such timeout). The servers run on
 asyncio's selector loop, not uvloop: the guard relies on asyncio calling ``accept`` on
