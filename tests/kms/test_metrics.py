@@ -41,6 +41,7 @@ DOCUMENTED = {
     "corridor_events": ("counter", {"event"}),
     "corridor_connections_refused": ("counter", {"kme_id", "reason"}),
     "corridor_connections_open": ("gauge", {"kme_id"}),
+    "corridor_tls_handshakes": ("counter", {"kme_id", "group"}),
 }
 
 
@@ -83,6 +84,7 @@ def _exercise(metrics: KmsMetrics) -> None:
     # Connection refusals are counted by the server's guard, not from events.
     metrics.connections_refused.labels("kme-a", "evicted").inc()
     metrics.connections_open.labels("kme-a").set_function(lambda: 7)
+    metrics.tls_handshakes.labels("kme-a", "X25519MLKEM768").inc()
 
 
 def test_exposition_parses_with_documented_names_types_and_labels() -> None:

@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import http.client
 import json
+import socket
 import threading
 import time
 import urllib.parse
@@ -78,7 +79,13 @@ from corridor.kms.pki import (
     identity_from_pem,
 )
 from corridor.kms.store import ReservationRefusedError
-from corridor.kms.tls import CLIENT_SOCKET_OPTIONS, PathLike, client_ssl_context
+from corridor.kms.tls import (
+    CLIENT_SOCKET_OPTIONS,
+    PathLike,
+    check_peer_identity,
+    client_ssl_context,
+)
+from corridor.kms.tls_openssl import DEFAULT_TLS_GROUPS, connect_tls, openssl_client_context
 
 API_PREFIX = "/api/v1/keys"
 RESERVATIONS_PATH = "/kme/v1/reservations"
@@ -803,6 +810,32 @@ class _PeerConnection(http.client.HTTPSConnection):
             self.sock.setsockopt(level, option, value)
 
 
+class _OpenSSLPeerConnection(http.client.HTTPConnection):
+    """An HTTPS connection on the OpenSSL that cryptography bundles (hybrid post-quantum
+    key exchange, :mod:`corridor.kms.tls_openssl`), TCP_NODELAY, the peer's host name and
+    identity checked in the handshake, before the request is sent."""
+
+    default_port = 443
+
+    def __init__(self, host: str, port: int, *, timeout: float, context: Any,
+                 expected: Identity) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._tls_context = context
+        self._expected = expected
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        try:
+            for level, option, value in CLIENT_SOCKET_OPTIONS:
+                sock.setsockopt(level, option, value)
+        except OSError:
+            sock.close()
+            raise
+        expected = self._expected
+        self.sock = connect_tls(sock, self._tls_context, self.host,
+                                lambda der: check_peer_identity(der, expected))
+
+
 class HttpsPeerLink:
     """The master KME's announcement of reservations to its peer KME over mutual TLS.
 
@@ -822,7 +855,8 @@ class HttpsPeerLink:
     """
 
     def __init__(self, peer_url: str, *, cert: PathLike, key: PathLike, ca: PathLike,
-                 peer_kme_id: str, timeout_s: float = 5.0, max_idle_connections: int = 64) -> None:
+                 peer_kme_id: str, timeout_s: float = 5.0, max_idle_connections: int = 64,
+                 tls_groups: str | None = DEFAULT_TLS_GROUPS) -> None:
         self.peer_url = peer_url.rstrip("/")
         self.peer_kme_id = peer_kme_id
         parts = urllib.parse.urlsplit(self.peer_url)
@@ -833,23 +867,32 @@ class HttpsPeerLink:
         self._path = parts.path + RESERVATIONS_PATH
         self._sync_path = parts.path + SYNC_PATH
         self._timeout_s = timeout_s
-        self._context = client_ssl_context(cert, key, ca, Identity(ROLE_KME, peer_kme_id))
+        self._identity = Identity(ROLE_KME, peer_kme_id)
+        # tls_groups: TLS on the bundled OpenSSL 4 with these key-exchange groups (hybrid
+        # post-quantum by default); None: Python's ssl (system OpenSSL, classical).
+        self._openssl_context = None if tls_groups is None else openssl_client_context(
+            cert, key, ca, tls_groups)
+        self._context = client_ssl_context(cert, key, ca, self._identity)
         self._max_idle = max_idle_connections
-        self._idle: list[_PeerConnection] = []
+        self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self._closed = False
 
     def __repr__(self) -> str:
         return f"HttpsPeerLink(peer_url={self.peer_url!r}, peer_kme_id={self.peer_kme_id!r})"
 
-    def _connection(self) -> tuple[_PeerConnection, bool]:
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
         with self._lock:
             if self._idle:
                 return self._idle.pop(), True
+        if self._openssl_context is not None:
+            return _OpenSSLPeerConnection(self._host, self._port, timeout=self._timeout_s,
+                                          context=self._openssl_context,
+                                          expected=self._identity), False
         return _PeerConnection(self._host, self._port, timeout=self._timeout_s,
                                context=self._context), False
 
-    def _release(self, conn: _PeerConnection) -> None:
+    def _release(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
             if not self._closed and len(self._idle) < self._max_idle:
                 self._idle.append(conn)

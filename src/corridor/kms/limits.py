@@ -23,13 +23,17 @@ This module owns the defence of a KME's listening socket against connection floo
   open-file limit is raised to its hard limit at start, and the connection caps of the
   KMEs in one process must leave room under it.
 
-The TLS handshake timeout is asyncio's (``ssl_handshake_timeout`` of ``create_server``);
-the header timeout is enforced by the HTTP protocol of :mod:`corridor.kms.tls`.
+The TLS handshake timeout is asyncio's (``ssl_handshake_timeout`` of ``create_server``)
+or, on the default post-quantum listener, :class:`~corridor.kms.tls_openssl.
+OpenSSLServerProtocol`'s; the header timeout is enforced by the HTTP protocol of
+:mod:`corridor.kms.tls`. ``tls_groups`` (the listener's TLS key-exchange groups) sits
+here with the other per-listener settings of the corridor file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import socket
@@ -43,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corridor.errors import ParameterError
+from corridor.kms.tls_openssl import DEFAULT_TLS_GROUPS, check_tls_groups
 
 try:
     import resource
@@ -64,7 +69,7 @@ REASONS = (REASON_LIMIT, REASON_EVICTED, REASON_HANDSHAKE_TIMEOUT, REASON_HANDSH
 FILE_RESERVE = 256
 DEFAULT_MAX_CONNECTIONS = 1024
 _SETTINGS = ("max_connections", "tls_handshake_timeout_s", "header_timeout_s",
-             "keep_alive_s")
+             "keep_alive_s", "tls_groups")
 
 
 def _seconds(field: str, value: Any, low: float, high: float) -> float:
@@ -87,12 +92,18 @@ class ConnectionLimits:
             within this time of its handshake (or of its previous response) is closed
             (slow headers, or an idle connection that never asks).
         keep_alive_s: an idle connection is closed this long after its last response.
+        tls_groups: the TLS key-exchange groups the listener accepts, most preferred
+            first (OpenSSL 4 names, colon-separated): by default the hybrid
+            post-quantum X25519MLKEM768, then X25519 for classical clients
+            (:mod:`corridor.kms.tls_openssl`). ``None`` serves with Python's ``ssl``
+            module instead (system OpenSSL, classical groups only).
     """
 
     max_connections: int | None = None
     tls_handshake_timeout_s: float = 5.0
     header_timeout_s: float = 10.0
     keep_alive_s: float = 30.0
+    tls_groups: str | None = DEFAULT_TLS_GROUPS
 
     def __post_init__(self) -> None:
         cap = self.max_connections
@@ -102,6 +113,8 @@ class ConnectionLimits:
         _seconds("tls_handshake_timeout_s", self.tls_handshake_timeout_s, 0.1, 60.0)
         _seconds("header_timeout_s", self.header_timeout_s, 0.1, 300.0)
         _seconds("keep_alive_s", self.keep_alive_s, 1.0, 3600.0)
+        if self.tls_groups is not None:
+            check_tls_groups(self.tls_groups)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], where: str) -> ConnectionLimits:
@@ -111,12 +124,12 @@ class ConnectionLimits:
         try:
             return cls(**settings)
         except ParameterError as exc:
-            raise ParameterError(f"{where}.{exc.field}", exc.value, exc.allowed) from None
+            raise ParameterError(f"{where}.{exc.field}", exc.value, exc.allowed,
+                                 exc.hint) from None
 
     def with_cap(self, max_connections: int) -> ConnectionLimits:
         """These limits with a concrete connection cap."""
-        return ConnectionLimits(max_connections, self.tls_handshake_timeout_s,
-                                self.header_timeout_s, self.keep_alive_s)
+        return dataclasses.replace(self, max_connections=max_connections)
 
 
 SETTING_NAMES = frozenset(_SETTINGS)

@@ -211,6 +211,11 @@ class KmsMetrics:
             "cap, all established), evicted (oldest in TLS handshake, to make room), "
             "handshake_timeout, handshake_failed, header_timeout.",
             ["kme_id", "reason"], registry=r)
+        self.tls_handshakes = Counter(
+            "corridor_tls_handshakes_total",
+            "Completed TLS handshakes of a KME server, by negotiated key-exchange group "
+            "(X25519MLKEM768: hybrid post-quantum; x25519, secp256r1: classical).",
+            ["kme_id", "group"], registry=r)
         self.connections_open = Gauge(
             "corridor_connections_open", "Sockets a KME server holds open now.",
             ["kme_id"], registry=r)

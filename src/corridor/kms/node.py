@@ -659,7 +659,8 @@ class KmeNode:
                 peer_id = link.other(self.kme_id)
                 peer_url = self._peer_urls.get(peer_id) or self.spec.kme(peer_id).base_url()
                 peer = HttpsPeerLink(peer_url, cert=paths.cert, key=paths.key,
-                                     ca=self.pki.ca_cert, peer_kme_id=peer_id)
+                                     ca=self.pki.ca_cert, peer_kme_id=peer_id,
+                                     tls_groups=self.site.limits.tls_groups)
                 self._stack.callback(peer.close)
                 manager.set_peer(peer_id, peer)
             app = create_app(manager, metrics=self.metrics,
@@ -672,7 +673,7 @@ class KmeNode:
                 {self.kme_id: self.site.limits}, raise_open_file_limit())[self.kme_id]
             server = self._stack.enter_context(running_server(
                 app, paths.cert, paths.key, self.pki.ca_cert, sock=sock, limits=limits,
-                reporter=self.refusals))
+                reporter=self.refusals, on_handshake=self._count_handshake))
             if server.guard is not None:
                 guard = server.guard
                 self.metrics.connections_open.labels(self.kme_id).set_function(
@@ -684,6 +685,9 @@ class KmeNode:
             self.close()
             raise
         return self.url
+
+    def _count_handshake(self, group: str) -> None:
+        self.metrics.tls_handshakes.labels(self.kme_id, group).inc()
 
     def _start_housekeeping(self, manager: KeyManager) -> None:
         """Expire keys nobody fetched and sync with the peers (withdraw, trim), a few

@@ -1,6 +1,13 @@
 """Mutual TLS for the KME: uvicorn serving HTTPS with required client certificates,
 and client-side TLS contexts that check the server's Corridor identity.
 
+Two TLS stacks serve. By default a listener runs TLS on the OpenSSL 4 that cryptography
+bundles, with the hybrid post-quantum key exchange X25519MLKEM768
+(:mod:`corridor.kms.tls_openssl`, the KME's ``tls_groups``); with ``tls_groups`` None it
+runs on Python's :mod:`ssl` (system OpenSSL, classical groups), as described below for
+:func:`server_ssl_context`. Both give the application the same TLS extension and obey
+the same guard and timeouts.
+
 Server side. :func:`server_ssl_context` verifies a client certificate against our CA
 (only the deployment's CA loaded, TLS 1.2 or later). It is ``ssl.CERT_OPTIONAL``: a
 client that presents no certificate completes the handshake, so that it gets an HTTP
@@ -33,7 +40,8 @@ background thread on a free port and stops it cleanly (tests, tools, ``corridor 
 Connection limits (:mod:`corridor.kms.limits`). :class:`GuardedServer` serves on a
 :class:`~corridor.kms.limits.GuardedListener`, so every accepted socket passes the
 KME's :class:`~corridor.kms.limits.ConnectionGuard` before its TLS handshake, with
-asyncio's ``ssl_handshake_timeout`` set from the limits. The HTTP protocol closes a
+the handshake timeout set from the limits (asyncio's ``ssl_handshake_timeout``, or the
+pyOpenSSL protocol's own timer). The HTTP protocol closes a
 connection whose request headers are not complete ``header_timeout_s`` after its
 handshake or its previous response (uvicorn has no such timeout). The servers run on
 asyncio's selector loop, not uvloop: the guard relies on asyncio calling ``accept`` on
@@ -49,7 +57,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +80,7 @@ from corridor.kms.limits import (
     open_file_limit,
 )
 from corridor.kms.pki import CertificateIdentityError, Identity, identity_from_der
+from corridor.kms.tls_openssl import OpenSSLServerProtocol, openssl_server_context
 
 PathLike = str | os.PathLike[str]
 ASGIApp = Any  # an ASGI 3 callable: (scope, receive, send) -> awaitable
@@ -189,16 +198,23 @@ class IdentityCheckingSSLSocket(ssl.SSLSocket):
         expected = self.expected_identity
         if expected is None:
             return
-        der = self.getpeercert(binary_form=True)
         try:
-            actual = identity_from_der(der) if der else None
-        except CertificateIdentityError as exc:
+            check_peer_identity(self.getpeercert(binary_form=True), expected)
+        except ssl.SSLCertVerificationError:
             self.close()
-            raise ssl.SSLCertVerificationError(f"peer certificate: {exc}") from None
-        if actual != expected:
-            self.close()
-            raise ssl.SSLCertVerificationError(
-                f"peer certificate identity {actual} is not the expected {expected}")
+            raise
+
+
+def check_peer_identity(der: bytes | None, expected: Identity) -> None:
+    """Raise :class:`ssl.SSLCertVerificationError` unless the certificate ``der`` (already
+    verified against the CA) carries the ``expected`` Corridor identity."""
+    try:
+        actual = identity_from_der(der) if der else None
+    except CertificateIdentityError as exc:
+        raise ssl.SSLCertVerificationError(f"peer certificate: {exc}") from None
+    if actual != expected:
+        raise ssl.SSLCertVerificationError(
+            f"peer certificate identity {actual} is not the expected {expected}")
 
 
 def client_ssl_context(cert: PathLike, key: PathLike, ca: PathLike,
@@ -373,14 +389,23 @@ class GuardedServer(uvicorn.Server):
     Serves only on the sockets it is given (wrapped in a ``GuardedListener``), with
     the TLS handshake and header timeouts of ``limits``; refused connections are
     reported to ``reporter``, whose summary lines are flushed every second.
+
+    With ``openssl_context`` (a pyOpenSSL context, :mod:`corridor.kms.tls_openssl`) TLS
+    runs on the OpenSSL that cryptography bundles (hybrid post-quantum groups), not on
+    the stdlib context of ``config``; ``on_handshake`` is told the key-exchange group
+    of every completed handshake.
     """
 
     def __init__(self, config: uvicorn.Config, limits: ConnectionLimits,
-                 reporter: RefusalReporter) -> None:
+                 reporter: RefusalReporter, *, openssl_context: Any = None,
+                 on_handshake: Callable[[str], None] | None = None) -> None:
         super().__init__(config)
         self.limits = limits
         self.reporter = reporter
         self.guard = ConnectionGuard(limits, reporter)
+        self.openssl_context = openssl_context
+        self.on_handshake = on_handshake
+        self._handshaking: set[OpenSSLServerProtocol] = set()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         if not sockets:
@@ -402,11 +427,34 @@ class GuardedServer(uvicorn.Server):
             listener = sock if isinstance(sock, GuardedListener) \
                 else GuardedListener.wrap(sock, guard)
             listener.guard = guard
-            self.servers.append(await loop.create_server(
-                create_protocol, sock=listener, ssl=config.ssl, backlog=config.backlog,
-                ssl_handshake_timeout=self.limits.tls_handshake_timeout_s,
-                ssl_shutdown_timeout=self.limits.tls_handshake_timeout_s))
+            if self.openssl_context is None:
+                self.servers.append(await loop.create_server(
+                    create_protocol, sock=listener, ssl=config.ssl, backlog=config.backlog,
+                    ssl_handshake_timeout=self.limits.tls_handshake_timeout_s,
+                    ssl_shutdown_timeout=self.limits.tls_handshake_timeout_s))
+            else:
+                self.servers.append(await loop.create_server(
+                    self._openssl_protocol_factory(create_protocol), sock=listener,
+                    backlog=config.backlog))
         self.started = True
+
+    def _openssl_protocol_factory(self, create_protocol: Callable[[], asyncio.Protocol]
+                                  ) -> Callable[[], asyncio.Protocol]:
+        context, timeout_s = self.openssl_context, self.limits.tls_handshake_timeout_s
+        on_handshake, pending = self.on_handshake, self._handshaking
+
+        def create_tls_protocol() -> asyncio.Protocol:
+            return OpenSSLServerProtocol(context, create_protocol,
+                                         handshake_timeout_s=timeout_s,
+                                         on_handshake=on_handshake, pending=pending)
+        return create_tls_protocol
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Connections still in their handshake have no HTTP protocol that uvicorn
+        # would close; drop them with the listener.
+        for protocol in list(self._handshaking):
+            protocol.abort_handshake()
+        await super().shutdown(sockets)
 
     async def on_tick(self, counter: int) -> bool:
         if counter % 10 == 0:
@@ -417,9 +465,12 @@ class GuardedServer(uvicorn.Server):
 def guarded_server(app: ASGIApp, sock: socket.socket, cert: PathLike, key: PathLike,
                    ca: PathLike, *, limits: ConnectionLimits | None = None,
                    reporter: RefusalReporter | None = None, kme_id: str = "kme",
+                   on_handshake: Callable[[str], None] | None = None,
                    log_level: str = "warning", access_log: bool = False) -> GuardedServer:
     """A :class:`GuardedServer` for ``app`` on the bound ``sock``. Without a cap in
-    ``limits`` it is sized from the open-file limit (as for one KME in the process)."""
+    ``limits`` it is sized from the open-file limit (as for one KME in the process).
+    TLS runs with the key-exchange groups ``limits.tls_groups`` on the bundled OpenSSL
+    (stdlib ``ssl`` if None); ``on_handshake`` gets each handshake's group."""
     limits = limits or ConnectionLimits()
     if limits.max_connections is None:
         limits = check_file_budget({kme_id: limits}, open_file_limit())[kme_id]
@@ -427,16 +478,21 @@ def guarded_server(app: ASGIApp, sock: socket.socket, cert: PathLike, key: PathL
     config = uvicorn_config(app, cert=cert, key=key, ca=ca, host=host, port=bound_port,
                             keep_alive_s=limits.keep_alive_s, log_level=log_level,
                             access_log=access_log)
-    return GuardedServer(config, limits, reporter or RefusalReporter(kme_id))
+    openssl_context = None if limits.tls_groups is None else openssl_server_context(
+        cert, key, ca, limits.tls_groups)
+    return GuardedServer(config, limits, reporter or RefusalReporter(kme_id),
+                         openssl_context=openssl_context, on_handshake=on_handshake)
 
 
 def serve(app: ASGIApp, host: str, port: int, cert: PathLike, key: PathLike, ca: PathLike,
           *, limits: ConnectionLimits | None = None, reporter: RefusalReporter | None = None,
+          on_handshake: Callable[[str], None] | None = None,
           log_level: str = "info", access_log: bool = False) -> None:
     """Serve ``app`` over mutual TLS until interrupted (SIGINT/SIGTERM stop it cleanly)."""
     sock = bind_socket(host, port)
     server = guarded_server(app, sock, cert, key, ca, limits=limits, reporter=reporter,
-                            log_level=log_level, access_log=access_log)
+                            on_handshake=on_handshake, log_level=log_level,
+                            access_log=access_log)
     try:
         server.run(sockets=[sock])
     finally:
@@ -485,10 +541,11 @@ def running_server(app: ASGIApp, cert: PathLike, key: PathLike, ca: PathLike, *,
                    sock: socket.socket | None = None,
                    limits: ConnectionLimits | None = None,
                    reporter: RefusalReporter | None = None,
+                   on_handshake: Callable[[str], None] | None = None,
                    startup_timeout_s: float = 10.0) -> Iterator[RunningServer]:
     """Run ``app`` over mutual TLS in a background thread; ``port=0`` picks a free port
     (or pass a socket from :func:`bind_socket`, which this then owns and closes).
-    ``limits`` and ``reporter`` as for :func:`guarded_server`.
+    ``limits``, ``reporter`` and ``on_handshake`` as for :func:`guarded_server`.
 
     Yields once the server accepts connections; on exit it stops accepting, lets
     in-flight requests finish, and joins the thread.
@@ -496,7 +553,8 @@ def running_server(app: ASGIApp, cert: PathLike, key: PathLike, ca: PathLike, *,
     if sock is None:
         sock = bind_socket(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
-    server = guarded_server(app, sock, cert, key, ca, limits=limits, reporter=reporter)
+    server = guarded_server(app, sock, cert, key, ca, limits=limits, reporter=reporter,
+                            on_handshake=on_handshake)
     failure: list[BaseException] = []
 
     def run() -> None:
