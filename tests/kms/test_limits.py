@@ -192,3 +192,48 @@ def test_guard_never_holds_more_than_the_hard_cap():
         for ours, theirs in pairs:
             ours.close()
             theirs.close()
+
+
+@pytest.mark.parametrize("tls_groups", [None, "X25519MLKEM768:X25519"])
+def test_anonymous_connections_cannot_hold_the_slots_of_saes(tmp_path, tls_groups) -> None:
+    """Clients without a certificate complete the handshake (so that they can be told
+    what is missing) but only ever get a 401: they stay evictable, and a full house of
+    them never locks an SAE out."""
+    import socket
+    import ssl
+
+    from corridor.kms.limits import ConnectionLimits
+    from corridor.kms.pki import init_pki
+    from corridor.kms.tls import client_ssl_context, running_server
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return
+        chain = scope.get("extensions", {}).get("tls", {}).get("client_cert_chain") or []
+        await send({"type": "http.response.start", "status": 200 if chain else 401,
+                    "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    pki = init_pki(tmp_path / "pki", ["kme-a"], [("sae-a", "kme-a")])
+    kme = pki.kmes["kme-a"]
+    limits = ConnectionLimits(max_connections=8, tls_handshake_timeout_s=1.0,
+                              header_timeout_s=3.0, keep_alive_s=30.0, tls_groups=tls_groups)
+    anonymous = ssl.create_default_context(cafile=str(pki.ca_cert))
+    anonymous.check_hostname = False
+    with running_server(app, kme.cert, kme.key, pki.ca_cert, limits=limits) as server:
+        held = []
+        for _ in range(8):
+            sock = anonymous.wrap_socket(socket.create_connection((server.host, server.port),
+                                                                  timeout=5))
+            sock.sendall(b"GET /api/v1/keys/x/status HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(200).startswith(b"HTTP/1.1 401")
+            held.append(sock)
+        assert server.guard is not None and server.guard.established_count == 0
+        sae = pki.saes["sae-a"]
+        context = client_ssl_context(sae.cert, sae.key, pki.ca_cert)
+        with context.wrap_socket(socket.create_connection((server.host, server.port), timeout=5),
+                                 server_hostname="localhost") as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        for sock in held:
+            sock.close()

@@ -898,3 +898,23 @@ def test_sync_is_refused_for_pools_the_caller_does_not_master(pair):
     with pytest.raises(InvalidReservationError, match="UUIDs"):
         pair.b.accept_sync("kme-a", ["not-a-uuid"], [])
     assert pair.b.pool_state(LINK, DIRECTION_B_TO_A).available_bytes == 4 * 8192 // 2
+
+
+def test_a_long_withdrawal_backlog_is_sent_in_bounded_calls(pair):
+    """However many announcements failed during an outage, each sync stays well inside
+    the peer's 1 MiB body limit, and the whole backlog goes out."""
+    import corridor.kms.manager as manager_module
+
+    sizes: list[int] = []
+
+    class Counting(LocalPeerLink):
+        def sync(self, withdrawn, watermarks):  # type: ignore[no-untyped-def]
+            sizes.append(len(withdrawn))
+            super().sync(withdrawn, watermarks)
+
+    pair.a.set_peer("kme-b", Counting(pair.b, "kme-a"))
+    backlog = [str(uuid.uuid4()) for _ in range(2 * manager_module.SYNC_MAX_WITHDRAWN + 5)]
+    pair.a._withdrawals["kme-b"] = list(backlog)
+    pair.a.sync_peer("kme-b")
+    assert sizes == [manager_module.SYNC_MAX_WITHDRAWN, manager_module.SYNC_MAX_WITHDRAWN, 5]
+    assert pair.a._withdrawals["kme-b"] == []

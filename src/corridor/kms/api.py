@@ -445,7 +445,8 @@ class _ClientCertificateMiddleware:
         if scope["type"] != "http" or self.identity(scope) is not None:
             await self.app(scope, receive, send)
             return
-        headers = [(b"www-authenticate", WWW_AUTHENTICATE.encode())]
+        # The connection closes after the 401: nothing more can come of it.
+        headers = [(b"www-authenticate", WWW_AUTHENTICATE.encode()), (b"connection", b"close")]
         if _is_etsi_path(scope["path"]):
             body = b""
             headers.append((b"content-length", b"0"))

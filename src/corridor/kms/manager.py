@@ -115,6 +115,10 @@ _STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError,)
 _AUDIT_ERRORS: tuple[type[BaseException], ...] = (OSError, AuditLogError)
 
 
+#: Key IDs withdrawn per KME-to-KME sync call: about 37 bytes each in JSON, so one call
+#: stays near 0.4 MB, well inside the peer's 1 MiB body limit.
+SYNC_MAX_WITHDRAWN = 10_000
+
 #: Back-off after the peer KME was found unreachable: first retry, and the longest wait.
 PEER_RETRY_MIN_S = 0.5
 PEER_RETRY_MAX_S = 30.0
@@ -210,6 +214,7 @@ class KeyManager:
         self._outages: dict[str, PeerOutage] = {}
         self._cuts_in_flight: dict[tuple[str, str], int] = {}
         self._withdrawals: dict[str, list[str]] = {}
+        self._sync_locks: dict[str, threading.Lock] = {}
 
     def _wrap(self, peer: PeerLink) -> PeerLink:
         if self._coalesce and not isinstance(peer, CoalescingPeerLink):
@@ -784,26 +789,42 @@ class KeyManager:
     def sync_peer(self, kme_id: str) -> None:
         """Tell peer KME ``kme_id`` which announced keys to withdraw (their announcement
         failed here, so no SAE holds their IDs) and up to where its pools hold only
-        skipped bytes; raises if the peer does not answer. Clears a known outage."""
+        skipped bytes; raises if the peer does not answer. Clears a known outage.
+
+        One sync at a time per peer (a probe and the housekeeping round may meet), and
+        at most ``SYNC_MAX_WITHDRAWN`` key IDs per call, so the request stays far below
+        the peer's body limit however long the peer was away; a backlog is sent in
+        several calls."""
         peer = self._peer(kme_id)
         if peer is None:
             raise KeysUnavailableError(f"no connection to KME {kme_id!r}")
         with self._flight_lock:
-            withdrawn = list(self._withdrawals.get(kme_id, []))
-        watermarks = self._watermarks(kme_id)
-        sync = getattr(peer, "sync", None)
-        if sync is not None:
-            sync(withdrawn, watermarks)
+            lock = self._sync_locks.setdefault(kme_id, threading.Lock())
+        sent = 0
+        with lock:
+            sync = getattr(peer, "sync", None)
+            while True:
+                with self._flight_lock:
+                    withdrawn = list(self._withdrawals.get(kme_id, [])[:SYNC_MAX_WITHDRAWN])
+                watermarks = self._watermarks(kme_id)
+                if sync is not None:
+                    sync(withdrawn, watermarks)
+                with self._flight_lock:
+                    # Only this thread removes from the list (under ``lock``), and others
+                    # only append: the first len(withdrawn) IDs are the ones just sent.
+                    del self._withdrawals.get(kme_id, [])[:len(withdrawn)]
+                    more = bool(self._withdrawals.get(kme_id))
+                sent += len(withdrawn)
+                if not more or sync is None:
+                    break
         with self._flight_lock:
-            pending = self._withdrawals.get(kme_id, [])
-            del pending[:len(withdrawn)]
             outage = self._outages.pop(kme_id, None)
         if outage is not None:
             _log.warning("peer KME %s answers %s again after %.1f s", kme_id, self.kme_id,
                          time.time() - outage.since)
             self._record_after("peer_reachable", kme_id=self.kme_id, peer_kme_id=kme_id,
                                outage_s=round(time.time() - outage.since, 3),
-                               withdrawn_count=len(withdrawn))
+                               withdrawn_count=sent)
 
     def probe_peers(self) -> None:
         """Probe every peer whose outage has reached its retry time (housekeeping, so

@@ -295,9 +295,13 @@ class _TlsScopeMixin:
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         raw = transport.get_extra_info("socket")
-        if self.guard is not None and raw is not None:
-            self.guard.established(raw.fileno())
         tls = tls_extension(transport)
+        if self.guard is not None and raw is not None and tls is not None \
+                and tls.get("client_cert_chain"):
+            # Only a verified client certificate makes a connection established (no longer
+            # evictable): anonymous ones, which only ever get a 401, must not hold the
+            # slots that SAEs and the peer KME need.
+            self.guard.established(raw.fileno())
         if tls is not None:
             self.app = _with_tls_extension(self.app, tls)
         self.app = self._stopping_header_timer(self.app)
