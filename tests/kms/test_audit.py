@@ -448,3 +448,44 @@ def test_export_syslog_parses_as_rfc5424(export_log: Path) -> None:
 def test_export_rejects_unknown_format(export_log: Path) -> None:
     with pytest.raises(ParameterError, match="format"):
         list(export(export_log, "xml"))
+
+
+def test_concurrent_appends_share_fsyncs_and_each_returns_durable(tmp_path, monkeypatch):
+    """Group commit: 8 threads x 25 appends with a slow disk (5 ms per fsync) need far
+    fewer fsyncs than appends, every append returns only after an fsync that covered it
+    (log first, then the head for it), and the chain verifies."""
+    import threading
+    import time as time_module
+
+    import corridor.kms.audit as audit_module
+
+    real_fsync = os.fsync
+    calls: list[int] = []
+
+    def slow_fsync(fd: int) -> None:
+        calls.append(fd)
+        time_module.sleep(0.005)
+        real_fsync(fd)
+
+    monkeypatch.setattr(audit_module.os, "fsync", slow_fsync)
+    key = os.urandom(32)
+    log = AuditLog(tmp_path / "audit.jsonl", key)
+    late: list[tuple[int, int]] = []
+
+    def writer(n: int) -> None:
+        for i in range(25):
+            seq = log.append("keys_delivered", {"count": 1, "writer": n, "i": i})
+            durable = log._synced_seq  # what the group commit had made durable on return
+            if durable < seq:
+                late.append((seq, durable))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    log.close()
+    assert late == []
+    assert len(calls) < 200  # 200 appends, each fsync pair (log + head) shared
+    result = verify_audit_log(tmp_path / "audit.jsonl", key)
+    assert result.ok and result.entries == 200 and result.head_seq == 200

@@ -38,8 +38,13 @@ lock an appender re-reads the tail if another process wrote, so the chain stays 
 
 Durability (fsync policy): every append is one ``write`` of the whole line on an
 ``O_APPEND`` descriptor before ``emit`` returns, so it survives the process being
-killed. With ``fsync_interval_s = 0`` (the default) the line, the head file and the
-directory entry are also fsync'ed on every append, so it survives power loss.
+killed. With ``fsync_interval_s = 0`` (the default) ``append`` returns only once its line
+and a head file that covers it are fsync'ed (and the directory entry of a new head), so
+it survives power loss. Appends that arrive while an fsync runs share the next one
+(group commit): the log is fsync'ed up to everything written so far, then the head is
+written for that last entry and fsync'ed, and every caller it covered returns. The log
+reaches the disk before the head names it, so a power loss leaves the head at most
+behind the log (the crash window below), never ahead.
 With ``fsync_interval_s > 0`` they are fsync'ed at most once per interval (on the first
 append after it expires, and on :meth:`AuditLog.close`): a power loss can then lose the
 last interval's entries (and the kernel's writeback, at most ~30 s by default, covers
@@ -233,6 +238,11 @@ class AuditLog:
         self._mac = GENESIS_MAC
         self._last_fsync = time.monotonic()
         self._unsynced = False
+        # Group commit (fsync_interval_s = 0): appenders that write while one fsync runs
+        # share the next one (module docstring, "Durability").
+        self._sync_cond = threading.Condition()
+        self._synced_seq = 0
+        self._syncing = False
         with self._lock:
             self._open()
             try:
@@ -275,7 +285,10 @@ class AuditLog:
                 self._open()
             with self._file_lock():
                 self._catch_up()
-                return self._write_entry(event, public)
+                seq = self._write_entry(event, public)
+        if self.fsync_interval_s == 0:
+            self._wait_durable(seq)
+        return seq
 
     @property
     def seq(self) -> int:
@@ -411,8 +424,9 @@ class AuditLog:
         self._size += written
         self._seq, self._mac = entry["seq"], entry["mac"]
         self._unsynced = True
-        sync = (self.fsync_interval_s == 0
-                or time.monotonic() - self._last_fsync >= self.fsync_interval_s)
+        if self.fsync_interval_s == 0:
+            return int(entry["seq"])  # made durable, with the head, by _wait_durable
+        sync = time.monotonic() - self._last_fsync >= self.fsync_interval_s
         if sync:
             os.fsync(self._fd)
         self._write_head(sync=sync)
@@ -421,9 +435,48 @@ class AuditLog:
             self._unsynced = False
         return int(entry["seq"])
 
-    def _write_head(self, *, sync: bool) -> None:
-        head = json.dumps({"seq": self._seq, "mac": self._mac,
-                           "head_mac": _head_mac(self._audit_key, self._seq, self._mac)})
+    def _wait_durable(self, seq: int) -> None:
+        """Return once entry ``seq`` and a head at least that far are on stable storage.
+
+        Group commit: one caller at a time fsyncs the log up to what has been written
+        so far, then writes and fsyncs the head for it; callers whose entries it covered
+        return without an fsync of their own, the others wait for the next one. The log
+        is fsynced before the head names its entries, so after a power loss the head is
+        never ahead of the log (at most behind it: the crash window).
+        """
+        with self._sync_cond:
+            while self._synced_seq < seq:
+                if not self._syncing:
+                    self._syncing = True
+                    break
+                self._sync_cond.wait()
+            else:
+                return
+        done = 0
+        try:
+            with self._lock:
+                target, target_mac, fd = self._seq, self._mac, self._fd
+            os.fsync(fd)
+            with self._lock:
+                if self._fd == fd:  # not closed or reopened meanwhile
+                    self._write_head(sync=True, seq=target, mac=target_mac)
+                    if target == self._seq:
+                        self._unsynced = False
+                    self._last_fsync = time.monotonic()
+            done = target
+        finally:
+            with self._sync_cond:
+                self._syncing = False
+                self._synced_seq = max(self._synced_seq, done)
+                self._sync_cond.notify_all()
+
+    def _write_head(self, *, sync: bool, seq: int | None = None, mac: str | None = None
+                    ) -> None:
+        """Overwrite the head record with entry ``seq``/``mac`` (default: the last one)."""
+        seq = self._seq if seq is None else seq
+        mac = self._mac if mac is None else mac
+        head = json.dumps({"seq": seq, "mac": mac,
+                           "head_mac": _head_mac(self._audit_key, seq, mac)})
         # One fixed-size record overwritten in place: a single pwrite of less than a
         # sector, so a killed process never leaves half a head (and no rename, which
         # ext4 turns into a flush costing about a millisecond per append).
