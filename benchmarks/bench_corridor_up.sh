@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Key delivery as users run it: `corridor up` (both KMEs, the simulated link, audit
+# fsync'ed per entry with group commit, metrics on) loaded by the compiled mutual-TLS
+# load generator of ../shared/tools (built into a temporary folder, never copied here).
+#
+#   bash benchmarks/bench_corridor_up.sh [SECONDS]
+#
+# Prints one line per phase: tlsload's JSON and the CPU seconds the corridor process used.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}
+tools=${CORRIDOR_TOOLS:-../shared/tools}
+tmp=$(mktemp -d)
+trap 'kill -TERM ${up:-0} 2>/dev/null || true; rm -rf "$tmp"' EXIT
+gcc -O2 -o "$tmp/tlsload" "$tools/tlsload.c" -lssl -lcrypto
+work="$tmp/run"
+.venv/bin/corridor up --workdir "$work" --status-interval-s 600 > "$tmp/up.log" 2>&1 &
+up=$!
+for _ in $(seq 1 60); do [ -f "$work/corridor-up.json" ] && break; sleep 1; done
+sleep 25  # let the pools fill
+port=$(.venv/bin/python -c "import json,sys; d=json.load(open(sys.argv[1])); \
+print(next(k['base_url'] for k in d['kmes'] if k['kme_id'] == 'kme-a').rsplit(':', 1)[1])" \
+  "$work/corridor-up.json")
+openssl pkcs8 -topk8 -nocrypt -in "$work/pki/sae/sae-a/key.pem" -out "$tmp/sae-a-key.pem"
+auth=(--cert "$work/pki/sae/sae-a/cert.pem" --key "$tmp/sae-a-key.pem" --ca "$work/pki/ca.pem")
+ticks=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$up/stat"; }
+phase() {
+  local label=$1; shift
+  local before; before=$(cpu)
+  local out; out=$("$tmp/tlsload" -p "$port" -d "$seconds" -w 2 "$@" "${auth[@]}")
+  local after; after=$(cpu)
+  echo "$label | $out | corridor_cpu_s=$(( (after - before) / ticks ))"
+}
+echo "date: $(date -u +%FT%TZ)  load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+phase "closed loop, 16 connections, 1 key" -u /api/v1/keys/sae-b/enc_keys -c 16
+phase "open loop 500 requests/s, 1 key" -u /api/v1/keys/sae-b/enc_keys -c 16 -r 500
+phase "closed loop, 4 connections, number=100" -u /api/v1/keys/sae-b/enc_keys -c 4 \
+  -m POST -b '{"number":100}'
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
