@@ -341,3 +341,36 @@ def test_kme_ports_are_remembered_across_restarts(tmp_path: Path, keys_dir: Path
             assert {k["kme_id"]: k["base_url"] for k in up["kmes"]}["kme-a"] == moved
     finally:
         squatter.close()
+
+
+def test_a_slave_store_restored_after_a_delivery_is_refused(tmp_path: Path,
+                                                            keys_dir: Path) -> None:
+    """The link has stood still since the copy (every recorded block ingested), so the
+    block marks cannot tell; the keys the slave delivered since the copy can: they are
+    in the restored store again, and would be delivered twice."""
+    import shutil
+
+    from corridor.kms.manager import StoreRollbackError
+
+    spec = parse_corridor(_spec_data(keys_dir))
+    workdir = tmp_path / "run"
+    with Corridor(spec, workdir, host="127.0.0.1") as corridor:
+        manager = corridor.nodes["kme-b"].manager
+        assert manager is not None
+        deadline = time.monotonic() + 30.0
+        while manager.store.last_block_id(LINK) != 199:  # 200 KiB in 1 KiB blocks
+            assert time.monotonic() < deadline, "the recording was not fed to the end"
+            time.sleep(0.1)
+        sae_a, sae_b = _clients(corridor)
+        with sae_a, sae_b:
+            issued = sae_a.get_key("sae-b", number=2)
+    backup = tmp_path / "kme-b.sqlite"
+    shutil.copy(workdir / "kme-b" / "store.sqlite", backup)
+    with Corridor(spec, workdir, host="127.0.0.1") as corridor:
+        sae_a, sae_b = _clients(corridor)
+        with sae_a, sae_b:
+            got = sae_b.get_key_with_id("sae-a", [k.key_id for k in issued])
+            assert [k.key for k in got] == [k.key for k in issued]
+    shutil.copy(backup, workdir / "kme-b" / "store.sqlite")
+    with pytest.raises(StoreRollbackError, match="2 key.s. it delivered to SAE 'sae-b'"):
+        Corridor(spec, workdir, host="127.0.0.1").start()

@@ -160,3 +160,33 @@ def test_a_thousand_rejections_cost_a_bounded_number_of_audit_lines(tmp_path):
     assert counted([(e["event"], e["fields"]) for e in lines]) == {
         ("a1", "quota_exceeded"): 750, ("a1", "invalid_request"): 250}
     assert verify_audit_log(path, kek).ok
+
+
+def test_a_summary_that_cannot_be_written_keeps_its_count():
+    """The audit volume is full when a summary is due: the count is not lost, it goes
+    into a later summary, and the lines still add up to every rejection."""
+    import pytest
+
+    clock, inner = Clock(), RecordingSink()
+
+    class Failing:
+        failing = False
+
+        def emit(self, event, **fields):  # type: ignore[no-untyped-def]
+            if self.failing and event == EVENT_SUMMARY:
+                raise OSError(28, "No space left on device")
+            inner.emit(event, **fields)
+
+    sink = Failing()
+    agg = RejectionAggregator(sink, interval_s=10.0, clock=clock)
+    for _ in range(50):
+        reject(agg)
+    clock.now_s += 10.0
+    sink.failing = True
+    with pytest.raises(OSError):
+        agg.flush()
+    sink.failing = False
+    for _ in range(7):
+        reject(agg)
+    agg.close()
+    assert counted(inner.events) == {("a1", "quota_exceeded"): 57}

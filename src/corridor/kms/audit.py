@@ -54,6 +54,7 @@ line; the next append or open truncates it and records an ``audit_tail_repaired`
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import errno
 import fcntl
@@ -662,7 +663,8 @@ class DeliveryJournal:
 
 class HighWaterMarks:
     """The furthest this KME's audit trail says its store had come, per link: the last
-    block ingested and, per pool it masters, the end of the last range it cut.
+    block ingested and, per pool it masters, the end of the last range it cut; and the
+    keys it delivered to slave SAEs (the most recent ``MAX_DELIVERIES``).
 
     Feed it every entry in order (as :class:`DeliveryJournal`). A store restored from
     an older copy is behind these marks; :meth:`KeyManager.check_store_against`
@@ -670,10 +672,16 @@ class HighWaterMarks:
     new key IDs.
     """
 
+    #: Slave deliveries remembered for the check (the most recent ones: a store copy
+    #: older than these is also behind the block marks unless the link stood still).
+    MAX_DELIVERIES = 100_000
+
     def __init__(self) -> None:
         self.last_block_id: dict[str, int] = {}
         self.cut_end: dict[tuple[str, str], int] = {}
         self.seq_of: dict[tuple[str, ...], int] = {}
+        self.delivered: collections.deque[tuple[str, str, int]] = collections.deque(
+            maxlen=self.MAX_DELIVERIES)
 
     def observe(self, entry: Mapping[str, Any]) -> None:
         """Take one audit entry (in log order)."""
@@ -687,6 +695,9 @@ class HighWaterMarks:
                 if block_id > self.last_block_id.get(link, -1):
                     self.last_block_id[link] = block_id
                     self.seq_of[(link,)] = seq
+            elif event == "keys_delivered" and fields.get("role") == "slave":
+                sae = str(fields["sae_id"])
+                self.delivered.extend((sae, str(key_id), seq) for key_id in fields["key_ids"])
             elif event == "keys_reserved":
                 pool = (str(fields["link_id"]), str(fields["direction"]))
                 size = int(fields["size_bits"]) // 8

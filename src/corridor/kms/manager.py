@@ -895,6 +895,8 @@ class KeyManager:
         except _STORAGE_ERRORS as exc:
             self._raise_storage_alarm("key store write", exc)
             raise StorageFailureError("the key store cannot be written now") from exc
+        except AtRestDecryptionError as exc:  # our store's fault, not the peer's: a 503
+            raise KeysUnavailableError("key store integrity check failed") from exc
         return withdrawn, trimmed_total
 
     # -- recovery ---------------------------------------------------------------------
@@ -921,7 +923,8 @@ class KeyManager:
     def check_store_against(self, marks: HighWaterMarks) -> None:
         """Refuse a store that is behind the audit trail's high-water marks (anti-rollback,
         at start): a link whose last stored block is older than the last block the
-        trail saw ingested, or a pool this KME masters whose reserve pointer is before
+        trail saw ingested, a key the trail saw delivered to a slave SAE that the store
+        holds for it again, or a pool this KME masters whose reserve pointer is before
         the end of a range the trail saw cut."""
         for link_id, block_id in sorted(marks.last_block_id.items()):
             stored = self.store.last_block_id(link_id)
@@ -931,6 +934,20 @@ class KeyManager:
                     f"{link_id} ends at block {stored} in the store but block {block_id} "
                     f"was ingested (audit seq {marks.seq_of.get((link_id,))}); a restored "
                     f"copy would re-issue delivered key bytes under new IDs. {_ROLLBACK_ADVICE}")
+        by_sae: dict[str, list[tuple[str, int]]] = {}
+        for sae_id, key_id, seq in marks.delivered:
+            by_sae.setdefault(sae_id, []).append((key_id, seq))
+        for sae_id, delivered in sorted(by_sae.items()):
+            for start in range(0, len(delivered), 500):
+                chunk = delivered[start:start + 500]
+                back = self.store.undelivered_slave_keys(sae_id, [k for k, _ in chunk])
+                if back:
+                    seq = min(s for k, s in chunk if k in back)
+                    raise StoreRollbackError(
+                        f"key store of KME {self.kme_id} is older than its audit trail: "
+                        f"{len(back)} key(s) it delivered to SAE {sae_id!r} (audit seq {seq}) "
+                        f"are in the store again; serving from it would deliver them twice. "
+                        f"{_ROLLBACK_ADVICE}")
         for (link_id, direction), end in sorted(marks.cut_end.items()):
             pointer = self.store.pool_state(link_id, direction).reserve_offset
             if pointer < end:

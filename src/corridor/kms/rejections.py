@@ -106,7 +106,7 @@ class RejectionAggregator:
         """Write the summaries whose interval is over (all of them with ``force``);
         returns how many lines were written."""
         now = self._clock()
-        due: list[_Pending] = []
+        due: list[tuple[Any, _Pending]] = []
         with self._lock:
             # Scanning every key on every event would cost O(keys) per line; a summary
             # may be written up to a second (or an interval, if shorter) late.
@@ -116,16 +116,28 @@ class RejectionAggregator:
             for key, pending in list(self._keys.items()):
                 if force or now - pending.since_s >= self.interval_s:
                     if pending.count:
-                        due.append(_Pending(pending.fields, pending.since_s))
-                        due[-1].count = pending.count
+                        summary = _Pending(pending.fields, pending.since_s)
+                        summary.count = pending.count
+                        due.append((key, summary))
                         pending.count, pending.since_s = 0, now
                         if force:
                             del self._keys[key]
                     else:
                         del self._keys[key]
-        for pending in due:
-            self._forward(EVENT_SUMMARY, {**pending.fields, "count": pending.count,
-                                          "interval_s": self.interval_s})
+        for index, (_, pending) in enumerate(due):
+            try:
+                self._forward(EVENT_SUMMARY, {**pending.fields, "count": pending.count,
+                                              "interval_s": self.interval_s})
+            except BaseException:
+                # Not written: the counts go back, to be summarised later, so that the
+                # summaries still add up to every rejection.
+                with self._lock:
+                    for key, unwritten in due[index:]:
+                        kept = self._keys.setdefault(key, _Pending(unwritten.fields,
+                                                                   unwritten.since_s))
+                        kept.count += unwritten.count
+                        kept.since_s = min(kept.since_s, unwritten.since_s)
+                raise
         return len(due)
 
     def close(self) -> None:
