@@ -372,5 +372,5 @@ def test_a_slave_store_restored_after_a_delivery_is_refused(tmp_path: Path,
             got = sae_b.get_key_with_id("sae-a", [k.key_id for k in issued])
             assert [k.key for k in got] == [k.key for k in issued]
     shutil.copy(backup, workdir / "kme-b" / "store.sqlite")
-    with pytest.raises(StoreRollbackError, match="2 key.s. it delivered to SAE 'sae-b'"):
+    with pytest.raises(StoreRollbackError, match=r"2 key\(s\) it delivered to SAE 'sae-b'"):
         Corridor(spec, workdir, host="127.0.0.1").start()
