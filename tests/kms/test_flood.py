@@ -144,9 +144,11 @@ def test_flood_on_one_kme(corridor: Corridor, caplog: pytest.LogCaptureFixture) 
                 try:
                     tls = stack.enter_context(context.wrap_socket(
                         raw, server_hostname=address[0]))
+                    # With TLS 1.3 the client may finish its side of the handshake
+                    # before the server's reset arrives: the first write then fails.
+                    tls.sendall(b"GET /api/v1/keys/sae-b/status HTTP/1.1\r\nHost: kme\r\n")
                 except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
                     break  # reset at once: the cap is full of established connections
-                tls.sendall(b"GET /api/v1/keys/sae-b/status HTTP/1.1\r\nHost: kme\r\n")
                 slow.append(tls)
             else:
                 pytest.fail("a connection past an all-established cap was not refused")
@@ -212,4 +214,6 @@ def test_timeouts_close_idle_sockets_and_refusal_is_a_reset(corridor: Corridor) 
                 break
         else:
             pytest.fail("no connection was refused past the cap")
-    assert _refused(corridor, "kme-b", "limit") == 1
+    # The newcomer, and possibly the peer KME's own sync or announcement if it came
+    # while the cap was full (it tries again).
+    assert 1 <= _refused(corridor, "kme-b", "limit") <= 2
