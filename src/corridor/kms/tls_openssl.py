@@ -92,25 +92,32 @@ def openssl_server_context(cert: str | os.PathLike[str], key: str | os.PathLike[
                            ca: str | os.PathLike[str], groups: str) -> Any:
     """A pyOpenSSL server context for a KME listener (files already checked by
     :func:`corridor.kms.tls.load_pem_files`)."""
+    # VERIFY_PEER without FAIL_IF_NO_PEER_CERT: a certificate is asked for and, when
+    # presented, must verify against the CA; a client without one completes the
+    # handshake and is refused by the application (401), as with ssl.CERT_OPTIONAL.
+    return _context(SSL.TLS_SERVER_METHOD, SSL.OP_CIPHER_SERVER_PREFERENCE, cert, key, ca,
+                    groups)
+
+
+def _context(method: int, options: int, cert: str | os.PathLike[str],
+             key: str | os.PathLike[str], ca: str | os.PathLike[str], groups: str) -> Any:
+    """A pyOpenSSL context with our certificate and key, peers verified against the
+    deployment's CA only (never the system store, which would admit any certificate),
+    TLS 1.2 or later, key exchange from ``groups``."""
     check_tls_groups(groups)
-    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context = SSL.Context(method)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
-    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
-                        | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | options)
     context.set_cipher_list(_TLS12_CIPHERS)
     try:
         context.use_certificate_chain_file(os.fspath(cert))
         context.use_privatekey_file(os.fspath(key))
         context.check_privatekey()
-        # Only the deployment's CA: never the system store, which would admit any cert.
         context.load_verify_locations(os.fspath(ca))
     except SSL.Error as exc:
         raise ParameterError("--cert/--key/--ca", f"{cert}, {key}, {ca}",
                              "must be a matching certificate, key and CA in PEM",
                              f"OpenSSL: {exc}") from None
-    # VERIFY_PEER without FAIL_IF_NO_PEER_CERT: a certificate is asked for and, when
-    # presented, must verify against the CA; a client without one completes the
-    # handshake and is refused by the application (401), as with ssl.CERT_OPTIONAL.
     context.set_verify(SSL.VERIFY_PEER)
     _set_groups(context, groups)
     return context
@@ -383,23 +390,7 @@ def openssl_client_context(cert: str | os.PathLike[str], key: str | os.PathLike[
     """A pyOpenSSL client context: our certificate, the server verified against the
     deployment's CA only, TLS 1.2 or later, key exchange from ``groups``. Host name and
     identity are checked per connection (:func:`connect_tls`)."""
-    check_tls_groups(groups)
-    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    context.set_min_proto_version(SSL.TLS1_2_VERSION)
-    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
-    context.set_cipher_list(_TLS12_CIPHERS)
-    try:
-        context.use_certificate_chain_file(os.fspath(cert))
-        context.use_privatekey_file(os.fspath(key))
-        context.check_privatekey()
-        context.load_verify_locations(os.fspath(ca))
-    except SSL.Error as exc:
-        raise ParameterError("--cert/--key/--ca", f"{cert}, {key}, {ca}",
-                             "must be a matching certificate, key and CA in PEM",
-                             f"OpenSSL: {exc}") from None
-    context.set_verify(SSL.VERIFY_PEER)
-    _set_groups(context, groups)
-    return context
+    return _context(SSL.TLS_CLIENT_METHOD, 0, cert, key, ca, groups)
 
 
 def _wait_ready(sock: socket.socket, readable: bool, timeout_s: float | None) -> bool:
