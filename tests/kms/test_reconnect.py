@@ -39,7 +39,7 @@ HOST = "127.0.0.1"
 PARAMS = preset("modern-snspd").override({
     "length_km": 5.0, "dead_time_s": 0.0, "z_basis_probability": 0.5,
     "signal_probability": 0.5, "decoy_probability": 0.3, "vacuum_probability": 0.2})
-BLOCK_PULSES = 10_000_000
+BLOCK_PULSES = 40_000_000  # a key several times its authentication cost (as test_split_site)
 PSK = bytes(range(64)) * 4
 
 
