@@ -12,14 +12,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import corridor.distill.ldpc_codes as codes
-from corridor.distill.channel import ChannelEndpoint, ChannelStats, in_process_pair
+from corridor.distill.channel import in_process_pair
 from corridor.distill.ldpc import (
     MESSAGE_RESULT,
     MESSAGE_REVEAL,
@@ -35,6 +35,7 @@ from corridor.errors import ParameterError, ProtocolAbort
 from corridor.link.params import preset
 from corridor.link.rates import binary_entropy
 from corridor.randomness import RandomSource
+from tests.distill.test_cascade import RecordingEndpoint
 
 TIMEOUT_S = 30.0
 CORRIDOR_TOML = Path(codes.__file__).parent.parent / "kms" / "default_corridor.toml"
@@ -48,31 +49,6 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> object:
         codes.get_code.cache_clear()
         yield
     codes.get_code.cache_clear()
-
-
-@dataclass
-class RecordingEndpoint:
-    """Passes messages through and keeps (kind, payload) of everything sent."""
-
-    inner: ChannelEndpoint
-    tamper: Callable[[str, bytes], bytes] | None = None
-    sent: list[tuple[str, bytes]] = field(default_factory=list)
-    stats: ChannelStats = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.stats = self.inner.stats
-
-    def send(self, kind: str, payload: bytes) -> None:
-        if self.tamper is not None:
-            payload = self.tamper(kind, payload)
-        self.sent.append((kind, bytes(payload)))
-        self.inner.send(kind, payload)
-
-    def recv(self, kind: str, timeout_s: float = TIMEOUT_S) -> bytes:
-        return self.inner.recv(kind, timeout_s)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 @dataclass

@@ -33,6 +33,7 @@ from corridor.kms.source import (
 )
 from corridor.kms.store_sqlite import SqliteKeyStore
 from corridor.link.params import preset
+from tests.distill.test_transport import _recv_exact
 
 LINK = "link-ab"
 HOST = "127.0.0.1"
@@ -60,16 +61,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         return int(probe.getsockname()[1])
-
-
-def _recv_exact(sock: socket.socket, count: int) -> bytes | None:
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 class CuttingRelay:
