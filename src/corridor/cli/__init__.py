@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "audit",     # corridor audit verify|export
     "alarm",     # corridor alarm list|clear
     "kme",       # corridor kme serve
+    "hybrid",    # corridor hybrid kdf|session|ipsec|macsec|wireguard
     "up",        # corridor up
 )
 
