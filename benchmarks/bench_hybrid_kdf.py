@@ -79,7 +79,7 @@ def main() -> None:
 
     qkd_key, ss = os.urandom(32), os.urandom(32)
     sk, pk = xwing.generate_keypair(os.urandom(32))
-    ss_x, ct = xwing.encapsulate(pk)
+    _, ct = xwing.encapsulate(pk)
     seed = os.urandom(32)
     rows: list[tuple[str, Callable[[], object]]] = []
     for hash_name in kdf.HASHES:
