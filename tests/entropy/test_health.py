@@ -116,7 +116,7 @@ def test_apt_window_split_over_batches_is_caught() -> None:
 
 def test_good_source_passes_many_windows() -> None:
     # False-alarm rate for a full-entropy source at H = 6 claimed: RCT 2^-32 per
-    # sample (a run of 5), APT P(Binomial(512, 1/256) >= 25) < 2^-60 per window; over
+    # sample (a run of 5), APT P(1 + Binomial(511, 1/256) >= 25) ~ 2^-58.5 per window; over
     # 2^20 samples the chance of a false alarm here is about 2^-12.
     tests = HealthTests(6.0)
     for _ in range(16):
