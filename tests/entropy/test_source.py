@@ -96,14 +96,31 @@ def test_output_is_sha3_512_over_os_then_qrng_bytes(monkeypatch: pytest.MonkeyPa
 
 
 @settings(max_examples=25, deadline=None)
-@given(os_bytes=st.binary(min_size=64, max_size=64))
-def test_a_qrng_that_knows_the_os_bytes_cannot_cancel_them(os_bytes: bytes) -> None:
-    # A hostile QRNG that sends back exactly the OS bytes would zero an XOR mix; through
-    # the hash the output stays a function of the OS bytes that it cannot steer.
-    digest = hashlib.sha3_512(MIX_DOMAIN + (0).to_bytes(4, "big") + os_bytes + os_bytes)
-    xor = bytes(a ^ b for a, b in zip(os_bytes, os_bytes, strict=True))
-    assert xor == bytes(64)
-    assert digest.digest() != bytes(64)
+@given(os_bytes=st.binary(min_size=128, max_size=128))
+def test_a_qrng_that_echoes_the_os_bytes_cannot_cancel_them(os_bytes: bytes) -> None:
+    # A hostile QRNG that sees the OS bytes and sends them back would zero an XOR mix;
+    # here the output is the hash of both, different from zero and from the OS bytes.
+    rng = _source(ScriptedReader())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(source_module.secrets, "token_bytes", lambda n: os_bytes[:n])
+        patch.setattr(rng._shared.reader, "read", lambda n: (os_bytes * 64)[:n])
+        patch.setattr(rng._shared.tests, "feed", lambda data: None)  # let the echo through
+        rng._shared.buffer.clear()
+        out = rng.bytes(128)
+    assert out != bytes(128) and out != os_bytes
+    assert out[:64] == hashlib.sha3_512(MIX_DOMAIN + (0).to_bytes(4, "big") + os_bytes[:64]
+                                        + os_bytes[:64]).digest()
+
+
+def test_a_constant_qrng_still_gives_fresh_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whatever the QRNG sends (here the same healthy block every time), each draw
+    # carries fresh OS bytes.
+    rng = _source(ScriptedReader())
+    block = os.urandom(64) * 64  # the same 64 QRNG bytes under every output block
+    monkeypatch.setattr(rng._shared.reader, "read", lambda n: block[:n])
+    rng._shared.buffer.clear()
+    monkeypatch.setattr(rng._shared.tests, "feed", lambda data: None)
+    assert len({rng.bytes(64) for _ in range(50)}) == 50
 
 
 def test_health_failure_fails_closed_alarms_and_counts() -> None:
