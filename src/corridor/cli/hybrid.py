@@ -20,6 +20,7 @@ _SUBCOMMAND_MODULES: tuple[str, ...] = (
     "xwing",  # corridor hybrid xwing keygen|encaps|decaps
     "ipsec",  # corridor hybrid ipsec status|responder|initiator
     "tunnels",  # corridor hybrid macsec export, wireguard psk|run
+    "entropy",  # corridor hybrid entropy check
 )
 
 
