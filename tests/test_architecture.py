@@ -16,7 +16,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "corridor"
 
 # ARCHITECTURE.md, top to bottom: a layer may import only itself and the layers above it.
 LAYERS = ("link", "distill", "kms", "hybrid", "mobility", "net", "inventory", "web", "cli")
-# Modules at the top of the package (errors, logs, randomness) come before every layer;
+# Modules at the top of the package (errors, logs, randomness and the entropy package behind
+# the RandomSource seam) come before every layer;
 # ``web`` and ``cli`` are both faces and may import each other's helpers only one way.
 BASE = "base"
 

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from corridor.entropy import open_qrng_source
 from corridor.entropy import source as source_module
 from corridor.entropy.qrng import QrngUnavailable
 from corridor.entropy.source import (
@@ -216,8 +217,8 @@ def test_batch_below_the_startup_minimum_is_refused() -> None:
 # -- against the HTTPS test endpoint -----------------------------------------------
 
 def _qrng(server: QrngServer, tls: ClientTls, path: str, **options: object) -> RandomSource:
-    return RandomSource.qrng(server.url(path), ca=tls.ca, cert=tls.cert, key=tls.key,
-                             timeout_s=5, **options)
+    return open_qrng_source(server.url(path), ca=tls.ca, cert=tls.cert, key=tls.key,
+                            timeout_s=5, **options)
 
 
 @pytest.mark.parametrize("path", ["/raw", "/anu", "/qrypt"])
@@ -264,8 +265,8 @@ def test_https_failures_under_both_policies(qrng_server: QrngServer, tls: Client
 def test_endpoint_going_away_mid_use(qrng_server: QrngServer, tls: ClientTls,
                                      refused_url: str) -> None:
     sink = RecordingSink()
-    rng = RandomSource.qrng(refused_url, ca=tls.ca, cert=tls.cert, key=tls.key,
-                            on_event=sink.emit, fail_closed=False)
+    rng = open_qrng_source(refused_url, ca=tls.ca, cert=tls.cert, key=tls.key,
+                           on_event=sink.emit, fail_closed=False)
     assert rng.state == "connection_refused"  # type: ignore[attr-defined]
     assert sink.named(EVENT_UNAVAILABLE)[0]["reason"] == "connection_refused"
 
