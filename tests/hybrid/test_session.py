@@ -158,7 +158,7 @@ def test_a_hello_for_another_sae_or_from_an_unknown_one_is_refused() -> None:
     pool = SharedPool()
     stranger = Initiator("sae-x", B, "both-required", qkd=FakeQkd(pool))
     responder = Responder(B, {A: "both-required"}, qkd=FakeQkd(pool))
-    ki, kr = run_both(stranger.handshake, responder.handshake)
+    _, kr = run_both(stranger.handshake, responder.handshake)
     assert isinstance(kr, UnknownPeer) and "'sae-x'" in str(kr)
     misdirected = Initiator(A, "sae-c", "both-required", qkd=FakeQkd(pool))
     _ki, kr = run_both(misdirected.handshake, responder.handshake)
