@@ -41,8 +41,8 @@ from corridor.kms.store import (
     PoolExhaustedError,
     ReservationRefusedError,
     StoreUnavailableError,
-    open_store,
 )
+from corridor.kms.store_open import open_store
 from corridor.kms.store_sqlite import SqliteKeyStore
 
 POSTGRES_DSN = os.environ.get("CORRIDOR_TEST_POSTGRES_DSN",

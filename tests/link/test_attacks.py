@@ -26,11 +26,11 @@ from corridor.link.attacks import (
     make_attack,
 )
 from corridor.link.params import LinkParameters, preset
+from corridor.link.patterns import honest_pattern_table
 from corridor.link.records import DECOY, SIGNAL
 from corridor.link.simulator import (
     SimulationSummary,
     class_statistics,
-    honest_pattern_table,
     pattern_table,
     simulate_stream,
     summarise,

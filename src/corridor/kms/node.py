@@ -94,7 +94,8 @@ from corridor.kms.source import (
     SimulatedLinkPartySource,
     SimulatedLinkSource,
 )
-from corridor.kms.store import KeyStore, open_store
+from corridor.kms.store import KeyStore
+from corridor.kms.store_open import open_store
 from corridor.kms.tls import bind_socket, running_server
 from corridor.link.params import LinkParameters, preset
 from corridor.randomness import RandomSource

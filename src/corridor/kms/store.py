@@ -1031,20 +1031,3 @@ class SqlKeyStore(KeyStore):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kme_id={self.kme_id!r})"
-
-
-def open_store(url: str, kek: bytes, *, kme_id: str, **options: Any) -> KeyStore:
-    """Open a store from a URL: ``sqlite:///path/to/kme.db`` (or a plain path) or
-    ``postgresql://...`` (``schema=`` and pool sizes as keyword options)."""
-    if url.startswith(("postgresql://", "postgres://")):
-        from corridor.kms.store_postgres import PostgresKeyStore
-
-        return PostgresKeyStore(url, kek, kme_id=kme_id, **options)
-    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
-    if "://" in path:
-        raise ParameterError("store_url", url,
-                             "must be sqlite:///<path>, a file path, or postgresql://...")
-    from corridor.kms.store_sqlite import SqliteKeyStore
-
-    return SqliteKeyStore(path, kek, kme_id=kme_id, **options)
-

@@ -36,7 +36,7 @@ from scipy.special import gammaln
 
 from corridor.errors import ParameterError
 from corridor.link.params import LinkParameters
-from corridor.link.simulator import (
+from corridor.link.patterns import (
     alice_bit_fraction,
     fixed_photon_patterns,
     honest_pattern_table,
