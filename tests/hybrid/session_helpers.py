@@ -16,6 +16,7 @@ from corridor.hybrid.qkd import QkdKeyMissing
 from corridor.hybrid.session import SessionKey
 from corridor.hybrid.transport import ByteTransport, memory_pair
 from corridor.kms.interface import DeliveredKey
+from corridor.logs import KeyMaterialRefused, public_field_violation
 
 
 class SharedPool:
@@ -53,12 +54,17 @@ class FakeQkd:
 
 
 class ListSink:
-    """An EventSink that keeps ``(event, fields)``."""
+    """An EventSink that keeps ``(event, fields)`` and, like the audit log, refuses a
+    field that breaks the public field rule (corridor.logs)."""
 
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any]]] = []
 
     def emit(self, event: str, **fields: Any) -> None:
+        for name, value in fields.items():
+            violation = public_field_violation(name, value)
+            if violation is not None:
+                raise KeyMaterialRefused(*violation)
         self.events.append((event, fields))
 
     def of(self, event: str) -> list[dict[str, Any]]:

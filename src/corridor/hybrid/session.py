@@ -244,7 +244,9 @@ class _Handshake:
     def _record(self, decision: Decision, context: Mapping[str, Any],
                 key_id: str | None) -> None:
         if self.recorder is not None:
-            self.recorder.record(decision, **context, key_id=key_id)
+            # key_id only when there is one: the public field rule takes IDs as strings.
+            extra = {"key_id": key_id} if key_id else {}
+            self.recorder.record(decision, **context, **extra)
 
     def _fail(self, transport: ByteTransport, exc: HybridSessionError, session_id: bytes,
               generation: int, context: Mapping[str, Any]) -> None:

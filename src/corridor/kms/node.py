@@ -881,6 +881,9 @@ class Corridor:
         self.pki: PkiLayout | None = None
         self.started_at = dt.datetime.now(dt.UTC)
         self._lock_fd: int | None = None
+        # What layers below kms add to corridor-up.json (the hybrid sessions of
+        # `corridor up`); written with the next write_up_file().
+        self.up_extra: dict[str, Any] = {}
 
     @property
     def up_file(self) -> Path:
@@ -1017,6 +1020,7 @@ class Corridor:
                        "bob_kme": link.bob_kme, "source": link.source,
                        "preset": link.params.name, "length_km": link.params.fibre.length_km}
                       for link in self.spec.links.values()],
+            **self.up_extra,
         }
 
     def write_up_file(self) -> Path:
