@@ -15,7 +15,7 @@ hybrid_app = typer.Typer(
     no_args_is_help=True)
 
 # Modules that add commands to ``corridor hybrid``, in the order of its help.
-_SUBCOMMAND_MODULES: tuple[str, ...] = ()
+_SUBCOMMAND_MODULES: tuple[str, ...] = ("session",)
 
 
 def register(app: typer.Typer) -> None:
