@@ -104,7 +104,7 @@ def test_no_import_circles() -> None:
         stack.append(module)
         for target in sorted(graph[module]):
             if state.get(target) == 1:
-                cycles.append(stack[stack.index(target):] + [target])
+                cycles.append([*stack[stack.index(target):], target])
             elif target not in state:
                 visit(target)
         stack.pop()

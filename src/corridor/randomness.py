@@ -2,7 +2,8 @@
 
 ``RandomSource.seeded(seed)`` wraps numpy's PCG64 for reproducible tests and
 simulations. ``RandomSource.system()`` draws from the operating system's CSPRNG and
-is what anything that becomes a user's key material must use. Both expose the same
+is what anything that becomes a user's key material must use. ``RandomSource.qrng(...)``
+mixes the OS CSPRNG with a health-tested quantum RNG (``corridor.entropy``). Both expose the same
 numpy ``Generator`` interface plus :meth:`bytes`, so code never needs to know which
 it has been given.
 """
@@ -10,6 +11,7 @@ it has been given.
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import numpy as np
 from numpy.random import BitGenerator, Generator, SeedSequence
@@ -47,6 +49,30 @@ class RandomSource:
         """
         seq = SeedSequence(secrets.randbits(256))
         return cls(Generator(np.random.PCG64(seq)), cryptographic=True, label="os-csprng")
+
+    @classmethod
+    def qrng(cls, source: str, *, min_entropy_bits_per_byte: float = 6.0,
+             fail_closed: bool = True, on_event: Any = None, **options: Any) -> RandomSource:
+        """OS CSPRNG bytes mixed with a health-tested QRNG (docs/entropy.md).
+
+        ``source`` is an ``https://`` entropy endpoint or a device/FIFO/file path;
+        ``options`` go to :func:`corridor.entropy.qrng.open_reader` (``ca``, ``cert``,
+        ``key``, ``headers``, ``timeout_s``) or, for ``registry`` and ``batch_bytes``, to
+        :class:`corridor.entropy.source.QrngRandomSource`. Fails closed by default.
+        """
+        from corridor.entropy.qrng import open_reader
+        from corridor.entropy.source import QrngRandomSource
+
+        source_options = {k: options.pop(k) for k in ("registry", "batch_bytes", "apt_window")
+                          if k in options}
+        reader = open_reader(source, **options)
+        try:
+            return QrngRandomSource(reader, min_entropy_bits_per_byte=min_entropy_bits_per_byte,
+                                    fail_closed=fail_closed, on_event=on_event,
+                                    **source_options)
+        except BaseException:
+            reader.close()
+            raise
 
     def spawn(self) -> RandomSource:
         """An independent child stream (for Alice and Bob, or one per worker)."""

@@ -42,7 +42,9 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 def deployment(tmp_path_factory):
     sink = RecordingSink()
     monitor = LinkMonitor(sink)
-    desks = {kme: AlarmDesk(kme, [LINK_ID]) for kme in (KME_A, KME_B)}
+    # The feeder here delivers no blocks: a link silent for dead_after_s reads ``dead``,
+    # which would hide ``quarantined`` once this module's tests run longer than that.
+    desks = {kme: AlarmDesk(kme, [LINK_ID], dead_after_s=3600.0) for kme in (KME_A, KME_B)}
     feeder = SimpleNamespace(stats=FeederStats(), running=True)
     for desk in desks.values():
         desk.attach(monitor, {LINK_ID: feeder})

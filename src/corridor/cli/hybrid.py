@@ -15,7 +15,14 @@ hybrid_app = typer.Typer(
     no_args_is_help=True)
 
 # Modules that add commands to ``corridor hybrid``, in the order of its help.
-_SUBCOMMAND_MODULES: tuple[str, ...] = ("session",)
+_SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "kdf",    # corridor hybrid kdf catkdf|caskdf
+    "xwing",  # corridor hybrid xwing keygen|encaps|decaps
+    "session",  # corridor hybrid session --from-up (QKD + X-Wing handshake between SAEs)
+    "ipsec",  # corridor hybrid ipsec status|responder|initiator
+    "tunnels",  # corridor hybrid macsec export, wireguard psk|run
+    "entropy",  # corridor hybrid entropy check
+)
 
 
 def register(app: typer.Typer) -> None:

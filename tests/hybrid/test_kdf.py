@@ -1,0 +1,130 @@
+"""CatKDF and CasKDF (corridor.hybrid.kdf) against ETSI's reference implementation.
+
+tests/hybrid/data/etsi103744_vectors.json holds what the TS 103 744 reference code
+(etsi-forge/cyber.103744_QHKEX, qshkex.c) printed for each input; see its
+``provenance`` field and make_etsi103744_vectors.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from corridor.errors import ParameterError
+from corridor.hybrid import kdf
+
+DATA = json.loads((Path(__file__).parent / "data" / "etsi103744_vectors.json").read_text())
+CAT = DATA["catkdf"]
+CAS = DATA["caskdf"]
+
+
+def _cat_args(case: dict[str, Any]) -> dict[str, Any]:
+    fields = ("psk", "k1", "k2", "ma", "mb", "info", "label")
+    return {**{f: bytes.fromhex(case[f]) for f in fields}, "length": case["length"],
+            "hash": case["hash"]}
+
+
+def test_vectors_cover_both_hashes_and_empty_and_full_fields() -> None:
+    assert {c["hash"] for c in CAT} == {"sha256", "sha384"}
+    assert {c["hash"] for c in CAS} == {"sha256", "sha384"}
+    for field in ("psk", "info", "label"):
+        assert {bool(c[field]) for c in CAT} == {True, False}, field
+    assert {len(c["stages"]) for c in CAS} == {2, 3}
+    assert "41caf04ef4d5e03a207c09e86d71f8ca18bf8042" in DATA["provenance"]
+
+
+@pytest.mark.parametrize("case", CAT, ids=lambda c: f"{c['hash']}-{c['length']}")
+def test_catkdf_matches_reference(case: dict[str, Any]) -> None:
+    assert kdf.catkdf(**_cat_args(case)).hex() == case["key"]
+
+
+@pytest.mark.parametrize("case", CAS, ids=lambda c: f"{c['hash']}-{len(c['stages'])}")
+def test_caskdf_chain_matches_reference(case: dict[str, Any]) -> None:
+    chain = b""
+    for stage in case["stages"]:
+        assert chain.hex() == stage["previous_chain"]
+        chain, key = kdf.caskdf_stage(
+            previous_chain=chain, k=bytes.fromhex(stage["k"]), ma=bytes.fromhex(stage["ma"]),
+            mb=bytes.fromhex(stage["mb"]), info=bytes.fromhex(stage["info"]),
+            label=bytes.fromhex(stage["label"]), chain_length=case["chain_length"],
+            length=stage["length"], hash=case["hash"])
+        assert chain.hex() == stage["chain"]
+        assert key.hex() == stage["key"]
+
+
+def test_lengths_come_before_their_arguments() -> None:
+    """The reference's layout, len(x) || x, not the comments' x || len(x): moving one
+    byte from MA to MB changes the key, and a hand-built context reproduces it."""
+    case = _cat_args(CAT[1])
+    context = hashlib.sha256(b"".join(len(x).to_bytes(4, "big") + x
+                                      for x in (case["info"], case["ma"], case["mb"])))
+    expected = HKDF(hashes.SHA256(), case["length"], case["label"], context.digest()).derive(
+        case["psk"] + case["k1"] + case["k2"])
+    assert kdf.catkdf(**case) == expected
+    moved = {**case, "ma": case["ma"][:-1], "mb": case["ma"][-1:] + case["mb"]}
+    assert kdf.catkdf(**moved) != expected
+
+
+@settings(max_examples=50, deadline=None)
+@given(k1=st.binary(min_size=1, max_size=64), k2=st.binary(min_size=1, max_size=64),
+       flip=st.integers(min_value=0, max_value=7))
+def test_catkdf_depends_on_each_secret(k1: bytes, k2: bytes, flip: int) -> None:
+    base = {"psk": b"", "ma": b"A", "mb": b"B", "info": b"i", "label": b"l", "length": 32}
+    key = kdf.catkdf(k1=k1, k2=k2, **base)  # type: ignore[arg-type]
+    k1_flipped = bytes([k1[0] ^ (1 << flip)]) + k1[1:]
+    k2_flipped = bytes([k2[0] ^ (1 << flip)]) + k2[1:]
+    assert kdf.catkdf(k1=k1_flipped, k2=k2, **base) != key  # type: ignore[arg-type]
+    assert kdf.catkdf(k1=k1, k2=k2_flipped, **base) != key  # type: ignore[arg-type]
+
+
+def test_caskdf_returns_the_requested_lengths() -> None:
+    chain, key = kdf.caskdf_stage(previous_chain=b"", k=b"k" * 32, ma=b"", mb=b"", info=b"",
+                                  label=b"", chain_length=48, length=100, hash="sha384")
+    assert (len(chain), len(key)) == (48, 100)
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"hash": "md5"}, "hash"),
+    ({"hash": "SHA256"}, "hash"),
+    ({"length": 0}, "length"),
+    ({"length": 255 * 32 + 1}, "length"),
+    ({"length": True}, "length"),
+    ({"k1": b""}, "k1"),
+    ({"k2": b""}, "k2"),
+    ({"psk": "00"}, "psk"),
+])
+def test_catkdf_refuses_bad_parameters(changes: dict[str, Any], field: str) -> None:
+    args = {**_cat_args(CAT[0]), **changes}
+    with pytest.raises(ParameterError) as info:
+        kdf.catkdf(**args)
+    assert info.value.field == field
+    assert CAT[0]["k1"][:16] not in str(info.value)
+
+
+def test_catkdf_accepts_the_hkdf_maximum() -> None:
+    args = {**_cat_args(CAT[5]), "length": kdf.max_output_bytes("sha384")}
+    assert len(kdf.catkdf(**args)) == 255 * 48
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"chain_length": 0}, "chain_length"),
+    ({"chain_length": 256}, "chain_length"),
+    ({"length": 255 * 32}, "chain_length + length"),
+    ({"k": b""}, "k"),
+    ({"previous_chain": b"x" * 256}, "previous_chain"),
+    ({"hash": "sha3_256"}, "hash"),
+])
+def test_caskdf_refuses_bad_parameters(changes: dict[str, Any], field: str) -> None:
+    args = {"previous_chain": b"", "k": b"k" * 32, "ma": b"", "mb": b"", "info": b"",
+            "label": b"", "chain_length": 32, "length": 32, **changes}
+    with pytest.raises(ParameterError) as info:
+        kdf.caskdf_stage(**args)
+    assert info.value.field == field
