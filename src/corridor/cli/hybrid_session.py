@@ -51,8 +51,10 @@ def session_command(
     responder: Annotated[str | None, typer.Option(
         "--responder", help="Slave SAE (gets it by ID with dec_keys).")] = None,
     policy: Annotated[str | None, typer.Option(
-        "--policy", help="qkd-required, pqc-required, both-required or any (default: the "
-        "pair's policy in corridor-up.json, else both-required).")] = None,
+        "--policy", help="The policy the initiator declares: qkd-required, pqc-required, "
+        "both-required or any (default: the pair's). The responder always holds to the "
+        "pair's policy in corridor-up.json (else both-required) and refuses another.")
+    ] = None,
     suite: Annotated[str, typer.Option(
         "--suite", help="xwing, mlkem768-x25519 or none.")] = "xwing",
     output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")
@@ -61,7 +63,7 @@ def session_command(
     """Run one hybrid handshake (QKD key + X-Wing, CatKDF, key confirmation) between two
     SAEs of a running corridor and print both session records (never the key)."""
     with handle_errors():
-        from corridor.hybrid.errors import HybridSessionError
+        from corridor.hybrid.errors import HybridSessionError, SessionAborted
         from corridor.hybrid.policy import parse_policy
         from corridor.hybrid.qkd import KmeQkdKeys
         from corridor.hybrid.session import Initiator, Responder, SessionKey
@@ -77,14 +79,15 @@ def session_command(
         initiator = initiator or (sessions[0]["initiator_sae_id"] if sessions else saes[0])
         responder = responder or (sessions[0]["responder_sae_id"] if sessions
                                   else next(s for s in saes if s != initiator))
-        chosen = parse_policy(policy if policy is not None
-                              else _pair_policy(up, initiator, responder), "--policy")
+        configured = parse_policy(_pair_policy(up, initiator, responder), "hybrid_sessions")
+        chosen = parse_policy(policy, "--policy") if policy is not None else configured
         kem = parse_suite(suite, "--suite")
         client_i = _sae_client(up, base, initiator)
         client_r = _sae_client(up, base, responder)
         ends = socket.socketpair()
         t_i, t_r = SocketTransport(ends[0], 30.0), SocketTransport(ends[1], 30.0)
-        responder_side = Responder(responder, {initiator: chosen}, qkd=KmeQkdKeys(client_r))
+        responder_side = Responder(responder, {initiator: configured},
+                                   qkd=KmeQkdKeys(client_r))
         result: dict[str, SessionKey | HybridSessionError] = {}
 
         def respond() -> None:
@@ -98,6 +101,13 @@ def session_command(
         try:
             key = Initiator(initiator, responder, chosen, qkd=KmeQkdKeys(client_i),
                             suite=kem).handshake(t_i)
+        except SessionAborted:
+            thread.join(timeout=60)
+            # The responder refused: its error names why (the initiator only knows that).
+            refusal = result.get("responder")
+            if isinstance(refusal, HybridSessionError):
+                raise refusal from None
+            raise
         finally:
             thread.join(timeout=60)
             t_i.close()

@@ -255,7 +255,7 @@ class _Handshake:
             with contextlib.suppress(HybridSessionError):
                 transport.send(Abort(session_id, generation, exc.reason).encode())
         _log.warning("hybrid handshake failed (%s %s, session %s, generation %s): %s",
-                     self.role, self.sae_id, context.get("session_id"), generation, exc)
+                     self.role, self.sae_id, context.get("session_id"), generation, str(exc))
         events = self.recorder.events if self.recorder is not None else None
         # A refusal is already in the trail as its decision; anything else is a failure.
         if events is not None and not isinstance(exc, QkdKeyUnavailable | PqcUnavailable):

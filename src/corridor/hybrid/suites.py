@@ -28,8 +28,8 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
+import corridor.hybrid.xwing as xwing
 from corridor.errors import ParameterError
-from corridor.hybrid import xwing
 
 SUITE_XWING = "xwing"
 SUITE_MLKEM_X25519 = "mlkem768-x25519"
