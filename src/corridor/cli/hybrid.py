@@ -18,6 +18,7 @@ hybrid_app = typer.Typer(
 _SUBCOMMAND_MODULES: tuple[str, ...] = (
     "kdf",    # corridor hybrid kdf catkdf|caskdf
     "xwing",  # corridor hybrid xwing keygen|encaps|decaps
+    "session",  # corridor hybrid session --from-up (QKD + X-Wing handshake between SAEs)
     "ipsec",  # corridor hybrid ipsec status|responder|initiator
     "tunnels",  # corridor hybrid macsec export, wireguard psk|run
     "entropy",  # corridor hybrid entropy check

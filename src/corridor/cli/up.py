@@ -6,7 +6,9 @@ with :class:`corridor.kms.node.Corridor`, writes ``corridor-up.json`` into the w
 directory, prints the commands that fetch a key from one KME and the same key by ID
 from the other (``corridor sae`` and curl), shows a live status until Ctrl-C, SIGTERM or
 ``--duration-s``, and stops cleanly (feeders joined, servers closed, stores closed,
-audit logs fsync'ed with their chains intact). Exit code 0 on a clean stop.
+audit logs fsync'ed with their chains intact). Exit code 0 on a clean stop. It also runs
+the corridor file's hybrid sessions between its SAEs
+(:mod:`corridor.hybrid.corridor_sessions`), shown in the live status.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from corridor.errors import ParameterError
 from corridor.logs import configure_logging
 
 if TYPE_CHECKING:  # the KMS stack is imported when `up` runs, not by every `corridor` call
+    from corridor.hybrid.corridor_sessions import CorridorSessions
     from corridor.kms.node import Corridor, CorridorSpec
 
 
@@ -115,8 +118,39 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def status_table(corridor: Corridor) -> Group:
-    """The live status: key pools, then each link's QBER, key rate, blocks and alarms."""
+def hybrid_table(hybrid: CorridorSessions) -> Table:
+    """Each hybrid session: inputs used, policy decisions so far, rotations."""
+    table = Table(title="hybrid sessions (QKD + X-Wing, CatKDF)", title_justify="left")
+    for column in ("SAEs", "policy", "state", "inputs", "missing", "generation",
+                   "rotations", "key_ID", "decisions", "last error"):
+        table.add_column(column)
+    for s in hybrid.status():
+        style = {"established": "", "degraded": "yellow", "starting": "yellow"}.get(
+            s["state"], "bold red")
+        decisions = ", ".join(f"{k} {v}" for k, v in sorted(s["decisions"].items())) or "-"
+        table.add_row(f"{s['initiator_sae_id']} -> {s['responder_sae_id']}", s["policy"],
+                      Text(s["state"], style=style), "+".join(s["inputs"]) or "-",
+                      ", ".join(s["missing"]) or "-", _fmt(s["generation"], "d"),
+                      str(s["rotations"]), s["key_id"] or "-", decisions,
+                      Text(s["last_error"] or "-", style="bold red" if s["last_error"] else ""))
+    return table
+
+
+def hybrid_line(hybrid: CorridorSessions) -> str:
+    """The hybrid sessions in one plain segment of the status line."""
+    return " ".join(
+        f"{s['initiator_sae_id']}->{s['responder_sae_id']}: policy={s['policy']} "
+        f"state={s['state']} inputs={'+'.join(s['inputs']) or '-'} "
+        f"gen={_fmt(s['generation'], 'd')} rotations={s['rotations']} "
+        f"decisions={','.join(f'{k}:{v}' for k, v in sorted(s['decisions'].items())) or '-'}"
+        + (f" missing={','.join(s['missing'])}" if s["missing"] else "")
+        + (f" error={s['last_error'].split(':')[0]}" if s["last_error"] else "")
+        for s in hybrid.status())
+
+
+def status_table(corridor: Corridor, hybrid: CorridorSessions | None = None) -> Group:
+    """The live status: key pools, then each link's QBER, key rate, blocks and alarms,
+    then the hybrid sessions."""
     status = corridor.status()
     pools = Table(title=f"corridor {corridor.spec.name}: key pools", title_justify="left")
     for column in ("KME", "URL", "link", "direction", "role", "stored keys", "capacity"):
@@ -145,10 +179,12 @@ def status_table(corridor: Corridor) -> Group:
                                                      if link["last_abort_reason"] else ""),
                       "-" if age is None else f"{age:,.0f} s ago",
                       Text(alarms, style="bold red" if link["alarms"] else ""))
+    if hybrid is not None and hybrid.sessions:
+        return Group(pools, links, hybrid_table(hybrid))
     return Group(pools, links)
 
 
-def status_line(corridor: Corridor) -> str:
+def status_line(corridor: Corridor, hybrid: CorridorSessions | None = None) -> str:
     """One plain line of status (for logs and non-terminal output)."""
     status = corridor.status()
     pools = " ".join(f"{p['kme_id']}/{p['direction']}={p['stored_keys']}"
@@ -160,10 +196,14 @@ def status_line(corridor: Corridor) -> str:
         f"alarms={len(link['alarms'])}"
         for link in status["links"])
     stamp = dt.datetime.now(dt.UTC).strftime("%H:%M:%SZ")
-    return f"[{stamp}] pools(keys): {pools} | {links}"
+    line = f"[{stamp}] pools(keys): {pools} | {links}"
+    if hybrid is not None and hybrid.sessions:
+        line += f" | hybrid: {hybrid_line(hybrid)}"
+    return line
 
 
-def _describe_start(corridor: Corridor, spec: CorridorSpec) -> None:
+def _describe_start(corridor: Corridor, spec: CorridorSpec,
+                    hybrid: CorridorSessions | None = None) -> None:
     console.print(f"corridor up: {spec.name} ({spec.source_path})", highlight=False,
                   soft_wrap=True)
     console.print(f"working directory: {_shown(corridor.workdir)}", highlight=False)
@@ -185,6 +225,19 @@ def _describe_start(corridor: Corridor, spec: CorridorSpec) -> None:
                   f"{_shown(corridor.up_file)}):", highlight=False, soft_wrap=True)
     for command in operator_commands(corridor):
         console.print(f"  {command}", highlight=False, markup=False, soft_wrap=True)
+    for session in hybrid.describe() if hybrid is not None else []:
+        console.print(f"hybrid session {session['initiator_sae_id']} -> "
+                      f"{session['responder_sae_id']} (policy {session['policy']}, re-key "
+                      f"after {session['rekey_after_bytes'] or 'unlimited'} bytes or "
+                      f"{session['rekey_after_s'] or 'unlimited'} s); decisions audited in:",
+                      highlight=False, soft_wrap=True)
+        for side in session["sides"]:
+            kek = f" --kek-file {shlex.quote(side['kek_file'])}" if side["kek_file"] else ""
+            path = shlex.quote(_shown(corridor.workdir / side["audit_log"]))
+            if kek:
+                kek = f" --kek-file {shlex.quote(_shown(corridor.workdir / side['kek_file']))}"
+            console.print(f"  corridor audit verify {path}{kek}", highlight=False,
+                          markup=False, soft_wrap=True)
     console.print("stop with Ctrl-C (or SIGTERM)", highlight=False)
 
 
@@ -212,6 +265,7 @@ def up_command(
             raise ParameterError("--duration-s", duration_s, "must be a number of seconds > 0")
         if not status_interval_s > 0:
             raise ParameterError("--status-interval-s", status_interval_s, "must be > 0")
+        from corridor.hybrid.corridor_sessions import CorridorSessions
         from corridor.kms.node import Corridor, load_corridor
 
         configure_logging("warning", json=False)
@@ -227,11 +281,15 @@ def up_command(
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT,
                                                                     signal.SIGTERM)}
         corridor = Corridor(spec, directory, host="127.0.0.1")
+        hybrid = CorridorSessions(corridor)
         try:
             corridor.start()
-            _describe_start(corridor, spec)
+            hybrid.start()
+            corridor.up_extra["hybrid_sessions"] = hybrid.describe()
+            corridor.write_up_file()
+            _describe_start(corridor, spec, hybrid)
             deadline = None if duration_s is None else time.monotonic() + duration_s
-            _run_until_stopped(corridor, stop, deadline, status_interval_s)
+            _run_until_stopped(corridor, stop, deadline, status_interval_s, hybrid)
         except BrokenPipeError:
             # Whoever read our output is gone (a pipe closed, often by the same Ctrl-C):
             # nobody watches any more, so stop cleanly, and silently.
@@ -242,9 +300,13 @@ def up_command(
             # when a closed pipe started the stop) must not cut the clean stop short.
             try:
                 _quietly(lambda: err_console.print(
-                    "stopping: feeders, servers, stores, audit logs ...", highlight=False))
+                    "stopping: hybrid sessions, feeders, servers, stores, audit logs ...",
+                    highlight=False))
             finally:
-                corridor.close()
+                try:
+                    hybrid.close()
+                finally:
+                    corridor.close()
         why = stop_signal[0] if stop_signal else "--duration-s elapsed"
         _quietly(lambda: console.print(f"corridor stopped cleanly ({why}); state kept in "
                                        f"{_shown(corridor.workdir)}", highlight=False,
@@ -273,19 +335,20 @@ def _quietly(write: Callable[[], object]) -> None:
 
 
 def _run_until_stopped(corridor: Corridor, stop: threading.Event, deadline: float | None,
-                       interval_s: float) -> None:
+                       interval_s: float, hybrid: CorridorSessions | None = None) -> None:
     def remaining() -> float:
         return float("inf") if deadline is None else deadline - time.monotonic()
 
     if console.is_terminal:
-        with Live(status_table(corridor), console=console, refresh_per_second=2,
+        with Live(status_table(corridor, hybrid), console=console, refresh_per_second=2,
                   transient=False) as live:
             while not stop.is_set() and remaining() > 0:
                 stop.wait(min(1.0, max(remaining(), 0.0)))
-                live.update(status_table(corridor))
+                live.update(status_table(corridor, hybrid))
         return
     while not stop.is_set() and remaining() > 0:
-        console.print(status_line(corridor), highlight=False, markup=False, soft_wrap=True)
+        console.print(status_line(corridor, hybrid), highlight=False, markup=False,
+                      soft_wrap=True)
         console.file.flush()
         stop.wait(min(interval_s, max(remaining(), 0.0)))
 

@@ -250,3 +250,84 @@ class SaeDirectory:
 
     def __repr__(self) -> str:
         return f"SaeDirectory(saes={len(self._sae_kme)}, links={sorted(self._links)})"
+
+
+HYBRID_POLICY_NAMES = ("qkd-required", "pqc-required", "both-required", "any")
+"""The policy names a ``[[hybrid]]`` entry may give: those of
+:class:`corridor.hybrid.policy.Policy`, spelled out here because the kms layer may not
+import the hybrid layer (ARCHITECTURE.md); tests/hybrid/test_session_config.py checks
+that the two lists agree."""
+DEFAULT_HYBRID_POLICY = "both-required"
+
+
+@dataclass(frozen=True)
+class HybridPairConfig:
+    """The hybrid session policy of one pair of SAEs (a ``[[hybrid]]`` table).
+
+    Attributes:
+        master_sae_id: the initiator (gets the QKD key with ``enc_keys``).
+        slave_sae_id: the responder (gets it by ID with ``dec_keys``).
+        policy: ``qkd-required``, ``pqc-required``, ``both-required`` (default) or ``any``.
+        rekey_after_bytes: re-key after this many protected bytes (None: no byte limit).
+        rekey_after_s: re-key after this many seconds (None: no time limit).
+    """
+
+    master_sae_id: str
+    slave_sae_id: str
+    policy: str = DEFAULT_HYBRID_POLICY
+    rekey_after_bytes: int | None = 1 << 30
+    rekey_after_s: float | None = 3600.0
+
+
+_HYBRID_KEYS = ("master_sae_id", "slave_sae_id", "policy", "rekey_after_bytes", "rekey_after_s")
+
+
+def parse_hybrid_pairs(entries: Any, saes: Mapping[str, str]) -> tuple[HybridPairConfig, ...]:
+    """Validate the ``[[hybrid]]`` tables of a corridor file against its SAEs.
+
+    ``rekey_after_bytes = 0`` or ``rekey_after_s = 0`` turns that limit off. Errors name
+    the entry by index: ``hybrid[0].policy = 'x': one of qkd-required, ...``.
+    """
+    if not isinstance(entries, list):
+        raise ParameterError("hybrid", entries, "must be a list of [[hybrid]] tables")
+    pairs: list[HybridPairConfig] = []
+    seen: set[frozenset[str]] = set()
+    for index, raw in enumerate(entries):
+        where = f"hybrid[{index}]"
+        if not isinstance(raw, Mapping):
+            raise ParameterError(where, raw, "must be a TOML table")
+        extra = sorted(set(raw) - set(_HYBRID_KEYS))
+        if extra:
+            raise ParameterError(f"{where}.{extra[0]}", raw[extra[0]],
+                                 f"unknown setting; allowed: {', '.join(_HYBRID_KEYS)}")
+        ends = []
+        for name in ("master_sae_id", "slave_sae_id"):
+            sae_id = check_id(f"{where}.{name}", raw.get(name))
+            if sae_id not in saes:
+                raise ParameterError(f"{where}.{name}", sae_id,
+                                     f"one of the [[saes]]: {', '.join(sorted(saes))}")
+            ends.append(sae_id)
+        if ends[0] == ends[1]:
+            raise ParameterError(f"{where}.slave_sae_id", ends[1],
+                                 "an SAE other than master_sae_id")
+        if frozenset(ends) in seen:
+            raise ParameterError(f"{where}.slave_sae_id", ends[1],
+                                 f"the pair ({ends[0]!r}, {ends[1]!r}) is already configured; "
+                                 "one [[hybrid]] entry per pair")
+        seen.add(frozenset(ends))
+        policy = raw.get("policy", DEFAULT_HYBRID_POLICY)
+        if policy not in HYBRID_POLICY_NAMES:
+            raise ParameterError(f"{where}.policy", policy,
+                                 f"one of {', '.join(HYBRID_POLICY_NAMES)}")
+        after_bytes = raw.get("rekey_after_bytes", 1 << 30)
+        if isinstance(after_bytes, bool) or not isinstance(after_bytes, int) or after_bytes < 0:
+            raise ParameterError(f"{where}.rekey_after_bytes", after_bytes,
+                                 "an integer >= 0 (0: no byte limit)")
+        after_s = raw.get("rekey_after_s", 3600.0)
+        if isinstance(after_s, bool) or not isinstance(after_s, int | float) \
+                or not 0 <= after_s <= 365 * 86_400:
+            raise ParameterError(f"{where}.rekey_after_s", after_s,
+                                 "a number of seconds in [0, 31536000] (0: no time limit)")
+        pairs.append(HybridPairConfig(ends[0], ends[1], str(policy), after_bytes or None,
+                                      float(after_s) or None))
+    return tuple(pairs)

@@ -7,7 +7,8 @@ This module owns the corridor TOML format (docs/corridor-up.md) and the wiring o
   with their physical parameters (a preset plus overrides named with units,
   ``length_km``) and how they are fed (simulated in one process, simulated with each
   party next to its KME and a TCP classical channel, or recorded key files), SAEs and
-  the KME each is attached to;
+  the KME each is attached to, and the hybrid session policy of each pair of SAEs
+  (``[[hybrid]]``, :func:`corridor.kms.config.parse_hybrid_pairs`);
 - :func:`own_link_feeders` wires one KME process (``corridor kme serve``): its side of
   each of its links;
 - :class:`KmeNode` builds one KME: its store (SQLite file or PostgreSQL DSN), its KEK
@@ -56,7 +57,13 @@ from corridor.kms.audit import (
     HighWaterMarks,
     verify_audit_log,
 )
-from corridor.kms.config import KmeConfig, SaeDirectory, check_id
+from corridor.kms.config import (
+    HybridPairConfig,
+    KmeConfig,
+    SaeDirectory,
+    check_id,
+    parse_hybrid_pairs,
+)
 from corridor.kms.crypto import load_kek, write_kek_file
 from corridor.kms.interface import EventSink, FanOutEventSink
 from corridor.kms.limits import (
@@ -111,7 +118,7 @@ _LINK_KEYS = {"id", "alice_kme", "bob_kme", "preset", "parameters", "source", "b
               "channel_listen", "channel_address", "simulation_seed", "psk_file"}
 _MONITOR_KEYS = {"qber_alarm_threshold", "trend_window_blocks", "recovery_blocks",
                  "recovery_qber_threshold", "max_consecutive_discards"}
-_TOP_KEYS = {"name", "kme", "monitor", "kmes", "links", "saes", "pki_dir", "quota"}
+_TOP_KEYS = {"name", "kme", "monitor", "kmes", "links", "saes", "pki_dir", "quota", "hybrid"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -185,6 +192,15 @@ class CorridorSpec:
     pki_dir: Path | None = None
     source_path: str = "(embedded default)"
     quota: QuotaPolicy = field(default_factory=QuotaPolicy)
+    hybrid: tuple[HybridPairConfig, ...] = ()
+
+    def hybrid_pair(self, sae_x: str, sae_y: str) -> HybridPairConfig:
+        """The ``[[hybrid]]`` entry of a pair of SAEs (either order); a pair the file
+        does not name gets the defaults with ``sae_x`` as master."""
+        for pair in self.hybrid:
+            if {pair.master_sae_id, pair.slave_sae_id} == {sae_x, sae_y}:
+                return pair
+        return HybridPairConfig(sae_x, sae_y)
 
     def directory(self) -> SaeDirectory:
         """Who is attached where, and the links, as every KME needs it."""
@@ -309,7 +325,8 @@ def parse_corridor(data: Mapping[str, Any], base_dir: Path | None = None,
     spec = CorridorSpec(name=name, kmes=kmes, links=links, saes=saes, monitor=monitor,
                         pki_dir=_path(base, data["pki_dir"], "pki_dir")
                         if "pki_dir" in data else None, source_path=source_path,
-                        quota=QuotaPolicy.from_mapping(data.get("quota", {}), saes))
+                        quota=QuotaPolicy.from_mapping(data.get("quota", {}), saes),
+                        hybrid=parse_hybrid_pairs(data.get("hybrid", []), saes))
     spec.directory()  # one link per KME pair, IDs valid: SaeDirectory checks it
     return spec
 
@@ -864,6 +881,9 @@ class Corridor:
         self.pki: PkiLayout | None = None
         self.started_at = dt.datetime.now(dt.UTC)
         self._lock_fd: int | None = None
+        # What layers below kms add to corridor-up.json (the hybrid sessions of
+        # `corridor up`); written with the next write_up_file().
+        self.up_extra: dict[str, Any] = {}
 
     @property
     def up_file(self) -> Path:
@@ -1000,6 +1020,7 @@ class Corridor:
                        "bob_kme": link.bob_kme, "source": link.source,
                        "preset": link.params.name, "length_km": link.params.fibre.length_km}
                       for link in self.spec.links.values()],
+            **self.up_extra,
         }
 
     def write_up_file(self) -> Path:

@@ -1,0 +1,145 @@
+"""``corridor hybrid session``: one hybrid handshake between two SAEs of a running corridor.
+
+Both SAEs run in this process, joined by a socket pair (the protocol's TCP framing);
+each gets its QKD key from its own KME over mutual TLS with its own certificate, as
+``corridor-up.json`` describes them. The command prints both sides' session records
+(inputs used, policy decision, key_ID) and never a key. The decisions go to the log
+(stderr) and the printed records; the audit trail of the corridor's own sessions is
+``corridor up``'s (docs/hybrid-session.md).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from corridor.cli.common import OutputFormat, console, emit_json, handle_errors, read_up_file
+from corridor.errors import ParameterError
+
+
+def _sae_client(up: dict[str, Any], base: Path, sae_id: str) -> Any:
+    from corridor.kms.client import SaeClient
+
+    sae = next((s for s in up.get("saes", []) if s.get("sae_id") == sae_id), None)
+    if sae is None:
+        known = [s.get("sae_id") for s in up.get("saes", [])]
+        raise ParameterError("--initiator/--responder", sae_id, f"one of {known} "
+                             "(corridor-up.json: saes)")
+    kme = next(k for k in up["kmes"] if k["kme_id"] == sae["kme_id"])
+    return SaeClient(kme["base_url"], base / sae["cert"], base / sae["key"],
+                     base / sae["ca_cert"], expected_kme_id=kme["kme_id"], timeout_s=10.0)
+
+
+def _pair_policy(up: dict[str, Any], initiator: str, responder: str) -> str:
+    for session in up.get("hybrid_sessions", []):
+        if {session.get("initiator_sae_id"), session.get("responder_sae_id")} == \
+                {initiator, responder}:
+            return str(session["policy"])
+    return "both-required"
+
+
+def session_command(
+    from_up: Annotated[Path, typer.Option(
+        "--from-up", help="corridor-up.json of a running `corridor up`.")],
+    initiator: Annotated[str | None, typer.Option(
+        "--initiator", help="Master SAE (gets the QKD key with enc_keys); default: the "
+        "first [[hybrid]] pair's, else the first SAE.")] = None,
+    responder: Annotated[str | None, typer.Option(
+        "--responder", help="Slave SAE (gets it by ID with dec_keys).")] = None,
+    policy: Annotated[str | None, typer.Option(
+        "--policy", help="The policy the initiator declares: qkd-required, pqc-required, "
+        "both-required or any (default: the pair's). The responder always holds to the "
+        "pair's policy in corridor-up.json (else both-required) and refuses another.")
+    ] = None,
+    suite: Annotated[str, typer.Option(
+        "--suite", help="xwing, mlkem768-x25519 or none.")] = "xwing",
+    output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")
+                      ] = OutputFormat.table,
+) -> None:
+    """Run one hybrid handshake (QKD key + X-Wing, CatKDF, key confirmation) between two
+    SAEs of a running corridor and print both session records (never the key)."""
+    with handle_errors():
+        from corridor.hybrid.errors import HybridSessionError, SessionAborted
+        from corridor.hybrid.policy import parse_policy
+        from corridor.hybrid.qkd import KmeQkdKeys
+        from corridor.hybrid.session import Initiator, Responder, SessionKey
+        from corridor.hybrid.suites import parse_suite
+        from corridor.hybrid.transport import SocketTransport
+        from corridor.logs import configure_logging
+
+        configure_logging("warning", json=False)
+        up = read_up_file(from_up)
+        base = from_up.resolve().parent
+        sessions = up.get("hybrid_sessions") or []
+        saes = [s["sae_id"] for s in up.get("saes", [])]
+        initiator = initiator or (sessions[0]["initiator_sae_id"] if sessions else saes[0])
+        responder = responder or (sessions[0]["responder_sae_id"] if sessions
+                                  else next(s for s in saes if s != initiator))
+        configured = parse_policy(_pair_policy(up, initiator, responder), "hybrid_sessions")
+        chosen = parse_policy(policy, "--policy") if policy is not None else configured
+        kem = parse_suite(suite, "--suite")
+        client_i = _sae_client(up, base, initiator)
+        client_r = _sae_client(up, base, responder)
+        ends = socket.socketpair()
+        t_i, t_r = SocketTransport(ends[0], 30.0), SocketTransport(ends[1], 30.0)
+        responder_side = Responder(responder, {initiator: configured},
+                                   qkd=KmeQkdKeys(client_r))
+        result: dict[str, SessionKey | HybridSessionError] = {}
+
+        def respond() -> None:
+            try:
+                result["responder"] = responder_side.handshake(t_r)
+            except HybridSessionError as exc:
+                result["responder"] = exc
+
+        thread = threading.Thread(target=respond, daemon=True)
+        thread.start()
+        try:
+            key = Initiator(initiator, responder, chosen, qkd=KmeQkdKeys(client_i),
+                            suite=kem).handshake(t_i)
+        except SessionAborted:
+            thread.join(timeout=60)
+            # The responder refused: its error names why (the initiator only knows that).
+            refusal = result.get("responder")
+            if isinstance(refusal, HybridSessionError):
+                raise refusal from None
+            raise
+        finally:
+            thread.join(timeout=60)
+            t_i.close()
+            t_r.close()
+            client_i.close()
+            client_r.close()
+        theirs = result.get("responder")
+        if isinstance(theirs, HybridSessionError):
+            key.wipe()
+            raise theirs
+        assert isinstance(theirs, SessionKey)
+        records = [key.record.as_dict(), theirs.record.as_dict()]
+        key.wipe()
+        theirs.wipe()
+    if output == OutputFormat.json:
+        emit_json({"sessions": records})
+        return
+    for record in records:
+        missing = ", ".join(record["missing"]) or "none"
+        side = record["initiator_sae_id" if record["role"] == "initiator"
+                      else "responder_sae_id"]
+        console.print(
+            f"{record['role']} {side}: {record['outcome']} (policy {record['policy']}, inputs "
+            f"{'+'.join(record['inputs'])}, missing: {missing}), key_ID "
+            f"{record['key_id'] or '-'}, suite {record['suite']}, session "
+            f"{record['session_id']} generation {record['generation']}",
+            highlight=False, markup=False, soft_wrap=True)
+
+
+def register(hybrid_app: typer.Typer) -> None:
+    """Add ``corridor hybrid session``."""
+    hybrid_app.command("session")(session_command)
+
+
+__all__ = ["register", "session_command"]

@@ -1,0 +1,78 @@
+"""``corridor hybrid session --from-up``: one handshake between the SAEs of a running
+corridor, records printed, never a key; bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from corridor.cli import app
+from corridor.hybrid.corridor_sessions import CorridorSessions
+from corridor.kms.node import Corridor, parse_corridor
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def running(tmp_path: Path):  # type: ignore[no-untyped-def]
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    data = os.urandom(64 * 1024)
+    (keys / "alice.bin").write_bytes(data)
+    (keys / "bob.bin").write_bytes(data)
+    spec = parse_corridor({
+        "kme": {"max_key_count": 10_000}, "kmes": [{"id": "kme-a"}, {"id": "kme-b"}],
+        "links": [{"id": "link-ab", "alice_kme": "kme-a", "bob_kme": "kme-b",
+                   "preset": "modern-snspd", "parameters": {"length_km": 5.0},
+                   "source": "recorded", "keys_dir": str(keys), "block_bytes": 1024}],
+        "saes": [{"id": "sae-a", "kme": "kme-a"}, {"id": "sae-b", "kme": "kme-b"}],
+        "hybrid": [{"master_sae_id": "sae-a", "slave_sae_id": "sae-b", "policy": "any"}]})
+    with Corridor(spec, tmp_path / "run", host="127.0.0.1") as corridor:
+        # The up file as `corridor up` writes it (no background session needed here).
+        corridor.up_extra["hybrid_sessions"] = [
+            {"initiator_sae_id": "sae-a", "responder_sae_id": "sae-b", "policy": "any"}]
+        corridor.write_up_file()
+        assert CorridorSessions  # the module corridor up uses imports cleanly
+        yield corridor
+
+
+@pytest.mark.timeout(120)
+def test_session_prints_both_records_as_json(running: Corridor) -> None:
+    result = runner.invoke(app, ["hybrid", "session", "--from-up", str(running.up_file),
+                                 "--format", "json"])
+    assert result.exit_code == 0, result.output
+    initiator, responder = json.loads(result.stdout)["sessions"]
+    assert (initiator["role"], responder["role"]) == ("initiator", "responder")
+    assert initiator["policy"] == "any" and initiator["inputs"] == ["qkd", "pqc"]
+    assert initiator["key_id"] == responder["key_id"] is not None
+    assert initiator["session_id"] == responder["session_id"]
+    text = runner.invoke(app, ["hybrid", "session", "--from-up", str(running.up_file),
+                               "--suite", "mlkem768-x25519"])
+    assert text.exit_code == 0, text.output
+    assert "initiator sae-a: established (policy any, inputs qkd+pqc" in text.stdout
+    assert "suite mlkem768-x25519" in text.stdout
+
+
+@pytest.mark.timeout(120)
+def test_a_policy_other_than_the_responders_is_refused(running: Corridor) -> None:
+    result = runner.invoke(app, ["hybrid", "session", "--from-up", str(running.up_file),
+                                 "--policy", "pqc-required"])
+    assert result.exit_code == 2
+    assert "error: policy mismatch for SAE pair ('sae-a', 'sae-b')" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_input_is_one_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["hybrid", "session", "--from-up", str(tmp_path / "no.json")])
+    assert result.exit_code == 2 and "error: --from-up" in result.output
+    up = tmp_path / "corridor-up.json"
+    up.write_text(json.dumps({"saes": [{"sae_id": "sae-a"}, {"sae_id": "sae-b"}],
+                              "kmes": []}))
+    result = runner.invoke(app, ["hybrid", "session", "--from-up", str(up), "--policy", "x"])
+    assert result.exit_code == 2
+    assert "error: --policy = 'x': one of qkd-required, pqc-required, both-required, any" \
+        in result.output
