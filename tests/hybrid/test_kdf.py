@@ -97,8 +97,7 @@ def test_caskdf_returns_the_requested_lengths() -> None:
     ({"length": 0}, "length"),
     ({"length": 255 * 32 + 1}, "length"),
     ({"length": True}, "length"),
-    ({"k1": b""}, "k1"),
-    ({"k2": b""}, "k2"),
+    ({"psk": b"", "k1": b"", "k2": b""}, "psk + k1 + k2"),
     ({"psk": "00"}, "psk"),
 ])
 def test_catkdf_refuses_bad_parameters(changes: dict[str, Any], field: str) -> None:
@@ -107,6 +106,15 @@ def test_catkdf_refuses_bad_parameters(changes: dict[str, Any], field: str) -> N
         kdf.catkdf(**args)
     assert info.value.field == field
     assert CAT[0]["k1"][:16] not in str(info.value)
+
+
+def test_catkdf_takes_an_empty_slot_and_binds_which_one() -> None:
+    # A policy may let a session go without one input; the slots stay apart because
+    # the application binds which inputs it used (Corridor: the key_ID in info).
+    args = _cat_args(CAT[0])
+    only_k1 = kdf.catkdf(**{**args, "psk": b"", "k2": b""})
+    assert len(only_k1) == args["length"]
+    assert only_k1 != kdf.catkdf(**{**args, "psk": b"", "k2": b"", "k1": args["k1"][:-1]})
 
 
 def test_catkdf_accepts_the_hkdf_maximum() -> None:

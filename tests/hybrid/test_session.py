@@ -22,12 +22,15 @@ from corridor.hybrid.errors import (
     SessionAborted,
     UnknownPeer,
 )
+from corridor.hybrid.kdf import catkdf
 from corridor.hybrid.session import (
+    CONFIRMATION_KEY_BYTES,
     INFO_LABEL,
+    KDF_LABEL,
     Initiator,
     Responder,
     SessionKey,
-    kdf_secrets,
+    derive_keys,
     session_info,
 )
 from tests.hybrid.session_helpers import (
@@ -277,12 +280,20 @@ def test_info_binds_label_ids_key_id_and_policy_length_prefixed_in_order() -> No
                                                                       "any")
 
 
-def test_kdf_slots_never_hold_a_public_constant() -> None:
-    assert kdf_secrets(b"p" * 32, b"q" * 32) == (b"p" * 32, b"q" * 32)
-    assert kdf_secrets(b"p" * 32, b"") == (b"p" * 32, b"p" * 32)
-    assert kdf_secrets(b"", b"q" * 32) == (b"q" * 32, b"q" * 32)
+def test_key_schedule_puts_the_qkd_key_in_psk_and_refuses_no_inputs() -> None:
+    args = {"ma": b"ma", "mb": b"mb", "info": b"info", "session_key_bytes": 32}
+    both = derive_keys(pqc_secret=b"p" * 32, qkd_key=b"q" * 32, **args)
+    expected = catkdf(psk=b"q" * 32, k1=b"p" * 32, k2=b"", ma=b"ma", mb=b"mb", info=b"info",
+                      label=KDF_LABEL, length=32 + CONFIRMATION_KEY_BYTES)
+    assert (bytes(both[0]), bytes(both[1])) == (expected[:32], expected[32:])
+    # A missing input is an empty slot; which one is missing is told apart by info (the
+    # key_ID is empty without QKD) and MA/MB (suite none without PQC), not by the IKM.
+    pqc_only = derive_keys(pqc_secret=b"p" * 32, qkd_key=b"", **args)
+    assert bytes(pqc_only[0]) == catkdf(psk=b"", k1=b"p" * 32, k2=b"", ma=b"ma", mb=b"mb",
+                                        info=b"info", label=KDF_LABEL,
+                                        length=32 + CONFIRMATION_KEY_BYTES)[:32]
     with pytest.raises(HybridSessionError):
-        kdf_secrets(b"", b"")
+        derive_keys(pqc_secret=b"", qkd_key=b"", **args)
 
 
 def test_bad_settings_are_named() -> None:

@@ -49,17 +49,19 @@ def catkdf(*, psk: bytes, k1: bytes, k2: bytes, ma: bytes, mb: bytes, info: byte
            label: bytes, length: int, hash: str = "sha256") -> bytes:
     """CatKDF (ETSI TS 103 744, 8.2) with HKDF: ``length`` bytes of key material.
 
-    ``psk`` may be empty (no pre-shared key); ``k1`` and ``k2`` are the two shared
-    secrets (for example a QKD key and an ML-KEM shared secret), ``ma``/``mb`` the
+    ``psk`` is the pre-shared key (Corridor puts the QKD key there), ``k1`` and ``k2``
+    the two shared secrets (for example ML-KEM's and X25519's), ``ma``/``mb`` the
     messages each party sent (public keys, ciphertexts), ``info`` and ``label`` the
-    application's context and its salt.
+    application's context and its salt. Any of ``psk``, ``k1``, ``k2`` may be empty (an
+    input a policy let a session go without, or X-Wing's single secret in ``k1``), but
+    not all three: a key derived from public values alone is refused.
     """
     algorithm, _ = _digest(hash)
     _check_length("length", length, hash)
     _check_arguments(psk=psk, k1=k1, k2=k2, ma=ma, mb=mb, info=info, label=label)
-    if not k1 or not k2:
-        raise ParameterError("k1" if not k1 else "k2", "0 bytes",
-                             "a non-empty shared secret")
+    if not (psk or k1 or k2):
+        raise ParameterError("psk + k1 + k2", "0 bytes",
+                             "at least one non-empty secret")
     context = _length_prefixed_hash(hash, info, ma, mb)
     return HKDF(algorithm(), length, bytes(label), context).derive(b"".join((psk, k1, k2)))
 

@@ -13,8 +13,9 @@ docs/hybrid-session.md; in short:
    (:class:`~corridor.hybrid.errors.PolicyMismatch`), fetches the same QKD key by ID
    from its KME (``dec_keys``), lets its policy decide, encapsulates, and sends REPLY
    (MB: the key_ID it used, its ciphertexts) and its CONFIRM.
-3. Both derive ``CatKDF(psk, k1, k2, MA, MB, info, label)`` (:func:`kdf_secrets`: k1 the
-   post-quantum shared secret, k2 the QKD key, psk empty) where ``info`` is
+3. Both derive ``CatKDF(psk = QKD key, k1 = post-quantum shared secret, k2 = empty, MA,
+   MB, info, label)`` (an input the policy let the session go without is empty) where
+   ``info`` is
    ``lp(label) lp(initiator SAE ID) lp(responder SAE ID) lp(key_ID used or empty)
    lp(policy)`` (``lp``: 4-byte big-endian length first); the output is split into the
    session key and a separate key-confirmation key.
@@ -98,26 +99,20 @@ def session_info(initiator_sae_id: str, responder_sae_id: str, key_id: str,
                                           policy.encode()))
 
 
-def kdf_secrets(pqc_secret: bytes, qkd_key: bytes) -> tuple[bytes, bytes]:
-    """CatKDF's ``(k1, k2)``: the post-quantum shared secret and the QKD key.
-
-    CatKDF takes two non-empty shared secrets. When the policy let a session proceed
-    without one input, its slot repeats the other input's secret: the IKM then holds
-    exactly the entropy of the one input there is, with no public constant standing in
-    for a secret, and which input was missing is bound through MA and MB (empty key_ID,
-    suite ``none``). ``psk`` stays empty (a deployment pre-shared key could go there).
-    """
-    if not pqc_secret and not qkd_key:
-        raise HybridSessionError("no input to derive a session key from", "no_inputs")
-    return (pqc_secret or qkd_key), (qkd_key or pqc_secret)
-
-
 def derive_keys(*, pqc_secret: bytes, qkd_key: bytes, ma: bytes, mb: bytes, info: bytes,
                 session_key_bytes: int) -> tuple[bytearray, bytearray]:
     """``(session key, confirmation key)``: one CatKDF output split in two independent
-    parts (HKDF output blocks), so that the MAC key is never the session key."""
-    k1, k2 = kdf_secrets(pqc_secret, qkd_key)
-    okm = bytearray(catkdf(psk=b"", k1=k1, k2=k2, ma=ma, mb=mb, info=info, label=KDF_LABEL,
+    parts (HKDF output blocks), so that the MAC key is never the session key.
+
+    The QKD key goes in CatKDF's ``psk`` slot and the post-quantum secret (X-Wing's, or
+    ML-KEM-768's and X25519's concatenated) in ``k1``; ``k2`` stays empty. A missing
+    input leaves its slot empty: which one was missing is bound through ``info`` (empty
+    key_ID) and MA/MB (suite ``none``), and the KDF refuses when both are.
+    """
+    if not pqc_secret and not qkd_key:
+        raise HybridSessionError("no input to derive a session key from", "no_inputs")
+    okm = bytearray(catkdf(psk=qkd_key, k1=pqc_secret, k2=b"", ma=ma, mb=mb, info=info,
+                           label=KDF_LABEL,
                            length=session_key_bytes + CONFIRMATION_KEY_BYTES))
     try:
         return okm[:session_key_bytes], okm[session_key_bytes:]
@@ -554,4 +549,4 @@ class Responder(_Handshake):
 
 __all__ = ["CONFIRMATION_KEY_BYTES", "DEFAULT_SESSION_KEY_BYTES", "INFO_LABEL", "KDF_LABEL",
            "Initiator", "Responder", "SessionKey", "SessionRecord", "confirmation_mac",
-           "derive_keys", "kdf_secrets", "session_info", "wipe"]
+           "derive_keys", "session_info", "wipe"]
