@@ -31,7 +31,7 @@ auth=(--cert "$work/pki/sae/sae-a/cert.pem" --key "$tmp/sae-a-key.pem" --ca "$wo
 ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$up/stat"; }
 per_request() {  # CPU ms per answered request from tlsload's JSON and clock ticks
-  "$py" -c "import json,sys; d=json.loads(sys.argv[1]); n=d['requests']-d['non200']
+  "$py" -c "import json,sys; d=json.loads(sys.argv[1]); n=d['requests']
 print(round(int(sys.argv[2]) * 1000 / int(sys.argv[3]) / n, 3) if n else 'n/a')" "$1" "$2" "$ticks"
 }
 phase() {
