@@ -9,6 +9,8 @@
 # and its CPU milliseconds per answered request (both KMEs and the simulated link).
 # PYTHON (default .venv/bin/python) runs `python -m corridor up`; CORRIDOR_SRC, when
 # set, is put first on PYTHONPATH (to measure another checkout with the same venv).
+# FILL_S (default 25) is how long the pools fill before the first phase; "non200" in
+# tlsload's line counts 503s of an empty pool, which measure the link, not the KME.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
@@ -22,7 +24,7 @@ work="$tmp/run"
 "$py" -m corridor up --workdir "$work" --status-interval-s 600 > "$tmp/up.log" 2>&1 &
 up=$!
 for _ in $(seq 1 60); do [ -f "$work/corridor-up.json" ] && break; sleep 1; done
-sleep 25  # let the pools fill
+sleep "${FILL_S:-25}"  # let the pools fill (FILL_S seconds)
 port=$("$py" -c "import json,sys; d=json.load(open(sys.argv[1])); \
 print(next(k['base_url'] for k in d['kmes'] if k['kme_id'] == 'kme-a').rsplit(':', 1)[1])" \
   "$work/corridor-up.json")
