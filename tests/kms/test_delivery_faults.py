@@ -201,7 +201,8 @@ def test_kill_9_at_each_step_leaves_every_key_fetchable_or_recorded(tmp_path, vi
     (tmp_path / "issued.txt").write_text("")
     proc = subprocess.run([sys.executable, "-c", _WORKER, str(tmp_path), victim, event, when],
                           cwd=REPO, env={**os.environ, "TEST_KEK": kek.hex(),
-                                         "PYTHONPATH": str(REPO)},
+                                         "PYTHONPATH": os.pathsep.join(
+                                             [str(REPO / "src"), str(REPO)])},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-2000:]
     issued = (tmp_path / "issued.txt").read_text().split()

@@ -519,7 +519,8 @@ def _crash_run(tmp_path: Path, mode: str) -> tuple[list[list[str]], bytes]:
         manager.close()
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
-    env = {**os.environ, "TEST_KEK": kek.hex(), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "TEST_KEK": kek.hex(),
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), mode], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if mode == "random-kill":

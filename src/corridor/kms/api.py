@@ -32,9 +32,7 @@ the expected peer KME certificate.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import dataclasses
 import http.client
 import json
 import socket
@@ -59,9 +57,20 @@ from starlette.convertors import CONVERTOR_TYPES, Convertor, register_url_conver
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corridor.errors import CorridorError, ParameterError
+from corridor.kms.api_hot import (
+    API_PREFIX,
+    EncKeysBatcher,
+    HotPathMiddleware,
+    call_service,
+    error_response,
+    json_response,
+    keys_body,
+    service_answer,
+    status_body,
+    unauthorized_response,
+)
 from corridor.kms.crypto import AtRestDecryptionError
 from corridor.kms.interface import (
-    DeliveredKey,
     KeyDeliveryService,
     KeyRequestError,
     KeysUnavailableError,
@@ -87,7 +96,6 @@ from corridor.kms.tls import (
 )
 from corridor.kms.tls_openssl import DEFAULT_TLS_GROUPS, connect_tls, openssl_client_context
 
-API_PREFIX = "/api/v1/keys"
 RESERVATIONS_PATH = "/kme/v1/reservations"
 SYNC_PATH = "/kme/v1/sync"
 MSG_INVALID_REQUEST = "invalid request"
@@ -296,21 +304,10 @@ def identity_from_scope(scope: Mapping[str, Any]) -> Identity | None:
 # Responses
 
 
-#: On every answer of a call that delivers keys: no cache, proxy or browser may keep it.
-NO_STORE_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-def _json(status_code: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status_code=status_code,
-                    media_type="application/json", headers=headers)
-
-
-def _error(status_code: int, message: str, details: Sequence[Mapping[str, Any]] = ()) -> Response:
-    return _json(status_code, {"message": message, "details": [dict(d) for d in details]})
-
-
-def _unauthorized() -> Response:
-    return Response(status_code=401)
+_json = json_response
+_error = error_response
+_unauthorized = unauthorized_response
+_keys_body = keys_body
 
 
 KME_TO_KME_PREFIX = "/kme/v1/"
@@ -321,26 +318,11 @@ def _is_etsi_path(path: str) -> bool:
     return path.startswith(API_PREFIX + "/") or path.startswith(KME_TO_KME_PREFIX)
 
 
-def _keys_body(keys: Sequence[DeliveredKey]) -> dict[str, Any]:
-    return {"keys": [{"key_ID": k.key_id, "key": base64.b64encode(k.key).decode("ascii")}
-                     for k in keys]}
-
-
 def _service_call(call: Callable[[], Any], render: Callable[[Any], Any], *,
                   carries_keys: bool = False) -> Response:
     """Run a service call and map its errors onto the interface's status codes; an
     answer that carries keys is marked ``Cache-Control: no-store``."""
-    try:
-        result = call()
-    except UnauthorizedError:
-        return _unauthorized()
-    except KeyRequestError as exc:
-        return _error(400, exc.message, exc.details)
-    except ParameterError as exc:
-        return _error(400, str(exc), [{"field": exc.field}])
-    except KeysUnavailableError as exc:
-        return _error(503, exc.message, exc.details)
-    return _json(200, render(result), NO_STORE_HEADERS if carries_keys else None)
+    return service_answer(call_service(call), render, carries_keys=carries_keys)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -512,14 +494,17 @@ def create_app(service: KeyDeliveryService, *,
                metrics: Any = None,
                peer_acceptor: PeerAcceptor | None = None,
                peer_sync: PeerSyncAcceptor | None = None,
-               alarms: AlarmDesk | None = None) -> FastAPI:
+               alarms: AlarmDesk | None = None,
+               hot_paths: bool = True) -> FastAPI:
     """The ETSI GS QKD 014 application of one KME.
 
     ``identity`` reads the caller's identity from the ASGI scope (default: the verified
     client certificate); ``metrics`` (a ``KmsMetrics``) adds ``/metrics`` and request
     counting; ``peer_acceptor(from_kme_id, reservations)`` enables the KME-to-KME route,
     ``peer_sync(from_kme_id, withdrawn_key_ids, watermarks)`` the KME-to-KME sync;
-    ``alarms`` enables the operator's alarm routes.
+    ``alarms`` enables the operator's alarm routes; ``hot_paths`` (default) answers
+    plainly well-formed status, enc_keys and dec_keys calls without FastAPI and batches
+    concurrent enc_keys calls (:mod:`corridor.kms.api_hot`; the same answers).
     """
     app = FastAPI(
         title=f"Corridor KME {service.kme_id}: ETSI GS QKD 014 key delivery",
@@ -552,8 +537,7 @@ def create_app(service: KeyDeliveryService, *,
             return _unauthorized()
         return _service_call(
             lambda: service.status(master.entity_id, slave_SAE_ID),
-            lambda status: {k: v for k, v in dataclasses.asdict(status).items()
-                            if not (k == "status_extension" and v is None)})
+            status_body)
 
     def enc_keys(request: Request, slave_sae_id: str, body: KeyRequest) -> Response:
         master = caller(request, ROLE_SAE)
@@ -745,6 +729,11 @@ def create_app(service: KeyDeliveryService, *,
                 return _error(400, str(exc), [{"field": exc.field}])
             return _json(200, result)
 
+    if hot_paths:
+        # Innermost: behind the body limit and the certificate check, as the routes are.
+        app.state.enc_keys_batcher = EncKeysBatcher(service)
+        app.add_middleware(HotPathMiddleware, service=service, identity=identity,
+                           batcher=app.state.enc_keys_batcher)
     # Added last = outermost: the metrics see the body-limit and certificate refusals.
     app.add_middleware(_BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(_ClientCertificateMiddleware, identity=identity)

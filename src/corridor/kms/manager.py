@@ -170,6 +170,40 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+@dataclass(frozen=True)
+class KeyOrder:
+    """One enc_keys request, as :meth:`KeyManager.enc_keys` takes it (for
+    :meth:`KeyManager.enc_keys_batch`)."""
+
+    master_sae_id: str
+    slave_sae_id: str
+    number: Any = None
+    size_bits: Any = None
+    additional_slave_sae_ids: Any = None
+    extension_mandatory: Any = None
+    extension_optional: Any = None
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    """An enc_keys request that passed its checks, its quota taken."""
+
+    link: LinkSpec
+    direction: str
+    slave_kme: str
+    peer: PeerLink
+    master_sae_id: str
+    slaves: tuple[str, ...]
+    count: int
+    size: int
+
+    @property
+    def group_key(self) -> tuple[Any, ...]:
+        """Requests with equal keys can share one delivery."""
+        return (self.link.link_id, self.direction, self.master_sae_id, self.slaves,
+                self.size, id(self.peer))
+
+
 class KeyManager:
     """One KME: serves its master SAEs from its pools and its slave SAEs by key ID.
 
@@ -440,11 +474,63 @@ class KeyManager:
                  extension_optional: list[dict[str, Any]] | None = None) -> list[DeliveredKey]:
         """Reserve ``number`` keys of ``size_bits``, have the slave's KME accept them, and
         deliver them to the master SAE (ETSI 014 "Get key")."""
+        result = self.enc_keys_batch([KeyOrder(
+            master_sae_id, slave_sae_id, number=number, size_bits=size_bits,
+            additional_slave_sae_ids=additional_slave_sae_ids,
+            extension_mandatory=extension_mandatory,
+            extension_optional=extension_optional)])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def enc_keys_batch(self, orders: Sequence[KeyOrder]
+                       ) -> list[list[DeliveredKey] | Exception]:
+        """Serve several enc_keys requests together; each gets its keys or the error
+        :meth:`enc_keys` would have raised for it (returned, not raised).
+
+        Each request is checked and admitted on its own (routing, limits, peer outage,
+        pool, quota: its rejection is its own). The admitted ones that share a pool, a
+        master SAE, slave SAEs and a key size form one delivery: one ``delivery_id``,
+        one intent entry, one cut, one ``keys_reserved``, one announcement and one
+        ``keys_delivered``, all carrying every key ID of the group (``requests`` says how
+        many requests it served when more than one). A group either delivers to all of
+        its requests or fails all of them closed, as one request would."""
+        results: list[list[DeliveredKey] | Exception | None] = [None] * len(orders)
+        groups: dict[tuple[Any, ...], list[tuple[int, _Admitted]]] = {}
+        for index, order in enumerate(orders):
+            try:
+                admitted = self._admit_order(order)
+            except (KeyRequestError, UnauthorizedError, KeysUnavailableError,
+                    ParameterError) as exc:
+                results[index] = exc
+                continue
+            groups.setdefault(admitted.group_key, []).append((index, admitted))
+        for group in groups.values():
+            if len(group) > 1:
+                # Serve the group together only if the pool holds all of it now; else
+                # each request on its own, so that those that fit are served.
+                first = group[0][1]
+                state = self.store.pool_state(first.link.link_id, first.direction)
+                need = sum(item.count for _, item in group) * (first.size // 8)
+                if state.available_bytes < need:
+                    for index, item in group:
+                        results[index] = self._deliver_group([item])[0]
+                    continue
+            for (index, _), result in zip(group, self._deliver_group(
+                    [item for _, item in group]), strict=True):
+                results[index] = result
+        return [r if r is not None else KeysUnavailableError("request not served")
+                for r in results]
+
+    def _admit_order(self, order: KeyOrder) -> _Admitted:
+        """Route, check and admit one enc_keys request (quota taken); raise its error."""
+        master_sae_id, slave_sae_id = order.master_sae_id, order.slave_sae_id
         link = self._route("enc_keys", master_sae_id, slave_sae_id)
         try:
             count, size, slaves = self._check_request(
-                master_sae_id, slave_sae_id, number, size_bits, additional_slave_sae_ids,
-                extension_mandatory, extension_optional)
+                master_sae_id, slave_sae_id, order.number, order.size_bits,
+                order.additional_slave_sae_ids, order.extension_mandatory,
+                order.extension_optional)
         except KeyRequestError:
             self._reject("enc_keys", master_sae_id, "invalid_request", 400)
             raise
@@ -462,25 +548,56 @@ class KeyManager:
                 f"retry in {wait_s:.1f} s", [{"peer_kme_id": slave_kme}])
         direction = link.direction_from(self.kme_id)
         self._admit(master_sae_id, slave_sae_id, link.link_id, direction, count, size)
+        return _Admitted(link, direction, slave_kme, peer, master_sae_id, slaves, count, size)
+
+    def _deliver_group(self, group: Sequence[_Admitted]) -> list[list[DeliveredKey] | Exception]:
+        """One delivery for admitted requests of one group (see :meth:`enc_keys_batch`)."""
+        first = group[0]
+        link, direction, master_sae_id, slaves = (first.link, first.direction,
+                                                  first.master_sae_id, first.slaves)
+        count, size = sum(item.count for item in group), first.size
         key_ids = new_key_ids(count)
         delivery_id = _new_delivery_id()
-        self._record("keys_reserving", kme_id=self.kme_id, delivery_id=delivery_id,
-                     link_id=link.link_id, direction=direction, master_sae_id=master_sae_id,
-                     slave_sae_ids=list(slaves), key_ids=key_ids, count=count, size_bits=size)
+        batch = {"requests": len(group)} if len(group) > 1 else {}
+        try:
+            self._record("keys_reserving", kme_id=self.kme_id, delivery_id=delivery_id,
+                         link_id=link.link_id, direction=direction,
+                         master_sae_id=master_sae_id, slave_sae_ids=list(slaves),
+                         key_ids=key_ids, count=count, size_bits=size, **batch)
+        except StorageFailureError as exc:
+            return [exc] * len(group)
         pool_key = (link.link_id, direction)
         with self._flight_lock:
             self._cuts_in_flight[pool_key] = self._cuts_in_flight.get(pool_key, 0) + 1
         try:
-            return self._cut_and_announce(link, direction, slave_kme, peer, master_sae_id,
-                                          slaves, key_ids, count, size, delivery_id)
+            keys = self._cut_and_announce(group, key_ids, delivery_id, batch)
+        except (KeyRequestError, UnauthorizedError, KeysUnavailableError,
+                ParameterError) as exc:
+            return [exc] * len(group)
         finally:
             with self._flight_lock:
                 self._cuts_in_flight[pool_key] -= 1
+        results: list[list[DeliveredKey] | Exception] = []
+        start = 0
+        for item in group:
+            results.append(keys[start:start + item.count])
+            start += item.count
+        return results
 
-    def _cut_and_announce(self, link: LinkSpec, direction: str, slave_kme: str,
-                          peer: PeerLink, master_sae_id: str, slaves: tuple[str, ...],
-                          key_ids: list[str], count: int, size: int,
-                          delivery_id: str) -> list[DeliveredKey]:
+    def _cut_and_announce(self, group: Sequence[_Admitted], key_ids: list[str],
+                          delivery_id: str, batch: Mapping[str, int]) -> list[DeliveredKey]:
+        first = group[0]
+        link, direction, slave_kme, peer = first.link, first.direction, first.slave_kme, \
+            first.peer
+        master_sae_id, slaves, size = first.master_sae_id, first.slaves, first.size
+        count = len(key_ids)
+
+        def reject(reason: str) -> None:
+            # One rejection per request (metrics count each); the first closes the intent.
+            for index in range(len(group)):
+                extra = {"delivery_id": delivery_id} if index == 0 else {}
+                self._reject("enc_keys", master_sae_id, reason, 503, **extra)
+
         try:
             # One durable transaction: the bytes leave the pool and the reserve pointer
             # moves past them; the keys stay in this process's memory until the peer
@@ -489,24 +606,21 @@ class KeyManager:
                 link.link_id, direction, key_ids=key_ids, length_bytes=size // 8,
                 master_sae_id=master_sae_id, slave_sae_ids=slaves)
         except PoolExhaustedError as exc:
-            self._reject("enc_keys", master_sae_id, "pool_exhausted", 503,
-                         delivery_id=delivery_id)
+            reject("pool_exhausted")
+            wanted = first.count if len(group) == 1 else count
             raise KeysUnavailableError(
-                f"not enough key material for {count} keys of {size} bits to "
+                f"not enough key material for {wanted} keys of {size} bits to "
                 f"{slaves[0]!r}; try fewer or smaller keys, or later",
                 [{"stored_key_count": self._stored_key_count(link, size)}]) from exc
         except AtRestDecryptionError as exc:
-            self._reject("enc_keys", master_sae_id, "store_integrity", 503,
-                         delivery_id=delivery_id)
+            reject("store_integrity")
             raise KeysUnavailableError("key store integrity check failed") from exc
         except _STORAGE_ERRORS as exc:
             self._raise_storage_alarm("key store write", exc)
-            self._reject("enc_keys", master_sae_id, "store_unavailable", 503,
-                         delivery_id=delivery_id)
+            reject("store_unavailable")
             raise StorageFailureError("the key store cannot be written now") from exc
         except KeysUnavailableError:
-            self._reject("enc_keys", master_sae_id, "store_unavailable", 503,
-                         delivery_id=delivery_id)
+            reject("store_unavailable")
             raise
         reservations = [res for res, _ in cut]
         # The bytes are cut (the pointer never moves back); from here a failure of the
@@ -514,7 +628,8 @@ class KeyManager:
         self._record("keys_reserved", kme_id=self.kme_id, delivery_id=delivery_id,
                      link_id=link.link_id, direction=direction, master_sae_id=master_sae_id,
                      slave_sae_ids=list(slaves), key_ids=key_ids, count=count,
-                     size_bits=size, byte_offsets=[r.byte_offset for r in reservations])
+                     size_bits=size, byte_offsets=[r.byte_offset for r in reservations],
+                     **batch)
         try:
             peer.announce(reservations)
         except Exception as exc:
@@ -532,15 +647,16 @@ class KeyManager:
             self._record_after("reservations_discarded", kme_id=self.kme_id,
                                delivery_id=delivery_id, link_id=link.link_id,
                                direction=direction, key_ids=key_ids, count=count,
-                               reason=reason)
-            self._reject("enc_keys", master_sae_id, reason, 503)
+                               reason=reason, **batch)
+            for _ in group:
+                self._reject("enc_keys", master_sae_id, reason, 503)
             error = PeerUnreachableError if unreachable else KeysUnavailableError
             raise error(
                 f"the slave's KME {slave_kme!r} did not accept the reservation; nothing was "
                 "delivered") from exc
         self._record_after("keys_delivered", kme_id=self.kme_id, delivery_id=delivery_id,
                            sae_id=master_sae_id, role="master", master_sae_id=master_sae_id,
-                           key_ids=key_ids, count=count, size_bits=size)
+                           key_ids=key_ids, count=count, size_bits=size, **batch)
         return [DeliveredKey(res.key_id, key) for res, key in cut]
 
     def dec_keys(self, slave_sae_id: str, master_sae_id: str,
