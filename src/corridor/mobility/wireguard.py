@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from corridor.errors import CorridorError, ParameterError
-from corridor.mobility.derive import hkdf_sha256
+from corridor.hybrid.kdf import catkdf
+from corridor.mobility.derive import check_generation, check_key_id, encode_parts
 from corridor.mobility.macsec import check_ifname
 
 PSK_SIZE_BYTES = 32
@@ -89,8 +90,10 @@ def combine_psk(*, qkd_key: bytes | None, key_id: str | None, pqc_secret: bytes 
     """The 32-byte WireGuard PSK from the inputs the policy decided to use.
 
     ``qkd_key`` (at least 32 bytes) goes with its ``key_id``; ``pqc_secret`` is 32 bytes;
-    at least one must be given. This is the one place to switch to CatKDF
-    (``corridor.hybrid.kdf``) once it exists.
+    at least one must be given. The combiner is CatKDF (ETSI TS 103 744, HKDF-SHA256,
+    :func:`corridor.hybrid.kdf.catkdf`), as for hybrid sessions: the QKD key in ``psk``,
+    the PQC secret in ``k1``, the two WireGuard public keys (sorted) as ``MA``/``MB``,
+    and ``info`` binding the label, the key_ID, the generation and the inputs used.
     """
     if qkd_key is None and pqc_secret is None:
         raise ParameterError("inputs", "none", "a QKD key, a PQC secret or both")
@@ -105,10 +108,11 @@ def combine_psk(*, qkd_key: bytes | None, key_id: str | None, pqc_secret: bytes 
         raise ParameterError("public_keys", low, "two different WireGuard public keys")
     inputs = "+".join(name for name, value in (("qkd", qkd_key), ("pqc", pqc_secret))
                       if value is not None)
-    ikm = (qkd_key or b"") + (pqc_secret or b"")
-    return hkdf_sha256(ikm, label=_PSK_LABEL, key_id=key_id, generation=generation,
-                       extra=(inputs.encode(), low.encode(), high.encode()),
-                       length=PSK_SIZE_BYTES)
+    key_id_text = str(check_key_id(key_id)).encode() if key_id is not None else b""
+    info = encode_parts(_PSK_LABEL, key_id_text, check_generation(generation).to_bytes(4, "big"),
+                        inputs.encode())
+    return catkdf(psk=qkd_key or b"", k1=pqc_secret or b"", k2=b"", ma=low.encode(),
+                  mb=high.encode(), info=info, label=_PSK_LABEL, length=PSK_SIZE_BYTES)
 
 
 def read_pqc_secret(path: str | os.PathLike[str], *, max_age_s: float | None = None,
