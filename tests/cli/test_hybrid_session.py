@@ -55,6 +55,17 @@ def test_session_prints_both_records_as_json(running: Corridor) -> None:
     assert text.exit_code == 0, text.output
     assert "initiator sae-a: established (policy any, inputs qkd+pqc" in text.stdout
     assert "suite mlkem768-x25519" in text.stdout
+    # With a QRNG (a file standing in for the device) the handshake still agrees.
+    device = running.up_file.parent / "qrng.bin"
+    device.write_bytes(os.urandom(1 << 16))
+    drawn = runner.invoke(app, ["hybrid", "session", "--from-up", str(running.up_file),
+                                "--qrng", str(device), "--format", "json"])
+    assert drawn.exit_code == 0, drawn.output
+    assert json.loads(drawn.stdout)["sessions"][0]["outcome"] == "established"
+    missing = runner.invoke(app, ["hybrid", "session", "--from-up", str(running.up_file),
+                                  "--qrng", str(device.parent / "no-such-device")])
+    assert missing.exit_code == 2 and missing.output.startswith("error: ")
+    assert "Traceback" not in missing.output and len(missing.output.splitlines()) == 1
 
 
 @pytest.mark.timeout(120)

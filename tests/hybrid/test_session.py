@@ -4,12 +4,15 @@ tampering, malformed messages, and no key material in reprs, errors or logs."""
 from __future__ import annotations
 
 import logging
+import os
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from corridor.entropy import open_qrng_source
 from corridor.errors import ParameterError
 from corridor.hybrid import messages
 from corridor.hybrid.errors import (
@@ -33,6 +36,7 @@ from corridor.hybrid.session import (
     derive_keys,
     session_info,
 )
+from corridor.randomness import RandomSource
 from tests.hybrid.session_helpers import (
     FakeQkd,
     SharedPool,
@@ -336,3 +340,29 @@ def test_a_wiped_key_cannot_be_used() -> None:
     assert ki.wiped and "wiped" in repr(ki)
     with pytest.raises(HybridSessionError, match="wiped"):
         _ = ki.key
+
+
+@pytest.mark.parametrize("suite", ["xwing", "mlkem768-x25519"])
+def test_kem_seeds_and_session_ids_come_from_the_given_random_source(
+        suite: str, tmp_path: Path) -> None:
+    # A QRNG-fed source (here a file standing in for the device): the handshake draws
+    # its KEM seeds, ephemeral secrets and session ID through it.
+    device = tmp_path / "qrng"
+    device.write_bytes(os.urandom(1 << 16))
+    rng_a = open_qrng_source(str(device))
+    rng_b = open_qrng_source(str(device))
+    pool = SharedPool()
+    initiator = Initiator(A, B, "both-required", qkd=FakeQkd(pool), suite=suite, rng=rng_a)
+    responder = Responder(B, {A: "both-required"}, qkd=FakeQkd(pool), rng=rng_b)
+    before_a, before_b = (rng.counts()["bytes_qrng_mixed"] for rng in (rng_a, rng_b))
+    ki, kr = run_both(initiator.handshake, responder.handshake)
+    assert isinstance(ki, SessionKey) and isinstance(kr, SessionKey) and ki.key == kr.key
+    # Initiator: session ID + KEM seed; responder: the encapsulation's ephemeral secret.
+    assert rng_a.counts()["bytes_qrng_mixed"] - before_a >= 16 + 32
+    assert rng_b.counts()["bytes_qrng_mixed"] - before_b >= 32
+    assert rng_a.counts()["bytes_os_only"] == rng_b.counts()["bytes_os_only"] == 0
+
+
+def test_a_reproducible_random_source_is_refused() -> None:
+    with pytest.raises(ParameterError, match=r"^rng = .*a cryptographic RandomSource"):
+        Initiator(A, B, "any", qkd=FakeQkd(SharedPool()), rng=RandomSource.seeded(1))

@@ -57,6 +57,10 @@ def session_command(
     ] = None,
     suite: Annotated[str, typer.Option(
         "--suite", help="xwing, mlkem768-x25519 or none.")] = "xwing",
+    qrng: Annotated[str | None, typer.Option(
+        "--qrng", help="Draw KEM seeds, ephemeral secrets and the session ID from this QRNG "
+        "(an https:// entropy endpoint or a device path), health-tested and mixed with the "
+        "OS CSPRNG; fails closed (docs/entropy.md). Default: the OS CSPRNG alone.")] = None,
     output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")
                       ] = OutputFormat.table,
 ) -> None:
@@ -82,12 +86,17 @@ def session_command(
         configured = parse_policy(_pair_policy(up, initiator, responder), "hybrid_sessions")
         chosen = parse_policy(policy, "--policy") if policy is not None else configured
         kem = parse_suite(suite, "--suite")
+        rng = None
+        if qrng is not None:
+            from corridor.entropy import open_qrng_source
+
+            rng = open_qrng_source(qrng)
         client_i = _sae_client(up, base, initiator)
         client_r = _sae_client(up, base, responder)
         ends = socket.socketpair()
         t_i, t_r = SocketTransport(ends[0], 30.0), SocketTransport(ends[1], 30.0)
         responder_side = Responder(responder, {initiator: configured},
-                                   qkd=KmeQkdKeys(client_r))
+                                   qkd=KmeQkdKeys(client_r), rng=rng)
         result: dict[str, SessionKey | HybridSessionError] = {}
 
         def respond() -> None:
@@ -100,7 +109,7 @@ def session_command(
         thread.start()
         try:
             key = Initiator(initiator, responder, chosen, qkd=KmeQkdKeys(client_i),
-                            suite=kem).handshake(t_i)
+                            suite=kem, rng=rng).handshake(t_i)
         except SessionAborted:
             thread.join(timeout=60)
             # The responder refused: its error names why (the initiator only knows that).

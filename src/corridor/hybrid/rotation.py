@@ -17,7 +17,6 @@ it replaces.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -95,7 +94,7 @@ class RotatingInitiator:
         self.limits = limits
         self._clock = clock
         self._on_record = on_record
-        self.session_id = os.urandom(SESSION_ID_BYTES)
+        self.session_id = initiator.rng.bytes(SESSION_ID_BYTES)
         self.holder = KeyHolder()
         self.generation = -1
         self.bytes_used = 0

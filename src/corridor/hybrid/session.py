@@ -37,7 +37,6 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -79,6 +78,7 @@ from corridor.hybrid.suites import (
 from corridor.hybrid.transport import ByteTransport
 from corridor.kms.config import check_id
 from corridor.kms.interface import DeliveredKey
+from corridor.randomness import RandomSource
 
 _log = logging.getLogger(__name__)
 
@@ -226,8 +226,14 @@ class _Handshake:
     role = ""
 
     def __init__(self, sae_id: str, recorder: DecisionRecorder | None,
-                 session_key_bytes: int) -> None:
+                 session_key_bytes: int, rng: RandomSource | None) -> None:
         check_id("sae_id", sae_id)
+        if rng is not None and not rng.cryptographic:
+            raise ParameterError("rng", repr(rng), "a cryptographic RandomSource (the OS "
+                                 "CSPRNG, or a QRNG mixed with it): KEM seeds become keys")
+        # KEM seeds, ephemeral secrets and session IDs: the OS CSPRNG unless the caller
+        # hands a QRNG-fed source (corridor.entropy.open_qrng_source).
+        self.rng = rng if rng is not None else RandomSource.system()
         if isinstance(session_key_bytes, bool) or not isinstance(session_key_bytes, int) \
                 or not 16 <= session_key_bytes <= 64:
             raise ParameterError("session_key_bytes", session_key_bytes,
@@ -309,8 +315,9 @@ class Initiator(_Handshake):
     def __init__(self, sae_id: str, peer_sae_id: str, policy: Policy | str, *,
                  qkd: QkdKeySource | None, recorder: DecisionRecorder | None = None,
                  suite: KemSuite | str = SUITE_XWING,
-                 session_key_bytes: int = DEFAULT_SESSION_KEY_BYTES) -> None:
-        super().__init__(sae_id, recorder, session_key_bytes)
+                 session_key_bytes: int = DEFAULT_SESSION_KEY_BYTES,
+                 rng: RandomSource | None = None) -> None:
+        super().__init__(sae_id, recorder, session_key_bytes, rng)
         self.peer_sae_id = check_id("peer_sae_id", peer_sae_id)
         self.policy = parse_policy(policy)
         self.qkd = qkd
@@ -329,7 +336,7 @@ class Initiator(_Handshake):
     def handshake(self, transport: ByteTransport, *, generation: int = 0,
                   session_id: bytes | None = None) -> SessionKey:
         """Run one handshake (``generation`` 0 establishes, later ones re-key)."""
-        sid = session_id if session_id is not None else os.urandom(SESSION_ID_BYTES)
+        sid = session_id if session_id is not None else self.rng.bytes(SESSION_ID_BYTES)
         if len(sid) != SESSION_ID_BYTES:
             raise ParameterError("session_id", f"{len(sid)} bytes", f"{SESSION_ID_BYTES} bytes")
         context: dict[str, Any] = {"session_id": sid.hex(), "generation": generation,
@@ -363,7 +370,7 @@ class Initiator(_Handshake):
             self._record(first, context, None)
             raise _refusal(first)
         suite = self.suite if self.pqc_missing is None else SUITES[SUITE_NONE]
-        private, pk1, pk2 = suite.keygen()
+        private, pk1, pk2 = suite.keygen(self.rng)
         hello = Hello(sid, generation, self.sae_id, self.peer_sae_id, self.policy.value,
                       suite.name, qkd_key.key_id if qkd_key else "", qkd_missing or "",
                       pk1, pk2)
@@ -428,8 +435,9 @@ class Responder(_Handshake):
 
     def __init__(self, sae_id: str, policies: Mapping[str, Policy | str], *,
                  qkd: QkdKeySource | None, recorder: DecisionRecorder | None = None,
-                 session_key_bytes: int = DEFAULT_SESSION_KEY_BYTES) -> None:
-        super().__init__(sae_id, recorder, session_key_bytes)
+                 session_key_bytes: int = DEFAULT_SESSION_KEY_BYTES,
+                 rng: RandomSource | None = None) -> None:
+        super().__init__(sae_id, recorder, session_key_bytes, rng)
         self.policies = {check_id("peer_sae_id", peer): parse_policy(policy, f"policy[{peer}]")
                          for peer, policy in policies.items()}
         self.qkd = qkd
@@ -502,7 +510,7 @@ class Responder(_Handshake):
         if not decision.proceed:
             raise _refusal(decision)
         try:
-            pqc_secret, ct1, ct2 = suite.encapsulate(hello.pk1, hello.pk2)
+            pqc_secret, ct1, ct2 = suite.encapsulate(hello.pk1, hello.pk2, self.rng)
         except ValueError:
             raise MalformedMessage("HELLO", "pk1", len(hello.pk1),
                                    f"must be a valid public key for suite {suite.name}") \

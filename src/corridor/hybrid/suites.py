@@ -20,7 +20,6 @@ decision is recorded like any other fallback.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 import corridor.hybrid.xwing as xwing
 from corridor.errors import ParameterError
+from corridor.randomness import RandomSource
 
 SUITE_XWING = "xwing"
 SUITE_MLKEM_X25519 = "mlkem768-x25519"
@@ -38,6 +38,7 @@ SUITE_NONE = "none"
 MLKEM768_PUBLIC_KEY_BYTES = 1184
 MLKEM768_CIPHERTEXT_BYTES = 1088
 X25519_KEY_BYTES = 32
+MLKEM768_SEED_BYTES = 64  # d || z (FIPS 203 ML-KEM.KeyGen_internal)
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,8 @@ class KemSuite:
     name: str
     public_key_bytes: tuple[int, int]
     ciphertext_bytes: tuple[int, int]
-    _keygen: Callable[[], tuple[Any, bytes, bytes]]
-    _encapsulate: Callable[[bytes, bytes], tuple[bytes, bytes, bytes]]
+    _keygen: Callable[[RandomSource], tuple[Any, bytes, bytes]]
+    _encapsulate: Callable[[bytes, bytes, RandomSource], tuple[bytes, bytes, bytes]]
     _decapsulate: Callable[[Any, bytes, bytes], bytes]
 
     @property
@@ -56,13 +57,16 @@ class KemSuite:
         """Whether this suite runs a post-quantum KEM at all."""
         return self.name != SUITE_NONE
 
-    def keygen(self) -> tuple[Any, bytes, bytes]:
-        """A fresh ephemeral key pair: ``(private, pk1, pk2)``."""
-        return self._keygen()
+    def keygen(self, rng: RandomSource) -> tuple[Any, bytes, bytes]:
+        """A fresh ephemeral key pair ``(private, pk1, pk2)`` from ``rng``'s seeds."""
+        return self._keygen(rng)
 
-    def encapsulate(self, pk1: bytes, pk2: bytes) -> tuple[bytes, bytes, bytes]:
-        """``(secret, ct1, ct2)`` for the initiator's public keys."""
-        return self._encapsulate(pk1, pk2)
+    def encapsulate(self, pk1: bytes, pk2: bytes, rng: RandomSource
+                    ) -> tuple[bytes, bytes, bytes]:
+        """``(secret, ct1, ct2)`` for the initiator's public keys; the X25519 ephemeral
+        secret comes from ``rng``, ML-KEM's encapsulation randomness from OpenSSL (pyca
+        takes none from the caller)."""
+        return self._encapsulate(pk1, pk2, rng)
 
     def decapsulate(self, private: Any, ct1: bytes, ct2: bytes) -> bytes:
         """The shared secret from the responder's ciphertexts."""
@@ -72,13 +76,14 @@ class KemSuite:
         return f"KemSuite({self.name!r})"
 
 
-def _xwing_keygen() -> tuple[Any, bytes, bytes]:
-    sk, pk = xwing.generate_keypair(os.urandom(xwing.SEED_BYTES))
+def _xwing_keygen(rng: RandomSource) -> tuple[Any, bytes, bytes]:
+    sk, pk = xwing.generate_keypair(rng.bytes(xwing.SEED_BYTES))
     return sk, pk, b""
 
 
-def _xwing_encapsulate(pk1: bytes, pk2: bytes) -> tuple[bytes, bytes, bytes]:
-    ss, ct = xwing.encapsulate(pk1)
+def _xwing_encapsulate(pk1: bytes, pk2: bytes, rng: RandomSource
+                       ) -> tuple[bytes, bytes, bytes]:
+    ss, ct = xwing.encapsulate(pk1, rng.bytes(xwing.ESEED_BYTES))
     return ss, ct, b""
 
 
@@ -86,16 +91,17 @@ def _xwing_decapsulate(private: Any, ct1: bytes, ct2: bytes) -> bytes:
     return xwing.decapsulate(private, ct1)
 
 
-def _separate_keygen() -> tuple[Any, bytes, bytes]:
-    kem = mlkem.MLKEM768PrivateKey.generate()
-    dh = x25519.X25519PrivateKey.generate()
+def _separate_keygen(rng: RandomSource) -> tuple[Any, bytes, bytes]:
+    kem = mlkem.MLKEM768PrivateKey.from_seed_bytes(rng.bytes(MLKEM768_SEED_BYTES))
+    dh = x25519.X25519PrivateKey.from_private_bytes(rng.bytes(X25519_KEY_BYTES))
     return ((kem, dh), kem.public_key().public_bytes_raw(),
             dh.public_key().public_bytes_raw())
 
 
-def _separate_encapsulate(pk1: bytes, pk2: bytes) -> tuple[bytes, bytes, bytes]:
+def _separate_encapsulate(pk1: bytes, pk2: bytes, rng: RandomSource
+                          ) -> tuple[bytes, bytes, bytes]:
     ss_kem, ct_kem = mlkem.MLKEM768PublicKey.from_public_bytes(pk1).encapsulate()
-    ephemeral = x25519.X25519PrivateKey.generate()
+    ephemeral = x25519.X25519PrivateKey.from_private_bytes(rng.bytes(X25519_KEY_BYTES))
     ss_dh = ephemeral.exchange(x25519.X25519PublicKey.from_public_bytes(pk2))
     # Fixed lengths (32 + 32), ML-KEM first: the order of TLS's X25519MLKEM768.
     return ss_kem + ss_dh, ct_kem, ephemeral.public_key().public_bytes_raw()
@@ -106,11 +112,12 @@ def _separate_decapsulate(private: Any, ct1: bytes, ct2: bytes) -> bytes:
     return kem.decapsulate(ct1) + dh.exchange(x25519.X25519PublicKey.from_public_bytes(ct2))
 
 
-def _none_keygen() -> tuple[Any, bytes, bytes]:
+def _none_keygen(rng: RandomSource) -> tuple[Any, bytes, bytes]:
     return None, b"", b""
 
 
-def _none_encapsulate(pk1: bytes, pk2: bytes) -> tuple[bytes, bytes, bytes]:
+def _none_encapsulate(pk1: bytes, pk2: bytes, rng: RandomSource
+                      ) -> tuple[bytes, bytes, bytes]:
     return b"", b"", b""
 
 
