@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -93,3 +93,32 @@ def read_up_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ParameterError("--from-up", str(path), "a JSON object")
     return data
+
+
+AuditLogOpt = Annotated[Path | None, typer.Option(
+    "--audit-log", help="Audit log (JSON Lines, HMAC-chained) for every policy decision; "
+    "`corridor audit verify` checks it.")]
+AuditKeyFileOpt = Annotated[Path | None, typer.Option(
+    "--audit-key-file", help="File with the audit log's 32-byte key in hex.")]
+
+
+def open_decision_audit(audit_log: Path | None, audit_key_file: Path | None) -> Any:
+    """The :class:`~corridor.kms.audit.AuditLog` named by ``--audit-log`` (``None`` without
+    one), keyed by ``--audit-key-file``: where hybrid and tunnel commands record their
+    policy decisions."""
+    if audit_log is None:
+        return None
+    if audit_key_file is None:
+        raise ParameterError("--audit-key-file", None, "a file with the key in hex",
+                             "required with --audit-log")
+    try:
+        key = bytes.fromhex(audit_key_file.read_text().strip())
+    except (OSError, ValueError):
+        raise ParameterError("--audit-key-file", str(audit_key_file),
+                             "a readable file with 64 hex digits") from None
+    if len(key) != 32:
+        raise ParameterError("--audit-key-file", str(audit_key_file),
+                             "a readable file with 64 hex digits")
+    from corridor.kms.audit import AuditLog
+
+    return AuditLog(audit_log, key)

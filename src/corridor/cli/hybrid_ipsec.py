@@ -25,10 +25,15 @@ from typing import Annotated
 
 import typer
 
-from corridor.cli.common import emit_json, handle_errors
+from corridor.cli.common import (
+    AuditKeyFileOpt,
+    AuditLogOpt,
+    emit_json,
+    handle_errors,
+    open_decision_audit,
+)
 from corridor.errors import CorridorError, ParameterError
 from corridor.hybrid.policy import DEFAULT_POLICY, DecisionRecorder, parse_policy
-from corridor.kms.audit import AuditLog
 from corridor.kms.client import SaeClient
 from corridor.mobility.charon import DEFAULT_VICI_SOCKET, Charon
 from corridor.mobility.ipsec import (
@@ -65,12 +70,6 @@ Ike = Annotated[list[str] | None, typer.Option("--ike-proposal", help="IKE propo
                                                "repeatable.")]
 Esp = Annotated[list[str] | None, typer.Option("--esp-proposal", help="ESP proposal, "
                                                "repeatable.")]
-Audit = Annotated[Path | None, typer.Option("--audit-log", help="Audit log (JSON Lines, "
-                                            "HMAC-chained) for every decision.")]
-AuditKey = Annotated[Path | None, typer.Option("--audit-key-file", help="File with the "
-                                               "audit log's 32-byte key in hex.")]
-
-
 def _spec(connection: str, local_addr: str, remote_addr: str, local_ts: list[str],
           remote_ts: list[str], ike: list[str] | None, esp: list[str] | None) -> TunnelSpec:
     return TunnelSpec(connection, local_addr, remote_addr, tuple(local_ts), tuple(remote_ts),
@@ -87,20 +86,6 @@ def _psk(path: Path) -> bytes:
     if len(psk) < 16:
         raise ParameterError("--ike-psk-file", str(path), "a file with at least 16 bytes")
     return psk
-
-
-def _events(audit_log: Path | None, audit_key_file: Path | None) -> AuditLog | None:
-    if audit_log is None:
-        return None
-    if audit_key_file is None:
-        raise ParameterError("--audit-key-file", None, "a file with the key in hex",
-                             "required with --audit-log")
-    try:
-        key = bytes.fromhex(audit_key_file.read_text().strip())
-    except (OSError, ValueError):
-        raise ParameterError("--audit-key-file", str(audit_key_file),
-                             "a readable file with 64 hex digits") from None
-    return AuditLog(audit_log, key)
 
 
 @ipsec_app.command("status")
@@ -130,14 +115,14 @@ def responder(kme: Kme, cert: Cert, key: Key, ca: Ca, sae_id: SaeId, peer_sae_id
                   "--tear-down", help="Unload the connection and all its PPKs.")] = False,
               policy: Policy_ = DEFAULT_POLICY.value, ike_proposal: Ike = None,
               esp_proposal: Esp = None, vici_socket: Socket = Path(DEFAULT_VICI_SOCKET),
-              audit_log: Audit = None, audit_key_file: AuditKey = None) -> None:
+              audit_log: AuditLogOpt = None, audit_key_file: AuditKeyFileOpt = None) -> None:
     """The responder's side of one step of a rotation."""
     with handle_errors():
         if sum((prepare is not None, retire is not None, tear_down)) != 1:
             raise ParameterError("--prepare/--retire/--tear-down", "", "exactly one of them")
         spec = _spec(connection, local_addr, remote_addr, local_ts, remote_ts, ike_proposal,
                      esp_proposal)
-        events = _events(audit_log, audit_key_file)
+        events = open_decision_audit(audit_log, audit_key_file)
         with Charon(vici_socket) as charon, SaeClient(kme, cert, key, ca) as client:
             side = IpsecResponder(charon, spec, client, local_sae_id=sae_id,
                                   peer_sae_id=peer_sae_id, policy=parse_policy(policy),
@@ -205,12 +190,12 @@ def initiator(kme: Kme, cert: Cert, key: Key, ca: Ca, sae_id: SaeId, peer_sae_id
                   "--rotate-bytes", help="Also rotate after this many bytes.")] = None,
               once: Annotated[bool, typer.Option(
                   "--once", help="Bring up one generation and exit.")] = False,
-              audit_log: Audit = None, audit_key_file: AuditKey = None) -> None:
+              audit_log: AuditLogOpt = None, audit_key_file: AuditKeyFileOpt = None) -> None:
     """Rotate the tunnel's PPK from QKD keys: make-before-break, one generation each."""
     with handle_errors():
         spec = _spec(connection, local_addr, remote_addr, local_ts, remote_ts, ike_proposal,
                      esp_proposal)
-        events = _events(audit_log, audit_key_file)
+        events = open_decision_audit(audit_log, audit_key_file)
         with Charon(vici_socket) as charon, SaeClient(kme, cert, key, ca) as client:
             side = IpsecInitiator(charon, spec, client, CommandLink(responder_command),
                                   local_sae_id=sae_id, peer_sae_id=peer_sae_id,

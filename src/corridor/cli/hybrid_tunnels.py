@@ -21,7 +21,13 @@ from typing import Annotated
 
 import typer
 
-from corridor.cli.common import err_console, handle_errors
+from corridor.cli.common import (
+    AuditKeyFileOpt,
+    AuditLogOpt,
+    err_console,
+    handle_errors,
+    open_decision_audit,
+)
 from corridor.cli.sae import (
     CaOpt,
     CertOpt,
@@ -216,6 +222,7 @@ def wireguard_run_command(
     size_bits: SizeOpt = 256,
     kme: KmeOpt = None, cert: CertOpt = None, key: KeyOpt = None, ca: CaOpt = None,
     expect_kme: ExpectOpt = None, from_up: FromUpOpt = None, sae: SaeOpt = None,
+    audit_log: AuditLogOpt = None, audit_key_file: AuditKeyFileOpt = None,
 ) -> None:
     """Rotate the peer's PSK every --interval-s from QKD keys (+ PQC), as the policy decides."""
     with handle_errors():
@@ -231,7 +238,8 @@ def wireguard_run_command(
         client = _client(connection)
         common = dict(kme=client, peer=sink, channel_key=channel, own_public_key=pubs[0],
                       peer_public_key=pubs[1], policy=parsed_policy,
-                      recorder=DecisionRecorder(None), pqc_file=pqc_key_file,
+                      recorder=DecisionRecorder(open_decision_audit(audit_log, audit_key_file)),
+                      pqc_file=pqc_key_file,
                       pqc_max_age_s=pqc_max_age_s)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
