@@ -1,10 +1,11 @@
 """A generated regional network for scale tests: ``corridor net generate``.
 
 This module owns the synthetic region (docs/network.md, "Generated regional network"):
-``sites`` sites scattered uniformly over a rectangle of ``width_km`` x ``height_km``
-around 48.5 N 11.0 E, of which one in 10 is an exchange (a trusted node) on a jittered
-grid and the rest are roadside cabinets (86 %), fleet depots (8 %), traffic centres
-(4 %), data centres (1 %) and cloud regions (1 %), drawn from a seeded PCG64 stream
+``sites`` sites scattered uniformly over a rectangle around 48.5 N 11.0 E (240 km x
+160 km for 1,000 sites, the same density for any other number), of which one in 10
+is an exchange (a trusted node) on a jittered grid and the rest are roadside cabinets
+(86 %), fleet depots (8 %), traffic centres (4 %), data centres (1 %) and cloud
+regions (1 %), drawn from a seeded PCG64 stream
 (:class:`corridor.randomness.RandomSource`), so a seed always gives the same file.
 
 Links (fibre length 1.5 x the straight line, as in examples/city.toml; modern-snspd,
@@ -54,11 +55,13 @@ def _toml_table(name: str, fields: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def generate_regional(sites: int = 1000, seed: int = 1, width_km: float = 240.0,
-                      height_km: float = 160.0) -> str:
+def generate_regional(sites: int = 1000, seed: int = 1) -> str:
     """The corridor TOML of a generated regional network (module docstring)."""
     if isinstance(sites, bool) or not isinstance(sites, int) or not 30 <= sites <= 20_000:
         raise ParameterError("--sites", sites, "must be an integer from 30 to 20000")
+    # The density of 1,000 sites on 240 km x 160 km, whatever the number of sites.
+    width_km = 240.0 * math.sqrt(sites / 1000)
+    height_km = 160.0 * math.sqrt(sites / 1000)
     rng = RandomSource.seeded(seed).generator
     n_exchanges = max(4, sites // 10)
     columns = max(2, round(math.sqrt(n_exchanges * width_km / height_km)))
