@@ -187,18 +187,26 @@ class _Master:
         self.highs.addCols(len(new), costs, np.zeros(len(new)), np.full(len(new), np.inf),
                            int(lengths.sum()), starts, indices, np.ones(int(lengths.sum())))
 
-    def shortest(self, weights: NDArray[np.float64], commodities: Sequence[int]
+    def shortest(self, weights: NDArray[np.float64], commodities: Sequence[int],
+                 below: NDArray[np.float64] | None = None
                  ) -> dict[int, tuple[tuple[int, ...], float]]:
-        """The shortest path (arcs, length under ``weights``) of each commodity."""
+        """The shortest path (arcs, length under ``weights``) of each commodity; with
+        ``below``, only of those whose path may be shorter than ``below[i]`` (the others'
+        paths are not traced: pricing would not take them)."""
         graph = csr_matrix((weights + _TIE_BREAK, (self.tails, self.heads)),
                            shape=(self.n_nodes, self.n_nodes))
         starts = sorted({int(self.sources[i]) for i in commodities})
-        _, predecessors = dijkstra(graph, directed=True, indices=starts,
-                                   return_predecessors=True)
+        distances, predecessors = dijkstra(graph, directed=True, indices=starts,
+                                           return_predecessors=True)
         row_of = {node: row for row, node in enumerate(starts)}
         found = {}
+        slack = _TIE_BREAK * self.n_nodes
         for i in commodities:
-            row = predecessors[row_of[int(self.sources[i])]]
+            row_index = row_of[int(self.sources[i])]
+            if below is not None and \
+                    distances[row_index, self.targets[i]] - slack >= below[i]:
+                continue
+            row = predecessors[row_index]
             node, arcs = int(self.targets[i]), []
             while node != self.sources[i]:
                 previous = int(row[node])
@@ -263,7 +271,7 @@ class _Master:
             added = False
             if pricing:
                 weights = np.maximum(arc_dual, 0.0) + hop_price
-                for i, (arcs, length) in self.shortest(weights, pricing).items():
+                for i, (arcs, length) in self.shortest(weights, pricing, com_dual).items():
                     if length - com_dual[i] < -_REDUCED_COST_TOL * max(1.0, com_dual[i]):
                         added |= self.add(i, arcs)
             if not added:
