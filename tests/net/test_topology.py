@@ -111,7 +111,7 @@ def test_file_errors(tmp_path: Path) -> None:
         load_network(bad)
 
 
-@pytest.mark.parametrize("name", ["two-site.toml", "city.toml"])
+@pytest.mark.parametrize("name", ["two-site.toml", "city.toml", "tokyo-qkd-2010.toml"])
 def test_examples_load_as_networks_and_as_corridors_for_up(name: str) -> None:
     network = load_network(EXAMPLES / name)
     assert network.demand and all(site.has_coordinates for site in network.sites.values())
