@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from corridor.errors import ParameterError
 from corridor.hybrid.policy import DEFAULT_POLICY, Policy, parse_policy
@@ -118,14 +120,6 @@ class Network:
         else the default (both-required)."""
         return self.hybrid.get((master_sae_id, slave_sae_id),
                                self.hybrid.get((slave_sae_id, master_sae_id), DEFAULT_POLICY))
-
-    def graph(self) -> nx.Graph:
-        """KMEs joined by links (edge attribute ``link_id``)."""
-        graph = nx.Graph()
-        graph.add_nodes_from(sorted(self.spec.kmes))
-        for link in self.spec.links.values():
-            graph.add_edge(link.alice_kme, link.bob_kme, link_id=link.link_id)
-        return graph
 
 
 def _entries(data: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
@@ -223,12 +217,22 @@ def _sae(where: str, value: Any, spec: CorridorSpec) -> str:
     return sae_id
 
 
-def _parse_demand(data: Mapping[str, Any], spec: CorridorSpec,
-                  graph: nx.Graph) -> tuple[Demand, ...]:
+def _components(spec: CorridorSpec) -> dict[str, int]:
+    """The connected component of every KME over the links."""
+    kmes = sorted(spec.kmes)
+    index = {kme: i for i, kme in enumerate(kmes)}
+    ends = np.array([(index[link.alice_kme], index[link.bob_kme])
+                     for link in spec.links.values()], dtype=np.int64).reshape(-1, 2)
+    adjacency = coo_matrix((np.ones(len(ends)), (ends[:, 0], ends[:, 1])),
+                           shape=(len(kmes), len(kmes)))
+    _, labels = connected_components(adjacency, directed=False)
+    return {kme: int(labels[i]) for kme, i in index.items()}
+
+
+def _parse_demand(data: Mapping[str, Any], spec: CorridorSpec) -> tuple[Demand, ...]:
     demands: list[Demand] = []
     seen: dict[tuple[str, str], int] = {}
-    components = {kme: index for index, part in enumerate(nx.connected_components(graph))
-                  for kme in part}
+    components = _components(spec)
     for index, entry in enumerate(_entries(data, "demand")):
         where = f"demand[{index}]"
         master = _sae(f"{where}.master_sae_id", entry.get("master_sae_id"), spec)
@@ -287,9 +291,7 @@ def parse_network(data: Mapping[str, Any], base_dir: Path | None = None,
             raise ParameterError(f"links.{link.link_id}.bob_kme", link.bob_kme,
                                  f"must stand at another site than alice_kme (both at "
                                  f"{site_a!r}: a link to itself)")
-    network = Network(spec, sites, (), _parse_hybrid(data, spec))
-    demand = _parse_demand(data, spec, network.graph())
-    return Network(spec, sites, demand, network.hybrid)
+    return Network(spec, sites, _parse_demand(data, spec), _parse_hybrid(data, spec))
 
 
 def load_network(path: str | Path) -> Network:
