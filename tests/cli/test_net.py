@@ -136,3 +136,12 @@ def test_a_unit_mistake_in_the_file_is_one_line(tmp_path: Path) -> None:
         "error: links.dc--cloud.parameters.length_km = 24800.0: must be a span length in "
         "(0, 500] km (longer routes need a trusted node between two links; a length in "
         "metres must be divided by 1000)")
+
+
+def test_json_on_stdout_is_only_json() -> None:
+    """HiGHS prints a banner on file descriptor 1 when a solver is made; the planner
+    silences it, so piping ``--format json`` into a JSON reader works."""
+    result = _corridor("net", "plan", str(EXAMPLES / "two-site.toml"), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["totals"]["unmet_bits_per_s"] == 0.0 and data["lp_solves"] >= 1
