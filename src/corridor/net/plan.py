@@ -21,6 +21,7 @@ This module owns the plan of a :class:`~corridor.net.topology.Network` (docs/net
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from corridor.errors import ParameterError
 from corridor.hybrid.policy import Decision, decide
 from corridor.kms.node import LinkSite
 from corridor.link.finite_key import finite_key_rate
+from corridor.link.params import LinkParameters
 from corridor.net.flow import Commodity, route_demand
 from corridor.net.topology import Demand, Network
 
@@ -72,21 +74,21 @@ class LinkRate:
         return self.secret_key_rate_bits_per_s / 2.0
 
 
-_RATE_CACHE: dict[tuple[Any, int], float] = {}
+@functools.lru_cache(maxsize=4096)
+def _bits_per_pulse(params: LinkParameters, block_pulses: int) -> float:
+    # Generated networks repeat lengths (rounded to 0.1 km): each is computed once.
+    return finite_key_rate(params, block_pulses)
 
 
 def link_rate(link: LinkSite) -> LinkRate:
-    """The modelled secret key rate of ``link`` (identical links are computed once)."""
-    key = (link.params, link.block_pulses)
-    if key not in _RATE_CACHE:
-        _RATE_CACHE[key] = finite_key_rate(link.params, link.block_pulses)
+    """The modelled secret key rate of ``link``."""
     pulse_rate_hz = link.params.source.pulse_rate_hz
     return LinkRate(
         link_id=link.link_id, alice_kme=link.alice_kme, bob_kme=link.bob_kme,
         length_km=link.params.fibre.length_km, preset=link.params.name, source=link.source,
         block_pulses=link.block_pulses, pulse_rate_hz=pulse_rate_hz,
         block_time_s=max(link.block_pulses / pulse_rate_hz, link.block_interval_s),
-        secret_key_rate_bits_per_pulse=_RATE_CACHE[key])
+        secret_key_rate_bits_per_pulse=_bits_per_pulse(link.params, link.block_pulses))
 
 
 @dataclass(frozen=True)
