@@ -32,6 +32,7 @@ _COMMAND_MODULES = (
     "kme",       # corridor kme serve
     "hybrid",    # corridor hybrid kdf|session|ipsec|macsec|wireguard
     "up",        # corridor up
+    "net",       # corridor net plan|generate
 )
 
 for _name in _COMMAND_MODULES:

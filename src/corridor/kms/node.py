@@ -118,7 +118,10 @@ _LINK_KEYS = {"id", "alice_kme", "bob_kme", "preset", "parameters", "source", "b
               "channel_listen", "channel_address", "simulation_seed", "psk_file"}
 _MONITOR_KEYS = {"qber_alarm_threshold", "trend_window_blocks", "recovery_blocks",
                  "recovery_qber_threshold", "max_consecutive_discards"}
-_TOP_KEYS = {"name", "kme", "monitor", "kmes", "links", "saes", "pki_dir", "quota", "hybrid"}
+# [[sites]] and [[demand]] describe the network for planning; corridor.net.topology
+# validates them (a KME serves whatever the file says about its own links).
+_TOP_KEYS = {"name", "kme", "monitor", "kmes", "links", "saes", "pki_dir", "quota", "hybrid",
+             "sites", "demand"}
 
 
 # ---------------------------------------------------------------------------------------

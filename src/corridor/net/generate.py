@@ -1,0 +1,164 @@
+"""A generated regional network for scale tests: ``corridor net generate``.
+
+This module owns the synthetic region (docs/network.md, "Generated regional network"):
+``sites`` sites scattered uniformly over a rectangle around 48.5 N 11.0 E (240 km x
+160 km for 1,000 sites, the same density for any other number), of which one in 10
+is an exchange (a trusted node) on a jittered grid and the rest are roadside cabinets
+(86 %), fleet depots (8 %), traffic centres (4 %), data centres (1 %) and cloud
+regions (1 %), drawn from a seeded PCG64 stream
+(:class:`corridor.randomness.RandomSource`), so a seed always gives the same file.
+
+Links (fibre length 1.5 x the straight line, as in examples/city.toml; modern-snspd,
+blocks of 1e9 pulses, every span at most :data:`MAX_GENERATED_SPAN_KM`):
+
+- every exchange to its three nearest exchanges (the backbone);
+- every other site to its nearest exchange and to its nearest other site that it is not
+  yet linked with (two ways out, so that one failure rarely cuts it off);
+
+a candidate longer than the span limit is left out, and a network that would not be
+connected is refused (never with the defaults).
+
+One KME and one SAE per site. Demand: every roadside cabinet from its nearest traffic
+centre (2,048 bit/s, priority 1), every fleet depot from a cloud region (20,480 bit/s,
+priority 2), and every pair of data centres (1,024,000 bit/s, priority 3: one-time-pad
+backup streams, more than the backbone can carry).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from corridor.errors import ParameterError
+from corridor.randomness import RandomSource
+
+MAX_GENERATED_SPAN_KM = 45.0
+"""Longest generated span: modern-snspd in 1e9-pulse blocks still gives ~1 Mbit/s."""
+
+ROUTE_FACTOR = 1.5
+_CENTRE_DEG = (48.5, 11.0)
+_KM_PER_DEG_LAT = 111.2
+_KINDS = (("roadside-cabinet", 0.86), ("fleet-depot", 0.08), ("traffic-centre", 0.04),
+          ("data-centre", 0.01), ("cloud-region", 0.01))
+
+
+def _toml_table(name: str, fields: dict[str, object]) -> str:
+    lines = [f"[[{name}]]"]
+    for key, value in fields.items():
+        if isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        elif isinstance(value, float):
+            lines.append(f"{key} = {value:.4f}" if "deg" in key else f"{key} = {value:g}")
+        else:
+            lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+def generate_regional(sites: int = 1000, seed: int = 1) -> str:
+    """The corridor TOML of a generated regional network (module docstring)."""
+    if isinstance(sites, bool) or not isinstance(sites, int) or not 30 <= sites <= 20_000:
+        raise ParameterError("--sites", sites, "must be an integer from 30 to 20000")
+    # The density of 1,000 sites on 240 km x 160 km, whatever the number of sites.
+    width_km = 240.0 * math.sqrt(sites / 1000)
+    height_km = 160.0 * math.sqrt(sites / 1000)
+    rng = RandomSource.seeded(seed).generator
+    n_exchanges = max(4, sites // 10)
+    columns = max(2, round(math.sqrt(n_exchanges * width_km / height_km)))
+    rows = math.ceil(n_exchanges / columns)
+    cells = [(c, r) for r in range(rows) for c in range(columns)][:n_exchanges]
+    xy = np.empty((sites, 2))
+    for i, (c, r) in enumerate(cells):
+        xy[i] = ((c + 0.5 + rng.uniform(-0.15, 0.15)) * width_km / columns,
+                 (r + 0.5 + rng.uniform(-0.15, 0.15)) * height_km / rows)
+    xy[n_exchanges:] = rng.uniform((0.0, 0.0), (width_km, height_km),
+                                   size=(sites - n_exchanges, 2))
+    kinds = ["exchange"] * n_exchanges + list(rng.choice(
+        [k for k, _ in _KINDS], size=sites - n_exchanges, p=[p for _, p in _KINDS]))
+    # Every kind that demand needs at least once.
+    for offset, kind in enumerate(("traffic-centre", "cloud-region", "data-centre",
+                                   "data-centre")):
+        kinds[n_exchanges + offset] = kind
+    distance = np.hypot(xy[:, None, 0] - xy[None, :, 0], xy[:, None, 1] - xy[None, :, 1])
+    np.fill_diagonal(distance, np.inf)
+    names = [f"s{i:04d}" for i in range(sites)]
+    links: set[tuple[int, int]] = set()
+
+    reach_km = MAX_GENERATED_SPAN_KM / ROUTE_FACTOR
+
+    def join(a: int, b: int) -> None:
+        if distance[a, b] <= reach_km:
+            links.add((min(a, b), max(a, b)))
+
+    exchanges = np.arange(n_exchanges)
+    for hub in range(n_exchanges):
+        for other in exchanges[np.argsort(distance[hub, exchanges])[:3]].tolist():
+            join(hub, other)
+    for site in range(n_exchanges, sites):
+        join(site, int(exchanges[np.argmin(distance[site, exchanges])]))
+        for other in np.argsort(distance[site]).tolist():
+            if (min(site, other), max(site, other)) not in links:
+                join(site, other)
+                break
+    _check_connected(sites, links)
+    lat0, lon0 = _CENTRE_DEG
+    km_per_deg_lon = _KM_PER_DEG_LAT * math.cos(math.radians(lat0))
+    parts = [f"# Generated by `corridor net generate --sites {sites} --seed {seed}` "
+             "(corridor/net/generate.py); do not edit by hand.\n",
+             f'name = "regional-{sites}-seed-{seed}"\n']
+    for i, name in enumerate(names):
+        parts.append(_toml_table("sites", {
+            "id": name, "name": f"{kinds[i]} {i}", "kind": kinds[i],
+            "latitude_deg": lat0 + (xy[i, 1] - height_km / 2) / _KM_PER_DEG_LAT,
+            "longitude_deg": lon0 + (xy[i, 0] - width_km / 2) / km_per_deg_lon}))
+    for name in names:
+        parts.append(_toml_table("kmes", {"id": f"kme-{name}", "site": name}))
+    for a, b in sorted(links):
+        length_km = round(ROUTE_FACTOR * distance[a, b], 1)
+        parts.append(_toml_table("links", {
+            "id": f"l-{names[a]}-{names[b]}", "alice_kme": f"kme-{names[a]}",
+            "bob_kme": f"kme-{names[b]}", "preset": "modern-snspd",
+            "block_pulses": 1_000_000_000}))
+        parts.append(f"[links.parameters]\nlength_km = {max(length_km, 0.1):g}\n")
+    for name in names:
+        parts.append(_toml_table("saes", {"id": f"sae-{name}", "kme": f"kme-{name}"}))
+    by_kind = {kind: [i for i, k in enumerate(kinds) if k == kind] for kind, _ in _KINDS}
+    centres = np.array(by_kind["traffic-centre"])
+    clouds = by_kind["cloud-region"]
+    for i in by_kind["roadside-cabinet"]:
+        master = int(centres[np.argmin(distance[i, centres])])
+        parts.append(_demand(names[master], names[i], 2048, 1))
+    for number, i in enumerate(by_kind["fleet-depot"]):
+        parts.append(_demand(names[clouds[number % len(clouds)]], names[i], 20480, 2))
+    centres_dc = by_kind["data-centre"]
+    for x, first in enumerate(centres_dc):
+        for second in centres_dc[x + 1:]:
+            parts.append(_demand(names[first], names[second], 1_024_000, 3))
+    return "\n".join(parts)
+
+
+def _check_connected(sites: int, links: set[tuple[int, int]]) -> None:
+    parent = list(range(sites))
+
+    def root(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for a, b in links:
+        parent[root(a)] = root(b)
+    parts = len({root(node) for node in range(sites)})
+    if parts > 1:
+        raise ParameterError("--sites", sites, f"gave a network in {parts} disconnected parts "
+                             f"with spans of at most {MAX_GENERATED_SPAN_KM:g} km",
+                             "use another --seed or fewer sites")
+
+
+def _demand(master: str, slave: str, rate: int, priority: int) -> str:
+    return _toml_table("demand", {"master_sae_id": f"sae-{master}",
+                                  "slave_sae_id": f"sae-{slave}",
+                                  "key_rate_bits_per_s": rate, "priority": priority})
+
+
+__all__ = ["MAX_GENERATED_SPAN_KM", "ROUTE_FACTOR", "generate_regional"]
