@@ -43,7 +43,9 @@ def test_table_names_links_pairs_bottlenecks_and_decisions(app: typer.Typer,
     assert "city-corridor" in out and "dc--cloud" in out and "tmc--rsc-ring" in out
     assert "dc-vault -> oem-backend" in out and "partly met" in out
     assert "bottlenecks (3): dc--cloud, exchange--cloud, tmc--dc" in out
-    assert "refuses sessions without QKD key (1): dc-vault->oem-backend" in out
+    # examples/city.toml lets the backup stream (policy any) fall back to PQC alone.
+    assert "PQC-only when QKD key runs out (1): dc-vault->oem-backend" in out
+    assert "refuses sessions without QKD key (0): none" in out
 
 
 def test_json_numbers_recompute_from_their_inputs(app: typer.Typer, runner: CliRunner) -> None:
