@@ -35,6 +35,8 @@ _HASHES: dict[str, tuple[type[hashes.HashAlgorithm], int]] = {
     "sha384": (hashes.SHA384, 48),
 }
 HASHES: tuple[str, ...] = tuple(_HASHES)
+# hashlib's named constructors skip hashlib.new's lookup by name.
+_HASH_CONSTRUCTORS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384}
 
 # ETSI's length prefixes are 32-bit: longer arguments cannot be encoded.
 _MAX_ARGUMENT_BYTES = 2**32 - 1
@@ -111,6 +113,8 @@ def _check_length(field: str, value: object, hash_name: str) -> None:
 def _check_arguments(**arguments: bytes) -> None:
     # Only the type and the length are ever named: the values may be secrets.
     for field, value in arguments.items():
+        if type(value) is bytes and len(value) <= _MAX_ARGUMENT_BYTES:
+            continue  # the common case, without the isinstance chain (on every handshake)
         if not isinstance(value, bytes | bytearray | memoryview):
             raise ParameterError(field, type(value).__name__, "bytes")
         if len(value) > _MAX_ARGUMENT_BYTES:
@@ -120,7 +124,7 @@ def _check_arguments(**arguments: bytes) -> None:
 def _length_prefixed_hash(hash_name: str, *arguments: bytes) -> bytes:
     """H(len(a1) a1 len(a2) a2 ...), each length 4 bytes big-endian and BEFORE its
     argument, as qshkex.c's cahb_f writes it."""
-    digest = hashlib.new(hash_name)
+    digest = _HASH_CONSTRUCTORS[hash_name]()
     for argument in arguments:
         digest.update(len(argument).to_bytes(4, "big"))
         digest.update(argument)
