@@ -143,3 +143,11 @@ def test_low_order_x25519_ciphertext_is_refused() -> None:
 
 def test_label_is_the_six_bytes_of_the_draft() -> None:
     assert bytes.fromhex("5c2e2f2f5e5c") == xwing.XWING_LABEL
+
+
+def test_an_expanded_secret_key_gives_the_vectors_public_key_and_secret() -> None:
+    for vector in VECTORS:
+        expanded = xwing.ExpandedSecretKey(bytes.fromhex(vector["sk"]))
+        assert expanded.public_key.hex() == vector["pk"]
+        assert xwing.decapsulate(expanded, bytes.fromhex(vector["ct"])).hex() == vector["ss"]
+        assert "<secret>" in repr(expanded) and vector["sk"][:8] not in repr(expanded)

@@ -35,6 +35,7 @@ __all__ = [
     "SECRET_KEY_BYTES",
     "SEED_BYTES",
     "SHARED_SECRET_BYTES",
+    "ExpandedSecretKey",
     "decapsulate",
     "encapsulate",
     "encapsulate_derand",
@@ -61,8 +62,7 @@ def generate_keypair(seed: bytes) -> tuple[bytes, bytes]:
     """``(sk, pk)`` from a 32-byte seed: ``sk`` is the seed, ``pk`` 1216 bytes."""
     _check_bytes("seed", seed, SEED_BYTES)
     sk = bytes(seed)
-    mlkem_key, _, pk_x = _expand(sk)
-    return sk, mlkem_key.public_key().public_bytes_raw() + pk_x
+    return sk, ExpandedSecretKey(sk).public_key
 
 
 def encapsulate(pk: bytes, eseed: bytes | None = None) -> tuple[bytes, bytes]:
@@ -100,17 +100,38 @@ def encapsulate_derand(pk: bytes, eseed: bytes,
     return _finish_encapsulation(ss_m, ct_m, pk_x, bytes(eseed[32:]))
 
 
-def decapsulate(sk: bytes, ct: bytes) -> bytes:
-    """The 32-byte shared secret from the secret key ``sk`` and the ciphertext ``ct``.
+class ExpandedSecretKey:
+    """An X-Wing secret key expanded once (its ML-KEM and X25519 keys), for a party that
+    decapsulates with the key it just generated: expanding costs about as much as
+    decapsulating. The repr names the type only."""
+
+    __slots__ = ("_mlkem", "_pk_x", "_x25519")
+
+    def __init__(self, sk: bytes) -> None:
+        _check_bytes("sk", sk, SECRET_KEY_BYTES)
+        self._mlkem, self._x25519, self._pk_x = _expand(bytes(sk))
+
+    @property
+    def public_key(self) -> bytes:
+        """The 1216-byte X-Wing public key of this secret key."""
+        return self._mlkem.public_key().public_bytes_raw() + self._pk_x
+
+    def __repr__(self) -> str:
+        return "ExpandedSecretKey(<secret>)"
+
+
+def decapsulate(sk: bytes | ExpandedSecretKey, ct: bytes) -> bytes:
+    """The 32-byte shared secret from the secret key ``sk`` (the 32-byte seed, or an
+    :class:`ExpandedSecretKey` of it) and the ciphertext ``ct``.
 
     A tampered ML-KEM part gives a different, pseudorandom secret (FIPS 203 implicit
     rejection), never an exception; only wrong lengths and an X25519 part that is a
     low-order point (public information, independent of ``sk``) raise ParameterError.
     """
-    _check_bytes("sk", sk, SECRET_KEY_BYTES)
+    expanded = sk if isinstance(sk, ExpandedSecretKey) else ExpandedSecretKey(sk)
     _check_bytes("ct", ct, CIPHERTEXT_BYTES)
     ct = bytes(ct)
-    mlkem_key, x_key, pk_x = _expand(bytes(sk))
+    mlkem_key, x_key, pk_x = expanded._mlkem, expanded._x25519, expanded._pk_x
     ss_m = mlkem_key.decapsulate(ct[:MLKEM_CIPHERTEXT_BYTES])
     ct_x = ct[MLKEM_CIPHERTEXT_BYTES:]
     ss_x = _exchange(x_key, ct_x, "ct")

@@ -3,12 +3,12 @@
 This module owns the parts of the corridor file that describe a network rather than one
 KME (docs/network.md): the ``[[sites]]`` tables (ID, name, kind, coordinates for maps),
 the ``[[demand]]`` tables (key bits per second between a master and a slave SAE, with a
-priority), and the checks that only make sense for the whole network: every KME at a known site, no link
-within one site, no span longer than one fibre span can carry key, no demand between
-SAEs that no chain of links joins. KMEs, links (physics, block size, simulated or
-recorded), SAEs and the hybrid policy of each SAE pair (``[[hybrid]]``) are read by
-:func:`corridor.kms.node.parse_corridor`, the same code ``corridor up`` uses, so a file
-the planner accepts is one the KMEs accept.
+priority), and the checks that only make sense for the whole network: every KME at a
+known site, no link within one site, no span longer than one fibre span can carry key,
+no demand between SAEs that no chain of links joins. KMEs, links (physics, block size,
+simulated or recorded), SAEs and the hybrid policy of each SAE pair (``[[hybrid]]``) are
+read by :func:`corridor.kms.node.parse_corridor`, the same code ``corridor up`` uses, so
+a file the planner accepts is one the KMEs accept.
 
 Without ``[[sites]]`` every KME's ``site`` name is a site without coordinates (the
 two-site default). Every error is a :class:`~corridor.errors.ParameterError` naming
