@@ -16,7 +16,7 @@ import pytest
 from corridor.kms.alarms import LinkMonitor
 from corridor.kms.operator import AlarmDesk
 from corridor.kms.pki import init_pki
-from corridor.kms.source import FeederStats
+from corridor.kms.sources.feeder import FeederStats
 from tests.kms.mtls_harness import KME_A, KME_B, LINK_ID, OPERATOR, two_kme_deployment
 from tests.kms.test_manager import RecordingSink
 

@@ -20,7 +20,7 @@ from corridor.kms.operator import (
     feeder_state,
     link_state,
 )
-from corridor.kms.source import FeederStats
+from corridor.kms.sources.feeder import FeederStats
 from tests.kms.mtls_harness import KME_A, KME_B, LINK_ID, OPERATOR, two_kme_deployment
 from tests.kms.test_manager import RecordingSink
 

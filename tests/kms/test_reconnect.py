@@ -23,13 +23,13 @@ import pytest
 from corridor.kms.alarms import ALARM_INTEGRITY, LinkMonitor
 from corridor.kms.config import DIRECTIONS, KmeConfig, SaeDirectory
 from corridor.kms.manager import KeyManager, connect_local
-from corridor.kms.source import (
+from corridor.kms.sources.base import SourceBlock
+from corridor.kms.sources.feeder import LinkFeeder
+from corridor.kms.sources.party import (
     EVENT_CHANNEL_LOST,
     EVENT_CHANNEL_RESTORED,
     REASON_CHANNEL_LOST,
-    LinkFeeder,
     SimulatedLinkPartySource,
-    SourceBlock,
 )
 from corridor.kms.store_sqlite import SqliteKeyStore
 from corridor.link.params import preset

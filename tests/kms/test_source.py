@@ -17,12 +17,10 @@ from corridor.kms.alarms import LinkMonitor
 from corridor.kms.config import DIRECTIONS, KmeConfig, SaeDirectory
 from corridor.kms.interface import KeyRequestError, KeysUnavailableError
 from corridor.kms.manager import KeyManager, connect_local
-from corridor.kms.source import (
-    LinkFeeder,
-    RecordedKeyFileSource,
-    SimulatedLinkSource,
-    SourceBlock,
-)
+from corridor.kms.sources.base import SourceBlock
+from corridor.kms.sources.feeder import LinkFeeder
+from corridor.kms.sources.recorded import RecordedKeyFileSource
+from corridor.kms.sources.simulated import SimulatedLinkSource
 from corridor.kms.store_sqlite import SqliteKeyStore
 from corridor.link.attacks import InterceptResend
 from corridor.link.params import preset

@@ -26,10 +26,10 @@ from corridor.kms.config import DIRECTIONS
 from corridor.kms.manager import KeyManager
 from corridor.kms.node import KmeNode, ensure_pki, own_link_feeders, parse_corridor
 from corridor.kms.pki import init_pki
-from corridor.kms.source import (
-    LinkFeeder,
+from corridor.kms.sources.base import SourceBlock
+from corridor.kms.sources.feeder import LinkFeeder
+from corridor.kms.sources.party import (
     SimulatedLinkPartySource,
-    SourceBlock,
     block_simulation_rng,
     session_auth_key,
 )

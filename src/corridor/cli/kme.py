@@ -11,7 +11,7 @@ route and HttpsPeerLinks to its peer KMEs, and its side of every link:
 - ``source = "simulated"`` with ``channel_listen``, ``channel_address`` and
   ``simulation_seed``: this process runs its own party (Alice at Alice's KME, Bob at
   Bob's) of the simulated link and the distillation, the two parties' classical channel
-  over TCP (:class:`~corridor.kms.source.SimulatedLinkPartySource`); both sides agree
+  over TCP (:class:`~corridor.kms.sources.party.SimulatedLinkPartySource`); both sides agree
   the next block ID at session start, so IDs continue across restarts.
 
 A simulated link without those fields runs only in one process (``corridor up``); the
@@ -61,7 +61,7 @@ def serve_command(
     """Serve one KME over mutual TLS and feed it from its side of each of its links."""
     # The KMS stack is imported when a KME runs, not by every `corridor` invocation.
     from corridor.kms.node import KmeNode, load_corridor, load_pki, monitor_for, own_link_feeders
-    from corridor.kms.source import LinkFeeder
+    from corridor.kms.sources.feeder import LinkFeeder
 
     with handle_errors():
         configure_logging("warning", json=log_json)

@@ -21,7 +21,7 @@ Rules (all thresholds are constructor arguments):
      ``output_used_for_authentication``, a block too short to pay for its own
      authentication; ``channel_lost``, the block in flight when a split-site link's
      TCP connection went away, after which the party reconnects by itself,
-     :class:`~corridor.kms.source.SimulatedLinkPartySource`): no alarm, but
+     :class:`~corridor.kms.sources.party.SimulatedLinkPartySource`): no alarm, but
      ``max_consecutive_discards`` (5) discarded blocks in a row raise
      ``consecutive_discards`` (quarantine, automatic recovery allowed);
    - every other reason (``authentication_failed``, ``malformed_message``,
@@ -80,7 +80,7 @@ ESTIMATION_REASONS = frozenset({
 # ``output_used_for_authentication``: a block too short to pay for its own
 # authentication yields no key but says nothing about the channel's integrity.
 # ``channel_lost``: a split-site party lost its TCP connection mid-block and reconnects
-# (kms/source.py); an attacker who cuts connections gets only this (denial of service):
+# (kms/sources/party.py); an attacker who cuts connections gets only this (denial of service):
 # a tampered message fails authentication, which stays an integrity alarm.
 BENIGN_REASONS = frozenset({"verification_failed", "channel_timeout",
                             "output_used_for_authentication", "channel_lost"})

@@ -21,7 +21,7 @@ This module owns the corridor TOML format (docs/corridor-up.md) and the wiring o
 - :class:`Corridor` is the embedded default in one process: every KME of the file on
   this machine, the PKI (created on first start, reused after), one
   :class:`~corridor.kms.alarms.LinkMonitor` and one
-  :class:`~corridor.kms.source.LinkFeeder` per link, and ``corridor-up.json``
+  :class:`~corridor.kms.sources.feeder.LinkFeeder` per link, and ``corridor-up.json``
   describing what runs.
 
 Closing order is the reverse of starting: feeders (no new blocks), servers (in-flight
@@ -85,15 +85,11 @@ from corridor.kms.pki import (
 )
 from corridor.kms.quota import QuotaPolicy, SaeQuotas
 from corridor.kms.rejections import RejectionAggregator
-from corridor.kms.source import (
-    SIDE_ALICE,
-    SIDE_BOB,
-    KeySource,
-    LinkFeeder,
-    RecordedKeyFileSource,
-    SimulatedLinkPartySource,
-    SimulatedLinkSource,
-)
+from corridor.kms.sources.base import SIDE_ALICE, SIDE_BOB, KeySource
+from corridor.kms.sources.feeder import LinkFeeder
+from corridor.kms.sources.party import SimulatedLinkPartySource
+from corridor.kms.sources.recorded import RecordedKeyFileSource
+from corridor.kms.sources.simulated import SimulatedLinkSource
 from corridor.kms.store import KeyStore
 from corridor.kms.store_open import open_store
 from corridor.kms.tls import bind_socket, running_server

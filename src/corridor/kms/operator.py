@@ -80,7 +80,7 @@ def link_state(*, running: bool, stopped_reason: str | None, blocks_seen: int,
 
 def feeder_state(feeder: Any, quarantined: bool, *, now_s: float | None = None,
                  dead_after_s: float = DEFAULT_LINK_DEAD_AFTER_S) -> tuple[str, float | None]:
-    """:func:`link_state` of a :class:`~corridor.kms.source.LinkFeeder`, and the age of
+    """:func:`link_state` of a :class:`~corridor.kms.sources.feeder.LinkFeeder`, and the age of
     its last block in seconds (None before the first)."""
     now = time.monotonic() if now_s is None else now_s
     stats = feeder.stats
