@@ -147,3 +147,63 @@ def test_json_on_stdout_is_only_json() -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["totals"]["unmet_bits_per_s"] == 0.0 and data["lp_solves"] >= 1
+
+
+def test_simulate_table_compares_both_strategies(app: typer.Typer, runner: CliRunner) -> None:
+    result = runner.invoke(app, ["net", "simulate", CITY, "--hours", "0.05", "--horizon-s",
+                                 "0"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "city-corridor: 0.05 h, seed 1, requests of 262,144 bit" in out
+    assert "shortest-path" in out and "key-aware" in out
+    assert "dc-vault -> oem-backend" in out and "dc--cloud:kme-dc->kme-cloud" in out
+
+
+def test_simulate_json_recomputes_and_plot(app: typer.Typer, runner: CliRunner,
+                                           tmp_path: Path) -> None:
+    figure = tmp_path / "sim.png"
+    result = runner.invoke(app, ["net", "simulate", CITY, "--hours", "0.1", "--seed", "3",
+                                 "--request-bits", "131072", "--format", "json",
+                                 "--plot", str(figure)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    config = data["config"]
+    assert (config["seed"], config["request_bits"], config["duration_s"]) == (3, 131072, 360.0)
+    assert data["plot"] == str(figure) and figure.stat().st_size > 10_000
+    pools = {pool["pool"]: pool for pool in data["pools"]}
+    for strategy in data["strategies"].values():
+        assert strategy["served"] + strategy["blocked"] == strategy["offered"]
+        assert strategy["blocking_probability"] == pytest.approx(
+            strategy["blocked"] / strategy["offered"])
+        assert strategy["key_consumed_bits"] == pytest.approx(
+            sum(p["key_consumed_bits"] for p in strategy["pairs"]))
+        for pair in strategy["pairs"]:
+            assert pair["blocking_probability"] == pytest.approx(
+                pair["blocked"] / pair["offered"] if pair["offered"] else 0.0)
+            assert pair["key_consumed_bits"] == pytest.approx(sum(
+                config["request_bits"] * int(hops) * n
+                for hops, n in pair["served_by_hops"].items()))
+        for pool in strategy["pools"]:
+            spec = pools[pool["pool"]]
+            assert pool["initial_bits"] + pool["refilled_bits"] - pool["consumed_bits"] == \
+                pytest.approx(pool["final_bits"], abs=1e-3)
+            assert pool["refilled_bits"] + pool["overflow_bits"] == pytest.approx(
+                spec["rate_bits_per_s"] * config["duration_s"])
+            assert sum(pool["state_s"].values()) == pytest.approx(config["duration_s"])
+            assert 0 <= pool["final_bits"] <= spec["capacity_bits"]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["net", "simulate", CITY, "--hours", "0"], "error: --hours = 0.0: must be a number in"),
+    (["net", "simulate", CITY, "--request-bits", "0"],
+     "error: --request-bits = 0: must be an integer >= 1"),
+    (["net", "simulate", CITY, "--low", "0.9"], "error: --low = 0.9: must be a number in"),
+    (["net", "simulate", CITY, "--plot", "sim.gif"], "error: --plot = 'sim.gif': must end in"),
+    (["net", "simulate", "no-such.toml"], "error: FILE = 'no-such.toml': must be an existing"),
+])
+def test_simulate_bad_input_is_one_line_and_exit_2(args: list[str], expected: str) -> None:
+    result = _corridor(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+    assert "Traceback" not in result.stderr

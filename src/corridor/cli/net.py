@@ -2,8 +2,10 @@
 
 This module owns the ``net`` command group: ``net plan FILE`` (per-link key rates, the
 demand routed over them, utilisation, unmet demand, bottlenecks, hybrid decisions;
-``--fail``, ``--what-if``, ``--plot``) and ``net generate`` (the synthetic regional
-network for scale tests). The planning itself lives in :mod:`corridor.net.plan`.
+``--fail``, ``--what-if``, ``--plot``), ``net simulate FILE`` (the discrete-event run of
+the key pools, shortest-path against key-aware routing) and ``net generate`` (the
+synthetic regional network for scale tests). The work itself lives in
+:mod:`corridor.net.plan` and :mod:`corridor.net.simulate`.
 """
 
 from __future__ import annotations
@@ -162,6 +164,121 @@ def plan_command(
         _print_plan(data, result, top, items)
         if plot is not None:
             console.print(f"map written to {plot}", highlight=False)
+
+
+def _simulation_tables(data: dict[str, Any], top: int) -> list[Table]:
+    from corridor.net.simulate import STATES, STRATEGIES
+
+    strategies = data["strategies"]
+    summary = Table(title="Routing strategies over the same arrivals", box=box.SIMPLE_HEAD)
+    for name in ("strategy", "requests", "blocked", "blocking", "key consumed (bit)"):
+        summary.add_column(name, justify="left" if name == "strategy" else "right")
+    for name in STRATEGIES:
+        result = strategies[name]
+        summary.add_row(name, f"{result['offered']:,}", f"{result['blocked']:,}",
+                        f"{result['blocking_probability']:.2%}",
+                        _bits(result["key_consumed_bits"]))
+    pairs = Table(title="Blocking per SAE pair", box=box.SIMPLE_HEAD)
+    for name in ("master -> slave", "demand bit/s", "requests",
+                 *(f"{s} blocking" for s in STRATEGIES), "key-aware hops"):
+        pairs.add_column(name, justify="left" if name == "master -> slave" else "right")
+    rows = list(zip(*(strategies[name]["pairs"] for name in STRATEGIES), strict=True))
+    rows.sort(key=lambda row: (-max(p["blocking_probability"] for p in row),
+                               row[0]["master_sae_id"], row[0]["slave_sae_id"]))
+    for row in rows[:top]:
+        first = row[0]
+        hops = ",".join(f"{h}:{n}" for h, n in row[-1]["served_by_hops"].items()) or "-"
+        pairs.add_row(f"{first['master_sae_id']} -> {first['slave_sae_id']}",
+                      _bits(first["demand_bits_per_s"]), f"{first['offered']:,}",
+                      *(f"{p['blocking_probability']:.2%}" for p in row), hops)
+    if len(rows) > top:
+        pairs.caption = f"{len(rows) - top} more pairs: --top N or --format json"
+    pools = Table(title="Pools, most key given first: share of time " + "/".join(STATES),
+                  box=box.SIMPLE_HEAD)
+    pools.add_column("pool", justify="left")
+    for name in STRATEGIES:
+        pools.add_column(f"{name} consumed", justify="right")
+        pools.add_column(f"{name} R/W/C/E %", justify="right")
+    duration = data["config"]["duration_s"]
+    per_pool = list(zip(*(strategies[name]["pools"] for name in STRATEGIES), strict=True))
+    per_pool.sort(key=lambda row: (-max(p["consumed_bits"] for p in row), row[0]["pool"]))
+    for row in per_pool[:top]:
+        cells = []
+        for pool in row:
+            cells.append(_bits(pool["consumed_bits"]))
+            cells.append("/".join(f"{100 * pool['state_s'][s] / duration:.0f}" for s in STATES))
+        pools.add_row(row[0]["pool"], *cells)
+    if len(per_pool) > top:
+        pools.caption = f"{len(per_pool) - top} more pools: --top N or --format json"
+    return [summary, pairs, pools]
+
+
+@net_app.command("simulate")
+def simulate_command(
+    file: Annotated[Path, typer.Argument(help="Corridor TOML with [[links]], [[saes]] and "
+                                         "[[demand]] (docs/network.md).")],
+    hours: Annotated[float, typer.Option("--hours", help="Simulated time.")] = 24.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the arrival streams.")] = 1,
+    request_bits: Annotated[int | None, typer.Option(
+        "--request-bits", help="Bits per key request (default 262144: 1,024 keys of "
+        "256 bits).")] = None,
+    pool_bits: Annotated[float | None, typer.Option(
+        "--pool-bits", help="Capacity of every pool (default: max_key_count x "
+        "key_size_bits of the link's KMEs).")] = None,
+    high: Annotated[float | None, typer.Option(
+        "--high", help="READY at this share of capacity or more (default 0.5).")] = None,
+    low: Annotated[float | None, typer.Option(
+        "--low", help="CHARGING below this share of capacity (default 0.1).")] = None,
+    horizon_s: Annotated[float | None, typer.Option(
+        "--horizon-s", help="Seconds of refill key-aware routing counts as in the pool "
+        "(default 1, as kms.routing).")] = None,
+    output_format: Annotated[OutputFormat, typer.Option(
+        "--format", help="table or json.")] = OutputFormat.table,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Write pool levels of the most loaded links and blocking per "
+        "pair, both strategies (.png, .svg or .pdf).")] = None,
+    top: Annotated[int, typer.Option(
+        "--top", help="Rows per table (the JSON has all).")] = DEFAULT_TOP,
+) -> None:
+    """Pools filling and draining under the demand: shortest-path against key-aware."""
+    with handle_errors():
+        if top < 1:
+            raise ParameterError("--top", top, "must be an integer >= 1")
+        from corridor.net.simulate import SimulationConfig, simulate
+        from corridor.net.topology import load_network
+
+        given: dict[str, Any] = {"request_bits": request_bits, "pool_bits": pool_bits,
+                                 "high_fraction": high, "low_fraction": low,
+                                 "horizon_s": horizon_s}
+        config = SimulationConfig(hours=hours, seed=seed,
+                                  **{k: v for k, v in given.items() if v is not None})
+        if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise ParameterError("--plot", str(plot), "must end in .png, .svg or .pdf")
+        network = load_network(file)
+        if console.is_terminal and output_format is OutputFormat.table:
+            from rich.progress import Progress
+
+            with Progress(console=console, transient=True) as bar:
+                task = bar.add_task(f"simulating {config.hours:g} h", total=config.duration_s)
+                result = simulate(network, config,
+                                  lambda simulated_s: bar.update(task, completed=simulated_s))
+        else:
+            result = simulate(network, config)
+        data = result.as_dict()
+        if plot is not None:
+            from corridor.net.simulate_plot import plot_simulation
+
+            data["plot"] = str(plot_simulation(result, plot))
+        if output_format is OutputFormat.json:
+            emit_json(data)
+            return
+        console.print(f"[bold]{data['network']}[/]: {config.hours:g} h, seed {config.seed}, "
+                      f"requests of {config.request_bits:,} bit, {data['events']:,} events in "
+                      f"{data['elapsed_s']:.1f} s", highlight=False)
+        for table in _simulation_tables(data, top):
+            console.print(table)
+        if plot is not None:
+            console.print(f"figure written to {plot}", highlight=False)
 
 
 @net_app.command("generate")

@@ -156,12 +156,21 @@ class Route:
         return self.kmes[1:-1]
 
 
+def pool_cost(pool_bits: float, rate_bits_per_s: float, key_bits: float,
+              horizon_s: float = DEFAULT_HORIZON_S) -> float:
+    """The key-aware cost of taking ``key_bits`` from a pool of ``pool_bits`` that
+    refills at ``rate_bits_per_s`` (the module docstring's formula). The one place the
+    formula lives: :func:`hop_cost` and the discrete-event simulation
+    (:mod:`corridor.net.simulate`, which keeps pools as plain numbers) both call it."""
+    return 1.0 + key_bits / (pool_bits + rate_bits_per_s * horizon_s + 1.0)
+
+
 def hop_cost(link: LinkState, from_kme: str, key_bits: float,
              horizon_s: float = DEFAULT_HORIZON_S) -> float:
     """The key-aware cost of relaying ``key_bits`` from ``from_kme`` over ``link``
     (the module docstring's formula)."""
-    available = link.pool_bits(from_kme) + link.rate_bits_per_s(from_kme) * horizon_s
-    return 1.0 + key_bits / (available + 1.0)
+    return pool_cost(link.pool_bits(from_kme), link.rate_bits_per_s(from_kme), key_bits,
+                     horizon_s)
 
 
 def _check_request(snapshot: NetworkSnapshot, source: str, target: str,
@@ -263,4 +272,4 @@ def disjoint_paths(snapshot: NetworkSnapshot, source: str, target: str, k: int,
 
 
 __all__ = ["DEFAULT_HORIZON_S", "LinkState", "NetworkSnapshot", "Route", "disjoint_paths",
-           "hop_cost", "key_aware_path", "shortest_path"]
+           "hop_cost", "key_aware_path", "pool_cost", "shortest_path"]
