@@ -91,6 +91,9 @@ _PHI = kernels.phi_table()
 #: float32 per edge and per variable: about 7.5 MB at n = 2^18).
 WARM_START_FRAMES = 16
 
+#: Bob's decoders (``LdpcSettings.decoder``).
+DECODERS = ("fast", "reference")
+
 _SYNDROME_HEADER = struct.Struct("<32sQIIIII")
 _RESULT_HEADER = struct.Struct("<BI")
 _REVEAL_HEADER = struct.Struct("<II")
@@ -113,6 +116,13 @@ class LdpcSettings:
             first ``retry_headroom / retry_step`` retries reveal punctured bits, each a
             full bit of help to Bob; a revealed key bit helps him only h(q) bits.
         max_iterations: decoder sweeps per attempt.
+        decoder: Bob's decoder, "fast" (``_ldpc_kernels.decode_layered_fast``) or
+            "reference" (``decode_layered_spa``); the same messages, the fast one
+            stops differently (see there). Kept selectable to measure one against the
+            other.
+        stall_sweeps: the fast decoder gives up an attempt when its count of
+            unsatisfied checks has not reached a new low for this many sweeps (0:
+            never; the reference decoder ignores it).
     """
 
     code_bits: int = DEFAULT_CODE_BITS
@@ -122,6 +132,8 @@ class LdpcSettings:
     max_retries: int = 10
     retry_headroom: float = 0.0
     max_iterations: int = 60
+    decoder: str = "fast"
+    stall_sweeps: int = 10
 
     def __post_init__(self) -> None:
         if isinstance(self.code_bits, bool) or not isinstance(self.code_bits, int) \
@@ -147,6 +159,13 @@ class LdpcSettings:
                 or not 1 <= self.max_iterations <= 1000:
             raise ParameterError("ldpc.max_iterations", self.max_iterations,
                                  "must be a whole number in [1, 1000]")
+        if self.decoder not in DECODERS:
+            raise ParameterError("ldpc.decoder", self.decoder,
+                                 "must be one of " + ", ".join(DECODERS))
+        if isinstance(self.stall_sweeps, bool) or not isinstance(self.stall_sweeps, int) \
+                or not 0 <= self.stall_sweeps <= 1000:
+            raise ParameterError("ldpc.stall_sweeps", self.stall_sweeps,
+                                 "must be a whole number in [0, 1000]")
 
 
 def _real(value: object) -> bool:
@@ -443,9 +462,15 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
     rounds = 0
     first_failures = 0
     while True:
-        kernels.decode_layered_spa(llr, target, code.row_start, code.cols, in_play,
-                                   settings.max_iterations, _PHI, decoded, converged,
-                                   iterations, state_r, state_total, slot, resume)
+        if settings.decoder == "fast":
+            kernels.decode_layered_fast(llr, target, code.row_start, code.cols, in_play,
+                                        settings.max_iterations, _PHI, decoded, converged,
+                                        iterations, state_r, state_total, slot, resume,
+                                        settings.stall_sweeps)
+        else:
+            kernels.decode_layered_spa(llr, target, code.row_start, code.cols, in_play,
+                                       settings.max_iterations, _PHI, decoded, converged,
+                                       iterations, state_r, state_total, slot, resume)
         for f in in_play[~converged[in_play]].tolist():
             # Suspect: a bit whose decision contradicts Bob's own channel value (or that
             # he has no value for); known (shortened, revealed) bits never are.
