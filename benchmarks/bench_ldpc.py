@@ -13,7 +13,9 @@ process pinned to one core, over the in-process channel. Printed per method:
   differ after it finished;
 - Mbit/s of sifted key per core, from the process CPU time of both parties
   (encode + decode + protocol; on a quiet machine wall and CPU agree), and wall;
-- messages and round trips per call.
+- messages and round trips per call;
+- LDPC: Bob's decoder sweeps per frame (all rounds; a count, the same on any machine)
+  and CPU nanoseconds per edge per sweep (the cost of one sweep, what load inflates).
 
 Code construction is not timed (it is cached on disk; its time is printed once).
 
@@ -65,6 +67,8 @@ class Point:
     messages: int = 0
     round_trips: int = 0
     calls: int = 0
+    sweeps: int = 0
+    edges: int = 0
     detail: str = ""
 
     @property
@@ -128,6 +132,8 @@ def ldpc_once(a: np.ndarray, b: np.ndarray, qber: float, settings: ldpc.LdpcSett
     point.messages += rb.messages
     point.round_trips += rb.round_trips
     point.calls += 1
+    point.sweeps += rb.decoder_sweeps
+    point.edges = get_code(rb.distribution, rb.code_bits, settings.code_seed).edges
     point.detail = (f"{rb.distribution} n={rb.code_bits} K={rb.frame_bits} "
                     f"p={rb.punctured_bits} s={rb.shortened_bits}")
 
@@ -206,9 +212,10 @@ def main() -> None:
     cascade_once(a, b, 0.02, args.cascade_frame_bits, 0, Point("warm-up", 0.02))
 
     print(f"{'method':8s} {'QBER':>5s} {'frames':>6s} {'f':>6s} {'FER':>8s} {'FER':>8s} "
-          f"{'FER':>8s} {'Mbit/s':>7s} {'Mbit/s':>7s} {'msgs':>5s} {'rt':>4s}  detail")
+          f"{'FER':>8s} {'Mbit/s':>7s} {'Mbit/s':>7s} {'msgs':>5s} {'rt':>4s} {'sweeps':>6s} "
+          f"{'ns/edge':>7s}  detail")
     print(f"{'':8s} {'':>5s} {'':>6s} {'':>6s} {'first':>8s} {'after':>8s} {'resid':>8s} "
-          f"{'cpu':>7s} {'wall':>7s} {'/call':>5s} {'/call':>4s}")
+          f"{'cpu':>7s} {'wall':>7s} {'/call':>5s} {'/call':>4s} {'/frame':>6s} {'sweep':>7s}")
     for qber in qbers:
         points = [Point(f"ldpc-{d[:3]}", qber) for d in decoders] \
             + ([] if args.no_cascade else [Point("cascade", qber)])
@@ -224,12 +231,17 @@ def main() -> None:
             seed += 1
         for p in points:
             is_ldpc = p.method.startswith("ldpc")
+            # Decoding work (load-independent) and CPU per edge per sweep (both parties'
+            # CPU, of which Bob's decoder is nearly all).
+            sweeps = f"{p.sweeps / p.frames:6.1f}" if is_ldpc else f"{'-':>6s}"
+            per_edge = (f"{p.cpu_s / (p.sweeps * p.edges) * 1e9:7.2f}" if is_ldpc and p.sweeps
+                        else f"{'-':>7s}")
             first = f"{p.first_failures / p.frames:8.2e}" if is_ldpc else f"{'-':>8s}"
             after = f"{p.dropped / p.frames:8.2e}" if is_ldpc else f"{'-':>8s}"
             print(f"{p.method:8s} {qber:5.3f} {p.frames:6d} {p.efficiency:6.4f} {first} {after} "
                   f"{p.residual / p.frames:8.2e} {p.bits / p.cpu_s / 1e6:7.2f} "
                   f"{p.bits / p.wall_s / 1e6:7.2f} {p.messages / p.calls:5.0f} "
-                  f"{p.round_trips / p.calls:4.0f}  {p.detail}", flush=True)
+                  f"{p.round_trips / p.calls:4.0f} {sweeps} {per_edge}  {p.detail}", flush=True)
 
 
 if __name__ == "__main__":

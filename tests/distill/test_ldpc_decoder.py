@@ -145,3 +145,21 @@ def test_bad_decoder_settings_name_the_field(kwargs: dict[str, object], field: s
     with pytest.raises(ParameterError) as info:
         LdpcSettings(**kwargs)  # type: ignore[arg-type]
     assert info.value.field == field
+
+
+def test_both_decoders_reconcile_alike_and_bob_counts_his_sweeps() -> None:
+    from tests.distill.test_ldpc import SETTINGS, bsc_pair, run
+
+    alice_bits, bob_bits = bsc_pair(60_000, 0.03, seed=11)
+    results = {}
+    for decoder in ("fast", "reference"):
+        settings = LdpcSettings(code_bits=SETTINGS.code_bits, decoder=decoder)
+        result = run(alice_bits, bob_bits, 0.03, settings, settings)
+        assert np.array_equal(result.alice.bits, result.bob.bits)
+        assert result.alice.decoder_sweeps == 0
+        assert result.bob.decoder_sweeps >= result.bob.frames
+        results[decoder] = result
+    # The same plan, hence the same syndrome cost; retries may differ.
+    fast, ref = results["fast"].bob, results["reference"].bob
+    assert (fast.frames, fast.punctured_bits, fast.syndrome_bits) == \
+        (ref.frames, ref.punctured_bits, ref.syndrome_bits)

@@ -186,6 +186,8 @@ class LdpcReconciliationResult(ReconciliationResult):
         revealed_bits: bits Alice revealed in blind retries.
         first_round_failures: frames that did not decode from the syndrome alone.
         dropped_frames, dropped_bits: frames (and their key bits) left out.
+        decoder_sweeps: Bob's decoder sweeps over the code, summed over frames and
+            rounds (0 at Alice); times the code's edges, the decoding work done.
     """
 
     code_identity: str = ""
@@ -198,6 +200,7 @@ class LdpcReconciliationResult(ReconciliationResult):
     first_round_failures: int = 0
     dropped_frames: int = 0
     dropped_bits: int = 0
+    decoder_sweeps: int = 0
 
 
 @dataclass(frozen=True)
@@ -395,7 +398,8 @@ def _kept_bits(key: np.ndarray, offsets: np.ndarray, keep: np.ndarray) -> np.nda
 
 def _result(pl: Plan, kept: np.ndarray, keep: np.ndarray, lengths: np.ndarray,
             revealed: np.ndarray, messages: int, rounds: int, qber_corrected: float | None,
-            bob_bits: int, first_failures: int) -> LdpcReconciliationResult:
+            bob_bits: int, first_failures: int,
+            decoder_sweeps: int = 0) -> LdpcReconciliationResult:
     code = pl.code
     syndrome_bits = pl.frames * code.checks
     revealed_bits = int(revealed.sum())
@@ -409,7 +413,7 @@ def _result(pl: Plan, kept: np.ndarray, keep: np.ndarray, lengths: np.ndarray,
         punctured_bits=pl.punctured, shortened_bits=pl.shortened,
         syndrome_bits=syndrome_bits, revealed_bits=revealed_bits,
         first_round_failures=first_failures, dropped_frames=int((~keep).sum()),
-        dropped_bits=int(lengths[~keep].sum()))
+        dropped_bits=int(lengths[~keep].sum()), decoder_sweeps=decoder_sweeps)
 
 
 def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: float,
@@ -461,6 +465,7 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
     flag_bits = 0
     rounds = 0
     first_failures = 0
+    sweeps = 0
     while True:
         if settings.decoder == "fast":
             kernels.decode_layered_fast(llr, target, code.row_start, code.cols, in_play,
@@ -471,6 +476,7 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
             kernels.decode_layered_spa(llr, target, code.row_start, code.cols, in_play,
                                        settings.max_iterations, _PHI, decoded, converged,
                                        iterations, state_r, state_total, slot, resume)
+        sweeps += int(iterations[in_play].sum())
         for f in in_play[~converged[in_play]].tolist():
             # Suspect: a bit whose decision contradicts Bob's own channel value (or that
             # he has no value for); known (shortened, revealed) bits never are.
@@ -522,7 +528,7 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
         array[:] = 0
     qber_corrected = flips / kept.size if kept.size else None
     return _result(pl, kept, keep, lengths, revealed, messages, rounds, qber_corrected,
-                   bob_bits=flag_bits, first_failures=first_failures)
+                   bob_bits=flag_bits, first_failures=first_failures, decoder_sweeps=sweeps)
 
 
 #: A frame that fails with at most this many unsatisfied checks gets the repair below.
