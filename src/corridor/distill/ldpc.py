@@ -133,7 +133,7 @@ class LdpcSettings:
     retry_headroom: float = 0.0
     max_iterations: int = 60
     decoder: str = "fast"
-    stall_sweeps: int = 10
+    stall_sweeps: int = 20
 
     def __post_init__(self) -> None:
         if isinstance(self.code_bits, bool) or not isinstance(self.code_bits, int) \
