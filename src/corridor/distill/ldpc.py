@@ -33,7 +33,8 @@ Protocol and accounting (every count is per frame and exact):
    check, see ``ldpc_codes``), so given the key the syndrome still carries the ``p``
    secret random bits in full: I(key; syndrome) = H(syndrome) - H(syndrome | key)
    <= m - p. Shortened bits are public constants, not key: they disclose nothing.
-2. Bob decodes every frame (``_ldpc_kernels.decode_layered``) and answers
+2. Bob decodes every frame (``_ldpc_kernels.decode_layered_fast``, or the reference
+   ``decode_layered_spa``: ``LdpcSettings.decoder``) and answers
    ``ldpc.result``: one bit per frame, decoded or not (``bob_disclosed_bits``: each
    depends on both strings, so each is counted).
 3. Blind retries: for every frame that failed, Alice reveals the values of the next
