@@ -13,9 +13,15 @@ process pinned to one core, over the in-process channel. Printed per method:
   differ after it finished;
 - Mbit/s of sifted key per core, from the process CPU time of both parties
   (encode + decode + protocol; on a quiet machine wall and CPU agree), and wall;
-- messages and round trips per call.
+- messages and round trips per call;
+- LDPC: Bob's decoder sweeps per frame (all rounds; a count, the same on any machine)
+  and CPU nanoseconds per edge per sweep (the cost of one sweep, what load inflates).
 
 Code construction is not timed (it is cached on disk; its time is printed once).
+
+With ``--decoders fast,reference`` both of Bob's decoders run on the same key pairs in
+the same process (ratios between them survive a loaded machine better than absolute
+figures).
 
 Run:  .venv/bin/python benchmarks/bench_ldpc.py [--bits 4000000] [--call-bits 4000000]
 """
@@ -39,6 +45,10 @@ from corridor.distill.ldpc_codes import get_code
 from corridor.link.rates import binary_entropy
 from corridor.randomness import RandomSource
 
+#: A loaded machine can take minutes for one decoding round; the default channel
+#: timeout (120 s) would end the run.
+TIMEOUT_S = 3600.0
+
 
 @dataclass
 class Point:
@@ -57,6 +67,8 @@ class Point:
     messages: int = 0
     round_trips: int = 0
     calls: int = 0
+    sweeps: int = 0
+    edges: int = 0
     detail: str = ""
 
     @property
@@ -97,8 +109,10 @@ def ldpc_once(a: np.ndarray, b: np.ndarray, qber: float, settings: ldpc.LdpcSett
     a_end, b_end = in_process_pair()
     ra, rb, wall, cpu = run_pair(
         lambda: ldpc.reconcile_alice(a_end, a, qber_estimate=qber,
-                                     rng=RandomSource.seeded(seed), settings=settings),
-        lambda: ldpc.reconcile_bob(b_end, b, qber_estimate=qber, settings=settings))
+                                     rng=RandomSource.seeded(seed), settings=settings,
+                                     timeout_s=TIMEOUT_S),
+        lambda: ldpc.reconcile_bob(b_end, b, qber_estimate=qber, settings=settings,
+                                   timeout_s=TIMEOUT_S))
     assert isinstance(ra, ldpc.LdpcReconciliationResult)
     assert isinstance(rb, ldpc.LdpcReconciliationResult)
     point.bits += a.size
@@ -118,6 +132,8 @@ def ldpc_once(a: np.ndarray, b: np.ndarray, qber: float, settings: ldpc.LdpcSett
     point.messages += rb.messages
     point.round_trips += rb.round_trips
     point.calls += 1
+    point.sweeps += rb.decoder_sweeps
+    point.edges = get_code(rb.distribution, rb.code_bits, settings.code_seed).edges
     point.detail = (f"{rb.distribution} n={rb.code_bits} K={rb.frame_bits} "
                     f"p={rb.punctured_bits} s={rb.shortened_bits}")
 
@@ -154,6 +170,12 @@ def main() -> None:
     parser.add_argument("--code-bits", type=int, default=ldpc.LdpcSettings().code_bits)
     parser.add_argument("--efficiency", type=float, default=ldpc.LdpcSettings().efficiency)
     parser.add_argument("--retries", type=int, default=ldpc.LdpcSettings().max_retries)
+    parser.add_argument("--decoders", default="fast",
+                        help="comma-separated Bob decoders to run on the same key pairs "
+                             "(fast, reference)")
+    parser.add_argument("--stall-sweeps", type=int, default=ldpc.LdpcSettings().stall_sweeps)
+    parser.add_argument("--max-iterations", type=int,
+                        default=ldpc.LdpcSettings().max_iterations)
     parser.add_argument("--cascade-frame-bits", type=int, default=10_000)
     parser.add_argument("--no-cascade", action="store_true")
     parser.add_argument("--cpu", type=int, default=None,
@@ -163,14 +185,20 @@ def main() -> None:
     cpu = args.cpu if args.cpu is not None else available[-1]
     os.sched_setaffinity(0, {cpu})
     qbers = [float(q) for q in args.qbers.split(",")]
-    settings = ldpc.LdpcSettings(code_bits=args.code_bits, efficiency=args.efficiency,
-                                 max_retries=args.retries)
+    decoders = args.decoders.split(",")
+    all_settings = {d: ldpc.LdpcSettings(code_bits=args.code_bits, efficiency=args.efficiency,
+                                         max_retries=args.retries, decoder=d,
+                                         stall_sweeps=args.stall_sweeps,
+                                         max_iterations=args.max_iterations)
+                    for d in decoders}
+    settings = all_settings[decoders[0]]
 
     print(f"# bench_ldpc  {datetime.datetime.now().isoformat(timespec='minutes')}  "
           f"python {platform.python_version()}  {platform.machine()}  pinned to cpu {cpu}  "
           f"load {os.getloadavg()[0]:.2f}")
     print("# command: .venv/bin/python " + " ".join(sys.argv))
-    print(f"# LDPC settings: {settings}")
+    for d in decoders:
+        print(f"# LDPC settings: {all_settings[d]}")
     for qber in qbers:   # build (or load) the codes and compile the kernels before timing
         began = time.perf_counter()
         pl = ldpc.plan(args.call_bits, qber, settings)
@@ -179,31 +207,41 @@ def main() -> None:
               f"edges={code.edges} max punctured={code.max_punctured} "
               f"ready in {time.perf_counter() - began:.1f} s")
     a, b = key_pair(50_000, 0.02, 0)
-    ldpc_once(a, b, 0.02, settings, 0, Point("warm-up", 0.02))
+    for d in decoders:
+        ldpc_once(a, b, 0.02, all_settings[d], 0, Point("warm-up", 0.02))
     cascade_once(a, b, 0.02, args.cascade_frame_bits, 0, Point("warm-up", 0.02))
 
     print(f"{'method':8s} {'QBER':>5s} {'frames':>6s} {'f':>6s} {'FER':>8s} {'FER':>8s} "
-          f"{'FER':>8s} {'Mbit/s':>7s} {'Mbit/s':>7s} {'msgs':>5s} {'rt':>4s}  detail")
+          f"{'FER':>8s} {'Mbit/s':>7s} {'Mbit/s':>7s} {'msgs':>5s} {'rt':>4s} {'sweeps':>6s} "
+          f"{'ns/edge':>7s}  detail")
     print(f"{'':8s} {'':>5s} {'':>6s} {'':>6s} {'first':>8s} {'after':>8s} {'resid':>8s} "
-          f"{'cpu':>7s} {'wall':>7s} {'/call':>5s} {'/call':>4s}")
+          f"{'cpu':>7s} {'wall':>7s} {'/call':>5s} {'/call':>4s} {'/frame':>6s} {'sweep':>7s}")
     for qber in qbers:
-        points = [Point("ldpc", qber)] + ([] if args.no_cascade else [Point("cascade", qber)])
+        points = [Point(f"ldpc-{d[:3]}", qber) for d in decoders] \
+            + ([] if args.no_cascade else [Point("cascade", qber)])
         done, seed = 0, 1
         while done < args.bits:
             n = min(args.call_bits, args.bits - done)
             a, b = key_pair(n, qber, seed)
-            ldpc_once(a, b, qber, settings, seed, points[0])
+            for d, point in zip(decoders, points, strict=False):
+                ldpc_once(a, b, qber, all_settings[d], seed, point)
             if not args.no_cascade:
-                cascade_once(a, b, qber, args.cascade_frame_bits, seed, points[1])
+                cascade_once(a, b, qber, args.cascade_frame_bits, seed, points[-1])
             done += n
             seed += 1
         for p in points:
-            first = f"{p.first_failures / p.frames:8.2e}" if p.method == "ldpc" else f"{'-':>8s}"
-            after = f"{p.dropped / p.frames:8.2e}" if p.method == "ldpc" else f"{'-':>8s}"
+            is_ldpc = p.method.startswith("ldpc")
+            # Decoding work (load-independent) and CPU per edge per sweep (both parties'
+            # CPU, of which Bob's decoder is nearly all).
+            sweeps = f"{p.sweeps / p.frames:6.1f}" if is_ldpc else f"{'-':>6s}"
+            per_edge = (f"{p.cpu_s / (p.sweeps * p.edges) * 1e9:7.2f}" if is_ldpc and p.sweeps
+                        else f"{'-':>7s}")
+            first = f"{p.first_failures / p.frames:8.2e}" if is_ldpc else f"{'-':>8s}"
+            after = f"{p.dropped / p.frames:8.2e}" if is_ldpc else f"{'-':>8s}"
             print(f"{p.method:8s} {qber:5.3f} {p.frames:6d} {p.efficiency:6.4f} {first} {after} "
                   f"{p.residual / p.frames:8.2e} {p.bits / p.cpu_s / 1e6:7.2f} "
                   f"{p.bits / p.wall_s / 1e6:7.2f} {p.messages / p.calls:5.0f} "
-                  f"{p.round_trips / p.calls:4.0f}  {p.detail}", flush=True)
+                  f"{p.round_trips / p.calls:4.0f} {sweeps} {per_edge}  {p.detail}", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ Code construction: :func:`peg_edges` (progressive edge growth, Hu, Eleftheriou a
 Arnold, IEEE Trans. Inf. Theory 51, 386 (2005), with the tree expansion cut at depth
 1, see ``ldpc_codes``) and :func:`private_check_puncturing` (the nested puncturing
 order). Reconciliation: :func:`syndromes` (Alice's encoder: one parity per check
-row) and :func:`decode_layered_spa` (Bob's layered sum-product decoder, ``phi`` from
-a table, many frames per call, early stop when the syndrome matches).
+row), :func:`decode_layered_spa` (Bob's layered sum-product decoder, ``phi`` from
+a table, many frames per call, early stop when the syndrome matches; the reference)
+and :func:`decode_layered_fast` (the same messages, computed without branches, the
+syndrome test folded into the sweep and a stop on stalled progress; what ``ldpc.py``
+runs).
 
 The parity-check matrix is held as CSR index arrays: the columns of row ``c`` are
 ``cols[row_start[c]:row_start[c + 1]]``; an edge is a position in ``cols``. Numba
@@ -257,6 +260,115 @@ def decode_layered_spa(llr: np.ndarray, target: np.ndarray, row_start: np.ndarra
                 break
         for v in range(n):
             out[f, v] = hard[v]
+        converged[f] = done
+        iterations[f] = sweeps
+        if k >= 0 and not done:
+            for v in range(n):
+                state_total[k, v] = total[v]
+            for e in range(edges):
+                state_r[k, e] = r[e]
+
+
+@njit(cache=True, nogil=True)
+def decode_layered_fast(llr: np.ndarray, target: np.ndarray, row_start: np.ndarray,
+                        cols: np.ndarray, frames: np.ndarray, max_iterations: int,
+                        table: np.ndarray, out: np.ndarray, converged: np.ndarray,
+                        iterations: np.ndarray, state_r: np.ndarray, state_total: np.ndarray,
+                        slot: np.ndarray, resume: np.ndarray, stall_sweeps: int) -> None:
+    """Layered sum-product decoding, as :func:`decode_layered_spa`, made cheaper.
+
+    Arguments and warm start as :func:`decode_layered_spa`, plus ``stall_sweeps``.
+    Every check message is computed with exactly the same float32 operations in the
+    same order as the reference, so sweep by sweep the state is bit for bit the same;
+    what differs is when a frame stops:
+
+    - the signs are handled without branches (a multiply by +-1; the reference's
+      data-dependent branches mispredict on uncertain bits);
+    - the syndrome test rides along with the sweep: each row's parity is taken from
+      the signs of its totals just after its update. Only when every row was satisfied
+      at its own update is the hard decision tested against the whole syndrome (the
+      reference pays that full pass after every sweep). A late row can flip a bit of
+      an earlier one, so a frame may stop one sweep after the reference would;
+    - a frame whose count of rows unsatisfied at their update has not reached a new
+      minimum for ``stall_sweeps`` sweeps (0: never) stops as failed: near the
+      threshold such frames rarely converge and would spend all ``max_iterations``;
+      the blind retry resumes them from the saved state.
+    """
+    n = llr.shape[1]
+    edges = cols.shape[0]
+    checks = row_start.shape[0] - 1
+    widest = 0
+    for c in range(checks):
+        widest = max(widest, row_start[c + 1] - row_start[c])
+    r = np.zeros(edges, np.float32)
+    q = np.empty(widest, np.float32)
+    fq = np.empty(widest, np.float32)
+    total = np.empty(n, np.float32)
+    hard = np.empty(n, np.uint8)
+    zero = np.float32(0.0)
+    for i in range(frames.shape[0]):
+        f = frames[i]
+        k = slot[f]
+        if k >= 0 and resume[f]:
+            for v in range(n):
+                total[v] = state_total[k, v]
+            for e in range(edges):
+                r[e] = state_r[k, e]
+        else:
+            for v in range(n):
+                total[v] = llr[f, v]
+            r[:] = 0.0
+        done = False
+        sweeps = 0
+        best = checks + 1
+        since = 0
+        for _ in range(max_iterations):
+            sweeps += 1
+            unsatisfied = 0
+            for c in range(checks):
+                lo = row_start[c]
+                hi = row_start[c + 1]
+                negative = np.int64(target[f, c])
+                acc = np.float32(0.0)
+                for e in range(lo, hi):
+                    x = total[cols[e]] - r[e]
+                    q[e - lo] = x
+                    negative ^= np.int64(x < zero)
+                    y = _phi(table, abs(x))
+                    fq[e - lo] = y
+                    acc += y
+                parity = np.int64(target[f, c])
+                for e in range(lo, hi):
+                    x = q[e - lo]
+                    mag = _phi(table, acc - fq[e - lo])
+                    msg = mag * np.float32(1 - 2 * (negative ^ np.int64(x < zero)))
+                    r[e] = msg
+                    t = x + msg
+                    total[cols[e]] = t
+                    parity ^= np.int64(t < zero)
+                unsatisfied += int(parity)
+            if unsatisfied == 0:
+                for v in range(n):
+                    hard[v] = 1 if total[v] < zero else 0
+                done = True
+                for c in range(checks):
+                    acc2 = target[f, c]
+                    for e in range(row_start[c], row_start[c + 1]):
+                        acc2 ^= hard[cols[e]]
+                    if acc2:
+                        done = False
+                        break
+                if done:
+                    break
+            if unsatisfied < best:
+                best = unsatisfied
+                since = 0
+            else:
+                since += 1
+                if stall_sweeps > 0 and since >= stall_sweeps:
+                    break
+        for v in range(n):
+            out[f, v] = 1 if total[v] < zero else 0
         converged[f] = done
         iterations[f] = sweeps
         if k >= 0 and not done:

@@ -33,7 +33,8 @@ Protocol and accounting (every count is per frame and exact):
    check, see ``ldpc_codes``), so given the key the syndrome still carries the ``p``
    secret random bits in full: I(key; syndrome) = H(syndrome) - H(syndrome | key)
    <= m - p. Shortened bits are public constants, not key: they disclose nothing.
-2. Bob decodes every frame (``_ldpc_kernels.decode_layered``) and answers
+2. Bob decodes every frame (``_ldpc_kernels.decode_layered_fast``, or the reference
+   ``decode_layered_spa``: ``LdpcSettings.decoder``) and answers
    ``ldpc.result``: one bit per frame, decoded or not (``bob_disclosed_bits``: each
    depends on both strings, so each is counted).
 3. Blind retries: for every frame that failed, Alice reveals the values of the next
@@ -91,6 +92,9 @@ _PHI = kernels.phi_table()
 #: float32 per edge and per variable: about 7.5 MB at n = 2^18).
 WARM_START_FRAMES = 16
 
+#: Bob's decoders (``LdpcSettings.decoder``).
+DECODERS = ("fast", "reference")
+
 _SYNDROME_HEADER = struct.Struct("<32sQIIIII")
 _RESULT_HEADER = struct.Struct("<BI")
 _REVEAL_HEADER = struct.Struct("<II")
@@ -113,6 +117,13 @@ class LdpcSettings:
             first ``retry_headroom / retry_step`` retries reveal punctured bits, each a
             full bit of help to Bob; a revealed key bit helps him only h(q) bits.
         max_iterations: decoder sweeps per attempt.
+        decoder: Bob's decoder, "fast" (``_ldpc_kernels.decode_layered_fast``) or
+            "reference" (``decode_layered_spa``); the same messages, the fast one
+            stops differently (see there). Kept selectable to measure one against the
+            other.
+        stall_sweeps: the fast decoder gives up an attempt when its count of
+            unsatisfied checks has not reached a new low for this many sweeps (0:
+            never; the reference decoder ignores it).
     """
 
     code_bits: int = DEFAULT_CODE_BITS
@@ -122,6 +133,8 @@ class LdpcSettings:
     max_retries: int = 10
     retry_headroom: float = 0.0
     max_iterations: int = 60
+    decoder: str = "fast"
+    stall_sweeps: int = 20
 
     def __post_init__(self) -> None:
         if isinstance(self.code_bits, bool) or not isinstance(self.code_bits, int) \
@@ -147,6 +160,13 @@ class LdpcSettings:
                 or not 1 <= self.max_iterations <= 1000:
             raise ParameterError("ldpc.max_iterations", self.max_iterations,
                                  "must be a whole number in [1, 1000]")
+        if self.decoder not in DECODERS:
+            raise ParameterError("ldpc.decoder", self.decoder,
+                                 "must be one of " + ", ".join(DECODERS))
+        if isinstance(self.stall_sweeps, bool) or not isinstance(self.stall_sweeps, int) \
+                or not 0 <= self.stall_sweeps <= 1000:
+            raise ParameterError("ldpc.stall_sweeps", self.stall_sweeps,
+                                 "must be a whole number in [0, 1000]")
 
 
 def _real(value: object) -> bool:
@@ -167,6 +187,8 @@ class LdpcReconciliationResult(ReconciliationResult):
         revealed_bits: bits Alice revealed in blind retries.
         first_round_failures: frames that did not decode from the syndrome alone.
         dropped_frames, dropped_bits: frames (and their key bits) left out.
+        decoder_sweeps: Bob's decoder sweeps over the code, summed over frames and
+            rounds (0 at Alice); times the code's edges, the decoding work done.
     """
 
     code_identity: str = ""
@@ -179,6 +201,7 @@ class LdpcReconciliationResult(ReconciliationResult):
     first_round_failures: int = 0
     dropped_frames: int = 0
     dropped_bits: int = 0
+    decoder_sweeps: int = 0
 
 
 @dataclass(frozen=True)
@@ -376,7 +399,8 @@ def _kept_bits(key: np.ndarray, offsets: np.ndarray, keep: np.ndarray) -> np.nda
 
 def _result(pl: Plan, kept: np.ndarray, keep: np.ndarray, lengths: np.ndarray,
             revealed: np.ndarray, messages: int, rounds: int, qber_corrected: float | None,
-            bob_bits: int, first_failures: int) -> LdpcReconciliationResult:
+            bob_bits: int, first_failures: int,
+            decoder_sweeps: int = 0) -> LdpcReconciliationResult:
     code = pl.code
     syndrome_bits = pl.frames * code.checks
     revealed_bits = int(revealed.sum())
@@ -390,7 +414,7 @@ def _result(pl: Plan, kept: np.ndarray, keep: np.ndarray, lengths: np.ndarray,
         punctured_bits=pl.punctured, shortened_bits=pl.shortened,
         syndrome_bits=syndrome_bits, revealed_bits=revealed_bits,
         first_round_failures=first_failures, dropped_frames=int((~keep).sum()),
-        dropped_bits=int(lengths[~keep].sum()))
+        dropped_bits=int(lengths[~keep].sum()), decoder_sweeps=decoder_sweeps)
 
 
 def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: float,
@@ -442,10 +466,18 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
     flag_bits = 0
     rounds = 0
     first_failures = 0
+    sweeps = 0
     while True:
-        kernels.decode_layered_spa(llr, target, code.row_start, code.cols, in_play,
-                                   settings.max_iterations, _PHI, decoded, converged,
-                                   iterations, state_r, state_total, slot, resume)
+        if settings.decoder == "fast":
+            kernels.decode_layered_fast(llr, target, code.row_start, code.cols, in_play,
+                                        settings.max_iterations, _PHI, decoded, converged,
+                                        iterations, state_r, state_total, slot, resume,
+                                        settings.stall_sweeps)
+        else:
+            kernels.decode_layered_spa(llr, target, code.row_start, code.cols, in_play,
+                                       settings.max_iterations, _PHI, decoded, converged,
+                                       iterations, state_r, state_total, slot, resume)
+        sweeps += int(iterations[in_play].sum())
         for f in in_play[~converged[in_play]].tolist():
             # Suspect: a bit whose decision contradicts Bob's own channel value (or that
             # he has no value for); known (shortened, revealed) bits never are.
@@ -497,7 +529,7 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
         array[:] = 0
     qber_corrected = flips / kept.size if kept.size else None
     return _result(pl, kept, keep, lengths, revealed, messages, rounds, qber_corrected,
-                   bob_bits=flag_bits, first_failures=first_failures)
+                   bob_bits=flag_bits, first_failures=first_failures, decoder_sweeps=sweeps)
 
 
 #: A frame that fails with at most this many unsatisfied checks gets the repair below.
