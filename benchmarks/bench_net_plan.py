@@ -48,12 +48,12 @@ print(json.dumps({"import_s": [t1 - t0, c1 - c0], "load_s": [t2 - t1, c2 - c1],
 """
 
 
-def _pinned(command: list[str]) -> list[str]:
+def pinned(command: list[str]) -> list[str]:
     taskset = shutil.which("taskset")
     return [taskset, "-c", "0", *command] if taskset else command
 
 
-def _run(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+def run_child(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     """Wall and CPU seconds (user + system) of one child process, and its stdout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -78,10 +78,10 @@ def main() -> None:
                         str(args.sites), "--seed", str(args.seed), "--output", str(network)],
                        env=env, check=True, capture_output=True)
         load_before = os.getloadavg()
-        command = _pinned([sys.executable, "-m", "corridor", "net", "plan", str(network),
+        command = pinned([sys.executable, "-m", "corridor", "net", "plan", str(network),
                            "--format", "json"])
-        whole = [_run(command, env)[:2] for _ in range(args.repeat)]
-        phases = [json.loads(_run(_pinned([sys.executable, "-c", _PHASES, str(network)]),
+        whole = [run_child(command, env)[:2] for _ in range(args.repeat)]
+        phases = [json.loads(run_child(pinned([sys.executable, "-c", _PHASES, str(network)]),
                                   env)[2]) for _ in range(args.repeat)]
         load_after = os.getloadavg()
     best = min(range(len(whole)), key=lambda i: whole[i][0])

@@ -18,28 +18,12 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-
-def _pinned(command: list[str]) -> list[str]:
-    taskset = shutil.which("taskset")
-    return [taskset, "-c", "0", *command] if taskset else command
-
-
-def _run(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Wall and CPU seconds (user + system) of one child process, and its stdout."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, done.stdout
+# Run as a script from benchmarks/, which is then first on sys.path.
+from bench_net_plan import pinned, run_child
 
 
 def main() -> None:
@@ -58,7 +42,7 @@ def main() -> None:
     if args.horizon_s is not None:
         options += ["--horizon-s", f"{args.horizon_s:g}"]
     load_before = os.getloadavg()
-    runs = [_run(_pinned([sys.executable, "-m", "corridor", "net", "simulate", str(city),
+    runs = [run_child(pinned([sys.executable, "-m", "corridor", "net", "simulate", str(city),
                           *options]), env) for _ in range(args.repeat)]
     load_after = os.getloadavg()
     data = json.loads(runs[-1][2])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 
@@ -111,6 +112,14 @@ def plot_plan(network: Network, plan: Plan, path: Path) -> Path:
     ax.set_title(f"{title}\nunmet demand {unmet:,.0f} of {plan.demand_bits_per_s:,.0f} bit/s",
                  fontsize=10)
     ax.legend(loc="best", fontsize=7, markerscale=0.8 if not many else 2.0)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (the ``--plot`` option) and close it; an
+    unwritable path is a :class:`ParameterError` naming ``--plot``."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     try:
         fig.savefig(path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from corridor.errors import ParameterError
+from corridor.net.plot import save_figure
 from corridor.net.simulate import STRATEGIES, Simulation
 
 MOST_LOADED = 4
@@ -72,15 +73,7 @@ def plot_simulation(sim: Simulation, path: Path) -> Path:
     config = sim.config
     fig.suptitle(f"{sim.network}: {config.hours:g} h, requests of {config.request_bits:,} bit, "
                  f"seed {config.seed}, horizon {config.horizon_s:g} s", fontsize=11)
-    fig.tight_layout()
-    try:
-        fig.savefig(path)
-    except OSError as exc:
-        raise ParameterError("--plot", str(path), "must be a writable file path",
-                             type(exc).__name__) from None
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 __all__ = ["MOST_LOADED", "most_loaded", "plot_simulation"]
