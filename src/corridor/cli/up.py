@@ -179,15 +179,40 @@ def status_table(corridor: Corridor, hybrid: CorridorSessions | None = None) -> 
                                                      if link["last_abort_reason"] else ""),
                       "-" if age is None else f"{age:,.0f} s ago",
                       Text(alarms, style="bold red" if link["alarms"] else ""))
+    parts: list[Any] = [pools, links]
+    if status["relays"]:
+        parts.append(relay_table(status["relays"]))
     if hybrid is not None and hybrid.sessions:
-        return Group(pools, links, hybrid_table(hybrid))
-    return Group(pools, links)
+        parts.append(hybrid_table(hybrid))
+    return Group(*parts)
+
+
+def relay_table(relays: list[dict[str, Any]]) -> Table:
+    """Trusted-node relays in flight and the last ones that ended, per KME."""
+    table = Table(title="key relays (trusted nodes)", title_justify="left")
+    for column in ("KME", "role", "relay", "SAEs", "path(s)", "keys", "state", "age"):
+        table.add_column(column)
+    for relay in relays:
+        state = relay["state"] + (f" ({relay['reason']})" if relay["reason"] else "")
+        table.add_row(relay["kme_id"], relay["role"], relay["relay_id"][:8],
+                      f"{relay['master_SAE_ID']} -> {', '.join(relay['slave_SAE_IDs'])}",
+                      " | ".join(" > ".join(path) for path in relay["paths"]),
+                      str(relay["count"]),
+                      Text(state, style="bold red" if relay["state"] == "failed" else ""),
+                      f"{relay['age_s']:.2f} s")
+    return table
+
+
+def relay_line(relays: list[dict[str, Any]]) -> str:
+    """The relays of the status in one line (the masters' view)."""
+    return " ".join(f"{r['relay_id'][:8]}:{'|'.join('>'.join(p) for p in r['paths'])}"
+                    f"={r['state']}" for r in relays if r["role"] == "master")
 
 
 def status_line(corridor: Corridor, hybrid: CorridorSessions | None = None) -> str:
     """One plain line of status (for logs and non-terminal output)."""
     status = corridor.status()
-    pools = " ".join(f"{p['kme_id']}/{p['direction']}={p['stored_keys']}"
+    pools = " ".join(f"{p['kme_id']}/{p['link_id']}/{p['direction']}={p['stored_keys']}"
                      for p in status["pools"])
     links = " ".join(
         f"{link['link_id']}: state={link['state']} qber={_fmt(link['last_qber'], '.4f')} "
@@ -197,6 +222,8 @@ def status_line(corridor: Corridor, hybrid: CorridorSessions | None = None) -> s
         for link in status["links"])
     stamp = dt.datetime.now(dt.UTC).strftime("%H:%M:%SZ")
     line = f"[{stamp}] pools(keys): {pools} | {links}"
+    if status["relays"]:
+        line += f" | relays: {relay_line(status['relays'])}"
     if hybrid is not None and hybrid.sessions:
         line += f" | hybrid: {hybrid_line(hybrid)}"
     return line

@@ -87,6 +87,7 @@ from corridor.kms.pki import (
     Identity,
     identity_from_pem,
 )
+from corridor.kms.relay import RelayEngine, RelayError, RelayHop
 from corridor.kms.store import ReservationRefusedError
 from corridor.kms.tls import (
     CLIENT_SOCKET_OPTIONS,
@@ -98,6 +99,8 @@ from corridor.kms.tls_openssl import DEFAULT_TLS_GROUPS, connect_tls, openssl_cl
 
 RESERVATIONS_PATH = "/kme/v1/reservations"
 SYNC_PATH = "/kme/v1/sync"
+RELAY_PATH = "/kme/v1/ext_keys"
+RELAY_VOID_PATH = "/kme/v1/ext_keys/void"
 MSG_INVALID_REQUEST = "invalid request"
 MSG_BODY_TOO_LARGE = "request body too large"
 # The largest legitimate body (a reservation announcement of max_key_per_request keys)
@@ -249,6 +252,47 @@ class PeerSynced(BaseModel):
 
     withdrawn: int
     trimmed_bytes: int
+
+
+class RelayKeyItem(BaseModel):
+    """One key of a relay hop: its ID and where its pad lies in the hop's pool."""
+
+    key_ID: StrictStr
+    byte_offset: StrictInt = Field(ge=0)
+
+
+class RelayHopBody(BaseModel):
+    """KME-to-KME ``ext_keys``: one hop of a trusted-node relay (corridor.kms.relay):
+    the relay, its whole path (master KME first), the SAEs, the byte ranges of the pool
+    caller -> callee under the key IDs, and per key ``K xor pad`` in hex (absent on the
+    first hop)."""
+
+    relay_id: StrictStr
+    path: list[StrictStr] = Field(min_length=3, max_length=17)
+    master_SAE_ID: StrictStr
+    slave_SAE_IDs: list[StrictStr] = Field(min_length=1, max_length=64)
+    link_id: StrictStr
+    direction: StrictStr
+    key_size: StrictInt = Field(ge=8)
+    keys: list[RelayKeyItem] = Field(min_length=1, max_length=4096)
+    pads: list[StrictStr] | None = None
+    share_index: StrictInt = Field(default=1, ge=1, le=8)
+    share_count: StrictInt = Field(default=1, ge=1, le=8)
+
+
+class RelayVoid(BaseModel):
+    """KME-to-KME: withdraw a failed relay down its path."""
+
+    relay_id: StrictStr
+    path: list[StrictStr] = Field(min_length=3, max_length=17)
+    key_IDs: list[StrictStr] = Field(min_length=1, max_length=4096)
+
+
+class RelayStored(BaseModel):
+    """KME-to-KME: the acknowledgement of a relay hop: how many keys the slave KME
+    stored (the answer comes only once it did)."""
+
+    stored: int
 
 
 class ReservationAccepted(BaseModel):
@@ -495,6 +539,7 @@ def create_app(service: KeyDeliveryService, *,
                peer_acceptor: PeerAcceptor | None = None,
                peer_sync: PeerSyncAcceptor | None = None,
                alarms: AlarmDesk | None = None,
+               relay: RelayEngine | None = None,
                hot_paths: bool = True) -> FastAPI:
     """The ETSI GS QKD 014 application of one KME.
 
@@ -502,7 +547,8 @@ def create_app(service: KeyDeliveryService, *,
     client certificate); ``metrics`` (a ``KmsMetrics``) adds ``/metrics`` and request
     counting; ``peer_acceptor(from_kme_id, reservations)`` enables the KME-to-KME route,
     ``peer_sync(from_kme_id, withdrawn_key_ids, watermarks)`` the KME-to-KME sync;
-    ``alarms`` enables the operator's alarm routes; ``hot_paths`` (default) answers
+    ``alarms`` enables the operator's alarm routes; ``relay`` the trusted-node relay
+    routes (``ext_keys``, ``ext_keys/void``); ``hot_paths`` (default) answers
     plainly well-formed status, enc_keys and dec_keys calls without FastAPI and batches
     concurrent enc_keys calls (:mod:`corridor.kms.api_hot`; the same answers).
     """
@@ -657,6 +703,48 @@ def create_app(service: KeyDeliveryService, *,
             except CorridorError as exc:  # a malformed or foreign sync: the peer's fault
                 return _error(400, str(exc))
             return _json(200, {"withdrawn": withdrawn, "trimmed_bytes": trimmed})
+
+    if relay is not None:
+        engine = relay
+
+        @app.post(RELAY_PATH, responses={
+            200: {"model": RelayStored, "description": "Relayed and stored at the far end"},
+            **_ERROR_RESPONSES},
+            summary="Relay keys one hop towards the slave KME (trusted node)",
+            operation_id="kme_ext_keys", tags=["KME to KME"])
+        def ext_keys(request: Request, body: Annotated[RelayHopBody, Body()]) -> Response:
+            peer = caller(request, ROLE_KME)
+            if peer is None:
+                return _unauthorized()
+            try:
+                stored = engine.accept_hop(peer.entity_id,
+                                           RelayHop.from_json(body.model_dump()))
+            except RelayError as exc:
+                details = [*exc.details, {"failed_kme_id": exc.failed_kme_id}] \
+                    if exc.failed_kme_id else exc.details
+                return _error(503, exc.message, details)
+            except KeysUnavailableError as exc:
+                return _error(503, exc.message, exc.details)
+            except CorridorError as exc:  # a malformed or foreign hop: the caller's fault
+                return _error(400, str(exc))
+            return _json(200, {"stored": stored})
+
+        @app.post(RELAY_VOID_PATH, responses={
+            200: {"description": "Withdrawn (here or passed on)"}, **_ERROR_RESPONSES},
+            summary="Withdraw a failed relay down its path", operation_id="kme_ext_keys_void",
+            tags=["KME to KME"])
+        def ext_keys_void(request: Request, body: Annotated[RelayVoid, Body()]) -> Response:
+            peer = caller(request, ROLE_KME)
+            if peer is None:
+                return _unauthorized()
+            try:
+                discarded = engine.accept_void(peer.entity_id, body.relay_id, body.path,
+                                               body.key_IDs)
+            except KeysUnavailableError as exc:
+                return _error(503, exc.message, exc.details)
+            except CorridorError as exc:
+                return _error(400, str(exc))
+            return _json(200, {"discarded": discarded})
 
     def operator_refusal(request: Request) -> tuple[Identity | None, Response | None]:
         """(operator identity, None), or (None, the 401/403 answer for anyone else)."""
@@ -856,6 +944,8 @@ class HttpsPeerLink:
         self._port = parts.port or 443
         self._path = parts.path + RESERVATIONS_PATH
         self._sync_path = parts.path + SYNC_PATH
+        self._relay_path = parts.path + RELAY_PATH
+        self._void_path = parts.path + RELAY_VOID_PATH
         self._timeout_s = timeout_s
         self._identity = Identity(ROLE_KME, peer_kme_id)
         # tls_groups: TLS on the bundled OpenSSL 4 with these key-exchange groups (hybrid
@@ -889,10 +979,15 @@ class HttpsPeerLink:
                 return
         conn.close()
 
-    def _post(self, body: bytes, path: str | None = None) -> tuple[int, bytes]:
+    def _post(self, body: bytes, path: str | None = None,
+              timeout_s: float | None = None) -> tuple[int, bytes]:
         for _attempt in range(2):
             conn, reused = self._connection()
             try:
+                if timeout_s is not None:  # this call only (a relay waits for its path)
+                    conn.timeout = timeout_s
+                    if conn.sock is not None:
+                        conn.sock.settimeout(timeout_s)
                 conn.request("POST", path or self._path, body=body,
                              headers={"Content-Type": "application/json"})
                 response = conn.getresponse()
@@ -913,6 +1008,10 @@ class HttpsPeerLink:
             if response.will_close:
                 conn.close()
             else:
+                if timeout_s is not None:
+                    conn.timeout = self._timeout_s
+                    if conn.sock is not None:
+                        conn.sock.settimeout(self._timeout_s)
                 self._release(conn)
             return response.status, content
         raise PeerUnreachableError(MSG_PEER_UNREACHABLE, [  # pragma: no cover - loop exits
@@ -939,6 +1038,37 @@ class HttpsPeerLink:
                 with contextlib.suppress(ValueError, AttributeError):
                     details["message"] = str(json.loads(content).get("message", ""))
             raise KeysUnavailableError(MSG_PEER_REFUSED, [details])
+
+    def relay(self, hop: RelayHop, timeout_s: float) -> None:
+        """Send one relay hop (``ext_keys``) and wait up to ``timeout_s`` for the far
+        end's acknowledgement; :class:`~corridor.kms.relay.RelayError` names the KME
+        that failed when the answer says so. No answer at all raises
+        :class:`~corridor.kms.manager.PeerUnreachableError` (the caller knows whom it
+        called). A hop sent again (only after a reused keep-alive connection failed)
+        is refused by the next KME, whose ranges are already taken: fail closed."""
+        body = json.dumps(hop.to_json(), separators=(",", ":")).encode()
+        try:
+            status, content = self._post(body, self._relay_path, timeout_s=timeout_s)
+        finally:
+            del body
+        if status == 200:
+            return
+        message, failed = MSG_PEER_REFUSED, None
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            answer = json.loads(content)
+            message = str(answer.get("message", message))
+            for item in answer.get("details") or []:
+                if isinstance(item, dict) and isinstance(item.get("failed_kme_id"), str):
+                    failed = item["failed_kme_id"]
+        raise RelayError(f"KME {self.peer_kme_id!r} answered {status}: {message}",
+                         [{"peer_kme_id": self.peer_kme_id, "status": status}],
+                         failed_kme_id=failed)
+
+    def void(self, relay_id: str, path: Sequence[str], key_ids: Sequence[str]) -> None:
+        """Have the next KME withdraw a failed relay (and pass the void on)."""
+        body = json.dumps({"relay_id": relay_id, "path": list(path),
+                           "key_IDs": list(key_ids)}, separators=(",", ":")).encode()
+        self._check_answer(*self._post(body, self._void_path))
 
     def announce(self, reservations: list[Reservation]) -> None:
         """Send ``reservations``; return only once the peer accepted all of them."""

@@ -45,9 +45,9 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corridor.errors import CorridorError, ParameterError
 from corridor.kms.audit import AuditLogError, HighWaterMarks
@@ -78,7 +78,11 @@ from corridor.kms.store import (
     PoolState,
     ReservationRefusedError,
     is_uuid,
+    new_key_ids,
 )
+
+if TYPE_CHECKING:
+    from corridor.kms.relay import RelayEngine, RelayHop
 
 _log = logging.getLogger(__name__)
 
@@ -151,19 +155,6 @@ def _is_unreachable(exc: BaseException | None) -> bool:
 
 def _new_delivery_id() -> str:
     return uuid.uuid4().hex
-
-
-def new_key_ids(count: int) -> list[str]:
-    """``count`` random (version 4) UUIDs in canonical form, 122 random bits each from the
-    OS CSPRNG (RFC 9562, section 5.4), drawn in one call instead of one per key."""
-    raw = bytearray(os.urandom(16 * count))
-    ids = []
-    for start in range(0, 16 * count, 16):
-        raw[start + 6] = (raw[start + 6] & 0x0F) | 0x40   # version 4
-        raw[start + 8] = (raw[start + 8] & 0x3F) | 0x80   # RFC 9562 variant
-        h = raw[start:start + 16].hex()
-        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
-    return ids
 
 
 def _is_int(value: Any) -> bool:
@@ -249,6 +240,9 @@ class KeyManager:
         self._cuts_in_flight: dict[tuple[str, str], int] = {}
         self._withdrawals: dict[str, list[str]] = {}
         self._sync_locks: dict[str, threading.Lock] = {}
+        #: Trusted-node relay to KMEs this one shares no link with
+        #: (:class:`corridor.kms.relay.RelayEngine`); None: such requests get 400.
+        self.relay: RelayEngine | None = None
 
     def _wrap(self, peer: PeerLink) -> PeerLink:
         if self._coalesce and not isinstance(peer, CoalescingPeerLink):
@@ -378,9 +372,26 @@ class KeyManager:
     # -- KeyDeliveryService -----------------------------------------------------------
 
     def status(self, master_sae_id: str, slave_sae_id: str) -> KmeStatus:
-        """ETSI 014 Status of the pool that serves ``master_sae_id`` -> ``slave_sae_id``."""
-        link = self._route("status", master_sae_id, slave_sae_id)
+        """ETSI 014 Status of the pool that serves ``master_sae_id`` -> ``slave_sae_id``
+        (for a relayed pair: the fewest keys in any pool on the paths a relay would take
+        now, ``status_extension.relay`` naming them)."""
         cfg = self.config
+        if self.relay is not None and self.relay.handles(master_sae_id, slave_sae_id):
+            routes = self.relay.routes(master_sae_id, slave_sae_id, cfg.key_size_bits)
+            return KmeStatus(
+                source_KME_ID=self.kme_id,
+                target_KME_ID=str(self.directory.kme_of(slave_sae_id)),
+                master_SAE_ID=master_sae_id, slave_SAE_ID=slave_sae_id,
+                key_size=cfg.key_size_bits,
+                stored_key_count=self.relay.stored_key_count(master_sae_id, slave_sae_id,
+                                                             cfg.key_size_bits),
+                max_key_count=cfg.max_key_count, max_key_per_request=cfg.max_key_per_request,
+                max_key_size=cfg.max_key_size_bits, min_key_size=cfg.min_key_size_bits,
+                max_SAE_ID_count=0,
+                status_extension={"relay": {
+                    "policy": self.relay.policy_for(master_sae_id, slave_sae_id).policy,
+                    "paths": [list(route.kmes) for route in routes]}})
+        link = self._route("status", master_sae_id, slave_sae_id)
         return KmeStatus(
             source_KME_ID=self.kme_id, target_KME_ID=link.other(self.kme_id),
             master_SAE_ID=master_sae_id, slave_SAE_ID=slave_sae_id,
@@ -467,6 +478,38 @@ class KeyManager:
         with self._peers_lock:
             return self._peers.get(kme_id)
 
+    # -- what the relay (corridor.kms.relay) uses ---------------------------------------
+
+    def relay_peer(self, kme_id: str) -> Any:
+        """The connection to neighbour ``kme_id`` that carries relay hops (the link under
+        any coalescing wrapper), or None."""
+        peer = self._peer(kme_id)
+        peer = peer.peer if isinstance(peer, CoalescingPeerLink) else peer
+        return peer if hasattr(peer, "relay") else None
+
+    def note_peer_failure(self, kme_id: str, exc: BaseException) -> None:
+        """Record that neighbour ``kme_id`` did not answer (a known outage, probed)."""
+        if _is_unreachable(exc):
+            self._peer_failed(kme_id, exc)
+
+    def queue_withdrawal(self, kme_id: str, key_ids: Sequence[str]) -> None:
+        """Have neighbour ``kme_id`` withdraw ``key_ids`` at the next sync."""
+        with self._flight_lock:
+            self._withdrawals.setdefault(kme_id, []).extend(key_ids)
+
+    @contextlib.contextmanager
+    def cut_in_flight(self, link_id: str, direction: str) -> Iterator[None]:
+        """Mark a cut of a pool this KME masters as in flight (no watermark is sent for
+        that pool meanwhile, see :meth:`_watermarks`)."""
+        pool_key = (link_id, direction)
+        with self._flight_lock:
+            self._cuts_in_flight[pool_key] = self._cuts_in_flight.get(pool_key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._flight_lock:
+                self._cuts_in_flight[pool_key] -= 1
+
     def enc_keys(self, master_sae_id: str, slave_sae_id: str, *, number: int | None = None,
                  size_bits: int | None = None,
                  additional_slave_sae_ids: list[str] | None = None,
@@ -498,6 +541,14 @@ class KeyManager:
         results: list[list[DeliveredKey] | Exception | None] = [None] * len(orders)
         groups: dict[tuple[Any, ...], list[tuple[int, _Admitted]]] = {}
         for index, order in enumerate(orders):
+            if self.relay is not None and self.relay.handles(order.master_sae_id,
+                                                             order.slave_sae_id):
+                try:
+                    results[index] = self.relay.enc_keys(order)
+                except (KeyRequestError, UnauthorizedError, KeysUnavailableError,
+                        ParameterError) as exc:
+                    results[index] = exc
+                continue
             try:
                 admitted = self._admit_order(order)
             except (KeyRequestError, UnauthorizedError, KeysUnavailableError,
@@ -1164,6 +1215,31 @@ class LocalPeerLink:
             raise
         except CorridorError as exc:
             raise KeysUnavailableError(f"peer KME refused: {exc}") from None
+
+    def relay(self, hop: RelayHop, timeout_s: float) -> None:
+        """Hand a relay hop to the other KME (through its wire form, as over HTTPS);
+        raise :class:`~corridor.kms.relay.RelayError` unless it and every KME after it
+        accepted."""
+        from corridor.kms.relay import RelayError, RelayHop
+
+        engine = self.other.relay
+        if engine is None:
+            raise RelayError(f"KME {self.other.kme_id!r} does not relay")
+        try:
+            engine.accept_hop(self.from_kme_id, RelayHop.from_json(hop.to_json()))
+        except RelayError:
+            raise
+        except KeysUnavailableError as exc:
+            raise RelayError(exc.message, exc.details, failed_kme_id=self.other.kme_id) \
+                from None
+        except CorridorError as exc:
+            raise RelayError(f"KME {self.other.kme_id!r} refused the relay: {exc}") from None
+
+    def void(self, relay_id: str, path: Sequence[str], key_ids: Sequence[str]) -> None:
+        """Withdraw a relay at the other KME (and down the path from there)."""
+        if self.other.relay is None:
+            raise KeysUnavailableError(f"KME {self.other.kme_id!r} does not relay")
+        self.other.relay.accept_void(self.from_kme_id, relay_id, path, key_ids)
 
     def __repr__(self) -> str:
         return f"LocalPeerLink({self.from_kme_id!r} -> {self.other.kme_id!r})"

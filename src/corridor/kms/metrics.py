@@ -299,6 +299,10 @@ class MetricsEventSink:
     - ``block_ingested`` (KeyManager): kme_id, link_id, accepted_bytes
     - ``keys_reserved``, ``reservation_accepted``: kme_id, link_id, direction, count,
       size_bits (bits that left the pool; skipped when size_bits is absent)
+    - ``relay_stored``, ``relay_share_held`` (corridor.kms.relay): kme_id, link_id,
+      direction, count, size_bits (the pads the last hop took); ``relay_forwarded``:
+      the same for the hop's incoming pool (``in_link_id``, ``in_direction``; its
+      outgoing cut is a ``keys_reserved``)
     - ``keys_delivered``: kme_id, role, count
     - ``reservations_discarded``: kme_id, reason, count
     - ``request_rejected``: kme_id, endpoint, reason
@@ -336,8 +340,13 @@ class MetricsEventSink:
             m.alarms_active.labels(link).set(0)
         elif event == "block_ingested":
             m.key_bits_stored.labels(kme, link).inc(8 * _count(get("accepted_bytes")))
-        elif event in ("keys_reserved", "reservation_accepted"):
+        elif event in ("keys_reserved", "reservation_accepted", "relay_stored",
+                       "relay_share_held"):
             m.key_bits_consumed.labels(kme, link, direction).inc(
+                _count(get("count")) * _count(get("size_bits")))
+        elif event == "relay_forwarded":
+            m.key_bits_consumed.labels(kme, _label(get("in_link_id")),
+                                       _label(get("in_direction"))).inc(
                 _count(get("count")) * _count(get("size_bits")))
         elif event == "keys_delivered":
             m.keys_delivered.labels(kme, _code(get("role"))).inc(_count(get("count")))

@@ -85,6 +85,14 @@ from corridor.kms.pki import (
 )
 from corridor.kms.quota import QuotaPolicy, SaeQuotas
 from corridor.kms.rejections import RejectionAggregator
+from corridor.kms.relay import (
+    POLICY_SINGLE_PATH,
+    RelayEngine,
+    RelayPolicy,
+    SnapshotProvider,
+    local_snapshot,
+    snapshot_from_pools,
+)
 from corridor.kms.sources.base import SIDE_ALICE, SIDE_BOB, KeySource
 from corridor.kms.sources.feeder import LinkFeeder
 from corridor.kms.sources.party import SimulatedLinkPartySource
@@ -117,7 +125,8 @@ _MONITOR_KEYS = {"qber_alarm_threshold", "trend_window_blocks", "recovery_blocks
 # [[sites]] and [[demand]] describe the network for planning; corridor.net.topology
 # validates them (a KME serves whatever the file says about its own links).
 _TOP_KEYS = {"name", "kme", "monitor", "kmes", "links", "saes", "pki_dir", "quota", "hybrid",
-             "sites", "demand"}
+             "sites", "demand", "relay"}
+_RELAY_KEYS = {"master_sae_id", "slave_sae_id", "policy", "paths"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,6 +201,7 @@ class CorridorSpec:
     source_path: str = "(embedded default)"
     quota: QuotaPolicy = field(default_factory=QuotaPolicy)
     hybrid: tuple[HybridPairConfig, ...] = ()
+    relay: dict[tuple[str, str], RelayPolicy] = field(default_factory=dict)
 
     def hybrid_pair(self, sae_x: str, sae_y: str) -> HybridPairConfig:
         """The ``[[hybrid]]`` entry of a pair of SAEs (either order); a pair the file
@@ -325,9 +335,41 @@ def parse_corridor(data: Mapping[str, Any], base_dir: Path | None = None,
                         pki_dir=_path(base, data["pki_dir"], "pki_dir")
                         if "pki_dir" in data else None, source_path=source_path,
                         quota=QuotaPolicy.from_mapping(data.get("quota", {}), saes),
-                        hybrid=parse_hybrid_pairs(data.get("hybrid", []), saes))
+                        hybrid=parse_hybrid_pairs(data.get("hybrid", []), saes),
+                        relay=_parse_relay(data.get("relay", []), saes))
     spec.directory()  # one link per KME pair, IDs valid: SaeDirectory checks it
     return spec
+
+
+def _parse_relay(entries: Any, saes: Mapping[str, str]) -> dict[tuple[str, str], RelayPolicy]:
+    """``[[relay]]``: the relay policy of a (master SAE, slave SAE) pair whose KMEs share
+    no link (corridor.kms.relay); a pair not named is single-path."""
+    if not isinstance(entries, list):
+        raise ParameterError("relay", entries, "must be a list of [[relay]] tables")
+    policies: dict[tuple[str, str], RelayPolicy] = {}
+    for index, raw in enumerate(entries):
+        entry = dict(_table(f"relay[{index}]", raw))
+        _unknown(f"relay[{index}]", entry, _RELAY_KEYS)
+        pair = []
+        for name in ("master_sae_id", "slave_sae_id"):
+            sae = entry.get(name)
+            if sae not in saes:
+                raise ParameterError(f"relay[{index}].{name}", sae,
+                                     f"must be one of the SAEs {sorted(saes)}")
+            pair.append(str(sae))
+        if pair[0] == pair[1]:
+            raise ParameterError(f"relay[{index}].slave_sae_id", pair[1],
+                                 "must differ from master_sae_id")
+        key = (pair[0], pair[1])
+        if key in policies:
+            raise ParameterError(f"relay[{index}]", list(key), "names this pair twice")
+        try:
+            policies[key] = RelayPolicy(str(entry.get("policy", POLICY_SINGLE_PATH)),
+                                        entry.get("paths", 2))
+        except ParameterError as exc:
+            raise ParameterError(f"relay[{index}].{exc.field.split('.')[-1]}", exc.value,
+                                 exc.allowed) from None
+    return policies
 
 
 def _parse_link(entry: Mapping[str, Any], index: int, kmes: Mapping[str, KmeSite],
@@ -680,10 +722,12 @@ class KmeNode:
                                      tls_groups=self.site.limits.tls_groups)
                 self._stack.callback(peer.close)
                 manager.set_peer(peer_id, peer)
+            manager.relay = RelayEngine(manager, self._own_snapshot(manager),
+                                        self.spec.relay)
             app = create_app(manager, metrics=self.metrics,
                              peer_acceptor=manager.accept_reservations,
                              peer_sync=manager.accept_sync,
-                             alarms=self.alarm_desk)
+                             alarms=self.alarm_desk, relay=manager.relay)
             sock = self._sock if self._sock is not None else bind_socket(self.site.host,
                                                                          self.site.port)
             limits = self._limits or check_file_budget(
@@ -702,6 +746,36 @@ class KmeNode:
             self.close()
             raise
         return self.url
+
+    def _own_snapshot(self, manager: KeyManager) -> SnapshotProvider:
+        """The network as one KME process sees it (``corridor kme serve``): its own
+        pools live, the others' counted as full (it cannot see them), links its alarm
+        desk holds quarantined out of service. ``corridor up`` replaces it with every
+        KME's live pools (:meth:`Corridor.start`)."""
+        directory = manager.directory
+        links = sorted((link.link_id, link.alice_kme, link.bob_kme)
+                       for link in self.spec.links.values())
+        kmes = sorted(self.spec.kmes)
+
+        def pool_bits(link_id: str, from_kme: str) -> float | None:
+            spec = directory.link(link_id)
+            if from_kme != self.kme_id or spec is None:
+                return None
+            return 8.0 * manager.store.pool_state(
+                link_id, spec.direction_from(from_kme)).available_bytes
+
+        def quarantined(link_id: str) -> bool:
+            return any(item.get("link_id") == link_id and item.get("state") == "quarantined"
+                       for item in self.alarm_desk.links())
+
+        return lambda: snapshot_from_pools(kmes, links, pool_bits, quarantined)
+
+    def relays(self) -> list[dict[str, Any]]:
+        """Relays in flight at this KME and the last ones that ended."""
+        manager = self.manager
+        if manager is None or manager.relay is None:
+            return []
+        return [{"kme_id": self.kme_id, **relay} for relay in manager.relay.relays()]
 
     def _count_handshake(self, group: str) -> None:
         self.metrics.tls_handshakes.labels(self.kme_id, group).inc()
@@ -726,6 +800,8 @@ class KmeNode:
                     if time.monotonic() >= next_round:
                         manager.expire_undelivered()
                         manager.sync_peers()
+                        if manager.relay is not None:
+                            manager.relay.retry_voids()
                         next_round = time.monotonic() + interval_s
                     else:
                         manager.probe_peers()
@@ -927,6 +1003,15 @@ class Corridor:
                 self.feeders[link.link_id] = feeder
             for node in self.nodes.values():
                 node.alarm_desk.attach(self.monitor, self.feeders)
+            # Every KME runs here: relays route by every pool's live level.
+            monitor = self.monitor
+            provider = local_snapshot(
+                {kme_id: node.manager for kme_id, node in self.nodes.items()
+                 if node.manager is not None},
+                quarantined=lambda link_id: monitor.health(link_id).quarantined)
+            for node in self.nodes.values():
+                if node.manager is not None and node.manager.relay is not None:
+                    node.manager.relay.snapshot = provider
             for feeder in self.feeders.values():
                 feeder.start()
             self.write_up_file()
@@ -1053,7 +1138,8 @@ class Corridor:
                             "block_id": a.block_id}
                            for a in (health.active_alarms if health else ())]})
         return {"pools": [pool for node in self.nodes.values() for pool in node.pools()],
-                "links": links}
+                "links": links,
+                "relays": [relay for node in self.nodes.values() for relay in node.relays()]}
 
     def close(self) -> None:
         """Stop feeders, then KMEs; every thread joined, every store and log closed."""

@@ -27,11 +27,12 @@ docs/kms-store.md gives the schema and the crash argument.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,19 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 def is_uuid(value: Any) -> bool:
     """True for a UUID in its canonical 8-4-4-4-12 hexadecimal form."""
     return isinstance(value, str) and _UUID.match(value) is not None
+
+
+def new_key_ids(count: int) -> list[str]:
+    """``count`` random (version 4) UUIDs in canonical form, 122 random bits each from the
+    OS CSPRNG (RFC 9562, section 5.4), drawn in one call instead of one per key."""
+    raw = bytearray(os.urandom(16 * count))
+    ids = []
+    for start in range(0, 16 * count, 16):
+        raw[start + 6] = (raw[start + 6] & 0x0F) | 0x40   # version 4
+        raw[start + 8] = (raw[start + 8] & 0x3F) | 0x80   # RFC 9562 variant
+        h = raw[start:start + 16].hex()
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
 
 
 # IDs never contain control characters (config.check_id, UUID key IDs), so these
@@ -245,6 +259,23 @@ class KeyStore(ABC):
         :class:`InvalidReservationError` if a key ID is repeated or held otherwise."""
 
     @abstractmethod
+    def take_ranges(self, reservations: Sequence[Reservation]) -> list[bytes]:
+        """Cut announced byte ranges out of the pools and return their bytes, keeping no
+        row (a trusted node's hop of a relay: the bytes pad the key once and are
+        burned), in one durable transaction, all or none;
+        :class:`ReservationRefusedError` if any range is not held."""
+
+    @abstractmethod
+    def record_relayed_keys(self, reservations: Sequence[Reservation],
+                            unpad: Callable[[list[bytes]], list[bytes]]) -> list[Reservation]:
+        """The last hop of a relay: cut the announced ranges (pads) and store, under each
+        reservation's key ID and fields, the key that ``unpad`` makes of the pads, as
+        slave rows, in one durable transaction, all or none. A repeat with the same key
+        IDs and fields is accepted without effect (returns []);
+        :class:`ReservationRefusedError` if a range is not held,
+        :class:`InvalidReservationError` if a key ID is repeated or held otherwise."""
+
+    @abstractmethod
     def take_master_keys(self, master_sae_id: str, key_ids: Sequence[str]) -> list[DeliveredKey]:
         """Deliver pending master rows (after the peer accepted) and delete them."""
 
@@ -264,6 +295,10 @@ class KeyStore(ABC):
     @abstractmethod
     def slave_key_links(self, key_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         """(link_id, direction) of each slave row among ``key_ids``; reads only."""
+
+    @abstractmethod
+    def slave_key_masters(self, key_ids: Sequence[str]) -> dict[str, str]:
+        """The master SAE of each slave row among ``key_ids``; reads only."""
 
     @abstractmethod
     def undelivered_slave_keys(self, slave_sae_id: str, key_ids: Sequence[str]) -> set[str]:
@@ -786,6 +821,77 @@ class SqlKeyStore(KeyStore):
                 self._save_pool(cur, pool)
         return recorded
 
+    def _take_runs(self, cur: SqlCursor, reservations: Sequence[Reservation]
+                   ) -> dict[str, bytes]:
+        """Cut every reservation's range out of its pool (locked): key ID -> bytes."""
+        pools: dict[tuple[str, str], _Pool] = {}
+        taken: dict[str, bytes] = {}
+        for run in _contiguous_runs(reservations):
+            first, last = run[0], run[-1]
+            pool_key = (first.link_id, first.direction)
+            if pool_key not in pools:
+                pools[pool_key] = self._lock_pool(cur, first.link_id, first.direction,
+                                                  create=False)
+            end = last.byte_offset + last.length_bytes
+            cut = self._cut_range(cur, first.link_id, first.direction, first.byte_offset,
+                                  end - first.byte_offset)
+            if cut is None:
+                raise ReservationRefusedError(
+                    f"bytes {first.byte_offset}..{end} of pool {first.link_id} "
+                    f"{first.direction} are not all held by KME {self.kme_id} (not yet "
+                    "ingested, dropped, or already cut)")
+            pools[pool_key].available_bytes -= len(cut)
+            for res in run:
+                start = res.byte_offset - first.byte_offset
+                taken[res.key_id] = cut[start:start + res.length_bytes]
+        for pool in pools.values():
+            self._save_pool(cur, pool)
+        return taken
+
+    def take_ranges(self, reservations: Sequence[Reservation]) -> list[bytes]:
+        key_ids = [res.key_id for res in reservations]
+        if len(set(key_ids)) != len(key_ids):
+            raise InvalidReservationError("a relay hop repeats a key ID")
+        if not reservations:
+            return []
+        with self._transaction() as cur:
+            taken = self._take_runs(cur, reservations)
+        return [taken[key_id] for key_id in key_ids]
+
+    def record_relayed_keys(self, reservations: Sequence[Reservation],
+                            unpad: Callable[[list[bytes]], list[bytes]]) -> list[Reservation]:
+        key_ids = [res.key_id for res in reservations]
+        if len(set(key_ids)) != len(key_ids):
+            raise InvalidReservationError("a relay hop repeats a key ID")
+        if not reservations:
+            return []
+        with self._transaction() as cur:
+            existing = {row[0]: row for row in cur.rows(
+                "SELECT key_id, role, link_id, direction, byte_offset, length_bytes, "
+                f"master_sae_id, slave_sae_ids FROM kms_key WHERE key_id IN "
+                f"({', '.join('?' * len(key_ids))})" + self._for_update, key_ids)}
+            if existing:
+                for res in reservations:
+                    row = existing.get(res.key_id)
+                    same = row is not None and (
+                        row[1] == ROLE_SLAVE and row[2] == res.link_id
+                        and row[3] == res.direction and int(row[4]) == res.byte_offset
+                        and int(row[5]) == res.length_bytes and row[6] == res.master_sae_id
+                        and _split_ids(row[7]) == list(res.slave_sae_ids))
+                    if not same:
+                        raise InvalidReservationError(
+                            f"key ID {res.key_id} is already held with different fields")
+                return []
+            taken = self._take_runs(cur, reservations)
+            keys = unpad([taken[key_id] for key_id in key_ids])
+            if len(keys) != len(reservations) or any(
+                    len(key) != res.length_bytes for key, res in zip(keys, reservations,
+                                                                     strict=False)):
+                raise ParameterError("relayed keys", f"{len(keys)} keys",
+                                     "must match the reservations one for one, in length")
+            self._insert_keys(cur, ROLE_SLAVE, list(zip(reservations, keys, strict=True)))
+        return list(reservations)
+
     def _insert_run(self, cur: SqlCursor, group: Sequence[Reservation], data: bytes) -> None:
         head = group[0]
         key_ids = [res.key_id for res in group]
@@ -979,6 +1085,17 @@ class SqlKeyStore(KeyStore):
                                 f"AND key_id IN ({', '.join('?' * len(chunk))})",
                                 [ROLE_SLAVE, *chunk])
             found.update({str(r[0]): (str(r[1]), str(r[2])) for r in rows})
+        return found
+
+    def slave_key_masters(self, key_ids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for start in range(0, len(key_ids), 500):  # bounded IN lists
+            chunk = list(key_ids[start:start + 500])
+            with self._transaction(durable=False) as cur:
+                rows = cur.rows(f"SELECT key_id, master_sae_id FROM kms_key WHERE role = ? "
+                                f"AND key_id IN ({', '.join('?' * len(chunk))})",
+                                [ROLE_SLAVE, *chunk])
+            found.update({str(r[0]): str(r[1]) for r in rows})
         return found
 
     def undelivered_slave_keys(self, slave_sae_id: str, key_ids: Sequence[str]) -> set[str]:
