@@ -68,6 +68,17 @@ def test_embedded_default_describes_two_sites_one_link_two_saes() -> None:
     # Beyond the link's reach (issue 7: every block aborted, the link quarantined at
     # block 0, nothing said): refused at start with the reach of these settings.
     (lambda d: d["links"][0]["parameters"].update(length_km=200.0), "links.link-ab.parameters"),
+    # [[relay]] policies (docs/relay.md)
+    (lambda d: d.update(relay=[{"master_sae_id": "sae-a", "slave_sae_id": "sae-z"}]),
+     "relay[0].slave_sae_id"),
+    (lambda d: d.update(relay=[{"master_sae_id": "sae-a", "slave_sae_id": "sae-b",
+                                "policy": "flooding"}]), "relay[0].policy"),
+    (lambda d: d.update(relay=[{"master_sae_id": "sae-a", "slave_sae_id": "sae-b",
+                                "policy": "disjoint-paths", "paths": 1}]), "relay[0].paths"),
+    (lambda d: d.update(relay=[{"master_sae_id": "sae-a", "slave_sae_id": "sae-b",
+                                "hops": 3}]), "relay[0].hops"),
+    (lambda d: d.update(relay=[{"master_sae_id": "sae-a", "slave_sae_id": "sae-a"}]),
+     "relay[0].slave_sae_id"),
 ])
 def test_bad_corridor_files_name_the_field(change: Any, field: str) -> None:
     data = _spec_data()

@@ -8,6 +8,7 @@ form (LocalPeerLink.relay serialises the hop as the HTTPS route would).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -279,3 +280,54 @@ def test_xor_bytes_is_a_one_time_pad() -> None:
 
 def test_relay_error_names_the_failed_kme() -> None:
     assert RelayError("x", failed_kme_id="k3").failed_kme_id == "k3"
+
+
+def test_corridor_up_relays_over_mutual_tls_and_shows_the_relay(tmp_path: Path) -> None:
+    """`corridor up` machinery (every KME in one process, HTTPS between them): a relay
+    over one trusted node, visible in the status at all three KMEs and in the table."""
+    from rich.console import Console
+
+    from corridor.cli.up import status_table
+    from corridor.kms.client import SaeClient
+    from corridor.kms.node import Corridor, load_corridor
+
+    lines = ['name = "line"', "", "[kme]", "max_key_count = 10000", ""]
+    for kme in ("k1", "k2", "k3"):
+        lines += ["[[kmes]]", f'id = "{kme}"', "port = 0", ""]
+    for link_id, (alice, bob) in {"l12": ("k1", "k2"), "l23": ("k2", "k3")}.items():
+        keys = tmp_path / "keys" / link_id
+        keys.mkdir(parents=True)
+        data = os.urandom(64 * 1024)
+        (keys / "alice.bin").write_bytes(data)
+        (keys / "bob.bin").write_bytes(data)
+        lines += ["[[links]]", f'id = "{link_id}"', f'alice_kme = "{alice}"',
+                  f'bob_kme = "{bob}"', 'source = "recorded"', f'keys_dir = "{keys}"',
+                  "block_bytes = 4096", ""]
+    lines += ["[[saes]]", 'id = "s1"', 'kme = "k1"', "", "[[saes]]", 'id = "s3"', 'kme = "k3"']
+    config = tmp_path / "line.toml"
+    config.write_text("\n".join(lines))
+    with Corridor(load_corridor(config), tmp_path / "run") as corridor:
+        pki = corridor.pki
+        assert pki is not None
+
+        def client(sae: str, kme: str) -> SaeClient:
+            return SaeClient(corridor.nodes[kme].url or "", pki.saes[sae].cert,
+                             pki.saes[sae].key, pki.ca_cert, expected_kme_id=kme)
+
+        with client("s1", "k1") as s1, client("s3", "k3") as s3:
+            deadline = time.monotonic() + 30
+            while s1.status("s3").stored_key_count < 10:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            keys = s1.get_key("s3", number=2)
+            again = s3.get_key_with_id("s1", [k.key_id for k in keys])
+        assert [k.key for k in again] == [k.key for k in keys]
+        relays = corridor.status()["relays"]
+        assert sorted((r["kme_id"], r["role"], r["state"]) for r in relays) == [
+            ("k1", "master", "delivered"), ("k2", "trusted-node", "forwarded"),
+            ("k3", "slave", "stored")]
+        assert all(r["paths"] == [["k1", "k2", "k3"]] for r in relays)
+        console = Console(record=True, width=200)
+        console.print(status_table(corridor))
+        text = console.export_text()
+        assert "key relays" in text and "k1 > k2 > k3" in text
