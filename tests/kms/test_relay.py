@@ -331,3 +331,24 @@ def test_corridor_up_relays_over_mutual_tls_and_shows_the_relay(tmp_path: Path) 
         console.print(status_table(corridor))
         text = console.export_text()
         assert "key relays" in text and "k1 > k2 > k3" in text
+
+
+def test_a_quarantined_link_is_routed_around(tmp_path: Path) -> None:
+    net = Net(tmp_path, DIAMOND)
+    try:
+        quarantined = {"l24"}
+        provider = local_snapshot(net.managers, quarantined=lambda link: link in quarantined)
+        for manager in net.managers.values():
+            assert manager.relay is not None
+            manager.relay.snapshot = provider
+        keys = net.managers["k1"].enc_keys("s1", "s4", number=1)
+        assert net.managers["k4"].dec_keys("s4", "s1", [keys[0].key_id])[0].key == keys[0].key
+        assert [kme for kme, _ in net.events("relay_forwarded")] == ["k3"]
+        quarantined.add("l34")   # no path left: refused, nothing cut anywhere
+        before = net.available("k1", "l13", "k1")
+        with pytest.raises(KeysUnavailableError, match="no usable relay path"):
+            net.managers["k1"].enc_keys("s1", "s4", number=1)
+        assert net.available("k1", "l13", "k1") == before
+        assert net.managers["k1"].status("s1", "s4").stored_key_count == 0
+    finally:
+        net.close()
