@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Key delivery as a deployment runs it: two `corridor kme serve` processes (one KME per
+# site, SQLite stores, audit fsync'ed per entry with group commit, metrics on, mutual
+# TLS with X25519MLKEM768 between them), their link fed from recorded key files (the
+# link engine runs elsewhere, as with a vendor device), loaded by the compiled
+# mutual-TLS load generator of ../shared/tools (built into a temporary folder, never
+# copied here).
+#
+#   bash benchmarks/bench_kme_serve.sh [SECONDS]
+#
+# Prints one line per phase: tlsload's JSON, and the CPU seconds and CPU milliseconds
+# per answered request of each KME process (kme-a: the master SAE's KME; kme-b: the
+# slave's, which accepts the reservations). PYTHON (default .venv/bin/python) runs
+# `python -m corridor kme serve`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}
+py=${PYTHON:-.venv/bin/python}
+tools=${CORRIDOR_TOOLS:-../shared/tools}
+tmp=$(mktemp -d)
+trap 'kill -TERM ${pid_a:-0} ${pid_b:-0} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
+gcc -O2 -o "$tmp/tlsload" "$tools/tlsload.c" -lssl -lcrypto
+free_port() { "$py" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
+port_a=$(free_port); port_b=$(free_port)
+mkdir -p "$tmp/keys"
+head -c $((256 << 20)) /dev/urandom > "$tmp/keys/alice.bin"
+cp "$tmp/keys/alice.bin" "$tmp/keys/bob.bin"
+cat > "$tmp/corridor.toml" <<EOF
+name = "bench-kme-serve"
+[kme]
+max_key_count = 1000000
+max_key_per_request = 128
+[[kmes]]
+id = "kme-a"
+port = $port_a
+[[kmes]]
+id = "kme-b"
+port = $port_b
+[[links]]
+id = "link-ab"
+alice_kme = "kme-a"
+bob_kme = "kme-b"
+source = "recorded"
+keys_dir = "$tmp/keys"
+block_bytes = 1048576
+[[saes]]
+id = "sae-a"
+kme = "kme-a"
+[[saes]]
+id = "sae-b"
+kme = "kme-b"
+EOF
+"$py" -m corridor pki init --out "$tmp/state/pki" --kme kme-a --kme kme-b --sae sae-a@kme-a \
+  --sae sae-b@kme-b > /dev/null
+"$py" -m corridor kme serve --config "$tmp/corridor.toml" --kme kme-a --workdir "$tmp/state" \
+  > "$tmp/a.log" 2>&1 &
+pid_a=$!
+"$py" -m corridor kme serve --config "$tmp/corridor.toml" --kme kme-b --workdir "$tmp/state" \
+  > "$tmp/b.log" 2>&1 &
+pid_b=$!
+for _ in $(seq 1 60); do
+  grep -q "serving at" "$tmp/a.log" 2>/dev/null && grep -q "serving at" "$tmp/b.log" 2>/dev/null && break
+  sleep 1
+done
+sleep "${FILL_S:-15}"  # the recorded link fills both pools meanwhile
+openssl pkcs8 -topk8 -nocrypt -in "$tmp/state/pki/sae/sae-a/key.pem" -out "$tmp/sae-a-key.pem"
+auth=(--cert "$tmp/state/pki/sae/sae-a/cert.pem" --key "$tmp/sae-a-key.pem" --ca "$tmp/state/pki/ca.pem")
+ticks=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+per_request() {  # CPU ms per answered request from tlsload's JSON and clock ticks
+  "$py" -c "import json,sys; d=json.loads(sys.argv[1]); n=d['requests']
+print(round(int(sys.argv[2]) * 1000 / int(sys.argv[3]) / n, 3) if n else 'n/a')" "$1" "$2" "$ticks"
+}
+phase() {
+  local label=$1; shift
+  local a0 b0 a1 b1 out
+  a0=$(cpu $pid_a); b0=$(cpu $pid_b)
+  out=$("$tmp/tlsload" -p "$port_a" -d "$seconds" -w 2 "$@" "${auth[@]}")
+  a1=$(cpu $pid_a); b1=$(cpu $pid_b)
+  echo "$label | $out | kme_a_cpu_ms_per_request=$(per_request "$out" $(( a1 - a0 )))" \
+    "kme_b_cpu_ms_per_request=$(per_request "$out" $(( b1 - b0 )))" \
+    "load=$(cut -d' ' -f1 /proc/loadavg)"
+}
+echo "date: $(date -u +%FT%TZ)  load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+idle_a0=$(cpu $pid_a); idle_b0=$(cpu $pid_b); sleep "$seconds"
+echo "idle (ingesting recorded blocks only) | kme_a_cpu_s=$(( ($(cpu $pid_a) - idle_a0) / ticks ))" \
+  "kme_b_cpu_s=$(( ($(cpu $pid_b) - idle_b0) / ticks )) per ${seconds} s"
+phase "closed loop, 16 connections, 1 key" -u /api/v1/keys/sae-b/enc_keys -c 16
+phase "closed loop, 64 connections, 1 key" -u /api/v1/keys/sae-b/enc_keys -c 64
+phase "open loop 500 requests/s, 1 key" -u /api/v1/keys/sae-b/enc_keys -c 16 -r 500
+phase "closed loop, 4 connections, number=100" -u /api/v1/keys/sae-b/enc_keys -c 4 \
+  -m POST -b '{"number":100}'
+phase "closed loop, 16 connections, number=100" -u /api/v1/keys/sae-b/enc_keys -c 16 \
+  -m POST -b '{"number":100}'
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
