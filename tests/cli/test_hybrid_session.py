@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,53 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "error: --policy = 'x': one of qkd-required, pqc-required, both-required, any" \
         in result.output
+
+
+@pytest.mark.timeout(120)
+def test_listen_and_connect_run_the_two_saes_as_two_processes(running: Corridor) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    corridor = str(Path(sys.executable).parent / "corridor")
+    up = str(running.up_file)
+    listener = subprocess.Popen(
+        [corridor, "hybrid", "listen", "--from-up", up, "--sae", "sae-b",
+         "--listen", f"127.0.0.1:{port}", "--count", "2", "--format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        records = []
+        for suite in ("xwing", "mlkem768-x25519"):
+            for _ in range(100):  # until the listener accepts
+                done = subprocess.run(
+                    [corridor, "hybrid", "connect", "--from-up", up, "--sae", "sae-a",
+                     "--peer", "sae-b", "--connect", f"127.0.0.1:{port}", "--suite", suite,
+                     "--format", "json"], capture_output=True, text=True, timeout=60)
+                if "cannot connect" not in done.stderr:
+                    break
+                time.sleep(0.2)
+            assert done.returncode == 0, done.stderr
+            records.append(json.loads(done.stdout))
+        out, err = listener.communicate(timeout=60)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+    assert listener.returncode == 0, err
+    theirs = [json.loads(line) for line in out.splitlines()]
+    assert len(theirs) == 2
+    for mine, peer in zip(records, theirs, strict=True):
+        assert (mine["role"], peer["role"]) == ("initiator", "responder")
+        assert mine["outcome"] == peer["outcome"] == "established"
+        assert mine["session_id"] == peer["session_id"]
+        assert mine["key_id"] == peer["key_id"] is not None
+        assert mine["inputs"] == peer["inputs"] == ["qkd", "pqc"]
+    assert records[1]["suite"] == "mlkem768-x25519"
+    # A connect with nobody listening is one line, exit 2.
+    refused = subprocess.run(
+        [corridor, "hybrid", "connect", "--from-up", up, "--sae", "sae-a", "--peer", "sae-b",
+         "--connect", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: ")
+    assert len(refused.stderr.strip().splitlines()) == 1

@@ -6,10 +6,16 @@ each gets its QKD key from its own KME over mutual TLS with its own certificate,
 (inputs used, policy decision, key_ID) and never a key. The decisions go to the log
 (stderr) and the printed records; the audit trail of the corridor's own sessions is
 ``corridor up``'s (docs/hybrid-session.md).
+
+``corridor hybrid listen`` and ``corridor hybrid connect`` run the two SAEs as two
+processes (on two machines, each with its own SAE certificate), joined over TCP: the
+responder serves handshakes, the initiator runs one and exits. Each prints its own
+session record.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from pathlib import Path
@@ -17,7 +23,14 @@ from typing import Annotated, Any
 
 import typer
 
-from corridor.cli.common import OutputFormat, console, emit_json, handle_errors, read_up_file
+from corridor.cli.common import (
+    OutputFormat,
+    console,
+    emit_json,
+    err_console,
+    handle_errors,
+    read_up_file,
+)
 from corridor.errors import ParameterError
 
 
@@ -135,20 +148,143 @@ def session_command(
         emit_json({"sessions": records})
         return
     for record in records:
-        missing = ", ".join(record["missing"]) or "none"
-        side = record["initiator_sae_id" if record["role"] == "initiator"
-                      else "responder_sae_id"]
-        console.print(
-            f"{record['role']} {side}: {record['outcome']} (policy {record['policy']}, inputs "
-            f"{'+'.join(record['inputs'])}, missing: {missing}), key_ID "
-            f"{record['key_id'] or '-'}, suite {record['suite']}, session "
-            f"{record['session_id']} generation {record['generation']}",
-            highlight=False, markup=False, soft_wrap=True)
+        _print_record(record, output)
+
+
+def _print_record(record: dict[str, Any], output: OutputFormat) -> None:
+    if output == OutputFormat.json:  # one JSON object per line (a listener prints many)
+        print(json.dumps(record, separators=(",", ":")), flush=True)
+        return
+    missing = ", ".join(record["missing"]) or "none"
+    side = record["initiator_sae_id" if record["role"] == "initiator" else "responder_sae_id"]
+    console.print(
+        f"{record['role']} {side}: {record['outcome']} (policy {record['policy']}, inputs "
+        f"{'+'.join(record['inputs'])}, missing: {missing}), key_ID "
+        f"{record['key_id'] or '-'}, suite {record['suite']}, session "
+        f"{record['session_id']} generation {record['generation']}",
+        highlight=False, markup=False, soft_wrap=True)
+
+
+def _address(value: str, name: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ParameterError(name, value, "HOST:PORT with a port from 1 to 65535")
+    return host.strip("[]"), int(port)
+
+
+def listen_command(
+    from_up: Annotated[Path, typer.Option(
+        "--from-up", help="corridor-up.json of the corridor this SAE belongs to.")],
+    sae: Annotated[str, typer.Option(
+        "--sae", help="This (responder) SAE: it fetches the QKD key by ID (dec_keys).")],
+    listen: Annotated[str, typer.Option(
+        "--listen", help="HOST:PORT to accept initiators on (TCP).")] = "127.0.0.1:7444",
+    count: Annotated[int, typer.Option(
+        "--count", min=0, help="Handshakes to serve, then exit (0: until stopped).")] = 1,
+    output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")
+                      ] = OutputFormat.table,
+) -> None:
+    """Serve hybrid handshakes as the responder SAE in its own process: each initiator
+    that connects gets one handshake under the pair's policy (corridor-up.json's
+    ``hybrid_sessions``, else both-required); prints one session record per handshake,
+    never a key."""
+    with handle_errors():
+        from corridor.hybrid.errors import HybridSessionError
+        from corridor.hybrid.qkd import KmeQkdKeys
+        from corridor.hybrid.session import Responder
+        from corridor.hybrid.transport import SocketTransport
+        from corridor.logs import configure_logging
+
+        configure_logging("warning", json=False)
+        up = read_up_file(from_up)
+        base = from_up.resolve().parent
+        host, port = _address(listen, "--listen")
+        client = _sae_client(up, base, sae)
+        peers = [s["sae_id"] for s in up.get("saes", []) if s["sae_id"] != sae]
+        policies = {peer: _pair_policy(up, peer, sae) for peer in peers}
+        responder = Responder(sae, policies, qkd=KmeQkdKeys(client))
+        try:
+            server = socket.create_server((host, port))
+        except OSError as exc:
+            raise ParameterError("--listen", listen,
+                                 f"a free local address ({exc.strerror or exc})") from None
+        served = 0
+        try:
+            with server:
+                err_console.print(f"listening on {host}:{server.getsockname()[1]} as {sae}",
+                                  highlight=False)
+                while count == 0 or served < count:
+                    conn, _ = server.accept()
+                    transport = SocketTransport(conn, 30.0)
+                    try:
+                        key = responder.handshake(transport)
+                    except HybridSessionError as exc:
+                        err_console.print(f"handshake refused: {exc}", highlight=False,
+                                          markup=False)
+                        continue
+                    finally:
+                        transport.close()
+                    _print_record(key.record.as_dict(), output)
+                    key.wipe()
+                    served += 1
+        except KeyboardInterrupt:
+            pass
+        finally:
+            client.close()
+
+
+def connect_command(
+    from_up: Annotated[Path, typer.Option(
+        "--from-up", help="corridor-up.json of the corridor this SAE belongs to.")],
+    initiator: Annotated[str, typer.Option(
+        "--sae", help="This (initiator) SAE: it gets the QKD key (enc_keys).")],
+    responder: Annotated[str, typer.Option(
+        "--peer", help="The responder SAE listening at --connect.")],
+    connect: Annotated[str, typer.Option(
+        "--connect", help="HOST:PORT of `corridor hybrid listen`.")] = "127.0.0.1:7444",
+    policy: Annotated[str | None, typer.Option(
+        "--policy", help="The policy to declare (default: the pair's).")] = None,
+    suite: Annotated[str, typer.Option(
+        "--suite", help="xwing, mlkem768-x25519 or none.")] = "xwing",
+    output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")
+                      ] = OutputFormat.table,
+) -> None:
+    """Run one hybrid handshake as the initiator SAE against a responder in another
+    process (`corridor hybrid listen`), over TCP; prints this side's session record,
+    never the key."""
+    with handle_errors():
+        from corridor.hybrid.policy import parse_policy
+        from corridor.hybrid.qkd import KmeQkdKeys
+        from corridor.hybrid.session import Initiator
+        from corridor.hybrid.suites import parse_suite
+        from corridor.hybrid.transport import SocketTransport
+        from corridor.logs import configure_logging
+
+        configure_logging("warning", json=False)
+        up = read_up_file(from_up)
+        base = from_up.resolve().parent
+        host, port = _address(connect, "--connect")
+        chosen = parse_policy(policy if policy is not None
+                              else _pair_policy(up, initiator, responder), "--policy")
+        kem = parse_suite(suite, "--suite")
+        client = _sae_client(up, base, initiator)
+        transport = SocketTransport.connect(host, port, timeout_s=30.0)
+        try:
+            key = Initiator(initiator, responder, chosen, qkd=KmeQkdKeys(client),
+                            suite=kem).handshake(transport)
+        finally:
+            transport.close()
+            client.close()
+        record = key.record.as_dict()
+        key.wipe()
+    _print_record(record, output)
 
 
 def register(hybrid_app: typer.Typer) -> None:
-    """Add ``corridor hybrid session``."""
+    """Add ``corridor hybrid session``, ``listen`` and ``connect``."""
     hybrid_app.command("session")(session_command)
+    hybrid_app.command("listen")(listen_command)
+    hybrid_app.command("connect")(connect_command)
 
 
-__all__ = ["register", "session_command"]
+__all__ = ["connect_command", "listen_command", "register", "session_command"]
