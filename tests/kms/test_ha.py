@@ -119,6 +119,11 @@ class _FakeFeeder:
         self.link_id = link_id
         self.started = self.stopped = False
         self.fail = fail
+        self.error: Exception | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.started and not self.stopped and self.error is None
 
     def start(self) -> None:
         if self.fail:
@@ -192,6 +197,37 @@ def test_a_feeder_that_cannot_start_hands_the_lease_back() -> None:
             "kme_id": kme, "worker": "w1", "link_id": LINK,
             "lock_id": lease_lock_id(kme, LINK), "reason": "feeder_failed_to_start"})]
         assert other.try_acquire()
+        other.release()
+        leases.run_round()  # it waits before trying again
+        assert leases.held == [] and len(sink.events) == 1
+    finally:
+        other.release()
+        leases.close()
+
+
+def test_a_feeder_stopped_by_an_error_hands_the_lease_on() -> None:
+    require_postgres()
+    kme = f"kme-{uuid.uuid4().hex[:8]}"
+    sink = _RecordingSink()
+    built: list[_FakeFeeder] = []
+
+    def build() -> Any:
+        built.append(_FakeFeeder(LINK))
+        return built[-1]
+
+    leases = FeederLeases(POSTGRES_DSN, kme, "w1", {LINK: build}, sink)
+    other = FeederLease(POSTGRES_DSN, kme, LINK, application_name=f"t-{kme}-o")
+    try:
+        leases.run_round()
+        assert leases.held == [LINK] and not other.try_acquire()
+        leases.run_round()  # running: nothing changes
+        assert leases.held == [LINK] and len(built) == 1
+        built[0].error = CorridorError("block_id refused")  # the feed loop stopped
+        leases.run_round()
+        assert leases.held == [] and built[0].stopped
+        assert sink.events[-1][0] == "feeder_lease_lost"
+        assert sink.events[-1][1]["reason"] == "feeder_error"
+        assert other.try_acquire()  # another worker may feed now
     finally:
         other.release()
         leases.close()

@@ -50,6 +50,9 @@ LEASE_RETRY_S = 1.0
 """How often a worker that does not hold a lease tries it again (and a holder checks
 that its lease connection is alive)."""
 FEEDER_STOP_TIMEOUT_S = 15.0
+FAILED_FEEDER_BACKOFF_ROUNDS = 10
+"""After its feeder stopped with an error, a worker hands the lease back and waits this
+many rounds before trying it again (another worker may feed meanwhile)."""
 
 
 def check_worker(worker: str) -> str:
@@ -253,6 +256,7 @@ class FeederLeases:
         self.feeders: dict[str, LinkFeeder] = {}
         self._on_change = on_change
         self._tries: dict[str, int] = dict.fromkeys(factories, 0)
+        self._backoff: dict[str, int] = dict.fromkeys(factories, 0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -274,14 +278,23 @@ class FeederLeases:
                            self.worker, type(exc).__name__)
 
     def run_round(self) -> None:
-        """Check every held lease, try every other one."""
+        """Check every held lease (and its feeder), try every other one."""
         with self._lock:
             if self._stop.is_set():
                 return
             for link_id, lease in self.leases.items():
+                feeder = self.feeders.get(link_id)
                 if lease.held:
                     if not lease.check():
                         self._lost(link_id, "lease_connection_lost")
+                    elif feeder is not None and not feeder.running and \
+                            feeder.error is not None:
+                        # Fail closed here, and let a worker that can feed the link do it
+                        # (e.g. a late writer of the same block after a takeover).
+                        self._lost(link_id, "feeder_error")
+                        self._backoff[link_id] = FAILED_FEEDER_BACKOFF_ROUNDS
+                elif self._backoff[link_id] > 0:
+                    self._backoff[link_id] -= 1
                 elif lease.try_acquire():
                     self._gained(link_id)
                 else:
@@ -308,6 +321,7 @@ class FeederLeases:
                        "did not start (%s); lease released", self.kme_id, self.worker,
                        link_id, type(exc).__name__)
             self.leases[link_id].release()
+            self._backoff[link_id] = FAILED_FEEDER_BACKOFF_ROUNDS
             self.events.emit("feeder_lease_lost", **self._fields(link_id),
                              reason="feeder_failed_to_start")
             return
