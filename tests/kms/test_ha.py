@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -40,8 +39,9 @@ from corridor.kms.ha import (
     sibling_audit_paths,
     worker_audit_path,
 )
+from corridor.kms.interface import DeliveredKey
 from corridor.kms.pki import init_pki
-from tests.kms.test_split_site import _free_port
+from tests.kms.test_split_site import _free_port, serve, stop_processes
 from tests.kms.test_store import POSTGRES_DSN, require_postgres
 
 LINK = "link-ab"
@@ -350,16 +350,6 @@ def fresh_database() -> Iterator[str]:
                 sql.Identifier(name)))
 
 
-def _serve(config: Path, kme: str, workdir: Path, log_path: Path,
-           worker: str | None = None) -> subprocess.Popen[str]:
-    corridor = str(Path(sys.executable).parent / "corridor")
-    extra = ["--worker", worker] if worker else []
-    with log_path.open("a") as log:
-        return subprocess.Popen([corridor, "kme", "serve", "--config", str(config), "--kme",
-                                 kme, "--workdir", str(workdir), "--log-text", *extra],
-                                stdout=log, stderr=subprocess.STDOUT, text=True)
-
-
 def _events(path: Path, name: str) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -422,6 +412,12 @@ def test_killing_one_worker_under_load_loses_no_key_and_moves_the_feeder(
     lock = threading.Lock()
     duplicate_ids: list[str] = []
 
+    def record(keys: list[DeliveredKey], into: dict[str, bytes]) -> None:
+        for key in keys:
+            if key.key_id in into:
+                duplicate_ids.append(key.key_id)
+            into[key.key_id] = key.key
+
     def load() -> None:
         master, slave = client("sae-a", "kme-a"), client("sae-b", "kme-b")
         requests = 0
@@ -441,10 +437,7 @@ def test_killing_one_worker_under_load_loses_no_key_and_moves_the_feeder(
                     time.sleep(0.05)
                     continue
                 with lock:
-                    for key in keys:
-                        if key.key_id in issued:
-                            duplicate_ids.append(key.key_id)
-                        issued[key.key_id] = key.key
+                    record(keys, issued)
                     if killed.is_set():
                         served_after_kill[0] += 1
                 ids = [key.key_id for key in keys]
@@ -456,21 +449,18 @@ def test_killing_one_worker_under_load_loses_no_key_and_moves_the_feeder(
                         unfetched.extend(ids)
                     continue
                 with lock:
-                    for key in got:
-                        if key.key_id in fetched:
-                            duplicate_ids.append(key.key_id)
-                        fetched[key.key_id] = key.key
+                    record(got, fetched)
         finally:
             master.close()
             slave.close()
 
     threads = [threading.Thread(target=load, name=f"load-{i}") for i in range(4)]
     try:
-        processes["kme-b"] = _serve(config, "kme-b", state, logs["kme-b"])
+        processes["kme-b"] = serve(config, "kme-b", state, logs["kme-b"])
         # The first worker creates the KEK; the second starts once it serves.
-        processes["w1"] = _serve(config, "kme-a", state, logs["w1"], "w1")
+        processes["w1"] = serve(config, "kme-a", state, logs["w1"], "--worker", "w1")
         wait_until(lambda: stored_at_a() >= 8, "first keys at kme-a")
-        processes["w2"] = _serve(config, "kme-a", state, logs["w2"], "w2")
+        processes["w2"] = serve(config, "kme-a", state, logs["w2"], "--worker", "w2")
         wait_until(lambda: "serving at" in logs["w2"].read_text(), "second worker serving")
         assert [f["worker"] for f in _events(chains["w1"], "feeder_lease_gained")] == ["w1"]
         assert _events(chains["w2"], "feeder_lease_gained") == []
@@ -500,16 +490,14 @@ def test_killing_one_worker_under_load_loses_no_key_and_moves_the_feeder(
         # Keys whose dec_keys answer was lost: fetchable now, exactly once.
         with client("sae-b", "kme-b") as slave:
             for start in range(0, len(unfetched), 100):
-                for key in slave.get_key_with_id("sae-a", unfetched[start:start + 100]):
-                    assert key.key_id not in fetched
-                    fetched[key.key_id] = key.key
+                record(slave.get_key_with_id("sae-a", unfetched[start:start + 100]), fetched)
             # A delivered key is never delivered again.
             again = next(iter(fetched))
             with pytest.raises(CorridorError):
                 slave.get_key_with_id("sae-a", [again])
         # The killed worker comes back: its own chain, the survivor's deliveries in the
         # shared store do not stop it (anti-rollback reads every worker's chain).
-        processes["w1"] = _serve(config, "kme-a", state, logs["w1"], "w1")
+        processes["w1"] = serve(config, "kme-a", state, logs["w1"], "--worker", "w1")
         wait_until(lambda: logs["w1"].read_text().count("serving at") == 2,
                    "the killed worker restarted")
         assert _events(chains["w1"], "feeder_lease_gained")[-1]["worker"] == "w1"
@@ -519,15 +507,7 @@ def test_killing_one_worker_under_load_loses_no_key_and_moves_the_feeder(
         for thread in threads:
             if thread.is_alive():
                 thread.join(30)
-        codes = {}
-        for name, process in processes.items():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-            try:
-                codes[name] = process.wait(40)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                codes[name] = -1
+        codes = stop_processes(processes)
     assert codes == {"kme-b": 0, "w1-killed": -signal.SIGKILL, "w2": 0, "w1": 0}, \
         {k: v.read_text() for k, v in logs.items()}
     assert duplicate_ids == []

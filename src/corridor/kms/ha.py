@@ -5,7 +5,9 @@ the same KME run side by side behind one address (docs/ha.md):
 
 - worker names and the files each worker keeps for itself in the KME's state directory:
   its audit chain ``audit-<worker>.jsonl`` (:func:`worker_audit_path`) and the lock file
-  that refuses a second process under the same name (:func:`hold_worker_lock`);
+  that refuses a second process under the same name (:func:`hold_worker_lock`, on
+  :func:`hold_pid_lock`, which also keeps a second ``corridor up`` off a working
+  directory);
 - the anti-rollback marks of the *other* workers' chains (:func:`observe_sibling_chains`):
   the store is shared, so it must be at least as far as every chain says;
 - :class:`FeederLease`: one writer per link end across workers, a PostgreSQL session
@@ -100,22 +102,40 @@ def observe_sibling_chains(paths: Iterable[Path], kek: bytes,
     return warnings
 
 
-def hold_worker_lock(state_dir: Path, worker: str) -> int:
-    """Lock ``worker-<worker>.lock`` for this process (released when it ends, however it
-    ends); two processes under one worker name would append to one chain and each
-    resolve the other's deliveries in flight. Returns the descriptor to close."""
-    path = state_dir / f"worker-{check_worker(worker)}.lock"
+class LockHeldError(Exception):
+    """Another process holds a lock file (:func:`hold_pid_lock`); ``holder`` is its pid
+    as it wrote it (``?`` if unreadable)."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is locked by pid {holder}")
+        self.holder = holder
+
+
+def hold_pid_lock(path: Path) -> int:
+    """Lock ``path`` exclusively for this process and write its pid there; the lock is
+    released when the process ends, however it ends. Returns the descriptor to close;
+    :class:`LockHeldError` when another process holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
         os.close(fd)
-        raise ParameterError("--worker", worker, f"is already running in {state_dir} (pid "
-                             f"{holder}); give each worker of a KME its own name") from None
+        raise LockHeldError(path, holder) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def hold_worker_lock(state_dir: Path, worker: str) -> int:
+    """Lock ``worker-<worker>.lock`` for this process (:func:`hold_pid_lock`); two
+    processes under one worker name would append to one chain and each resolve the
+    other's deliveries in flight. Returns the descriptor to close."""
+    try:
+        return hold_pid_lock(state_dir / f"worker-{check_worker(worker)}.lock")
+    except LockHeldError as exc:
+        raise ParameterError("--worker", worker, f"is already running in {state_dir} (pid "
+                             f"{exc.holder}); give each worker of a KME its own name") from None
 
 
 def lease_lock_id(kme_id: str, link_id: str) -> int:
@@ -374,7 +394,9 @@ __all__ = [
     "PENDING_GRACE_S",
     "FeederLease",
     "FeederLeases",
+    "LockHeldError",
     "check_worker",
+    "hold_pid_lock",
     "hold_worker_lock",
     "lease_lock_id",
     "observe_sibling_chains",

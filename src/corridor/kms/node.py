@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import importlib.resources
 import json
 import logging
@@ -67,7 +66,9 @@ from corridor.kms.config import (
 from corridor.kms.crypto import load_kek, write_kek_file
 from corridor.kms.ha import (
     PENDING_GRACE_S,
+    LockHeldError,
     check_worker,
+    hold_pid_lock,
     hold_worker_lock,
     observe_sibling_chains,
     require_shared_store,
@@ -1015,19 +1016,12 @@ class Corridor:
     def _lock_workdir(self) -> None:
         """Refuse a second corridor on the same state: two feeders would fight over the
         same streams. The lock is released when this process ends, however it ends."""
-        path = self.workdir / LOCK_FILE_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
+            self._lock_fd = hold_pid_lock(self.workdir / LOCK_FILE_NAME)
+        except LockHeldError as exc:
             raise ParameterError("--workdir", str(self.workdir),
-                                 f"is in use by another corridor (pid {holder}); stop it or "
-                                 "choose another working directory") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+                                 f"is in use by another corridor (pid {exc.holder}); stop it "
+                                 "or choose another working directory") from None
 
     def up_description(self) -> dict[str, Any]:
         """What ``corridor-up.json`` holds (paths relative to the working directory)."""
