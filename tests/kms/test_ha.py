@@ -28,7 +28,8 @@ from corridor.cli import app
 from corridor.errors import CorridorError, ParameterError
 from corridor.kms.audit import AuditLog, HighWaterMarks, verify_audit_log
 from corridor.kms.client import SaeClient
-from corridor.kms.crypto import generate_kek, load_kek
+from corridor.kms.config import DIRECTION_A_TO_B, split_block
+from corridor.kms.crypto import generate_kek, load_kek, write_kek_file
 from corridor.kms.ha import (
     FeederLease,
     FeederLeases,
@@ -40,8 +41,12 @@ from corridor.kms.ha import (
     worker_audit_path,
 )
 from corridor.kms.interface import DeliveredKey
+from corridor.kms.manager import StoreRollbackError
+from corridor.kms.node import KmeNode, ensure_pki, parse_corridor
 from corridor.kms.pki import init_pki
-from tests.kms.test_split_site import _free_port, serve, stop_processes
+from corridor.kms.store_postgres import PostgresKeyStore
+from corridor.kms.tls import bind_socket
+from tests.kms.test_split_site import _free_port, _spec_data, serve, stop_processes
 from tests.kms.test_store import POSTGRES_DSN, require_postgres
 
 LINK = "link-ab"
@@ -287,6 +292,65 @@ def test_worker_on_an_sqlite_store_is_refused_naming_the_field(tmp_path: Path) -
     assert result.exit_code == 2, result.output
     assert "kmes.kme-a.store" in result.output and "postgresql://" in result.output
     assert not (tmp_path / "state").exists()
+
+
+def test_a_starting_worker_respects_the_other_workers_chains_and_requests(
+        tmp_path: Path, fresh_database: str) -> None:
+    """Worker w1 starts on an empty store while w2's chain saw block 5 ingested: the
+    store was rolled back behind the other worker's trail, so w1 refuses it. Its own
+    chain is audit-w1.jsonl and says which worker started; it leaves young pending
+    reservations (another worker's requests in flight) alone."""
+    data = _spec_data(_free_port())
+    data["kmes"][0]["store"] = fresh_database
+    spec = parse_corridor(data)
+    pki = ensure_pki(spec, tmp_path / "pki")
+    state_dir = tmp_path / "run" / "kme-a"
+    state_dir.mkdir(parents=True)
+    kek = load_kek(write_kek_file(state_dir / "kek.hex"))
+    with AuditLog(worker_audit_path(state_dir, "w2"), kek) as log:
+        log.emit("block_ingested", link_id=LINK, block_id=5)
+    node = KmeNode(spec, "kme-a", tmp_path / "run", pki, worker="w1",
+                   sock=bind_socket("127.0.0.1", 0, reuse_port=True))
+    with pytest.raises(StoreRollbackError, match="block 5 was ingested"):
+        node.start()
+    assert node.audit_path == state_dir / "audit-w1.jsonl"
+    # Without the other chain's mark the same store is fine. It holds two pending master
+    # reservations: one an hour old (left by a dead worker), one just made (another
+    # worker's request in flight); the starting worker discards only the old one.
+    (state_dir / "audit-w2.jsonl").unlink()
+    store = PostgresKeyStore(fresh_database, kek, kme_id="kme-a")
+    try:
+        store.append_block(LINK, 0, split_block(os.urandom(4096)), 10**9)
+        old, young = store.reserve_front(LINK, DIRECTION_A_TO_B,
+                                         key_ids=[str(uuid.uuid4()) for _ in range(2)],
+                                         length_bytes=32, master_sae_id="sae-a",
+                                         slave_sae_ids=("sae-b",))
+        import psycopg
+
+        with psycopg.connect(fresh_database, autocommit=True) as conn:
+            conn.execute("UPDATE corridor.kms_key SET created_at = created_at - 3600 "
+                         "WHERE key_id = %s", (old.key_id,))
+    finally:
+        store.close()
+    node = KmeNode(spec, "kme-a", tmp_path / "run", pki, worker="w1",
+                   sock=bind_socket("127.0.0.1", 0, reuse_port=True))
+    try:
+        node.start()
+        assert node.pending_discarded == 1
+        assert node.manager is not None
+        assert [r.key_id for r in node.manager.store.pending_reservations()] == [young.key_id]
+    finally:
+        node.close()
+    started = _events(state_dir / "audit-w1.jsonl", "kme_started")
+    assert [f.get("worker") for f in started] == ["w1"]  # the refused start never began
+
+
+def test_a_worker_needs_a_postgresql_store(tmp_path: Path) -> None:
+    spec = parse_corridor(_spec_data(_free_port()))
+    pki = ensure_pki(spec, tmp_path / "pki")
+    with pytest.raises(ParameterError) as excinfo:
+        KmeNode(spec, "kme-a", tmp_path / "run", pki, worker="w1")
+    assert excinfo.value.field == "kmes.kme-a.store"
 
 
 # --- two workers under load, one killed ------------------------------------------------
