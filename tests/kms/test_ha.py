@@ -51,8 +51,6 @@ from tests.kms.test_store import POSTGRES_DSN, require_postgres
 
 LINK = "link-ab"
 
-pytestmark = pytest.mark.postgres
-
 
 # --- the lease ------------------------------------------------------------------------
 
@@ -85,6 +83,7 @@ def test_lock_id_is_a_stable_signed_64_bit_number_per_link_end() -> None:
                 lease_lock_id("kme-alink", "-ab")}) == 4
 
 
+@pytest.mark.postgres
 def test_one_holder_wins_and_the_other_takes_over_when_its_session_ends() -> None:
     require_postgres()
     kme = f"kme-{uuid.uuid4().hex[:8]}"
@@ -139,6 +138,7 @@ class _FakeFeeder:
         self.stopped = True
 
 
+@pytest.mark.postgres
 def test_feeder_runs_only_where_the_lease_is_and_moves_with_it() -> None:
     require_postgres()
     kme = f"kme-{uuid.uuid4().hex[:8]}"
@@ -188,6 +188,7 @@ def test_feeder_runs_only_where_the_lease_is_and_moves_with_it() -> None:
     assert sinks["w2"].events[-1][1]["reason"] == "worker_stopped"
 
 
+@pytest.mark.postgres
 def test_a_feeder_that_cannot_start_hands_the_lease_back() -> None:
     require_postgres()
     kme = f"kme-{uuid.uuid4().hex[:8]}"
@@ -210,6 +211,7 @@ def test_a_feeder_that_cannot_start_hands_the_lease_back() -> None:
         leases.close()
 
 
+@pytest.mark.postgres
 def test_a_feeder_stopped_by_an_error_hands_the_lease_on() -> None:
     require_postgres()
     kme = f"kme-{uuid.uuid4().hex[:8]}"
@@ -294,6 +296,7 @@ def test_worker_on_an_sqlite_store_is_refused_naming_the_field(tmp_path: Path) -
     assert not (tmp_path / "state").exists()
 
 
+@pytest.mark.postgres
 def test_a_starting_worker_respects_the_other_workers_chains_and_requests(
         tmp_path: Path, fresh_database: str) -> None:
     """Worker w1 starts on an empty store while w2's chain saw block 5 ingested: the
@@ -429,6 +432,7 @@ def _events(path: Path, name: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 @pytest.mark.timeout(180)
 def test_killing_one_worker_under_load_loses_no_key_and_moves_the_feeder(
         tmp_path: Path, fresh_database: str) -> None:
