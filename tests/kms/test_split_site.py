@@ -334,15 +334,7 @@ def test_two_kme_serve_processes_share_a_simulated_link_over_tcp(tmp_path: Path)
             assert link_seen["link_id"] == LINK and link_seen["fed_here"], link_seen
             assert link_seen["state"] in ("ok", "pool_full") and not link_seen["alarms"]
     finally:
-        codes = {}
-        for kme, process in processes.items():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-            try:
-                codes[kme] = process.wait(40)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                codes[kme] = -1
+        codes = stop_processes(processes)
     assert codes == {"kme-a": 0, "kme-b": 0}, {k: v.read_text() for k, v in logs.items()}
     for kme in ports:
         log = logs[kme].read_text()
@@ -351,11 +343,29 @@ def test_two_kme_serve_processes_share_a_simulated_link_over_tcp(tmp_path: Path)
             assert key.key.hex() not in log
 
 
-def _serve(config: Path, kme: str, workdir: Path, log_path: Path) -> subprocess.Popen[str]:
+def stop_processes(processes: dict[str, subprocess.Popen[str]]) -> dict[str, int]:
+    """SIGTERM every process still running, wait for each (kill after 40 s: -1); their
+    exit codes by name."""
+    codes = {}
+    for name, process in processes.items():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            codes[name] = process.wait(40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            codes[name] = -1
+    return codes
+
+
+def serve(config: Path, kme: str, workdir: Path, log_path: Path,
+          *options: str) -> subprocess.Popen[str]:
+    """``corridor kme serve`` of ``kme`` (and ``options``), its output appended to
+    ``log_path``."""
     corridor = str(Path(sys.executable).parent / "corridor")
     with log_path.open("a") as log:
         return subprocess.Popen([corridor, "kme", "serve", "--config", str(config), "--kme",
-                                 kme, "--workdir", str(workdir), "--log-text"],
+                                 kme, "--workdir", str(workdir), "--log-text", *options],
                                 stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
@@ -371,7 +381,7 @@ def test_a_restarted_kme_serve_site_reconnects_without_a_latched_alarm(
     party reconnects by itself, keys flow again and neither site latches an alarm."""
     ports, config, pki = _serve_files(tmp_path)
     logs = {kme: tmp_path / f"{kme}.log" for kme in ports}
-    processes = {kme: _serve(config, kme, tmp_path / "state", logs[kme]) for kme in ports}
+    processes = {kme: serve(config, kme, tmp_path / "state", logs[kme]) for kme in ports}
     survivor = "kme-b" if stopped == "kme-a" else "kme-a"
     sae_of = {"kme-a": ("sae-a", "sae-b"), "kme-b": ("sae-b", "sae-a")}
 
@@ -402,7 +412,7 @@ def test_a_restarted_kme_serve_site_reconnects_without_a_latched_alarm(
         assert processes[stopped].wait(40) in (0, -how)
         # The survivor keeps serving and keeps its link: no latched alarm meanwhile.
         before = stored(survivor)
-        processes[stopped] = _serve(config, stopped, tmp_path / "state", logs[stopped])
+        processes[stopped] = serve(config, stopped, tmp_path / "state", logs[stopped])
         # Keys flow again: both KMEs store new blocks after the restart.
         wait_until(lambda: stored(survivor) > before and stored(stopped) > before,
                    "keys after the restart")

@@ -21,6 +21,12 @@ SIGTERM or SIGINT stops it cleanly: feed loop joined, server closed after in-fli
 requests, store closed, audit log fsync'ed. A ``kill -9`` is survivable by design
 (docs/kms-store.md, "Crash at any point"): on restart pending reservations are
 discarded and the feed resumes after the last stored block.
+
+``--worker NAME`` runs one of several workers of the same KME on one PostgreSQL store
+behind one address (docs/ha.md): the port is bound with ``SO_REUSEPORT``, the worker
+keeps its own audit chain (``audit-NAME.jsonl``), and it feeds a link only while it
+holds that link's feeder lease (:mod:`corridor.kms.ha`); the others take over within
+about a second when the holder dies.
 """
 
 from __future__ import annotations
@@ -57,10 +63,21 @@ def serve_command(
         "--accept-broken-audit", metavar="REASON",
         help="Start although the audit chain does not verify (the reason is audited). "
         "Inspect it with `corridor audit verify` first.")] = None,
+    worker: Annotated[str | None, typer.Option(
+        "--worker", metavar="NAME",
+        help="Run as worker NAME of this KME beside other workers on the same PostgreSQL "
+        "store and port (docs/ha.md); default: the KME's only process.")] = None,
 ) -> None:
     """Serve one KME over mutual TLS and feed it from its side of each of its links."""
     # The KMS stack is imported when a KME runs, not by every `corridor` invocation.
-    from corridor.kms.node import KmeNode, load_corridor, load_pki, monitor_for, own_link_feeders
+    from corridor.kms.ha import FeederLeases, check_worker, require_shared_store
+    from corridor.kms.node import (
+        KmeNode,
+        load_corridor,
+        load_pki,
+        monitor_for,
+        own_link_feeder_factories,
+    )
     from corridor.kms.sources.feeder import LinkFeeder
 
     with handle_errors():
@@ -71,6 +88,9 @@ def serve_command(
             raise ParameterError(f"kmes.{kme}.port", 0,
                                  "must be a fixed port for `corridor kme serve`: its peer KMEs "
                                  "and SAEs must know where to reach it")
+        if worker is not None:
+            check_worker(worker)
+            require_shared_store(kme, site.store)
         pki = load_pki(pki_dir or spec.pki_dir or workdir / "pki")
         stop = threading.Event()
 
@@ -80,8 +100,9 @@ def serve_command(
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT,
                                                                     signal.SIGTERM)}
         node = KmeNode(spec, kme, workdir.resolve(), pki,
-                       accept_broken_audit=accept_broken_audit)
+                       accept_broken_audit=accept_broken_audit, worker=worker)
         feeders: list[LinkFeeder] = []
+        leases: FeederLeases | None = None
         try:
             url = node.start()
             manager = node.manager
@@ -89,24 +110,39 @@ def serve_command(
             # This process's own monitor judges its side of each link: alarms live here,
             # and `corridor alarm clear` at this KME clears them here.
             monitor = monitor_for(spec, node.events)
-            found, skipped = own_link_feeders(spec, kme, manager, node.events, monitor)
-            node.alarm_desk.attach(monitor, {f.link_id: f for f in found})
+            factories, skipped = own_link_feeder_factories(spec, kme, manager, node.events,
+                                                           monitor)
             for link_id in skipped:
                 err_console.print(
                     f"link {link_id}: a simulated link needs channel_listen, channel_address "
                     "and simulation_seed to be fed by one KME process per site "
                     "(docs/corridor-up.md); serving stored keys only",
                     highlight=False, soft_wrap=True)
-            for feeder in found:
-                feeders.append(feeder)
-                feeder.start()
+            if worker is None:
+                feeders = [build() for build in factories.values()]
+                node.alarm_desk.attach(monitor, {f.link_id: f for f in feeders})
+                for feeder in feeders:
+                    feeder.start()
+                feeding = f"feeding {len(feeders)} link(s)"
+            else:
+                # One writer per link end across workers: a feeder runs where its lease is.
+                node.alarm_desk.attach(monitor, {})
+                leases = FeederLeases(node.store_url, kme, worker, factories, node.events,
+                                      on_change=lambda running: node.alarm_desk.attach(
+                                          monitor, running))
+                leases.start()
+                feeding = (f"worker {worker}; feeding {len(leases.held)} of "
+                           f"{len(factories)} link(s) (a link's feeder runs at the worker "
+                           "holding its lease)")
             console.print(f"KME {kme} ({site.site}) serving at {url}; "
                           f"{node.pending_discarded} pending reservations discarded at start; "
-                          f"feeding {len(feeders)} link(s)", highlight=False, soft_wrap=True)
+                          f"{feeding}", highlight=False, soft_wrap=True)
             console.file.flush()
             while not stop.is_set():
                 stop.wait(1.0)
         finally:
+            if leases is not None:
+                leases.close()
             for feeder in feeders:
                 feeder.stop()
             node.close()

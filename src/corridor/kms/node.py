@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import importlib.resources
 import json
 import logging
@@ -41,7 +40,7 @@ import socket
 import threading
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +64,17 @@ from corridor.kms.config import (
     parse_hybrid_pairs,
 )
 from corridor.kms.crypto import load_kek, write_kek_file
+from corridor.kms.ha import (
+    PENDING_GRACE_S,
+    LockHeldError,
+    check_worker,
+    hold_pid_lock,
+    hold_worker_lock,
+    observe_sibling_chains,
+    require_shared_store,
+    sibling_audit_paths,
+    worker_audit_path,
+)
 from corridor.kms.interface import EventSink, FanOutEventSink
 from corridor.kms.limits import (
     SETTING_NAMES,
@@ -581,15 +591,22 @@ class KmeNode:
         limits: the server's connection limits with a concrete cap (default: the
             corridor file's, the cap sized from the open-file limit, which is raised to
             its hard limit first; :class:`Corridor` sizes its KMEs' caps together).
+        worker: this process's name among several workers of the KME on one PostgreSQL
+            store (docs/ha.md): its own audit chain ``audit-<worker>.jsonl``, the port
+            bound with ``SO_REUSEPORT``, only old pending reservations discarded at start
+            (:mod:`corridor.kms.ha`). None: the only process of this KME.
     """
 
     def __init__(self, spec: CorridorSpec, kme_id: str, workdir: Path, pki: PkiLayout, *,
                  peer_urls: Mapping[str, str] | None = None,
                  sock: socket.socket | None = None, public_url: str | None = None,
                  accept_broken_audit: str | None = None,
-                 limits: ConnectionLimits | None = None) -> None:
+                 limits: ConnectionLimits | None = None, worker: str | None = None) -> None:
         self.spec = spec
         self.site = spec.kme(kme_id)
+        self.worker = None if worker is None else check_worker(worker)
+        if self.worker is not None:
+            require_shared_store(kme_id, self.site.store)
         self.kme_id = kme_id
         self.state_dir = workdir / kme_id
         self.pki = pki
@@ -621,7 +638,9 @@ class KmeNode:
 
     @property
     def audit_path(self) -> Path:
-        """This KME's audit log."""
+        """This KME's audit log (this worker's, with several workers)."""
+        if self.worker is not None:
+            return worker_audit_path(self.state_dir, self.worker)
         return self.state_dir / "audit.jsonl"
 
     @property
@@ -651,6 +670,8 @@ class KmeNode:
         reservations (their IDs never reached a master SAE, docs/kms-store.md)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
+        if self.worker is not None:
+            self._stack.callback(os.close, hold_worker_lock(self.state_dir, self.worker))
         kek = self._kek()
         self.audit = AuditLog(self.audit_path, kek,
                               fsync_interval_s=self.site.audit_fsync_interval_s)
@@ -670,6 +691,11 @@ class KmeNode:
                 f"audit log {self.audit_path} is broken at seq {chain.first_bad_seq}: "
                 f"{chain.reason}; inspect it with `corridor audit verify`, and start with "
                 "--accept-broken-audit REASON only once you know why")
+        if self.worker is not None:
+            # The store is shared: it must be as far as every worker's chain says.
+            for warning in observe_sibling_chains(
+                    sibling_audit_paths(self.state_dir, self.audit_path), kek, marks):
+                _log.warning("KME %s worker %s: %s", self.kme_id, self.worker, warning)
         # Floods of refused requests reach the audit trail as summaries, every one of
         # them the metrics (corridor.kms.rejections); pending counts are written before
         # the audit log closes.
@@ -684,7 +710,8 @@ class KmeNode:
                              quotas=quotas)
         manager.check_store_against(marks)  # anti-rollback, before anything is served
         self.manager = manager
-        self.events.emit("kme_started", kme_id=self.kme_id, pid=os.getpid())
+        self.events.emit("kme_started", kme_id=self.kme_id, pid=os.getpid(),
+                         **({"worker": self.worker} if self.worker is not None else {}))
         if not chain.ok:
             _log.warning("KME %s started on a broken audit chain (seq %s: %s), accepted by "
                          "the operator: %s", self.kme_id, chain.first_bad_seq, chain.reason,
@@ -692,7 +719,9 @@ class KmeNode:
             self.events.emit("audit_chain_broken_accepted", kme_id=self.kme_id,
                              first_bad_seq=chain.first_bad_seq, fault=chain.reason,
                              operator_reason=self.accept_broken_audit)
-        self.pending_discarded = manager.resolve_pending()
+        # Another worker's request in flight holds pending rows younger than the grace.
+        self.pending_discarded = manager.resolve_pending(
+            PENDING_GRACE_S if self.worker is not None else 0.0)
         self.unfinished_resolved = manager.resolve_unfinished(journal.unfinished)
         self.metrics.add_pool_source(self._pool_samples)
         return manager
@@ -728,8 +757,8 @@ class KmeNode:
                              peer_acceptor=manager.accept_reservations,
                              peer_sync=manager.accept_sync,
                              alarms=self.alarm_desk, relay=manager.relay)
-            sock = self._sock if self._sock is not None else bind_socket(self.site.host,
-                                                                         self.site.port)
+            sock = self._sock if self._sock is not None else bind_socket(
+                self.site.host, self.site.port, reuse_port=self.worker is not None)
             limits = self._limits or check_file_budget(
                 {self.kme_id: self.site.limits}, raise_open_file_limit())[self.kme_id]
             server = self._stack.enter_context(running_server(
@@ -906,6 +935,32 @@ def make_source(link: LinkSite, sides: tuple[str, ...], *,
         block_interval_s=link.block_interval_s)
 
 
+def own_link_feeder_factories(spec: CorridorSpec, kme_id: str, manager: KeyManager,
+                              events: EventSink, monitor: LinkMonitor,
+                              ) -> tuple[dict[str, Callable[[], LinkFeeder]], list[str]]:
+    """How to build the feeder of this KME's side of each of its links, by link ID (a
+    fresh feeder each call: the workers of one KME build one whenever they take over a
+    link's feeder lease, :mod:`corridor.kms.ha`), and the IDs of the links one KME
+    process cannot feed (as :func:`own_link_feeders`)."""
+    factories: dict[str, Callable[[], LinkFeeder]] = {}
+    skipped: list[str] = []
+    for link in spec.links.values():
+        side = link.side_of(kme_id)
+        if side is None:
+            continue
+        if link.source == SOURCE_SIMULATED and link.channel_address is None:
+            skipped.append(link.link_id)
+            continue
+
+        def build(link: LinkSite = link, side: str = side) -> LinkFeeder:
+            return LinkFeeder(make_source(link, (side,)),
+                              manager if side == SIDE_ALICE else None,
+                              manager if side == SIDE_BOB else None, monitor, events)
+
+        factories[link.link_id] = build
+    return factories, skipped
+
+
 def own_link_feeders(spec: CorridorSpec, kme_id: str, manager: KeyManager,
                      events: EventSink, monitor: LinkMonitor | None = None,
                      ) -> tuple[list[LinkFeeder], list[str]]:
@@ -918,19 +973,8 @@ def own_link_feeders(spec: CorridorSpec, kme_id: str, manager: KeyManager,
     """
     if monitor is None:
         monitor = monitor_for(spec, events)
-    feeders: list[LinkFeeder] = []
-    skipped: list[str] = []
-    for link in spec.links.values():
-        side = link.side_of(kme_id)
-        if side is None:
-            continue
-        if link.source == SOURCE_SIMULATED and link.channel_address is None:
-            skipped.append(link.link_id)
-            continue
-        feeders.append(LinkFeeder(make_source(link, (side,)),
-                                  manager if side == SIDE_ALICE else None,
-                                  manager if side == SIDE_BOB else None, monitor, events))
-    return feeders, skipped
+    factories, skipped = own_link_feeder_factories(spec, kme_id, manager, events, monitor)
+    return [build() for build in factories.values()], skipped
 
 
 class Corridor:
@@ -1057,19 +1101,12 @@ class Corridor:
     def _lock_workdir(self) -> None:
         """Refuse a second corridor on the same state: two feeders would fight over the
         same streams. The lock is released when this process ends, however it ends."""
-        path = self.workdir / LOCK_FILE_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
+            self._lock_fd = hold_pid_lock(self.workdir / LOCK_FILE_NAME)
+        except LockHeldError as exc:
             raise ParameterError("--workdir", str(self.workdir),
-                                 f"is in use by another corridor (pid {holder}); stop it or "
-                                 "choose another working directory") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+                                 f"is in use by another corridor (pid {exc.holder}); stop it "
+                                 "or choose another working directory") from None
 
     def up_description(self) -> dict[str, Any]:
         """What ``corridor-up.json`` holds (paths relative to the working directory)."""
@@ -1162,4 +1199,4 @@ class Corridor:
 
 __all__ = ["Corridor", "CorridorSpec", "KmeNode", "KmeSite", "LinkSite",
            "ensure_pki", "load_corridor", "load_pki", "make_source", "monitor_for",
-           "own_link_feeders", "parse_corridor"]
+           "own_link_feeder_factories", "own_link_feeders", "parse_corridor"]

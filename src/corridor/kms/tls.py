@@ -519,11 +519,14 @@ class RunningServer:
         return f"https://{host}:{self.port}"
 
 
-def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+def bind_socket(host: str = "127.0.0.1", port: int = 0, *,
+                reuse_port: bool = False) -> socket.socket:
     """A listening-ready TCP socket bound to ``host``; ``port=0`` picks a free port.
 
     Binding first lets a caller learn every server's port before any server starts
-    (two KMEs that must know each other's URL).
+    (two KMEs that must know each other's URL). ``reuse_port`` sets ``SO_REUSEPORT``:
+    several processes of one user bind the same port and the kernel spreads new
+    connections over them (the workers of one KME, docs/ha.md).
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto must say TCP: asyncio sets TCP_NODELAY on accepted connections only when the
@@ -531,6 +534,8 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     # delayed ACK (~40 ms).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
