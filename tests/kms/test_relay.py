@@ -352,3 +352,20 @@ def test_a_quarantined_link_is_routed_around(tmp_path: Path) -> None:
         assert net.managers["k1"].status("s1", "s4").stored_key_count == 0
     finally:
         net.close()
+
+
+def test_a_path_short_of_key_is_refused_before_anything_is_cut(line: Net) -> None:
+    # Drain k2 -> k3 (a cut at k2 burns it): the master sees the pool short and refuses
+    # without cutting its own first hop.
+    spec = line.directory.link("l23")
+    assert spec is not None
+    available = line.available("k2", "l23", "k2")
+    line.managers["k2"].store.cut_front(
+        "l23", spec.direction_from("k2"), key_ids=[f"{i:08d}-0000-4000-8000-000000000000"
+                                                   for i in range(available // 32)],
+        length_bytes=32, master_sae_id="s2", slave_sae_ids=("s3",))
+    before = line.available("k1", "l12", "k1")
+    with pytest.raises(KeysUnavailableError, match="short of key"):
+        line.managers["k1"].enc_keys("s1", "s4", number=1)
+    assert line.available("k1", "l12", "k1") == before
+    assert line.managers["k1"].status("s1", "s4").stored_key_count == 0

@@ -430,9 +430,16 @@ class RelayEngine:
         policy = self.policy_for(master_sae_id, slave_sae_id)
         if policy.path_count == 1:
             route = key_aware_path(snap, self.kme_id, slave_kme, key_bits)
-            return [route] if route is not None and route.hops <= MAX_HOPS else []
-        found = disjoint_paths(snap, self.kme_id, slave_kme, policy.path_count, key_bits)
+            found = [route] if route is not None else []
+        else:
+            found = disjoint_paths(snap, self.kme_id, slave_kme, policy.path_count, key_bits)
         if len(found) < policy.path_count or any(r.hops > MAX_HOPS for r in found):
+            return []
+        # A pool the snapshot shows short would fail the relay after the first hop's key
+        # was cut (and burned): refuse now instead, nothing cut.
+        states = {link.link_id: link for link in snap.links}
+        if any(states[link_id].pool_bits(kme) < key_bits for route in found
+               for kme, link_id in zip(route.kmes, route.links, strict=False)):
             return []
         return found
 
@@ -496,8 +503,9 @@ class RelayEngine:
                 "nothing was delivered", last.details)
         raise KeysUnavailableError(
             f"no usable relay path from KME {self.kme_id!r} to KME {slave_kme!r} now "
-            "(links quarantined, KMEs unreachable, or too few disjoint paths for the "
-            "pair's policy)", [{"slave_SAE_ID": slave}])
+            "(links quarantined, KMEs unreachable, a pool on the path short of key, or "
+            "too few disjoint paths for the pair's policy); nothing was reserved",
+            [{"slave_SAE_ID": slave}])
 
     def _relay_once(self, routes: list[Route], master: str, slaves: tuple[str, ...],
                     count: int, size: int, attempt: int) -> list[DeliveredKey]:
