@@ -12,7 +12,9 @@ of one side is what one core of that side sustains.
 
 Modes:
 - ``fetch``: every handshake fetches its QKD key over mutual TLS, ``enc_keys`` (1 key)
-  at the master's KME and ``dec_keys`` (1 ID) at the slave's;
+  at the master's KME and ``dec_keys`` (1 ID) at the slave's (the fetch's share: this
+  mode's CPU and wall time per handshake minus ``held``'s; one fetch timed on its own is
+  printed too);
 - ``batched``: keys fetched ahead in batches of ``--batch`` (one ``enc_keys`` with
   number=N at the master, one ``dec_keys`` with those N IDs at the slave), the fetch
   counted in the time and reported per handshake;
@@ -23,7 +25,8 @@ Modes:
 ``held`` and ``no_qkd`` run first, before the KMEs start in this process.
 
 The cost split times each piece of a handshake on its own with the handshake's inputs
-(both sides' share: one X-Wing keygen, encaps and decaps; two CatKDFs; four MACs; each
+(both sides' share: one X-Wing keygen, encaps and decaps; two CatKDFs; two transcript
+hashes and four MACs; each
 message encoded once and decoded once) and compares the sum with the measured CPU time
 of the pair; ``other`` is the rest (policy decisions, session records, the transport
 and the thread hand-offs).
