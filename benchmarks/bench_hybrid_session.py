@@ -26,10 +26,9 @@ Modes:
 
 The cost split times each piece of a handshake on its own with the handshake's inputs
 (both sides' share: one X-Wing keygen, encaps and decaps; two CatKDFs; two transcript
-hashes and four MACs; each
-message encoded once and decoded once) and compares the sum with the measured CPU time
-of the pair; ``other`` is the rest (policy decisions, session records, the transport
-and the thread hand-offs).
+hashes and four MACs; each message encoded once and decoded once) and compares the sum
+with the measured CPU time of the pair; ``other`` is the rest (policy decisions, session
+records, the transport and the thread hand-offs).
 
     PYTHONPATH=src:. .venv/bin/python benchmarks/bench_hybrid_session.py \\
         [--seconds 3] [--rounds 5] [--batch 128] [--core 1] [--format table|json]
