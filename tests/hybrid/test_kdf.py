@@ -8,6 +8,7 @@ tests/hybrid/data/etsi103744_vectors.json holds what the TS 103 744 reference co
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from pathlib import Path
 from typing import Any
@@ -136,3 +137,52 @@ def test_caskdf_refuses_bad_parameters(changes: dict[str, Any], field: str) -> N
     with pytest.raises(ParameterError) as info:
         kdf.caskdf_stage(**args)
     assert info.value.field == field
+
+
+def test_hkdf_matches_rfc5869_sha256_vectors() -> None:
+    # RFC 5869 appendix A.1 (basic) and A.3 (empty salt and info).
+    okm = kdf.hkdf(ikm=b"\x0b" * 22, salt=bytes(range(13)), info=bytes(range(0xF0, 0xFA)),
+                   length=42)
+    assert okm.hex() == ("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
+                         "34007208d5b887185865")
+    okm = kdf.hkdf(ikm=b"\x0b" * 22, salt=b"", info=b"", length=42)
+    assert okm.hex() == ("8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
+                         "9d201395faa4b61a96c8")
+
+
+@settings(max_examples=200, deadline=None)
+@given(hash_name=st.sampled_from(kdf.HASHES), ikm=st.binary(max_size=300),
+       salt=st.binary(max_size=300), info=st.binary(max_size=300),
+       length=st.integers(min_value=1, max_value=255 * 32))
+def test_hkdf_and_hmac_give_the_libraries_bytes(hash_name: str, ikm: bytes, salt: bytes,
+                                                info: bytes, length: int) -> None:
+    """Our HMAC/HKDF over hashlib against pyca's HKDF and the standard library's HMAC,
+    salts and keys longer than the hash block (hashed first) and empty included."""
+    algorithm = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384()}[hash_name]
+    expected = HKDF(algorithm, length, salt, info).derive(ikm)
+    assert kdf.hkdf(ikm=ikm, salt=salt, info=info, length=length, hash=hash_name) == expected
+    assert kdf.hmac_digest(salt, ikm, hash_name) == hmac.digest(salt, ikm, hash_name)
+
+
+def test_catkdf_labels_of_every_length_give_the_reference_construction() -> None:
+    # The label's HMAC states are computed once per label: each label (empty, short,
+    # one hash block, longer than a block) must still give its own key.
+    case = _cat_args(CAT[1])
+    keys = set()
+    for label in (b"", b"l", b"x" * 64, b"x" * 65, b"x" * 200, b"y" * 200):
+        context = hashlib.sha256(b"".join(len(x).to_bytes(4, "big") + x
+                                          for x in (case["info"], case["ma"], case["mb"])))
+        expected = HKDF(hashes.SHA256(), 64, label, context.digest()).derive(
+            case["psk"] + case["k1"] + case["k2"])
+        for _ in range(2):  # the second call takes the cached label states
+            assert kdf.catkdf(**{**case, "label": label, "length": 64}) == expected
+        keys.add(expected)
+    assert len(keys) == 6
+
+
+def test_catkdf_takes_bytearray_and_memoryview_like_bytes() -> None:
+    case = _cat_args(CAT[2])
+    expected = kdf.catkdf(**case)
+    assert kdf.catkdf(**{**case, "psk": bytearray(case["psk"]),
+                         "ma": memoryview(case["ma"]), "label": bytearray(case["label"])}) \
+        == expected

@@ -3,6 +3,8 @@ tampering, malformed messages, and no key material in reprs, errors or logs."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import struct
@@ -33,6 +35,7 @@ from corridor.hybrid.session import (
     Initiator,
     Responder,
     SessionKey,
+    confirmation_mac,
     derive_keys,
     session_info,
 )
@@ -366,3 +369,19 @@ def test_kem_seeds_and_session_ids_come_from_the_given_random_source(
 def test_a_reproducible_random_source_is_refused() -> None:
     with pytest.raises(ParameterError, match=r"^rng = .*a cryptographic RandomSource"):
         Initiator(A, B, "any", qkd=FakeQkd(SharedPool()), rng=RandomSource.seeded(1))
+
+
+def test_confirmation_mac_is_the_documented_hmac() -> None:
+    # docs/hybrid-session.md: HMAC-SHA256(key, lp(role) || lp(SHA-256(MA)) || lp(SHA-256(MB))).
+    key, ma, mb = b"k" * 32, b"hello" * 300, b"reply" * 250
+
+    def lp(data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + data
+
+    for role in ("initiator", "responder"):
+        data = lp(role.encode()) + lp(hashlib.sha256(ma).digest()) \
+            + lp(hashlib.sha256(mb).digest())
+        assert confirmation_mac(bytearray(key), role, ma, mb) \
+            == hmac.new(key, data, hashlib.sha256).digest()
+    assert confirmation_mac(key, "initiator", ma, mb) != confirmation_mac(key, "responder",
+                                                                         ma, mb)

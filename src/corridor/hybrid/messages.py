@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from corridor.hybrid.errors import MalformedMessage
 
@@ -127,44 +128,77 @@ Message = Hello | Reply | Confirm | Abort
 
 
 def _encode(message_type: int, *fields: bytes) -> bytes:
-    return bytes((VERSION, message_type)) + b"".join(lp(f) for f in fields)
+    parts = [bytes((VERSION, message_type))]
+    for data in fields:
+        parts += (_LENGTH.pack(len(data)), data)
+    return b"".join(parts)
+
+
+# A field as the reader checks it: (name, exact length or None, lowest, highest length,
+# text pattern: None for raw bytes, _ANY_TEXT for UTF-8 text with no pattern).
+_Field = tuple[str, int | None, int, int, re.Pattern[str] | None]
+_ANY_TEXT = re.compile(r"(?s:.*)")
+_HEAD: tuple[_Field, ...] = (("session_id", SESSION_ID_BYTES, 0, MAX_KEM_FIELD_BYTES, None),
+                             ("generation", _GENERATION.size, 0, MAX_KEM_FIELD_BYTES, None))
+_HELLO_NAMES: tuple[_Field, ...] = (
+    ("initiator_sae_id", None, 1, MAX_ID_BYTES, _ID),
+    ("responder_sae_id", None, 1, MAX_ID_BYTES, _ID),
+    ("policy", None, 1, MAX_NAME_BYTES, _ANY_TEXT),
+    ("suite", None, 1, MAX_NAME_BYTES, _ANY_TEXT),
+    ("key_id", None, 0, MAX_KEY_ID_BYTES, _ID),
+    ("qkd_missing", None, 0, 64, _REASON))
+_HELLO_KEYS: tuple[_Field, ...] = (("pk1", None, 0, MAX_KEM_FIELD_BYTES, None),
+                                   ("pk2", None, 0, MAX_KEM_FIELD_BYTES, None))
+_REPLY_NAMES: tuple[_Field, ...] = (("key_id", None, 0, MAX_KEY_ID_BYTES, _ID),
+                                    ("qkd_missing", None, 0, 64, _REASON))
+_REPLY_KEYS: tuple[_Field, ...] = (("ct1", None, 0, MAX_KEM_FIELD_BYTES, None),
+                                   ("ct2", None, 0, MAX_KEM_FIELD_BYTES, None))
+_CONFIRM_ROLE: tuple[_Field, ...] = (("role", None, 1, MAX_NAME_BYTES, _ANY_TEXT),)
+_CONFIRM_MAC: tuple[_Field, ...] = (("mac", MAC_BYTES, 0, MAX_KEM_FIELD_BYTES, None),)
+_ABORT_REASON: tuple[_Field, ...] = (("reason", None, 1, 64, _REASON),)
 
 
 class _Reader:
+    """Reads fields in order, each checked before the next is read, so that the first
+    field that is wrong is the one named."""
+
     def __init__(self, data: bytes, message_type: str) -> None:
         self.data = data
         self.offset = 2
         self.type = message_type
 
-    def take(self, name: str, *, exact: int | None = None, low: int = 0,
-             high: int = MAX_KEM_FIELD_BYTES) -> bytes:
-        if self.offset + _LENGTH.size > len(self.data):
-            raise MalformedMessage(self.type, name, None, "the message ends before it")
-        (length,) = _LENGTH.unpack_from(self.data, self.offset)
-        start = self.offset + _LENGTH.size
-        if start + length > len(self.data):
-            raise MalformedMessage(self.type, name, length, "longer than the rest of the "
-                                   f"message ({len(self.data) - start} bytes)")
-        if exact is not None and length != exact:
-            raise MalformedMessage(self.type, name, length, f"must be {exact} bytes")
-        if not low <= length <= high:
-            raise MalformedMessage(self.type, name, length, f"must be {low} to {high} bytes")
-        self.offset = start + length
-        return self.data[start:self.offset]
-
-    def text(self, name: str, pattern: re.Pattern[str] | None, *, low: int, high: int) -> str:
-        raw = self.take(name, low=low, high=high)
-        try:
-            value = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MalformedMessage(self.type, name, len(raw), "must be UTF-8") from None
-        if value and pattern is not None and not pattern.fullmatch(value):
-            raise MalformedMessage(self.type, name, len(raw),
-                                   f"must match {pattern.pattern}")
-        return value
-
-    def generation(self) -> int:
-        return int(_GENERATION.unpack(self.take("generation", exact=_GENERATION.size))[0])
+    def fields(self, specs: tuple[_Field, ...]) -> list[Any]:
+        """The values of ``specs``' fields: bytes, or str for a text field."""
+        data, offset, size = self.data, self.offset, len(self.data)
+        values: list[Any] = []
+        for name, exact, low, high, pattern in specs:
+            if offset + 4 > size:
+                raise MalformedMessage(self.type, name, None, "the message ends before it")
+            (length,) = _LENGTH.unpack_from(data, offset)
+            start = offset + 4
+            offset = start + length
+            if offset > size:
+                raise MalformedMessage(self.type, name, length, "longer than the rest of "
+                                       f"the message ({size - start} bytes)")
+            if exact is not None and length != exact:
+                raise MalformedMessage(self.type, name, length, f"must be {exact} bytes")
+            if not low <= length <= high:
+                raise MalformedMessage(self.type, name, length,
+                                       f"must be {low} to {high} bytes")
+            raw = data[start:offset]
+            if pattern is None:
+                values.append(raw)
+                continue
+            try:
+                value = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise MalformedMessage(self.type, name, length, "must be UTF-8") from None
+            if value and pattern is not _ANY_TEXT and not pattern.fullmatch(value):
+                raise MalformedMessage(self.type, name, length,
+                                       f"must match {pattern.pattern}")
+            values.append(value)
+        self.offset = offset
+        return values
 
     def end(self) -> None:
         if self.offset != len(self.data):
@@ -184,34 +218,26 @@ def decode(data: bytes) -> Message:
         raise MalformedMessage("message", "type", 1, f"type {data[1]} is not one of "
                                f"{sorted(_TYPE_NAMES)}")
     reader = _Reader(data, name)
-    session_id = reader.take("session_id", exact=SESSION_ID_BYTES)
-    generation = reader.generation()
+    session_id, raw_generation = reader.fields(_HEAD)
+    generation = int.from_bytes(raw_generation, "big")
     message: Message
     if data[1] == TYPE_HELLO:
-        initiator = reader.text("initiator_sae_id", _ID, low=1, high=MAX_ID_BYTES)
-        responder = reader.text("responder_sae_id", _ID, low=1, high=MAX_ID_BYTES)
-        policy = reader.text("policy", None, low=1, high=MAX_NAME_BYTES)
-        suite = reader.text("suite", None, low=1, high=MAX_NAME_BYTES)
-        key_id = reader.text("key_id", _ID, low=0, high=MAX_KEY_ID_BYTES)
-        missing = reader.text("qkd_missing", _REASON, low=0, high=64)
+        initiator, responder, policy, suite, key_id, missing = reader.fields(_HELLO_NAMES)
         _one_of(name, key_id, missing)
         message = Hello(session_id, generation, initiator, responder, policy, suite, key_id,
-                        missing, reader.take("pk1"), reader.take("pk2"))
+                        missing, *reader.fields(_HELLO_KEYS))
     elif data[1] == TYPE_REPLY:
-        key_id = reader.text("key_id", _ID, low=0, high=MAX_KEY_ID_BYTES)
-        missing = reader.text("qkd_missing", _REASON, low=0, high=64)
+        key_id, missing = reader.fields(_REPLY_NAMES)
         _one_of(name, key_id, missing)
-        message = Reply(session_id, generation, key_id, missing, reader.take("ct1"),
-                        reader.take("ct2"))
+        message = Reply(session_id, generation, key_id, missing, *reader.fields(_REPLY_KEYS))
     elif data[1] == TYPE_CONFIRM:
-        role = reader.text("role", None, low=1, high=MAX_NAME_BYTES)
+        (role,) = reader.fields(_CONFIRM_ROLE)
         if role not in (ROLE_INITIATOR, ROLE_RESPONDER):
             raise MalformedMessage(name, "role", len(role),
                                    f"must be {ROLE_INITIATOR} or {ROLE_RESPONDER}")
-        message = Confirm(session_id, generation, role, reader.take("mac", exact=MAC_BYTES))
+        message = Confirm(session_id, generation, role, *reader.fields(_CONFIRM_MAC))
     else:
-        message = Abort(session_id, generation,
-                        reader.text("reason", _REASON, low=1, high=64))
+        message = Abort(session_id, generation, *reader.fields(_ABORT_REASON))
     reader.end()
     return message
 

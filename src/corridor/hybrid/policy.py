@@ -121,6 +121,8 @@ def decide(policy: Policy | str, *, qkd_missing: str | None = None,
         pqc_missing: ``None`` when ML-KEM + X25519 can run, else the reason code why not.
     """
     policy = parse_policy(policy)
+    if qkd_missing is None and pqc_missing is None:
+        return _ALL_INPUTS[policy]  # every handshake that has both inputs
     missing: list[tuple[str, str]] = []
     for name, reason in ((QKD, qkd_missing), (PQC, pqc_missing)):
         if reason is not None:
@@ -133,6 +135,10 @@ def decide(policy: Policy | str, *, qkd_missing: str | None = None,
     if _needed(policy) & absent or not available:
         return Decision(policy, (), REFUSED, tuple(missing))
     return Decision(policy, available, DEGRADED if missing else ESTABLISHED, tuple(missing))
+
+
+# The decision of each policy when nothing is missing (Decisions are immutable).
+_ALL_INPUTS = {policy: Decision(policy, (QKD, PQC), ESTABLISHED) for policy in Policy}
 
 
 class DecisionRecorder:

@@ -54,7 +54,7 @@ from corridor.hybrid.errors import (
     TransportError,
     UnknownPeer,
 )
-from corridor.hybrid.kdf import catkdf
+from corridor.hybrid.kdf import catkdf, hmac_digest
 from corridor.hybrid.messages import (
     ROLE_INITIATOR,
     ROLE_RESPONDER,
@@ -124,8 +124,16 @@ def confirmation_mac(confirmation_key: bytes | bytearray, role: str, ma: bytes,
                      mb: bytes) -> bytes:
     """HMAC-SHA256 under the confirmation key over the role (so that a side's MAC can
     never be reflected back as the other's) and the hashes of MA and MB."""
-    data = lp(role.encode()) + lp(hashlib.sha256(ma).digest()) + lp(hashlib.sha256(mb).digest())
-    return hmac.new(bytes(confirmation_key), data, hashlib.sha256).digest()
+    return _role_mac(confirmation_key, role, _transcript_hashes(ma, mb))
+
+
+def _transcript_hashes(ma: bytes, mb: bytes) -> bytes:
+    """``lp(SHA-256(MA)) lp(SHA-256(MB))``: what both of a side's MACs cover, hashed once."""
+    return lp(hashlib.sha256(ma).digest()) + lp(hashlib.sha256(mb).digest())
+
+
+def _role_mac(confirmation_key: bytes | bytearray, role: str, transcript: bytes) -> bytes:
+    return hmac_digest(bytes(confirmation_key), lp(role.encode()) + transcript)
 
 
 def wipe(buffer: bytearray | None) -> None:
@@ -409,11 +417,12 @@ class Initiator(_Handshake):
         keys += (session_key, confirm_key)
         del pqc_secret, qkd_key
         theirs = _expect_confirm(transport.recv(), sid, generation, ROLE_RESPONDER)
-        expected = confirmation_mac(confirm_key, ROLE_RESPONDER, ma, mb)
+        transcript = _transcript_hashes(ma, mb)
+        expected = _role_mac(confirm_key, ROLE_RESPONDER, transcript)
         if not hmac.compare_digest(theirs.mac, expected):
             raise ConfirmationFailed(ROLE_RESPONDER, sid.hex(), generation)
         transport.send(Confirm(sid, generation, ROLE_INITIATOR,
-                               confirmation_mac(confirm_key, ROLE_INITIATOR, ma, mb)).encode())
+                               _role_mac(confirm_key, ROLE_INITIATOR, transcript)).encode())
         wipe(confirm_key)
         keys.remove(session_key)
         return SessionKey(self._record_of(hello, decision, reply.key_id), session_key)
@@ -525,12 +534,13 @@ class Responder(_Handshake):
         keys += (session_key, confirm_key)
         del pqc_secret, qkd_key
         transport.send(mb)
+        transcript = _transcript_hashes(ma, mb)
         transport.send(Confirm(hello.session_id, hello.generation, ROLE_RESPONDER,
-                               confirmation_mac(confirm_key, ROLE_RESPONDER, ma, mb)).encode())
+                               _role_mac(confirm_key, ROLE_RESPONDER, transcript)).encode())
         theirs = _expect_confirm(transport.recv(), hello.session_id, hello.generation,
                                  ROLE_INITIATOR)
         if not hmac.compare_digest(theirs.mac,
-                                   confirmation_mac(confirm_key, ROLE_INITIATOR, ma, mb)):
+                                   _role_mac(confirm_key, ROLE_INITIATOR, transcript)):
             raise ConfirmationFailed(ROLE_INITIATOR, hello.session_id.hex(), hello.generation)
         wipe(confirm_key)
         keys.remove(session_key)

@@ -48,7 +48,7 @@ _CLOSED = object()
 class MemoryTransport:
     """One end of an in-process pair (:func:`memory_pair`)."""
 
-    def __init__(self, inbox: queue.Queue[object], outbox: queue.Queue[object],
+    def __init__(self, inbox: queue.SimpleQueue[object], outbox: queue.SimpleQueue[object],
                  timeout_s: float | None) -> None:
         self._inbox = inbox
         self._outbox = outbox
@@ -88,8 +88,10 @@ class MemoryTransport:
 
 def memory_pair(timeout_s: float | None = 10.0) -> tuple[MemoryTransport, MemoryTransport]:
     """Two connected in-process ends; ``recv`` waits at most ``timeout_s``."""
-    a_to_b: queue.Queue[object] = queue.Queue()
-    b_to_a: queue.Queue[object] = queue.Queue()
+    # SimpleQueue: the C queue, one lock per message instead of queue.Queue's Python
+    # condition variables (a handshake crosses the queues four times).
+    a_to_b: queue.SimpleQueue[object] = queue.SimpleQueue()
+    b_to_a: queue.SimpleQueue[object] = queue.SimpleQueue()
     return MemoryTransport(b_to_a, a_to_b, timeout_s), MemoryTransport(a_to_b, b_to_a, timeout_s)
 
 
