@@ -369,3 +369,33 @@ def test_a_path_short_of_key_is_refused_before_anything_is_cut(line: Net) -> Non
         line.managers["k1"].enc_keys("s1", "s4", number=1)
     assert line.available("k1", "l12", "k1") == before
     assert line.managers["k1"].status("s1", "s4").stored_key_count == 0
+
+
+def test_concurrent_relays_deliver_every_key_once(line: Net) -> None:
+    import threading
+
+    got: list[Any] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        for _ in range(5):
+            try:
+                keys = line.managers["k1"].enc_keys("s1", "s4", number=2)
+            except KeysUnavailableError as exc:  # a pool short under contention: fine
+                errors.append(exc)
+                continue
+            with lock:
+                got.extend(keys)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(got) >= 40
+    ids = [k.key_id for k in got]
+    assert len(set(ids)) == len(ids) and len({k.key for k in got}) == len(got)
+    fetched = line.managers["k4"].dec_keys("s4", "s1", ids[:100])
+    assert [k.key for k in fetched] == [k.key for k in got[:100]]
+    assert line.managers["k4"].store.count_keys(ROLE_SLAVE) == len(got) - len(fetched)
