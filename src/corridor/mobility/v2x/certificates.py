@@ -36,7 +36,7 @@ def its_time32(unix_s: float) -> int:
 
 def its_time64(unix_s: float) -> int:
     """1609.2 ``Time64``: TAI microseconds since 2004-01-01."""
-    return int(round((unix_s - ITS_EPOCH_UNIX_S + LEAP_SECONDS_SINCE_2004) * 1_000_000))
+    return round((unix_s - ITS_EPOCH_UNIX_S + LEAP_SECONDS_SINCE_2004) * 1_000_000)
 
 
 def unix_from_time64(time64_us: int) -> float:

@@ -39,9 +39,27 @@ class EncodingError(CorridorError):
     """Bytes that are not a valid 1609.2 structure, or a value that cannot be encoded."""
 
 
+def _fullname_without_cycles(self: Any) -> str:
+    names = [self._name]
+    seen = {id(self)}
+    obj = self._parent
+    while obj is not None and id(obj) not in seen:
+        seen.add(id(obj))
+        names.append(obj._name)
+        obj = obj._parent
+    return ".".join(reversed(names))
+
+
 def _modules() -> Any:
     from pycrate_asn1dir import ITS_IEEE1609_2
+    from pycrate_asn1rt.asnobj import ASN1Obj
 
+    # pycrate 0.8.1 bug: decoding a recursive type (Ieee1609Dot2Data inside
+    # SignedDataPayload) re-parents the shared type objects into a cycle, and the message
+    # of an unknown extension (built eagerly, even with logging off) walks the parents with
+    # ``fullname`` forever: one crafted packet would hang an RSU. This ``fullname`` stops
+    # at the first object it has already named.
+    ASN1Obj.fullname = _fullname_without_cycles
     return ITS_IEEE1609_2
 
 
@@ -61,26 +79,44 @@ def _types() -> dict[str, Any]:
 
 
 _TYPES: dict[str, Any] = {}
+_PARENTS: list[tuple[Any, Any]] = []
 
 
 def _type(name: str) -> Any:
     if not _TYPES:
         _TYPES.update(_types())
+        mod = _modules()
+        _PARENTS.extend((obj, obj._parent) for module in (mod.Ieee1609Dot2,
+                                                          mod.Ieee1609Dot2BaseTypes)
+                        for obj in module._all_)
     return _TYPES[name]
+
+
+def _restore_parents() -> None:
+    # pycrate's decoders re-parent a component while they decode it and do not always undo
+    # that (not when the bytes are malformed); 1609.2's recursive types (Ieee1609Dot2Data
+    # inside SignedDataPayload) then leave the shared type objects in a parent cycle, and
+    # pycrate's error path (which names the component) loops forever. Every call starts
+    # from the parents the module was built with, and a failure puts them back too.
+    for obj, parent in _PARENTS:
+        obj._parent = parent
 
 
 def _oer(type_name: str, value: Any) -> bytes:
     obj = _type(type_name)
+    _restore_parents()
     try:
         obj.set_val(value)
         return bytes(obj.to_oer())
     except Exception as exc:  # pycrate raises its own classes and plain ones alike
+        _restore_parents()
         raise EncodingError(f"cannot encode {type_name}: {type(exc).__name__}: "
                             f"{str(exc)[:200]}") from None
 
 
 def _from_oer(type_name: str, data: bytes) -> Any:
     obj = _type(type_name)
+    _restore_parents()
     try:
         obj.from_oer(data)
         value = obj.get_val()
@@ -89,6 +125,7 @@ def _from_oer(type_name: str, data: bytes) -> Any:
     except EncodingError:
         raise
     except Exception as exc:
+        _restore_parents()
         raise EncodingError(f"not a 1609.2 {type_name}: {type(exc).__name__}") from None
     return value
 
