@@ -114,13 +114,18 @@ def _oer(type_name: str, value: Any) -> bytes:
                             f"{str(exc)[:200]}") from None
 
 
-def _from_oer(type_name: str, data: bytes) -> Any:
+def _from_oer(type_name: str, data: bytes, *, check_canonical: bool = True) -> Any:
+    from pycrate_core.charpy import Charpy
+
     obj = _type(type_name)
     _restore_parents()
     try:
-        obj.from_oer(data)
+        char = Charpy(data)
+        obj.from_oer(char)
         value = obj.get_val()
-        if bytes(obj.to_oer()) != data:  # trailing bytes or a non-canonical encoding
+        if char.len_bit():
+            raise EncodingError(f"{type_name}: {char.len_bit() // 8} bytes after the end")
+        if check_canonical and bytes(obj.to_oer()) != data:
             raise EncodingError(f"{type_name}: not the canonical OER of its value")
     except EncodingError:
         raise
@@ -228,9 +233,14 @@ def encode_data(value: dict[str, Any]) -> bytes:
     return _oer("data", _map_data(value, _signature_out, _key_out))
 
 
-def decode_data(data: bytes) -> dict[str, Any]:
-    """The value of an OER ``Ieee1609Dot2Data``; :class:`EncodingError` if malformed."""
-    return _map_data(_from_oer("data", data), _signature_in, _key_in)
+def decode_data(data: bytes, *, check_canonical: bool = True) -> dict[str, Any]:
+    """The value of an OER ``Ieee1609Dot2Data``; :class:`EncodingError` if malformed or
+    followed by other bytes. ``check_canonical=False`` skips re-encoding the whole message
+    to compare: a verifier that hashes its own re-encoding of what is signed (as
+    :class:`~corridor.mobility.v2x.verifier.RsuVerifier` does) gets the same guarantee
+    for the signed parts without it."""
+    return _map_data(_from_oer("data", data, check_canonical=check_canonical),
+                     _signature_in, _key_in)
 
 
 def encode_tbs_data(value: dict[str, Any]) -> bytes:

@@ -98,6 +98,7 @@ class RsuVerifier:
         self._anchors: dict[bytes, tuple[bytes, _Known]] = {}
         # HashedId8 -> (encoding, what it says), least recently used first
         self._certificates: OrderedDict[bytes, tuple[bytes, _Known]] = OrderedDict()
+        self._by_value: dict[bytes, bytes] = {}  # SHA-256 of a decoded value -> HashedId8
         self._seen: OrderedDict[bytes, float] = OrderedDict()
         for encoded in authorities:
             self._anchors[hashed_id8(encoded)] = (encoded, self._anchor(encoded))
@@ -133,13 +134,19 @@ class RsuVerifier:
         return known
 
     def _certificate(self, cert: dict[str, Any]) -> tuple[bytes, bytes, _Known]:
+        # The cache is keyed by the decoded value: canonical OER maps one value to one
+        # encoding, so an equal value is the same certificate, and a hit costs a repr and
+        # a hash instead of re-encoding the certificate and checking its issuer signature.
+        value_key = hashlib.sha256(repr(cert).encode()).digest()
+        if self.use_certificate_cache:
+            hit = self._by_value.get(value_key)
+            if hit is not None and hit in self._certificates:
+                self.cache_hits += 1
+                self._certificates.move_to_end(hit)
+                encoded, known = self._certificates[hit]
+                return encoded, hit, known
         encoded = encode_certificate(cert)
         digest = hashed_id8(encoded)
-        cached = self._certificates.get(digest)
-        if self.use_certificate_cache and cached is not None and cached[0] == encoded:
-            self.cache_hits += 1
-            self._certificates.move_to_end(digest)
-            return encoded, digest, cached[1]
         kind, issuer_digest = cert["issuer"]
         issuer = self._anchors.get(issuer_digest) if kind == "sha256AndDigest" else None
         if issuer is None:
@@ -151,8 +158,11 @@ class RsuVerifier:
         known = self._known(cert["toBeSigned"])
         self._certificates[digest] = (encoded, known)
         self._certificates.move_to_end(digest)
+        self._by_value[value_key] = digest
         while len(self._certificates) > self.cache_certificates:
             self._certificates.popitem(last=False)
+        if len(self._by_value) > 2 * self.cache_certificates:
+            self._by_value = {k: d for k, d in self._by_value.items() if d in self._certificates}
         return encoded, digest, known
 
     # -- messages -------------------------------------------------------------------
@@ -171,7 +181,7 @@ class RsuVerifier:
         if len(data) > self.max_message_bytes:
             raise Refused("oversize", f"{len(data)} bytes > {self.max_message_bytes}")
         try:
-            value = decode_data(data)
+            value = decode_data(data, check_canonical=False)
         except EncodingError as exc:
             raise Refused("malformed", str(exc)) from None
         kind, signed = value["content"]
