@@ -131,6 +131,14 @@ def test_an_expired_certificate_is_refused(pki) -> None:
     _refused(_verifier(pki, Scheme.ecdsa), data, "expired_certificate")
 
 
+def test_a_ticket_outlives_an_expired_authority_only_on_paper() -> None:
+    authority = Authority(Scheme.ecdsa, start_unix_s=NOW - 7200, validity_hours=1)
+    ticket = authority.issue(Scheme.ecdsa, psids=(PSID_CAM,), start_unix_s=NOW - 60)
+    data = sign_message(b"a", psid=PSID_CAM, ticket=ticket, generation_unix_s=NOW,
+                        signer=SignerKind.certificate)
+    _refused(RsuVerifier([authority.encoded]), data, "expired_certificate")
+
+
 def test_an_oversize_message_is_refused_before_decoding(pki) -> None:
     _, ticket = pki[Scheme.ecdsa]
     verifier = _verifier(pki, Scheme.ecdsa, max_bytes=1400)

@@ -155,7 +155,10 @@ class RsuVerifier:
         message = signature_input(encode_tbs_certificate(cert["toBeSigned"]), issuer_encoded)
         if "signature" not in cert or not issuer_known.key.verify(cert["signature"], message):
             raise Refused("wrong_certificate", "issuer signature does not verify")
-        known = self._known(cert["toBeSigned"])
+        own = self._known(cert["toBeSigned"])
+        # a ticket is only as valid as its issuer: its period is clipped to the issuer's
+        known = _Known(own.key, max(own.start_unix_s, issuer_known.start_unix_s),
+                       min(own.end_unix_s, issuer_known.end_unix_s), own.psids)
         self._certificates[digest] = (encoded, known)
         self._certificates.move_to_end(digest)
         self._by_value[value_key] = digest
