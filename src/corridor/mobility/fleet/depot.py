@@ -98,6 +98,7 @@ class _Channel:
 
 @dataclass
 class _Pending:
+    command_id: bytes
     vehicle_id: str
     backend_sae_id: str
     ack_key: bytearray = field(repr=False)
@@ -254,8 +255,8 @@ class DepotGateway:
                 self._notify(channel, DepotNotice(cid, exc.reason, exc.detail[:1024]).encode())
             return
         shared, kem_ct = encapsulate(vehicle.kem_public)
-        command_key, ack_key = vehicle_leg_keys(shared, self.depot_id, command.vehicle_id,
-                                                kem_ct)
+        command_key, ack_key, ack_handle = vehicle_leg_keys(shared, self.depot_id,
+                                                            command.vehicle_id, kem_ct)
         del shared
         nonce = new_nonce()
         header = VehicleEnvelope(self.depot_id, command.vehicle_id, kem_ct, nonce, b"").header()
@@ -264,8 +265,8 @@ class DepotGateway:
         wipe(command_key)
         with self._lock:
             self._prune_pending()
-            self._pending[command.command_id] = _Pending(
-                command.vehicle_id, str(channel.backend_sae_id), ack_key,
+            self._pending[ack_handle] = _Pending(
+                command.command_id, command.vehicle_id, str(channel.backend_sae_id), ack_key,
                 command.expires_at_ms + ACK_GRACE_MS)
             self.forwarded += 1
         self.link.publish(vehicle_command_topic(self.depot_id, command.vehicle_id), out)
@@ -289,13 +290,13 @@ class DepotGateway:
         except FleetRefusal as exc:
             self._refuse_ack(exc.reason, exc.detail)
             return
-        cid = envelope.command_id.hex()
         with self._lock:
-            pending = self._pending.get(envelope.command_id)
+            pending = self._pending.get(envelope.ack_handle)
         if pending is None:
-            self._refuse_ack(REPLAYED, f"ack for command {cid}: none pending (acknowledged "
-                             "already, or never forwarded)", command_id=cid)
+            self._refuse_ack(REPLAYED, f"ack from {envelope.vehicle_id} for no pending command "
+                             "(acknowledged already, or never forwarded)")
             return
+        cid = pending.command_id.hex()
         if envelope.vehicle_id != pending.vehicle_id or envelope.depot_id != self.depot_id:
             self._refuse_ack(MISADDRESSED, f"ack for command {cid} from vehicle "
                              f"{envelope.vehicle_id}", command_id=cid)
@@ -310,14 +311,14 @@ class DepotGateway:
                 raise FleetRefusal(UNKNOWN_SENDER, f"ack from unregistered vehicle "
                                    f"{ack.vehicle_id}")
             vehicle.verify_key.verify(signed, CONTEXT_ACK, f"vehicle {ack.vehicle_id}")
-            if ack.vehicle_id != pending.vehicle_id or ack.command_id != envelope.command_id:
+            if ack.vehicle_id != pending.vehicle_id or ack.command_id != pending.command_id:
                 raise FleetRefusal(BAD_SIGNATURE, f"ack for command {cid} is signed for "
                                    "another command or vehicle")
         except FleetRefusal as exc:
             self._refuse_ack(exc.reason, exc.detail, command_id=cid)
             return
         with self._lock:
-            done = self._pending.pop(envelope.command_id, None)
+            done = self._pending.pop(envelope.ack_handle, None)
             channels = [c for c in self._channels.values()
                         if c.backend_sae_id == pending.backend_sae_id]
         if done is None:  # a duplicate delivered concurrently (QoS 1)

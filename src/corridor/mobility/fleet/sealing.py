@@ -8,10 +8,11 @@ This module owns the keys each leg seals with and the seal/open operations:
   generation), so the two directions never share a (key, nonce) space.
 - Depot -> vehicle: **one ML-KEM-768 encapsulation per command** to the vehicle's public
   key; HKDF-SHA256 of the shared secret (info ``corridor fleet vehicle leg v1`` || depot
-  || vehicle || SHA-256(KEM ciphertext)) gives a command key and a separate key for the
-  vehicle's acknowledgement of that command. A key seals one message each way, so a
-  vehicle key compromise today exposes no other command, and no per-vehicle session
-  state has to survive a vehicle that sleeps for weeks.
+  || vehicle || SHA-256(KEM ciphertext)) gives a command key, a separate key for the
+  vehicle's acknowledgement of that command, and a 16-byte ack handle that names the
+  command in the ack envelope (the broker never sees the command ID). A key seals one
+  message each way, so one command's key exposes no other command, and no per-vehicle
+  session state has to survive a vehicle that sleeps for weeks.
 
 Nonces are 12 random bytes from the OS CSPRNG; the envelope header (every field before
 the ciphertext) is the associated data. A failed tag is
@@ -32,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from corridor.mobility.fleet.errors import TAMPERED, FleetRefusal
-from corridor.mobility.fleet.wire import NONCE_BYTES, lp
+from corridor.mobility.fleet.wire import ACK_HANDLE_BYTES, NONCE_BYTES, lp
 
 AES_KEY_BYTES = 32
 BACKEND_LEG_INFO = b"corridor fleet backend leg v1"
@@ -53,14 +54,17 @@ def backend_leg_key(session_key: bytes, direction: str, session_id: bytes,
 
 
 def vehicle_leg_keys(shared_secret: bytes, depot_id: str, vehicle_id: str,
-                     kem_ciphertext: bytes) -> tuple[bytearray, bytearray]:
-    """``(command key, acknowledgement key)`` from one ML-KEM-768 shared secret."""
+                     kem_ciphertext: bytes) -> tuple[bytearray, bytearray, bytes]:
+    """``(command key, acknowledgement key, ack handle)`` from one ML-KEM-768 shared
+    secret. The 16-byte handle names the command in the acknowledgement's envelope
+    without revealing its command ID to the broker (nor linking it to anything else)."""
     info = VEHICLE_LEG_INFO + lp(depot_id.encode()) + lp(vehicle_id.encode()) + lp(
         hashlib.sha256(kem_ciphertext).digest())
-    okm = bytearray(HKDF(algorithm=hashes.SHA256(), length=2 * AES_KEY_BYTES, salt=None,
-                         info=info).derive(shared_secret))
+    okm = bytearray(HKDF(algorithm=hashes.SHA256(), length=2 * AES_KEY_BYTES + ACK_HANDLE_BYTES,
+                         salt=None, info=info).derive(shared_secret))
     try:
-        return okm[:AES_KEY_BYTES], okm[AES_KEY_BYTES:]
+        return (okm[:AES_KEY_BYTES], okm[AES_KEY_BYTES:2 * AES_KEY_BYTES],
+                bytes(okm[2 * AES_KEY_BYTES:]))
     finally:
         wipe(okm)
 

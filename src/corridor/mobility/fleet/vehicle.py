@@ -111,7 +111,7 @@ class SimulatedVehicle:
             self._note({"outcome": "refused", "reason": MISADDRESSED})
             return None
         shared = self.identity.kem_key.decapsulate(envelope.kem_ciphertext)
-        command_key, ack_key = vehicle_leg_keys(shared, self.depot_id, self.vehicle_id,
+        command_key, ack_key, ack_handle = vehicle_leg_keys(shared, self.depot_id, self.vehicle_id,
                                                 envelope.kem_ciphertext)
         del shared
         try:
@@ -133,26 +133,26 @@ class SimulatedVehicle:
                             "sender_id": refused.sender_id if refused else None})
                 if refused is None:
                     return None
-                return self._ack(ack_key, refused, ACK_REFUSED, exc.reason, ())
+                return self._ack(ack_key, ack_handle, refused, ACK_REFUSED, exc.reason, ())
             result = execute(self.state, command)
             self._note({"outcome": "executed", "command_id": command.command_id.hex(),
                         "command_type": command.command_type, "sender_id": command.sender_id,
                         "sequence": command.sequence})
-            return self._ack(ack_key, command, ACK_EXECUTED, "", result)
+            return self._ack(ack_key, ack_handle, command, ACK_EXECUTED, "", result)
         finally:
             wipe(command_key)
             wipe(ack_key)
 
-    def _ack(self, ack_key: bytearray, command: Command, status: str, reason: str,
+    def _ack(self, ack_key: bytearray, ack_handle: bytes, command: Command, status: str,
+             reason: str,
              result: tuple[tuple[str, str], ...]) -> bytes:
         ack = Ack(command.command_id, self.vehicle_id, command.sender_id, command.sequence,
                   status, reason, result, self.clock_ms())
         signed = self.identity.signing_key.sign(ack.encode(), CONTEXT_ACK).encode(
             MAGIC_SIGNED_ACK)
         nonce = new_nonce()
-        header = AckEnvelope(self.vehicle_id, self.depot_id, command.command_id, nonce,
-                             b"").header()
-        return AckEnvelope(self.vehicle_id, self.depot_id, command.command_id, nonce,
+        header = AckEnvelope(self.vehicle_id, self.depot_id, ack_handle, nonce, b"").header()
+        return AckEnvelope(self.vehicle_id, self.depot_id, ack_handle, nonce,
                            seal(ack_key, nonce, signed, header)).encode()
 
     def status(self) -> dict[str, Any]:

@@ -26,8 +26,8 @@ magic    fields
          depot_sae_id, session_id (16), generation (u32), nonce (12), ciphertext
 ``FV01`` depot -> vehicle envelope: depot_id, vehicle_id, ML-KEM-768 ciphertext (1088),
          nonce (12), ciphertext
-``FW01`` vehicle -> depot acknowledgement envelope: vehicle_id, depot_id, command_id (16),
-         nonce (12), ciphertext
+``FW01`` vehicle -> depot acknowledgement envelope: vehicle_id, depot_id, ack_handle (16,
+         derived from the command's KEM secret, not its ID), nonce (12), ciphertext
 =======  ===================================================================================
 
 The envelope fields before the ciphertext are the AES-GCM associated data (bound, not
@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from corridor.mobility.fleet.errors import MALFORMED, FleetRefusal
 
 COMMAND_ID_BYTES = 16
+ACK_HANDLE_BYTES = 16
 SESSION_ID_BYTES = 16
 NONCE_BYTES = 12
 MLDSA44_SIGNATURE_BYTES = 2420
@@ -357,13 +358,13 @@ class AckEnvelope:
 
     vehicle_id: str
     depot_id: str
-    command_id: bytes
+    ack_handle: bytes
     nonce: bytes
     ciphertext: bytes = field(repr=False)
 
     def header(self) -> bytes:
         return MAGIC_ACK_ENVELOPE + b"".join(lp(part) for part in (
-            self.vehicle_id.encode(), self.depot_id.encode(), self.command_id, self.nonce))
+            self.vehicle_id.encode(), self.depot_id.encode(), self.ack_handle, self.nonce))
 
     def encode(self) -> bytes:
         return self.header() + lp(self.ciphertext)
@@ -372,7 +373,7 @@ class AckEnvelope:
     def decode(cls, data: bytes) -> AckEnvelope:
         r = _Reader(data, "ack envelope", MAGIC_ACK_ENVELOPE)
         envelope = cls(r.text("vehicle_id"), r.text("depot_id"),
-                       r.take("command_id", exact=COMMAND_ID_BYTES),
+                       r.take("ack_handle", exact=ACK_HANDLE_BYTES),
                        r.take("nonce", exact=NONCE_BYTES), r.take("ciphertext", low=16))
         r.end()
         return envelope
