@@ -58,7 +58,7 @@ from corridor.mobility.fleet.vehicle import SimulatedVehicle
 _log = logging.getLogger(__name__)
 
 OFFICER, DISPATCHER = "alice", "bob"
-TRAFFIC = (
+TRAFFIC: tuple[tuple[str, str, dict[str, str]], ...] = (
     (DISPATCHER, REMOTE_DIAGNOSTICS, {"scope": "dtc"}),
     (DISPATCHER, ROUTE_CHANGE, {"route_id": "r-12", "waypoints": "52.370,4.890;52.380,4.910"}),
     (OFFICER, GEOFENCE_UPDATE, {"polygon": "52.36,4.88;52.39,4.88;52.39,4.93",
