@@ -33,6 +33,7 @@ _COMMAND_MODULES = (
     "hybrid",    # corridor hybrid kdf|session|ipsec|macsec|wireguard
     "up",        # corridor up
     "net",       # corridor net plan|generate
+    "fleet",     # corridor fleet init|depot|vehicle|send|watch|demo
 )
 
 for _name in _COMMAND_MODULES:
