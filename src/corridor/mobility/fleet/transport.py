@@ -107,6 +107,7 @@ class MqttLink:
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
+        self._client.on_socket_open = self._on_socket_open
         self._handlers: dict[str, Handler] = {}
         self._connected = threading.Event()
         self._inbox: queue.Queue[Any] = queue.Queue()
@@ -136,6 +137,13 @@ class MqttLink:
             raise FleetTransportError(f"the MQTT broker at {self.host}:{self.port} did not "
                                       f"accept the connection within {self.timeout_s:g} s")
         return self
+
+    @staticmethod
+    def _on_socket_open(client: Any, userdata: Any, sock: Any) -> None:
+        # A publish is written in pieces; with Nagle's algorithm the last piece waits for
+        # the broker's delayed ACK (~40 ms per hop on Linux). Commands are latency-bound.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any) -> None:
