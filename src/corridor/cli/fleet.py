@@ -190,7 +190,8 @@ def depot_command(
             gateway = DepotGateway(depot_id, sae, {backend: hybrid_policy}, _qkd(from_up, sae),
                                    load_directory(directory), policy,
                                    parts.link(depot_id, address),
-                                   events=parts.audit(directory, depot_id))
+                                   events=parts.audit(directory, depot_id),
+                                   state_path=directory / "state" / f"{depot_id}.json")
             parts.stack.callback(gateway.close)
             gateway.start()
             _print(f"depot {depot_id} (SAE {sae}, sessions from {backend} under "
@@ -223,7 +224,8 @@ def vehicle_command(
         with parts.stack:
             vehicle = SimulatedVehicle(identity, depot_id, load_directory(directory), policy,
                                        parts.link(vehicle_id, address),
-                                       events=parts.audit(directory, vehicle_id))
+                                       events=parts.audit(directory, vehicle_id),
+                                       state_path=directory / "state" / f"{vehicle_id}.json")
             vehicle.on_event = lambda event: _print(
                 f"{vehicle_id}: {event['outcome']} " + " ".join(
                     f"{k}={v}" for k, v in event.items() if k != "outcome" and v is not None))

@@ -134,3 +134,25 @@ def test_vehicle_handles_envelopes_without_a_broker(fleet: tuple) -> None:
     assert vehicle.handle(envelope(vehicle_id="v-002")[0]) is None
     assert dict(vehicle.guard.refused) == {"tampered": 1, "misaddressed": 1}
     assert vehicle.status()["recent"][-1] == {"outcome": "refused", "reason": "misaddressed"}
+
+
+def test_sequence_state_survives_a_restart(tmp_path: Path, fleet: tuple) -> None:
+    from corridor.errors import ParameterError
+
+    keys_dir, directory, policy = fleet
+    state = tmp_path / "state" / "v-001.json"
+    guard = CommandGuard("vehicle:v-001", directory, policy, clock_ms=Clock(),
+                         state_path=state)
+    _, signed = _signed(keys_dir, "alice", sequence=3)
+    guard.check(signed, depot_id=DEPOT, vehicle_id="v-001")
+    assert json.loads(state.read_text()) == {"last_sequence": {"alice/v-001": 3}}
+    restarted = CommandGuard("vehicle:v-001", directory, policy, clock_ms=Clock(),
+                             state_path=state)
+    with pytest.raises(FleetRefusal) as exc:  # the command IDs are gone, the order is not
+        restarted.check(signed, depot_id=DEPOT, vehicle_id="v-001")
+    assert exc.value.reason == "reordered"
+    restarted.check(_signed(keys_dir, "alice", sequence=4)[1], depot_id=DEPOT,
+                    vehicle_id="v-001")
+    state.write_text("{")
+    with pytest.raises(ParameterError, match="a readable guard state file"):
+        CommandGuard("vehicle:v-001", directory, policy, state_path=state)

@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from corridor.hybrid.policy import DecisionRecorder, Policy
@@ -116,20 +117,21 @@ class DepotGateway:
         directory, policy: public keys and role policy.
         link: its MQTT client.
         events: where command decisions are audited; ``recorder`` records hybrid decisions.
+        state_path: where its last sequence numbers survive a restart.
     """
 
     def __init__(self, depot_id: str, depot_sae_id: str,
                  backend_policies: Mapping[str, Policy | str], qkd: QkdKeySource | None,
                  directory: FleetDirectory, policy: FleetPolicy, link: MqttLink, *,
                  events: EventSink | None = None, recorder: DecisionRecorder | None = None,
-                 clock_ms: Callable[[], int] = now_ms) -> None:
+                 clock_ms: Callable[[], int] = now_ms, state_path: Path | None = None) -> None:
         self.depot_id = depot_id
         self.depot_sae_id = depot_sae_id
         self.directory = directory
         self.link = link
         self.clock_ms = clock_ms
         self.guard = CommandGuard(f"depot:{depot_id}", directory, policy, events=events,
-                                  clock_ms=clock_ms)
+                                  clock_ms=clock_ms, state_path=state_path)
         self.responder = Responder(depot_sae_id, backend_policies, qkd=qkd, recorder=recorder)
         self._lock = threading.Lock()
         self._keys_changed = threading.Condition(self._lock)

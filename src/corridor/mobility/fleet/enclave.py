@@ -194,7 +194,7 @@ class FleetEnclave:
             self.depot_id, self.depot_sae_id, {self.backend_sae_id: self.hybrid_policy},
             KmeQkdKeys(self.depot_client, link_check=self.link_check), directory, policy,
             self._link(self.depot_id), events=self._audit(key, self.depot_id),
-            recorder=recorder)
+            recorder=recorder, state_path=self.fleet_dir / "state" / f"{self.depot_id}.json")
         self._parts.callback(depot.close)
         depot.start()
         vehicles = []
@@ -202,7 +202,8 @@ class FleetEnclave:
                                  and policy.vehicles[v] == self.depot_id):
             vehicle = SimulatedVehicle(load_vehicle(self.fleet_dir, vehicle_id), self.depot_id,
                                        directory, policy, self._link(vehicle_id),
-                                       events=self._audit(key, vehicle_id))
+                                       events=self._audit(key, vehicle_id),
+                                       state_path=self.fleet_dir / "state" / f"{vehicle_id}.json")
             vehicle.start()
             vehicles.append(vehicle)
         backend = FleetBackend(self.backend_sae_id, self.depot_sae_id, self.depot_id,

@@ -17,6 +17,11 @@ again by each vehicle (before executing). In this order, the first failure wins:
    ahead (``not_yet_valid``), and the lifetime is at most ``max_lifetime_s``
    (``lifetime_too_long``).
 
+With ``state_path``, the last accepted sequence number of every (sender, vehicle) is
+kept in a JSON file (written to a temporary file, fsync'ed, renamed, before the command
+is acted on), so a restarted depot or vehicle still refuses an old command: a replay
+across a restart is refused as ``reordered`` (the command IDs seen are not kept).
+
 Envelope-level refusals (``tampered``, ``unknown_session``, ``misaddressed`` envelope)
 are recorded through :meth:`CommandGuard.refuse`. Every decision is one audit event
 (``fleet_command_accepted`` / ``fleet_command_refused`` with the reason and public IDs)
@@ -26,9 +31,12 @@ on the party's :class:`~corridor.kms.interface.EventSink` (a hash-chained
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from corridor.kms.interface import EventSink, NullEventSink
@@ -61,11 +69,12 @@ class CommandGuard:
         policy: the role policy.
         events: where decisions are audited (None: nowhere).
         clock_ms: wall clock in ms (tests pass a fake one).
+        state_path: where the last sequence numbers survive a restart (None: memory).
     """
 
     def __init__(self, party: str, directory: FleetDirectory, policy: FleetPolicy, *,
                  events: EventSink | None = None,
-                 clock_ms: Callable[[], int] = now_ms) -> None:
+                 clock_ms: Callable[[], int] = now_ms, state_path: Path | None = None) -> None:
         self.party = party
         self.directory = directory
         self.policy = policy
@@ -76,6 +85,17 @@ class CommandGuard:
         self._lock = threading.Lock()
         self._seen: dict[bytes, int] = {}
         self._last_sequence: dict[tuple[str, str], int] = {}
+        self.state_path = state_path
+        if state_path is not None and state_path.exists():
+            try:
+                saved = json.loads(state_path.read_text())
+                self._last_sequence = {tuple(name.split("/", 1)): int(value)
+                                       for name, value in saved["last_sequence"].items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                from corridor.errors import ParameterError
+
+                raise ParameterError("state_path", str(state_path), "a readable guard state "
+                                     "file (JSON with last_sequence)") from None
 
     def __repr__(self) -> str:
         return f"CommandGuard({self.party!r}, accepted={self.accepted})"
@@ -152,6 +172,20 @@ class CommandGuard:
                     self._seen.pop(next(iter(self._seen)))
             self._seen[command.command_id] = command.expires_at_ms
             self._last_sequence[stream] = command.sequence
+            if self.state_path is not None:
+                self._save()
+
+    def _save(self) -> None:
+        assert self.state_path is not None
+        data = {"last_sequence": {f"{sender}/{vehicle}": seq for (sender, vehicle), seq
+                                  in sorted(self._last_sequence.items())}}
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.state_path.with_name(self.state_path.name + ".tmp")
+        with open(temporary, "w") as file:
+            json.dump(data, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self.state_path)
 
     def status(self) -> dict[str, Any]:
         with self._lock:

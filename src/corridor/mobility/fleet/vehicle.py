@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from corridor.kms.interface import EventSink
@@ -56,19 +57,20 @@ class SimulatedVehicle:
         directory, policy: what it checks commands against.
         link: its MQTT client (None: call :meth:`handle` directly, as unit tests do).
         events: where its decisions are audited.
+        state_path: where its last sequence numbers survive a restart.
     """
 
     def __init__(self, identity: VehicleIdentity, depot_id: str, directory: FleetDirectory,
                  policy: FleetPolicy, link: MqttLink | None = None, *,
                  events: EventSink | None = None,
-                 clock_ms: Callable[[], int] = now_ms) -> None:
+                 clock_ms: Callable[[], int] = now_ms, state_path: Path | None = None) -> None:
         self.identity = identity
         self.vehicle_id = identity.vehicle_id
         self.depot_id = depot_id
         self.link = link
         self.clock_ms = clock_ms
         self.guard = CommandGuard(f"vehicle:{self.vehicle_id}", directory, policy,
-                                  events=events, clock_ms=clock_ms)
+                                  events=events, clock_ms=clock_ms, state_path=state_path)
         self.state = VehicleState()
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT)
         self.acks_sent = 0
