@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import mlkem
+
 from corridor.errors import ParameterError
 from corridor.mobility.fleet.sealing import VehicleKemKey
 from corridor.mobility.fleet.signing import SigningKey, VerifyKey
@@ -44,6 +46,10 @@ class VehiclePublic:
 
     kem_public: bytes = field(repr=False)
     verify_key: VerifyKey = field(repr=False)
+
+    def __post_init__(self) -> None:
+        # A bad key is found when public.json is read, not at the first command.
+        mlkem.MLKEM768PublicKey.from_public_bytes(self.kem_public)
 
 
 @dataclass
