@@ -105,12 +105,14 @@ class _Parts:
     def __init__(self) -> None:
         self.stack = contextlib.ExitStack()
 
-    def link(self, name: str, broker: tuple[str, int]) -> Any:
+    def link(self, name: str, broker: tuple[str, int], client_id: str | None = None, *,
+             start: bool = True) -> Any:
         from corridor.mobility.fleet.transport import MqttLink
 
-        link = MqttLink(f"corridor-{name}-{os.urandom(3).hex()}", *broker).start()
+        link = MqttLink(client_id or f"corridor-{name}-{os.urandom(3).hex()}", *broker,
+                        persistent=client_id is not None)
         self.stack.callback(link.close)
-        return link
+        return link.start() if start else link
 
     def audit(self, fleet_dir: Path, party: str) -> Any:
         from corridor.kms.audit import AuditLog
@@ -176,6 +178,7 @@ def depot_command(
         from corridor.mobility.fleet.depot import DepotGateway
         from corridor.mobility.fleet.keys import POLICY_FILE, load_directory
         from corridor.mobility.fleet.policy import load_policy
+        from corridor.mobility.fleet.transport import depot_client_id
 
         address = _broker(broker)
         policy = load_policy(directory / POLICY_FILE)
@@ -189,7 +192,7 @@ def depot_command(
         with parts.stack:
             gateway = DepotGateway(depot_id, sae, {backend: hybrid_policy}, _qkd(from_up, sae),
                                    load_directory(directory), policy,
-                                   parts.link(depot_id, address),
+                                   parts.link(depot_id, address, depot_client_id(depot_id)),
                                    events=parts.audit(directory, depot_id),
                                    state_path=directory / "state" / f"{depot_id}.json")
             parts.stack.callback(gateway.close)
@@ -212,6 +215,7 @@ def vehicle_command(
     with handle_errors():
         from corridor.mobility.fleet.keys import POLICY_FILE, load_directory, load_vehicle
         from corridor.mobility.fleet.policy import load_policy
+        from corridor.mobility.fleet.transport import vehicle_client_id
         from corridor.mobility.fleet.vehicle import SimulatedVehicle
 
         address = _broker(broker)
@@ -222,14 +226,16 @@ def vehicle_command(
         identity = load_vehicle(directory, vehicle_id)
         parts = _Parts()
         with parts.stack:
+            link = parts.link(vehicle_id, address, vehicle_client_id(depot_id, vehicle_id),
+                              start=False)
             vehicle = SimulatedVehicle(identity, depot_id, load_directory(directory), policy,
-                                       parts.link(vehicle_id, address),
-                                       events=parts.audit(directory, vehicle_id),
+                                       link, events=parts.audit(directory, vehicle_id),
                                        state_path=directory / "state" / f"{vehicle_id}.json")
             vehicle.on_event = lambda event: _print(
                 f"{vehicle_id}: {event['outcome']} " + " ".join(
                     f"{k}={v}" for k, v in event.items() if k != "outcome" and v is not None))
-            vehicle.start()
+            vehicle.start()  # handler first: queued commands arrive as soon as it connects
+            link.start()
             _print(f"vehicle {vehicle_id} of {depot_id} on {broker}; Ctrl-C stops")
             _wait_for_signal()
             _print(f"vehicle {vehicle_id}: {vehicle.state.as_dict()}")

@@ -193,3 +193,42 @@ def test_back_end_and_depot_keyed_by_two_real_kmes(tmp_path: Path) -> None:
             ack = fleet.backend.wait_ack(command.command_id)
             assert ack.status == "executed" and ack.result["odometer_km"] == "48213"
             assert fleet.depot.status()["channels"][0]["inputs"] == ["qkd", "pqc"]
+
+
+def test_a_sleeping_vehicle_gets_its_commands_when_it_reconnects(tmp_path: Path) -> None:
+    """Persistent MQTT session: the broker queues QoS 1 commands for a vehicle that is
+    away; on reconnecting it executes what is still valid and refuses what expired."""
+    import time
+
+    from corridor.mobility.fleet.keys import load_vehicle
+    from corridor.mobility.fleet.transport import MqttLink, vehicle_client_id
+    from corridor.mobility.fleet.vehicle import SimulatedVehicle
+
+    with running_fleet(tmp_path) as fleet:
+        fleet.vehicles["v-002"].link.close()  # the harness's v-002 leaves for good
+        client_id = vehicle_client_id(fleet.depot_id, "v-002")
+
+        def wake() -> tuple[MqttLink, SimulatedVehicle]:
+            link = MqttLink(client_id, persistent=True)
+            vehicle = SimulatedVehicle(load_vehicle(fleet.keys_dir, "v-002"), fleet.depot_id,
+                                       fleet.directory, fleet.policy, link)
+            vehicle.start()
+            link.start()
+            return link, vehicle
+
+        link, _ = wake()
+        link.close()  # asleep: the broker keeps its session and queues for it
+        alice = fleet.sender("alice")
+        valid = fleet.backend.send(alice, "v-002", "geofence-update",
+                                   {"polygon": "52.1,4.1;52.2,4.1;52.2,4.2", "action": "slow"})
+        short = fleet.backend.send(alice, "v-002", "remote-diagnostics", lifetime_s=0.5)
+        time.sleep(1.0)
+        link, vehicle = wake()
+        try:
+            first = fleet.backend.wait_ack(valid.command_id)
+            assert (first.status, first.vehicle_id) == ("executed", "v-002")
+            late = fleet.backend.wait_ack(short.command_id)
+            assert (late.source, late.status, late.reason) == ("vehicle", "refused", "expired")
+            assert vehicle.state.geofence_action == "slow"
+        finally:
+            link.close()

@@ -52,7 +52,13 @@ from corridor.mobility.fleet.keys import (
     load_vehicle,
 )
 from corridor.mobility.fleet.policy import example_policy, load_policy
-from corridor.mobility.fleet.transport import DEFAULT_HOST, DEFAULT_PORT, MqttLink
+from corridor.mobility.fleet.transport import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    MqttLink,
+    depot_client_id,
+    vehicle_client_id,
+)
 from corridor.mobility.fleet.vehicle import SimulatedVehicle
 
 _log = logging.getLogger(__name__)
@@ -179,10 +185,12 @@ class FleetEnclave:
         self._parts.callback(log.close)
         return log
 
-    def _link(self, name: str) -> MqttLink:
-        link = MqttLink(f"corridor-{name}-{os.urandom(3).hex()}", self.host, self.port).start()
+    def _link(self, name: str, client_id: str | None = None, *, start: bool = True
+              ) -> MqttLink:
+        link = MqttLink(client_id or f"corridor-{name}-{os.urandom(3).hex()}", self.host,
+                        self.port, persistent=client_id is not None)
         self._parts.callback(link.close)
-        return link
+        return link.start() if start else link
 
     def _bring_up(self) -> None:
         ensure_fleet_dir(self.fleet_dir, self.depot_id, self.vehicle_count)
@@ -193,18 +201,22 @@ class FleetEnclave:
         depot = DepotGateway(
             self.depot_id, self.depot_sae_id, {self.backend_sae_id: self.hybrid_policy},
             KmeQkdKeys(self.depot_client, link_check=self.link_check), directory, policy,
-            self._link(self.depot_id), events=self._audit(key, self.depot_id),
+            self._link(self.depot_id, depot_client_id(self.depot_id)),
+            events=self._audit(key, self.depot_id),
             recorder=recorder, state_path=self.fleet_dir / "state" / f"{self.depot_id}.json")
         self._parts.callback(depot.close)
         depot.start()
         vehicles = []
         for vehicle_id in sorted(v for v in directory.vehicles if v in policy.vehicles
                                  and policy.vehicles[v] == self.depot_id):
+            link = self._link(vehicle_id, vehicle_client_id(self.depot_id, vehicle_id),
+                              start=False)
             vehicle = SimulatedVehicle(load_vehicle(self.fleet_dir, vehicle_id), self.depot_id,
-                                       directory, policy, self._link(vehicle_id),
+                                       directory, policy, link,
                                        events=self._audit(key, vehicle_id),
                                        state_path=self.fleet_dir / "state" / f"{vehicle_id}.json")
-            vehicle.start()
+            vehicle.start()  # handler first: queued commands arrive as soon as it connects
+            link.start()
             vehicles.append(vehicle)
         backend = FleetBackend(self.backend_sae_id, self.depot_sae_id, self.depot_id,
                                KmeQkdKeys(self.backend_client, link_check=self.link_check),

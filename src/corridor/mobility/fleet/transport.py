@@ -16,6 +16,10 @@ topic                                            carries
 ``corridor/fleet/<depot>/vehicle/<id>/ack``      ``FW01`` acknowledgements, vehicle -> depot
 ===============================================  ============================================
 
+Vehicles and depots connect with a stable client ID and a persistent session (MQTT
+``clean_session = false``): the broker queues their QoS 1 messages while they are away,
+and the guard refuses whatever expired meanwhile. Back-end channels are transient.
+
 A *channel* is one back-end session (random hex chosen by the back end), so several
 back-end processes (``corridor fleet send``, ``corridor fleet watch``) talk to one depot
 at once. The broker sees only handshake messages (public keys, KEM ciphertexts, the QKD
@@ -71,6 +75,16 @@ def vehicle_ack_topic(depot_id: str, vehicle_id: str) -> str:
     return f"{TOPIC_ROOT}/{depot_id}/vehicle/{vehicle_id}/ack"
 
 
+def vehicle_client_id(depot_id: str, vehicle_id: str) -> str:
+    """The stable MQTT client ID of a vehicle (its persistent session)."""
+    return f"corridor-vehicle-{depot_id}-{vehicle_id}"[:128]
+
+
+def depot_client_id(depot_id: str) -> str:
+    """The stable MQTT client ID of a depot gateway (its persistent session)."""
+    return f"corridor-depot-{depot_id}"[:128]
+
+
 def broker_reachable(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                      timeout_s: float = 1.0) -> bool:
     """Whether a TCP connection to the broker opens (tests skip when it does not)."""
@@ -91,10 +105,14 @@ class MqttLink:
         client_id: the MQTT client ID (unique per broker).
         host, port: the broker.
         timeout_s: how long connect, subscribe and publish wait for the broker.
+        persistent: keep the session at the broker while disconnected (MQTT
+            ``clean_session = false``): QoS 1 messages for this client ID are queued and
+            delivered when it reconnects (a vehicle that was asleep gets the commands that
+            have not expired). Needs a stable ``client_id``.
     """
 
     def __init__(self, client_id: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 *, timeout_s: float = 10.0) -> None:
+                 *, timeout_s: float = 10.0, persistent: bool = False) -> None:
         import paho.mqtt.client as mqtt
 
         self.client_id = client_id
@@ -102,7 +120,7 @@ class MqttLink:
         self.port = port
         self.timeout_s = timeout_s
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                   protocol=mqtt.MQTTv311, clean_session=True)
+                                   protocol=mqtt.MQTTv311, clean_session=not persistent)
         self._client.max_inflight_messages_set(1000)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._on_connect
@@ -179,9 +197,13 @@ class MqttLink:
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         """Deliver every message on ``topic_filter`` to ``handler`` (QoS 1); returns once
-        the broker acknowledged the subscription."""
+        the broker acknowledged the subscription. Before :meth:`start` it only registers
+        the handler (the connection subscribes): a persistent session's queued messages
+        arrive right after connecting and must find their handler."""
         with self._lock:
             self._handlers[topic_filter] = handler
+        if not self._connected.is_set():
+            return
         done = threading.Event()
         previous = self._client.on_subscribe
 
@@ -269,5 +291,6 @@ class MqttByteTransport:
 
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "QOS", "MqttByteTransport", "MqttLink",
-           "ack_topic", "broker_reachable", "command_topic", "handshake_topics",
-           "vehicle_ack_topic", "vehicle_command_topic"]
+           "ack_topic", "broker_reachable", "command_topic", "depot_client_id",
+           "handshake_topics", "vehicle_ack_topic", "vehicle_client_id",
+           "vehicle_command_topic"]
