@@ -65,3 +65,14 @@ def test_policy_file_errors(tmp_path: Path) -> None:
     empty.write_text("")
     with pytest.raises(ParameterError, match=r"roles = None: at least one \[roles.<name>\]"):
         load_policy(empty)
+
+
+def test_a_depot_refuses_to_start_with_vehicles_without_keys(tmp_path: Path) -> None:
+    from corridor.mobility.fleet.depot import DepotGateway
+    from corridor.mobility.fleet.keys import FleetDirectory
+
+    policy = parse_policy(tomllib.loads(TEXT))
+    with pytest.raises(ParameterError, match=r"policy vehicles = \['v-001', 'v-002'\]: "
+                       "vehicles of depot depot-n with public keys"):
+        DepotGateway("depot-n", "sae-b", {"sae-a": "any"}, None, FleetDirectory(), policy,
+                     link=None)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ depot cannot forge an ack) and hands them out as :class:`AckRecord` s.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import json
@@ -62,6 +63,8 @@ from corridor.mobility.fleet.wire import (
     Signed,
 )
 
+ACKS_KEPT = 10_000
+"""Acknowledgements kept for :meth:`FleetBackend.wait_ack` and :attr:`FleetBackend.acks`."""
 DEFAULT_REKEY = RekeyLimits(after_bytes=16 << 20, after_s=600.0)
 """Re-key the back end-depot session after 16 MiB of commands or 10 minutes."""
 
@@ -152,9 +155,12 @@ class FleetBackend:
         self.records: list[SessionRecord] = []
         self.session = RotatingInitiator(self.initiator, self.transport, rekey,
                                          on_record=self.records.append)
-        self.acks: queue.Queue[AckRecord] = queue.Queue()
-        self._waiters: dict[str, queue.Queue[AckRecord]] = {}
+        # Every ack, for a watcher (the oldest dropped beyond ACKS_KEPT), and the recent
+        # ones by command ID for wait_ack (an ack may arrive before anyone waits).
+        self.acks: queue.Queue[AckRecord] = queue.Queue(maxsize=ACKS_KEPT)
+        self._by_command: collections.OrderedDict[str, AckRecord] = collections.OrderedDict()
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._send_lock = threading.Lock()
         self.sent = 0
         self.acks_received = 0
@@ -204,8 +210,6 @@ class FleetBackend:
                               sequence=self.sequences.next(sender.sender_id, vehicle_id),
                               command_type=command_type, params=params, lifetime_s=lifetime_s)
         signed = self.sign(sender, command)
-        with self._lock:
-            self._waiters.setdefault(command.command_id.hex(), queue.Queue())
         with self._send_lock:
             envelope = self.seal_signed(signed)
             self.publish(envelope, wait=wait)
@@ -215,16 +219,11 @@ class FleetBackend:
     def wait_ack(self, command_id: bytes | str, timeout_s: float = 10.0) -> AckRecord:
         """The ack (or depot notice) of ``command_id``; :class:`FleetError` on timeout."""
         cid = command_id.hex() if isinstance(command_id, bytes) else command_id
-        with self._lock:
-            waiter = self._waiters.setdefault(cid, queue.Queue())
-        try:
-            return waiter.get(timeout=timeout_s)
-        except queue.Empty:
-            raise FleetError(f"no acknowledgement of command {cid} within {timeout_s:g} s"
-                             ) from None
-        finally:
-            with self._lock:
-                self._waiters.pop(cid, None)
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: cid in self._by_command, timeout_s):
+                raise FleetError(f"no acknowledgement of command {cid} within "
+                                 f"{timeout_s:g} s")
+            return self._by_command.pop(cid)
 
     def _refuse(self, reason: str) -> None:
         with self._lock:
@@ -236,12 +235,19 @@ class FleetBackend:
         except FleetRefusal as exc:
             self._refuse(exc.reason)
             return
-        with self._lock:
+        with self._arrived:
             self.acks_received += 1
-            waiter = self._waiters.get(record.command_id)
-        if waiter is not None:
-            waiter.put(record)
-        self.acks.put(record)
+            self._by_command[record.command_id] = record
+            while len(self._by_command) > ACKS_KEPT:
+                self._by_command.popitem(last=False)
+            self._arrived.notify_all()
+        while True:
+            try:
+                self.acks.put_nowait(record)
+                break
+            except queue.Full:  # nobody reads them: keep the newest
+                with contextlib.suppress(queue.Empty):
+                    self.acks.get_nowait()
         if self.on_ack is not None:
             self.on_ack(record)
 
@@ -297,4 +303,4 @@ class FleetBackend:
             self.session.close()
 
 
-__all__ = ["DEFAULT_REKEY", "AckRecord", "FleetBackend", "SequenceStore"]
+__all__ = ["ACKS_KEPT", "DEFAULT_REKEY", "AckRecord", "FleetBackend", "SequenceStore"]

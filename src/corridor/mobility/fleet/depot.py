@@ -125,6 +125,13 @@ class DepotGateway:
                  directory: FleetDirectory, policy: FleetPolicy, link: MqttLink, *,
                  events: EventSink | None = None, recorder: DecisionRecorder | None = None,
                  clock_ms: Callable[[], int] = now_ms, state_path: Path | None = None) -> None:
+        missing = sorted(v for v, d in policy.vehicles.items()
+                         if d == depot_id and v not in directory.vehicles)
+        if missing:
+            from corridor.errors import ParameterError
+
+            raise ParameterError("policy vehicles", missing, f"vehicles of depot {depot_id} "
+                                 "with public keys in public.json")
         self.depot_id = depot_id
         self.depot_sae_id = depot_sae_id
         self.directory = directory
