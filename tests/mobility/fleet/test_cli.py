@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,20 +106,36 @@ def test_demo_and_enclave_on_a_corridor(corridor: Corridor, tmp_path: Path) -> N
     assert (corridor.workdir / "fleet" / "audit" / "hybrid.jsonl").exists()
 
 
-def _start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "corridor", "fleet", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+class _Process:
+    """A ``corridor fleet`` process whose output lines are collected as they come."""
 
+    def __init__(self, *args: str) -> None:
+        self.popen = subprocess.Popen([sys.executable, "-m", "corridor", "fleet", *args],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-def _stop(process: subprocess.Popen[str]) -> str:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-    try:
-        out, _ = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, _ = process.communicate()
-    return out
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout_s: float = 60.0) -> None:
+        assert wait_for(lambda: any(text in line for line in self.lines), timeout_s), \
+            "".join(self.lines)
+
+    def stop(self) -> str:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+        try:
+            self.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        self._reader.join(timeout=10)
+        return "".join(self.lines)
 
 
 def test_depot_vehicle_watch_and_send_as_processes(corridor: Corridor, tmp_path: Path) -> None:
@@ -128,13 +144,15 @@ def test_depot_vehicle_watch_and_send_as_processes(corridor: Corridor, tmp_path:
     depot = f"depot-{os.urandom(3).hex()}"
     assert runner.invoke(app, ["fleet", "init", "--dir", str(fleet), "--depot", depot,
                                "--vehicle", "v-1"]).exit_code == 0
-    processes = [_start("depot", "--dir", str(fleet), "--from-up", up),
-                 _start("vehicle", "v-1", "--dir", str(fleet))]
+    depot_process = _Process("depot", "--dir", str(fleet), "--from-up", up)
+    vehicle = _Process("vehicle", "v-1", "--dir", str(fleet))
+    processes = [depot_process, vehicle]
     try:
-        time.sleep(3)  # both subscribed (a command sent earlier would find no vehicle)
-        watch = _start("watch", "--dir", str(fleet), "--from-up", up, "--count", "1")
+        depot_process.wait_for("Ctrl-C stops")  # subscribed: nothing sent before is lost
+        vehicle.wait_for("Ctrl-C stops")
+        watch = _Process("watch", "--dir", str(fleet), "--from-up", up, "--count", "1")
         processes.append(watch)
-        time.sleep(3)
+        watch.wait_for("watching acknowledgements")
         send = subprocess.run(
             [sys.executable, "-m", "corridor", "fleet", "send", "v-1", "route-change",
              "--sender", "bob", "--dir", str(fleet), "--from-up", up, "--param", "route_id=r-5",
@@ -144,13 +162,12 @@ def test_depot_vehicle_watch_and_send_as_processes(corridor: Corridor, tmp_path:
         report = json.loads(send.stdout)
         assert report["ack"]["status"] == "executed" and report["sequence"] == 1
         assert report["session"]["inputs"] == ["qkd", "pqc"]
-        watched = watch.communicate(timeout=30)[0]
-        assert f"{report['command_id']}: executed by vehicle v-1" in watched
+        watch.wait_for(f"{report['command_id']}: executed by vehicle v-1")
         again = subprocess.run(
             [sys.executable, "-m", "corridor", "fleet", "send", "v-1", "immobilise",
              "--sender", "bob", "--dir", str(fleet), "--from-up", up],
             capture_output=True, text=True, timeout=120)
         assert again.returncode == 1 and "refused by depot (unauthorised)" in again.stdout
     finally:
-        outputs = [_stop(p) for p in processes]
+        outputs = [p.stop() for p in processes]
     assert "v-1: executed" in outputs[1] and "sequence=1" in outputs[1]
