@@ -41,7 +41,6 @@ from corridor.mobility.fleet.commands import (
     ROUTE_CHANGE,
 )
 from corridor.mobility.fleet.depot import DepotGateway
-from corridor.mobility.fleet.errors import FleetError
 from corridor.mobility.fleet.keys import (
     POLICY_FILE,
     PUBLIC_FILE,
@@ -326,4 +325,4 @@ class FleetEnclave:
         return False
 
 
-__all__ = ["TRAFFIC", "FleetEnclave", "FleetError", "ensure_fleet_dir"]
+__all__ = ["TRAFFIC", "FleetEnclave", "ensure_fleet_dir"]
