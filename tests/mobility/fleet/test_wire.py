@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corridor.errors import ParameterError
 from corridor.mobility.fleet.commands import check_params, new_command
@@ -105,3 +107,34 @@ def test_command_parameters_are_checked() -> None:
     with pytest.raises(ParameterError, match="sequence = 0"):
         new_command(sender_id="a", depot_id="d", vehicle_id="v", sequence=0,
                     command_type="immobilise")
+
+
+_DECODERS = (
+    lambda d: Command.decode(d), lambda d: Ack.decode(d), lambda d: DepotNotice.decode(d),
+    lambda d: BackendEnvelope.decode(d), lambda d: VehicleEnvelope.decode(d),
+    lambda d: Signed.decode(d, b"FS01", "signed command"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_decoders_refuse_any_mutation_by_name(data: st.DataObject) -> None:
+    """Whatever the bytes, a decoder returns a value or raises FleetRefusal (malformed):
+    never another exception."""
+    valid = data.draw(st.sampled_from([
+        _command().encode(), Ack(bytes(16), "v", "a", 1, "refused", "expired", (), 2).encode(),
+        DepotNotice(bytes(16), "expired", "x").encode(),
+        BackendEnvelope("b2d", "a", "b", bytes(16), 0, bytes(12), bytes(17)).encode(),
+        VehicleEnvelope("d", "v", bytes(1088), bytes(12), bytes(16)).encode(),
+        Signed(b"x", bytes(2420), bytes(64)).encode(b"FS01")]))
+    position = data.draw(st.integers(0, len(valid) - 1))
+    mutated = data.draw(st.one_of(
+        st.just(valid[:position]),
+        st.binary(min_size=1, max_size=8).map(lambda b: valid[:position] + b +
+                                               valid[position + 1:]),
+        st.binary(max_size=64).map(lambda b: valid[:4] + b)))
+    for decode in _DECODERS:
+        try:
+            decode(mutated)
+        except FleetRefusal as exc:
+            assert exc.reason == "malformed"
