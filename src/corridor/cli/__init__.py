@@ -34,6 +34,7 @@ _COMMAND_MODULES = (
     "up",        # corridor up
     "net",       # corridor net plan|generate
     "v2x",       # corridor v2x budget|attacks
+    "fleet",     # corridor fleet init|depot|vehicle|send|watch|demo
 )
 
 for _name in _COMMAND_MODULES:
