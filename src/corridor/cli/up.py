@@ -37,6 +37,7 @@ from corridor.errors import ParameterError
 from corridor.logs import configure_logging
 
 if TYPE_CHECKING:  # the KMS stack is imported when `up` runs, not by every `corridor` call
+    from corridor.cli.up_mobility import UpMobility
     from corridor.hybrid.corridor_sessions import CorridorSessions
     from corridor.kms.node import Corridor, CorridorSpec
 
@@ -148,7 +149,8 @@ def hybrid_line(hybrid: CorridorSessions) -> str:
         for s in hybrid.status())
 
 
-def status_table(corridor: Corridor, hybrid: CorridorSessions | None = None) -> Group:
+def status_table(corridor: Corridor, hybrid: CorridorSessions | None = None,
+                 mobility: UpMobility | None = None) -> Group:
     """The live status: key pools, then each link's QBER, key rate, blocks and alarms,
     then the hybrid sessions."""
     status = corridor.status()
@@ -184,6 +186,10 @@ def status_table(corridor: Corridor, hybrid: CorridorSessions | None = None) -> 
         parts.append(relay_table(status["relays"]))
     if hybrid is not None and hybrid.sessions:
         parts.append(hybrid_table(hybrid))
+    if mobility is not None:
+        from corridor.cli.up_mobility import mobility_table
+
+        parts.append(mobility_table(mobility))
     return Group(*parts)
 
 
@@ -209,7 +215,8 @@ def relay_line(relays: list[dict[str, Any]]) -> str:
                     f"={r['state']}" for r in relays if r["role"] == "master")
 
 
-def status_line(corridor: Corridor, hybrid: CorridorSessions | None = None) -> str:
+def status_line(corridor: Corridor, hybrid: CorridorSessions | None = None,
+                mobility: UpMobility | None = None) -> str:
     """One plain line of status (for logs and non-terminal output)."""
     status = corridor.status()
     pools = " ".join(f"{p['kme_id']}/{p['link_id']}/{p['direction']}={p['stored_keys']}"
@@ -226,6 +233,10 @@ def status_line(corridor: Corridor, hybrid: CorridorSessions | None = None) -> s
         line += f" | relays: {relay_line(status['relays'])}"
     if hybrid is not None and hybrid.sessions:
         line += f" | hybrid: {hybrid_line(hybrid)}"
+    if mobility is not None:
+        from corridor.cli.up_mobility import mobility_line
+
+        line += f" | {mobility_line(mobility)}"
     return line
 
 
@@ -281,6 +292,10 @@ def up_command(
     status_interval_s: Annotated[float, typer.Option(
         "--status-interval-s", help="Seconds between status lines when stdout is not a "
         "terminal.")] = 10.0,
+    with_mobility: Annotated[bool, typer.Option(
+        "--mobility/--no-mobility", help="Also run a QKD-keyed V2X stream to an RSU and a "
+        "small fleet on the MQTT broker at 127.0.0.1:1883 (docs/v2x.md, docs/fleet.md).")
+    ] = True,
 ) -> None:
     """Start a two-site corridor on this machine and show its status until stopped.
 
@@ -292,6 +307,7 @@ def up_command(
             raise ParameterError("--duration-s", duration_s, "must be a number of seconds > 0")
         if not status_interval_s > 0:
             raise ParameterError("--status-interval-s", status_interval_s, "must be > 0")
+        from corridor.cli.up_mobility import UpMobility
         from corridor.hybrid.corridor_sessions import CorridorSessions
         from corridor.kms.node import Corridor, load_corridor
 
@@ -309,14 +325,19 @@ def up_command(
                                                                     signal.SIGTERM)}
         corridor = Corridor(spec, directory, host="127.0.0.1")
         hybrid = CorridorSessions(corridor)
+        mobility = UpMobility(corridor) if with_mobility else None
         try:
             corridor.start()
             hybrid.start()
             corridor.up_extra["hybrid_sessions"] = hybrid.describe()
+            if mobility is not None:
+                mobility.start()
+                corridor.up_extra.update(mobility.describe())
             corridor.write_up_file()
             _describe_start(corridor, spec, hybrid)
             deadline = None if duration_s is None else time.monotonic() + duration_s
-            _run_until_stopped(corridor, stop, deadline, status_interval_s, hybrid)
+            _run_until_stopped(corridor, stop, deadline, status_interval_s, hybrid,
+                               mobility)
         except BrokenPipeError:
             # Whoever read our output is gone (a pipe closed, often by the same Ctrl-C):
             # nobody watches any more, so stop cleanly, and silently.
@@ -327,10 +348,13 @@ def up_command(
             # when a closed pipe started the stop) must not cut the clean stop short.
             try:
                 _quietly(lambda: err_console.print(
-                    "stopping: hybrid sessions, feeders, servers, stores, audit logs ...",
+                    "stopping: fleet, RSU stream, hybrid sessions, feeders, servers, "
+                    "stores, audit logs ...",
                     highlight=False))
             finally:
                 try:
+                    if mobility is not None:
+                        mobility.close()
                     hybrid.close()
                 finally:
                     corridor.close()
@@ -362,20 +386,21 @@ def _quietly(write: Callable[[], object]) -> None:
 
 
 def _run_until_stopped(corridor: Corridor, stop: threading.Event, deadline: float | None,
-                       interval_s: float, hybrid: CorridorSessions | None = None) -> None:
+                       interval_s: float, hybrid: CorridorSessions | None = None,
+                       mobility: UpMobility | None = None) -> None:
     def remaining() -> float:
         return float("inf") if deadline is None else deadline - time.monotonic()
 
     if console.is_terminal:
-        with Live(status_table(corridor, hybrid), console=console, refresh_per_second=2,
-                  transient=False) as live:
+        with Live(status_table(corridor, hybrid, mobility), console=console,
+                  refresh_per_second=2, transient=False) as live:
             while not stop.is_set() and remaining() > 0:
                 stop.wait(min(1.0, max(remaining(), 0.0)))
-                live.update(status_table(corridor, hybrid))
+                live.update(status_table(corridor, hybrid, mobility))
         return
     while not stop.is_set() and remaining() > 0:
-        console.print(status_line(corridor, hybrid), highlight=False, markup=False,
-                      soft_wrap=True)
+        console.print(status_line(corridor, hybrid, mobility), highlight=False,
+                      markup=False, soft_wrap=True)
         console.file.flush()
         stop.wait(min(interval_s, max(remaining(), 0.0)))
 
