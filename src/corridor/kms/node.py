@@ -676,6 +676,9 @@ class KmeNode:
         self.audit = AuditLog(self.audit_path, kek,
                               fsync_interval_s=self.site.audit_fsync_interval_s)
         self._stack.callback(self.audit.close)
+        # The last entry of a clean stop, once the server, the store and the summaries of
+        # refused requests are done (callbacks run in reverse order).
+        self._stack.callback(self._record_stop)
         # The whole chain, not only its tail; on the way, the deliveries a crash or a
         # full disk left without an outcome (their intents, corridor.kms.manager).
         journal = DeliveryJournal()
@@ -882,11 +885,13 @@ class KmeNode:
 
     def close(self) -> None:
         """Stop serving, close peer links, the store and the audit log (in that order)."""
-        if self.audit is not None and self.manager is not None:
-            with contextlib.suppress(Exception):
-                self.events.emit("kme_stopped", kme_id=self.kme_id, pid=os.getpid())
         self._stack.close()
         self.manager = None
+
+    def _record_stop(self) -> None:
+        if self.manager is not None:
+            with contextlib.suppress(Exception):
+                self.events.emit("kme_stopped", kme_id=self.kme_id, pid=os.getpid())
 
     def __repr__(self) -> str:
         return f"KmeNode(kme_id={self.kme_id!r}, url={self.url!r})"
