@@ -214,6 +214,8 @@ def test_timeouts_close_idle_sockets_and_refusal_is_a_reset(corridor: Corridor) 
                 break
         else:
             pytest.fail("no connection was refused past the cap")
-    # The newcomer, and possibly the peer KME's own sync or announcement if it came
-    # while the cap was full (it tries again).
-    assert 1 <= _refused(corridor, "kme-b", "limit") <= 2
+    # The newcomer, and possibly the peer KME's own calls if they came while the cap was
+    # full: a sync or announcement reset at the cap is tried once more on a fresh
+    # connection, and the outage it leaves is probed 0.5 s later (also tried twice), so
+    # under load up to two such calls meet the full cap (4 refusals seen in a full run).
+    assert 1 <= _refused(corridor, "kme-b", "limit") <= 5
