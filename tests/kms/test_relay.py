@@ -82,6 +82,19 @@ class Net:
             manager.close()
 
 
+class Dead:
+    """A neighbour KME that does not answer (killed)."""
+
+    def relay(self, hop: RelayHop, timeout_s: float) -> None:
+        raise PeerUnreachableError("peer KME unreachable")
+
+    def void(self, *args: Any) -> None:
+        raise PeerUnreachableError("peer KME unreachable")
+
+    def announce(self, reservations: list[Reservation]) -> None:
+        raise PeerUnreachableError("peer KME unreachable")
+
+
 @pytest.fixture
 def line(tmp_path: Path) -> Any:
     net = Net(tmp_path, LINE)
@@ -129,16 +142,6 @@ def test_status_of_a_relayed_pair_names_its_path(line: Net) -> None:
 
 
 def test_a_dead_trusted_node_fails_closed_and_nothing_is_stored(line: Net) -> None:
-    class Dead:
-        def relay(self, hop: RelayHop, timeout_s: float) -> None:
-            raise PeerUnreachableError("peer KME unreachable")
-
-        def void(self, *args: Any) -> None:
-            raise PeerUnreachableError("peer KME unreachable")
-
-        def announce(self, reservations: list[Reservation]) -> None:
-            raise PeerUnreachableError("peer KME unreachable")
-
     line.managers["k2"].set_peer("k3", Dead())  # type: ignore[arg-type]
     with pytest.raises(KeysUnavailableError, match="could not be relayed"):
         line.managers["k1"].enc_keys("s1", "s4", number=2)
@@ -234,16 +237,6 @@ def test_a_failed_path_is_retried_over_another(tmp_path: Path) -> None:
         first = net.managers["k1"].relay.routes("s1", "s4", 256)  # type: ignore[union-attr]
         via = first[0].kmes[1]
         other = "k3" if via == "k2" else "k2"
-
-        class Dead:
-            def relay(self, hop: RelayHop, timeout_s: float) -> None:
-                raise PeerUnreachableError("peer KME unreachable")
-
-            def void(self, *args: Any) -> None:
-                raise PeerUnreachableError("peer KME unreachable")
-
-            def announce(self, reservations: list[Reservation]) -> None:
-                raise PeerUnreachableError("peer KME unreachable")
 
         net.managers["k1"].set_peer(via, Dead())  # type: ignore[arg-type]
         keys = net.managers["k1"].enc_keys("s1", "s4", number=1)

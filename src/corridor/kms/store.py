@@ -765,67 +765,35 @@ class SqlKeyStore(KeyStore):
                                plain[offset - first + length:])
         return key
 
-    def record_peer_reservations(self, reservations: Sequence[Reservation]) -> list[Reservation]:
+    def _already_held(self, cur: SqlCursor, reservations: Sequence[Reservation]) -> set[str]:
+        """The key IDs among ``reservations`` already held as slave rows with the same
+        fields (a repeat, accepted without effect); :class:`InvalidReservationError` if
+        one is held with other fields."""
         key_ids = [res.key_id for res in reservations]
         if len(set(key_ids)) != len(key_ids):
             raise InvalidReservationError("announcement repeats a key ID")
-        if not reservations:
-            return []
-        recorded: list[Reservation] = []
-        with self._transaction() as cur:
-            existing = {row[0]: row for row in cur.rows(
-                "SELECT key_id, role, link_id, direction, byte_offset, length_bytes, "
-                f"master_sae_id, slave_sae_ids FROM kms_key WHERE key_id IN "
-                f"({', '.join('?' * len(key_ids))})" + self._for_update, key_ids)}
-            fresh = []
-            for res in reservations:
-                row = existing.get(res.key_id)
-                if row is None:
-                    fresh.append(res)
-                    continue
-                same = (row[1] == ROLE_SLAVE and row[2] == res.link_id
-                        and row[3] == res.direction and int(row[4]) == res.byte_offset
-                        and int(row[5]) == res.length_bytes and row[6] == res.master_sae_id
-                        and _split_ids(row[7]) == list(res.slave_sae_ids))
-                if not same:
-                    raise InvalidReservationError(
-                        f"key ID {res.key_id} is already held with different fields")
-            pools: dict[tuple[str, str], _Pool] = {}
-            items: list[tuple[Reservation, bytes | None]] = []
-            for run in _contiguous_runs(fresh):
-                first, last = run[0], run[-1]
-                pool_key = (first.link_id, first.direction)
-                if pool_key not in pools:
-                    pools[pool_key] = self._lock_pool(cur, first.link_id, first.direction,
-                                                      create=False)
-                end = last.byte_offset + last.length_bytes
-                cut = self._cut_range(cur, first.link_id, first.direction, first.byte_offset,
-                                      end - first.byte_offset)
-                if cut is None:
-                    raise ReservationRefusedError(
-                        f"bytes {first.byte_offset}..{end} of pool {first.link_id} "
-                        f"{first.direction} are not all held by KME {self.kme_id} (not yet "
-                        "ingested, dropped, or already cut)")
-                pools[pool_key].available_bytes -= len(cut)
-                for group in _uniform_groups(run):
-                    # One sealed record per group instead of one per key; each key keeps
-                    # its own row (looked up by ID, with its own recipients).
-                    head = group[0]
-                    start = head.byte_offset - first.byte_offset
-                    size = head.length_bytes * len(group)
-                    self._insert_run(cur, group, cut[start:start + size])
-                    items.extend((res, None) for res in group)
-                recorded.extend(run)
-            self._insert_keys(cur, ROLE_SLAVE, items)
-            for pool in pools.values():
-                self._save_pool(cur, pool)
-        return recorded
+        existing = {row[0]: row for row in cur.rows(
+            "SELECT key_id, role, link_id, direction, byte_offset, length_bytes, "
+            f"master_sae_id, slave_sae_ids FROM kms_key WHERE key_id IN "
+            f"({', '.join('?' * len(key_ids))})" + self._for_update, key_ids)}
+        for res in reservations:
+            row = existing.get(res.key_id)
+            if row is not None and not (
+                    row[1] == ROLE_SLAVE and row[2] == res.link_id
+                    and row[3] == res.direction and int(row[4]) == res.byte_offset
+                    and int(row[5]) == res.length_bytes and row[6] == res.master_sae_id
+                    and _split_ids(row[7]) == list(res.slave_sae_ids)):
+                raise InvalidReservationError(
+                    f"key ID {res.key_id} is already held with different fields")
+        return set(existing)
 
-    def _take_runs(self, cur: SqlCursor, reservations: Sequence[Reservation]
-                   ) -> dict[str, bytes]:
-        """Cut every reservation's range out of its pool (locked): key ID -> bytes."""
+    def _cut_runs(self, cur: SqlCursor, reservations: Sequence[Reservation]
+                  ) -> list[tuple[list[Reservation], bytes]]:
+        """Cut every contiguous run of ``reservations`` out of its pool (locked, the pool
+        figures saved): each run with its bytes; :class:`ReservationRefusedError` if a
+        range is not held."""
         pools: dict[tuple[str, str], _Pool] = {}
-        taken: dict[str, bytes] = {}
+        out: list[tuple[list[Reservation], bytes]] = []
         for run in _contiguous_runs(reservations):
             first, last = run[0], run[-1]
             pool_key = (first.link_id, first.direction)
@@ -841,11 +809,41 @@ class SqlKeyStore(KeyStore):
                     f"{first.direction} are not all held by KME {self.kme_id} (not yet "
                     "ingested, dropped, or already cut)")
             pools[pool_key].available_bytes -= len(cut)
-            for res in run:
-                start = res.byte_offset - first.byte_offset
-                taken[res.key_id] = cut[start:start + res.length_bytes]
+            out.append((run, cut))
         for pool in pools.values():
             self._save_pool(cur, pool)
+        return out
+
+    def record_peer_reservations(self, reservations: Sequence[Reservation]) -> list[Reservation]:
+        if not reservations:
+            return []
+        recorded: list[Reservation] = []
+        with self._transaction() as cur:
+            held = self._already_held(cur, reservations)
+            items: list[tuple[Reservation, bytes | None]] = []
+            for run, cut in self._cut_runs(
+                    cur, [res for res in reservations if res.key_id not in held]):
+                first = run[0]
+                for group in _uniform_groups(run):
+                    # One sealed record per group instead of one per key; each key keeps
+                    # its own row (looked up by ID, with its own recipients).
+                    head = group[0]
+                    start = head.byte_offset - first.byte_offset
+                    size = head.length_bytes * len(group)
+                    self._insert_run(cur, group, cut[start:start + size])
+                    items.extend((res, None) for res in group)
+                recorded.extend(run)
+            self._insert_keys(cur, ROLE_SLAVE, items)
+        return recorded
+
+    def _take_runs(self, cur: SqlCursor, reservations: Sequence[Reservation]
+                   ) -> dict[str, bytes]:
+        """Cut every reservation's range out of its pool (locked): key ID -> bytes."""
+        taken: dict[str, bytes] = {}
+        for run, cut in self._cut_runs(cur, reservations):
+            for res in run:
+                start = res.byte_offset - run[0].byte_offset
+                taken[res.key_id] = cut[start:start + res.length_bytes]
         return taken
 
     def take_ranges(self, reservations: Sequence[Reservation]) -> list[bytes]:
@@ -860,28 +858,16 @@ class SqlKeyStore(KeyStore):
 
     def record_relayed_keys(self, reservations: Sequence[Reservation],
                             unpad: Callable[[list[bytes]], list[bytes]]) -> list[Reservation]:
-        key_ids = [res.key_id for res in reservations]
-        if len(set(key_ids)) != len(key_ids):
-            raise InvalidReservationError("a relay hop repeats a key ID")
         if not reservations:
             return []
+        key_ids = [res.key_id for res in reservations]
         with self._transaction() as cur:
-            existing = {row[0]: row for row in cur.rows(
-                "SELECT key_id, role, link_id, direction, byte_offset, length_bytes, "
-                f"master_sae_id, slave_sae_ids FROM kms_key WHERE key_id IN "
-                f"({', '.join('?' * len(key_ids))})" + self._for_update, key_ids)}
-            if existing:
-                for res in reservations:
-                    row = existing.get(res.key_id)
-                    same = row is not None and (
-                        row[1] == ROLE_SLAVE and row[2] == res.link_id
-                        and row[3] == res.direction and int(row[4]) == res.byte_offset
-                        and int(row[5]) == res.length_bytes and row[6] == res.master_sae_id
-                        and _split_ids(row[7]) == list(res.slave_sae_ids))
-                    if not same:
-                        raise InvalidReservationError(
-                            f"key ID {res.key_id} is already held with different fields")
-                return []
+            held = self._already_held(cur, reservations)
+            if held:
+                if held == set(key_ids):
+                    return []  # a repeat of a relay already stored
+                raise InvalidReservationError("a relay hop names keys of which only some "
+                                              "are held here")
             taken = self._take_runs(cur, reservations)
             keys = unpad([taken[key_id] for key_id in key_ids])
             if len(keys) != len(reservations) or any(
