@@ -12,6 +12,7 @@ import json
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,7 @@ def test_rotation_keeps_traffic_flowing(make_tunnel, record_property) -> None:
         ["ip", "netns", "exec", tunnel.pair.initiator.netns, "ping", "-i", str(interval_s),
          "-W", "1", "-I", tunnel.pair.initiator.inner, tunnel.pair.responder.inner],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = time.monotonic()
     try:
         wait_for(lambda: ping_ok(tunnel.pair, count=1), "ping to get through")
         for _ in range(rotations):
@@ -233,6 +235,9 @@ def test_rotation_keeps_traffic_flowing(make_tunnel, record_property) -> None:
             assert f"using PPK for PPK_ID 'corridor-{key_id}'" in \
                 tunnel.pair.responder.log_text()
         ping_ok(tunnel.pair, count=5)  # some traffic after the last rotation
+        # Enough packets to judge the loss by, however fast the rotations went (a quick
+        # run once sent exactly 50).
+        time.sleep(max(0.0, 2.0 - (time.monotonic() - started)))
     finally:
         ping.send_signal(signal.SIGINT)
         output, _ = ping.communicate(timeout=10)
