@@ -34,14 +34,14 @@ from corridor.cli.common import (
 from corridor.errors import ParameterError
 
 
-def _sae_client(up: dict[str, Any], base: Path, sae_id: str) -> Any:
+def _sae_client(up: dict[str, Any], base: Path, sae_id: str,
+                option: str = "--initiator/--responder") -> Any:
     from corridor.kms.client import SaeClient
 
     sae = next((s for s in up.get("saes", []) if s.get("sae_id") == sae_id), None)
     if sae is None:
         known = [s.get("sae_id") for s in up.get("saes", [])]
-        raise ParameterError("--initiator/--responder", sae_id, f"one of {known} "
-                             "(corridor-up.json: saes)")
+        raise ParameterError(option, sae_id, f"one of {known} (corridor-up.json: saes)")
     kme = next(k for k in up["kmes"] if k["kme_id"] == sae["kme_id"])
     return SaeClient(kme["base_url"], base / sae["cert"], base / sae["key"],
                      base / sae["ca_cert"], expected_kme_id=kme["kme_id"], timeout_s=10.0)
@@ -199,7 +199,7 @@ def listen_command(
         up = read_up_file(from_up)
         base = from_up.resolve().parent
         host, port = _address(listen, "--listen")
-        client = _sae_client(up, base, sae)
+        client = _sae_client(up, base, sae, "--sae")
         peers = [s["sae_id"] for s in up.get("saes", []) if s["sae_id"] != sae]
         policies = {peer: _pair_policy(up, peer, sae) for peer in peers}
         responder = Responder(sae, policies, qkd=KmeQkdKeys(client))
@@ -267,7 +267,11 @@ def connect_command(
         chosen = parse_policy(policy if policy is not None
                               else _pair_policy(up, initiator, responder), "--policy")
         kem = parse_suite(suite, "--suite")
-        client = _sae_client(up, base, initiator)
+        if not any(s.get("sae_id") == responder for s in up.get("saes", [])):
+            raise ParameterError("--peer", responder, "one of "
+                                 f"{[s.get('sae_id') for s in up.get('saes', [])]} "
+                                 "(corridor-up.json: saes)")
+        client = _sae_client(up, base, initiator, "--sae")
         transport = SocketTransport.connect(host, port, timeout_s=30.0)
         try:
             key = Initiator(initiator, responder, chosen, qkd=KmeQkdKeys(client),
