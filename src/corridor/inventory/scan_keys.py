@@ -13,6 +13,7 @@ import base64
 import datetime as dt
 import re
 import struct
+import warnings
 from typing import Any
 
 from cryptography import x509
@@ -33,7 +34,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from corridor.inventory import algorithms
 from corridor.inventory.findings import Finding
 
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.S)
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 .]+)-----\r?\n(.*?)-----END \1-----", re.S)
 
 
 class UnreadableArtefact(Exception):
@@ -136,8 +137,10 @@ def pem_findings(location: str, data: bytes) -> list[Finding]:
                 public = serialization.load_pem_public_key(block)
                 found.append(_key_finding(public, location, line, None, "pem:public-key",
                                           label.lower()))
-            elif label == "DH PARAMETERS":
-                params = serialization.load_pem_parameters(block)
+            elif label.endswith("DH PARAMETERS"):
+                with warnings.catch_warnings():  # FFDH is deprecated: exactly our point
+                    warnings.simplefilter("ignore")
+                    params = serialization.load_pem_parameters(block)
                 assert isinstance(params, dh.DHParameters)
                 size = params.parameter_numbers().p.bit_length()
                 found.append(Finding("key", location, "DH", "pem:dh-parameters", line=line,

@@ -224,7 +224,7 @@ _C = (
     _p(r"\bDSA_generate_parameters(?:_ex)?\s*\([^,]*,\s*(\d+)", _const("DSA", 1), "keygen"),
     _p(r"\bEC_KEY_new_by_curve_name\s*\(\s*(\w+)", _ec("ECDSA"), "keygen"),
     _p(r"\bEVP_PKEY_CTX_new_id\s*\(\s*EVP_PKEY_(\w+)", _evp_id, "keygen"),
-    _p(r"\bEVP_PKEY_Q_keygen\s*\([^,]*,[^,]*,\s*\"(\w+)\"\s*,?\s*([^)]*)\)", _q_keygen,
+    _p(r"\bEVP_PKEY_Q_keygen\s*\([^,]*,[^,]*,\s*\"(\w+)\"\s*,?\s*([^;]*)\)\s*;", _q_keygen,
        "keygen"),
     _p(r"\bEVP_aes_(128|192|256)_\w+\s*\(", _const("AES", 1), "encryption"),
     _p(r"\bEVP_des_ede3\w*\s*\(", _const("3DES"), "encryption"),

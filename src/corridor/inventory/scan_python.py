@@ -54,6 +54,15 @@ class _Context:
 def _literal_length(node: ast.expr) -> int | None:
     if isinstance(node, ast.Constant) and isinstance(node.value, bytes):
         return len(node.value)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):  # b"k" * 32
+        for left, right in ((node.left, node.right), (node.right, node.left)):
+            if isinstance(left, ast.Constant) and isinstance(left.value, bytes) \
+                    and isinstance(right, ast.Constant) and isinstance(right.value, int):
+                return len(left.value) * right.value
+    if isinstance(node, ast.Call) and (_dotted(node.func) or "").endswith("generate_key"):
+        bits = _arg(node, 0, "bit_length")
+        if isinstance(bits, ast.Constant) and isinstance(bits.value, int):
+            return int(bits.value) // 8
     if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
             and isinstance(node.args[0].value, int):
         name = _dotted(node.func)

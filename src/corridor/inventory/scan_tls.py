@@ -96,7 +96,7 @@ def _is_address(host: str) -> bool:
 
 def _close(connection: Any) -> None:
     with contextlib.suppress(OSError):  # a socket the peer dropped
-        connection.get_socket().close()
+        connection.close()  # pyOpenSSL passes close() to the socket
 
 
 def _accepts_group(host: str, port: int, group_name: str, timeout_s: float,
