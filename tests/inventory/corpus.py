@@ -15,8 +15,8 @@ category: the figures of docs/inventory.md.
 from __future__ import annotations
 
 import base64
-import warnings
 import datetime as dt
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
