@@ -141,8 +141,8 @@ def pem_findings(location: str, data: bytes) -> list[Finding]:
                 with warnings.catch_warnings():  # FFDH is deprecated: exactly our point
                     warnings.simplefilter("ignore")
                     params = serialization.load_pem_parameters(block)
-                assert isinstance(params, dh.DHParameters)
-                size = params.parameter_numbers().p.bit_length()
+                    assert isinstance(params, dh.DHParameters)
+                    size = params.parameter_numbers().p.bit_length()
                 found.append(Finding("key", location, "DH", "pem:dh-parameters", line=line,
                                      key_size_bits=size, usage="key-exchange",
                                      detail="DH parameters"))
@@ -152,6 +152,8 @@ def pem_findings(location: str, data: bytes) -> list[Finding]:
                           f"({type(exc).__name__})")
     if errors and not found:
         raise UnreadableArtefact("; ".join(errors))
+    if not found and not errors and b"-----BEGIN " in data and not _PEM_BLOCK.search(data):
+        raise UnreadableArtefact("PEM block without its END line (truncated)")
     return found
 
 

@@ -24,6 +24,7 @@ import select
 import socket
 import ssl
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -124,8 +125,10 @@ def _accepts_version(host: str, port: int, version: ssl.TLSVersion, timeout_s: f
     context.verify_mode = ssl.CERT_NONE
     try:
         context.set_ciphers("ALL:@SECLEVEL=0")
-        context.minimum_version = version
-        context.maximum_version = version
+        with warnings.catch_warnings():  # asking for TLS 1.0/1.1 is the point of the probe
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = version
+            context.maximum_version = version
     except (ssl.SSLError, ValueError):
         return False
     try:
