@@ -97,11 +97,12 @@ def build_plan(assets: list[Asset], skipped: list[Skipped], crqc_years: float) -
     for asset in assets:
         f = asset.finding
         if asset.nist_status == "disallowed":
-            _add(groups, 1, f"retire {f.algorithm}"
-                 + (f"-{f.key_size_bits}" if f.key_size_bits else ""),
+            sized = f.key_size_bits and f.key_size_bits != algorithms.default_size(f.algorithm)
+            _add(groups, 1, f"retire {f.algorithm}" + (f"-{f.key_size_bits}" if sized else ""),
                  "broken or below 112-bit strength today (NIST IR 8547: disallowed); "
                  + _change(asset), asset)
-        if f.key_size_bits is None and asset.vulnerability != algorithms.QKD:
+        if f.key_size_bits is None and asset.vulnerability != algorithms.QKD \
+                and f.usage != "protocol":
             _add(groups, 1, f"read the key size of {f.algorithm} uses",
                  "the artefact does not fix it: check the key or configuration it loads",
                  asset)
