@@ -17,8 +17,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography.utils import CryptographyDeprecationWarning
 
 from corridor.inventory.findings import ScanResult, Skipped
 from corridor.inventory.scan_config import config_findings, dialects
@@ -98,8 +101,17 @@ def _binary(data: bytes) -> bool:
 
 def scan_file(path: Path, kind: str, data: bytes, options: ScanOptions) -> ScanResult:
     """Findings of one file's bytes by the scanner of ``kind``."""
-    location = str(path)
     result = ScanResult(files_scanned=1, bytes_scanned=len(data))
+    with warnings.catch_warnings():
+        # Old, odd artefacts (negative serials, FFDH) are what an inventory looks for.
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        _scan_bytes(path, kind, data, options, result)
+    return result
+
+
+def _scan_bytes(path: Path, kind: str, data: bytes, options: ScanOptions,
+                result: ScanResult) -> None:
+    location = str(path)
     try:
         if kind == "pkcs12":
             result.findings += pkcs12_findings(location, data)
@@ -138,7 +150,6 @@ def scan_file(path: Path, kind: str, data: bytes, options: ScanOptions) -> ScanR
                                                 f"{exc.lineno})"))
     except (ValueError, RecursionError, MemoryError) as exc:
         result.skipped.append(Skipped(location, f"does not parse ({type(exc).__name__})"))
-    return result
 
 
 def _scan_path_file(path: Path, options: ScanOptions, result: ScanResult) -> None:

@@ -12,6 +12,7 @@ file (``key = os.urandom(32)``, ``secrets.token_bytes(16)``, ``b"..."``).
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,9 +34,9 @@ class _Rule:
 class _Context:
     """Per-file knowledge: names bound to byte strings of known length."""
 
-    def __init__(self, tree: ast.AST) -> None:
+    def __init__(self, nodes: list[ast.AST]) -> None:
         self.lengths: dict[str, int] = {}
-        for node in ast.walk(tree):
+        for node in nodes:
             if isinstance(node, ast.Assign) and len(node.targets) == 1 \
                     and isinstance(node.targets[0], ast.Name):
                 length = _literal_length(node.value)
@@ -167,9 +168,12 @@ _TLS_CONSTANTS = {"ssl.PROTOCOL_TLSv1": "TLSv1.0", "ssl.PROTOCOL_TLSv1_1": "TLSv
                   "ssl.TLSVersion.TLSv1": "TLSv1.0", "ssl.TLSVersion.TLSv1_1": "TLSv1.1"}
 
 
-def _imports(tree: ast.AST) -> dict[str, str]:
+_MENTIONS = re.compile(r"\b(?:hashlib|hmac|ssl|cryptography|Crypto|Cryptodome|paramiko)\b")
+
+
+def _imports(nodes: list[ast.AST]) -> dict[str, str]:
     names: dict[str, str] = {}
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.asname:
@@ -222,11 +226,13 @@ def _canonical(rule: _Rule, call: ast.Call, imports: dict[str, str]) -> str:
 def python_findings(location: str, text: str) -> list[Finding]:
     """Every recognised cryptographic call in a Python module (SyntaxError propagates:
     the caller records the file as skipped)."""
-    tree = ast.parse(text, filename=location)
-    imports = _imports(tree)
-    context = _Context(tree)
+    if not _MENTIONS.search(text):
+        return []  # every rule resolves through an import of one of these modules
+    nodes = list(ast.walk(ast.parse(text, filename=location)))
+    imports = _imports(nodes)
+    context = _Context(nodes)
     found: list[Finding] = []
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Attribute):
             constant = _resolve(node, imports)
             if constant in _TLS_CONSTANTS:
