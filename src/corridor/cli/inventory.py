@@ -86,18 +86,23 @@ def _write(text: str, out: Path | None) -> None:
 
 
 def _table(assets: list[Any], result: Any, elapsed_s: float) -> None:
+    from corridor.inventory.algorithms import default_size
     from corridor.inventory.report import summary
 
-    table = Table("risk", "score", "algorithm", "size", "vulnerability", "NIST IR 8547",
-                  "Mosca x+y-z", "system", "where", "found by")
+    table = Table("risk", "score", "algorithm", "vulnerability", "NIST IR 8547",
+                  "x+y-z", "system", "where")
+    for column in table.columns[:6]:
+        column.no_wrap = True
+    table.columns[-1].overflow = "fold"
     for asset in assets:
         f = asset.finding
-        size = f"{f.key_size_bits}" if f.key_size_bits else "-"
+        sized = f.key_size_bits and f.key_size_bits != default_size(f.algorithm)
+        name = f.algorithm + (f"-{f.key_size_bits}" if sized else "")
         if f.curve:
-            size += f" ({f.curve})"
+            name += f" ({f.curve})"
         table.add_row(Text(asset.level, style=_LEVEL_STYLE[asset.level]), f"{asset.score:g}",
-                      f.algorithm, size, asset.vulnerability, asset.nist_status,
-                      f"{asset.mosca_margin_years:+g}", asset.system, f.where, f.method)
+                      name, asset.vulnerability, asset.nist_status,
+                      f"{asset.mosca_margin_years:+g}", asset.system, f.where)
     console.print(table)
     counts = summary(assets)
     console.print(f"{counts['assets']} assets; by risk {counts['by_risk']}; by vulnerability "
