@@ -33,6 +33,8 @@ def test_pack_answers_every_question_from_the_records(recorded: Path) -> None:
     assert session["decisions"] == len(DECISIONS)
     assert session["fallback_taken"] == outcomes.count("degraded")
     assert session["refused"] == outcomes.count("refused")
+    assert session["qkd_missing"] == len(DECISIONS) - outcomes.count("established")
+    assert session["qkd_missing_reasons"] == {"pool_empty": session["qkd_missing"]}
     assert "X-Wing alone" in session["fallback_path"]
     hybrid_rotation = next(r for r in pack.rotation if r["what"].startswith("hybrid"))
     assert hybrid_rotation["generations_established"] == len({g for o, _, g in DECISIONS

@@ -167,6 +167,7 @@ def _sessions(data: dict[str, Any], base: Path, pack: EvidencePack) -> None:
         outcomes: Counter[str] = Counter()
         inputs: Counter[str] = Counter()
         generations: set[Any] = set()
+        qkd_missing: Counter[str] = Counter()
         logs = []
         for side in session.get("sides") or []:
             if not isinstance(side, dict) or side.get("role") != "initiator" \
@@ -184,12 +185,16 @@ def _sessions(data: dict[str, Any], base: Path, pack: EvidencePack) -> None:
                     continue
                 outcomes[str(fields.get("outcome"))] += 1
                 inputs[str(fields.get("inputs"))] += 1
+                for missing in fields.get("missing") or []:
+                    if isinstance(missing, str) and missing.startswith("qkd:"):
+                        qkd_missing[missing.removeprefix("qkd:")] += 1
                 if fields.get("outcome") != "refused":
                     generations.add(fields.get("generation"))
         total = sum(outcomes.values())
         pack.sessions.append({
             "pair": pair, "policy": session.get("policy"), "decisions": total,
             "outcomes": dict(outcomes), "inputs": dict(inputs),
+            "qkd_missing": sum(qkd_missing.values()), "qkd_missing_reasons": dict(qkd_missing),
             "fallback_taken": outcomes.get("degraded", 0),
             "refused": outcomes.get("refused", 0),
             "fallback_rate": (outcomes.get("degraded", 0) / total) if total else None,
@@ -346,7 +351,8 @@ def sections(pack: EvidencePack) -> list[tuple[str, list[str]]]:
     out.append(("Which links are QKD-secured, and by what", lines or ["no QKD link"]))
     out.append(("Threat model", list(THREAT_MODEL)))
     lines = [f"{s['pair']}: policy {s['policy']}; fallback path: {s['fallback_path']}. "
-             f"{s['decisions']} decisions {s['outcomes']}; fallback taken "
+             f"{s['decisions']} decisions {s['outcomes']}; QKD key missing in "
+             f"{s['qkd_missing']} ({s['qkd_missing_reasons'] or 'never'}); fallback taken "
              f"{s['fallback_taken']} times"
              + (f" ({100 * s['fallback_rate']:.1f} %)" if s["fallback_rate"] is not None else "")
              + f"; refused {s['refused']}; inputs {s['inputs']}" for s in pack.sessions]
