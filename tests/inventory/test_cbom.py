@@ -25,8 +25,15 @@ def test_corpus_cbom_validates_and_carries_every_finding(
     assert bom["specVersion"] == "1.6"
     crypto = [c for c in bom["components"] if c["type"] == "cryptographic-asset"]
     files = [c for c in bom["components"] if c["type"] == "file"]
-    occurrences = [o for c in crypto for o in c["evidence"]["occurrences"]]
+    algorithms = [c for c in crypto if c["cryptoProperties"]["assetType"] != "certificate"]
+    certificates = [c for c in crypto if c["cryptoProperties"]["assetType"] == "certificate"]
+    occurrences = [o for c in algorithms for o in c["evidence"]["occurrences"]]
     assert len(occurrences) == len(result.findings)
+    assert len(certificates) == sum(f.not_after is not None for f in result.findings)
+    for certificate in certificates:
+        props = certificate["cryptoProperties"]["certificateProperties"]
+        assert props["notValidAfter"] and props["subjectName"]
+        assert props["subjectPublicKeyRef"] in {c["bom-ref"] for c in algorithms}
     assert all("line" in o or "additionalContext" in o for o in occurrences)
     rsa = next(c for c in crypto if c["name"] == "RSA-2048")
     assert rsa["cryptoProperties"]["algorithmProperties"]["parameterSetIdentifier"] == "2048"

@@ -6,12 +6,15 @@ primitive, the parameter set (key size or curve), the classical security level a
 NIST quantum security level; ``evidence.occurrences`` list every place it was found
 (file or host:port, with the line or field in ``additionalContext``), and properties
 ``corridor:vulnerability``, ``corridor:risk`` (the highest level among its uses) and
-``corridor:score``. One ``file`` component per location, whose dependency entry lists
-the crypto assets it uses: the graph from asset to where it is used.
+``corridor:score``. Each certificate is also a ``certificate`` asset (subject, expiry,
+``subjectPublicKeyRef`` to its key's algorithm component). One ``file`` component per
+location, whose dependency entry lists the crypto assets it uses: the graph from asset
+to where it is used.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections import defaultdict
 
@@ -21,6 +24,7 @@ from cyclonedx.model.component import Component, ComponentType
 from cyclonedx.model.component_evidence import ComponentEvidence, Occurrence
 from cyclonedx.model.crypto import (
     AlgorithmProperties,
+    CertificateProperties,
     CryptoAssetType,
     CryptoPrimitive,
     CryptoProperties,
@@ -99,6 +103,24 @@ def build_bom(assets: list[Asset]) -> Bom:
         components[_ref(key)] = component
         for use in uses:
             used_by[use.finding.location].add(_ref(key))
+    for index, asset in enumerate(a for a in assets if a.finding.not_after is not None):
+        f = asset.finding
+        ref = f"cert:{index}"
+        expiry = dt.datetime.fromisoformat(f.not_after.replace("Z", "+00:00")) \
+            if f.not_after else None
+        certificate = Component(
+            type=ComponentType.CRYPTOGRAPHIC_ASSET, name=f.subject or f.where, bom_ref=ref,
+            crypto_properties=CryptoProperties(
+                asset_type=CryptoAssetType.CERTIFICATE,
+                certificate_properties=CertificateProperties(
+                    subject_name=f.subject, not_valid_after=expiry,
+                    subject_public_key_ref=components[_ref(_asset_key(asset))].bom_ref,
+                    certificate_format="X.509")),
+            evidence=ComponentEvidence(occurrences=[Occurrence(
+                location=f.location, line=f.line, additional_context=f.field)]))
+        bom.components.add(certificate)
+        components[ref] = certificate
+        used_by[f.location].add(ref)
     for index, (location, refs) in enumerate(sorted(used_by.items())):
         holder = Component(type=ComponentType.FILE, name=location,
                            bom_ref=f"location:{index}")

@@ -37,7 +37,7 @@ class Finding:
         usage: what the algorithm does there (``signature``, ``key-exchange``, ...).
         detail: a short human note (subject, directive, call), never key material.
         not_after: certificate expiry, ISO 8601 UTC, for certificates.
-        system: the system the policy file maps this location to (set by the risk model).
+        subject: certificate subject (RFC 4514), for certificates.
     """
 
     category: str
@@ -51,6 +51,7 @@ class Finding:
     usage: str | None = None
     detail: str = ""
     not_after: str | None = None
+    subject: str | None = None
 
     def __post_init__(self) -> None:
         if self.category not in CATEGORIES:

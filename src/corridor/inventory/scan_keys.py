@@ -93,7 +93,7 @@ def certificate_findings(cert: x509.Certificate, location: str, *, line: int | N
               f"expires {_utc(cert.not_valid_after_utc)[:10]}")
     return [Finding(category, location, algorithm, method, line=line, field=field,
                     key_size_bits=size, curve=curve_name, usage="signature", detail=detail,
-                    not_after=_utc(cert.not_valid_after_utc))]
+                    not_after=_utc(cert.not_valid_after_utc), subject=subject)]
 
 
 def _line_of(data: bytes, offset: int) -> int:
