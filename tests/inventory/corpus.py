@@ -318,6 +318,8 @@ public class DepotCrypto {
         MessageDigest md = MessageDigest.getInstance("SHA-1");
         KeyAgreement ka = KeyAgreement.getInstance("X25519");
         Mac mac = Mac.getInstance("HmacSHA256");
+        RSAKeyGenerationParameters bc = new RSAKeyGenerationParameters(e, random, 3072, 80);
+        SHA256Digest digest = new SHA256Digest();
         // Cipher.getInstance("DES") in a comment is not a use
     }
 }
@@ -391,7 +393,9 @@ def _sources(c: _Corpus) -> None:
             ('KeyGenerator.getInstance("AES")', "AES", 256),
             ('Cipher c = Cipher.getInstance', "AES", 128),
             ("MessageDigest", "SHA-1", 160), ("KeyAgreement", "X25519", 256),
-            ("Mac.getInstance", "HMAC-SHA-256", 256)):
+            ("Mac.getInstance", "HMAC-SHA-256", 256),
+            ("new RSAKeyGenerationParameters", "RSA", 3072),
+            ("new SHA256Digest", "SHA-256", 256)):
         c.expect("source", path, line_of(JAVA_SOURCE, marker), algorithm, size)
     path = c.write("src/c/keys.c", C_SOURCE)
     for marker, algorithm, size in (
