@@ -3,13 +3,19 @@ huge files, symlink loops, code that does not parse, a TLS server that stalls.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corridor.inventory.scan import ScanOptions, scan
+from corridor.inventory.scan_config import config_findings
+from corridor.inventory.scan_keys import UnreadableArtefact, pem_findings, ssh_public_lines
+from corridor.inventory.scan_native import native_findings
 from tests.inventory.tls_servers import stalling_server
 
 
@@ -88,3 +94,25 @@ def test_odd_text_never_raises(tmp_path: Path, text: str) -> None:
     for name in ("x.pem", "sshd_config", "wg0.conf", "known_hosts", "a.go", "a.c"):
         (tmp_path / name).write_text(text)
     scan([str(tmp_path)])
+
+
+_TOKENS = st.sampled_from([
+    "KexAlgorithms ", "HostKey ", "proposals = ", "ppk_id = ", "secret = 0x", "ssl_ciphers ",
+    "SSLProtocol all -", "Groups = ", "mka_cak=", "macsec_policy=1", "[Interface]",
+    "PrivateKey = ", "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----", "ssh-rsa ",
+    "ecdsa-sha2-nistp256 ", "RSA_generate_key_ex(", "KeyPairGenerator.getInstance(\"",
+    "rsa.GenerateKey(", "aes.NewCipher(", "EVP_PKEY_Q_keygen(", "/*", "*/", "//", "\"", ",",
+    "=", "{", "}", "\n", " ", "2048", "secp384r1", "ke1_mlkem768", "AAAA", "x25519"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(_TOKENS, st.text(max_size=8)), max_size=40))
+def test_every_text_scanner_answers_any_text_with_findings_or_a_reason(
+        parts: list[str]) -> None:
+    text = "".join(parts)
+    config_findings("x.conf", text)
+    for language in ("java", "c", "go"):
+        native_findings("x", text, language)
+    ssh_public_lines("known_hosts", text, "known-hosts")
+    with contextlib.suppress(UnreadableArtefact):
+        pem_findings("x.pem", text.encode("utf-8", "replace"))
