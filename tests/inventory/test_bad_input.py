@@ -3,6 +3,7 @@ huge files, symlink loops, code that does not parse, a TLS server that stalls.""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import socket
@@ -66,7 +67,13 @@ def test_code_and_corridor_files_that_do_not_parse(tmp_path: Path) -> None:
     (tmp_path / "corridor.toml").write_text("[[kmes]]\nid = 1\n[[links]]\nid = 'x'\n")
     (tmp_path / "bad.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n"
                                       "-----END CERTIFICATE-----\n")
+    (tmp_path / "id_truncated").write_bytes(
+        b"-----BEGIN OPENSSH PRIVATE KEY-----\n"
+        + base64.b64encode(b"openssh-key-v1\x00\x00\x00") + b"\n"
+        b"-----END OPENSSH PRIVATE KEY-----\n")
     reasons = _reasons(tmp_path)
+    assert reasons["id_truncated"].startswith("PEM block OPENSSH PRIVATE KEY at line 1 does "
+                                              "not parse")
     assert reasons["broken.py"].startswith("Python that does not parse (line 1)")
     assert reasons["corridor.toml"].startswith("invalid corridor file")
     assert "does not parse" in reasons["bad.pem"]

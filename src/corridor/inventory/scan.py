@@ -150,6 +150,9 @@ def _scan_bytes(path: Path, kind: str, data: bytes, options: ScanOptions,
                                                 f"{exc.lineno})"))
     except (ValueError, RecursionError, MemoryError) as exc:
         result.skipped.append(Skipped(location, f"does not parse ({type(exc).__name__})"))
+    except Exception as exc:  # one odd file must not end the inventory of the rest
+        result.skipped.append(Skipped(location, f"scanner failed on it "
+                                                f"({type(exc).__name__}); please report"))
 
 
 def _scan_path_file(path: Path, options: ScanOptions, result: ScanResult) -> None:

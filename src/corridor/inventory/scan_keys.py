@@ -146,8 +146,8 @@ def pem_findings(location: str, data: bytes) -> list[Finding]:
                 found.append(Finding("key", location, "DH", "pem:dh-parameters", line=line,
                                      key_size_bits=size, usage="key-exchange",
                                      detail="DH parameters"))
-        except (ValueError, TypeError, AssertionError,
-                UnsupportedAlgorithm) as exc:
+        except (ValueError, TypeError, AssertionError, IndexError, struct.error,
+                UnreadableArtefact, UnsupportedAlgorithm) as exc:
             errors.append(f"PEM block {label} at line {line} does not parse "
                           f"({type(exc).__name__})")
     if errors and not found:
