@@ -27,6 +27,7 @@ from corridor.inventory import algorithms
 from corridor.inventory.findings import Finding, ScanResult, Skipped
 from corridor.inventory.scan_keys import UnreadableArtefact, pem_findings
 from corridor.inventory.scan_tls import DEFAULT_TIMEOUT_S, scan_endpoint
+from corridor.kms.tls_openssl import DEFAULT_TLS_GROUPS
 
 _METHOD_TOML = "corridor:toml"
 _METHOD_UP = "corridor:up"
@@ -78,14 +79,15 @@ def _hybrid(location: str, pair: str, policy: str, where: dict[str, Any], method
 
 
 def _tls_groups(location: str, kme_id: str, groups: str | None, where: dict[str, Any],
-                method: str) -> list[Finding]:
+                method: str, note: str = "") -> list[Finding]:
     names = (groups or "").split(":") if groups else ["X25519", "P-256"]
     found = []
     for name in names:
         named = algorithms.group(name)
         if named is None:
             continue
-        note = "" if groups else " (tls_groups off: system OpenSSL, classical groups)"
+        if not groups:
+            note = " (tls_groups off: system OpenSSL, classical groups)"
         found.append(Finding("corridor", location, named.algorithm, method,
                              key_size_bits=named.key_size_bits, curve=named.curve,
                              usage="key-exchange",
@@ -160,8 +162,9 @@ def up_findings(location: str, data: dict[str, Any], *, live: bool = False,
             continue
         kme_id = str(kme.get("kme_id"))
         where: dict[str, Any] = {"field": f"kmes[{kme_id}].base_url"}
-        result.findings += _tls_groups(location, kme_id, "X25519MLKEM768:X25519", where,
-                                       _METHOD_UP)
+        result.findings += _tls_groups(location, kme_id, DEFAULT_TLS_GROUPS, where,
+                                       _METHOD_UP, " (the default tls_groups of `corridor "
+                                       "up`; --live checks by handshake)")
         if live:
             url = urlsplit(kme["base_url"])
             if url.hostname and url.port:
