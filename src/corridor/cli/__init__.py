@@ -35,6 +35,8 @@ _COMMAND_MODULES = (
     "net",       # corridor net plan|generate
     "v2x",       # corridor v2x budget|attacks
     "fleet",     # corridor fleet init|depot|vehicle|send|watch|demo
+    "inventory",  # corridor inventory scan|plan
+    "evidence",  # corridor evidence
 )
 
 for _name in _COMMAND_MODULES:

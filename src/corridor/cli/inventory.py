@@ -1,0 +1,221 @@
+"""``corridor inventory scan|plan``: what still uses quantum-vulnerable cryptography,
+how risky each use is, and the migration plan (docs/inventory.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from corridor.cli.common import console, emit_json, handle_errors
+from corridor.errors import ParameterError
+
+inventory_app = typer.Typer(help="Cryptographic inventory: scan, CBOM, risk, migration plan.",
+                            no_args_is_help=True)
+
+_LEVEL_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "green"}
+
+
+class ScanFormat(StrEnum):
+    """Output formats of ``inventory scan``."""
+
+    table = "table"
+    json = "json"
+    cyclonedx = "cyclonedx"
+
+
+class PlanFormat(StrEnum):
+    """Output formats of ``inventory plan``."""
+
+    markdown = "markdown"
+    html = "html"
+
+
+TargetsArg = Annotated[list[str] | None, typer.Argument(
+    help="Files, directories and host:port TLS endpoints to scan.", show_default=False)]
+PolicyOpt = Annotated[Path | None, typer.Option(
+    "--policy", help="Policy file mapping systems to scores (examples/inventory-policy.toml).")]
+CrqcOpt = Annotated[float | None, typer.Option(
+    "--crqc-years", help="Years to a cryptographically relevant quantum computer, z in "
+    "Mosca's x + y > z (default 15, range 5 to 30).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")]
+TimeoutOpt = Annotated[float, typer.Option(
+    "--timeout-s", help="Limit of each TLS handshake (a stalled endpoint is skipped).")]
+MaxBytesOpt = Annotated[int, typer.Option(
+    "--max-file-bytes", help="Skip larger files (bounds the time per file).")]
+LiveOpt = Annotated[bool, typer.Option(
+    "--live/--no-live", help="Also handshake with the KMEs named by a corridor-up.json.")]
+
+
+def _run_scan(targets: list[str], policy_path: Path | None, crqc_years: float | None,
+              timeout_s: float, max_file_bytes: int, live: bool) -> tuple[Any, Any, Any, float]:
+    from corridor.inventory.risk import assess_all, load_policy
+    from corridor.inventory.scan import ScanOptions, scan
+
+    if not targets:
+        raise ParameterError("TARGETS", None, "at least one file, directory or host:port")
+    if not 0 < timeout_s <= 300:
+        raise ParameterError("--timeout-s", timeout_s, "a number of seconds in (0, 300]")
+    if max_file_bytes < 1:
+        raise ParameterError("--max-file-bytes", max_file_bytes, "a positive integer")
+    policy = load_policy(policy_path, crqc_years)
+    started = time.perf_counter()
+    result = scan(targets, ScanOptions(max_file_bytes=max_file_bytes, timeout_s=timeout_s,
+                                       live=live))
+    elapsed = time.perf_counter() - started
+    return result, assess_all(result.findings, policy), policy, elapsed
+
+
+def _write(text: str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    try:
+        out.write_text(text)
+    except OSError as exc:
+        raise ParameterError("--out", str(out), "a writable file path",
+                             exc.strerror or type(exc).__name__) from None
+    console.print(f"wrote {out}", highlight=False, soft_wrap=True)
+
+
+def _table(assets: list[Any], result: Any, elapsed_s: float) -> None:
+    from corridor.inventory.algorithms import default_size
+    from corridor.inventory.report import summary
+
+    table = Table("risk", "score", "algorithm", "vulnerability", "NIST IR 8547",
+                  "x+y-z", "system", "where")
+    for column in table.columns[:6]:
+        column.no_wrap = True
+    table.columns[-1].overflow = "fold"
+    for asset in assets:
+        f = asset.finding
+        sized = f.key_size_bits and f.key_size_bits != default_size(f.algorithm)
+        name = f.algorithm + (f"-{f.key_size_bits}" if sized else "")
+        if f.curve:
+            name += f" ({f.curve})"
+        table.add_row(Text(asset.level, style=_LEVEL_STYLE[asset.level]), f"{asset.score:g}",
+                      name, asset.vulnerability, asset.nist_status,
+                      f"{asset.mosca_margin_years:+g}", asset.system, f.where)
+    console.print(table)
+    counts = summary(assets)
+    console.print(f"{counts['assets']} assets; by risk {counts['by_risk']}; by vulnerability "
+                  f"{counts['by_vulnerability']}; {result.files_scanned} files "
+                  f"({result.bytes_scanned} bytes) and {result.endpoints_scanned} endpoints "
+                  f"in {elapsed_s:.2f} s", highlight=False, soft_wrap=True)
+    for skip in result.skipped:
+        console.print(f"skipped {skip.location}: {skip.reason}", highlight=False,
+                      markup=False, soft_wrap=True)
+
+
+@inventory_app.command("scan")
+def scan_command(
+    targets: TargetsArg = None,
+    output: Annotated[ScanFormat, typer.Option("--format", help="Output format.")
+                      ] = ScanFormat.table,
+    out: OutOpt = None, policy: PolicyOpt = None, crqc_years: CrqcOpt = None,
+    fail_on: Annotated[str | None, typer.Option(
+        "--fail-on", help="Exit 1 when an asset at this level or above is found "
+        "(critical, high, medium, low): for CI.")] = None,
+    timeout_s: TimeoutOpt = 5.0, max_file_bytes: MaxBytesOpt = 8 * 1024 * 1024,
+    live: LiveOpt = False,
+) -> None:
+    """Find cryptography in files, directories and TLS endpoints; rank it by risk.
+
+    Each finding names the file or host:port, the line or field, the algorithm, the key
+    size and how it was found. Items that cannot be read are listed as skipped, with why.
+    """
+    from corridor.inventory.cbom import cbom_json
+    from corridor.inventory.report import inventory_json
+    from corridor.inventory.risk import LEVELS, level_at_least
+
+    with handle_errors():
+        if fail_on is not None and fail_on not in LEVELS:
+            raise ParameterError("--fail-on", fail_on, f"one of {', '.join(LEVELS)}")
+        result, assets, risk_policy, elapsed = _run_scan(list(targets or []), policy,
+                                                         crqc_years, timeout_s,
+                                                         max_file_bytes, live)
+        if output == ScanFormat.json:
+            data = inventory_json(assets, result, risk_policy, list(targets or []), elapsed)
+            if out is None:
+                emit_json(data)
+            else:
+                import json
+
+                _write(json.dumps(data, indent=2) + "\n", out)
+        elif output == ScanFormat.cyclonedx:
+            _write(cbom_json(assets), out)
+        else:
+            _table(assets, result, elapsed)
+    if fail_on is not None:
+        above = [a for a in assets if level_at_least(a.level, fail_on)]
+        if above:
+            print(f"fail-on {fail_on}: {len(above)} asset(s) at {fail_on} or above, "
+                  f"first {above[0].finding.where} ({above[0].finding.algorithm}, "
+                  f"{above[0].level})", file=sys.stderr)
+            raise typer.Exit(1)
+
+
+def _assets_from_json(path: Path, policy_path: Path | None, crqc_years: float | None
+                      ) -> tuple[list[Any], list[Any], float]:
+    import json
+
+    from corridor.inventory.findings import Finding, Skipped
+    from corridor.inventory.report import load_assets
+    from corridor.inventory.risk import assess_all, load_policy
+
+    names = {f.name for f in dataclasses.fields(Finding)}
+    try:
+        findings = [Finding(**{k: v for k, v in a.items() if k in names})
+                    for a in load_assets(path)]
+    except (TypeError, ValueError):
+        raise ParameterError("--inventory", str(path), "assets with the fields of a "
+                             "finding (written by `corridor inventory scan --format json`)"
+                             ) from None
+    policy = load_policy(policy_path, crqc_years)
+    skipped = [Skipped(str(s.get("location")), str(s.get("reason")))
+               for s in json.loads(path.read_text()).get("skipped", [])
+               if isinstance(s, dict)]
+    return assess_all(findings, policy), skipped, policy.crqc_years
+
+
+@inventory_app.command("plan")
+def plan_command(
+    targets: TargetsArg = None,
+    inventory: Annotated[Path | None, typer.Option(
+        "--inventory", help="An inventory JSON (`inventory scan --format json`) instead "
+        "of scanning.")] = None,
+    output: Annotated[PlanFormat, typer.Option("--format", help="Output format.")
+                      ] = PlanFormat.markdown,
+    out: OutOpt = None, policy: PolicyOpt = None, crqc_years: CrqcOpt = None,
+    timeout_s: TimeoutOpt = 5.0, max_file_bytes: MaxBytesOpt = 8 * 1024 * 1024,
+    live: LiveOpt = False,
+) -> None:
+    """The migration plan, ordered by risk, in three phases: inventory and threat
+    model; PQC and hybrid on the most exposed paths; QKD for the premium trust zones."""
+    from corridor.inventory.plan import build_plan, plan_html, plan_markdown
+
+    with handle_errors():
+        if inventory is not None and targets:
+            raise ParameterError("--inventory", str(inventory),
+                                 "either --inventory or TARGETS, not both")
+        if inventory is not None:
+            assets, skipped, z = _assets_from_json(inventory, policy, crqc_years)
+        else:
+            result, assets, risk_policy, _ = _run_scan(list(targets or []), policy,
+                                                       crqc_years, timeout_s,
+                                                       max_file_bytes, live)
+            skipped, z = result.skipped, risk_policy.crqc_years
+        plan = build_plan(assets, skipped, z)
+        _write(plan_html(plan) if output == PlanFormat.html else plan_markdown(plan), out)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``corridor inventory`` to the main application."""
+    app.add_typer(inventory_app, name="inventory")
