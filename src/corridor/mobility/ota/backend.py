@@ -71,7 +71,7 @@ def _write_private_json(path: Path, data: Mapping[str, Any]) -> None:
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")  # ECU order: the primary first
     tmp.replace(path)
 
 
