@@ -315,6 +315,32 @@ def assign(ota: OtaDirectory, campaign_id: str, vehicle_ids: Sequence[str],
     return {"session": session, "vehicles": assigned}
 
 
-__all__ = ["CONFIG_FILE", "DEFAULT_SUPPLIER", "PRIMARY_HARDWARE", "SECONDARY_HARDWARE",
+def rotate_keys(ota: OtaDirectory, roles: Sequence[str], *, party: str = "oem") -> int:
+    """New keys for ``roles`` of the image repository (``party`` ``oem``) or of every
+    vehicle's director repository (``regional``), by a new root version that the old
+    and the new root keys sign (TUF's rotation rule); the old key files move to
+    ``keys/<party>/retired/``. The new root version."""
+    if party not in ("oem", "regional"):
+        raise ParameterError("--party", party, "oem or regional")
+    for role in roles:
+        if role not in TOP_ROLES:
+            raise ParameterError("--role", role, f"one of {list(TOP_ROLES)}")
+    scheme = ota.config["scheme"]
+    fresh = {role: [new_signer(scheme)] for role in roles}
+    repos = ([ota.image_repo()] if party == "oem" else
+             [ota.director_repo(v) for v in sorted(ota.config["vehicles"])])
+    version = 0
+    for repo in repos:
+        version = repo.rotate_root(fresh)
+    keys = ota.path / "keys" / party
+    for role in roles:
+        for old in keys.glob(f"{role}.*json"):
+            (keys / "retired").mkdir(exist_ok=True)
+            old.replace(keys / "retired" / f"{old.stem}.v{version - 1}.json")
+        write_signer(keys / f"{role}.json", fresh[role][0])
+    return version
+
+
+__all__ = ["rotate_keys", "CONFIG_FILE", "DEFAULT_SUPPLIER", "PRIMARY_HARDWARE", "SECONDARY_HARDWARE",
            "VEHICLES_FILE", "KeyTransfer", "OtaDirectory", "VehicleKeys", "assign", "init_ota",
            "release"]
