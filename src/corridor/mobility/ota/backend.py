@@ -341,6 +341,6 @@ def rotate_keys(ota: OtaDirectory, roles: Sequence[str], *, party: str = "oem") 
     return version
 
 
-__all__ = ["rotate_keys", "CONFIG_FILE", "DEFAULT_SUPPLIER", "PRIMARY_HARDWARE", "SECONDARY_HARDWARE",
+__all__ = ["CONFIG_FILE", "DEFAULT_SUPPLIER", "PRIMARY_HARDWARE", "SECONDARY_HARDWARE",
            "VEHICLES_FILE", "KeyTransfer", "OtaDirectory", "VehicleKeys", "assign", "init_ota",
-           "release"]
+           "release", "rotate_keys"]
