@@ -3,9 +3,13 @@ sign is refused."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, Root
 
-from corridor.mobility.ota.backend import rotate_keys
+from corridor.mobility.ota.backend import init_ota, rotate_keys
 from corridor.mobility.ota.keys import new_signer
 from tests.mobility.ota.harness import World
 
@@ -38,3 +42,13 @@ def test_vehicle_follows_root_rotation_and_refuses_unsigned_root(world: World) -
     md.to_file(str(repo.metadata_dir / "3.root.json"))
     result = world.vehicle().update()
     assert (result.result, result.reason) == ("refused", "bad_signature"), result.detail
+
+
+def test_root_threshold_counts_key_holders_each_with_both_signatures(tmp_path: Path) -> None:
+    ota = init_ota(tmp_path / "ota", ["v-001"], root_threshold=2)
+    md = Metadata[Root].from_file(str(ota.path / "image" / "metadata" / "1.root.json"))
+    assert md.signed.roles["root"].threshold == 2 and len(md.signatures) == 2
+    md.signed.verify_delegate("root", md.signed_bytes, md.signatures)
+    md.signatures.pop(next(iter(md.signatures)))  # one holder's signature alone
+    with pytest.raises(UnsignedMetadataError):
+        md.signed.verify_delegate("root", md.signed_bytes, md.signatures)

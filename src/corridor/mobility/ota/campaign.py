@@ -5,7 +5,9 @@ This module owns :class:`OtaCampaign`: in ``ota_dir`` (created on first start wi
 the HTTPS server, releases a telematics image (next version), assigns it to every
 vehicle (the campaign key over the hybrid session between the OEM SAE and the regional
 SAE: QKD from their KMEs + X-Wing, the pair's policy), then lets each simulated vehicle
-update in turn. With ``release_interval_s`` > 0 it does so again every interval.
+update in turn. With ``release_interval_s`` > 0 it does so again every interval. A
+campaign whose key could not cross (the corridor has no QKD key yet, and the policy
+requires one) is retried every ``retry_interval_s`` with the same release.
 Everything runs in one thread; :meth:`OtaCampaign.status` returns plain data, with one
 row per vehicle (ID, state, installed version, last error) that the dashboard shows.
 
@@ -62,19 +64,22 @@ class OtaCampaign:
         oem_qkd, regional_qkd: each SAE's QKD keys (None: no KME; the policy decides).
         vehicle_count: vehicles of a new directory.
         release_interval_s: a new release every interval (0: one campaign).
+        retry_interval_s: the wait before a campaign that failed (no QKD key yet under
+            ``both-required``, a KME unreachable) is tried again, the same release.
     """
 
     def __init__(self, ota_dir: Path, *, oem_sae_id: str, regional_sae_id: str,
                  policy: str = "both-required", oem_qkd: QkdKeySource | None = None,
                  regional_qkd: QkdKeySource | None = None, vehicle_count: int = 3,
-                 release_interval_s: float = 0.0, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 release_interval_s: float = 0.0, retry_interval_s: float = 5.0,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
         self.ota_dir = ota_dir
         self.oem_sae_id, self.regional_sae_id = oem_sae_id, regional_sae_id
         self.policy = policy
         self.oem_qkd, self.regional_qkd = oem_qkd, regional_qkd
         self.vehicle_count = vehicle_count
         self.release_interval_s = release_interval_s
+        self.retry_interval_s = retry_interval_s
         self.host, self.port = host, port
         self.server: OtaServer | None = None
         self.director: Director | None = None
@@ -88,6 +93,7 @@ class OtaCampaign:
         self._session: dict[str, Any] | None = None
         self._busy: dict[str, str] = {}
         self._first_done = threading.Event()
+        self._assigned = False
 
     def __repr__(self) -> str:
         return f"OtaCampaign({str(self.ota_dir)!r}, {self.oem_sae_id!r} -> " \
@@ -133,28 +139,38 @@ class OtaCampaign:
         while not self._stop.is_set():
             try:
                 self._one_campaign(ota, server, transfer)
+                ok = True
             except Exception as exc:  # a refused hybrid session, a KME gone: shown, retried
+                ok = False
                 with self._lock:
                     self._last_error = f"{type(exc).__name__}: {exc}"
             self._first_done.set()
-            if self.release_interval_s <= 0 or self._stop.wait(self.release_interval_s):
+            if ok and self.release_interval_s <= 0:
+                break
+            if self._stop.wait(self.release_interval_s if ok else self.retry_interval_s):
                 break
         with self._lock:
             if self._state == "running":
                 self._state = "idle"
 
     def _one_campaign(self, ota: OtaDirectory, server: OtaServer, transfer: Any) -> None:
+        """Release (unless the last release is still to be assigned), assign, and let
+        each vehicle update."""
         assert self.director is not None
-        versions = [s["installed_version"] for s in self.director.status()]
-        assigned = [max(s["assigned"].values(), default=0) for s in self.director.status()]
-        version = max([*versions, *assigned, 1]) + 1
-        record = release(ota, make_firmware(PRIMARY_HARDWARE, version, IMAGE_SIZE_BYTES),
-                         f"oem/telematics-{version}.bin", version=version,
-                         hardware_id=PRIMARY_HARDWARE)
-        with self._lock:
-            self._campaign, self._last_error = record, None
+        record = self._campaign
+        if record is None or self._assigned:
+            rows = self.director.status()
+            version = max([1, *(r["installed_version"] for r in rows),
+                           *(v for r in rows for v in r["assigned"].values())]) + 1
+            record = release(ota, make_firmware(PRIMARY_HARDWARE, version, IMAGE_SIZE_BYTES),
+                             f"oem/telematics-{version}.bin", version=version,
+                             hardware_id=PRIMARY_HARDWARE)
+            with self._lock:
+                self._campaign, self._assigned = record, False
         vehicles = sorted(ota.vehicles)
         assign(ota, record["campaign_id"], vehicles, transfer)
+        with self._lock:
+            self._assigned, self._last_error = True, None
         for vehicle_id in vehicles:
             if self._stop.is_set():
                 return
