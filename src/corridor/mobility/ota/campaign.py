@@ -21,6 +21,7 @@ import contextlib
 import os
 import threading
 from contextlib import ExitStack
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +101,28 @@ class OtaCampaign:
                f"{self.regional_sae_id!r})"
 
     def start(self) -> None:
-        """Start in the background (:meth:`status` says how far it got)."""
-        self._thread = threading.Thread(target=self._run, name="ota-campaign", daemon=True)
+        """Start the server (so that :meth:`describe` names its URL), then the campaign
+        in the background (:meth:`status` says how far it got)."""
+        try:
+            self.ota_dir.mkdir(parents=True, exist_ok=True)
+            server = OtaServer(self.ota_dir, host=self.host, port=self.port,
+                               on_manifest=self._on_manifest).start()
+        except Exception as exc:  # a port in use, an unwritable directory: shown
+            with self._lock:
+                self._state, self._last_error = "down", f"{type(exc).__name__}: {exc}"
+            self._first_done.set()
+            return
+        self._parts.callback(server.close)
+        self.server = server
+        self._thread = threading.Thread(target=self._run, args=(server,), name="ota-campaign",
+                                        daemon=True)
         self._thread.start()
+
+    def _on_manifest(self, vehicle_id: str, body: bytes) -> tuple[int, str]:
+        director = self.director
+        if director is None:
+            return HTTPStatus.SERVICE_UNAVAILABLE, "the director is starting"
+        return director.receive(vehicle_id, body)
 
     def _transfer(self, recorder: DecisionRecorder) -> Any:
         def transfer(campaign_id: str, key: bytearray) -> tuple[bytearray, dict[str, Any]]:
@@ -115,7 +135,7 @@ class OtaCampaign:
             return received, record.as_dict()
         return transfer
 
-    def _run(self) -> None:
+    def _run(self, server: OtaServer) -> None:
         try:
             if not (self.ota_dir / CONFIG_FILE).exists():
                 init_ota(self.ota_dir, [f"v-{n:03d}" for n in range(1, self.vehicle_count + 1)])
@@ -125,12 +145,9 @@ class OtaCampaign:
             self._parts.callback(audit.close)
             recorder = DecisionRecorder(audit)
             director = Director(ota)
-            server = OtaServer(self.ota_dir, host=self.host, port=self.port,
-                               on_manifest=director.receive).start()
-            self._parts.callback(server.close)
             with self._lock:
-                self.server, self.director, self._state = server, director, "running"
-        except Exception as exc:  # a bad directory, a port in use: shown in the status
+                self.director, self._state = director, "running"
+        except Exception as exc:  # a bad directory: shown in the status
             with self._lock:
                 self._state, self._last_error = "down", f"{type(exc).__name__}: {exc}"
             self._first_done.set()
