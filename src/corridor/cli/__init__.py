@@ -35,6 +35,7 @@ _COMMAND_MODULES = (
     "net",       # corridor net plan|generate
     "v2x",       # corridor v2x budget|attacks
     "fleet",     # corridor fleet init|depot|vehicle|send|watch|demo
+    "ota",       # corridor ota init|release|assign|serve|vehicle|status|rotate
     "inventory",  # corridor inventory scan|plan
     "evidence",  # corridor evidence
 )
