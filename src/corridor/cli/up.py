@@ -293,8 +293,9 @@ def up_command(
         "--status-interval-s", help="Seconds between status lines when stdout is not a "
         "terminal.")] = 10.0,
     with_mobility: Annotated[bool, typer.Option(
-        "--mobility/--no-mobility", help="Also run a QKD-keyed V2X stream to an RSU and a "
-        "small fleet on the MQTT broker at 127.0.0.1:1883 (docs/v2x.md, docs/fleet.md).")
+        "--mobility/--no-mobility", help="Also run a QKD-keyed V2X stream to an RSU, a "
+        "small fleet on the MQTT broker at 127.0.0.1:1883 and an OTA campaign to three "
+        "vehicles (docs/v2x.md, docs/fleet.md, docs/ota.md).")
     ] = True,
 ) -> None:
     """Start a two-site corridor on this machine and show its status until stopped.
