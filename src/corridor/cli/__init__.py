@@ -38,6 +38,7 @@ _COMMAND_MODULES = (
     "ota",       # corridor ota init|release|assign|serve|vehicle|status|rotate
     "inventory",  # corridor inventory scan|plan
     "evidence",  # corridor evidence
+    "pilot",     # corridor pilot report
 )
 
 for _name in _COMMAND_MODULES:
