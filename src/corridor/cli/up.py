@@ -276,6 +276,12 @@ def _describe_start(corridor: Corridor, spec: CorridorSpec,
                 kek = f" --kek-file {shlex.quote(_shown(corridor.workdir / side['kek_file']))}"
             console.print(f"  corridor audit verify {path}{kek}", highlight=False,
                           markup=False, soft_wrap=True)
+    url = corridor.up_extra.get("dashboard_url")
+    if url:
+        console.print(f"dashboard (open with the operator certificate of "
+                      f"{_shown(corridor.up_file)}; the browser must trust "
+                      f"{_shown(corridor.pki.ca_cert) if corridor.pki else 'the CA'}): {url}",
+                      highlight=False, soft_wrap=True)
     console.print("stop with Ctrl-C (or SIGTERM)", highlight=False)
 
 
@@ -292,6 +298,12 @@ def up_command(
     status_interval_s: Annotated[float, typer.Option(
         "--status-interval-s", help="Seconds between status lines when stdout is not a "
         "terminal.")] = 10.0,
+    with_dashboard: Annotated[bool, typer.Option(
+        "--dashboard/--no-dashboard", help="Serve the operator's live dashboard over "
+        "HTTPS (operator certificate of corridor-up.json; docs/dashboard.md).")] = True,
+    inventory: Annotated[Path | None, typer.Option(
+        "--inventory", help="An inventory JSON (corridor inventory scan --format json) "
+        "whose risk summary the dashboard shows.")] = None,
     with_mobility: Annotated[bool, typer.Option(
         "--mobility/--no-mobility", help="Also run a QKD-keyed V2X stream to an RSU, a "
         "small fleet on the MQTT broker at 127.0.0.1:1883 and an OTA campaign to three "
@@ -324,7 +336,13 @@ def up_command(
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT,
                                                                     signal.SIGTERM)}
+        inventory_summary = None
+        if inventory is not None:
+            from corridor.web.kpis import read_inventory_summary
+
+            inventory_summary = read_inventory_summary(inventory, "--inventory")
         corridor = Corridor(spec, directory, host="127.0.0.1")
+        dashboard = None
         hybrid = CorridorSessions(corridor)
         mobility = UpMobility(corridor) if with_mobility else None
         try:
@@ -334,6 +352,8 @@ def up_command(
             if mobility is not None:
                 mobility.start()
                 corridor.up_extra.update(mobility.describe())
+            if with_dashboard:
+                dashboard = _start_dashboard(corridor, hybrid, mobility, inventory_summary)
             corridor.write_up_file()
             _describe_start(corridor, spec, hybrid)
             deadline = None if duration_s is None else time.monotonic() + duration_s
@@ -349,11 +369,13 @@ def up_command(
             # when a closed pipe started the stop) must not cut the clean stop short.
             try:
                 _quietly(lambda: err_console.print(
-                    "stopping: fleet, RSU stream, hybrid sessions, feeders, servers, "
+                    "stopping: dashboard, fleet, RSU stream, hybrid sessions, feeders, servers, "
                     "stores, audit logs ...",
                     highlight=False))
             finally:
                 try:
+                    if dashboard is not None:
+                        dashboard.close()
                     if mobility is not None:
                         mobility.close()
                     hybrid.close()
@@ -365,6 +387,20 @@ def up_command(
                                        soft_wrap=True))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _start_dashboard(corridor: Corridor, hybrid: CorridorSessions, mobility: UpMobility | None,
+                     inventory: dict[str, Any] | None) -> Any:
+    """Serve the dashboard on 127.0.0.1 with the first KME's server certificate (the
+    deployment's CA; the operator's browser trusts that CA); records its URL."""
+    from corridor.web.dashboard import Dashboard
+
+    pki = corridor.pki
+    assert pki is not None
+    paths = pki.kmes[next(iter(corridor.nodes))]
+    dashboard = Dashboard(corridor, hybrid=hybrid, mobility=mobility, inventory=inventory)
+    corridor.up_extra["dashboard_url"] = dashboard.start(paths.cert, paths.key, pki.ca_cert)
+    return dashboard
 
 
 def _silence_output() -> None:

@@ -1,1 +1,1 @@
-"""The operator's faces in the browser: the pilot report (the live dashboard is not built yet)."""
+"""The operator's faces in the browser: the live dashboard of `corridor up` and the pilot report."""

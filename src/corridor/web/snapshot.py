@@ -1,0 +1,146 @@
+"""What the dashboard shows, as plain data: one snapshot of a running corridor and the
+recent history of each link.
+
+This module owns the shape of the dashboard's JSON (:func:`snapshot`), the map layout
+(sites at their coordinates when the corridor file gives ``[[sites]]`` with
+``latitude_deg``/``longitude_deg``, else on a circle), the text alternatives of every
+colour (a QBER of 9 % says "QBER 9.00 %: above the 5 % alarm level", not only red), and
+:class:`History`, a bounded ring of per-link samples (QBER, key rate, pool levels) for
+the charts. Nothing here holds key material: pool levels are counts, alarms are kinds
+and reasons.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import tomllib
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+#: QBER above which a link is shown as alarming (the monitor's default alarm level).
+QBER_ALARM = 0.05
+#: QBER above which a link is shown as degraded.
+QBER_WARN = 0.03
+
+
+def qber_level(qber: float | None) -> tuple[str, str]:
+    """(level, text) for a QBER: the colour's meaning in words."""
+    if qber is None:
+        return "none", "QBER not measured yet"
+    if qber > QBER_ALARM:
+        return "alarm", f"QBER {qber * 100:.2f} %: above the {QBER_ALARM * 100:.0f} % alarm level"
+    if qber > QBER_WARN:
+        return "warn", f"QBER {qber * 100:.2f} %: above {QBER_WARN * 100:.0f} %, watch it"
+    return "ok", f"QBER {qber * 100:.2f} %: normal"
+
+
+def site_positions(corridor: Any) -> dict[str, dict[str, Any]]:
+    """Each KME's map position in [0, 1] x [0, 1] and its site's name."""
+    spec = corridor.spec
+    coords: dict[str, tuple[float, float, str]] = {}
+    source = Path(str(spec.source_path))
+    if source.is_file():
+        try:
+            data = tomllib.loads(source.read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            data = {}
+        for site in data.get("sites") or []:
+            if isinstance(site, dict) and isinstance(site.get("latitude_deg"), int | float) \
+                    and isinstance(site.get("longitude_deg"), int | float):
+                coords[str(site.get("id"))] = (float(site["longitude_deg"]),
+                                               float(site["latitude_deg"]),
+                                               str(site.get("name") or site.get("id")))
+    kmes = list(spec.kmes.values())
+    placed = {k.kme_id: coords[k.site] for k in kmes if k.site in coords}
+    out: dict[str, dict[str, Any]] = {}
+    if len(placed) == len(kmes) and len(kmes) > 1:
+        xs = [c[0] for c in placed.values()]
+        ys = [c[1] for c in placed.values()]
+        span = max(max(xs) - min(xs), max(ys) - min(ys)) or 1.0
+        for kme_id, (x, y, name) in placed.items():
+            out[kme_id] = {"x": 0.1 + 0.8 * (x - min(xs)) / span,
+                           "y": 0.9 - 0.8 * (y - min(ys)) / span, "site": name,
+                           "coordinates": "geographic"}
+        return out
+    for n, kme in enumerate(kmes):
+        angle = 2 * math.pi * n / max(len(kmes), 1) + math.pi
+        out[kme.kme_id] = {"x": 0.5 + 0.38 * math.cos(angle), "y": 0.5 + 0.38 * math.sin(angle),
+                           "site": kme.site, "coordinates": "schematic"}
+    return out
+
+
+def snapshot(corridor: Any, *, hybrid: Any = None, mobility: Any = None,
+             inventory: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the pages show, at this moment."""
+    status = corridor.status()
+    pools: dict[str, list[dict[str, Any]]] = {}
+    for pool in status["pools"]:
+        pools.setdefault(pool["link_id"], []).append(
+            {"kme_id": pool["kme_id"], "direction": pool["direction"], "role": pool["role"],
+             "stored_keys": pool["stored_keys"], "max_keys": pool["max_keys"]})
+    links = []
+    alarms = []
+    for link in status["links"]:
+        site = corridor.spec.links[link["link_id"]]
+        level, text = qber_level(link["last_qber"])
+        if link["quarantined"]:
+            level, text = "alarm", f"quarantined; {text}"
+        link_pools = pools.get(link["link_id"], [])
+        fill = max((p["stored_keys"] / p["max_keys"] for p in link_pools if p["max_keys"]),
+                   default=0.0)
+        links.append({"link_id": link["link_id"], "alice_kme": site.alice_kme,
+                      "bob_kme": site.bob_kme, "state": link["state"],
+                      "qber": link["last_qber"], "level": level, "text": text,
+                      "key_rate_bits_per_second": link["last_key_rate_bits_per_second"],
+                      "stored_bits_per_second_wall": link["stored_bits_per_second_wall"],
+                      "blocks_stored": link["blocks_stored"],
+                      "blocks_aborted": link["blocks_aborted"],
+                      "pool_fill": fill, "pools": link_pools})
+        for alarm in link["alarms"]:
+            alarms.append({"link_id": link["link_id"], **alarm,
+                           "quarantined": link["quarantined"],
+                           "recovery": "latched: an operator clears it" if alarm["latched"]
+                           else "clears by itself after consecutive good blocks"})
+    out: dict[str, Any] = {
+        "name": corridor.spec.name, "time": time.time(),
+        "sites": [{"kme_id": k, **pos, "url": corridor.nodes[k].url}
+                  for k, pos in site_positions(corridor).items()],
+        "links": links, "alarms": alarms, "relays": status["relays"],
+        "hybrid": hybrid.status() if hybrid is not None and hybrid.sessions else [],
+        "mobility": {}, "inventory": inventory}
+    if mobility is not None:
+        for name in ("rsu", "fleet", "ota"):
+            part = getattr(mobility, name, None)
+            if part is not None:
+                out["mobility"][name] = part.status()
+    return out
+
+
+class History:
+    """The last ``size`` samples of every link (time, QBER, key rate, pool fill)."""
+
+    def __init__(self, size: int = 600) -> None:
+        self._lock = threading.Lock()
+        self._series: dict[str, deque[dict[str, Any]]] = {}
+        self.size = size
+
+    def add(self, snap: dict[str, Any]) -> None:
+        """Record one snapshot's link figures."""
+        with self._lock:
+            for link in snap["links"]:
+                ring = self._series.setdefault(link["link_id"], deque(maxlen=self.size))
+                ring.append({"t": snap["time"], "qber": link["qber"],
+                             "key_rate": link["key_rate_bits_per_second"],
+                             "stored_keys": min((p["stored_keys"] for p in link["pools"]),
+                                                default=0)})
+
+    def series(self) -> dict[str, list[dict[str, Any]]]:
+        """Every link's samples, oldest first."""
+        with self._lock:
+            return {k: list(v) for k, v in self._series.items()}
+
+
+__all__ = ["History", "qber_level", "site_positions", "snapshot"]

@@ -1,0 +1,161 @@
+// Corridor dashboard: one snapshot per second over server-sent events; no library.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const NS = "http://www.w3.org/2000/svg";
+let selected = null;
+let history = {};
+
+function el(tag, attrs, text) {
+  const node = tag.startsWith("svg:") ? document.createElementNS(NS, tag.slice(4)) : document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+const pct = (v) => (v === null || v === undefined) ? "-" : (v * 100).toFixed(2) + " %";
+const rate = (v) => (v === null || v === undefined) ? "-" : (v / 1000).toFixed(1) + " kbit/s";
+
+function drawMap(snap) {
+  const svg = $("map");
+  svg.querySelectorAll("g").forEach((g) => g.remove());
+  const pos = {};
+  for (const s of snap.sites) pos[s.kme_id] = [40 + s.x * 520, 20 + s.y * 380];
+  const g = el("svg:g");
+  for (const l of snap.links) {
+    const [a, b] = [pos[l.alice_kme], pos[l.bob_kme]];
+    if (!a || !b) continue;
+    const line = el("svg:line", {x1: a[0], y1: a[1], x2: b[0], y2: b[1], class: l.level,
+      "stroke-width": 3 + 6 * l.pool_fill, "data-link": l.link_id});
+    line.appendChild(el("svg:title", {}, `${l.link_id}: ${l.state}; ${l.text}; pool ${pct(l.pool_fill)} full`));
+    g.appendChild(line);
+  }
+  for (const s of snap.sites) {
+    const [x, y] = pos[s.kme_id];
+    const site = el("svg:g", {class: "site", "data-site": s.kme_id});
+    site.appendChild(el("svg:circle", {cx: x, cy: y, r: 9, fill: "#0969da"}));
+    site.appendChild(el("svg:text", {x: x, y: y + 26, "font-size": 13, "text-anchor": "middle"}, `${s.kme_id} (${s.site})`));
+    g.appendChild(site);
+  }
+  svg.appendChild(g);
+}
+
+function drawLinks(snap) {
+  const body = $("links").tBodies[0];
+  body.replaceChildren();
+  for (const l of snap.links) {
+    const tr = el("tr", {"data-link": l.link_id});
+    tr.appendChild(el("td", {}, l.link_id));
+    tr.appendChild(el("td", {class: l.level}, `${l.state}: ${l.text}`));
+    tr.appendChild(el("td", {}, pct(l.qber)));
+    tr.appendChild(el("td", {}, rate(l.key_rate_bits_per_second)));
+    tr.appendChild(el("td", {}, l.pools.map((p) => `${p.kme_id} ${p.direction}: ${p.stored_keys}/${p.max_keys}`).join("; ")));
+    tr.appendChild(el("td", {}, `${l.blocks_stored} stored, ${l.blocks_aborted} aborted`));
+    const td = el("td");
+    const button = el("button", {type: "button", "aria-pressed": String(selected === l.link_id)}, "chart");
+    button.addEventListener("click", () => { selected = l.link_id; drawChart(); });
+    td.appendChild(button);
+    tr.appendChild(td);
+    body.appendChild(tr);
+  }
+  if (selected === null && snap.links.length) selected = snap.links[0].link_id;
+}
+
+function drawChart() {
+  const svg = $("chart");
+  svg.replaceChildren();
+  const points = history[selected] || [];
+  $("chart-desc").textContent = points.length
+    ? `${selected}: QBER (line, left scale up to 10 %) and stored keys (area), last ${points.length} samples; latest QBER ${pct(points[points.length - 1].qber)}, ${points[points.length - 1].stored_keys} keys`
+    : "Select a link to chart its QBER (line) and stored keys (area).";
+  if (points.length < 2) return;
+  const t0 = points[0].t, t1 = points[points.length - 1].t || t0 + 1;
+  const x = (t) => 10 + 580 * (t - t0) / Math.max(t1 - t0, 1e-9);
+  const maxKeys = Math.max(1, ...points.map((p) => p.stored_keys));
+  const area = points.map((p) => `${x(p.t)},${190 - 170 * p.stored_keys / maxKeys}`).join(" ");
+  svg.appendChild(el("svg:polygon", {points: `10,190 ${area} ${x(t1)},190`, fill: "#c8e1ff"}));
+  const alarmY = 190 - 170 * 0.05 / 0.10;
+  svg.appendChild(el("svg:line", {x1: 10, x2: 590, y1: alarmY, y2: alarmY, stroke: "#cf222e", "stroke-dasharray": "4 4"}));
+  const q = points.filter((p) => p.qber !== null).map((p) => `${x(p.t)},${190 - 170 * Math.min(p.qber, 0.1) / 0.1}`).join(" ");
+  svg.appendChild(el("svg:polyline", {points: q, fill: "none", stroke: "#1b1b1b", "stroke-width": 2, class: "qber"}));
+}
+
+let alarmsShown = null;
+function drawAlarms(snap) {
+  const list = $("alarms");
+  const key = JSON.stringify(snap.alarms);
+  if (key === alarmsShown) return;  // keep what the operator is typing
+  alarmsShown = key;
+  list.replaceChildren();
+  if (!snap.alarms.length) { list.appendChild(el("li", {}, "none")); return; }
+  for (const a of snap.alarms) {
+    const li = el("li", {class: "alarm", "data-link": a.link_id},
+      `${a.link_id}: ${a.kind} (${a.reason}) at block ${a.block_id}${a.quarantined ? ", link quarantined" : ""}; recovery: ${a.recovery} `);
+    const label = el("label", {}, "reason ");
+    const input = el("input", {type: "text", name: "reason", maxlength: 256, "aria-label": `reason to clear ${a.link_id}`});
+    label.appendChild(input);
+    const button = el("button", {type: "button"}, "clear");
+    button.addEventListener("click", async () => {
+      const reply = await fetch(`/api/alarms/${encodeURIComponent(a.link_id)}/clear`, {
+        method: "POST", headers: {"Content-Type": "application/json"},
+        body: JSON.stringify({reason: input.value})});
+      const body = await reply.json();
+      $("live").textContent = reply.ok ? `cleared ${a.link_id} as ${body.operator}` : `not cleared: ${body.message}`;
+    });
+    li.append(label, button);
+    list.appendChild(li);
+  }
+}
+
+function drawRest(snap) {
+  const hybrid = $("hybrid").tBodies[0];
+  hybrid.replaceChildren();
+  for (const s of snap.hybrid) {
+    const tr = el("tr");
+    const decisions = Object.entries(s.decisions || {}).map(([k, v]) => `${k}: ${v}`).join(", ");
+    for (const text of [`${s.initiator_sae_id} -> ${s.responder_sae_id}`, s.policy, s.state,
+      (s.inputs || []).join("+") || "-", decisions || "-", String(s.rotations ?? "-")]) tr.appendChild(el("td", {}, text));
+    hybrid.appendChild(tr);
+  }
+  const relays = $("relays");
+  relays.replaceChildren();
+  const masters = snap.relays.filter((r) => r.role === "master");
+  if (!masters.length) relays.appendChild(el("li", {}, "none"));
+  for (const r of masters) relays.appendChild(el("li", {}, `${r.relay_id.slice(0, 8)}: ${r.paths.map((p) => p.join(" > ")).join(" | ")} ${r.state}`));
+  const mob = $("mobility");
+  mob.replaceChildren();
+  for (const [name, status] of Object.entries(snap.mobility)) {
+    mob.appendChild(el("dt", {}, name));
+    const summary = Object.entries(status).filter(([, v]) => typeof v !== "object" || v === null)
+      .map(([k, v]) => `${k}=${v}`).join(" ");
+    mob.appendChild(el("dd", {}, summary));
+  }
+  if (snap.inventory) {
+    const s = snap.inventory;
+    $("inventory").textContent = `${s.assets} assets; by risk: ` +
+      Object.entries(s.by_risk || {}).map(([k, v]) => `${k} ${v}`).join(", ") +
+      "; by quantum vulnerability: " + Object.entries(s.by_vulnerability || {}).map(([k, v]) => `${k} ${v}`).join(", ");
+  }
+}
+
+function render(snap) {
+  $("title").textContent = `Corridor ${snap.name}`;
+  document.title = `Corridor ${snap.name}`;
+  for (const l of snap.links) {
+    const ring = history[l.link_id] = history[l.link_id] || [];
+    ring.push({t: snap.time, qber: l.qber, key_rate: l.key_rate_bits_per_second,
+      stored_keys: Math.min(...l.pools.map((p) => p.stored_keys), Infinity) === Infinity ? 0 : Math.min(...l.pools.map((p) => p.stored_keys))});
+    if (ring.length > 600) ring.shift();
+  }
+  drawMap(snap); drawLinks(snap); drawChart(); drawAlarms(snap); drawRest(snap);
+  const live = $("live");
+  live.classList.remove("stale");
+  live.dataset.time = String(snap.time);
+  live.textContent = `live, updated ${new Date(snap.time * 1000).toISOString().slice(11, 19)} UTC`;
+}
+
+async function start() {
+  history = await (await fetch("/api/history")).json();
+  const source = new EventSource("/api/events");
+  source.onmessage = (event) => render(JSON.parse(event.data));
+  source.onerror = () => { $("live").textContent = "connection lost, retrying ..."; $("live").classList.add("stale"); };
+}
+start();
