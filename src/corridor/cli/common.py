@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from corridor.errors import CorridorError, ParameterError
+from corridor.kms.up_file import read_up_file as read_up_file  # re-exported for the commands
 
 try:  # typer >= 0.26 vendors click; older versions raise the click package's exceptions
     from typer._click import exceptions as click_exceptions
@@ -79,20 +80,6 @@ def _default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def read_up_file(path: Path) -> dict[str, Any]:
-    """The parsed ``corridor-up.json`` given with ``--from-up``, or a one-line error."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ParameterError("--from-up", str(path), "an existing corridor-up.json") from None
-    except (OSError, ValueError) as exc:
-        raise ParameterError("--from-up", str(path), "a readable JSON file",
-                             type(exc).__name__) from None
-    if not isinstance(data, dict):
-        raise ParameterError("--from-up", str(path), "a JSON object")
-    return data
 
 
 AuditLogOpt = Annotated[Path | None, typer.Option(

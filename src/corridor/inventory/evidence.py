@@ -25,7 +25,6 @@ import base64
 import datetime as dt
 import html
 import io
-import json
 import textwrap
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from corridor.inventory.algorithms import VULNERABILITIES
 from corridor.inventory.report import load_assets
 from corridor.inventory.risk import LEVELS, RiskPolicy, assess_all
 from corridor.inventory.scan import ScanOptions, scan
+from corridor.kms.up_file import read_up_file
 
 # One operator connection: (kme_id or None, KME base URL, cert, key, CA).
 Connection = tuple[str | None, str, Path, Path, Path]
@@ -84,19 +84,6 @@ class EvidencePack:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {k: v for k, v in self.__dict__.items()}
-
-
-def _read_up(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ParameterError("FILE", str(path), "an existing corridor-up.json") from None
-    except (OSError, ValueError) as exc:
-        raise ParameterError("FILE", str(path), "a readable corridor-up.json",
-                             type(exc).__name__) from None
-    if not isinstance(data, dict) or not isinstance(data.get("kmes"), list):
-        raise ParameterError("FILE", str(path), "a corridor-up.json (with kmes)")
-    return data
 
 
 def _verified_entries(path: Path, kek_file: Path | None, pack: EvidencePack,
@@ -283,7 +270,7 @@ def collect_evidence(up_file: Path, *, connections: list[Connection] | None = No
                      policy: RiskPolicy | None = None, timeout_s: float = 5.0
                      ) -> EvidencePack:
     """Gather the pack from ``up_file`` (and the running KMEs when ``connections``)."""
-    data = _read_up(up_file)
+    data = read_up_file(up_file, "FILE", need_kmes=True)
     base = up_file.parent
     now = dt.datetime.now(dt.UTC)
     pack = EvidencePack(name=str(data.get("name", "corridor")),

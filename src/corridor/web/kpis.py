@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from corridor.errors import ParameterError
+from corridor.kms.up_file import read_up_file
 
 #: Events of a link alarm or a storage alarm being raised.
 ALARM_EVENTS = ("link_alarm_raised", "storage_alarm_raised")
@@ -118,20 +119,6 @@ class PilotKpis:
         return out
 
 
-def read_up_file(path: Path) -> dict[str, Any]:
-    """``corridor-up.json``, or a one-line error naming the file."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ParameterError("--from-up", str(path), "an existing corridor-up.json") from None
-    except (OSError, ValueError) as exc:
-        raise ParameterError("--from-up", str(path), "a readable corridor-up.json",
-                             type(exc).__name__) from None
-    if not isinstance(data, dict) or not isinstance(data.get("kmes"), list):
-        raise ParameterError("--from-up", str(path), "a corridor-up.json (with kmes)")
-    return data
-
-
 def read_inventory_summary(path: Path, option: str) -> dict[str, Any]:
     """The ``summary`` of an inventory JSON (``corridor inventory scan --format json``)."""
     try:
@@ -185,7 +172,7 @@ def collect_kpis(up_file: Path, *, since: dt.datetime | None = None,
                  after: Path | None = None) -> PilotKpis:
     """The pilot's KPIs from the logs ``up_file`` names, over ``[since, until]`` (each
     defaulting to the first and last verified entry)."""
-    data = read_up_file(up_file)
+    data = read_up_file(up_file, need_kmes=True)
     base = up_file.parent
     kpis = PilotKpis(name=str(data.get("name", "corridor")), start="", end="", period_s=0.0)
     kme_entries: dict[str, list[dict[str, Any]]] = {}
