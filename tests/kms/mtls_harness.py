@@ -68,8 +68,8 @@ class Deployment:
     def raw(self, cert_owner: str, *, kme_id: str, role: str = "sae") -> httpx.Client:
         """A plain httpx client presenting ``cert_owner``'s certificate (``role``: sae,
         kme or operator)."""
-        paths = {"sae": self.pki.saes, "kme": self.pki.kmes,
-                 "operator": self.pki.operators}[role][cert_owner]
+        paths = {"sae": self.pki.saes, "kme": self.pki.kmes, "operator": self.pki.operators,
+                 "dashboard": self.pki.dashboards}[role][cert_owner]
         context = client_ssl_context(paths.cert, paths.key, self.pki.ca_cert)
         return httpx.Client(base_url=self.urls[kme_id], verify=context, timeout=10)
 
@@ -84,11 +84,14 @@ class Deployment:
 @contextmanager
 def two_kme_deployment(root: Path, *, config: dict[str, Any] | None = None,
                        with_metrics: bool = False,
-                       alarm_desks: dict[str, Any] | None = None) -> Iterator[Deployment]:
+                       alarm_desks: dict[str, Any] | None = None,
+                       audit_followers: dict[str, Any] | None = None) -> Iterator[Deployment]:
     """Start KME A and KME B (SQLite stores under ``root``) and stop them on exit;
-    ``alarm_desks`` (by KME ID) enables the operator's alarm routes."""
+    ``alarm_desks`` (by KME ID) enables the operator's alarm routes, ``audit_followers``
+    the audit tail."""
     pki = init_pki(root / "pki", [KME_A, KME_B, "kme-c"],
-                   [(sae, kme) for sae, kme in SAES.items()], operators=[OPERATOR])
+                   [(sae, kme) for sae, kme in SAES.items()], operators=[OPERATOR],
+                   dashboards=["dashboard"])
     directory = SaeDirectory(SAES, {LINK_ID: (KME_A, KME_B)})
     settings = {"key_size_bits": 256, "min_key_size_bits": 64, "max_key_size_bits": 1024,
                 "max_key_per_request": 128, "max_key_count": 100_000, **(config or {})}
@@ -115,7 +118,8 @@ def two_kme_deployment(root: Path, *, config: dict[str, Any] | None = None,
             app = create_app(managers[kme], metrics=app_metrics,
                              peer_acceptor=managers[kme].accept_reservations,
                              peer_sync=managers[kme].accept_sync,
-                             alarms=(alarm_desks or {}).get(kme))
+                             alarms=(alarm_desks or {}).get(kme),
+                             audit=(audit_followers or {}).get(kme))
             paths = pki.kmes[kme]
             stack.enter_context(running_server(app, paths.cert, paths.key, pki.ca_cert,
                                                sock=sockets[kme]))

@@ -20,11 +20,13 @@ from typer.testing import CliRunner
 from corridor.cli import app
 from corridor.errors import ParameterError
 from corridor.kms.pki import (
+    ROLE_DASHBOARD,
     ROLE_KME,
     ROLE_OPERATOR,
     ROLE_SAE,
     CertificateIdentityError,
     Identity,
+    add_entity,
     add_operator,
     create_ca,
     identity_from_certificate,
@@ -266,3 +268,41 @@ def test_cli_init_issues_operator_certificates(tmp_path: Path) -> None:
     assert set(report["operators"]) == {"alice", "bob"}
     assert identity_from_certificate(_load(out / report["operators"]["bob"]["cert"])) == \
         Identity(ROLE_OPERATOR, "bob")
+
+
+def test_dashboard_certificates_serve_tls_and_never_authenticate_a_client(
+        tmp_path: Path) -> None:
+    layout = init_pki(tmp_path / "pki", ["kme-a"], [("sae-a", "kme-a")],
+                      dashboards=["console"], hosts=["localhost", "192.0.2.7"])
+    cert = _load(layout.dashboards["console"].cert)
+    cert.verify_directly_issued_by(_load(layout.ca_cert))
+    assert identity_from_certificate(cert) == Identity(ROLE_DASHBOARD, "console")
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in names.get_values_for_type(x509.DNSName)
+    assert ("dashboard", "console", layout.dashboards["console"].cert) in layout.certificates()
+    manifest = json.loads((layout.root / "pki.json").read_text())
+    assert manifest["dashboards"]["console"]["cert"] == "dashboard/console/cert.pem"
+    # A dashboard name on a client certificate is refused by its key usage.
+    client = _custom_cert(create_ca(), uris=[identity_uri(ROLE_DASHBOARD, "console")],
+                          usages=[ExtendedKeyUsageOID.SERVER_AUTH,
+                                  ExtendedKeyUsageOID.CLIENT_AUTH])
+    with pytest.raises(CertificateIdentityError, match="key usage"):
+        identity_from_certificate(client)
+    grown = add_entity(layout, ROLE_DASHBOARD, "second")
+    assert set(grown.dashboards) == {"console", "second"}
+    with pytest.raises(ParameterError, match="role"):
+        add_entity(layout, ROLE_KME, "kme-z")
+
+
+def test_a_kme_refuses_a_dashboard_certificate_as_a_client(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.kms.mtls_harness import KME_A, two_kme_deployment
+
+    # Refused in the TLS handshake: its key usage is not client authentication.
+    with two_kme_deployment(tmp_path) as dep, \
+            dep.raw("dashboard", kme_id=KME_A, role="dashboard") as client, \
+            pytest.raises((httpx.ReadError, httpx.ConnectError), match="unsupported certificate"):
+        client.get("/api/v1/keys/sae-b/status")

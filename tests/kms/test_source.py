@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -417,3 +419,55 @@ def test_attacked_link_is_quarantined_and_stores_nothing(managers) -> None:
         a.enc_keys("sae-a", "sae-b")
     with pytest.raises(KeyRequestError):
         b.dec_keys("sae-b", "sae-a", ["00000000-0000-4000-8000-000000000000"])
+
+
+def test_block_slots_are_granted_in_order_and_never_over_the_limit() -> None:
+    from corridor.kms.sources.simulated import BlockSlots
+
+    slots = BlockSlots(1)
+    stop = threading.Event()
+    assert slots.acquire(stop)
+    order: list[int] = []
+
+    def wait_turn(n: int) -> None:
+        assert slots.acquire(stop)
+        order.append(n)
+        slots.release()
+
+    threads = []
+    for n in range(3):
+        thread = threading.Thread(target=wait_turn, args=(n,))
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.2)  # each asks after the one before
+    assert order == []  # the only slot is held
+    slots.release()
+    for thread in threads:
+        thread.join(5)
+    assert order == [0, 1, 2]
+    slots.release(5)  # giving back more than was taken never exceeds the limit
+    assert slots.acquire(stop)
+    stop.set()
+    assert not slots.acquire(stop)  # a stop while waiting ends the wait
+    with pytest.raises(ParameterError, match="slots"):
+        BlockSlots(0)
+
+
+def test_sources_sharing_one_slot_take_turns_and_give_it_back(managers) -> None:
+    from corridor.kms.sources.simulated import BlockSlots
+
+    slots = BlockSlots(1)
+    sources = [SimulatedLinkSource(PARAMS, link_id=LINK, block_pulses=2_000_000,
+                                   rng=RandomSource.seeded(20 + n), max_blocks=2, slots=slots)
+               for n in range(2)]
+    for source in sources:
+        source.start(0)
+    try:
+        for source in sources:  # both links get their blocks through the single slot
+            for _ in range(2):
+                assert source.next_block(120.0) is not None
+    finally:
+        for source in sources:
+            source.close()
+    stop = threading.Event()
+    assert slots.acquire(stop), "a slot was not given back"

@@ -39,6 +39,7 @@ _COMMAND_MODULES = (
     "inventory",  # corridor inventory scan|plan
     "evidence",  # corridor evidence
     "pilot",     # corridor pilot report
+    "web",       # corridor web
 )
 
 for _name in _COMMAND_MODULES:

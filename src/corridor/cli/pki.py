@@ -25,9 +25,12 @@ def init_command(
     operator: Annotated[list[str] | None, typer.Option(
         "--operator", help="An operator name: a certificate that reads /metrics and the "
         "OpenAPI document and lists and clears alarms (repeatable).")] = None,
+    dashboard: Annotated[list[str] | None, typer.Option(
+        "--dashboard", help="A dashboard name: a server certificate for `corridor web` "
+        "(server authentication only; repeatable).")] = None,
     host: Annotated[list[str] | None, typer.Option(
-        "--host", help="Host name or IP address KMEs are reached at (repeatable; "
-                       "default localhost, 127.0.0.1, ::1).")] = None,
+        "--host", help="Host name or IP address KMEs and dashboards are reached at "
+                       "(repeatable; default localhost, 127.0.0.1, ::1).")] = None,
     validity_days: Annotated[int, typer.Option(help="Certificate lifetime in days.")
                              ] = DEFAULT_VALIDITY_DAYS,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing CA.")] = False,
@@ -35,7 +38,7 @@ def init_command(
                       ] = OutputFormat.table,
 ) -> None:
     """Create a CA, a certificate per KME (server and client), per SAE and per operator
-    (client).
+    (client), and per dashboard (server).
 
     Private keys are written with mode 0600 in directories with mode 0700; the
     manifest pki.json lists every file.
@@ -43,6 +46,7 @@ def init_command(
     with handle_errors():
         saes = [parse_sae_spec(spec) for spec in (sae or [])]
         layout = init_pki(out, kme, saes, operators=list(operator or []),
+                          dashboards=list(dashboard or []),
                           hosts=tuple(host) if host else DEFAULT_KME_HOSTS,
                           force=force, validity_days=validity_days)
     if output == OutputFormat.json:
@@ -56,6 +60,8 @@ def init_command(
                       highlight=False)
     for name, paths in layout.operators.items():
         console.print(f"operator {name}: {paths.cert} (key {paths.key})", highlight=False)
+    for name, paths in layout.dashboards.items():
+        console.print(f"dashboard {name}: {paths.cert} (key {paths.key})", highlight=False)
     console.print(f"Manifest: {layout.root / 'pki.json'}")
 
 

@@ -391,14 +391,17 @@ def up_command(
 
 def _start_dashboard(corridor: Corridor, hybrid: CorridorSessions, mobility: UpMobility | None,
                      inventory: dict[str, Any] | None) -> Any:
-    """Serve the dashboard on 127.0.0.1 with the first KME's server certificate (the
-    deployment's CA; the operator's browser trusts that CA); records its URL."""
+    """Serve the dashboard on 127.0.0.1 with the PKI's dashboard certificate (server
+    authentication only, signed by the deployment's CA that the operator's browser
+    trusts); records its URL."""
     from corridor.web.dashboard import Dashboard
+    from corridor.web.snapshot import LocalCorridor
 
     pki = corridor.pki
     assert pki is not None
-    paths = pki.kmes[next(iter(corridor.nodes))]
-    dashboard = Dashboard(corridor, hybrid=hybrid, mobility=mobility, inventory=inventory)
+    paths = next(iter(pki.dashboards.values()))
+    dashboard = Dashboard(LocalCorridor(corridor, hybrid=hybrid, mobility=mobility,
+                                        inventory=inventory))
     corridor.up_extra["dashboard_url"] = dashboard.start(paths.cert, paths.key, pki.ca_cert)
     return dashboard
 

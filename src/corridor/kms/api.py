@@ -9,7 +9,9 @@
 - ``POST /kme/v1/reservations``: the peer KME announces reservations (KME certs only)
 - operator certificates only: ``GET /metrics`` (Prometheus text, when a metrics object
   is given), ``GET /openapi.json``, and, when an :class:`~corridor.kms.operator.AlarmDesk`
-  is given, ``GET /operator/v1/alarms`` and ``POST /operator/v1/alarms/{link_id}/clear``.
+  is given, ``GET /operator/v1/alarms`` and ``POST /operator/v1/alarms/{link_id}/clear``,
+  and, when an :class:`~corridor.kms.audit_follow.AuditFollower` is given,
+  ``GET /operator/v1/audit?after_seq=&limit=`` (the verified tail and the chain's state).
 
 The caller's identity comes only from the verified TLS client certificate that
 :mod:`corridor.kms.tls` puts into ``scope["extensions"]["tls"]`` (never from a header or
@@ -69,6 +71,7 @@ from corridor.kms.api_hot import (
     status_body,
     unauthorized_response,
 )
+from corridor.kms.audit_follow import AuditFollower
 from corridor.kms.crypto import AtRestDecryptionError
 from corridor.kms.interface import (
     KeyDeliveryService,
@@ -109,6 +112,9 @@ MAX_BODY_BYTES = 1 << 20
 MSG_PEER_UNREACHABLE = "peer KME unreachable"
 MSG_PEER_REFUSED = "peer KME refused the reservation"
 OPERATOR_PREFIX = "/operator/v1"
+#: Entries ``GET /operator/v1/audit`` returns by default and at most.
+AUDIT_TAIL_DEFAULT = 100
+AUDIT_TAIL_MAX = 1000
 MSG_CLIENT_CERT_REQUIRED = ("client certificate required: pass --cert/--key issued by this "
                             "corridor's CA")
 #: On a bodiless 401 (RFC 9110 asks for the header; ETSI GS QKD 014 for no body).
@@ -499,6 +505,8 @@ def _endpoint_label(path: str) -> str:
         return "openapi"
     if path.startswith(OPERATOR_PREFIX + "/alarms"):
         return "operator_alarms"
+    if path == OPERATOR_PREFIX + "/audit":
+        return "operator_audit"
     return "other"  # keeps label cardinality bounded whatever paths clients send
 
 
@@ -540,6 +548,7 @@ def create_app(service: KeyDeliveryService, *,
                peer_sync: PeerSyncAcceptor | None = None,
                alarms: AlarmDesk | None = None,
                relay: RelayEngine | None = None,
+               audit: AuditFollower | None = None,
                hot_paths: bool = True) -> FastAPI:
     """The ETSI GS QKD 014 application of one KME.
 
@@ -547,7 +556,9 @@ def create_app(service: KeyDeliveryService, *,
     client certificate); ``metrics`` (a ``KmsMetrics``) adds ``/metrics`` and request
     counting; ``peer_acceptor(from_kme_id, reservations)`` enables the KME-to-KME route,
     ``peer_sync(from_kme_id, withdrawn_key_ids, watermarks)`` the KME-to-KME sync;
-    ``alarms`` enables the operator's alarm routes; ``relay`` the trusted-node relay
+    ``alarms`` enables the operator's alarm routes; ``audit`` (an
+    :class:`~corridor.kms.audit_follow.AuditFollower` of this KME's log) the operator's
+    audit tail ``GET /operator/v1/audit``; ``relay`` the trusted-node relay
     routes (``ext_keys``, ``ext_keys/void``); ``hot_paths`` (default) answers
     plainly well-formed status, enc_keys and dec_keys calls without FastAPI and batches
     concurrent enc_keys calls (:mod:`corridor.kms.api_hot`; the same answers).
@@ -816,6 +827,34 @@ def create_app(service: KeyDeliveryService, *,
             except ParameterError as exc:
                 return _error(400, str(exc), [{"field": exc.field}])
             return _json(200, result)
+
+    if audit is not None:
+        follower = audit
+
+        @app.get(OPERATOR_PREFIX + "/audit", responses={
+            200: {"description": "The audit chain's state and verified entries "
+                                 "(seq, time, event, fields), oldest first"},
+            400: {"model": Error, "description": "Bad request (Error body)"},
+            401: {"model": Error, "description": "No verified client certificate"},
+            403: {"model": Error, "description": "Not an operator certificate"}},
+            summary="The audit trail's tail and chain status", operation_id="operator_audit",
+            tags=["Operator"])
+        def audit_tail(request: Request, after_seq: int = 0,
+                       limit: int = AUDIT_TAIL_DEFAULT) -> Response:
+            _, refusal = operator_refusal(request)
+            if refusal is not None:
+                return refusal
+            if not 1 <= limit <= AUDIT_TAIL_MAX:
+                return _error(400, f"{MSG_INVALID_REQUEST}: limit = {limit} must lie in "
+                                   f"[1, {AUDIT_TAIL_MAX}]", [{"field": "limit"}])
+            if after_seq < 0:
+                return _error(400, f"{MSG_INVALID_REQUEST}: after_seq = {after_seq} must be "
+                                   "0 or more", [{"field": "after_seq"}])
+            follower.poll()
+            entries = [{k: e[k] for k in ("seq", "time", "event", "fields")}
+                       for e in follower.tail(after_seq=after_seq, limit=limit)]
+            return _json(200, {"kme_id": service.kme_id, "chain": follower.status(),
+                               "entries": entries})
 
     if hot_paths:
         # Innermost: behind the body limit and the certificate check, as the routes are.

@@ -231,13 +231,15 @@ class SaeClient:
         self._client.close()
 
     def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                 json_body: Any = None) -> Any:
+                 json_body: Any = None, text: bool = False) -> Any:
         try:
             response = self._client.request(method, path, params=params, json=json_body)
         except httpx.HTTPError as exc:
             raise KmeConnectionError(describe_connection_failure(
                 exc, self.kme_url, *self._files, timeout_s=self._timeout_s)) from None
         if response.status_code == 200:
+            if text:
+                return response.text
             try:
                 return response.json()
             except ValueError:
@@ -339,6 +341,20 @@ class OperatorClient:
         if not isinstance(body, dict) or not isinstance(body.get("links"), list):
             raise KmeProtocolError("alarm list is not a JSON object with links")
         return body
+
+    def audit(self, *, after_seq: int = 0, limit: int = 100) -> dict[str, Any]:
+        """``{"kme_id", "chain": {"ok", "verified_seq", ...}, "entries": [...]}``: the
+        verified audit entries after ``after_seq`` (0: the last ``limit``)."""
+        body = self._http._request("GET", f"{OPERATOR_PREFIX}/audit",
+                                   params={"after_seq": int(after_seq), "limit": int(limit)})
+        if not isinstance(body, dict) or not isinstance(body.get("entries"), list) \
+                or not isinstance(body.get("chain"), dict):
+            raise KmeProtocolError("audit answer is not a JSON object with chain and entries")
+        return body
+
+    def metrics(self) -> str:
+        """The KME's Prometheus text (``GET /metrics``)."""
+        return str(self._http._request("GET", "/metrics", text=True))
 
     def clear(self, link_id: str, reason: str) -> dict[str, Any]:
         """Clear every alarm of ``link_id`` at this KME; ``reason`` is audited."""

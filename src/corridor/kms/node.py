@@ -56,6 +56,7 @@ from corridor.kms.audit import (
     HighWaterMarks,
     verify_audit_log,
 )
+from corridor.kms.audit_follow import AuditFollower
 from corridor.kms.config import (
     HybridPairConfig,
     KmeConfig,
@@ -88,9 +89,11 @@ from corridor.kms.metrics import KmsMetrics, MetricsEventSink, PoolSample
 from corridor.kms.operator import DEFAULT_LINK_DEAD_AFTER_S, AlarmDesk, feeder_state
 from corridor.kms.pki import (
     MANIFEST_NAME,
+    ROLE_DASHBOARD,
+    ROLE_OPERATOR,
     CertificatePaths,
     PkiLayout,
-    add_operator,
+    add_entity,
     init_pki,
 )
 from corridor.kms.quota import QuotaPolicy, SaeQuotas
@@ -107,7 +110,7 @@ from corridor.kms.sources.base import SIDE_ALICE, SIDE_BOB, KeySource
 from corridor.kms.sources.feeder import LinkFeeder
 from corridor.kms.sources.party import SimulatedLinkPartySource
 from corridor.kms.sources.recorded import RecordedKeyFileSource
-from corridor.kms.sources.simulated import SimulatedLinkSource
+from corridor.kms.sources.simulated import BlockSlots, SimulatedLinkSource
 from corridor.kms.store import KeyStore
 from corridor.kms.store_open import open_store
 from corridor.kms.tls import bind_socket, running_server
@@ -120,6 +123,7 @@ DEFAULT_CORRIDOR_RESOURCE = "default_corridor.toml"
 UP_FILE_NAME = "corridor-up.json"
 LOCK_FILE_NAME = "corridor.lock"
 UP_OPERATOR = "operator"
+UP_DASHBOARD = "dashboard"
 """The operator certificate ``corridor up`` issues (``pki/operator/operator/``)."""
 SOURCE_SIMULATED = "simulated"
 SOURCE_RECORDED = "recorded"
@@ -540,20 +544,24 @@ def load_pki(pki_dir: Path) -> PkiLayout:
                      kmes={k: paths(v) for k, v in data["kmes"].items()},
                      saes={s: paths(v) for s, v in data["saes"].items()},
                      sae_kme={s: v["kme_id"] for s, v in data["saes"].items()},
-                     operators={o: paths(v) for o, v in data.get("operators", {}).items()})
+                     operators={o: paths(v) for o, v in data.get("operators", {}).items()},
+                     dashboards={d: paths(v) for d, v in data.get("dashboards", {}).items()})
 
 
 def ensure_pki(spec: CorridorSpec, pki_dir: Path) -> PkiLayout:
     """Create the corridor's PKI under ``pki_dir`` on first use, else load it and check it
     covers every KME and SAE of the corridor. It holds an operator certificate
-    (:data:`UP_OPERATOR`, for ``/metrics`` and ``corridor alarm``); a PKI made before
-    operators existed gets one issued by its CA."""
+    (:data:`UP_OPERATOR`, for ``/metrics``, ``corridor alarm`` and the dashboard) and a
+    dashboard server certificate (:data:`UP_DASHBOARD`); a PKI made before those existed
+    gets them issued by its CA."""
     if not (pki_dir / MANIFEST_NAME).exists():
         return init_pki(pki_dir, list(spec.kmes), list(spec.saes.items()),
-                        operators=[UP_OPERATOR])
+                        operators=[UP_OPERATOR], dashboards=[UP_DASHBOARD])
     layout = load_pki(pki_dir)
     if not layout.operators and layout.ca_key.exists():
-        layout = add_operator(layout, UP_OPERATOR)
+        layout = add_entity(layout, ROLE_OPERATOR, UP_OPERATOR)
+    if not layout.dashboards and layout.ca_key.exists():
+        layout = add_entity(layout, ROLE_DASHBOARD, UP_DASHBOARD)
     missing = sorted((set(spec.kmes) - set(layout.kmes)) | (set(spec.saes) - set(layout.saes)))
     if missing:
         raise ParameterError("pki_dir", str(pki_dir),
@@ -619,6 +627,7 @@ class KmeNode:
         self.manager: KeyManager | None = None
         self.metrics = KmsMetrics()
         self.audit: AuditLog | None = None
+        self.audit_follower: AuditFollower | None = None
         self.events: EventSink = FanOutEventSink()
         self.pending_discarded = 0
         self.unfinished_resolved = 0
@@ -683,10 +692,13 @@ class KmeNode:
         # full disk left without an outcome (their intents, corridor.kms.manager).
         journal = DeliveryJournal()
         marks = HighWaterMarks()
+        # What the operator's view reads: the chain followed on from this check.
+        follower = self.audit_follower = AuditFollower(self.audit_path, kek)
 
         def observe(entry: dict[str, Any]) -> None:
             journal.observe(entry)
             marks.observe(entry)
+            follower.seed(entry)
 
         chain = verify_audit_log(self.audit_path, kek, on_entry=observe)
         if not chain.ok and self.accept_broken_audit is None:
@@ -759,7 +771,8 @@ class KmeNode:
             app = create_app(manager, metrics=self.metrics,
                              peer_acceptor=manager.accept_reservations,
                              peer_sync=manager.accept_sync,
-                             alarms=self.alarm_desk, relay=manager.relay)
+                             alarms=self.alarm_desk, relay=manager.relay,
+                             audit=self.audit_follower)
             sock = self._sock if self._sock is not None else bind_socket(
                 self.site.host, self.site.port, reuse_port=self.worker is not None)
             limits = self._limits or check_file_budget(
@@ -902,9 +915,10 @@ class KmeNode:
 
 
 def make_source(link: LinkSite, sides: tuple[str, ...], *,
-                rng: RandomSource | None = None) -> KeySource:
+                rng: RandomSource | None = None, slots: BlockSlots | None = None) -> KeySource:
     """The KeySource of ``link``: the simulated link, or its recorded key files
-    (``sides`` picks which parties' files this process reads)."""
+    (``sides`` picks which parties' files this process reads); ``slots`` shares the CPU
+    among the simulated links of one process."""
     if link.source == SOURCE_RECORDED:
         assert link.keys_dir is not None
         return RecordedKeyFileSource.from_directory(link.link_id, link.keys_dir,
@@ -919,7 +933,7 @@ def make_source(link: LinkSite, sides: tuple[str, ...], *,
     if set(sides) == {SIDE_ALICE, SIDE_BOB}:
         return SimulatedLinkSource(link.params, link_id=link.link_id,
                                    block_pulses=link.block_pulses, config=config, rng=rng,
-                                   block_interval_s=link.block_interval_s)
+                                   block_interval_s=link.block_interval_s, slots=slots)
     if len(sides) != 1 or sides[0] not in (SIDE_ALICE, SIDE_BOB):
         raise ParameterError("sides", list(sides), f"must name {SIDE_ALICE!r}, {SIDE_BOB!r} "
                              "or both")
@@ -1044,9 +1058,13 @@ class Corridor:
                 node.start()
             self.monitor = monitor_for(self.spec, FanOutEventSink(
                 *(node.events for node in self.nodes.values())))
+            # One block in work per core across the simulated links: each finishes its
+            # block at full speed and in turn (first keys in seconds, not a minute).
+            slots = BlockSlots(max(1, len(os.sched_getaffinity(0))))
             for link in self.spec.links.values():
                 alice, bob = self.nodes[link.alice_kme], self.nodes[link.bob_kme]
-                feeder = LinkFeeder(make_source(link, (SIDE_ALICE, SIDE_BOB), rng=self._rng),
+                feeder = LinkFeeder(make_source(link, (SIDE_ALICE, SIDE_BOB), rng=self._rng,
+                                                slots=slots),
                                     alice.manager, bob.manager, self.monitor,
                                     FanOutEventSink(alice.events, bob.events))
                 self.feeders[link.link_id] = feeder
@@ -1125,6 +1143,8 @@ class Corridor:
 
         return {
             "name": self.spec.name,
+            "config": str(Path(str(self.spec.source_path)).resolve())
+            if Path(str(self.spec.source_path)).is_file() else None,
             "pid": os.getpid(),
             "started_at": self.started_at.isoformat().replace("+00:00", "Z"),
             "ca_cert": rel(self.pki.ca_cert),

@@ -6,14 +6,16 @@ identity"). This module owns how an identity is written into a certificate and r
 back out of one:
 
 - every certificate carries exactly one URI subject alternative name
-  ``urn:corridor:<role>:<percent-encoded ID>`` with ``role`` one of ``kme``, ``sae``
-  or ``operator`` (a person or tool that reads ``/metrics`` and the OpenAPI document
-  and lists and clears link alarms, docs/kms-api.md "Operator endpoints");
+  ``urn:corridor:<role>:<percent-encoded ID>`` with ``role`` one of ``kme``, ``sae``,
+  ``operator`` (a person or tool that reads ``/metrics`` and the OpenAPI document
+  and lists and clears link alarms, docs/kms-api.md "Operator endpoints") or
+  ``dashboard`` (the server certificate of the operator's dashboard, docs/dashboard.md);
   the percent-encoding lets an SAE ID hold any character (ETSI014.md checklist item 12)
   while the SAN stays ASCII;
 - the extended key usage separates the roles as well: a KME certificate is for server
   and client authentication (it serves SAEs and calls its peer KME), an SAE or operator
-  certificate for client authentication only. :func:`identity_from_certificate`
+  certificate for client authentication only, a dashboard certificate for server
+  authentication only (it can serve pages but never call a KME). :func:`identity_from_certificate`
   demands both the URI and the matching key usage, so a KME certificate can never call
   as an SAE and an SAE certificate can never call as a KME; the role in the URI keeps
   SAE and operator certificates apart (an operator certificate never gets a key, an
@@ -46,11 +48,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from corridor.errors import CorridorError, ParameterError
 from corridor.kms.config import check_id
 
-Role = Literal["kme", "sae", "operator"]
+Role = Literal["kme", "sae", "operator", "dashboard"]
 ROLE_KME: Role = "kme"
 ROLE_SAE: Role = "sae"
 ROLE_OPERATOR: Role = "operator"
-ROLES: tuple[Role, ...] = (ROLE_KME, ROLE_SAE, ROLE_OPERATOR)
+ROLE_DASHBOARD: Role = "dashboard"
+ROLES: tuple[Role, ...] = (ROLE_KME, ROLE_SAE, ROLE_OPERATOR, ROLE_DASHBOARD)
 IDENTITY_URI_PREFIX = "urn:corridor:"
 DEFAULT_VALIDITY_DAYS = 825
 DEFAULT_KME_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -90,6 +93,8 @@ def identity_uri(role: Role, entity_id: str) -> str:
 def _role_eku_ok(role: Role, usages: set[x509.ObjectIdentifier]) -> bool:
     if role == ROLE_KME:
         return {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= usages
+    if role == ROLE_DASHBOARD:
+        return usages == {ExtendedKeyUsageOID.SERVER_AUTH}
     # An SAE or operator certificate that could also serve TLS would blur the roles.
     return usages == {ExtendedKeyUsageOID.CLIENT_AUTH}
 
@@ -204,8 +209,9 @@ def issue_certificate(ca: CertificateAuthority, identity: Identity, *,
     """Issue an end-entity certificate for ``identity`` signed by ``ca``.
 
     KME certificates get server and client authentication and the ``hosts`` as DNS/IP
-    names (what SAEs and the peer KME connect to); SAE and operator certificates get
-    client authentication only.
+    names (what SAEs and the peer KME connect to); dashboard certificates server
+    authentication only and the ``hosts``; SAE and operator certificates client
+    authentication only.
     """
     validate_entity_id(f"{identity.role}_id", identity.entity_id)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -217,6 +223,9 @@ def issue_certificate(ca: CertificateAuthority, identity: Identity, *,
     if identity.role == ROLE_KME:
         alt_names += _host_names(hosts)
         usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    elif identity.role == ROLE_DASHBOARD:
+        alt_names += _host_names(hosts)
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH]
     else:
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
     now = _now()
@@ -265,6 +274,7 @@ class PkiLayout:
     saes: dict[str, CertificatePaths]
     sae_kme: dict[str, str]
     operators: dict[str, CertificatePaths] = field(default_factory=dict)
+    dashboards: dict[str, CertificatePaths] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         """The manifest: paths relative to ``root``."""
@@ -277,7 +287,18 @@ class PkiLayout:
                      for s, p in self.saes.items()},
             "operators": {o: {"cert": rel(p.cert), "key": rel(p.key)}
                           for o, p in self.operators.items()},
+            "dashboards": {d: {"cert": rel(p.cert), "key": rel(p.key)}
+                           for d, p in self.dashboards.items()},
         }
+
+    def certificates(self) -> list[tuple[str, str, Path]]:
+        """(role, ID, certificate path) of the CA and every entity of the layout."""
+        out = [("ca", "ca", self.ca_cert)]
+        for role, entities in ((ROLE_KME, self.kmes), (ROLE_SAE, self.saes),
+                               (ROLE_OPERATOR, self.operators),
+                               (ROLE_DASHBOARD, self.dashboards)):
+            out += [(role, name, paths.cert) for name, paths in entities.items()]
+        return out
 
 
 def _private_dir(path: Path) -> None:
@@ -318,17 +339,19 @@ def parse_sae_spec(spec: str) -> tuple[str, str]:
 
 
 def init_pki(out_dir: Path | str, kme_ids: Sequence[str], saes: Sequence[tuple[str, str]], *,
-             operators: Sequence[str] = (),
+             operators: Sequence[str] = (), dashboards: Sequence[str] = (),
              hosts: Sequence[str] = DEFAULT_KME_HOSTS, force: bool = False,
              validity_days: int = DEFAULT_VALIDITY_DAYS) -> PkiLayout:
     """Create a CA and a certificate per KME, per SAE and per operator under ``out_dir``.
 
     ``saes`` is a list of (SAE ID, KME ID) pairs; every KME ID they name must be in
     ``kme_ids``. ``operators`` are the names of the operator certificates (client
-    authentication, ``urn:corridor:operator:<name>``). Layout: ``ca.pem``, ``ca.key``,
-    ``kme/<ID>/{cert,key}.pem``, ``sae/<ID>/{cert,key}.pem``,
-    ``operator/<name>/{cert,key}.pem`` (IDs percent-encoded in file names) and
-    ``pki.json``. Refuses to overwrite an existing CA unless ``force``.
+    authentication, ``urn:corridor:operator:<name>``), ``dashboards`` those of dashboard
+    server certificates (server authentication for ``hosts``). Layout: ``ca.pem``,
+    ``ca.key``, ``kme/<ID>/{cert,key}.pem``, ``sae/<ID>/{cert,key}.pem``,
+    ``operator/<name>/{cert,key}.pem``, ``dashboard/<name>/{cert,key}.pem`` (IDs
+    percent-encoded in file names) and ``pki.json``. Refuses to overwrite an existing CA
+    unless ``force``.
     """
     root = Path(out_dir).resolve()
     if not kme_ids:
@@ -344,13 +367,14 @@ def init_pki(out_dir: Path | str, kme_ids: Sequence[str], saes: Sequence[tuple[s
         validate_entity_id("sae_id", sae_id)
         if kme_id not in kme_ids:
             raise ParameterError("--sae", f"{sae_id}@{kme_id}", f"a KME among {list(kme_ids)}")
-    for name in operators:
-        validate_entity_id("--operator", name)
-        if len(name) > MAX_OPERATOR_NAME_CHARS:
-            raise ParameterError("--operator", name,
-                                 f"at most {MAX_OPERATOR_NAME_CHARS} characters")
-    if len(set(operators)) != len(operators):
-        raise ParameterError("--operator", list(operators), "distinct operator names")
+    for option, names in (("--operator", operators), ("--dashboard", dashboards)):
+        for name in names:
+            validate_entity_id(option, name)
+            if len(name) > MAX_OPERATOR_NAME_CHARS:
+                raise ParameterError(option, name,
+                                     f"at most {MAX_OPERATOR_NAME_CHARS} characters")
+        if len(set(names)) != len(names):
+            raise ParameterError(option, list(names), "distinct names")
     if validity_days < 1:
         raise ParameterError("validity_days", validity_days, "at least 1")
     ca_cert_path, ca_key_path = root / CA_CERT_NAME, root / CA_KEY_NAME
@@ -375,8 +399,9 @@ def init_pki(out_dir: Path | str, kme_ids: Sequence[str], saes: Sequence[tuple[s
     kmes = {k: write_entity(Identity(ROLE_KME, k)) for k in kme_ids}
     sae_paths = {s: write_entity(Identity(ROLE_SAE, s)) for s, _ in saes}
     operator_paths = {o: write_entity(Identity(ROLE_OPERATOR, o)) for o in operators}
+    dashboard_paths = {d: write_entity(Identity(ROLE_DASHBOARD, d)) for d in dashboards}
     layout = PkiLayout(root, ca_cert_path, ca_key_path, kmes, sae_paths, dict(saes),
-                       operator_paths)
+                       operator_paths, dashboard_paths)
     _write_public(root / MANIFEST_NAME, json.dumps(layout.to_json(), indent=2).encode())
     return layout
 
@@ -391,24 +416,39 @@ def load_ca(directory: Path | str) -> CertificateAuthority:
     return CertificateAuthority(cert, key)
 
 
-def add_operator(layout: PkiLayout, name: str,
-                 validity_days: int = DEFAULT_VALIDITY_DAYS) -> PkiLayout:
-    """Issue an operator certificate with the CA of ``layout`` (``operator/<name>/``) and
-    rewrite ``pki.json``; returns the new layout. The CA key must be in the layout's root."""
-    validate_entity_id("--operator", name)
+def add_entity(layout: PkiLayout, role: Role, name: str, *,
+               hosts: Sequence[str] = DEFAULT_KME_HOSTS,
+               validity_days: int = DEFAULT_VALIDITY_DAYS) -> PkiLayout:
+    """Issue an operator or dashboard certificate with the CA of ``layout``
+    (``<role>/<name>/``) and rewrite ``pki.json``; returns the new layout. The CA key
+    must be in the layout's root."""
+    if role not in (ROLE_OPERATOR, ROLE_DASHBOARD):
+        raise ParameterError("role", role, f"{ROLE_OPERATOR} or {ROLE_DASHBOARD}")
+    option = f"--{role}"
+    validate_entity_id(option, name)
     if len(name) > MAX_OPERATOR_NAME_CHARS:
-        raise ParameterError("--operator", name, f"at most {MAX_OPERATOR_NAME_CHARS} characters")
+        raise ParameterError(option, name, f"at most {MAX_OPERATOR_NAME_CHARS} characters")
     ca = load_ca(layout.root)
-    cert, key = issue_certificate(ca, Identity(ROLE_OPERATOR, name), validity_days=validity_days)
-    directory = layout.root / ROLE_OPERATOR / quote(name, safe="")
-    _private_dir(layout.root / ROLE_OPERATOR)
+    cert, key = issue_certificate(ca, Identity(role, name), hosts=hosts,
+                                  validity_days=validity_days)
+    directory = layout.root / role / quote(name, safe="")
+    _private_dir(layout.root / role)
     _private_dir(directory)
     paths = CertificatePaths(directory / "cert.pem", directory / "key.pem")
     _write_private(paths.key, _key_pem(key))
     _write_public(paths.cert, _cert_pem(cert))
-    new = dataclasses.replace(layout, operators={**layout.operators, name: paths})
+    if role == ROLE_OPERATOR:
+        new = dataclasses.replace(layout, operators={**layout.operators, name: paths})
+    else:
+        new = dataclasses.replace(layout, dashboards={**layout.dashboards, name: paths})
     _write_public(layout.root / MANIFEST_NAME, json.dumps(new.to_json(), indent=2).encode())
     return new
+
+
+def add_operator(layout: PkiLayout, name: str,
+                 validity_days: int = DEFAULT_VALIDITY_DAYS) -> PkiLayout:
+    """:func:`add_entity` for an operator certificate."""
+    return add_entity(layout, ROLE_OPERATOR, name, validity_days=validity_days)
 
 
 def write_certificate(directory: Path | str, name: str, cert: x509.Certificate,

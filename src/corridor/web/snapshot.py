@@ -6,8 +6,9 @@ This module owns the shape of the dashboard's JSON (:func:`snapshot`), the map l
 ``latitude_deg``/``longitude_deg``, else on a circle), the text alternatives of every
 colour (a QBER of 9 % says "QBER 9.00 %: above the 5 % alarm level", not only red), and
 :class:`History`, a bounded ring of per-link samples (QBER, key rate, pool levels) for
-the charts. Nothing here holds key material: pool levels are counts, alarms are kinds
-and reasons.
+the charts, and :class:`LocalCorridor`, the dashboard's data source inside ``corridor
+up`` (:class:`corridor.web.remote.RemoteCorridor` is the one for KMEs elsewhere). Nothing
+here holds key material: pool levels are counts, alarms are kinds and reasons.
 """
 
 from __future__ import annotations
@@ -37,15 +38,15 @@ def qber_level(qber: float | None) -> tuple[str, str]:
     return "ok", f"QBER {qber * 100:.2f} %: normal"
 
 
-def site_positions(corridor: Any) -> dict[str, dict[str, Any]]:
-    """Each KME's map position in [0, 1] x [0, 1] and its site's name."""
-    spec = corridor.spec
+def site_layout(kmes: list[tuple[str, str]],
+                source_path: Path | None) -> dict[str, dict[str, Any]]:
+    """Each KME's map position in [0, 1] x [0, 1] and its site's name, for (KME ID, site
+    ID) pairs; geographic when the corridor file at ``source_path`` places every site."""
     coords: dict[str, tuple[float, float, str]] = {}
-    source = Path(str(spec.source_path))
-    if source.is_file():
+    if source_path is not None and Path(source_path).is_file():
         try:
-            data = tomllib.loads(source.read_text())
-        except (OSError, tomllib.TOMLDecodeError):
+            data = tomllib.loads(Path(source_path).read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             data = {}
         for site in data.get("sites") or []:
             if isinstance(site, dict) and isinstance(site.get("latitude_deg"), int | float) \
@@ -53,8 +54,7 @@ def site_positions(corridor: Any) -> dict[str, dict[str, Any]]:
                 coords[str(site.get("id"))] = (float(site["longitude_deg"]),
                                                float(site["latitude_deg"]),
                                                str(site.get("name") or site.get("id")))
-    kmes = list(spec.kmes.values())
-    placed = {k.kme_id: coords[k.site] for k in kmes if k.site in coords}
+    placed = {kme_id: coords[site] for kme_id, site in kmes if site in coords}
     out: dict[str, dict[str, Any]] = {}
     if len(placed) == len(kmes) and len(kmes) > 1:
         xs = [c[0] for c in placed.values()]
@@ -65,11 +65,17 @@ def site_positions(corridor: Any) -> dict[str, dict[str, Any]]:
                            "y": 0.9 - 0.8 * (y - min(ys)) / span, "site": name,
                            "coordinates": "geographic"}
         return out
-    for n, kme in enumerate(kmes):
+    for n, (kme_id, site) in enumerate(kmes):
         angle = 2 * math.pi * n / max(len(kmes), 1) + math.pi
-        out[kme.kme_id] = {"x": 0.5 + 0.38 * math.cos(angle), "y": 0.5 + 0.38 * math.sin(angle),
-                           "site": kme.site, "coordinates": "schematic"}
+        out[kme_id] = {"x": 0.5 + 0.38 * math.cos(angle), "y": 0.5 + 0.38 * math.sin(angle),
+                       "site": site, "coordinates": "schematic"}
     return out
+
+
+def site_positions(corridor: Any) -> dict[str, dict[str, Any]]:
+    """:func:`site_layout` of a running corridor's KMEs."""
+    return site_layout([(k.kme_id, k.site) for k in corridor.spec.kmes.values()],
+                       Path(str(corridor.spec.source_path)))
 
 
 def snapshot(corridor: Any, *, hybrid: Any = None, mobility: Any = None,
@@ -106,7 +112,8 @@ def snapshot(corridor: Any, *, hybrid: Any = None, mobility: Any = None,
                            else "clears by itself after consecutive good blocks"})
     out: dict[str, Any] = {
         "name": corridor.spec.name, "time": time.time(),
-        "sites": [{"kme_id": k, **pos, "url": corridor.nodes[k].url}
+        "sites": [{"kme_id": k, **pos, "url": corridor.nodes[k].url, "reachable": True,
+                   "error": None}
                   for k, pos in site_positions(corridor).items()],
         "links": links, "alarms": alarms, "relays": status["relays"],
         "hybrid": hybrid.status() if hybrid is not None and hybrid.sessions else [],
@@ -117,6 +124,59 @@ def snapshot(corridor: Any, *, hybrid: Any = None, mobility: Any = None,
             if part is not None:
                 out["mobility"][name] = part.status()
     return out
+
+
+class _LocalAuditFeed:
+    """One KME's audit tail, read from its follower in this process."""
+
+    def __init__(self, kme_id: str, follower: Any) -> None:
+        self.kme_id = kme_id
+        self._follower = follower
+
+    def fetch(self, after_seq: int, limit: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        self._follower.poll()
+        return self._follower.status(), self._follower.tail(after_seq=after_seq, limit=limit)
+
+
+class LocalCorridor:
+    """The dashboard's data source for a corridor running in this process
+    (``corridor up``): its status, its KMEs' audit followers, its PKI, and clearing
+    alarms through each KME's AlarmDesk (audited there with the operator's name)."""
+
+    def __init__(self, corridor: Any, *, hybrid: Any = None, mobility: Any = None,
+                 inventory: dict[str, Any] | None = None) -> None:
+        self.corridor, self.hybrid, self.mobility = corridor, hybrid, mobility
+        self.inventory = inventory
+
+    def snapshot(self) -> dict[str, Any]:
+        """:func:`snapshot` of the corridor."""
+        return snapshot(self.corridor, hybrid=self.hybrid, mobility=self.mobility,
+                        inventory=self.inventory)
+
+    def audit_feeds(self) -> list[_LocalAuditFeed]:
+        """One feed per KME whose audit trail is followed."""
+        return [_LocalAuditFeed(kme_id, node.audit_follower)
+                for kme_id, node in self.corridor.nodes.items()
+                if node.audit_follower is not None]
+
+    def certificates(self) -> list[tuple[str, str, Path]]:
+        """Every certificate of the corridor's PKI."""
+        pki = self.corridor.pki
+        return pki.certificates() if pki is not None else []
+
+    def clear(self, link_id: str, operator: str, reason: Any) -> dict[str, Any]:
+        """Clear ``link_id``'s alarms at every KME that judges it (audited there)."""
+        results = []
+        for node in self.corridor.nodes.values():
+            desk = node.alarm_desk
+            if link_id in desk.link_ids:
+                results.append(desk.clear(link_id, operator, reason))
+        if not results:
+            raise KeyError(link_id)
+        return {"link_id": link_id, "operator": operator, "results": results}
+
+    def close(self) -> None:
+        """Nothing to close: the corridor belongs to its owner."""
 
 
 class History:
@@ -143,4 +203,4 @@ class History:
             return {k: list(v) for k, v in self._series.items()}
 
 
-__all__ = ["History", "qber_level", "site_positions", "snapshot"]
+__all__ = ["History", "LocalCorridor", "qber_level", "site_layout", "site_positions", "snapshot"]

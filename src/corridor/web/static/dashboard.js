@@ -31,8 +31,10 @@ function drawMap(snap) {
   for (const s of snap.sites) {
     const [x, y] = pos[s.kme_id];
     const site = el("svg:g", {class: "site", "data-site": s.kme_id});
-    site.appendChild(el("svg:circle", {cx: x, cy: y, r: 9, fill: "#0969da"}));
-    site.appendChild(el("svg:text", {x: x, y: y + 26, "font-size": 13, "text-anchor": "middle"}, `${s.kme_id} (${s.site})`));
+    site.appendChild(el("svg:circle", {cx: x, cy: y, r: 9, fill: s.reachable === false ? "#cf222e" : "#0969da"}));
+    site.appendChild(el("svg:title", {}, s.reachable === false ? `${s.kme_id}: unreachable: ${s.error}` : `${s.kme_id}: ${s.url}`));
+    site.appendChild(el("svg:text", {x: x, y: y + 26, "font-size": 13, "text-anchor": "middle"},
+      `${s.kme_id} (${s.site})${s.reachable === false ? " UNREACHABLE" : ""}`));
     g.appendChild(site);
   }
   svg.appendChild(g);
@@ -99,15 +101,51 @@ function drawAlarms(snap) {
         body: JSON.stringify({reason: input.value})});
       const body = await reply.json();
       $("live").textContent = reply.ok ? `cleared ${a.link_id} as ${body.operator}` : `not cleared: ${body.message}`;
+      if (reply.ok) alarmsShown = null;
     });
     li.append(label, button);
     list.appendChild(li);
   }
 }
 
+function rows(tableId, list, cells) {
+  const body = $(tableId).tBodies[0];
+  body.replaceChildren();
+  for (const item of list) {
+    const tr = el("tr");
+    for (const [text, cls] of cells(item)) tr.appendChild(el("td", cls ? {class: cls} : {}, text));
+    body.appendChild(tr);
+  }
+}
+const secs = (v) => (v === null || v === undefined) ? "-" : (v * 1000).toFixed(1) + " ms";
+
+function drawPairsAuditCerts(snap) {
+  rows("pairs", snap.pairs || [], (p) => [[p.pair], [String(p.requests)], [String(p.keys)],
+    [String(p.slave_fetches)], [secs(p.time_to_key_p50_s)], [secs(p.time_to_key_p99_s)],
+    [p.last_delivery ? p.last_delivery.slice(11, 19) : "-"]]);
+  const audit = snap.audit || {chains: [], tail: []};
+  const chains = $("chains");
+  chains.replaceChildren();
+  for (const c of audit.chains) {
+    const text = c.ok === true ? `KME ${c.kme_id}: chain verified up to entry ${c.verified_seq}`
+      : c.ok === false ? `KME ${c.kme_id}: chain BROKEN at entry ${c.broken_at_seq}: ${c.reason}`
+      : `KME ${c.kme_id}: ${c.reason}`;
+    chains.appendChild(el("li", {class: c.ok === true ? "ok" : "alarm", "data-kme": c.kme_id}, text));
+  }
+  rows("audit", audit.tail, (e) => [[String(e.time).slice(11, 23)], [e.kme_id], [String(e.seq)],
+    [e.event, e.event.includes("alarm") || e.event.includes("quarantin") ? "alarm" : ""], [e.summary]]);
+  rows("certs", snap.certificates || [], (c) => [[c.role], [c.id],
+    [c.not_after ? c.not_after.slice(0, 16).replace("T", " ") : "-"], [c.text, c.level]]);
+}
+
 function drawRest(snap) {
   const hybrid = $("hybrid").tBodies[0];
   hybrid.replaceChildren();
+  if (snap.remote) {
+    const tr = el("tr");
+    tr.appendChild(el("td", {colspan: 6}, "Hybrid sessions run at the SAEs; a dashboard watching KMEs over their operator endpoints does not see them."));
+    hybrid.appendChild(tr);
+  }
   for (const s of snap.hybrid) {
     const tr = el("tr");
     const decisions = Object.entries(s.decisions || {}).map(([k, v]) => `${k}: ${v}`).join(", ");
@@ -146,6 +184,7 @@ function render(snap) {
     if (ring.length > 600) ring.shift();
   }
   drawMap(snap); drawLinks(snap); drawChart(); drawAlarms(snap); drawRest(snap);
+  drawPairsAuditCerts(snap);
   const live = $("live");
   live.classList.remove("stale");
   live.dataset.time = String(snap.time);
