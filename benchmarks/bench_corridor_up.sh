@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Key delivery as users run it: `corridor up` (both KMEs, the simulated link, audit
+# Key delivery as users run it: `corridor up --embedded two-site` (both KMEs, the simulated link, audit
 # fsync'ed per entry with group commit, metrics on) loaded by the compiled mutual-TLS
 # load generator of ../shared/tools (built into a temporary folder, never copied here).
 #
@@ -21,7 +21,7 @@ tmp=$(mktemp -d)
 trap 'kill -TERM ${up:-0} 2>/dev/null || true; rm -rf "$tmp"' EXIT
 gcc -O2 -o "$tmp/tlsload" "$tools/tlsload.c" -lssl -lcrypto
 work="$tmp/run"
-"$py" -m corridor up --workdir "$work" --status-interval-s 600 > "$tmp/up.log" 2>&1 &
+"$py" -m corridor up --embedded two-site --workdir "$work" --status-interval-s 600 > "$tmp/up.log" 2>&1 &
 up=$!
 for _ in $(seq 1 60); do [ -f "$work/corridor-up.json" ] && break; sleep 1; done
 sleep "${FILL_S:-25}"  # let the pools fill (FILL_S seconds)

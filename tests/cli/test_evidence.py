@@ -85,8 +85,8 @@ def test_running_corridor_from_up(tmp_path: Path) -> None:
     workdir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "corridor", "up", "--workdir", str(workdir), "--duration-s",
-         "90", "--status-interval-s", "30", "--no-mobility"], env=env,
+        [sys.executable, "-m", "corridor", "up", "--embedded", "two-site", "--workdir",
+         str(workdir), "--duration-s", "90", "--status-interval-s", "30", "--no-mobility"], env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         up = workdir / "corridor-up.json"

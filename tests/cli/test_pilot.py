@@ -23,7 +23,8 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_report_of_a_real_run_matches_the_audit_files(tmp_path: Path) -> None:
-    up = _run("up", "--workdir", "run", "--duration-s", "20", "--no-mobility", cwd=tmp_path)
+    up = _run("up", "--embedded", "two-site", "--workdir", "run", "--duration-s", "20",
+              "--no-mobility", cwd=tmp_path)
     assert up.returncode == 0, up.stderr[-2000:]
     up_file = tmp_path / "run" / "corridor-up.json"
     done = _run("pilot", "report", "--from-up", str(up_file), "--format", "json",

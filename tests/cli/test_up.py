@@ -60,8 +60,8 @@ def _curl(up: dict[str, Any], workdir: Path, sae_id: str, url: str) -> dict[str,
 def test_corridor_up_delivers_the_same_key_at_both_kmes_and_stops_cleanly(
         tmp_path: Path) -> None:
     workdir = tmp_path / "run"
-    process = subprocess.Popen([*CORRIDOR, "up", "--workdir", str(workdir),
-                                "--duration-s", "55", "--status-interval-s", "2"],
+    process = subprocess.Popen([*CORRIDOR, "up", "--embedded", "two-site", "--workdir",
+                                str(workdir), "--duration-s", "55", "--status-interval-s", "2"],
                                cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
@@ -149,6 +149,35 @@ def test_corridor_up_refuses_a_bad_duration(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(("args", "field"), [
+    (["--embedded", "nope"], "--embedded"),
+    (["--embedded", "city", "--config", "examples/two-site.toml"], "--embedded"),
+])
+def test_corridor_up_refuses_a_bad_corridor_choice(tmp_path: Path, args: list[str],
+                                                   field: str) -> None:
+    result = _run("up", "--workdir", str(tmp_path / "run"), *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_main_job_runs_the_embedded_city_corridor() -> None:
+    from corridor.kms.node import load_corridor, load_embedded
+    from corridor.web.snapshot import site_layout
+
+    city = load_embedded("city")
+    assert city.name == "city-corridor" and len(city.kmes) == 8 and len(city.links) == 10
+    # examples/city.toml is the same file (a link to the packaged one).
+    example = Path(__file__).resolve().parents[2] / "examples" / "city.toml"
+    assert load_corridor(example).links.keys() == city.links.keys()
+    # The dashboard's map places every site at its coordinates.
+    layout = site_layout([(k.kme_id, k.site) for k in city.kmes.values()],
+                         Path(str(city.source_path)))
+    assert {p["coordinates"] for p in layout.values()} == {"geographic"}
+    assert load_embedded("two-site").name == "two-site-default"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_ctrl_c_with_output_into_a_closed_pipe_still_stops_cleanly(tmp_path: Path) -> None:
@@ -157,8 +186,8 @@ def test_ctrl_c_with_output_into_a_closed_pipe_still_stops_cleanly(tmp_path: Pat
     ``kme_stopped`` audited at both KMEs, no SQLite WAL left behind)."""
     workdir = tmp_path / "run"
     read_end, write_end = os.pipe()
-    process = subprocess.Popen([*CORRIDOR, "up", "--workdir", str(workdir),
-                                "--status-interval-s", "0.2"], cwd=tmp_path, env=ENV,
+    process = subprocess.Popen([*CORRIDOR, "up", "--embedded", "two-site", "--workdir",
+                                str(workdir), "--status-interval-s", "0.2"], cwd=tmp_path, env=ENV,
                                stdout=write_end, stderr=write_end)
     os.close(write_end)
     try:

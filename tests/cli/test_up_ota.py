@@ -21,8 +21,8 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 @pytest.mark.timeout(150)
 def test_corridor_up_runs_an_ota_campaign_to_its_vehicles(tmp_path: Path) -> None:
     workdir = tmp_path / "run"
-    process = subprocess.Popen([*CORRIDOR, "up", "--workdir", str(workdir),
-                                "--duration-s", "100", "--status-interval-s", "2"],
+    process = subprocess.Popen([*CORRIDOR, "up", "--embedded", "two-site", "--workdir",
+                                str(workdir), "--duration-s", "100", "--status-interval-s", "2"],
                                cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:

@@ -26,8 +26,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     cwd = tmp_path_factory.mktemp("dashboard")
-    process = subprocess.Popen([*CORRIDOR, "up", "--workdir", "run", "--duration-s", "120",
-                                "--no-mobility", "--status-interval-s", "5"], cwd=cwd, env=ENV,
+    process = subprocess.Popen([*CORRIDOR, "up", "--embedded", "two-site", "--workdir", "run",
+                                "--duration-s", "120", "--no-mobility",
+                                "--status-interval-s", "5"], cwd=cwd, env=ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     up_file = cwd / "run" / "corridor-up.json"
     deadline = time.monotonic() + 60

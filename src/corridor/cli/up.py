@@ -290,8 +290,11 @@ def up_command(
         "--workdir", help="Working directory (default: a fresh ./corridor-run-DATE-TIME); "
         "an existing one is restarted with its stores, keys and PKI.")] = None,
     config: Annotated[Path | None, typer.Option(
-        "--config", help="Corridor TOML file (default: the embedded two-site corridor).")
+        "--config", help="Corridor TOML file (default: the embedded city corridor).")
     ] = None,
+    embedded: Annotated[str | None, typer.Option(
+        "--embedded", metavar="NAME", help="An embedded corridor instead of a file: city "
+        "(the default: eight sites, ten links) or two-site (two KMEs, one link).")] = None,
     duration_s: Annotated[float | None, typer.Option(
         "--duration-s", help="Stop cleanly after this many seconds (default: run until "
         "Ctrl-C or SIGTERM).")] = None,
@@ -310,10 +313,12 @@ def up_command(
         "vehicles (docs/v2x.md, docs/fleet.md, docs/ota.md).")
     ] = True,
 ) -> None:
-    """Start a two-site corridor on this machine and show its status until stopped.
+    """Start a corridor on this machine (by default the embedded city corridor) and show
+    its status until stopped.
 
-    KMEs on 127.0.0.1 (ETSI GS QKD 014 over mutual TLS), a simulated QKD link feeding
-    them, certificates for two SAEs; writes corridor-up.json into the working directory.
+    KMEs on 127.0.0.1 (ETSI GS QKD 014 over mutual TLS), simulated QKD links feeding
+    them, certificates for the SAEs, the hybrid sessions, V2X, fleet and OTA traffic and
+    the operator's dashboard; writes corridor-up.json into the working directory.
     """
     with handle_errors():
         if duration_s is not None and not duration_s > 0:
@@ -322,10 +327,14 @@ def up_command(
             raise ParameterError("--status-interval-s", status_interval_s, "must be > 0")
         from corridor.cli.up_mobility import UpMobility
         from corridor.hybrid.corridor_sessions import CorridorSessions
-        from corridor.kms.node import Corridor, load_corridor
+        from corridor.kms.node import Corridor, load_corridor, load_embedded
 
         configure_logging("warning", json=False)
-        spec = load_corridor(config)
+        if config is not None and embedded is not None:
+            raise ParameterError("--embedded", embedded, "either --config or --embedded, "
+                                 "not both")
+        spec = load_corridor(config) if config is not None else \
+            load_embedded(embedded or "city")
         directory = workdir if workdir is not None else default_workdir()
         stop = threading.Event()
         stop_signal: list[str] = []

@@ -639,12 +639,14 @@ def _hello(processor: _Processor, session_info: bytes) -> None:
 def run_party(processor: _Processor,
               blocks: Iterable[tuple[int, int, AliceRecords | BobRecords]],
               progress: Callable[[KeyBlock], None] | None = None,
-              session_info: bytes = b"") -> PartyOutcome:
+              session_info: bytes = b"", *, keep_blocks: bool = True) -> PartyOutcome:
     """Run one party over a sequence of (block id, pulses, own records).
 
     ``session_info`` (public) must be the same on both sides, or the session is refused
     before any block: the simulated runs put the link parameters, seed and block size
-    there.
+    there. ``keep_blocks=False`` leaves ``outcome.blocks`` empty: a party that runs for
+    days and hands every block to ``progress`` must not keep each block's key bits in
+    memory (the KME key sources).
 
     A session-level abort stops the run and is recorded in ``run_abort``; the blocks
     already delivered stay delivered (each was authenticated on its own).
@@ -654,7 +656,8 @@ def run_party(processor: _Processor,
         _hello(processor, session_info)
         for block_id, pulses, records in blocks:
             block = processor.process_block(records, block_id, pulses)
-            outcome.blocks.append(block)
+            if keep_blocks:
+                outcome.blocks.append(block)
             if progress is not None:
                 progress(block)
             if block.meta.get("session_abort"):

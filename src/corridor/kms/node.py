@@ -120,6 +120,8 @@ from corridor.randomness import RandomSource
 _log = logging.getLogger(__name__)
 
 DEFAULT_CORRIDOR_RESOURCE = "default_corridor.toml"
+#: The corridors embedded in the package, by name (``corridor up --embedded NAME``).
+EMBEDDED_CORRIDORS = {"city": "city_corridor.toml", "two-site": DEFAULT_CORRIDOR_RESOURCE}
 UP_FILE_NAME = "corridor-up.json"
 LOCK_FILE_NAME = "corridor.lock"
 UP_OPERATOR = "operator"
@@ -502,8 +504,19 @@ def _parse_channel(entry: Mapping[str, Any], where: str, source: str
     return listen_side, address, seed
 
 
+def load_embedded(name: str) -> CorridorSpec:
+    """One of the corridors embedded in the package (:data:`EMBEDDED_CORRIDORS`)."""
+    if name not in EMBEDDED_CORRIDORS:
+        raise ParameterError("--embedded", name, f"one of {sorted(EMBEDDED_CORRIDORS)}")
+    resource = importlib.resources.files("corridor.kms").joinpath(EMBEDDED_CORRIDORS[name])
+    text = resource.read_text(encoding="utf-8")
+    where = Path(str(resource))
+    return parse_corridor(tomllib.loads(text), Path.cwd(),
+                          str(where) if where.is_file() else f"(embedded {name})")
+
+
 def load_corridor(path: str | os.PathLike[str] | None = None) -> CorridorSpec:
-    """Read a corridor file, or the embedded default when ``path`` is None."""
+    """Read a corridor file, or the embedded two-site default when ``path`` is None."""
     if path is None:
         text = importlib.resources.files("corridor.kms").joinpath(
             DEFAULT_CORRIDOR_RESOURCE).read_text(encoding="utf-8")
@@ -1223,5 +1236,5 @@ class Corridor:
 
 
 __all__ = ["Corridor", "CorridorSpec", "KmeNode", "KmeSite", "LinkSite",
-           "ensure_pki", "load_corridor", "load_pki", "make_source", "monitor_for",
+           "ensure_pki", "load_corridor", "load_embedded", "load_pki", "make_source", "monitor_for",
            "own_link_feeder_factories", "own_link_feeders", "parse_corridor"]

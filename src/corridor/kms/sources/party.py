@@ -496,7 +496,7 @@ class SimulatedLinkPartySource:
             self._confirm(processor, block)
 
         self._on_established()
-        outcome = run_party(processor, blocks(), progress, info)
+        outcome = run_party(processor, blocks(), progress, info, keep_blocks=False)
         if outcome.run_abort is None and self._stop.is_set():
             # Wakes a peer that would otherwise wait for our next message until timeout.
             processor.notify_peer("source_closed")

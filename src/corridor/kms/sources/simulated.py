@@ -219,7 +219,7 @@ class SimulatedLinkSource:
             self._party_done(block.block_id)
             self._put(self._out[side], block)
 
-        outcome = run_party(processor, blocks(), progress)
+        outcome = run_party(processor, blocks(), progress, keep_blocks=False)
         self._outcomes[side] = outcome
         if self._stop.is_set():
             # The two parties may see the stop between different blocks; the one that

@@ -33,7 +33,8 @@ function drawMap(snap) {
     const site = el("svg:g", {class: "site", "data-site": s.kme_id});
     site.appendChild(el("svg:circle", {cx: x, cy: y, r: 9, fill: s.reachable === false ? "#cf222e" : "#0969da"}));
     site.appendChild(el("svg:title", {}, s.reachable === false ? `${s.kme_id}: unreachable: ${s.error}` : `${s.kme_id}: ${s.url}`));
-    site.appendChild(el("svg:text", {x: x, y: y + 26, "font-size": 13, "text-anchor": "middle"},
+    const anchor = x < 170 ? "start" : x > 430 ? "end" : "middle";
+    site.appendChild(el("svg:text", {x: anchor === "start" ? x - 12 : anchor === "end" ? x + 12 : x, y: y + 26, "font-size": 13, "text-anchor": anchor},
       `${s.kme_id} (${s.site})${s.reachable === false ? " UNREACHABLE" : ""}`));
     g.appendChild(site);
   }
