@@ -104,6 +104,11 @@ def test_the_page_shows_every_site_and_link_and_updates_live(running: dict[str, 
                                    timeout=30_000)
             state = page.locator("#links tbody tr[data-link='link-ab'] td").nth(1).inner_text()
             assert "QBER" in state and "%" in state  # the colour's meaning in words
+            # Links coloured by key rate instead: the tooltip says it in words.
+            page.select_option("#colour-by", "rate")
+            title = page.locator("#map line[data-link='link-ab'] title").text_content() or ""
+            assert "key rate" in title and "% of the best link" in title
+            assert "alarm level" in page.locator("#chart-desc").inner_text()
             page.keyboard.press("Tab")  # keyboard reaches a control
             shots = os.environ.get("CORRIDOR_DASHBOARD_SCREENSHOT")
             if shots:

@@ -87,3 +87,15 @@ def test_a_kme_that_cannot_be_reached_is_shown_so(tmp_path: Path) -> None:
     [link] = snap["links"]
     assert link["level"] == "alarm" and "unreachable" in link["state"]
     assert "unreachable" in link["text"]
+
+
+def test_qber_is_judged_against_the_corridors_own_alarm_level() -> None:
+    from corridor.kms.node import load_embedded
+    from corridor.web.snapshot import qber_alarm_of, qber_level
+
+    assert qber_level(0.09) == ("alarm", "QBER 9.00 %: above the 8 % alarm level")
+    assert qber_level(0.07)[0] == "warn" and "6 % (the recovery level)" in qber_level(0.07)[1]
+    assert qber_level(0.01) == ("ok", "QBER 1.00 %: normal")
+    assert qber_level(0.01, alarm=0.009)[0] == "alarm"
+    assert qber_level(None)[0] == "none"
+    assert qber_alarm_of(load_embedded("city")) == 0.08

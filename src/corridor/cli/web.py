@@ -12,6 +12,7 @@ certificate of the same CA. It runs until Ctrl-C or SIGTERM (or ``--duration-s``
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Annotated, Any
 import typer
 
 from corridor.cli.common import OutputFormat, console, emit_json, handle_errors, read_up_file
-from corridor.errors import ParameterError
+from corridor.errors import CorridorError, ParameterError
 
 
 def _pick(entries: dict[str, Any], wanted: str | None, option: str, what: str) -> Any:
@@ -40,6 +41,7 @@ def source_from_config(config: Path, pki_dir: Path | None, operator: str | None)
     """A RemoteCorridor for the KMEs of a corridor file, and the dashboard certificate."""
     from corridor.kms.node import load_corridor, load_pki
     from corridor.web.remote import RemoteCorridor, RemoteKme, RemoteLink
+    from corridor.web.snapshot import qber_alarm_of
 
     spec = load_corridor(config)
     layout = load_pki(pki_dir or spec.pki_dir or Path("pki"))
@@ -54,15 +56,16 @@ def source_from_config(config: Path, pki_dir: Path | None, operator: str | None)
     links = [RemoteLink(link.link_id, link.alice_kme, link.bob_kme)
              for link in spec.links.values()]
     source = RemoteCorridor(spec.name, kmes, links, source_path=Path(str(spec.source_path)),
-                            certificates=layout.certificates())
+                            certificates=layout.certificates(), qber_alarm=qber_alarm_of(spec))
     return source, layout
 
 
 def source_from_up(up_file: Path, operator: str | None) -> Any:
     """A RemoteCorridor for the KMEs of a ``corridor-up.json``, and its PKI when found."""
-    from corridor.kms.node import load_pki
+    from corridor.kms.node import load_corridor, load_pki
     from corridor.kms.pki import MANIFEST_NAME
     from corridor.web.remote import RemoteCorridor, RemoteKme, RemoteLink
+    from corridor.web.snapshot import DEFAULT_QBER_ALARM, qber_alarm_of
 
     data = read_up_file(up_file, need_kmes=True)
     base = up_file.parent
@@ -86,8 +89,14 @@ def source_from_up(up_file: Path, operator: str | None) -> Any:
              for lk in data.get("links") or [] if isinstance(lk, dict)]
     layout = load_pki(ca.parent) if (ca.parent / MANIFEST_NAME).is_file() else None
     config = data.get("config")
+    config_path = Path(config) if isinstance(config, str) else None
+    # The corridor file, when it is still there, gives the map and the alarm level.
+    alarm = DEFAULT_QBER_ALARM
+    if config_path is not None and config_path.is_file():
+        with contextlib.suppress(CorridorError):
+            alarm = qber_alarm_of(load_corridor(config_path))
     source = RemoteCorridor(str(data.get("name", "corridor")), kmes, links,
-                            source_path=Path(config) if isinstance(config, str) else None,
+                            source_path=config_path, qber_alarm=alarm,
                             certificates=layout.certificates() if layout else
                             [("ca", "ca", ca)])
     return source, layout

@@ -36,7 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from corridor.errors import CorridorError
 from corridor.kms.client import KmeResponseError, OperatorClient
 from corridor.kms.operator import MAX_REASON_CHARS, check_reason
-from corridor.web.snapshot import qber_level, site_layout
+from corridor.web.snapshot import DEFAULT_QBER_ALARM, qber_level, site_layout
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,12 @@ class RemoteCorridor:
     def __init__(self, name: str, kmes: Sequence[RemoteKme], links: Sequence[RemoteLink], *,
                  source_path: Path | None = None,
                  certificates: Sequence[tuple[str, str, Path]] = (),
-                 timeout_s: float = 3.0) -> None:
+                 qber_alarm: float = DEFAULT_QBER_ALARM, timeout_s: float = 3.0) -> None:
         self.name = name
         self.kmes = list(kmes)
         self.links = list(links)
         self.source_path = source_path
+        self.qber_alarm = qber_alarm
         self._certificates = list(certificates)
         self._clients = {k.kme_id: OperatorClient(k.url, k.cert, k.key, k.ca,
                                                   expected_kme_id=k.kme_id, timeout_s=timeout_s)
@@ -142,7 +143,8 @@ class RemoteCorridor:
         alarms: list[dict[str, Any]] = []
         for link in self.links:
             links.append(self._link(link, answers, alarms))
-        return {"name": self.name, "time": time.time(), "sites": sites, "links": links,
+        return {"name": self.name, "time": time.time(), "qber_alarm": self.qber_alarm,
+                "sites": sites, "links": links,
                 "alarms": alarms, "relays": [], "hybrid": [], "mobility": {},
                 "inventory": None,
                 "remote": True}
@@ -185,7 +187,7 @@ class RemoteCorridor:
         state = states[0] if states else "unknown"
         if any("unreachable" in s for s in states):
             state = "; ".join(states)
-        level, text = qber_level(figures.get("qber"))
+        level, text = qber_level(figures.get("qber"), self.qber_alarm)
         if quarantined:
             level, text = "alarm", f"quarantined; {text}"
         elif "unreachable" in state or state == "dead":

@@ -21,21 +21,33 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-#: QBER above which a link is shown as alarming (the monitor's default alarm level).
-QBER_ALARM = 0.05
-#: QBER above which a link is shown as degraded.
-QBER_WARN = 0.03
+#: The LinkMonitor's QBER alarm level when the corridor file does not set one
+#: (``[monitor] qber_alarm_threshold``); the page uses the corridor's own.
+DEFAULT_QBER_ALARM = 0.08
+#: Warning level as a share of the alarm level: the monitor's recovery threshold
+#: (a quarantined link comes back only below it).
+WARN_SHARE = 0.75
 
 
-def qber_level(qber: float | None) -> tuple[str, str]:
-    """(level, text) for a QBER: the colour's meaning in words."""
+def qber_level(qber: float | None, alarm: float = DEFAULT_QBER_ALARM) -> tuple[str, str]:
+    """(level, text) for a QBER against the corridor's alarm level: the colour's meaning
+    in words."""
+    warn = WARN_SHARE * alarm
     if qber is None:
         return "none", "QBER not measured yet"
-    if qber > QBER_ALARM:
-        return "alarm", f"QBER {qber * 100:.2f} %: above the {QBER_ALARM * 100:.0f} % alarm level"
-    if qber > QBER_WARN:
-        return "warn", f"QBER {qber * 100:.2f} %: above {QBER_WARN * 100:.0f} %, watch it"
+    if qber > alarm:
+        return "alarm", (f"QBER {qber * 100:.2f} %: above the {alarm * 100:.3g} % alarm "
+                         "level")
+    if qber > warn:
+        return "warn", (f"QBER {qber * 100:.2f} %: above {warn * 100:.3g} % (the recovery "
+                        "level), watch it")
     return "ok", f"QBER {qber * 100:.2f} %: normal"
+
+
+def qber_alarm_of(spec: Any) -> float:
+    """The QBER alarm level of a corridor (its ``[monitor]`` table, else the default)."""
+    value = (getattr(spec, "monitor", None) or {}).get("qber_alarm_threshold")
+    return float(value) if isinstance(value, int | float) else DEFAULT_QBER_ALARM
 
 
 def site_layout(kmes: list[tuple[str, str]],
@@ -82,6 +94,7 @@ def snapshot(corridor: Any, *, hybrid: Any = None, mobility: Any = None,
              inventory: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the pages show, at this moment."""
     status = corridor.status()
+    alarm = qber_alarm_of(corridor.spec)
     pools: dict[str, list[dict[str, Any]]] = {}
     for pool in status["pools"]:
         pools.setdefault(pool["link_id"], []).append(
@@ -91,7 +104,7 @@ def snapshot(corridor: Any, *, hybrid: Any = None, mobility: Any = None,
     alarms = []
     for link in status["links"]:
         site = corridor.spec.links[link["link_id"]]
-        level, text = qber_level(link["last_qber"])
+        level, text = qber_level(link["last_qber"], alarm)
         if link["quarantined"]:
             level, text = "alarm", f"quarantined; {text}"
         link_pools = pools.get(link["link_id"], [])
@@ -111,7 +124,7 @@ def snapshot(corridor: Any, *, hybrid: Any = None, mobility: Any = None,
                            "recovery": "latched: an operator clears it" if alarm["latched"]
                            else "clears by itself after consecutive good blocks"})
     out: dict[str, Any] = {
-        "name": corridor.spec.name, "time": time.time(),
+        "name": corridor.spec.name, "time": time.time(), "qber_alarm": alarm,
         "sites": [{"kme_id": k, **pos, "url": corridor.nodes[k].url, "reachable": True,
                    "error": None}
                   for k, pos in site_positions(corridor).items()],
@@ -203,4 +216,5 @@ class History:
             return {k: list(v) for k, v in self._series.items()}
 
 
-__all__ = ["History", "LocalCorridor", "qber_level", "site_layout", "site_positions", "snapshot"]
+__all__ = ["DEFAULT_QBER_ALARM", "History", "LocalCorridor", "qber_alarm_of", "qber_level",
+           "site_layout", "site_positions", "snapshot"]

@@ -4,6 +4,7 @@ const $ = (id) => document.getElementById(id);
 const NS = "http://www.w3.org/2000/svg";
 let selected = null;
 let history = {};
+let qberAlarm = 0.08;
 
 function el(tag, attrs, text) {
   const node = tag.startsWith("svg:") ? document.createElementNS(NS, tag.slice(4)) : document.createElement(tag);
@@ -14,18 +15,39 @@ function el(tag, attrs, text) {
 const pct = (v) => (v === null || v === undefined) ? "-" : (v * 100).toFixed(2) + " %";
 const rate = (v) => (v === null || v === undefined) ? "-" : (v / 1000).toFixed(1) + " kbit/s";
 
+// How links are coloured: "qber" (state and QBER against the alarm level), "rate" (secret
+// key rate against the best link) or "fill" (pool utilisation); the width is the pool fill.
+let colourBy = "qber";
+function shade(share) {  // light to dark blue, with the number in the tooltip and the table
+  const v = Math.max(0, Math.min(1, share || 0));
+  return `hsl(212, 90%, ${78 - 50 * v}%)`;
+}
+
 function drawMap(snap) {
   const svg = $("map");
   svg.querySelectorAll("g").forEach((g) => g.remove());
   const pos = {};
   for (const s of snap.sites) pos[s.kme_id] = [40 + s.x * 520, 20 + s.y * 380];
   const g = el("svg:g");
+  const bestRate = Math.max(1, ...snap.links.map((l) => l.key_rate_bits_per_second || 0));
   for (const l of snap.links) {
     const [a, b] = [pos[l.alice_kme], pos[l.bob_kme]];
     if (!a || !b) continue;
-    const line = el("svg:line", {x1: a[0], y1: a[1], x2: b[0], y2: b[1], class: l.level,
-      "stroke-width": 3 + 6 * l.pool_fill, "data-link": l.link_id});
-    line.appendChild(el("svg:title", {}, `${l.link_id}: ${l.state}; ${l.text}; pool ${pct(l.pool_fill)} full`));
+    const attrs = {x1: a[0], y1: a[1], x2: b[0], y2: b[1], "stroke-width": 3 + 6 * l.pool_fill,
+      "data-link": l.link_id};
+    let words = `${l.state}; ${l.text}`;
+    if (colourBy === "rate") {
+      const share = (l.key_rate_bits_per_second || 0) / bestRate;
+      attrs.style = `stroke: ${shade(share)}`;
+      words = `key rate ${rate(l.key_rate_bits_per_second)} (${(share * 100).toFixed(0)} % of the best link); ${words}`;
+    } else if (colourBy === "fill") {
+      attrs.style = `stroke: ${shade(l.pool_fill)}`;
+      words = `pools ${pct(l.pool_fill)} full; ${words}`;
+    } else {
+      attrs.class = l.level;
+    }
+    const line = el("svg:line", attrs);
+    line.appendChild(el("svg:title", {}, `${l.link_id}: ${words}; pool ${pct(l.pool_fill)} full`));
     g.appendChild(line);
   }
   for (const s of snap.sites) {
@@ -67,18 +89,22 @@ function drawChart() {
   svg.replaceChildren();
   const points = history[selected] || [];
   $("chart-desc").textContent = points.length
-    ? `${selected}: QBER (line, left scale up to 10 %) and stored keys (area), last ${points.length} samples; latest QBER ${pct(points[points.length - 1].qber)}, ${points[points.length - 1].stored_keys} keys`
-    : "Select a link to chart its QBER (line) and stored keys (area).";
+    ? `${selected}: QBER (black line, scale up to ${pct(Math.max(0.1, 1.25 * qberAlarm))}; red dashes: the ${pct(qberAlarm)} alarm level), secret key rate (purple dashes, scale up to the highest shown) and stored keys (area), last ${points.length} samples; latest QBER ${pct(points[points.length - 1].qber)}, key rate ${rate(points[points.length - 1].key_rate)}, ${points[points.length - 1].stored_keys} keys`
+    : "Select a link to chart its QBER, key rate and stored keys.";
   if (points.length < 2) return;
   const t0 = points[0].t, t1 = points[points.length - 1].t || t0 + 1;
   const x = (t) => 10 + 580 * (t - t0) / Math.max(t1 - t0, 1e-9);
   const maxKeys = Math.max(1, ...points.map((p) => p.stored_keys));
   const area = points.map((p) => `${x(p.t)},${190 - 170 * p.stored_keys / maxKeys}`).join(" ");
   svg.appendChild(el("svg:polygon", {points: `10,190 ${area} ${x(t1)},190`, fill: "#c8e1ff"}));
-  const alarmY = 190 - 170 * 0.05 / 0.10;
+  const top = Math.max(0.1, 1.25 * qberAlarm);
+  const alarmY = 190 - 170 * qberAlarm / top;
   svg.appendChild(el("svg:line", {x1: 10, x2: 590, y1: alarmY, y2: alarmY, stroke: "#cf222e", "stroke-dasharray": "4 4"}));
-  const q = points.filter((p) => p.qber !== null).map((p) => `${x(p.t)},${190 - 170 * Math.min(p.qber, 0.1) / 0.1}`).join(" ");
+  const q = points.filter((p) => p.qber !== null).map((p) => `${x(p.t)},${190 - 170 * Math.min(p.qber, top) / top}`).join(" ");
   svg.appendChild(el("svg:polyline", {points: q, fill: "none", stroke: "#1b1b1b", "stroke-width": 2, class: "qber"}));
+  const maxRate = Math.max(1, ...points.map((p) => p.key_rate || 0));
+  const r = points.filter((p) => p.key_rate !== null && p.key_rate !== undefined).map((p) => `${x(p.t)},${190 - 170 * p.key_rate / maxRate}`).join(" ");
+  svg.appendChild(el("svg:polyline", {points: r, fill: "none", stroke: "#8250df", "stroke-width": 1.5, "stroke-dasharray": "6 3", class: "rate"}));
 }
 
 let alarmsShown = null;
@@ -176,6 +202,7 @@ function drawRest(snap) {
 }
 
 function render(snap) {
+  if (typeof snap.qber_alarm === "number") qberAlarm = snap.qber_alarm;
   $("title").textContent = `Corridor ${snap.name}`;
   document.title = `Corridor ${snap.name}`;
   for (const l of snap.links) {
@@ -192,10 +219,15 @@ function render(snap) {
   live.textContent = `live, updated ${new Date(snap.time * 1000).toISOString().slice(11, 19)} UTC`;
 }
 
+let lastSnap = null;
 async function start() {
+  $("colour-by").addEventListener("change", (event) => {
+    colourBy = event.target.value;
+    if (lastSnap) drawMap(lastSnap);
+  });
   history = await (await fetch("/api/history")).json();
   const source = new EventSource("/api/events");
-  source.onmessage = (event) => render(JSON.parse(event.data));
+  source.onmessage = (event) => { lastSnap = JSON.parse(event.data); render(lastSnap); };
   source.onerror = () => { $("live").textContent = "connection lost, retrying ..."; $("live").classList.add("stale"); };
 }
 start();
