@@ -656,6 +656,9 @@ def run_party(processor: _Processor,
         _hello(processor, session_info)
         for block_id, pulses, records in blocks:
             block = processor.process_block(records, block_id, pulses)
+            # The records of a block are hundreds of MB at 1e9 pulses: let them go now,
+            # not when the next block arrives (a link waiting for its turn held them).
+            del records
             if keep_blocks:
                 outcome.blocks.append(block)
             if progress is not None:

@@ -479,6 +479,7 @@ class SimulatedLinkPartySource:
                 pulses = records.pulses
                 del records
                 yield block_id, pulses, own
+                del own  # not held while the next block is simulated
                 block_id += 1
                 rest_s = self.block_interval_s - (time.monotonic() - started)
                 if rest_s > 0:

@@ -214,6 +214,7 @@ class SimulatedLinkSource:
                 if item is None or self._stop.is_set():
                     return
                 yield item
+                del item  # not held while waiting for the next block
 
         def progress(block: KeyBlock) -> None:
             self._party_done(block.block_id)
