@@ -1,8 +1,9 @@
 """``corridor up``: a whole corridor on this machine with one command.
 
-This module owns the ``up`` command: it starts the KMEs of a corridor file (the
-embedded default: two KMEs on 127.0.0.1, one simulated link feeding them, two SAEs)
-with :class:`corridor.kms.node.Corridor`, writes ``corridor-up.json`` into the working
+This module owns the ``up`` command: it starts the KMEs of a corridor file (by default
+the embedded city corridor, eight KMEs on 127.0.0.1 and ten simulated links;
+``--embedded two-site`` two KMEs, one link, two SAEs) with
+:class:`corridor.kms.node.Corridor`, writes ``corridor-up.json`` into the working
 directory, prints the commands that fetch a key from one KME and the same key by ID
 from the other (``corridor sae`` and curl), shows a live status until Ctrl-C, SIGTERM or
 ``--duration-s``, and stops cleanly (feeders joined, servers closed, stores closed,
