@@ -50,6 +50,18 @@ function drawMap(snap) {
     line.appendChild(el("svg:title", {}, `${l.link_id}: ${words}; pool ${pct(l.pool_fill)} full`));
     g.appendChild(line);
   }
+  // Relays: the hops of each path a relay's key shares take (in flight: solid purple;
+  // the last ones that ended: faint), over the links.
+  for (const r of (snap.relays || []).filter((item) => item.role === "master")) {
+    for (const path of r.paths || []) {
+      const points = path.map((kme) => pos[kme]).filter((p) => p);
+      if (points.length < 2) continue;
+      const line = el("svg:polyline", {points: points.map((p) => p.join(",")).join(" "),
+        class: r.state === "in_flight" ? "relay in-flight" : "relay", "data-relay": r.relay_id});
+      line.appendChild(el("svg:title", {}, `relay ${r.relay_id.slice(0, 8)} (${r.state}): ${path.join(" > ")}, ${r.count} key(s) for ${r.master_SAE_ID}`));
+      g.appendChild(line);
+    }
+  }
   for (const s of snap.sites) {
     const [x, y] = pos[s.kme_id];
     const site = el("svg:g", {class: "site", "data-site": s.kme_id});
