@@ -12,26 +12,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
-import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from corridor.kms.audit import verify_audit_log
 from corridor.kms.crypto import load_kek
 from corridor.kms.node import DEFAULT_CORRIDOR_RESOURCE
-from tests.web.test_dashboard import CHROMIUM
+from tests.web.up_harness import CHROMIUM, CORRIDOR, ENV, client, need_chromium, running_up
 
-CORRIDOR = [str(Path(sys.executable).parent / "corridor")]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 DEFAULT_TOML = Path(__file__).resolve().parents[2] / "src" / "corridor" / "kms" / \
     DEFAULT_CORRIDOR_RESOURCE
 
@@ -51,24 +45,8 @@ def _alarming_corridor(path: Path) -> Path:
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     cwd = tmp_path_factory.mktemp("alarms")
     config = _alarming_corridor(cwd / "corridor.toml")
-    process = subprocess.Popen([*CORRIDOR, "up", "--config", str(config), "--workdir", "run",
-                                "--duration-s", "150", "--no-mobility",
-                                "--status-interval-s", "5"], cwd=cwd, env=ENV,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    up_file = cwd / "run" / "corridor-up.json"
-    deadline = time.monotonic() + 60
-    while not (up_file.is_file() and "dashboard_url" in up_file.read_text()):
-        assert process.poll() is None, process.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, "no dashboard_url in corridor-up.json"
-        time.sleep(0.1)
-    up = json.loads(up_file.read_text())
-    try:
-        yield {"cwd": cwd, "up": up, "url": up["dashboard_url"], "pki": cwd / "run" / "pki",
-               "up_file": up_file}
-    finally:
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
-        assert process.returncode == 0, err[-2000:]
+    with running_up(cwd, "--config", str(config), "--duration-s", "150") as up:
+        yield up
 
 
 def _audit_entries(run: Path, kme_id: str) -> list[dict[str, Any]]:
@@ -86,10 +64,7 @@ def _when(entry: dict[str, Any]) -> float:
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_quarantine_shows_within_2_s_and_an_operator_clears_it(running: dict[str, Any]) -> None:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"no chromium at {CHROMIUM} under CI=true (scripts/test installs it)")
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    need_chromium()
     from playwright.sync_api import sync_playwright
 
     url, pki, run = running["url"], running["pki"], running["cwd"] / "run"
@@ -130,12 +105,6 @@ def test_quarantine_shows_within_2_s_and_an_operator_clears_it(running: dict[str
     assert cleared[0]["fields"]["operator_reason"] == reason
 
 
-def _client(pki: Path, who: str) -> httpx.Client:
-    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-    context.load_cert_chain(str(pki / who / "cert.pem"), str(pki / who / "key.pem"))
-    return httpx.Client(verify=context, timeout=10)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_corridor_web_watches_the_kmes_from_outside(running: dict[str, Any]) -> None:
@@ -152,7 +121,7 @@ def test_corridor_web_watches_the_kmes_from_outside(running: dict[str, Any]) -> 
             text += line
         url = json.loads(text)["dashboard_url"]
         assert url != running["url"]
-        with _client(pki, "operator/operator") as op:
+        with client(pki, "operator/operator") as op:
             deadline = time.monotonic() + 60
             while True:
                 snap = op.get(url + "api/snapshot").json()
