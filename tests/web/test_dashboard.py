@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.web.up_harness import CHROMIUM, client, need_chromium, running_up
+from tests.web.up_harness import client, operator_page, running_up
 
 
 @pytest.fixture(scope="module")
@@ -42,40 +42,29 @@ def test_only_operator_certificates_open_it(running: dict[str, Any]) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_page_shows_every_site_and_link_and_updates_live(running: dict[str, Any]) -> None:
-    need_chromium()
-    from playwright.sync_api import sync_playwright
-
     url, pki = running["url"], running["pki"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            context = browser.new_context(ignore_https_errors=True, client_certificates=[{
-                "origin": url.rstrip("/"), "certPath": str(pki / "operator/operator/cert.pem"),
-                "keyPath": str(pki / "operator/operator/key.pem")}])
-            page = context.new_page()
-            page.goto(url)
-            page.wait_for_selector("#map line[data-link]", state="attached", timeout=10_000)
-            assert page.locator("#map .site").count() == 2
-            assert page.locator("#map line[data-link='link-ab']").count() == 1
-            assert page.locator("#links tbody tr[data-link='link-ab']").count() == 1
-            first = float(page.locator("#live").get_attribute("data-time") or 0)
-            page.wait_for_function(
-                f"Number(document.getElementById('live').dataset.time) > {first}",
-                timeout=3_000)  # a new snapshot within 3 s, no reload
-            page.wait_for_function("document.querySelector('#links tbody td.ok, "
-                                   "#links tbody td.warn, #links tbody td.alarm') !== null",
-                                   timeout=30_000)
-            state = page.locator("#links tbody tr[data-link='link-ab'] td").nth(1).inner_text()
-            assert "QBER" in state and "%" in state  # the colour's meaning in words
-            # Links coloured by key rate instead: the tooltip says it in words.
-            page.select_option("#colour-by", "rate")
-            title = page.locator("#map line[data-link='link-ab'] title").text_content() or ""
-            assert "key rate" in title and "% of the best link" in title
-            assert "alarm level" in page.locator("#chart-desc").inner_text()
-            page.keyboard.press("Tab")  # keyboard reaches a control
-            shots = os.environ.get("CORRIDOR_DASHBOARD_SCREENSHOT")
-            if shots:
-                page.wait_for_timeout(3_000)
-                page.screenshot(path=shots, full_page=True)
-        finally:
-            browser.close()
+    with operator_page(url, pki) as page:
+        page.goto(url)
+        page.wait_for_selector("#map line[data-link]", state="attached", timeout=10_000)
+        assert page.locator("#map .site").count() == 2
+        assert page.locator("#map line[data-link='link-ab']").count() == 1
+        assert page.locator("#links tbody tr[data-link='link-ab']").count() == 1
+        first = float(page.locator("#live").get_attribute("data-time") or 0)
+        page.wait_for_function(
+            f"Number(document.getElementById('live').dataset.time) > {first}",
+            timeout=3_000)  # a new snapshot within 3 s, no reload
+        page.wait_for_function("document.querySelector('#links tbody td.ok, "
+                               "#links tbody td.warn, #links tbody td.alarm') !== null",
+                               timeout=30_000)
+        state = page.locator("#links tbody tr[data-link='link-ab'] td").nth(1).inner_text()
+        assert "QBER" in state and "%" in state  # the colour's meaning in words
+        # Links coloured by key rate instead: the tooltip says it in words.
+        page.select_option("#colour-by", "rate")
+        title = page.locator("#map line[data-link='link-ab'] title").text_content() or ""
+        assert "key rate" in title and "% of the best link" in title
+        assert "alarm level" in page.locator("#chart-desc").inner_text()
+        page.keyboard.press("Tab")  # keyboard reaches a control
+        shots = os.environ.get("CORRIDOR_DASHBOARD_SCREENSHOT")
+        if shots:
+            page.wait_for_timeout(3_000)
+            page.screenshot(path=shots, full_page=True)

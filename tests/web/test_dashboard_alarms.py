@@ -24,7 +24,7 @@ import pytest
 from corridor.kms.audit import verify_audit_log
 from corridor.kms.crypto import load_kek
 from corridor.kms.node import DEFAULT_CORRIDOR_RESOURCE
-from tests.web.up_harness import CHROMIUM, CORRIDOR, ENV, client, need_chromium, running_up
+from tests.web.up_harness import CORRIDOR, ENV, client, operator_page, running_up
 
 DEFAULT_TOML = Path(__file__).resolve().parents[2] / "src" / "corridor" / "kms" / \
     DEFAULT_CORRIDOR_RESOURCE
@@ -64,42 +64,31 @@ def _when(entry: dict[str, Any]) -> float:
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_quarantine_shows_within_2_s_and_an_operator_clears_it(running: dict[str, Any]) -> None:
-    need_chromium()
-    from playwright.sync_api import sync_playwright
-
     url, pki, run = running["url"], running["pki"], running["cwd"] / "run"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            context = browser.new_context(ignore_https_errors=True, client_certificates=[{
-                "origin": url.rstrip("/"), "certPath": str(pki / "operator/operator/cert.pem"),
-                "keyPath": str(pki / "operator/operator/key.pem")}])
-            page = context.new_page()
-            page.goto(url)
-            page.wait_for_selector("#links tbody tr[data-link='link-ab']", timeout=10_000)
-            assert page.locator("#alarms li.alarm").count() == 0, "alarm before the window"
-            page.wait_for_selector("#alarms li.alarm[data-link='link-ab']", timeout=60_000)
-            seen_at = time.time()
-            quarantined = [e for e in _audit_entries(run, "kme-a")
-                           if e["event"] == "link_quarantined"]
-            assert quarantined, "the page shows an alarm the audit trail does not have"
-            delay_s = seen_at - _when(quarantined[0])
-            assert delay_s < 2.0, f"alarm shown {delay_s:.2f} s after the quarantine"
-            alarm_text = page.locator("#alarms li.alarm").first.inner_text()
-            assert "qber_trend" in alarm_text and "recovery" in alarm_text
-            # The operator clears it with a reason; the audit panel shows who and why.
-            reason = "alarm level set below the link's QBER on purpose (test)"
-            page.fill("#alarms li.alarm input[name='reason']", reason)
-            page.click("#alarms li.alarm button")
-            page.wait_for_function("document.getElementById('live').textContent"
-                                   ".includes('cleared link-ab as operator')", timeout=5_000)
-            row = page.locator("#audit tbody tr", has_text="link_cleared").first
-            row.wait_for(timeout=5_000)
-            assert "operator=operator" in row.inner_text() and reason[:40] in row.inner_text()
-            chains = page.locator("#chains li").all_inner_texts()
-            assert len(chains) == 2 and all("chain verified" in c for c in chains)
-        finally:
-            browser.close()
+    with operator_page(url, pki) as page:
+        page.goto(url)
+        page.wait_for_selector("#links tbody tr[data-link='link-ab']", timeout=10_000)
+        assert page.locator("#alarms li.alarm").count() == 0, "alarm before the window"
+        page.wait_for_selector("#alarms li.alarm[data-link='link-ab']", timeout=60_000)
+        seen_at = time.time()
+        quarantined = [e for e in _audit_entries(run, "kme-a")
+                       if e["event"] == "link_quarantined"]
+        assert quarantined, "the page shows an alarm the audit trail does not have"
+        delay_s = seen_at - _when(quarantined[0])
+        assert delay_s < 2.0, f"alarm shown {delay_s:.2f} s after the quarantine"
+        alarm_text = page.locator("#alarms li.alarm").first.inner_text()
+        assert "qber_trend" in alarm_text and "recovery" in alarm_text
+        # The operator clears it with a reason; the audit panel shows who and why.
+        reason = "alarm level set below the link's QBER on purpose (test)"
+        page.fill("#alarms li.alarm input[name='reason']", reason)
+        page.click("#alarms li.alarm button")
+        page.wait_for_function("document.getElementById('live').textContent"
+                               ".includes('cleared link-ab as operator')", timeout=5_000)
+        row = page.locator("#audit tbody tr", has_text="link_cleared").first
+        row.wait_for(timeout=5_000)
+        assert "operator=operator" in row.inner_text() and reason[:40] in row.inner_text()
+        chains = page.locator("#chains li").all_inner_texts()
+        assert len(chains) == 2 and all("chain verified" in c for c in chains)
     cleared = [e for e in _audit_entries(run, "kme-a") if e["event"] == "link_cleared"]
     assert cleared and cleared[0]["fields"]["operator"] == "operator"
     assert cleared[0]["fields"]["operator_reason"] == reason

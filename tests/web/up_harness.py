@@ -64,3 +64,20 @@ def need_chromium() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"no chromium at {CHROMIUM} under CI=true (scripts/test installs it)")
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+
+
+@contextmanager
+def operator_page(url: str, pki: Path) -> Iterator[Any]:
+    """A Chromium page (Playwright) that presents the operator's certificate to ``url``."""
+    need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            context = browser.new_context(ignore_https_errors=True, client_certificates=[{
+                "origin": url.rstrip("/"), "certPath": str(pki / "operator/operator/cert.pem"),
+                "keyPath": str(pki / "operator/operator/key.pem")}])
+            yield context.new_page()
+        finally:
+            browser.close()
