@@ -110,3 +110,18 @@ def test_not_a_corridor_up_file(tmp_path: Path) -> None:
     with pytest.raises(ParameterError) as info:
         collect_evidence(tmp_path / "x.json")
     assert str(info.value).startswith("FILE")
+
+
+def test_the_dashboard_listener_and_certificate_are_inventoried(tmp_path: Path) -> None:
+    from corridor.inventory.scan_corridor import up_findings
+    from corridor.kms.pki import init_pki
+
+    layout = init_pki(tmp_path / "pki", ["kme-a"], [], dashboards=["dashboard"])
+    up = {"ca_cert": "pki/ca.pem", "kmes": [], "dashboard_url": "https://127.0.0.1:9/",
+          "dashboard_cert": str(layout.dashboards["dashboard"].cert.relative_to(tmp_path))}
+    result = up_findings(str(tmp_path / "corridor-up.json"), up)
+    groups = [f for f in result.findings if f.field == "dashboard_url"]
+    assert groups and all(f.detail.startswith("dashboard TLS accepts") for f in groups)
+    assert any("MLKEM" in f.detail for f in groups)
+    certs = [f for f in result.findings if f.location.endswith("dashboard/dashboard/cert.pem")]
+    assert certs and {f.algorithm for f in certs} >= {"ECDSA"}

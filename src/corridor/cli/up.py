@@ -413,6 +413,7 @@ def _start_dashboard(corridor: Corridor, hybrid: CorridorSessions, mobility: UpM
     dashboard = Dashboard(LocalCorridor(corridor, hybrid=hybrid, mobility=mobility,
                                         inventory=inventory))
     corridor.up_extra["dashboard_url"] = dashboard.start(paths.cert, paths.key, pki.ca_cert)
+    corridor.up_extra["dashboard_cert"] = os.path.relpath(paths.cert, corridor.workdir)
     return dashboard
 
 

@@ -79,7 +79,7 @@ def _hybrid(location: str, pair: str, policy: str, where: dict[str, Any], method
 
 
 def _tls_groups(location: str, kme_id: str, groups: str | None, where: dict[str, Any],
-                method: str, note: str = "") -> list[Finding]:
+                method: str, note: str = "", what: str = "KME") -> list[Finding]:
     names = (groups or "").split(":") if groups else ["X25519", "P-256"]
     found = []
     for name in names:
@@ -91,7 +91,8 @@ def _tls_groups(location: str, kme_id: str, groups: str | None, where: dict[str,
         found.append(Finding("corridor", location, named.algorithm, method,
                              key_size_bits=named.key_size_bits, curve=named.curve,
                              usage="key-exchange",
-                             detail=f"KME {kme_id} TLS accepts {name}{note}", **where))
+                             detail=f"{what} {kme_id}".rstrip() + f" TLS accepts {name}{note}",
+                             **where))
     return found
 
 
@@ -155,6 +156,7 @@ def up_findings(location: str, data: dict[str, Any], *, live: bool = False,
     certs: list[Any] = [data.get("ca_cert")]
     certs += [s.get("cert") for s in data.get("saes") or [] if isinstance(s, dict)]
     certs += [o.get("cert") for o in data.get("operators") or [] if isinstance(o, dict)]
+    certs.append(data.get("dashboard_cert"))
     for value in dict.fromkeys(c for c in certs if isinstance(c, str)):
         _cert_file(base, value, result)
     for kme in data.get("kmes") or []:
@@ -167,6 +169,17 @@ def up_findings(location: str, data: dict[str, Any], *, live: bool = False,
                                        "up`; --live checks by handshake)")
         if live:
             url = urlsplit(kme["base_url"])
+            if url.hostname and url.port:
+                result.extend(scan_endpoint(url.hostname, url.port, timeout_s=timeout_s))
+    dashboard = data.get("dashboard_url")
+    if isinstance(dashboard, str):
+        # The operator's dashboard listens on the KMEs' TLS stack with its defaults.
+        result.findings += _tls_groups(location, "", DEFAULT_TLS_GROUPS,
+                                       {"field": "dashboard_url"}, _METHOD_UP,
+                                       " (the default tls_groups of the dashboard's listener; "
+                                       "--live checks by handshake)", what="dashboard")
+        if live:
+            url = urlsplit(dashboard)
             if url.hostname and url.port:
                 result.extend(scan_endpoint(url.hostname, url.port, timeout_s=timeout_s))
     for link in data.get("links") or []:
