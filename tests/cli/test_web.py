@@ -43,6 +43,7 @@ def _up_file(tmp_path: Path, *, dashboards: list[str]) -> Path:
     (["--from-up", "corridor-up.json", "--interval-s", "0"], "--interval-s"),
     (["--from-up", "corridor-up.json", "--cert", "c.pem"], "--key"),
     (["--from-up", "corridor-up.json", "--operator", "nobody"], "--operator"),
+    (["--from-up", "corridor-up.json", "--inventory", "missing.json"], "--inventory"),
 ])
 def test_bad_input_is_one_line_naming_the_field(tmp_path: Path, args: list[str],
                                                 field: str) -> None:

@@ -3,7 +3,7 @@ showing who and why; the same through ``corridor web --from-up`` watching the KM
 outside.
 
 The corridor is the embedded two-site default with a QBER alarm level below what its
-link measures (about 1 %): once the trend window of 12 blocks (one block every 0.5 s)
+link measures (about 1 %): once the trend window of 20 blocks (one block every 0.5 s)
 is full, the monitor raises ``qber_trend`` and quarantines the link, a few seconds after
 the page is open.
 """
@@ -33,7 +33,7 @@ DEFAULT_TOML = Path(__file__).resolve().parents[2] / "src" / "corridor" / "kms" 
 def _alarming_corridor(path: Path) -> Path:
     text = DEFAULT_TOML.read_text()
     for old, new in (("qber_alarm_threshold = 0.08", "qber_alarm_threshold = 0.009"),
-                     ("trend_window_blocks = 5", "trend_window_blocks = 12"),
+                     ("trend_window_blocks = 5", "trend_window_blocks = 20"),
                      ("block_interval_s = 0.0", "block_interval_s = 0.5")):
         assert old in text
         text = text.replace(old, new)
@@ -69,8 +69,16 @@ def test_quarantine_shows_within_2_s_and_an_operator_clears_it(running: dict[str
         page.goto(url)
         page.wait_for_selector("#links tbody tr[data-link='link-ab']", timeout=10_000)
         assert page.locator("#alarms li.alarm").count() == 0, "alarm before the window"
+        # The page notes when the alarm appears (wall clock, this machine): what the
+        # operator sees, not when the test harness gets round to looking.
+        page.evaluate("""() => { window.alarmSeenMs = null;
+            new MutationObserver(() => {
+              if (window.alarmSeenMs === null && document.querySelector("#alarms li.alarm"))
+                window.alarmSeenMs = Date.now();
+            }).observe(document.getElementById("alarms"), {childList: true, subtree: true});
+        }""")
         page.wait_for_selector("#alarms li.alarm[data-link='link-ab']", timeout=60_000)
-        seen_at = time.time()
+        seen_at = page.evaluate("window.alarmSeenMs") / 1000
         quarantined = [e for e in _audit_entries(run, "kme-a")
                        if e["event"] == "link_quarantined"]
         assert quarantined, "the page shows an alarm the audit trail does not have"
@@ -98,7 +106,10 @@ def test_quarantine_shows_within_2_s_and_an_operator_clears_it(running: dict[str
 @pytest.mark.timeout(150)
 def test_corridor_web_watches_the_kmes_from_outside(running: dict[str, Any]) -> None:
     cwd, pki = running["cwd"], running["pki"]
+    summary = {"assets": 3, "by_risk": {"high": 2, "low": 1}, "by_vulnerability": {}}
+    (cwd / "inventory.json").write_text(json.dumps({"summary": summary}))
     web = subprocess.Popen([*CORRIDOR, "web", "--from-up", str(running["up_file"]),
+                            "--inventory", "inventory.json",
                             "--duration-s", "90", "--format", "json"], cwd=cwd, env=ENV,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -118,7 +129,7 @@ def test_corridor_web_watches_the_kmes_from_outside(running: dict[str, Any]) -> 
                     break
                 assert time.monotonic() < deadline, "no alarm seen from outside"
                 time.sleep(0.5)
-            assert snap["remote"] is True
+            assert snap["remote"] is True and snap["inventory"] == summary
             assert {s["kme_id"]: s["reachable"] for s in snap["sites"]} == \
                 {"kme-a": True, "kme-b": True}
             link = snap["links"][0]

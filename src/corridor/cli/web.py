@@ -119,6 +119,9 @@ def web_command(
     key: Annotated[Path | None, typer.Option("--key", help="Its private key.")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port (0: any free one).")] = 0,
+    inventory: Annotated[Path | None, typer.Option(
+        "--inventory", help="An inventory JSON (corridor inventory scan --format json) "
+        "whose risk summary the dashboard shows.")] = None,
     interval_s: Annotated[float, typer.Option(
         "--interval-s", help="Seconds between two samples of the KMEs.")] = 1.0,
     duration_s: Annotated[float | None, typer.Option(
@@ -147,6 +150,10 @@ def web_command(
         else:
             assert from_up is not None
             source, layout = source_from_up(from_up, operator)
+        if inventory is not None:
+            from corridor.web.kpis import read_inventory_summary
+
+            source.inventory = read_inventory_summary(inventory, "--inventory")
         if cert is None or key is None:
             if layout is None:
                 raise ParameterError("--cert", None, "a dashboard server certificate "

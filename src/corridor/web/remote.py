@@ -89,12 +89,14 @@ class RemoteCorridor:
     def __init__(self, name: str, kmes: Sequence[RemoteKme], links: Sequence[RemoteLink], *,
                  source_path: Path | None = None,
                  certificates: Sequence[tuple[str, str, Path]] = (),
-                 qber_alarm: float = DEFAULT_QBER_ALARM, timeout_s: float = 3.0) -> None:
+                 qber_alarm: float = DEFAULT_QBER_ALARM,
+                 inventory: dict[str, Any] | None = None, timeout_s: float = 3.0) -> None:
         self.name = name
         self.kmes = list(kmes)
         self.links = list(links)
         self.source_path = source_path
         self.qber_alarm = qber_alarm
+        self.inventory = inventory
         self._certificates = list(certificates)
         self._clients = {k.kme_id: OperatorClient(k.url, k.cert, k.key, k.ca,
                                                   expected_kme_id=k.kme_id, timeout_s=timeout_s)
@@ -146,8 +148,7 @@ class RemoteCorridor:
         return {"name": self.name, "time": time.time(), "qber_alarm": self.qber_alarm,
                 "sites": sites, "links": links,
                 "alarms": alarms, "relays": [], "hybrid": [], "mobility": {},
-                "inventory": None,
-                "remote": True}
+                "inventory": self.inventory, "remote": True}
 
     def _link(self, link: RemoteLink, answers: dict[str, Any],
               alarms: list[dict[str, Any]]) -> dict[str, Any]:
