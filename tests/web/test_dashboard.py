@@ -58,6 +58,12 @@ def test_the_page_shows_every_site_and_link_and_updates_live(running: dict[str, 
                                timeout=30_000)
         state = page.locator("#links tbody tr[data-link='link-ab'] td").nth(1).inner_text()
         assert "QBER" in state and "%" in state  # the colour's meaning in words
+        # The selected link's chart grows by a sample with each snapshot, no reload.
+        points = page.locator("#chart polyline.qber").get_attribute("points") or ""
+        page.wait_for_function(
+            "(before) => (document.querySelector('#chart polyline.qber')"
+            ".getAttribute('points') || '').split(' ').length > before",
+            arg=len(points.split(" ")), timeout=5_000)
         # Links coloured by key rate instead: the tooltip says it in words.
         page.select_option("#colour-by", "rate")
         title = page.locator("#map line[data-link='link-ab'] title").text_content() or ""
