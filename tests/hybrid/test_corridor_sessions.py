@@ -105,3 +105,37 @@ def test_an_empty_pool_shows_as_a_refusal_under_both_required(tmp_path: Path) ->
             assert "error=qkd_key_unavailable" in status_line(corridor, hybrid)
         finally:
             hybrid.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_degraded_session_takes_the_qkd_key_once_the_link_is_back(
+        tmp_path: Path, keys_dir: Path) -> None:
+    """Policy ``any`` on a quarantined link: PQC alone (degraded); once an operator
+    clears the link, the session re-keys within ``upgrade_after_s`` with QKD + PQC,
+    long before the pair's own limit (an hour)."""
+    spec = _spec(keys_dir, policy="any", rekey_after_s=3600.0)
+    with Corridor(spec, tmp_path / "run", host="127.0.0.1") as corridor:
+        assert corridor.monitor is not None
+        corridor.monitor.observe_block("link-ab", 10**6, aborted_reason="authentication_failed",
+                                       qber=None, secret_bits=0)
+        assert corridor.monitor.is_quarantined("link-ab")
+        hybrid = CorridorSessions(corridor)
+        try:
+            hybrid.start(heartbeat_interval_s=0.1, retry_interval_s=0.2, upgrade_after_s=0.5)
+            _wait(lambda: hybrid.status()[0]["generation"] is not None)
+            [first] = hybrid.status()
+            assert first["state"] == "degraded" and first["inputs"] == ["pqc"]
+            assert any(m.startswith("qkd") for m in first["missing"])
+            time.sleep(1.5)  # still quarantined: upgrade attempts stay degraded
+            assert hybrid.status()[0]["inputs"] == ["pqc"]
+            corridor.monitor.clear("link-ab", "operator", reason="test: link is back")
+            _wait(lambda: hybrid.status()[0]["inputs"] == ["qkd", "pqc"], timeout_s=20)
+            [upgraded] = hybrid.status()
+            assert upgraded["state"] == "established" and upgraded["missing"] == []
+            assert upgraded["generation"] > first["generation"]
+            # Once nothing is missing it waits for the pair's limits again.
+            generation = upgraded["generation"]
+            time.sleep(1.5)
+            assert hybrid.status()[0]["generation"] == generation
+        finally:
+            hybrid.close()

@@ -8,7 +8,12 @@ certificate. The initiator counts a heartbeat of ``heartbeat_bytes`` as protecte
 traffic every ``heartbeat_interval_s`` and re-keys after the pair's
 ``rekey_after_bytes`` or ``rekey_after_s``. A handshake the policy refuses, or that
 fails, is retried every ``retry_interval_s`` and shows in :meth:`BackgroundSession.status`
-until one succeeds. Decisions go to each side's :class:`~corridor.hybrid.policy.DecisionRecorder`.
+until one succeeds. A generation that its policy let through *degraded* (an input
+missing: no QKD key yet, a quarantined link) is re-keyed after ``upgrade_after_s``
+(30 s) rather than at the pair's limits, so that the session takes the missing input as
+soon as it exists instead of running without it for up to ``rekey_after_s``; each such
+attempt is a decision like any other, audited. Decisions go to each side's
+:class:`~corridor.hybrid.policy.DecisionRecorder`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +48,9 @@ class BackgroundSession:
         initiator_recorder, responder_recorder: where each side's decisions go.
         link_check: returns a reason (``link_quarantined``) while the link feeding the
             pool must not be used, else None.
+        heartbeat_bytes, heartbeat_interval_s: the protected traffic counted.
+        retry_interval_s: wait before retrying a refused or failed handshake.
+        upgrade_after_s: re-key a degraded generation after this long (module docstring).
     """
 
     def __init__(self, pair: HybridPairConfig, initiator_client: SaeClient,
@@ -49,7 +58,7 @@ class BackgroundSession:
                  responder_recorder: DecisionRecorder,
                  link_check: Callable[[], str | None] | None = None,
                  heartbeat_bytes: int = 4096, heartbeat_interval_s: float = 1.0,
-                 retry_interval_s: float = 5.0) -> None:
+                 retry_interval_s: float = 5.0, upgrade_after_s: float = 30.0) -> None:
         self.pair = pair
         self._clients = (initiator_client, responder_client)
         self._qkd_i = KmeQkdKeys(initiator_client, link_check=link_check)
@@ -69,8 +78,10 @@ class BackgroundSession:
         self.heartbeat_bytes = heartbeat_bytes
         self.heartbeat_interval_s = heartbeat_interval_s
         self.retry_interval_s = retry_interval_s
+        self.upgrade_after_s = upgrade_after_s
         self._lock = threading.Lock()
         self._last: SessionRecord | None = None
+        self._last_at = 0.0
         self._outcomes: Counter[str] = Counter()
         self._last_error: str | None = None
         self._stop = threading.Event()
@@ -83,6 +94,7 @@ class BackgroundSession:
     def _on_record(self, record: SessionRecord) -> None:
         with self._lock:
             self._last = record
+            self._last_at = time.monotonic()
             self._outcomes[record.outcome] += 1
             self._last_error = None
 
@@ -100,6 +112,8 @@ class BackgroundSession:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                if self._upgrade_due():
+                    self.session.rekey()
                 self.session.use(self.heartbeat_bytes)
                 wait_s = self.heartbeat_interval_s
             except HybridSessionError as exc:
@@ -117,6 +131,14 @@ class BackgroundSession:
                     self._last_error = type(exc).__name__
                 wait_s = self.retry_interval_s
             self._stop.wait(wait_s)
+
+    def _upgrade_due(self) -> bool:
+        """A degraded generation (an input missing) has run for ``upgrade_after_s``."""
+        with self._lock:
+            last, since = self._last, self._last_at
+        return (last is not None and bool(last.missing)
+                and self.session.holder.current is not None
+                and time.monotonic() - since >= self.upgrade_after_s)
 
     def status(self) -> dict[str, Any]:
         """Public state: the current generation's record, rotations, decisions so far."""
