@@ -90,7 +90,7 @@ def test_quarantine_shows_within_2_s_and_an_operator_clears_it(running: dict[str
         reason = "alarm level set below the link's QBER on purpose (test)"
         page.fill("#alarms li.alarm input[name='reason']", reason)
         page.click("#alarms li.alarm button")
-        page.wait_for_function("document.getElementById('live').textContent"
+        page.wait_for_function("document.getElementById('notice').textContent"
                                ".includes('cleared link-ab as operator')", timeout=5_000)
         row = page.locator("#audit tbody tr", has_text="link_cleared").first
         row.wait_for(timeout=5_000)

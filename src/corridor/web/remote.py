@@ -166,7 +166,7 @@ class RemoteCorridor:
             for entry in alarm_answer.get("links") or []:
                 if entry.get("link_id") != link.link_id:
                     continue
-                states.append(str(entry.get("state")))
+                states.append(f"{kme_id} {entry.get('state')}")
                 quarantined |= bool(entry.get("quarantined"))
                 for alarm in entry.get("alarms") or []:
                     alarms.append({"link_id": link.link_id, "kme_id": kme_id, **alarm,
@@ -185,13 +185,19 @@ class RemoteCorridor:
                                   "max_keys": int(cap) if cap is not None else None})
             if not figures:
                 figures = self._link_figures(link.link_id, metrics)
-        state = states[0] if states else "unknown"
-        if any("unreachable" in s for s in states):
+        # Each end of a link judges it in `kme serve`: one state when they agree, both
+        # (named) when they do not, e.g. "kme-a starting; kme-b ok".
+        ends_seen = {text.split(" ", 1)[1] for text in states}
+        if not states:
+            state = "unknown"
+        elif len(ends_seen) == 1 and len(states) == len(set(ends)):
+            state = ends_seen.pop()
+        else:
             state = "; ".join(states)
         level, text = qber_level(figures.get("qber"), self.qber_alarm)
         if quarantined:
             level, text = "alarm", f"quarantined; {text}"
-        elif "unreachable" in state or state == "dead":
+        elif any(t.endswith((" unreachable", " dead")) for t in states):
             level, text = "alarm", f"{state}; {text}"
         fill = max((p["stored_keys"] / p["max_keys"] for p in pools if p["max_keys"]),
                    default=0.0)

@@ -139,7 +139,8 @@ function drawAlarms(snap) {
         method: "POST", headers: {"Content-Type": "application/json"},
         body: JSON.stringify({reason: input.value})});
       const body = await reply.json();
-      $("live").textContent = reply.ok ? `cleared ${a.link_id} as ${body.operator}` : `not cleared: ${body.message}`;
+      // Its own element: the live line is rewritten by every snapshot.
+      $("notice").textContent = reply.ok ? `cleared ${a.link_id} as ${body.operator}` : `not cleared: ${body.message}`;
       if (reply.ok) alarmsShown = null;
     });
     li.append(label, button);
