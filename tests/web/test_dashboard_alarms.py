@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ import pytest
 from corridor.kms.audit import verify_audit_log
 from corridor.kms.crypto import load_kek
 from corridor.kms.node import DEFAULT_CORRIDOR_RESOURCE
-from tests.web.up_harness import CORRIDOR, ENV, client, operator_page, running_up
+from tests.web.up_harness import client, operator_page, running_up, running_web
 
 DEFAULT_TOML = Path(__file__).resolve().parents[2] / "src" / "corridor" / "kms" / \
     DEFAULT_CORRIDOR_RESOURCE
@@ -108,18 +106,8 @@ def test_corridor_web_watches_the_kmes_from_outside(running: dict[str, Any]) -> 
     cwd, pki = running["cwd"], running["pki"]
     summary = {"assets": 3, "by_risk": {"high": 2, "low": 1}, "by_vulnerability": {}}
     (cwd / "inventory.json").write_text(json.dumps({"summary": summary}))
-    web = subprocess.Popen([*CORRIDOR, "web", "--from-up", str(running["up_file"]),
-                            "--inventory", "inventory.json",
-                            "--duration-s", "90", "--format", "json"], cwd=cwd, env=ENV,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert web.stdout is not None
-        text = ""
-        while not text.startswith("{") or not text.rstrip().endswith("}"):
-            line = web.stdout.readline()
-            assert line, web.communicate()[1][-2000:]
-            text += line
-        url = json.loads(text)["dashboard_url"]
+    with running_web(cwd, "--from-up", str(running["up_file"]), "--inventory",
+                     "inventory.json", "--duration-s", "90") as url:
         assert url != running["url"]
         with client(pki, "operator/operator") as op:
             deadline = time.monotonic() + 60
@@ -148,7 +136,3 @@ def test_corridor_web_watches_the_kmes_from_outside(running: dict[str, Any]) -> 
                    if e["event"] == "link_cleared"
                    and e["fields"]["operator_reason"].startswith("seen from web")]
         assert cleared and "by operator operator" in cleared[0]["fields"]["operator_reason"]
-    finally:
-        web.send_signal(signal.SIGINT)
-        _, err = web.communicate(timeout=30)
-        assert web.returncode == 0, err[-2000:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 
 from corridor.kms.pki import ROLE_DASHBOARD, add_entity
 from tests.kms.test_split_site import LINK, _serve_files, serve, stop_processes
-from tests.web.up_harness import CORRIDOR, ENV, client
+from tests.web.up_harness import client, running_web
 
 
 def _snapshot(url: str, pki: Path, condition: Any, what: str,
@@ -37,46 +36,34 @@ def test_corridor_web_watches_kme_serve_processes(tmp_path: Path) -> None:
     add_entity(pki, ROLE_DASHBOARD, "dash")
     logs = {kme: tmp_path / f"{kme}.log" for kme in ports}
     processes = {kme: serve(config, kme, tmp_path / "state", logs[kme]) for kme in ports}
-    web = subprocess.Popen([*CORRIDOR, "web", "--config", str(config), "--format", "json",
-                            "--duration-s", "150"], cwd=tmp_path, env=ENV,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert web.stdout is not None
-        text = ""
-        while not text.startswith("{") or not text.rstrip().endswith("}"):
-            line = web.stdout.readline()
-            assert line, web.communicate()[1][-2000:]
-            text += line
-        url = json.loads(text)["dashboard_url"]
-        root = pki.root
+        with running_web(tmp_path, "--config", str(config), "--duration-s", "150") as url:
+            root = pki.root
 
-        def healthy(snap: dict[str, Any]) -> bool:
-            link = snap["links"][0]
-            return (all(s["reachable"] for s in snap["sites"]) and link["qber"] is not None
-                    and link["state"] in ("ok", "pool_full")
-                    and sum(p["stored_keys"] for p in link["pools"]) > 0
-                    and len(snap["audit"]["chains"]) == 2)
+            def healthy(snap: dict[str, Any]) -> bool:
+                link = snap["links"][0]
+                return (all(s["reachable"] for s in snap["sites"]) and link["qber"] is not None
+                        and link["state"] in ("ok", "pool_full")
+                        and sum(p["stored_keys"] for p in link["pools"]) > 0
+                        and len(snap["audit"]["chains"]) == 2)
 
-        snap = _snapshot(url, root, healthy, "both KMEs and the link's key")
-        [link] = snap["links"]
-        assert link["link_id"] == LINK and link["state"] in ("ok", "pool_full")
-        assert {p["kme_id"] for p in link["pools"]} == {"kme-a", "kme-b"}
-        assert all(c["ok"] for c in snap["audit"]["chains"])
-        assert any(e["event"] == "block_ingested" for e in snap["audit"]["tail"])
-        assert "dashboard" in {c["role"] for c in snap["certificates"]}
-        # A KME that dies is shown as unreachable, its link in alarm, not as healthy.
-        processes["kme-b"].send_signal(signal.SIGKILL)
-        processes["kme-b"].wait(10)
-        snap = _snapshot(url, root, lambda s: not next(
-            x for x in s["sites"] if x["kme_id"] == "kme-b")["reachable"],
-            "kme-b unreachable", timeout_s=30)
-        [link] = snap["links"]
-        assert link["level"] == "alarm" and "kme-b unreachable" in link["state"]
-        chains = {c["kme_id"]: c for c in snap["audit"]["chains"]}
-        assert chains["kme-b"]["ok"] is None and "not read" in chains["kme-b"]["reason"]
-        assert chains["kme-a"]["ok"] is True
+            snap = _snapshot(url, root, healthy, "both KMEs and the link's key")
+            [link] = snap["links"]
+            assert link["link_id"] == LINK and link["state"] in ("ok", "pool_full")
+            assert {p["kme_id"] for p in link["pools"]} == {"kme-a", "kme-b"}
+            assert all(c["ok"] for c in snap["audit"]["chains"])
+            assert any(e["event"] == "block_ingested" for e in snap["audit"]["tail"])
+            assert "dashboard" in {c["role"] for c in snap["certificates"]}
+            # A KME that dies is shown as unreachable, its link in alarm, not as healthy.
+            processes["kme-b"].send_signal(signal.SIGKILL)
+            processes["kme-b"].wait(10)
+            snap = _snapshot(url, root, lambda s: not next(
+                x for x in s["sites"] if x["kme_id"] == "kme-b")["reachable"],
+                "kme-b unreachable", timeout_s=30)
+            [link] = snap["links"]
+            assert link["level"] == "alarm" and "kme-b unreachable" in link["state"]
+            chains = {c["kme_id"]: c for c in snap["audit"]["chains"]}
+            assert chains["kme-b"]["ok"] is None and "not read" in chains["kme-b"]["reason"]
+            assert chains["kme-a"]["ok"] is True
     finally:
-        web.send_signal(signal.SIGINT)
-        web.communicate(timeout=30)
         stop_processes(processes)
-    assert web.returncode == 0

@@ -81,3 +81,24 @@ def operator_page(url: str, pki: Path) -> Iterator[Any]:
             yield context.new_page()
         finally:
             browser.close()
+
+
+@contextmanager
+def running_web(cwd: Path, *args: str) -> Iterator[str]:
+    """``corridor web ARGS --format json`` in ``cwd`` until the block ends; yields its
+    dashboard URL; stopped with SIGINT, which must end it cleanly (exit 0)."""
+    web = subprocess.Popen([*CORRIDOR, "web", *args, "--format", "json"], cwd=cwd, env=ENV,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert web.stdout is not None
+        text = ""
+        while not text.startswith("{") or not text.rstrip().endswith("}"):
+            line = web.stdout.readline()
+            assert line, web.communicate()[1][-2000:]
+            text += line
+        yield str(json.loads(text)["dashboard_url"])
+    finally:
+        if web.poll() is None:
+            web.send_signal(signal.SIGINT)
+        _, err = web.communicate(timeout=30)
+    assert web.returncode == 0, err[-2000:]
