@@ -119,3 +119,21 @@ def test_configure_twice_does_not_double_lines(captured: io.StringIO) -> None:
 def test_bad_level_names_the_field(level: object) -> None:
     with pytest.raises(ParameterError, match="level"):
         configure_logging(level, json=True)  # type: ignore[arg-type]
+
+
+_PLAIN_ITEMS = st.one_of(st.text(max_size=40), st.integers(), st.booleans(), st.none())
+_NON_PUBLIC_ITEMS = st.one_of(st.binary(min_size=1, max_size=32), st.just(float("nan")),
+                              st.just(np.zeros(2, dtype=np.uint8)), st.just(object()))
+
+
+@given(st.lists(_PLAIN_ITEMS, max_size=300), st.data())
+def test_long_lists_are_checked_item_by_item_even_on_the_fast_path(items, data) -> None:
+    # Lists of plain items (the key IDs and byte offsets of a large delivery) take a
+    # one-pass check of their types; one non-public item anywhere must still be found.
+    assert public_field_violation("byte_offsets", items) is None
+    assert public_field_violation("notes", tuple(items)) is None
+    bad = data.draw(_NON_PUBLIC_ITEMS)
+    position = data.draw(st.integers(0, len(items)))
+    mixed = [*items[:position], bad, *items[position:]]
+    found = public_field_violation("notes", mixed)
+    assert found is not None and found[0] == f"notes[{position}]"

@@ -116,10 +116,17 @@ def _name_violation(name: str, value: Any) -> str | None:
     return "the name marks key material (key, secret, kek, material, ...)"
 
 
+# Element types of a list or tuple that are public whatever their value: a long list of
+# key IDs or byte offsets is checked in one pass over its types, not element by element.
+_PLAIN_ITEM_TYPES = frozenset({str, int, bool, type(None)})
+
+
 def _value_violation(value: Any, depth: int) -> tuple[str, str] | None:
     """(relative field path, rule) of the first non-public value inside ``value``."""
     if value is None or isinstance(value, bool | str):
         return None
+    if type(value) in (list, tuple) and set(map(type, value)) <= _PLAIN_ITEM_TYPES:
+        return None if depth < _MAX_DEPTH else ("", f"nested deeper than {_MAX_DEPTH} levels")
     if isinstance(value, numbers.Integral):
         return None
     if isinstance(value, numbers.Real):
@@ -178,6 +185,8 @@ def to_public_json(value: Any) -> Any:
     if isinstance(value, numbers.Real):
         return float(value)
     if isinstance(value, list | tuple):
+        if set(map(type, value)) <= _PLAIN_ITEM_TYPES:
+            return list(value)
         return [to_public_json(item) for item in value]
     if isinstance(value, Mapping):
         return {str(k): to_public_json(v) for k, v in value.items()}

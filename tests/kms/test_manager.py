@@ -777,14 +777,29 @@ def test_concurrent_enc_keys_through_a_shared_announcement_deliver_exactly_once(
         pair.b.dec_keys("b1", "a1", [keys[0].key_id])
 
 
-def test_new_key_ids_are_distinct_canonical_version_4_uuids():
+def test_new_key_ids_are_one_run_of_canonical_version_8_uuids():
     ids = new_key_ids(500)
     assert len(set(ids)) == 500
     for key_id in ids:
         parsed = uuid.UUID(key_id)
-        assert str(parsed) == key_id and parsed.version == 4
+        assert str(parsed) == key_id and parsed.version == 8
         assert parsed.variant == uuid.RFC_4122
+    # One run: the same 96-bit head, a counter that goes up by one (so the IDs sort in
+    # delivery order and sit next to each other in the slave's index).
+    assert {key_id[:28] for key_id in ids} == {ids[0][:28]}
+    counters = [int(key_id[28:], 16) for key_id in ids]
+    assert counters == list(range(counters[0], counters[0] + 500))
+    assert ids == sorted(ids)
     assert new_key_ids(0) == []
+
+
+def test_new_key_ids_of_two_runs_differ_in_their_random_head():
+    heads = {new_key_ids(1)[0][:28] for _ in range(200)}
+    assert len(heads) == 200
+    # The counter never wraps inside a run, whatever its random start.
+    for _ in range(50):
+        ids = new_key_ids(3000)
+        assert int(ids[-1][28:], 16) - int(ids[0][28:], 16) == 2999
 
 
 # -- expiry of keys nobody fetched ------------------------------------------------------
