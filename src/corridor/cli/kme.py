@@ -79,6 +79,7 @@ def serve_command(
         own_link_feeder_factories,
     )
     from corridor.kms.sources.feeder import LinkFeeder
+    from corridor.runtime import tune_gc_for_serving
 
     with handle_errors():
         configure_logging("warning", json=log_json)
@@ -134,6 +135,7 @@ def serve_command(
                 feeding = (f"worker {worker}; feeding {len(leases.held)} of "
                            f"{len(factories)} link(s) (a link's feeder runs at the worker "
                            "holding its lease)")
+            tune_gc_for_serving()
             console.print(f"KME {kme} ({site.site}) serving at {url}; "
                           f"{node.pending_discarded} pending reservations discarded at start; "
                           f"{feeding}", highlight=False, soft_wrap=True)

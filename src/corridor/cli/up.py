@@ -36,6 +36,7 @@ from rich.text import Text
 from corridor.cli.common import console, err_console, handle_errors
 from corridor.errors import ParameterError
 from corridor.logs import configure_logging
+from corridor.runtime import tune_gc_for_serving
 
 if TYPE_CHECKING:  # the KMS stack is imported when `up` runs, not by every `corridor` call
     from corridor.cli.up_mobility import UpMobility
@@ -364,6 +365,7 @@ def up_command(
                 corridor.up_extra.update(mobility.describe())
             if with_dashboard:
                 dashboard = _start_dashboard(corridor, hybrid, mobility, inventory_summary)
+            tune_gc_for_serving()
             corridor.write_up_file()
             _describe_start(corridor, spec, hybrid)
             deadline = None if duration_s is None else time.monotonic() + duration_s

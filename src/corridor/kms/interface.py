@@ -18,7 +18,7 @@ IDs, counts, sizes, QBER; never key bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from corridor.errors import CorridorError
 
@@ -80,13 +80,14 @@ class KmeStatus:
     status_extension: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True)
-class Reservation:
+class Reservation(NamedTuple):
     """Which bytes of a link's shared pool a master KME reserved under one key ID.
 
     Both KMEs of a link hold the same byte stream per direction (the link's distilled
     blocks in block order, split by direction by a fixed rule); ``byte_offset`` and
-    ``length_bytes`` address it, so the slave KME can cut out the same key.
+    ``length_bytes`` address it, so the slave KME can cut out the same key. A named
+    tuple, not a dataclass: a large delivery makes one per key at both KMEs, and a
+    frozen dataclass costs three times as much to build (1.7 against 0.5 us here).
     """
 
     key_id: str

@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from corridor.errors import CorridorError, ParameterError
@@ -819,7 +819,7 @@ class KeyManager:
         slave SAEs), durably and all or none; a repeat is accepted without effect.
         Raises :class:`~corridor.kms.store.ReservationRefusedError` (a 503) otherwise."""
         try:
-            reservations = [replace(r, slave_sae_ids=tuple(r.slave_sae_ids))
+            reservations = [r._replace(slave_sae_ids=tuple(r.slave_sae_ids))
                             if isinstance(r, Reservation) and isinstance(r.slave_sae_ids, list)
                             else r for r in reservations]
             self._check_reservations(from_kme_id, reservations)
