@@ -18,9 +18,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 
 from corridor.errors import ParameterError
 from corridor.kms.api import create_app
+from corridor.kms.api_hot import keys_body, keys_json
 from corridor.kms.interface import (
     DeliveredKey,
     KeyRequestError,
@@ -301,3 +304,15 @@ def test_enc_keys_batch_serves_alone_what_the_pool_cannot_serve_together(pair_fa
     rejected = [r for r in small.sink.named("request_rejected") if "delivery_id" in r]
     assert [(r["delivery_id"], r["reason"]) for r in rejected] == \
         [(intents[1]["delivery_id"], "pool_exhausted")]
+
+
+@given(st.lists(st.tuples(st.uuids().map(str), st.binary(min_size=1, max_size=64)),
+                max_size=40))
+def test_keys_json_is_the_text_json_dumps_gives(items):
+    keys = [DeliveredKey(key_id, key) for key_id, key in items]
+    assert keys_json(keys) == json.dumps(keys_body(keys), separators=(",", ":"))
+
+
+@pytest.mark.parametrize("key_id", ['a"b', "a\\b", "caf\u00e9", "a\nb", "a b"])
+def test_keys_json_leaves_ids_that_need_escaping_to_json_dumps(key_id):
+    assert keys_json([DeliveredKey(key_id, b"k")]) is None

@@ -357,6 +357,37 @@ def test_accept_reservations_checks_who_announces_what(pair):
     assert len(pair.sink.named("reservation_accepted")) == 1
 
 
+@pytest.mark.parametrize("position", [0, 137, 299])
+@pytest.mark.parametrize("bad", [
+    lambda ok: ok._replace(key_id="123"),
+    lambda ok: ok._replace(key_id=ok.key_id.upper()[:-1] + "g"),
+    lambda ok: ok._replace(byte_offset=-32),
+    lambda ok: ok._replace(length_bytes=0),
+    lambda ok: ok._replace(length_bytes=10**6),
+    lambda ok: ok._replace(byte_offset=32.0),
+    lambda ok: ok._replace(master_sae_id="b2"),
+    lambda ok: ok._replace(slave_sae_ids=("a2",)),
+    lambda ok: ok._replace(slave_sae_ids=(["b1"],)),
+    lambda ok: ok._replace(direction=DIRECTION_B_TO_A),
+    lambda ok: tuple(ok),
+])
+def test_a_bad_reservation_anywhere_in_a_large_announcement_is_named_as_alone(pair, bad,
+                                                                              position):
+    # Large announcements are checked column by column; one bad reservation among 300
+    # must get the verdict and the message the per-key checks give it on its own.
+    ids = new_key_ids(300)
+    good = [Reservation(key_id, LINK, DIRECTION_A_TO_B, 32 * i, 32, "a1", ("b1",))
+            for i, key_id in enumerate(ids)]
+    wrong = bad(good[position])
+    with pytest.raises(InvalidReservationError) as alone:
+        pair.b.accept_reservations("kme-a", [wrong])
+    announcement = [*good[:position], wrong, *good[position + 1:]]
+    with pytest.raises(InvalidReservationError) as among:
+        pair.b.accept_reservations("kme-a", announcement)
+    assert among.value.message == alone.value.message
+    assert pair.b.store.count_keys() == 0
+
+
 def test_announced_slave_lists_are_understood(pair):
     res = Reservation(str(uuid.uuid4()), LINK, DIRECTION_A_TO_B, 64, 32, "a1",
                       ["b1"])  # type: ignore[arg-type]

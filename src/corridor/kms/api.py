@@ -898,23 +898,19 @@ def _as_runs(reservations: Sequence[Reservation]) -> list[dict[str, Any]]:
     where the previous one ends) into the compact ``runs`` wire form."""
     runs: list[dict[str, Any]] = []
     end = -1
-    for res in reservations:
-        slaves = list(res.slave_sae_ids)
-        if runs:
-            run = runs[-1]
-            if (res.byte_offset == end and res.link_id == run["link_id"]
-                    and res.direction == run["direction"]
-                    and res.length_bytes == run["length_bytes"]
-                    and res.master_sae_id == run["master_sae_id"]
-                    and slaves == run["slave_sae_ids"]):
-                run["key_ids"].append(res.key_id)
-                end += res.length_bytes
-                continue
-        runs.append({"link_id": res.link_id, "direction": res.direction,
-                     "byte_offset": res.byte_offset, "length_bytes": res.length_bytes,
-                     "master_sae_id": res.master_sae_id, "slave_sae_ids": slaves,
-                     "key_ids": [res.key_id]})
-        end = res.byte_offset + res.length_bytes
+    shared: tuple[Any, ...] | None = None
+    key_ids: list[str] = []
+    for key_id, link_id, direction, offset, length, master, slaves in reservations:
+        fields = (link_id, direction, length, master, slaves)
+        if offset == end and fields == shared:
+            key_ids.append(key_id)
+            end += length
+            continue
+        key_ids = [key_id]
+        runs.append({"link_id": link_id, "direction": direction, "byte_offset": offset,
+                     "length_bytes": length, "master_sae_id": master,
+                     "slave_sae_ids": list(slaves), "key_ids": key_ids})
+        shared, end = fields, offset + length
     return runs
 
 

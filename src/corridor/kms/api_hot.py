@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import dataclasses
 import functools
 import json
@@ -82,6 +83,23 @@ def keys_body(keys: Sequence[DeliveredKey]) -> dict[str, Any]:
                      for k in keys]}
 
 
+# What a key ID may hold for keys_json to write it without JSON escaping (canonical UUIDs).
+_UNESCAPED_IDS = re.compile(r"[0-9A-Za-z-]*")
+
+
+def keys_json(keys: Sequence[DeliveredKey]) -> str | None:
+    """The text ``json.dumps(keys_body(keys), separators=(",", ":"))`` gives, written
+    directly (for a large delivery the dicts cost more than the keys), or None when a
+    key ID would need escaping (then the caller encodes ``keys_body``)."""
+    ids = [k.key_id for k in keys]
+    if set(map(type, ids)) - {str} or not _UNESCAPED_IDS.fullmatch("".join(ids)):
+        return None
+    b64 = binascii.b2a_base64
+    return '{"keys":[' + ",".join([
+        f'{{"key_ID":"{k.key_id}","key":"{b64(k.key, newline=False).decode("ascii")}"}}'
+        for k in keys]) + "]}"
+
+
 def service_answer(result: Any, render: Callable[[Any], Any], *,
                    carries_keys: bool = False) -> Response:
     """The answer to a service call's result, or to the error it raised (passed as the
@@ -96,6 +114,11 @@ def service_answer(result: Any, render: Callable[[Any], Any], *,
         return error_response(503, result.message, result.details)
     if isinstance(result, BaseException):
         raise result
+    if render is keys_body:
+        text = keys_json(result)
+        if text is not None:
+            return Response(text, status_code=200, media_type="application/json",
+                            headers=NO_STORE_HEADERS)
     return json_response(200, render(result), NO_STORE_HEADERS if carries_keys else None)
 
 

@@ -27,6 +27,7 @@ docs/kms-store.md gives the schema and the crash argument.
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import threading
@@ -197,28 +198,37 @@ def _uniform_groups(run: Sequence[Reservation]) -> list[list[Reservation]]:
     """Split a contiguous run into groups with one key size and the same SAEs (one
     sealed record each)."""
     groups: list[list[Reservation]] = []
+    shared: tuple[Any, ...] | None = None
+    group: list[Reservation] = []
     for res in run:
-        if groups:
-            first = groups[-1][0]
-            if (first.length_bytes, first.master_sae_id, tuple(first.slave_sae_ids)) == \
-                    (res.length_bytes, res.master_sae_id, tuple(res.slave_sae_ids)):
-                groups[-1].append(res)
-                continue
-        groups.append([res])
+        fields = (res.length_bytes, res.master_sae_id, tuple(res.slave_sae_ids))
+        if fields == shared:
+            group.append(res)
+        else:
+            group = [res]
+            groups.append(group)
+            shared = fields
     return groups
+
+
+# Reservations in stream order: (link_id, direction, byte_offset).
+_STREAM_ORDER = operator.itemgetter(1, 2, 3)
 
 
 def _contiguous_runs(reservations: Sequence[Reservation]) -> list[list[Reservation]]:
     """Group reservations of one pool whose byte ranges follow each other."""
     runs: list[list[Reservation]] = []
-    for res in sorted(reservations, key=lambda r: (r.link_id, r.direction, r.byte_offset)):
-        if runs:
-            prev = runs[-1][-1]
-            if (prev.link_id, prev.direction) == (res.link_id, res.direction) and \
-                    prev.byte_offset + prev.length_bytes == res.byte_offset:
-                runs[-1].append(res)
-                continue
-        runs.append([res])
+    pool: tuple[str, str] | None = None
+    end = -1
+    run: list[Reservation] = []
+    for res in sorted(reservations, key=_STREAM_ORDER):
+        if res.byte_offset == end and (res.link_id, res.direction) == pool:
+            run.append(res)
+        else:
+            run = [res]
+            runs.append(run)
+            pool = (res.link_id, res.direction)
+        end = res.byte_offset + res.length_bytes
     return runs
 
 
@@ -588,8 +598,11 @@ class SqlKeyStore(KeyStore):
         any other is sealed into its own row."""
         now = time.time()
         rows = []
+        joined: dict[tuple[str, ...], str] = {}
         for res, key in items:
-            slaves = _join_ids(res.slave_sae_ids)
+            slaves = joined.get(res.slave_sae_ids)
+            if slaves is None:
+                slaves = joined[res.slave_sae_ids] = _join_ids(res.slave_sae_ids)
             if key is None:
                 data = _IN_RUN
             else:
@@ -655,10 +668,16 @@ class SqlKeyStore(KeyStore):
                     key_start = start
                 run += plain
                 position = start + length
-                while len(run) >= length_bytes and len(keys) < number:
-                    keys.append((key_start, bytes(run[:length_bytes])))
-                    del run[:length_bytes]
-                    key_start += length_bytes
+                take = min(len(run) // length_bytes, number - len(keys))
+                if take:
+                    # The whole keys of this stretch in one copy, then sliced per key.
+                    size = take * length_bytes
+                    chunk = bytes(run[:size])
+                    del run[:size]
+                    keys.extend(zip(range(key_start, key_start + size, length_bytes),
+                                    [chunk[i:i + length_bytes]
+                                     for i in range(0, size, length_bytes)], strict=True))
+                    key_start += size
                 if len(keys) == number:
                     break
             cursor, inclusive = segments[-1][0], False
