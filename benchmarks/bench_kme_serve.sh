@@ -11,7 +11,8 @@
 # Prints one line per phase: tlsload's JSON, and the CPU seconds and CPU milliseconds
 # per answered request of each KME process (kme-a: the master SAE's KME; kme-b: the
 # slave's, which accepts the reservations). PYTHON (default .venv/bin/python) runs
-# `python -m corridor kme serve`.
+# `python -m corridor kme serve`; PYTHONPATH=OTHER/src runs another checkout's code with
+# the same interpreter (a before/after comparison in one sitting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
@@ -28,7 +29,7 @@ cp "$tmp/keys/alice.bin" "$tmp/keys/bob.bin"
 cat > "$tmp/corridor.toml" <<EOF
 name = "bench-kme-serve"
 [kme]
-max_key_count = 1000000
+max_key_count = 4000000
 max_key_per_request = 128
 [[kmes]]
 id = "kme-a"
@@ -62,7 +63,7 @@ for _ in $(seq 1 60); do
   grep -q "serving at" "$tmp/a.log" 2>/dev/null && grep -q "serving at" "$tmp/b.log" 2>/dev/null && break
   sleep 1
 done
-sleep "${FILL_S:-15}"  # the recorded link fills both pools meanwhile
+sleep "${FILL_S:-30}"  # the recorded link fills both pools meanwhile (128 MB each)
 openssl pkcs8 -topk8 -nocrypt -in "$tmp/state/pki/sae/sae-a/key.pem" -out "$tmp/sae-a-key.pem"
 auth=(--cert "$tmp/state/pki/sae/sae-a/cert.pem" --key "$tmp/sae-a-key.pem" --ca "$tmp/state/pki/ca.pem")
 ticks=$(getconf CLK_TCK)
@@ -91,5 +92,7 @@ phase "open loop 500 requests/s, 1 key" -u /api/v1/keys/sae-b/enc_keys -c 16 -r 
 phase "closed loop, 4 connections, number=100" -u /api/v1/keys/sae-b/enc_keys -c 4 \
   -m POST -b '{"number":100}'
 phase "closed loop, 16 connections, number=100" -u /api/v1/keys/sae-b/enc_keys -c 16 \
+  -m POST -b '{"number":100}'
+phase "closed loop, 64 connections, number=100" -u /api/v1/keys/sae-b/enc_keys -c 64 \
   -m POST -b '{"number":100}'
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
