@@ -460,7 +460,7 @@ class AuditLog:
             os.fsync(fd)
             with self._lock:
                 if self._fd == fd:  # not closed or reopened meanwhile
-                    self._write_head(sync=True, seq=target, mac=target_mac)
+                    self._advance_head(target, target_mac)
                     if target == self._seq:
                         self._unsynced = False
                     self._last_fsync = time.monotonic()
@@ -493,10 +493,24 @@ class AuditLog:
                 _fsync_dir(self.path.parent)
                 self._head_new = False
 
+    def _advance_head(self, seq: int, mac: str) -> None:
+        """Make the head name entry ``seq`` (already fsynced), durably, unless another
+        process sharing the log has made it name a later one meanwhile: under the log's
+        file lock, so two processes never move the head back (one of them fsyncs up to
+        entry 449 while the other, already at 450, wrote its head first)."""
+        with self._file_lock():
+            current = _read_head(self._audit_key, self.path)
+            if current is not None and current.authentic and current.seq >= seq:
+                # A later entry is named; its writer fsynced the log before naming it.
+                if self._head_fd >= 0:
+                    os.fsync(self._head_fd)
+                return
+            self._write_head(sync=True, seq=seq, mac=mac)
+
     def _fsync(self) -> None:
         if self._unsynced:
             os.fsync(self._fd)
-            self._write_head(sync=True)
+            self._advance_head(self._seq, self._mac)
             self._unsynced = False
         self._last_fsync = time.monotonic()
 
