@@ -96,6 +96,8 @@ def _is_number(value: Any) -> bool:
 def _is_id_value(value: Any) -> bool:
     if isinstance(value, str):
         return True
+    if type(value) in (list, tuple) and set(map(type, value)) <= {str}:
+        return True  # the common case, in one pass over the types
     return isinstance(value, list | tuple) and all(isinstance(item, str) for item in value)
 
 

@@ -173,6 +173,11 @@ def _read_head(audit_key: bytes, path: Path) -> _Head | None:
         raw = head_path(path).read_bytes()
     except FileNotFoundError:
         return None
+    return _parse_head(audit_key, raw)
+
+
+def _parse_head(audit_key: bytes, raw: bytes) -> _Head:
+    """A head record's fields; ``authentic`` says if its MAC holds."""
     try:
         data = json.loads(raw)
         seq, mac, tag = data["seq"], data["mac"], data["head_mac"]
@@ -499,13 +504,24 @@ class AuditLog:
         file lock, so two processes never move the head back (one of them fsyncs up to
         entry 449 while the other, already at 450, wrote its head first)."""
         with self._file_lock():
-            current = _read_head(self._audit_key, self.path)
-            if current is not None and current.authentic and current.seq >= seq:
+            current = self._named_in_head()
+            if current is not None and current >= seq:
                 # A later entry is named; its writer fsynced the log before naming it.
                 if self._head_fd >= 0:
                     os.fsync(self._head_fd)
                 return
             self._write_head(sync=True, seq=seq, mac=mac)
+
+    def _named_in_head(self) -> int | None:
+        """The seq the head file names now, if it is authentic (read through the open
+        head descriptor: opening the file by name per durable wait cost 0.2 ms here)."""
+        if self._head_fd < 0:
+            try:
+                self._head_fd = os.open(head_path(self.path), os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+        head = _parse_head(self._audit_key, os.pread(self._head_fd, _HEAD_RECORD_BYTES, 0))
+        return head.seq if head.authentic else None
 
     def _fsync(self) -> None:
         if self._unsynced:
