@@ -18,13 +18,14 @@ from corridor.kms.crypto import load_kek
 from corridor.kms.node import Corridor, parse_corridor
 
 
-def _spec(keys_dir: Path, **hybrid: Any) -> Any:
+def _spec(keys_dir: Path, link: dict[str, Any] | None = None, **hybrid: Any) -> Any:
     return parse_corridor({
         "name": "test", "kme": {"max_key_count": 10_000},
         "kmes": [{"id": "kme-a"}, {"id": "kme-b"}],
         "links": [{"id": "link-ab", "alice_kme": "kme-a", "bob_kme": "kme-b",
                    "preset": "modern-snspd", "parameters": {"length_km": 5.0},
-                   "source": "recorded", "keys_dir": str(keys_dir), "block_bytes": 1024}],
+                   "source": "recorded", "keys_dir": str(keys_dir), "block_bytes": 1024,
+                   **(link or {})}],
         "saes": [{"id": "sae-a", "kme": "kme-a"}, {"id": "sae-b", "kme": "kme-b"}],
         "hybrid": [{"master_sae_id": "sae-a", "slave_sae_id": "sae-b", **hybrid}]})
 
@@ -113,7 +114,15 @@ def test_a_degraded_session_takes_the_qkd_key_once_the_link_is_back(
     """Policy ``any`` on a quarantined link: PQC alone (degraded); once an operator
     clears the link, the session re-keys within ``upgrade_after_s`` with QKD + PQC,
     long before the pair's own limit (an hour)."""
-    spec = _spec(keys_dir, policy="any", rekey_after_s=3600.0)
+    # A quarantined link's feeder reads and discards the recording: play it at a link's
+    # pace (50 blocks/s, 20 s of recording) so that the seconds of quarantine do not use
+    # it all up before the clear (as fast as the feeder takes them, the 64 blocks of the
+    # shared fixture were gone before the clear in one CI run).
+    data = os.urandom(1024 * 1024)
+    (keys_dir / "alice.bin").write_bytes(data)
+    (keys_dir / "bob.bin").write_bytes(data)
+    spec = _spec(keys_dir, link={"block_interval_s": 0.02}, policy="any",
+                 rekey_after_s=3600.0)
     with Corridor(spec, tmp_path / "run", host="127.0.0.1") as corridor:
         assert corridor.monitor is not None
         corridor.monitor.observe_block("link-ab", 10**6, aborted_reason="authentication_failed",
