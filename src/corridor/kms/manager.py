@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import threading
 import time
 import uuid
@@ -78,6 +77,7 @@ from corridor.kms.store import (
     PoolExhaustedError,
     PoolState,
     ReservationRefusedError,
+    all_uuids,
     is_uuid,
     new_key_ids,
 )
@@ -152,13 +152,6 @@ def _unreachable_cause(exc: BaseException | None) -> BaseException | None:
 
 def _is_unreachable(exc: BaseException | None) -> bool:
     return _unreachable_cause(exc) is not None
-
-
-# Canonical UUIDs, one per line (store.is_uuid for a whole announcement in one match).
-_HEX = "[0-9a-fA-F]"
-_UUID_LINES = re.compile(
-    f"(?:{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}\n)*"
-    f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}")
 
 
 def _new_delivery_id() -> str:
@@ -908,7 +901,7 @@ class KeyManager:
             return False
         key_ids, _, _, offsets, lengths, _, slaves = zip(*reservations, strict=True)
         return (set(map(type, key_ids)) == {str}
-                and _UUID_LINES.fullmatch("\n".join(key_ids)) is not None
+                and all_uuids(key_ids)
                 and set(map(type, offsets)) == {int} and min(offsets) >= 0
                 and set(map(type, lengths)) == {int}
                 and min(lengths) >= 1 and max(lengths) <= max_length

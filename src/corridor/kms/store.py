@@ -104,13 +104,21 @@ class IngestResult:
         return sum(self.stored_bytes.values())
 
 
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-                   re.IGNORECASE)
+_UUID_FORM = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_UUID = re.compile(f"^{_UUID_FORM}$", re.IGNORECASE)
+# One per line: a whole announcement's key IDs in one match.
+_UUID_LINES = re.compile(f"(?:{_UUID_FORM}\n)*{_UUID_FORM}", re.IGNORECASE)
 
 
 def is_uuid(value: Any) -> bool:
     """True for a UUID in its canonical 8-4-4-4-12 hexadecimal form."""
     return isinstance(value, str) and _UUID.match(value) is not None
+
+
+def all_uuids(values: Sequence[str]) -> bool:
+    """True when ``values`` (strings) is not empty and every one is a canonical UUID, in
+    one regular-expression match instead of one per value."""
+    return _UUID_LINES.fullmatch("\n".join(values)) is not None
 
 
 def new_key_ids(count: int) -> list[str]:
