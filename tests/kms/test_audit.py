@@ -20,6 +20,8 @@ from corridor.errors import ParameterError
 from corridor.kms.audit import (
     AuditLog,
     AuditLogError,
+    _dump_fields,
+    _serialize,
     derive_audit_key,
     export,
     head_path,
@@ -489,3 +491,45 @@ def test_concurrent_appends_share_fsyncs_and_each_returns_durable(tmp_path, monk
     assert len(calls) < 200  # 200 appends, each fsync pair (log + head) shared
     result = verify_audit_log(tmp_path / "audit.jsonl", key)
     assert result.ok and result.entries == 200 and result.head_seq == 200
+
+
+# -- the entry texts: one encoding of the fields, the same bytes as json.dumps --------
+
+_JSON_SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70)
+                 | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12))
+_JSON_VALUES = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=4),
+    max_leaves=12)
+# Lists of strings, the fast path: plain IDs, and strings that need escapes (quote,
+# backslash, control characters, DEL, non-ASCII), which must leave it.
+_STRING_LISTS = st.lists(st.sampled_from(["", "a", "sae-b", "0f1e2d3c-aaaa-8bbb-9ccc-000000000001",
+                                          'q"uote', "back\\slash", "tab\t", "del\x7f",
+                                          "\u00e9t\u00e9", "\U0001f511", "/slash"])
+                         | st.text(max_size=8), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=8), _JSON_VALUES | _STRING_LISTS,
+                       max_size=5))
+def test_fields_are_encoded_as_json_dumps_encodes_them(fields: dict[str, object]) -> None:
+    for sort_keys in (True, False):
+        assert _dump_fields(fields, sort_keys) == json.dumps(
+            fields, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=True,
+            allow_nan=False)
+
+
+def test_an_entry_is_written_with_its_fields_sorted_and_verifies(tmp_path: Path) -> None:
+    # The writer encodes the fields once, sorted; the line must still be what
+    # _serialize makes of the parsed line, and the MAC what _canonical gives.
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, KEK) as log:
+        log.emit("keys_reserved", slave_sae_ids=["sae-b"], key_ids=["k-2", "k-1"],
+                 byte_offsets=[64, 32], count=2, kme_id="kme-a", note={"z": 1, "a": [2]})
+    line = path.read_bytes()
+    entry = json.loads(line)
+    assert list(entry["fields"]) == sorted(entry["fields"])
+    assert entry["fields"]["key_ids"] == ["k-2", "k-1"]     # lists keep their order
+    assert _serialize(entry) == line
+    assert verify_audit_log(path, KEK).ok

@@ -110,17 +110,56 @@ def derive_audit_key(kek: bytes) -> bytes:
                 info=AUDIT_KEY_INFO).derive(bytes(kek))
 
 
+_SEPARATORS = (",", ":")
+# The bytes json.dumps(..., ensure_ascii=True) writes as they are: printable ASCII but
+# the quote and the backslash.
+_UNESCAPED = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
+
+
+def _dump_value(value: Any, sort_keys: bool) -> str:
+    """``json.dumps(value, sort_keys=sort_keys)`` compact and ASCII, with a fast path for
+    the common long field, a list of plain strings (key IDs): when no item needs an
+    escape (printable ASCII without quote or backslash) the list is joined in C."""
+    if type(value) is list and value and set(map(type, value)) == {str}:
+        joined = "".join(value)
+        if joined.isascii() and not joined.encode("ascii").translate(None, _UNESCAPED):
+            return '["' + '","'.join(value) + '"]'
+    return json.dumps(value, sort_keys=sort_keys, separators=_SEPARATORS, ensure_ascii=True,
+                      allow_nan=False)
+
+
+def _dump_fields(fields: Mapping[str, Any], sort_keys: bool) -> str:
+    """``json.dumps(fields, sort_keys=sort_keys)`` compact and ASCII (the same text;
+    tests/kms/test_audit.py compares them), each value through :func:`_dump_value`."""
+    names = sorted(fields) if sort_keys else list(fields)
+    return "{" + ",".join(json.dumps(name, ensure_ascii=True) + ":"
+                          + _dump_value(fields[name], sort_keys) for name in names) + "}"
+
+
+def _canonical_text(entry: Mapping[str, Any], fields_text: str) -> str:
+    # The keys of the body (ENTRY_KEYS without "mac") in sorted order.
+    return (f'{{"event":{json.dumps(entry["event"])},"fields":{fields_text},'
+            f'"prev":{json.dumps(entry["prev"])},"seq":{json.dumps(entry["seq"])},'
+            f'"time":{json.dumps(entry["time"])}}}')
+
+
+def _line_text(entry: Mapping[str, Any], fields_text: str) -> str:
+    # The keys in ENTRY_KEYS order.
+    return (f'{{"seq":{json.dumps(entry["seq"])},"time":{json.dumps(entry["time"])},'
+            f'"event":{json.dumps(entry["event"])},"fields":{fields_text},'
+            f'"prev":{json.dumps(entry["prev"])},"mac":{json.dumps(entry["mac"])}}}\n')
+
+
 def _canonical(entry: Mapping[str, Any]) -> bytes:
-    body = {name: entry[name] for name in ENTRY_KEYS if name != "mac"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
+    """What an entry's MAC covers: its body without ``mac``, keys sorted at every level,
+    compact, ASCII (``json.dumps(body, sort_keys=True)``)."""
+    return _canonical_text(entry, _dump_fields(entry["fields"], True)).encode("ascii")
 
 
 def _serialize(entry: Mapping[str, Any]) -> bytes:
-    """The line an entry is written as (keys in ENTRY_KEYS order, compact, ASCII)."""
-    ordered = {name: entry[name] for name in ENTRY_KEYS}
-    return (json.dumps(ordered, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-            + "\n").encode("ascii")
+    """The line an entry is written as (keys in ENTRY_KEYS order, its fields in their
+    own order, compact, ASCII)."""
+    return _line_text(entry, _dump_fields(entry["fields"], False)).encode("ascii")
 
 
 def _entry_mac(audit_key: bytes, entry: Mapping[str, Any]) -> str:
@@ -420,8 +459,14 @@ class AuditLog:
     def _write_entry(self, event: str, fields: dict[str, Any]) -> int:
         entry: dict[str, Any] = {"seq": self._seq + 1, "time": _utc_now(), "event": event,
                                  "fields": fields, "prev": self._mac}
-        entry["mac"] = _entry_mac(self._audit_key, entry)
-        line = _serialize(entry)
+        # The fields are written sorted at every level, so one text serves both the MAC
+        # (the canonical form) and the line (which _serialize of the parsed line
+        # reproduces, as verification demands): one encoding of the key-ID lists
+        # instead of two.
+        fields_text = _dump_fields(fields, True)
+        entry["mac"] = hmac.new(self._audit_key, _ENTRY_DOMAIN + _canonical_text(
+            entry, fields_text).encode("ascii"), hashlib.sha256).hexdigest()
+        line = _line_text(entry, fields_text).encode("ascii")
         written = os.write(self._fd, line)  # one write: a line is never interleaved
         if written != len(line):
             os.ftruncate(self._fd, self._size)
