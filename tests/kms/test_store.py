@@ -41,6 +41,10 @@ from corridor.kms.store import (
     PoolExhaustedError,
     ReservationRefusedError,
     StoreUnavailableError,
+    _contiguous_runs,
+    _uniform_groups,
+    all_uuids,
+    is_uuid,
 )
 from corridor.kms.store_open import open_store
 from corridor.kms.store_sqlite import SqliteKeyStore
@@ -650,3 +654,117 @@ def test_a_version_1_store_is_upgraded_and_a_newer_one_refused(make_store):
     again.close()
     with pytest.raises(ParameterError, match="schema_version"):
         make_store("kme-a", name="v")
+
+
+# -- grouping of reservations: the column-wise fast paths against the plain loops ----
+
+def _runs_by_loop(reservations: list[Reservation]) -> list[list[Reservation]]:
+    runs: list[list[Reservation]] = []
+    pool, end = None, -1
+    for res in sorted(reservations, key=lambda r: (r.link_id, r.direction, r.byte_offset)):
+        if res.byte_offset == end and (res.link_id, res.direction) == pool:
+            runs[-1].append(res)
+        else:
+            runs.append([res])
+            pool = (res.link_id, res.direction)
+        end = res.byte_offset + res.length_bytes
+    return runs
+
+
+def _groups_by_loop(run: list[Reservation]) -> list[list[Reservation]]:
+    groups: list[list[Reservation]] = []
+    shared = None
+    for res in run:
+        fields = (res.length_bytes, res.master_sae_id, tuple(res.slave_sae_ids))
+        if fields == shared:
+            groups[-1].append(res)
+        else:
+            groups.append([res])
+            shared = fields
+    return groups
+
+
+@st.composite
+def _reservation_lists(draw: st.DrawFn) -> list[Reservation]:
+    """Mostly one delivery (one pool, contiguous, in order), sometimes disturbed: a
+    second pool, a gap, a swap, another size or SAE list, a list of SAEs."""
+    count = draw(st.integers(0, 12))
+    start = draw(st.integers(0, 1000))
+    length = draw(st.sampled_from([16, 32]))
+    items = [Reservation(f"k{i}", "link-ab", DIRECTION_A_TO_B, start + i * length, length,
+                         "a1", ("b1",)) for i in range(count)]
+    for _ in range(draw(st.integers(0, 2))):
+        if not items:
+            break
+        i = draw(st.integers(0, len(items) - 1))
+        change = draw(st.sampled_from(["pool", "gap", "swap", "size", "saes", "list", "zero"]))
+        res = items[i]
+        if change == "pool":
+            items[i] = res._replace(direction=DIRECTION_B_TO_A)
+        elif change == "gap":
+            items[i] = res._replace(byte_offset=res.byte_offset + 3)
+        elif change == "swap":
+            j = draw(st.integers(0, len(items) - 1))
+            items[i], items[j] = items[j], items[i]
+        elif change == "size":
+            items[i] = res._replace(length_bytes=res.length_bytes // 2)
+        elif change == "saes":
+            items[i] = res._replace(slave_sae_ids=("b1", "b2"))
+        elif change == "list":
+            items[i] = res._replace(slave_sae_ids=["b1"])
+        else:
+            items[i] = res._replace(length_bytes=0)
+    return items
+
+
+@settings(max_examples=400)
+@given(_reservation_lists())
+def test_runs_and_groups_are_those_of_the_plain_loops(reservations: list[Reservation]
+                                                      ) -> None:
+    runs = _contiguous_runs(reservations)
+    assert runs == _runs_by_loop(reservations)
+    for run in runs:
+        assert _uniform_groups(run) == _groups_by_loop(run)
+
+
+_A_UUID = "0f1e2d3c-4b5a-8978-9685-a4b3c2d1e0f9"
+
+
+@st.composite
+def _key_id_lists(draw: st.DrawFn) -> list[str]:
+    """Canonical UUIDs (either case), some spoiled in one character or in length."""
+    values = []
+    for _ in range(draw(st.integers(0, 6))):
+        value = str(uuid.UUID(int=draw(st.integers(0, 2**128 - 1))))
+        if draw(st.booleans()):
+            value = value.upper()
+        spoil = draw(st.sampled_from(["none", "none", "char", "cut", "add", "newline",
+                                      "move"]))
+        at = draw(st.integers(0, 35))
+        if spoil == "move":   # a hyphen swapped with the digit after it
+            dash = draw(st.sampled_from([8, 13, 18, 23]))
+            value = value[:dash] + value[dash + 1] + "-" + value[dash + 2:]
+        elif spoil == "char":
+            value = value[:at] + draw(st.sampled_from(["-", "g", "G", " ", "\u0661", "0", "\n"])) \
+                + value[at + 1:]
+        elif spoil == "cut":
+            value = value[:at] + value[at + 1:]
+        elif spoil == "add":
+            value = value[:at] + "a" + value[at:]
+        elif spoil == "newline":
+            value += "\n"
+        values.append(value)
+    return values
+
+
+@settings(max_examples=400)
+@given(_key_id_lists())
+def test_all_uuids_agrees_with_is_uuid_on_every_value(values: list[str]) -> None:
+    assert all_uuids(values) == (bool(values) and all(is_uuid(v) for v in values))
+
+
+def test_is_uuid_takes_the_canonical_form_only() -> None:
+    assert is_uuid(_A_UUID) and is_uuid(_A_UUID.upper())
+    for bad in (_A_UUID + "\n", " " + _A_UUID, _A_UUID[:-1], _A_UUID.replace("-", ""),
+                "{" + _A_UUID + "}", _A_UUID[:8] + "_" + _A_UUID[9:], 5, None):
+        assert not is_uuid(bad), bad

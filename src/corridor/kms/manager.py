@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 import threading
 import time
@@ -67,6 +68,7 @@ from corridor.kms.interface import (
     PeerLink,
     Reservation,
     UnauthorizedError,
+    delivered_keys,
 )
 from corridor.kms.quota import SaeQuotas
 from corridor.kms.store import (
@@ -93,6 +95,18 @@ INTENT_EVENTS = ("keys_reserving", "keys_delivering")
 # An announcement carries the reservations of several coalesced enc_keys requests; this
 # bounds its JSON body (about 260 bytes per reservation) well inside the API's 1 MiB.
 MAX_ANNOUNCEMENT_RESERVATIONS = 2048
+
+
+# The key ID of a Reservation, the bytes of a (reservation, key) pair.
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+# Fields of a Reservation: byte_offset, slave_sae_ids, and what one reservation_accepted
+# entry shares (link_id, direction, master_sae_id, slave_sae_ids, length_bytes).
+_BYTE_OFFSET = operator.itemgetter(3)
+_SLAVES = operator.itemgetter(6)
+_ACCEPTED_GROUP = operator.itemgetter(1, 2, 5, 6, 4)
+# The fields checked once per combination: link_id, direction, master and slave SAEs.
+_SHARED_FIELDS = operator.itemgetter(1, 2, 5, 6)
 
 
 class PeerUnreachableError(KeysUnavailableError):
@@ -709,7 +723,7 @@ class KeyManager:
         self._record_after("keys_delivered", kme_id=self.kme_id, delivery_id=delivery_id,
                            sae_id=master_sae_id, role="master", master_sae_id=master_sae_id,
                            key_ids=key_ids, count=count, size_bits=size, **batch)
-        return [DeliveredKey(res.key_id, key) for res, key in cut]
+        return delivered_keys(map(_FIRST, reservations), map(_SECOND, cut))
 
     def dec_keys(self, slave_sae_id: str, master_sae_id: str,
                  key_ids: list[str]) -> list[DeliveredKey]:
@@ -820,9 +834,12 @@ class KeyManager:
         slave SAEs), durably and all or none; a repeat is accepted without effect.
         Raises :class:`~corridor.kms.store.ReservationRefusedError` (a 503) otherwise."""
         try:
-            reservations = [r._replace(slave_sae_ids=tuple(r.slave_sae_ids))
-                            if isinstance(r, Reservation) and isinstance(r.slave_sae_ids, list)
-                            else r for r in reservations]
+            if not (set(map(type, reservations)) == {Reservation}
+                    and set(map(type, map(_SLAVES, reservations))) == {tuple}):
+                reservations = [r._replace(slave_sae_ids=tuple(r.slave_sae_ids))
+                                if isinstance(r, Reservation)
+                                and isinstance(r.slave_sae_ids, list) else r
+                                for r in reservations]
             self._check_reservations(from_kme_id, reservations)
             recorded = self.store.record_peer_reservations(reservations)
         except InvalidReservationError:
@@ -835,16 +852,18 @@ class KeyManager:
             self._reject("accept_reservations", from_kme_id, "store_integrity", 503)
             raise ReservationRefusedError("key store integrity check failed") from exc
         groups: dict[tuple[str, str, str, tuple[str, ...], int], list[Reservation]] = {}
-        for res in recorded:
-            groups.setdefault((res.link_id, res.direction, res.master_sae_id,
-                               res.slave_sae_ids, res.length_bytes), []).append(res)
+        if recorded and len(set(map(_ACCEPTED_GROUP, recorded))) == 1:
+            groups[_ACCEPTED_GROUP(recorded[0])] = list(recorded)  # one delivery, one entry
+        else:
+            for res in recorded:
+                groups.setdefault(_ACCEPTED_GROUP(res), []).append(res)
         for (link_id, direction, master, slaves, length), group in groups.items():
             self.events.emit("reservation_accepted", kme_id=self.kme_id,
                              from_kme_id=from_kme_id, link_id=link_id, direction=direction,
                              master_sae_id=master, slave_sae_ids=list(slaves),
-                             key_ids=[r.key_id for r in group], count=len(group),
+                             key_ids=list(map(_FIRST, group)), count=len(group),
                              size_bits=length * 8,
-                             byte_offsets=[r.byte_offset for r in group])
+                             byte_offsets=list(map(_BYTE_OFFSET, group)))
 
     def _check_reservations(self, from_kme_id: str, reservations: Sequence[Reservation]) -> None:
         if not reservations:
@@ -861,9 +880,11 @@ class KeyManager:
             first: dict[tuple[Any, ...], Reservation] = {}
             hashable = True
             try:
-                for r in reservations:
-                    first.setdefault((r.link_id, r.direction, r.master_sae_id,
-                                      r.slave_sae_ids), r)
+                if len(set(map(_SHARED_FIELDS, reservations))) == 1:
+                    first[_SHARED_FIELDS(reservations[0])] = reservations[0]
+                else:
+                    for r in reservations:
+                        first.setdefault(_SHARED_FIELDS(r), r)
             except TypeError:  # an unhashable field: the per-key checks refuse it
                 hashable = False
             if hashable:
