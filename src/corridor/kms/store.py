@@ -658,7 +658,7 @@ class SqlKeyStore(KeyStore):
         now = time.time()
         rows: list[tuple[Any, ...]] = []
         reservations = list(map(_FIRST_OF_PAIR, items))
-        if (items and set(map(_SECOND_OF_PAIR, items)) == {None}
+        if (items and set(map(type, map(_SECOND_OF_PAIR, items))) == {type(None)}
                 and _one_value(map(_SHARED_FIELDS, reservations))):
             # The common case (one delivery's keys in a run record), column-wise in C.
             first = reservations[0]
