@@ -137,9 +137,8 @@ class FlippingRelay:
         self._server = socket.create_server((HOST, 0))
         self._server.settimeout(10)
         self.port = int(self._server.getsockname()[1])
+        self._sockets: list[socket.socket] = []   # before the thread that appends to it
         threading.Thread(target=self._run, daemon=True).start()
-
-        self._sockets: list[socket.socket] = []
 
     def _run(self) -> None:
         with self._server:
@@ -158,11 +157,11 @@ class FlippingRelay:
         while True:
             try:
                 header = _recv_exact(source, 4)
-            except OSError:  # closed by close() at the end of the test
+                if header is None:
+                    break
+                body = _recv_exact(source, struct.unpack(">I", header)[0])
+            except OSError:  # closed by close() at the end of the test, mid-frame too
                 break
-            if header is None:
-                break
-            body = _recv_exact(source, struct.unpack(">I", header)[0])
             if body is None:
                 break
             if tamper and count == self.flip_frame:
