@@ -77,7 +77,7 @@ def _depot_of(policy: Any, given: str | None) -> str:
 
 
 def _saes(up: dict[str, Any], backend: str | None, depot: str | None) -> tuple[str, str, str]:
-    from corridor.cli.hybrid_session import _pair_policy
+    from corridor.kms.up_file import pair_policy
 
     sessions = up.get("hybrid_sessions") or []
     saes = [s["sae_id"] for s in up.get("saes", [])]
@@ -86,17 +86,17 @@ def _saes(up: dict[str, Any], backend: str | None, depot: str | None) -> tuple[s
     backend = backend or (sessions[0]["initiator_sae_id"] if sessions else saes[0])
     depot = depot or (sessions[0]["responder_sae_id"] if sessions
                       else next((s for s in saes if s != backend), backend))
-    return backend, depot, _pair_policy(up, backend, depot)
+    return backend, depot, pair_policy(up, backend, depot)
 
 
 def _qkd(up_path: Path | None, sae_id: str) -> Any:
     if up_path is None:
         return None
-    from corridor.cli.hybrid_session import _sae_client
     from corridor.hybrid.qkd import KmeQkdKeys
+    from corridor.kms.up_file import sae_client
 
     up = read_up_file(up_path)
-    return KmeQkdKeys(_sae_client(up, up_path.resolve().parent, sae_id))
+    return KmeQkdKeys(sae_client(up, up_path.resolve().parent, sae_id))
 
 
 class _Parts:

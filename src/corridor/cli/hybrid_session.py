@@ -32,27 +32,7 @@ from corridor.cli.common import (
     read_up_file,
 )
 from corridor.errors import ParameterError
-
-
-def _sae_client(up: dict[str, Any], base: Path, sae_id: str,
-                option: str = "--initiator/--responder") -> Any:
-    from corridor.kms.client import SaeClient
-
-    sae = next((s for s in up.get("saes", []) if s.get("sae_id") == sae_id), None)
-    if sae is None:
-        known = [s.get("sae_id") for s in up.get("saes", [])]
-        raise ParameterError(option, sae_id, f"one of {known} (corridor-up.json: saes)")
-    kme = next(k for k in up["kmes"] if k["kme_id"] == sae["kme_id"])
-    return SaeClient(kme["base_url"], base / sae["cert"], base / sae["key"],
-                     base / sae["ca_cert"], expected_kme_id=kme["kme_id"], timeout_s=10.0)
-
-
-def _pair_policy(up: dict[str, Any], initiator: str, responder: str) -> str:
-    for session in up.get("hybrid_sessions", []):
-        if {session.get("initiator_sae_id"), session.get("responder_sae_id")} == \
-                {initiator, responder}:
-            return str(session["policy"])
-    return "both-required"
+from corridor.kms.up_file import pair_policy, sae_client
 
 
 def session_command(
@@ -96,7 +76,7 @@ def session_command(
         initiator = initiator or (sessions[0]["initiator_sae_id"] if sessions else saes[0])
         responder = responder or (sessions[0]["responder_sae_id"] if sessions
                                   else next(s for s in saes if s != initiator))
-        configured = parse_policy(_pair_policy(up, initiator, responder), "hybrid_sessions")
+        configured = parse_policy(pair_policy(up, initiator, responder), "hybrid_sessions")
         chosen = parse_policy(policy, "--policy") if policy is not None else configured
         kem = parse_suite(suite, "--suite")
         rng = None
@@ -104,8 +84,8 @@ def session_command(
             from corridor.entropy import open_qrng_source
 
             rng = open_qrng_source(qrng)
-        client_i = _sae_client(up, base, initiator)
-        client_r = _sae_client(up, base, responder)
+        client_i = sae_client(up, base, initiator)
+        client_r = sae_client(up, base, responder)
         ends = socket.socketpair()
         t_i, t_r = SocketTransport(ends[0], 30.0), SocketTransport(ends[1], 30.0)
         responder_side = Responder(responder, {initiator: configured},
@@ -199,9 +179,9 @@ def listen_command(
         up = read_up_file(from_up)
         base = from_up.resolve().parent
         host, port = _address(listen, "--listen")
-        client = _sae_client(up, base, sae, "--sae")
+        client = sae_client(up, base, sae, "--sae")
         peers = [s["sae_id"] for s in up.get("saes", []) if s["sae_id"] != sae]
-        policies = {peer: _pair_policy(up, peer, sae) for peer in peers}
+        policies = {peer: pair_policy(up, peer, sae) for peer in peers}
         responder = Responder(sae, policies, qkd=KmeQkdKeys(client))
         try:
             server = socket.create_server((host, port))
@@ -265,13 +245,13 @@ def connect_command(
         base = from_up.resolve().parent
         host, port = _address(connect, "--connect")
         chosen = parse_policy(policy if policy is not None
-                              else _pair_policy(up, initiator, responder), "--policy")
+                              else pair_policy(up, initiator, responder), "--policy")
         kem = parse_suite(suite, "--suite")
         if not any(s.get("sae_id") == responder for s in up.get("saes", [])):
             raise ParameterError("--peer", responder, "one of "
                                  f"{[s.get('sae_id') for s in up.get('saes', [])]} "
                                  "(corridor-up.json: saes)")
-        client = _sae_client(up, base, initiator, "--sae")
+        client = sae_client(up, base, initiator, "--sae")
         transport = SocketTransport.connect(host, port, timeout_s=30.0)
         try:
             key = Initiator(initiator, responder, chosen, qkd=KmeQkdKeys(client),

@@ -110,8 +110,8 @@ def _transfer(from_up: Path | None, oem: str | None, regional: str | None) -> tu
         oem_qkd = regional_qkd = None
         note = " (no --from-up: no QKD input, X-Wing alone)"
     else:
-        from corridor.cli.hybrid_session import _pair_policy, _sae_client
         from corridor.hybrid.qkd import KmeQkdKeys
+        from corridor.kms.up_file import pair_policy, sae_client
 
         up = read_up_file(from_up)
         sessions = up.get("hybrid_sessions") or []
@@ -121,10 +121,10 @@ def _transfer(from_up: Path | None, oem: str | None, regional: str | None) -> tu
         oem_sae = oem or (sessions[0]["initiator_sae_id"] if sessions else saes[0])
         regional_sae = regional or (sessions[0]["responder_sae_id"] if sessions
                                     else next((s for s in saes if s != oem_sae), oem_sae))
-        policy = _pair_policy(up, oem_sae, regional_sae)
+        policy = pair_policy(up, oem_sae, regional_sae)
         base = from_up.resolve().parent
-        oem_qkd = KmeQkdKeys(_sae_client(up, base, oem_sae, "--oem-sae"))
-        regional_qkd = KmeQkdKeys(_sae_client(up, base, regional_sae, "--regional-sae"))
+        oem_qkd = KmeQkdKeys(sae_client(up, base, oem_sae, "--oem-sae"))
+        regional_qkd = KmeQkdKeys(sae_client(up, base, regional_sae, "--regional-sae"))
         note = ""
 
     def transfer(campaign_id: str, key: bytearray) -> tuple[bytearray, dict[str, Any]]:
