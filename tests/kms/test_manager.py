@@ -249,6 +249,22 @@ def test_dec_keys_is_all_or_nothing(pair):
     assert pair.b.dec_keys("b1", "a1", ids) == keys  # nothing was consumed before
 
 
+def test_dec_keys_takes_keys_of_several_deliveries_in_any_order(pair):
+    # Three deliveries are three runs at the slave; one request interleaving their keys
+    # must get each key from its own run (the slave remembers the last run it used).
+    deliveries = [pair.a.enc_keys("a1", "b1", number=3) for _ in range(3)]
+    mixed = [deliveries[i % 3][i // 3] for i in range(9)][::-1]
+    assert pair.b.dec_keys("b1", "a1", [k.key_id for k in mixed]) == mixed
+
+
+def test_a_malformed_key_id_among_good_ones_is_named(pair):
+    ids = [k.key_id for k in pair.a.enc_keys("a1", "b1", number=3)]
+    with pytest.raises(KeyRequestError) as info:
+        pair.b.dec_keys("b1", "a1", [ids[0], ids[1].upper() + "\n", ids[2]])
+    assert info.value.details == [{"key_IDs_not_found": [ids[1].upper() + "\n"]}]
+    assert len(pair.b.dec_keys("b1", "a1", ids)) == 3   # nothing was consumed
+
+
 def test_short_pool_is_503_and_reserves_nothing(pair_factory):
     pair = pair_factory()
     pair.feed(blocks=1, length=256)  # 128 bytes per direction: 4 keys of 256 bits

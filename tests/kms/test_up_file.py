@@ -35,5 +35,5 @@ def test_a_broken_file_is_one_error_naming_the_option(tmp_path: Path) -> None:
     path.write_text("[1, 2]")
     with pytest.raises(ParameterError, match="--from-up"):
         read_up_file(path)
-    with pytest.raises(ParameterError, match="an existing corridor-up.json"):
+    with pytest.raises(ParameterError, match=r"an existing corridor-up\.json"):
         read_up_file(tmp_path / "missing.json")

@@ -742,7 +742,8 @@ class KeyManager:
             raise KeyRequestError(
                 f"key_IDs lists {len(key_ids)} keys; at most max_key_per_request = "
                 f"{self.config.max_key_per_request}")
-        malformed = [k for k in key_ids if not is_uuid(k)]
+        malformed = [] if set(map(type, key_ids)) == {str} and all_uuids(key_ids) else [
+            k for k in key_ids if not is_uuid(k)]
         if malformed:
             self._reject("dec_keys", slave_sae_id, "keys_not_found", 400)
             raise KeyRequestError(MSG_KEYS_NOT_FOUND,

@@ -1007,8 +1007,14 @@ class SqlKeyStore(KeyStore):
         loaded: dict[tuple[str, str], list[_Run]] = {}
         backed = sorted((row for row in rows if bytes(row[10]) == _IN_RUN),
                         key=lambda row: (row[2], row[3], int(row[4])))
+        last: _Run | None = None
+        last_end = -1
         for row in backed:
             key_id, link_id, direction, offset = row[0], row[2], row[3], int(row[4])
+            if (last is not None and last.start <= offset < last_end
+                    and last.link_id == link_id and last.direction == direction):
+                found[key_id] = last   # the keys of one request are mostly one run
+                continue
             run = next((r for r in loaded.get((link_id, direction), [])
                         if r.start <= offset < r.end), None)
             if run is None:
@@ -1026,6 +1032,7 @@ class SqlKeyStore(KeyStore):
             if run is None or not run.start <= offset < run.end:
                 raise AtRestDecryptionError("a stored key row has no record holding its bytes")
             found[key_id] = run
+            last, last_end = run, run.end
         return found
 
     def _key_from_run(self, row: tuple[Any, ...], run: _Run) -> bytes:
