@@ -21,7 +21,8 @@ Code construction is not timed (it is cached on disk; its time is printed once).
 
 With ``--decoders fast,reference`` both of Bob's decoders run on the same key pairs in
 the same process (ratios between them survive a loaded machine better than absolute
-figures).
+figures); ``--targeted 0,16`` likewise runs blind retries only beside targeted ones.
+Variants are labelled decoder and targeted_max_checks ("fas-t16").
 
 Run:  .venv/bin/python benchmarks/bench_ldpc.py [--bits 4000000] [--call-bits 4000000]
 """
@@ -174,6 +175,9 @@ def main() -> None:
                         help="comma-separated Bob decoders to run on the same key pairs "
                              "(fast, reference)")
     parser.add_argument("--stall-sweeps", type=int, default=ldpc.LdpcSettings().stall_sweeps)
+    parser.add_argument("--targeted", default=str(ldpc.LdpcSettings().targeted_max_checks),
+                        help="comma-separated targeted_max_checks values to run on the same "
+                             "key pairs (0: blind retries only)")
     parser.add_argument("--max-iterations", type=int,
                         default=ldpc.LdpcSettings().max_iterations)
     parser.add_argument("--cascade-frame-bits", type=int, default=10_000)
@@ -185,12 +189,14 @@ def main() -> None:
     cpu = args.cpu if args.cpu is not None else available[-1]
     os.sched_setaffinity(0, {cpu})
     qbers = [float(q) for q in args.qbers.split(",")]
-    decoders = args.decoders.split(",")
-    all_settings = {d: ldpc.LdpcSettings(code_bits=args.code_bits, efficiency=args.efficiency,
-                                         max_retries=args.retries, decoder=d,
-                                         stall_sweeps=args.stall_sweeps,
-                                         max_iterations=args.max_iterations)
-                    for d in decoders}
+    # One variant per (decoder, targeted_max_checks), labelled e.g. "fas-t16".
+    variants = {f"{d[:3]}-t{t}": ldpc.LdpcSettings(
+        code_bits=args.code_bits, efficiency=args.efficiency, max_retries=args.retries,
+        decoder=d, stall_sweeps=args.stall_sweeps, max_iterations=args.max_iterations,
+        targeted_max_checks=int(t))
+        for d in args.decoders.split(",") for t in args.targeted.split(",")}
+    decoders = list(variants)   # variant labels
+    all_settings = variants
     settings = all_settings[decoders[0]]
 
     print(f"# bench_ldpc  {datetime.datetime.now().isoformat(timespec='minutes')}  "
@@ -217,7 +223,7 @@ def main() -> None:
     print(f"{'':8s} {'':>5s} {'':>6s} {'':>6s} {'first':>8s} {'after':>8s} {'resid':>8s} "
           f"{'cpu':>7s} {'wall':>7s} {'/call':>5s} {'/call':>4s} {'/frame':>6s} {'sweep':>7s}")
     for qber in qbers:
-        points = [Point(f"ldpc-{d[:3]}", qber) for d in decoders] \
+        points = [Point(d, qber) for d in decoders] \
             + ([] if args.no_cascade else [Point("cascade", qber)])
         done, seed = 0, 1
         while done < args.bits:
@@ -230,7 +236,7 @@ def main() -> None:
             done += n
             seed += 1
         for p in points:
-            is_ldpc = p.method.startswith("ldpc")
+            is_ldpc = p.method != "cascade"
             # Decoding work (load-independent) and CPU per edge per sweep (both parties'
             # CPU, of which Bob's decoder is nearly all).
             sweeps = f"{p.sweeps / p.frames:6.1f}" if is_ldpc else f"{'-':>6s}"

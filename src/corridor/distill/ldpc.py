@@ -35,14 +35,22 @@ Protocol and accounting (every count is per frame and exact):
    <= m - p. Shortened bits are public constants, not key: they disclose nothing.
 2. Bob decodes every frame (``_ldpc_kernels.decode_layered_fast``, or the reference
    ``decode_layered_spa``: ``LdpcSettings.decoder``) and answers
-   ``ldpc.result``: one bit per frame, decoded or not (``bob_disclosed_bits``: each
-   depends on both strings, so each is counted).
-3. Blind retries: for every frame that failed, Alice reveals the values of the next
-   ``ceil(retry_step * h(q) * K)`` positions of that frame in a fixed public order
-   (the punctured positions, last first, then key positions), Bob decodes those
-   frames again and answers again; at most ``max_retries`` times. A revealed punctured
-   bit removes one bit of the credit ``p`` and a revealed key bit discloses one bit:
-   each revealed bit counts one (``alice_disclosed_bits = F (m - p) + revealed``).
+   ``ldpc.result``: one bit per frame, decoded or not, and before a retry the
+   unsatisfied checks of the frames that ask for a targeted one
+   (``bob_disclosed_bits``: all of it depends on both strings, so every bit is counted).
+3. Retries: for every frame that failed, Alice reveals the values of more positions
+   of that frame, Bob decodes those frames again and answers again; at most
+   ``max_retries`` times. A frame that failed with many unsatisfied checks gets the
+   next ``ceil(retry_step * h(q) * K)`` positions of a fixed public order (the
+   punctured positions, last first, then key positions: a *blind* retry). A frame
+   left with at most ``targeted_max_checks`` unsatisfied checks (a trapping set: a
+   few confidently wrong bits that belief propagation cannot move) gets a *targeted*
+   retry: Bob's answer names those checks and Alice reveals every position of them
+   not yet known. A revealed punctured bit removes one bit of the credit ``p`` and a
+   revealed key bit discloses one bit: each revealed bit counts one
+   (``alice_disclosed_bits = F (m - p) + revealed``); the check indices Bob sends are
+   counted in ``bob_disclosed_bits`` bit for bit (a byte per failed frame for their
+   number, ``ceil(log2 m)`` bits per index).
 4. Frames still failing after the last retry are dropped by both parties (a public
    decision from Bob's flags); their bits leave the key, and what was disclosed about
    them stays counted (an upper bound: they are independent of the kept frames).
@@ -97,8 +105,10 @@ DECODERS = ("fast", "reference")
 
 _SYNDROME_HEADER = struct.Struct("<32sQIIIII")
 _RESULT_HEADER = struct.Struct("<BI")
-_REVEAL_HEADER = struct.Struct("<II")
+_REVEAL_HEADER = struct.Struct("<III")
 _FLAG_ABORT = 1
+#: Unsatisfied checks one frame may name in a request (their number travels in a byte).
+_MAX_TARGETED_CHECKS = 255
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,9 @@ class LdpcSettings:
         stall_sweeps: the fast decoder gives up an attempt when its count of
             unsatisfied checks has not reached a new low for this many sweeps (0:
             never; the reference decoder ignores it).
+        targeted_max_checks: a frame that fails with between 1 and this many
+            unsatisfied checks asks for a targeted retry (Alice reveals every
+            position of those checks) instead of a blind one (0: blind retries only).
     """
 
     code_bits: int = DEFAULT_CODE_BITS
@@ -135,6 +148,7 @@ class LdpcSettings:
     max_iterations: int = 60
     decoder: str = "fast"
     stall_sweeps: int = 20
+    targeted_max_checks: int = 16
 
     def __post_init__(self) -> None:
         if isinstance(self.code_bits, bool) or not isinstance(self.code_bits, int) \
@@ -167,6 +181,11 @@ class LdpcSettings:
                 or not 0 <= self.stall_sweeps <= 1000:
             raise ParameterError("ldpc.stall_sweeps", self.stall_sweeps,
                                  "must be a whole number in [0, 1000]")
+        if isinstance(self.targeted_max_checks, bool) \
+                or not isinstance(self.targeted_max_checks, int) \
+                or not 0 <= self.targeted_max_checks <= _MAX_TARGETED_CHECKS:
+            raise ParameterError("ldpc.targeted_max_checks", self.targeted_max_checks,
+                                 f"must be a whole number in [0, {_MAX_TARGETED_CHECKS}]")
 
 
 def _real(value: object) -> bool:
@@ -184,7 +203,7 @@ class LdpcReconciliationResult(ReconciliationResult):
         code_bits: its length ``n``.
         punctured_bits: ``p`` per frame; shortened_bits: ``s`` per full frame.
         syndrome_bits: syndrome bits sent (``F m``).
-        revealed_bits: bits Alice revealed in blind retries.
+        revealed_bits: bits Alice revealed in retries (blind and targeted).
         first_round_failures: frames that did not decode from the syndrome alone.
         dropped_frames, dropped_bits: frames (and their key bits) left out.
         decoder_sweeps: Bob's decoder sweeps over the code, summed over frames and
@@ -236,10 +255,107 @@ class Plan:
         return np.concatenate((self.code.puncture_order[:p][::-1],
                                self.code.fill_order[s:n - p]))
 
+    def shortened_positions(self, short: bool) -> np.ndarray:
+        """Code positions fixed to public zeros in a frame of ``K`` (or ``K - 1``)."""
+        return self.code.fill_order[:self.shortened + (1 if short else 0)]
+
     def header(self) -> bytes:
         return _SYNDROME_HEADER.pack(bytes.fromhex(self.code.identity), self.n_key,
                                      self.frames, self.key_per_frame, self.punctured,
                                      self.shortened, self.reveal_step)
+
+
+class _Reveals:
+    """The positions revealed in each retry, computed alike by both parties.
+
+    A blind retry takes the next ``reveal_step`` positions of the frame's public order
+    (``Plan.reveal_order``); a targeted one every position of the named checks that is
+    neither shortened nor already revealed. A frame gets its mask of known positions at
+    its first targeted retry (frames that only ever get blind ones never need it), and
+    its later blind retries skip what the mask holds.
+    """
+
+    def __init__(self, pl: Plan, lengths: np.ndarray) -> None:
+        self._pl = pl
+        self._short = lengths < pl.key_per_frame
+        self._cursor = np.zeros(pl.frames, np.int64)
+        self._known: dict[int, np.ndarray] = {}
+
+    def take(self, frame: int, checks: np.ndarray | None) -> np.ndarray:
+        """The positions of ``frame`` revealed now (blind if ``checks`` is None)."""
+        pl, code = self._pl, self._pl.code
+        short = bool(self._short[frame])
+        order = pl.reveal_order(short)
+        cursor = int(self._cursor[frame])
+        known = self._known.get(frame)
+        if checks is None:
+            if known is None:
+                take = order[cursor:cursor + pl.reveal_step]
+                self._cursor[frame] = cursor + take.size
+                return take
+            rest = order[cursor:]
+            free = np.flatnonzero(~known[rest])[:pl.reveal_step]
+            take = rest[free]
+            self._cursor[frame] = cursor + (int(free[-1]) + 1 if free.size else rest.size)
+        else:
+            if known is None:
+                known = self._known[frame] = np.zeros(code.n, np.bool_)
+                known[pl.shortened_positions(short)] = True
+                known[order[:cursor]] = True
+            rows = [code.cols[code.row_start[c]:code.row_start[c + 1]] for c in checks.tolist()]
+            take = np.unique(np.concatenate(rows)).astype(np.int64)
+            take = take[~known[take]]
+        known[take] = True
+        return take
+
+
+def _index_width(checks: int) -> int:
+    """Bits per check index in Bob's requests."""
+    return max(1, (checks - 1).bit_length())
+
+
+def _pack_requests(requests: list[np.ndarray | None], width: int) -> bytes:
+    """Bob's requests: one byte per failed frame (its number of checks, 0 for a blind
+    retry), then every check index in ``width`` bits, packed."""
+    counts = bytes(0 if r is None else r.size for r in requests)
+    named = [r for r in requests if r is not None]
+    if not named:
+        return counts
+    indices = np.concatenate(named).astype(np.int64)
+    shifts = np.arange(width - 1, -1, -1, dtype=np.int64)
+    bits = ((indices[:, None] >> shifts) & 1).astype(np.uint8)
+    return counts + np.packbits(bits.ravel()).tobytes()
+
+
+def _request_bits(requests: list[np.ndarray | None], width: int) -> int:
+    """Bits of :func:`_pack_requests`'s message that carry information (no padding)."""
+    return 8 * len(requests) + width * sum(0 if r is None else r.size for r in requests)
+
+
+def _unpack_requests(payload: bytes, frames: int, width: int, checks: int,
+                     max_checks: int) -> list[np.ndarray | None]:
+    """Alice's reading of :func:`_pack_requests`; refuses anything malformed."""
+    counts = list(payload[:frames])
+    total = sum(counts)
+    if len(counts) != frames or len(payload) != frames + (total * width + 7) // 8 \
+            or any(c > max_checks for c in counts):
+        raise ProtocolAbort("malformed_message", f"{MESSAGE_RESULT}: requests of "
+                            f"{len(payload)} bytes for {frames} failed frames")
+    bits = _unpack(payload, frames, total * width).reshape(total, width).astype(np.int64)
+    indices = bits @ (np.int64(1) << np.arange(width - 1, -1, -1, dtype=np.int64))
+    out: list[np.ndarray | None] = []
+    start = 0
+    for count in counts:
+        if count == 0:
+            out.append(None)
+            continue
+        named = indices[start:start + count]
+        start += count
+        if int(named[-1]) >= checks or (count > 1 and bool((np.diff(named) <= 0).any())):
+            raise ProtocolAbort("malformed_message",
+                                f"{MESSAGE_RESULT}: check indices out of order or range")
+        out.append(named)
+    return out
 
 
 def plan(n_key: int, qber_estimate: float, settings: LdpcSettings) -> Plan:
@@ -338,32 +454,44 @@ def reconcile_alice(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate
     channel.send(MESSAGE_SYNDROME, pl.header() + np.packbits(syn, axis=1).tobytes())
     messages = 1
     revealed = np.zeros(pl.frames, np.int64)
+    reveals = _Reveals(pl, lengths)
+    width = _index_width(m)
     in_play = np.arange(pl.frames, dtype=np.int64)
     failing = in_play
     rounds = 0
-    flag_bits = 0
+    bob_bits = 0
     first_failures = 0
     while True:
         payload = channel.recv(MESSAGE_RESULT, timeout_s)
         messages += 1
         rounds += 1
         ok = _parse_result(payload, in_play.size)
-        flag_bits += int(in_play.size)
+        bob_bits += int(in_play.size)
         failing = in_play[ok == 0]
         if rounds == 1:
             first_failures = int(failing.size)
+        rest = payload[_RESULT_HEADER.size + (in_play.size + 7) // 8:]
+        no_requests = failing.size == 0 or rounds > settings.max_retries \
+            or not settings.targeted_max_checks
+        if no_requests and rest:
+            raise ProtocolAbort("malformed_message",
+                                f"{MESSAGE_RESULT}: {len(rest)} bytes after the flags")
         if failing.size == 0 or rounds > settings.max_retries:
             break
+        requests: list[np.ndarray | None] = [None] * int(failing.size)
+        if settings.targeted_max_checks:
+            requests = _unpack_requests(rest, int(failing.size), width, m,
+                                        settings.targeted_max_checks)
+            bob_bits += _request_bits(requests, width)
         chunks = []
-        for f in failing.tolist():
-            order = pl.reveal_order(bool(lengths[f] < pl.key_per_frame))
-            take = order[revealed[f]:revealed[f] + pl.reveal_step]
-            values = np.zeros(pl.reveal_step, np.uint8)
-            values[:take.size] = words[f, take]
+        for f, checks in zip(failing.tolist(), requests, strict=True):
+            take = reveals.take(f, checks)
+            chunks.append(words[f, take])
             revealed[f] += take.size
-            chunks.append(values)
-        channel.send(MESSAGE_REVEAL, _REVEAL_HEADER.pack(failing.size, pl.reveal_step)
-                     + np.packbits(np.concatenate(chunks)).tobytes())
+        values = np.concatenate(chunks)
+        channel.send(MESSAGE_REVEAL, _REVEAL_HEADER.pack(failing.size, pl.reveal_step,
+                                                         values.size)
+                     + np.packbits(values).tobytes())
         messages += 1
         in_play = failing
     words[:] = 0
@@ -371,7 +499,7 @@ def reconcile_alice(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate
     keep[failing] = False
     kept = _kept_bits(key, offsets, keep)
     return _result(pl, kept, keep, lengths, revealed, messages, rounds, None,
-                   bob_bits=flag_bits, first_failures=first_failures)
+                   bob_bits=bob_bits, first_failures=first_failures)
 
 
 def _parse_result(payload: bytes, expected: int) -> np.ndarray:
@@ -384,7 +512,7 @@ def _parse_result(payload: bytes, expected: int) -> np.ndarray:
         reason, _, rest = detail.partition(":")
         raise ProtocolAbort(reason if reason.startswith("ldpc_") else "ldpc_parameter_mismatch",
                             f"Bob: {rest.strip() or detail}")
-    if count != expected or len(payload) != _RESULT_HEADER.size + (count + 7) // 8:
+    if count != expected or len(payload) < _RESULT_HEADER.size + (count + 7) // 8:
         raise ProtocolAbort("malformed_message", f"{MESSAGE_RESULT}: {count} flags, "
                             f"expected {expected}")
     return _unpack(payload, _RESULT_HEADER.size, count)
@@ -463,7 +591,9 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
     resume = np.zeros(pl.frames, np.bool_)
     state_r = np.empty((slots, code.edges), np.float32)
     state_total = np.empty((slots, n), np.float32)
-    flag_bits = 0
+    reveals = _Reveals(pl, lengths)
+    width = _index_width(m)
+    bob_bits = 0
     rounds = 0
     first_failures = 0
     sweeps = 0
@@ -478,37 +608,50 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
                                        settings.max_iterations, _PHI, decoded, converged,
                                        iterations, state_r, state_total, slot, resume)
         sweeps += int(iterations[in_play].sum())
+        rounds += 1
+        last = rounds > settings.max_retries
+        requests: dict[int, np.ndarray] = {}
         for f in in_play[~converged[in_play]].tolist():
+            unsatisfied = _unsatisfied_checks(code, decoded[f], target[f])
             # Suspect: a bit whose decision contradicts Bob's own channel value (or that
             # he has no value for); known (shortened, revealed) bits never are.
             suspect = (llr[f] == 0) | ((llr[f] < 0) != (decoded[f] == 1))
             converged[f] = _repair_degree_two_paths(code, decoded[f], target[f], suspect)
+            if not converged[f] and 0 < unsatisfied.size <= settings.targeted_max_checks:
+                requests[f] = unsatisfied
         ok = converged[in_play].astype(np.uint8)
-        channel.send(MESSAGE_RESULT, _RESULT_HEADER.pack(0, in_play.size)
-                     + np.packbits(ok).tobytes())
-        messages += 1
-        rounds += 1
-        flag_bits += int(in_play.size)
         failing = in_play[ok == 0]
+        asked: list[np.ndarray | None] = [requests.get(f) for f in failing.tolist()]
+        # No request section when none can follow (no retry left, nothing failed) or
+        # targeted retries are off: then no byte of it is sent or counted.
+        tail = b"" if last or failing.size == 0 or not settings.targeted_max_checks \
+            else _pack_requests(asked, width)
+        channel.send(MESSAGE_RESULT, _RESULT_HEADER.pack(0, in_play.size)
+                     + np.packbits(ok).tobytes() + tail)
+        messages += 1
+        bob_bits += int(in_play.size) + (_request_bits(asked, width) if tail else 0)
         if rounds == 1:
             first_failures = int(failing.size)
-        if failing.size == 0 or rounds > settings.max_retries:
+        if failing.size == 0 or last:
             break
         payload = channel.recv(MESSAGE_REVEAL, timeout_s)
         messages += 1
         try:
-            count, step = _REVEAL_HEADER.unpack_from(payload)
+            count, step, total = _REVEAL_HEADER.unpack_from(payload)
         except struct.error:
             raise ProtocolAbort("malformed_message", f"{MESSAGE_REVEAL}: short") from None
-        if count != failing.size or step != pl.reveal_step or \
-                len(payload) != _REVEAL_HEADER.size + (count * step + 7) // 8:
-            raise ProtocolAbort("malformed_message", f"{MESSAGE_REVEAL}: {count} frames of "
-                                f"{step} bits, expected {failing.size} of {pl.reveal_step}")
-        values = _unpack(payload, _REVEAL_HEADER.size, count * step).reshape(count, step)
-        for i, f in enumerate(failing.tolist()):
-            order = pl.reveal_order(bool(lengths[f] < pl.key_per_frame))
-            take = order[revealed[f]:revealed[f] + step]
-            known = np.where(values[i, :take.size] == 1, -_KNOWN_LLR, _KNOWN_LLR)
+        takes = [reveals.take(f, checks) for f, checks in zip(failing.tolist(), asked,
+                                                              strict=True)]
+        expected = sum(take.size for take in takes)
+        if count != failing.size or step != pl.reveal_step or total != expected or \
+                len(payload) != _REVEAL_HEADER.size + (total + 7) // 8:
+            raise ProtocolAbort("malformed_message", f"{MESSAGE_REVEAL}: {count} frames, "
+                                f"{total} bits, expected {failing.size} frames, {expected} bits")
+        values = _unpack(payload, _REVEAL_HEADER.size, total)
+        start = 0
+        for f, take in zip(failing.tolist(), takes, strict=True):
+            known = np.where(values[start:start + take.size] == 1, -_KNOWN_LLR, _KNOWN_LLR)
+            start += take.size
             if slot[f] >= 0:
                 state_total[slot[f], take] += known - llr[f, take]
                 resume[f] = True
@@ -529,7 +672,7 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
         array[:] = 0
     qber_corrected = flips / kept.size if kept.size else None
     return _result(pl, kept, keep, lengths, revealed, messages, rounds, qber_corrected,
-                   bob_bits=flag_bits, first_failures=first_failures, decoder_sweeps=sweeps)
+                   bob_bits=bob_bits, first_failures=first_failures, decoder_sweeps=sweeps)
 
 
 #: A frame that fails with at most this many unsatisfied checks gets the repair below.
@@ -554,6 +697,13 @@ def _degree_two_graph(code: LdpcCode) -> tuple[np.ndarray, np.ndarray, np.ndarra
     start = np.zeros(code.checks + 1, np.int64)
     np.cumsum(np.bincount(ends, minlength=code.checks), out=start[1:])
     return start, others[order], via[order]
+
+
+def _unsatisfied_checks(code: LdpcCode, word: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Indices of the checks ``word`` does not satisfy (ascending)."""
+    syndrome = np.empty((1, code.checks), np.uint8)
+    kernels.syndromes(word[None, :], code.row_start, code.cols, syndrome)
+    return np.flatnonzero(syndrome[0] != target)
 
 
 def _repair_degree_two_paths(code: LdpcCode, word: np.ndarray, target: np.ndarray,
