@@ -285,6 +285,9 @@ def test_empty_key_discloses_nothing() -> None:
     ({"retry_step": 0.0}, "ldpc.retry_step"),
     ({"max_retries": 33}, "ldpc.max_retries"),
     ({"max_iterations": 0}, "ldpc.max_iterations"),
+    ({"targeted_max_checks": -1}, "ldpc.targeted_max_checks"),
+    ({"targeted_max_checks": 256}, "ldpc.targeted_max_checks"),
+    ({"targeted_max_checks": True}, "ldpc.targeted_max_checks"),
 ])
 def test_bad_settings_name_the_field(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ParameterError) as info:

@@ -616,7 +616,8 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
             # Suspect: a bit whose decision contradicts Bob's own channel value (or that
             # he has no value for); known (shortened, revealed) bits never are.
             suspect = (llr[f] == 0) | ((llr[f] < 0) != (decoded[f] == 1))
-            converged[f] = _repair_degree_two_paths(code, decoded[f], target[f], suspect)
+            converged[f] = _repair_degree_two_paths(code, decoded[f], target[f], suspect,
+                                                    unsatisfied)
             if not converged[f] and 0 < unsatisfied.size <= settings.targeted_max_checks:
                 requests[f] = unsatisfied
         ok = converged[in_play].astype(np.uint8)
@@ -707,7 +708,8 @@ def _unsatisfied_checks(code: LdpcCode, word: np.ndarray, target: np.ndarray) ->
 
 
 def _repair_degree_two_paths(code: LdpcCode, word: np.ndarray, target: np.ndarray,
-                             suspect: np.ndarray) -> bool:
+                             suspect: np.ndarray,
+                             unsatisfied_checks: np.ndarray | None = None) -> bool:
     """Flip chains of degree-2 variables between unsatisfied checks; True if the word
     then has the target syndrome.
 
@@ -727,9 +729,9 @@ def _repair_degree_two_paths(code: LdpcCode, word: np.ndarray, target: np.ndarra
     only accepted when the whole syndrome matches; the verification stage catches a
     wrong word as for any other decoding.
     """
-    syndrome = np.empty((1, code.checks), np.uint8)
-    kernels.syndromes(word[None, :], code.row_start, code.cols, syndrome)
-    unsatisfied = np.flatnonzero(syndrome[0] != target).tolist()
+    if unsatisfied_checks is None:
+        unsatisfied_checks = _unsatisfied_checks(code, word, target)
+    unsatisfied = unsatisfied_checks.tolist()
     if not unsatisfied or len(unsatisfied) > REPAIR_MAX_UNSATISFIED:
         return not unsatisfied
     start, other, via = _degree_two_graph(code)
@@ -768,8 +770,7 @@ def _repair_degree_two_paths(code: LdpcCode, word: np.ndarray, target: np.ndarra
             back, variable = parent[node]
             word[variable] ^= 1
             node = back
-    kernels.syndromes(word[None, :], code.row_start, code.cols, syndrome)
-    return bool(np.array_equal(syndrome[0], target))
+    return _unsatisfied_checks(code, word, target).size == 0
 
 
 def _check_header(channel: ChannelEndpoint, payload: bytes, pl: Plan) -> None:
