@@ -14,6 +14,7 @@ from corridor.distill.ldpc_codes import (
     construct,
     count_four_cycles,
     get_code,
+    shortest_degree_two_cycle,
 )
 from corridor.errors import ParameterError
 
@@ -72,6 +73,36 @@ def test_four_cycle_counter_sees_a_planted_cycle() -> None:
                              puncture_order=code.puncture_order, fill_order=code.fill_order,
                              fallback_edges=0, identity="x")
     assert count_four_cycles(planted) >= 1
+
+
+@pytest.mark.parametrize(("distribution", "shortest"), [
+    # More degree-2 variables than checks (r90, r80): their graph must have cycles, and
+    # edge growth keeps them long; depth-1 exclusion alone left cycles of 3 and 4 (the
+    # weight-3 codewords seen as wrong words at QBER 4 %). Fewer (r85): none at all.
+    ("elkouss2009-r90", 8), ("elkouss2009-r80", 12), ("elkouss2009-r85", None)])
+def test_degree_two_variables_close_only_long_cycles(distribution: str,
+                                                     shortest: int | None) -> None:
+    code = construct(distribution, 16384, codes.DEFAULT_CODE_SEED)
+    assert code.fallback_edges == 0 and count_four_cycles(code) == 0
+    found = shortest_degree_two_cycle(code, 12)
+    assert found == shortest if shortest is None else found is None or found >= shortest
+
+
+def test_degree_two_cycle_search_sees_a_planted_cycle() -> None:
+    # Variables 0, 1, 2 of degree 2 on checks (0, 1), (1, 2), (0, 2): a triangle, the
+    # codeword 1110; variable 3 sits on every check.
+    def code(rows: list[list[int]]) -> codes.LdpcCode:
+        row_start = np.cumsum([0] + [len(r) for r in rows]).astype(np.int64)
+        return codes.LdpcCode(distribution="elkouss2009-r50", n=4, seed=0, checks=len(rows),
+                              row_start=row_start,
+                              cols=np.array([v for r in rows for v in r], np.int32),
+                              puncture_order=np.empty(0, np.int64),
+                              fill_order=np.arange(4), fallback_edges=0, identity="x")
+
+    assert shortest_degree_two_cycle(code([[0, 2, 3], [0, 1, 3], [1, 2, 3]]), 12) == 3
+    assert shortest_degree_two_cycle(code([[0, 2, 3], [0, 1, 3], [1, 2, 3]]), 2) is None
+    # Variable 2 on checks 0 and a new check 3 instead: a path, no cycle.
+    assert shortest_degree_two_cycle(code([[0, 2, 3], [0, 1, 3], [1, 3], [2]]), 12) is None
 
 
 def test_construction_is_deterministic_in_its_seed() -> None:

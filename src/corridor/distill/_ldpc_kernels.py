@@ -1,8 +1,8 @@
 """Compiled inner loops of LDPC reconciliation (``corridor.distill.ldpc``, ``ldpc_codes``).
 
 Code construction: :func:`peg_edges` (progressive edge growth, Hu, Eleftheriou and
-Arnold, IEEE Trans. Inf. Theory 51, 386 (2005), with the tree expansion cut at depth
-1, see ``ldpc_codes``) and :func:`private_check_puncturing` (the nested puncturing
+Arnold, IEEE Trans. Inf. Theory 51, 386 (2005), the tree expanded past depth 1 only
+while it is small, see ``ldpc_codes``) and :func:`private_check_puncturing` (the nested puncturing
 order). Reconciliation: :func:`syndromes` (Alice's encoder: one parity per check
 row), :func:`decode_layered_spa` (Bob's layered sum-product decoder, ``phi`` from
 a table, many frames per call, early stop when the syndrome matches; the reference)
@@ -21,22 +21,35 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+#: Deepest level of the tree that :func:`peg_edges` expands (stamps hold the level).
+PEG_MAX_LEVELS = 60
+
 
 @njit(cache=True, nogil=True)
 def peg_edges(var_degrees: np.ndarray, checks: int, max_check_degree: int,
               randoms: np.ndarray, var_adj: np.ndarray, check_adj: np.ndarray,
-              check_degree: np.ndarray) -> int:
+              check_degree: np.ndarray, reach_cap: int) -> int:
     """Grow the Tanner graph edge by edge; returns the number of edges placed by the
     fallback rule (0 when every edge closes no cycle of length 4).
 
     Variables are taken in the order given (ascending degree, as Hu et al.). For each
-    new edge of variable ``v`` the checks within distance 1 of ``v``'s current
-    subgraph (its checks and the checks of their variables) are excluded, and the
-    edge goes to a check of lowest current degree among the others; ties are broken
-    by scanning that degree's bucket from a position drawn from ``randoms``. When
-    every check is excluded, only ``v``'s own checks are (no double edges).
-    ``var_adj[v, :var_degrees[v]]`` and ``check_adj[c, :check_degree[c]]`` receive
-    the graph.
+    new edge of variable ``v`` the tree of ``v``'s current subgraph is expanded level
+    by level from ``v``'s checks (level 0; level ``l + 1``: the checks of the variables
+    on level ``l``'s checks). Level 1 is always expanded in full (excluding it rules
+    out 4-cycles); a deeper level only while fewer than ``reach_cap`` checks are
+    reached, and a level cut short by that cap does not count. The checks on the
+    complete levels are excluded, except when they are all the checks: then the last
+    level is left open (Hu et al.'s rule: the new edge goes as far as the tree
+    allows). The edge goes to a check of lowest current degree among the others; ties
+    are broken by scanning that degree's bucket from a position drawn from
+    ``randoms``. When every check is excluded at depth 1, only ``v``'s own checks are
+    (no double edges), and the edge counts as a fallback. ``var_adj[v,
+    :var_degrees[v]]`` and ``check_adj[c, :check_degree[c]]`` receive the graph.
+
+    The excluded depth bounds the cycles an edge closes: an edge excluding levels
+    ``0..L`` closes no cycle shorter than ``2 L + 4``. Variables of degree 2 come
+    first, while the graph is sparse, so they go deepest: cycles made of degree-2
+    variables alone (codewords of weight equal to their number) are long.
     """
     n = var_degrees.shape[0]
     # Checks sorted by current degree: bucket d holds order[start[d]:start[d + 1]].
@@ -44,44 +57,75 @@ def peg_edges(var_degrees: np.ndarray, checks: int, max_check_degree: int,
     pos = np.arange(checks)
     start = np.full(max_check_degree + 2, checks, np.int64)
     start[0] = 0
+    # stamp[c] = tick + PEG_MAX_LEVELS + 1 - level for a check reached at ``level`` by
+    # the current edge; anything below ``tick`` is unreached.
     stamp = np.zeros(checks, np.int64)
+    queue = np.empty(checks, np.int64)
+    top = PEG_MAX_LEVELS + 1
     tick = 0
     draw = 0
     fallbacks = 0
     for v in range(n):
         for k in range(var_degrees[v]):
-            tick += 2
-            # Exclude checks within distance 1 (4-cycles) and v's own checks.
+            tick += PEG_MAX_LEVELS + 2
             for a in range(k):
                 c = var_adj[v, a]
-                stamp[c] = tick + 1
-                for b in range(check_degree[c]):
-                    u = check_adj[c, b]
-                    # Variables before v are complete; v itself has k edges so far.
-                    for j in range(var_degrees[u] if u < v else k):
-                        c2 = var_adj[u, j]
-                        if stamp[c2] < tick:
-                            stamp[c2] = tick
+                stamp[c] = tick + top
+                queue[a] = c
+            lo = 0
+            hi = k
+            depth = 1   # the levels excluded: 0..depth (level 1 even when it is empty)
+            level = 0
+            while hi > lo and level < PEG_MAX_LEVELS:
+                mark = tick + top - (level + 1)
+                end = hi
+                cut = False
+                for i in range(lo, hi):
+                    c = queue[i]
+                    for b in range(check_degree[c]):
+                        u = check_adj[c, b]
+                        # Variables before v are complete; v itself has k edges so far.
+                        for j in range(var_degrees[u] if u < v else k):
+                            c2 = var_adj[u, j]
+                            if stamp[c2] < tick:
+                                stamp[c2] = mark
+                                queue[end] = c2
+                                end += 1
+                    if level >= 1 and end > reach_cap:
+                        cut = True
+                        break
+                if cut:
+                    break
+                if end == checks:   # every check reached: leave the last level open
+                    break
+                level += 1
+                if level > depth:
+                    depth = level
+                if end == hi or end > reach_cap:
+                    break
+                lo = hi
+                hi = end
             chosen = -1
-            for level in range(2):
-                limit = tick if level == 0 else tick + 1
+            for attempt in range(2):
+                # Excluded: levels 0..depth, then (fallback) v's own checks only.
+                limit = tick + top - (depth if attempt == 0 else 0)
                 for d in range(max_check_degree):
-                    lo = start[d]
-                    hi = start[d + 1]
-                    size = hi - lo
+                    b0 = start[d]
+                    b1 = start[d + 1]
+                    size = b1 - b0
                     if size <= 0:
                         continue
                     offset = randoms[draw % randoms.shape[0]] % size
                     draw += 1
                     for t in range(size):
-                        c = order[lo + (offset + t) % size]
+                        c = order[b0 + (offset + t) % size]
                         if stamp[c] < limit:
                             chosen = c
                             break
                     if chosen >= 0:
                         break
                 if chosen >= 0:
-                    if level == 1:
+                    if attempt == 1:
                         fallbacks += 1
                     break
             if chosen < 0:

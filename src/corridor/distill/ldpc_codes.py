@@ -21,13 +21,20 @@ Construction. Variable degrees come from lambda (node fractions
 ``(lambda_i / i) / sum_j (lambda_j / j)``, rounded by largest remainder); the graph is
 grown by progressive edge growth (Hu, Eleftheriou, Arnold, IEEE Trans. Inf. Theory
 51, 386 (2005)), variables in ascending degree, each edge to a lowest-degree check
-outside the depth-1 neighbourhood of the variable's current subgraph. Hu et al.
-expand the tree until it stops growing; at these lengths and degrees the depth-2
-tree already covers every check, so the cut at depth 1 loses the choice between
-"far" checks only and keeps the guarantee that matters for the decoder: no 4-cycles
-(``fallback_edges`` counts any edge where that was impossible; 0 for the shipped
-codes). Ties are broken by a PCG64 stream from ``seed`` (numpy), so the matrix is a
-pure function of (distribution, n, seed, ``CONSTRUCTION_VERSION``).
+outside the tree of the variable's current subgraph. Hu et al. expand that tree until
+it stops growing or covers every check; here depth 1 is always expanded (so no
+4-cycles: ``fallback_edges`` counts any edge where that was impossible, 0 for the
+shipped codes) and deeper levels only while the tree holds fewer than
+``PEG_REACH_CAP`` checks (at these lengths the depth-1 tree of a high-degree variable
+already holds thousands, and expanding it further would cost minutes per code). The
+cap matters for the variables placed first, the degree-2 ones, while the graph is
+sparse: a cycle of degree-2 variables alone is a codeword of weight equal to its
+length, and with depth-1 exclusion only, the rate-0.90 code of n = 2^18 had such
+cycles of 3 (seen as wrong words with the right syndrome at QBER 4 %); with the cap
+the shortest has 8 (r90) or 11 (r80) variables, and the codes with fewer degree-2
+variables than checks have none (``shortest_degree_two_cycle``). Ties are broken by
+a PCG64 stream from ``seed`` (numpy), so the matrix is a pure function of
+(distribution, n, seed, ``CONSTRUCTION_VERSION``).
 
 Puncturing order. ``puncture_order`` lists variables such that every prefix of it
 has a parity-check submatrix of full column rank: each listed variable owns a
@@ -62,7 +69,10 @@ from corridor.distill import _ldpc_kernels as kernels
 from corridor.errors import ParameterError
 
 #: Bumped whenever the construction changes: it is part of every code's identity.
-CONSTRUCTION_VERSION = 2
+CONSTRUCTION_VERSION = 3
+#: Progressive edge growth expands the tree beyond depth 1 only while it reaches fewer
+#: checks than this (see ``_ldpc_kernels.peg_edges``); part of the construction.
+PEG_REACH_CAP = 1024
 DEFAULT_CODE_BITS = 1 << 18
 DEFAULT_CODE_SEED = 2009
 MIN_CODE_BITS = 1 << 10
@@ -219,7 +229,7 @@ def construct(distribution: str, n: int, seed: int) -> LdpcCode:
     check_degree = np.zeros(checks, np.int64)
     randoms = rng.integers(0, 2 ** 62, size=1 << 16, dtype=np.int64)
     fallbacks = kernels.peg_edges(degrees, checks, max_check_degree, randoms, var_adj,
-                                  check_adj, check_degree)
+                                  check_adj, check_degree, PEG_REACH_CAP)
     if fallbacks < 0:
         raise ParameterError("distribution", distribution,
                              f"progressive edge growth failed at n = {n}", "try a larger n")
@@ -367,3 +377,43 @@ def binary_rank_full(code: LdpcCode, columns: np.ndarray) -> bool:
         hit[rank] = False
         rows[hit] ^= rows[rank]
     return True
+
+
+def shortest_degree_two_cycle(code: LdpcCode, limit: int) -> int | None:
+    """The fewest degree-2 variables on a cycle of degree-2 variables alone, if some
+    cycle has at most ``limit`` of them (None otherwise).
+
+    Such a cycle is a codeword whose weight is its number of variables (every check on
+    it holds two of them): the construction keeps them long. Breadth-first search from
+    every check over the graph whose edges are the degree-2 variables; for tests and
+    diagnostics on small codes.
+    """
+    degree = code.variable_degrees()
+    ends: dict[int, list[int]] = {}
+    for c in range(code.checks):
+        for v in code.cols[code.row_start[c]:code.row_start[c + 1]].tolist():
+            if degree[v] == 2:
+                ends.setdefault(v, []).append(c)
+    neighbours: dict[int, list[tuple[int, int]]] = {}
+    for v, (a, b) in ends.items():
+        neighbours.setdefault(a, []).append((b, v))
+        neighbours.setdefault(b, []).append((a, v))
+    best = limit + 1
+    for root in neighbours:
+        dist = {root: 0}
+        via = {root: -1}
+        frontier = [root]
+        while frontier and 2 * dist[frontier[0]] + 1 < best:
+            following = []
+            for x in frontier:
+                for y, v in neighbours[x]:
+                    if v == via[x]:
+                        continue
+                    if y in dist:
+                        best = min(best, dist[x] + dist[y] + 1)
+                    else:
+                        dist[y] = dist[x] + 1
+                        via[y] = v
+                        following.append(y)
+            frontier = following
+    return best if best <= limit else None
