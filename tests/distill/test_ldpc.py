@@ -182,6 +182,38 @@ def test_a_trapping_set_is_decoded_by_a_targeted_retry_and_its_request_counted()
     assert after.bob.efficiency(0.03) < before.bob.efficiency(0.03)
 
 
+@pytest.mark.parametrize("targeted", [16, 0])
+def test_the_degree_two_repair_runs_only_when_no_targeted_retry_can_follow(
+        monkeypatch: pytest.MonkeyPatch, targeted: int) -> None:
+    # The repair can end on a wrong word with the right syndrome; a targeted retry
+    # cannot. Frames fail the first try here (f = 1.0 at QBER 4 %, seed 31) and one
+    # ends with two unsatisfied checks joined by degree-2 variables: with targeted
+    # retries off the repair decodes it; with them on it asks for those two checks, and
+    # every frame decodes before the last round, so the repair never acts.
+    import corridor.distill.ldpc as ldpc_module
+
+    calls: list[int] = []
+    real = ldpc_module._repair_degree_two_paths
+
+    def counted(code: object, word: np.ndarray, target: np.ndarray, suspect: np.ndarray,
+                unsatisfied: np.ndarray) -> bool:
+        repaired = real(code, word, target, suspect, unsatisfied)  # type: ignore[arg-type]
+        # The repair acts on a frame with exactly two unsatisfied checks.
+        if unsatisfied.size == 2:
+            calls.append(int(repaired))
+        return repaired
+
+    monkeypatch.setattr(ldpc_module, "_repair_degree_two_paths", counted)
+    settings = LdpcSettings(code_bits=16384, efficiency=1.0, retry_step=0.05, max_retries=6,
+                            targeted_max_checks=targeted)
+    alice, bob = bsc_pair(200_000, 0.04, seed=31)
+    result = run(alice, bob, 0.04, settings, settings)
+    assert result.bob.first_round_failures > 0
+    assert result.bob.dropped_frames == 0 and result.bob.passes_run <= settings.max_retries
+    assert np.array_equal(result.bob.bits, alice)
+    assert calls == ([] if targeted else [1])
+
+
 def test_a_malformed_request_is_refused() -> None:
     # Bob's request section must name at most targeted_max_checks checks per frame, in
     # ascending order, inside the code; anything else ends the call at Alice.
