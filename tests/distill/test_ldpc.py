@@ -214,6 +214,24 @@ def test_the_degree_two_repair_runs_only_when_no_targeted_retry_can_follow(
     assert calls == ([] if targeted else [1])
 
 
+def test_decoder_threads_change_nothing_on_the_wire_or_in_the_key() -> None:
+    # Frames fail, retry and decode (f = 1.0 at QBER 4 %): one thread and three give
+    # the same words, counts and bytes; the setting is Bob's alone (not compared).
+    alice, bob = bsc_pair(200_000, 0.04, seed=31)
+    base = LdpcSettings(code_bits=16384, efficiency=1.0, retry_step=0.05, max_retries=6)
+    runs = [run(alice, bob, 0.04, base, dataclasses.replace(base, decoder_threads=threads))
+            for threads in (1, 3)]
+    one, three = runs
+    assert one.bob.first_round_failures > 0 and one.bob.passes_run > 1
+    assert np.array_equal(one.bob.bits, three.bob.bits)
+    assert np.array_equal(three.bob.bits, alice)
+    assert one.bob_sent == three.bob_sent and one.alice_sent == three.alice_sent
+    assert one.bob.decoder_sweeps == three.bob.decoder_sweeps
+    assert one.bob.disclosed_bits == three.bob.disclosed_bits
+    assert dataclasses.replace(base, decoder_threads=3) == base
+    assert repr(dataclasses.replace(base, decoder_threads=3)) == repr(base)
+
+
 def test_a_malformed_request_is_refused() -> None:
     # Bob's request section must name at most targeted_max_checks checks per frame, in
     # ascending order, inside the code; anything else ends the call at Alice.
@@ -320,6 +338,9 @@ def test_empty_key_discloses_nothing() -> None:
     ({"targeted_max_checks": -1}, "ldpc.targeted_max_checks"),
     ({"targeted_max_checks": 256}, "ldpc.targeted_max_checks"),
     ({"targeted_max_checks": True}, "ldpc.targeted_max_checks"),
+    ({"decoder_threads": -1}, "ldpc.decoder_threads"),
+    ({"decoder_threads": 257}, "ldpc.decoder_threads"),
+    ({"decoder_threads": 2.0}, "ldpc.decoder_threads"),
 ])
 def test_bad_settings_name_the_field(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ParameterError) as info:

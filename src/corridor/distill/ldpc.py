@@ -34,7 +34,8 @@ Protocol and accounting (every count is per frame and exact):
    secret random bits in full: I(key; syndrome) = H(syndrome) - H(syndrome | key)
    <= m - p. Shortened bits are public constants, not key: they disclose nothing.
 2. Bob decodes every frame (``_ldpc_kernels.decode_layered_fast``, or the reference
-   ``decode_layered_spa``: ``LdpcSettings.decoder``) and answers
+   ``decode_layered_spa``: ``LdpcSettings.decoder``; on ``decoder_threads`` threads,
+   frames being independent) and answers
    ``ldpc.result``: one bit per frame, decoded or not, and before a retry the
    unsatisfied checks of the frames that ask for a targeted one
    (``bob_disclosed_bits``: all of it depends on both strings, so every bit is counted).
@@ -65,7 +66,9 @@ from __future__ import annotations
 import collections
 import functools
 import math
+import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,6 +112,7 @@ _REVEAL_HEADER = struct.Struct("<III")
 _FLAG_ABORT = 1
 #: Unsatisfied checks one frame may name in a request (their number travels in a byte).
 _MAX_TARGETED_CHECKS = 255
+_MAX_DECODER_THREADS = 256
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,10 @@ class LdpcSettings:
         targeted_max_checks: a frame that fails with between 1 and this many
             unsatisfied checks asks for a targeted retry (Alice reveals every
             position of those checks) instead of a blind one (0: blind retries only).
+        decoder_threads: threads Bob decodes frames on (0: one per CPU this process
+            may run on). Frames are decoded independently, so the words, the counts and
+            every message are the same for any value; it is Bob's alone and not part
+            of the settings both parties compare (left out of ``repr`` and ``==``).
     """
 
     code_bits: int = DEFAULT_CODE_BITS
@@ -149,6 +157,7 @@ class LdpcSettings:
     decoder: str = "fast"
     stall_sweeps: int = 20
     targeted_max_checks: int = 16
+    decoder_threads: int = field(default=0, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.code_bits, bool) or not isinstance(self.code_bits, int) \
@@ -186,6 +195,11 @@ class LdpcSettings:
                 or not 0 <= self.targeted_max_checks <= _MAX_TARGETED_CHECKS:
             raise ParameterError("ldpc.targeted_max_checks", self.targeted_max_checks,
                                  f"must be a whole number in [0, {_MAX_TARGETED_CHECKS}]")
+        if isinstance(self.decoder_threads, bool) or not isinstance(self.decoder_threads, int) \
+                or not 0 <= self.decoder_threads <= _MAX_DECODER_THREADS:
+            raise ParameterError("ldpc.decoder_threads", self.decoder_threads,
+                                 f"must be a whole number in [0, {_MAX_DECODER_THREADS}]"
+                                 " (0: one per CPU)")
 
 
 def _real(value: object) -> bool:
@@ -593,20 +607,24 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
     state_total = np.empty((slots, n), np.float32)
     reveals = _Reveals(pl, lengths)
     width = _index_width(m)
+    decoder_threads = settings.decoder_threads or _available_cpus()
     bob_bits = 0
     rounds = 0
     first_failures = 0
     sweeps = 0
     while True:
-        if settings.decoder == "fast":
-            kernels.decode_layered_fast(llr, target, code.row_start, code.cols, in_play,
-                                        settings.max_iterations, _PHI, decoded, converged,
-                                        iterations, state_r, state_total, slot, resume,
-                                        settings.stall_sweeps)
+        decode = functools.partial(_decode, settings, llr, target, code, decoded, converged,
+                                   iterations, state_r, state_total, slot, resume)
+        threads = min(decoder_threads, int(in_play.size))
+        if threads <= 1:
+            decode(in_play)
         else:
-            kernels.decode_layered_spa(llr, target, code.row_start, code.cols, in_play,
-                                       settings.max_iterations, _PHI, decoded, converged,
-                                       iterations, state_r, state_total, slot, resume)
+            # Every frame writes only its own rows (word, flags, sweeps, saved state):
+            # interleaved shares decode in parallel, the kernels release the GIL.
+            shares = [np.ascontiguousarray(in_play[i::threads]) for i in range(threads)]
+            with ThreadPoolExecutor(threads, thread_name_prefix="ldpc-decode") as pool:
+                for done in [pool.submit(decode, share) for share in shares]:
+                    done.result()
         sweeps += int(iterations[in_play].sum())
         rounds += 1
         last = rounds > settings.max_retries
@@ -686,6 +704,29 @@ _REPAIR_MAX_PATH = 16
 
 
 @functools.lru_cache(maxsize=16)
+def _available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def _decode(settings: LdpcSettings, llr: np.ndarray, target: np.ndarray, code: LdpcCode,
+            decoded: np.ndarray, converged: np.ndarray, iterations: np.ndarray,
+            state_r: np.ndarray, state_total: np.ndarray, slot: np.ndarray,
+            resume: np.ndarray, frames: np.ndarray) -> None:
+    """Run Bob's decoder (``settings.decoder``) on ``frames``."""
+    if settings.decoder == "fast":
+        kernels.decode_layered_fast(llr, target, code.row_start, code.cols, frames,
+                                    settings.max_iterations, _PHI, decoded, converged,
+                                    iterations, state_r, state_total, slot, resume,
+                                    settings.stall_sweeps)
+    else:
+        kernels.decode_layered_spa(llr, target, code.row_start, code.cols, frames,
+                                   settings.max_iterations, _PHI, decoded, converged,
+                                   iterations, state_r, state_total, slot, resume)
+
+
 def _degree_two_graph(code: LdpcCode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Checks joined by degree-2 variables, as CSR: (start, neighbour check, variable)."""
     degree = np.bincount(code.cols, minlength=code.n)
