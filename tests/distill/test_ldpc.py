@@ -228,6 +228,8 @@ def test_decoder_threads_change_nothing_on_the_wire_or_in_the_key() -> None:
     assert one.bob_sent == three.bob_sent and one.alice_sent == three.alice_sent
     assert one.bob.decoder_sweeps == three.bob.decoder_sweeps
     assert one.bob.disclosed_bits == three.bob.disclosed_bits
+    # CPU spent on the pool's threads is reported (the caller's clock does not see it).
+    assert one.bob.offloaded_cpu_s == 0.0 < three.bob.offloaded_cpu_s
     assert dataclasses.replace(base, decoder_threads=3) == base
     assert repr(dataclasses.replace(base, decoder_threads=3)) == repr(base)
 
@@ -395,6 +397,28 @@ def test_distill_link_with_ldpc_gives_identical_keys() -> None:
     row = report.block_rows()[0]
     assert row["reconciliation_method"] == "ldpc"
     assert report.as_dict()["reconciliation"] == "ldpc"
+
+
+def test_the_pipeline_counts_the_cpu_of_bobs_decoder_threads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bob's stage CPU is his thread's clock plus what the decoder's pool threads spent:
+    # mark each pool thread's share with 1000 s more so that it cannot be missed.
+    import corridor.distill.ldpc as ldpc_module
+
+    real = ldpc_module._on_thread
+    monkeypatch.setattr(ldpc_module, "_available_cpus", lambda: 2)
+    monkeypatch.setattr(ldpc_module, "_on_thread",
+                        lambda decode, frames: real(decode, frames) + 1000.0)
+    params = preset("modern-snspd").override({
+        "z_basis_probability": 0.5, "signal_probability": 0.5, "decoy_probability": 0.3,
+        "vacuum_probability": 0.2, "misalignment_error": 0.01,
+        "dead_time_s": 0.0}).with_length(5.0)
+    config = DistillConfig.for_link(params, channel_timeout_s=30.0, reconciliation="ldpc",
+                                    ldpc_code_bits=16384)
+    report = distill_link(params, 10_000_000, 1, block_pulses=10_000_000, config=config)
+    cpu = report.as_dict()["blocks"][0]["cpu_s"]
+    assert cpu["bob"]["reconciliation"] >= 2000.0   # two threads, at least one round
+    assert cpu["alice"]["reconciliation"] < 1000.0
 
 
 def test_cli_refuses_an_unknown_method_in_one_line() -> None:

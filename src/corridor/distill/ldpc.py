@@ -68,6 +68,8 @@ import functools
 import math
 import os
 import struct
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -222,6 +224,9 @@ class LdpcReconciliationResult(ReconciliationResult):
         dropped_frames, dropped_bits: frames (and their key bits) left out.
         decoder_sweeps: Bob's decoder sweeps over the code, summed over frames and
             rounds (0 at Alice); times the code's edges, the decoding work done.
+        offloaded_cpu_s: CPU seconds Bob's decoder spent on threads other than the
+            caller's (``decoder_threads``), which the caller's own thread clock does
+            not see; 0.0 when it decoded on the caller's thread.
     """
 
     code_identity: str = ""
@@ -235,6 +240,7 @@ class LdpcReconciliationResult(ReconciliationResult):
     dropped_frames: int = 0
     dropped_bits: int = 0
     decoder_sweeps: int = 0
+    offloaded_cpu_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -542,7 +548,7 @@ def _kept_bits(key: np.ndarray, offsets: np.ndarray, keep: np.ndarray) -> np.nda
 def _result(pl: Plan, kept: np.ndarray, keep: np.ndarray, lengths: np.ndarray,
             revealed: np.ndarray, messages: int, rounds: int, qber_corrected: float | None,
             bob_bits: int, first_failures: int,
-            decoder_sweeps: int = 0) -> LdpcReconciliationResult:
+            decoder_sweeps: int = 0, offloaded_cpu_s: float = 0.0) -> LdpcReconciliationResult:
     code = pl.code
     syndrome_bits = pl.frames * code.checks
     revealed_bits = int(revealed.sum())
@@ -556,7 +562,8 @@ def _result(pl: Plan, kept: np.ndarray, keep: np.ndarray, lengths: np.ndarray,
         punctured_bits=pl.punctured, shortened_bits=pl.shortened,
         syndrome_bits=syndrome_bits, revealed_bits=revealed_bits,
         first_round_failures=first_failures, dropped_frames=int((~keep).sum()),
-        dropped_bits=int(lengths[~keep].sum()), decoder_sweeps=decoder_sweeps)
+        dropped_bits=int(lengths[~keep].sum()), decoder_sweeps=decoder_sweeps,
+        offloaded_cpu_s=offloaded_cpu_s)
 
 
 def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: float,
@@ -608,6 +615,7 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
     reveals = _Reveals(pl, lengths)
     width = _index_width(m)
     decoder_threads = settings.decoder_threads or _available_cpus()
+    offloaded_cpu_s: list[float] = []
     bob_bits = 0
     rounds = 0
     first_failures = 0
@@ -623,8 +631,8 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
             # interleaved shares decode in parallel, the kernels release the GIL.
             shares = [np.ascontiguousarray(in_play[i::threads]) for i in range(threads)]
             with ThreadPoolExecutor(threads, thread_name_prefix="ldpc-decode") as pool:
-                for done in [pool.submit(decode, share) for share in shares]:
-                    done.result()
+                for done in [pool.submit(_on_thread, decode, share) for share in shares]:
+                    offloaded_cpu_s.append(done.result())
         sweeps += int(iterations[in_play].sum())
         rounds += 1
         last = rounds > settings.max_retries
@@ -695,7 +703,8 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
         array[:] = 0
     qber_corrected = flips / kept.size if kept.size else None
     return _result(pl, kept, keep, lengths, revealed, messages, rounds, qber_corrected,
-                   bob_bits=bob_bits, first_failures=first_failures, decoder_sweeps=sweeps)
+                   bob_bits=bob_bits, first_failures=first_failures, decoder_sweeps=sweeps,
+                   offloaded_cpu_s=sum(offloaded_cpu_s))
 
 
 #: A frame that fails with at most this many unsatisfied checks gets the repair below.
@@ -709,6 +718,13 @@ def _available_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+def _on_thread(decode: Callable[[np.ndarray], None], frames: np.ndarray) -> float:
+    """Decode ``frames`` on a pool thread; returns the CPU seconds that thread spent."""
+    began = time.thread_time()
+    decode(frames)
+    return time.thread_time() - began
 
 
 def _decode(settings: LdpcSettings, llr: np.ndarray, target: np.ndarray, code: LdpcCode,

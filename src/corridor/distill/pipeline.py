@@ -282,14 +282,15 @@ class _Processor(ABC):
 
     # -- the block ---------------------------------------------------------------------
     def _timed(self, block: KeyBlock, stage: str, start: float,
-               timings: dict[str, float]) -> float:
+               timings: dict[str, float], offloaded_cpu_s: float = 0.0) -> float:
         """Record the stage's wall time in ``timings_s`` and this thread's CPU time in
-        ``meta["cpu_s"]`` (what the stage cost this party, whatever the load)."""
+        ``meta["cpu_s"]`` (what the stage cost this party, whatever the load), plus
+        ``offloaded_cpu_s`` that the stage spent on other threads (LDPC decoding)."""
         now = time.perf_counter()
         cpu_now = time.thread_time()
         timings[stage] = now - start
         block.timings_s[stage] = timings[stage]
-        block.meta.setdefault("cpu_s", {})[stage] = cpu_now - self._cpu_mark
+        block.meta.setdefault("cpu_s", {})[stage] = cpu_now - self._cpu_mark + offloaded_cpu_s
         self._cpu_mark = cpu_now
         return now
 
@@ -331,7 +332,8 @@ class _Processor(ABC):
             self._advance_corrected(block, rec)
             # LDPC frames that Bob could not decode left the key on both sides.
             dropped = sifted_bits - block.length_bits
-            start = self._timed(block, "reconciliation", start, timings)
+            start = self._timed(block, "reconciliation", start, timings,
+                                float(getattr(rec, "offloaded_cpu_s", 0.0)))
             verified = self._verify(block)
             start = self._timed(block, "verification", start, timings)
             disclosed = int(rec.disclosed_bits) + verified.disclosed_bits
