@@ -29,10 +29,11 @@ shipped codes) and deeper levels only while the tree holds fewer than
 already holds thousands, and expanding it further would cost minutes per code). The
 cap matters for the variables placed first, the degree-2 ones, while the graph is
 sparse: a cycle of degree-2 variables alone is a codeword of weight equal to its
-length, and with depth-1 exclusion only, the rate-0.90 code of n = 2^18 had such
-cycles of 3 (seen as wrong words with the right syndrome at QBER 4 %); with the cap
-the shortest has 8 (r90) or 11 (r80) variables, and the codes with fewer degree-2
-variables than checks have none (``shortest_degree_two_cycle``). Ties are broken by
+length. With depth-1 exclusion only (construction version 2) the rate-0.75 and 0.80
+codes of n = 2^18 had such cycles of 3 variables (seen as wrong words with the right
+syndrome at QBER 4 %); with the cap the shortest has 8 (r90) or 11 (r75, r80), and
+the codes with fewer degree-2 variables than checks have none of 12 or fewer
+(``shortest_degree_two_cycle``). Ties are broken by
 a PCG64 stream from ``seed`` (numpy), so the matrix is a pure function of
 (distribution, n, seed, ``CONSTRUCTION_VERSION``).
 
