@@ -707,12 +707,6 @@ def reconcile_bob(channel: ChannelEndpoint, bits: np.ndarray, *, qber_estimate: 
                    offloaded_cpu_s=sum(offloaded_cpu_s))
 
 
-#: A frame that fails with at most this many unsatisfied checks gets the repair below.
-REPAIR_MAX_UNSATISFIED = 2
-_REPAIR_MAX_PATH = 16
-
-
-@functools.lru_cache(maxsize=16)
 def _available_cpus() -> int:
     """CPUs this process may run on (its affinity mask where the platform has one)."""
     if hasattr(os, "sched_getaffinity"):
@@ -743,6 +737,12 @@ def _decode(settings: LdpcSettings, llr: np.ndarray, target: np.ndarray, code: L
                                    iterations, state_r, state_total, slot, resume)
 
 
+#: A frame that fails with at most this many unsatisfied checks gets the repair below.
+REPAIR_MAX_UNSATISFIED = 2
+_REPAIR_MAX_PATH = 16
+
+
+@functools.lru_cache(maxsize=16)
 def _degree_two_graph(code: LdpcCode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Checks joined by degree-2 variables, as CSR: (start, neighbour check, variable)."""
     degree = np.bincount(code.cols, minlength=code.n)
