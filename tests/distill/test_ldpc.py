@@ -283,6 +283,29 @@ def test_plan_matches_the_target_rate() -> None:
                                      * pl.key_per_frame, abs=1)
 
 
+def test_a_short_key_is_planned_on_shorter_codes_that_reach_the_rate() -> None:
+    # 3,000 key bits at QBER 2 %: one frame of a 16384-bit code would need more
+    # puncturing than the code allows (its syndrome would disclose f ~ 2.8); the plan
+    # halves the length until the target rate is reached, and both parties agree.
+    long = plan(1_000_000, 0.02, SETTINGS)
+    assert long.code.n == SETTINGS.code_bits
+    short = plan(3_000, 0.02, SETTINGS)
+    assert codes.MIN_CODE_BITS <= short.code.n < SETTINGS.code_bits
+    assert short.frames == 1 and short.key_per_frame == 3_000
+    assert short.punctured + short.shortened + short.key_per_frame == short.code.n
+    assert short.code.checks - short.punctured == pytest.approx(
+        SETTINGS.efficiency * binary_entropy(0.02) * 3_000, abs=1)
+    # The next longer length could not have: full puncturing leaves its rate too low.
+    longer = codes.get_code(short.code.distribution, short.code.n * 2, SETTINGS.code_seed)
+    assert longer.checks - longer.max_punctured > SETTINGS.efficiency \
+        * binary_entropy(0.02) * 3_000
+    alice, bob = bsc_pair(3_000, 0.02, seed=2)
+    result = run(alice, bob, 0.02)
+    assert result.alice.code_bits == result.bob.code_bits == short.code.n
+    assert np.array_equal(result.bob.bits, alice)
+    assert result.bob.efficiency(0.02) < 1.6
+
+
 def test_mismatched_code_identity_aborts_with_a_named_reason() -> None:
     alice, bob = bsc_pair(50_000, 0.02, seed=3)
     other = LdpcSettings(code_bits=16384, code_seed=SETTINGS.code_seed + 1)

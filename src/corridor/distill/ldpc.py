@@ -21,7 +21,9 @@ should disclose ``f h(q)`` bits per key bit. Every code whose rate can be brough
 is a candidate; the one whose design rate is closest to ``1 - f h(q)`` is taken (least
 modulation), ``K`` is the most key bits per frame it allows, ``F = ceil(len / K)`` and
 ``K`` is then lowered to ``ceil(len / F)``; ``p = m - round(f h(q) K)`` (within
-``[0, max_punctured]``) and ``s = n - K - p``. Both parties compute this from the
+``[0, max_punctured]``) and ``s = n - K - p``. A key too short to fill one frame at
+that rate (``p`` would exceed ``max_punctured``) is planned on codes of half the
+length, down to ``MIN_ADAPTIVE_CODE_BITS``. Both parties compute this from the
 public estimate and settings; Alice's first message repeats it with the code identity
 and Bob refuses a mismatch (``ldpc_code_mismatch``, ``ldpc_parameter_mismatch``).
 
@@ -97,6 +99,8 @@ MESSAGE_REVEAL = "ldpc.reveal"
 
 #: QBER estimates below this are planned as this (a zero estimate would ask for rate 1).
 MIN_PLANNING_QBER = 0.002
+#: Shortest mother code the plan turns to for a key too short for ``code_bits`` codes.
+MIN_ADAPTIVE_CODE_BITS = 1 << 12
 #: Log-likelihood ratio of a position both parties know (shortened or revealed).
 _KNOWN_LLR = np.float32(1e4)
 _PHI = kernels.phi_table()
@@ -378,19 +382,18 @@ def _unpack_requests(payload: bytes, frames: int, width: int, checks: int,
     return out
 
 
-def plan(n_key: int, qber_estimate: float, settings: LdpcSettings) -> Plan:
-    """Choose the code, frames, puncturing and shortening (see the module docstring)."""
-    q = max(float(qber_estimate), MIN_PLANNING_QBER)
-    fh = min(settings.efficiency * binary_entropy(q), 0.999)
-    gh = settings.retry_headroom * binary_entropy(q)
-    target_rate = 1.0 - fh
-    n = settings.code_bits
+def _layout(n: int, n_key: int, fh: float, gh: float, target_rate: float,
+            seed: int) -> tuple[LdpcCode, int, int, int, bool]:
+    """(code, frames, K, p, too short) for mother codes of length ``n``; *too short*:
+    a full frame would reach the target rate, but the key is too short to fill one
+    (fewer key bits per frame need more puncturing than the code allows)."""
     best: tuple[float, LdpcCode, int] | None = None
+    reachable = True
     for dist in sorted(distributions_by_rate(), key=lambda d: abs(d.rate - target_rate)):
         m = round((1.0 - dist.rate) * n)
         if best is not None and abs(dist.rate - target_rate) >= best[0]:
             break
-        code = get_code(dist.name, n, settings.code_seed)
+        code = get_code(dist.name, n, seed)
         p_cap = code.max_punctured
         # The most key bits a frame can carry with m - p = f h K, K <= n - p and the
         # headroom p >= g h K (so K <= m / ((f + g) h): a code of too high a rate is
@@ -401,15 +404,38 @@ def plan(n_key: int, qber_estimate: float, settings: LdpcSettings) -> Plan:
         best = (abs(dist.rate - target_rate), code, k_max)
     if best is None:
         # QBER so low that no code reaches the rate: the highest one, fully punctured.
-        code = get_code(distributions_by_rate()[0].name, n, settings.code_seed)
+        code = get_code(distributions_by_rate()[0].name, n, seed)
         best = (0.0, code, n - code.max_punctured)
+        reachable = False
     # (k_max >= 1: m / (f h) >= 1 since f h < 1 <= m.)
     _, code, k_max = best
     m = code.checks
     frames = max(1, -(-n_key // k_max))
     k = max(1, -(-n_key // frames))
-    p = min(max(m - round(fh * k), 0), code.max_punctured, n - k)
-    s = n - k - p
+    wanted = m - round(fh * k)
+    p = min(max(wanted, 0), code.max_punctured, n - k)
+    return code, frames, k, p, reachable and p < wanted
+
+
+def plan(n_key: int, qber_estimate: float, settings: LdpcSettings) -> Plan:
+    """Choose the code, frames, puncturing and shortening (see the module docstring).
+
+    A key too short for one frame of the ``code_bits`` codes at the target rate (the
+    puncturing it would need exceeds what the code allows, so the syndrome would
+    disclose more than ``f h(q)`` per key bit) is planned on codes of half the length,
+    and so on down to ``MIN_ADAPTIVE_CODE_BITS``: the longest length that reaches the
+    target rate, or the shortest tried.
+    """
+    q = max(float(qber_estimate), MIN_PLANNING_QBER)
+    fh = min(settings.efficiency * binary_entropy(q), 0.999)
+    gh = settings.retry_headroom * binary_entropy(q)
+    n = settings.code_bits
+    code, frames, k, p, too_short = _layout(n, n_key, fh, gh, 1.0 - fh, settings.code_seed)
+    while too_short and n // 2 >= min(MIN_ADAPTIVE_CODE_BITS, settings.code_bits):
+        n //= 2
+        code, frames, k, p, too_short = _layout(n, n_key, fh, gh, 1.0 - fh,
+                                                settings.code_seed)
+    s = code.n - k - p
     step = max(1, math.ceil(settings.retry_step * binary_entropy(q) * k))
     return Plan(code=code, n_key=n_key, frames=frames, key_per_frame=k, punctured=p,
                 shortened=s, reveal_step=step)
