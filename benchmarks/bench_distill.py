@@ -128,10 +128,10 @@ def stage_split(rows: list[dict[str, object]], reconciliation_mbps: float) -> st
     return "\n".join(lines)
 
 
-def render(rows: list[dict[str, object]], command: str, pinned: str, variant: str,
+def render(rows: list[dict[str, object]], command: str, pinned: str, method: str,
            length_km: float = 5.0, z_basis_probability: float = 0.5) -> str:
     lines = [f"Command: `{command}` ({datetime.date.today().isoformat()}, {pinned}; "
-             f"Cascade {variant}; one block per QBER on the modern-snspd preset at "
+             f"{method}; one block per QBER on the modern-snspd preset at "
              f"{length_km:g} km with z_basis_probability {z_basis_probability:g} and class "
              "probabilities 0.5/0.3/0.2; the QBER is set by "
              "misalignment_error; each figure is sifted bits over the CPU seconds Alice and Bob "
@@ -216,7 +216,9 @@ def main() -> None:
     run(args.pulses, args.seed, args.cascade, QBERS[:1], **options)  # type: ignore[arg-type]
     rows = run(args.pulses, args.seed, args.cascade, repeat=args.repeat,
                **options)  # type: ignore[arg-type]
-    text = render(rows, command.strip(), pinned, args.cascade, args.length_km,
+    method = "LDPC (LdpcSettings defaults)" if args.reconciliation == "ldpc" \
+        else f"Cascade {args.cascade}"
+    text = render(rows, command.strip(), pinned, method, args.length_km,
                   args.z_basis_probability)
     text += "\n\nStage split (CPU nanoseconds per sifted bit; Mbit/s is the pair on one " \
         "core):\n\n" + stage_split(rows, args.project_reconciliation_mbps)
