@@ -34,7 +34,7 @@ from corridor.distill.ldpc import (
     reconcile_alice,
     reconcile_bob,
 )
-from corridor.distill.pipeline import DistillConfig, distill_link
+from corridor.distill.pipeline import DistillConfig, LinkRunReport, distill_link
 from corridor.errors import ParameterError, ProtocolAbort
 from corridor.link.params import preset
 from corridor.link.rates import binary_entropy
@@ -396,8 +396,8 @@ def test_reconciliation_method_is_part_of_the_session_fingerprint() -> None:
         reconciliation="ldpc", ldpc_code_bits=16384).fingerprint()
 
 
-@pytest.mark.slow
-def test_distill_link_with_ldpc_gives_identical_keys() -> None:
+def ldpc_link_report() -> LinkRunReport:
+    """One 1e7-pulse block of a 5 km link distilled with LDPC (16384-bit codes)."""
     # No dead time: a 1e7-pulse block of the saturating preset holds no finite key.
     params = preset("modern-snspd").override({
         "z_basis_probability": 0.5, "signal_probability": 0.5, "decoy_probability": 0.3,
@@ -406,6 +406,12 @@ def test_distill_link_with_ldpc_gives_identical_keys() -> None:
     config = DistillConfig.for_link(params, channel_timeout_s=30.0, reconciliation="ldpc",
                                     ldpc_code_bits=16384)
     report = distill_link(params, 10_000_000, 1, block_pulses=10_000_000, config=config)
+    return report
+
+
+@pytest.mark.slow
+def test_distill_link_with_ldpc_gives_identical_keys() -> None:
+    report = ldpc_link_report()
     assert report.run_abort is None
     assert report.alice is not None and report.bob is not None
     assert len(report.alice.keys) == len(report.bob.keys) == 1
@@ -422,6 +428,7 @@ def test_distill_link_with_ldpc_gives_identical_keys() -> None:
     assert report.as_dict()["reconciliation"] == "ldpc"
 
 
+@pytest.mark.slow
 def test_the_pipeline_counts_the_cpu_of_bobs_decoder_threads(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Bob's stage CPU is his thread's clock plus what the decoder's pool threads spent:
@@ -432,13 +439,7 @@ def test_the_pipeline_counts_the_cpu_of_bobs_decoder_threads(
     monkeypatch.setattr(ldpc_module, "_available_cpus", lambda: 2)
     monkeypatch.setattr(ldpc_module, "_on_thread",
                         lambda decode, frames: real(decode, frames) + 1000.0)
-    params = preset("modern-snspd").override({
-        "z_basis_probability": 0.5, "signal_probability": 0.5, "decoy_probability": 0.3,
-        "vacuum_probability": 0.2, "misalignment_error": 0.01,
-        "dead_time_s": 0.0}).with_length(5.0)
-    config = DistillConfig.for_link(params, channel_timeout_s=30.0, reconciliation="ldpc",
-                                    ldpc_code_bits=16384)
-    report = distill_link(params, 10_000_000, 1, block_pulses=10_000_000, config=config)
+    report = ldpc_link_report()
     cpu = report.as_dict()["blocks"][0]["cpu_s"]
     assert cpu["bob"]["reconciliation"] >= 2000.0   # two threads, at least one round
     assert cpu["alice"]["reconciliation"] < 1000.0
