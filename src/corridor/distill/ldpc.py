@@ -21,7 +21,7 @@ should disclose ``f h(q)`` bits per key bit. Every code whose rate can be brough
 is a candidate; the one whose design rate is closest to ``1 - f h(q)`` is taken (least
 modulation), ``K`` is the most key bits per frame it allows, ``F = ceil(len / K)`` and
 ``K`` is then lowered to ``ceil(len / F)``; ``p = m - round(f h(q) K)`` (within
-``[0, max_punctured]``) and ``s = n - K - p``. A key too short to fill one frame at
+``[0, max_punctured]``) and ``s = n - K - p``. A key whose frames are too short for
 that rate (``p`` would exceed ``max_punctured``) is planned on codes of half the
 length, down to ``MIN_ADAPTIVE_CODE_BITS``. Both parties compute this from the
 public estimate and settings; Alice's first message repeats it with the code identity
@@ -385,8 +385,8 @@ def _unpack_requests(payload: bytes, frames: int, width: int, checks: int,
 def _layout(n: int, n_key: int, fh: float, gh: float, target_rate: float,
             seed: int) -> tuple[LdpcCode, int, int, int, bool]:
     """(code, frames, K, p, too short) for mother codes of length ``n``; *too short*:
-    a full frame would reach the target rate, but the key is too short to fill one
-    (fewer key bits per frame need more puncturing than the code allows)."""
+    full frames would reach the target rate, but the key's frames are shorter (fewer
+    key bits per frame need more puncturing than the code allows)."""
     best: tuple[float, LdpcCode, int] | None = None
     reachable = True
     for dist in sorted(distributions_by_rate(), key=lambda d: abs(d.rate - target_rate)):
@@ -420,9 +420,9 @@ def _layout(n: int, n_key: int, fh: float, gh: float, target_rate: float,
 def plan(n_key: int, qber_estimate: float, settings: LdpcSettings) -> Plan:
     """Choose the code, frames, puncturing and shortening (see the module docstring).
 
-    A key too short for one frame of the ``code_bits`` codes at the target rate (the
-    puncturing it would need exceeds what the code allows, so the syndrome would
-    disclose more than ``f h(q)`` per key bit) is planned on codes of half the length,
+    A key whose frames of the ``code_bits`` codes would be too short for the target
+    rate (the puncturing they would need exceeds what the code allows, so the syndrome
+    would disclose more than ``f h(q)`` per key bit) is planned on codes of half the length,
     and so on down to ``MIN_ADAPTIVE_CODE_BITS``: the longest length that reaches the
     target rate, or the shortest tried.
     """
