@@ -10,7 +10,8 @@
 #
 # Prints one line per phase: tlsload's JSON, and the CPU seconds and CPU milliseconds
 # per answered request of each KME process (kme-a: the master SAE's KME; kme-b: the
-# slave's, which accepts the reservations). PYTHON (default .venv/bin/python) runs
+# slave's, which accepts the reservations); then the machine's yardstick, a bare
+# mutual-TLS hello (bench_machine_yardstick.sh; YARDSTICK=0 skips it). PYTHON (default .venv/bin/python) runs
 # `python -m corridor kme serve`; PYTHONPATH=OTHER/src runs another checkout's code with
 # the same interpreter (a before/after comparison in one sitting).
 set -euo pipefail
@@ -19,7 +20,9 @@ seconds=${1:-10}
 py=${PYTHON:-.venv/bin/python}
 tools=${CORRIDOR_TOOLS:-../shared/tools}
 tmp=$(mktemp -d)
-trap 'kill -TERM ${pid_a:-0} ${pid_b:-0} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
+# Only the KMEs this script started (a pid of 0 would signal the whole process group).
+trap 'for p in ${pid_a:-} ${pid_b:-}; do kill -TERM "$p" 2>/dev/null || true; done
+      wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
 gcc -O2 -o "$tmp/tlsload" "$tools/tlsload.c" -lssl -lcrypto
 free_port() { "$py" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
 port_a=$(free_port); port_b=$(free_port)
@@ -96,3 +99,12 @@ phase "closed loop, 16 connections, number=100" -u /api/v1/keys/sae-b/enc_keys -
 phase "closed loop, 64 connections, number=100" -u /api/v1/keys/sae-b/enc_keys -c 64 \
   -m POST -b '{"number":100}'
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+# The machine's speed varies by more than 2x between sittings: measure the yardstick
+# (bench_machine_yardstick.sh) right after, with both KMEs stopped, so that the figures
+# above can be read as ratios to it (YARDSTICK=0 skips it).
+if [ "${YARDSTICK:-1}" != 0 ]; then
+  kill -TERM "$pid_a" "$pid_b" 2>/dev/null || true
+  wait "$pid_a" "$pid_b" 2>/dev/null || true
+  pid_a="" pid_b=""
+  bash benchmarks/bench_machine_yardstick.sh "$seconds" | tail -n +2
+fi

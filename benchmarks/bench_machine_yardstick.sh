@@ -14,7 +14,8 @@ seconds=${1:-8}
 py=${PYTHON:-.venv/bin/python}
 tools=${CORRIDOR_TOOLS:-../shared/tools}
 tmp=$(mktemp -d)
-trap 'kill -TERM ${pid:-0} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
+trap 'if [ -n "${pid:-}" ]; then kill -TERM "$pid" 2>/dev/null || true; fi
+      wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
 gcc -O2 -o "$tmp/tlsload" "$tools/tlsload.c" -lssl -lcrypto
 "$py" -m corridor pki init --out "$tmp/pki" --kme kme-a --sae sae-a@kme-a > /dev/null
 openssl pkcs8 -topk8 -nocrypt -in "$tmp/pki/sae/sae-a/key.pem" -out "$tmp/sae-a-key.pem"
