@@ -18,7 +18,8 @@ py=${PYTHON:-.venv/bin/python}
 if [ -n "${CORRIDOR_SRC:-}" ]; then export PYTHONPATH="$CORRIDOR_SRC${PYTHONPATH:+:$PYTHONPATH}"; fi
 tools=${CORRIDOR_TOOLS:-../shared/tools}
 tmp=$(mktemp -d)
-trap 'kill -TERM ${up:-0} 2>/dev/null || true; rm -rf "$tmp"' EXIT
+# Only the process this script started (a pid of 0 would signal the whole group).
+trap 'if [ -n "${up:-}" ]; then kill -TERM "$up" 2>/dev/null || true; fi; rm -rf "$tmp"' EXIT
 gcc -O2 -o "$tmp/tlsload" "$tools/tlsload.c" -lssl -lcrypto
 work="$tmp/run"
 "$py" -m corridor up --embedded two-site --workdir "$work" --status-interval-s 600 > "$tmp/up.log" 2>&1 &
