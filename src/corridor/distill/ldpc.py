@@ -382,11 +382,12 @@ def _unpack_requests(payload: bytes, frames: int, width: int, checks: int,
     return out
 
 
-def _layout(n: int, n_key: int, fh: float, gh: float, target_rate: float,
+def _layout(n: int, n_key: int, fh: float, gh: float,
             seed: int) -> tuple[LdpcCode, int, int, int, bool]:
     """(code, frames, K, p, too short) for mother codes of length ``n``; *too short*:
     full frames would reach the target rate, but the key's frames are shorter (fewer
     key bits per frame need more puncturing than the code allows)."""
+    target_rate = 1.0 - fh
     best: tuple[float, LdpcCode, int] | None = None
     reachable = True
     for dist in sorted(distributions_by_rate(), key=lambda d: abs(d.rate - target_rate)):
@@ -430,11 +431,10 @@ def plan(n_key: int, qber_estimate: float, settings: LdpcSettings) -> Plan:
     fh = min(settings.efficiency * binary_entropy(q), 0.999)
     gh = settings.retry_headroom * binary_entropy(q)
     n = settings.code_bits
-    code, frames, k, p, too_short = _layout(n, n_key, fh, gh, 1.0 - fh, settings.code_seed)
+    code, frames, k, p, too_short = _layout(n, n_key, fh, gh, settings.code_seed)
     while too_short and n // 2 >= min(MIN_ADAPTIVE_CODE_BITS, settings.code_bits):
         n //= 2
-        code, frames, k, p, too_short = _layout(n, n_key, fh, gh, 1.0 - fh,
-                                                settings.code_seed)
+        code, frames, k, p, too_short = _layout(n, n_key, fh, gh, settings.code_seed)
     s = code.n - k - p
     step = max(1, math.ceil(settings.retry_step * binary_entropy(q) * k))
     return Plan(code=code, n_key=n_key, frames=frames, key_per_frame=k, punctured=p,
