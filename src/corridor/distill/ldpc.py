@@ -86,6 +86,7 @@ from corridor.distill.ldpc_codes import (
     MAX_CODE_BITS,
     MIN_CODE_BITS,
     LdpcCode,
+    degree_two_graph,
     distributions_by_rate,
     get_code,
 )
@@ -768,25 +769,6 @@ REPAIR_MAX_UNSATISFIED = 2
 _REPAIR_MAX_PATH = 16
 
 
-@functools.lru_cache(maxsize=16)
-def _degree_two_graph(code: LdpcCode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Checks joined by degree-2 variables, as CSR: (start, neighbour check, variable)."""
-    degree = np.bincount(code.cols, minlength=code.n)
-    rows = np.repeat(np.arange(code.checks, dtype=np.int64), np.diff(code.row_start))
-    two = degree[code.cols] == 2
-    var, row = code.cols[two].astype(np.int64), rows[two]
-    order = np.argsort(var, kind="stable")
-    var, row = var[order], row[order]
-    a, b, v = row[0::2], row[1::2], var[0::2]
-    ends = np.concatenate((a, b))
-    others = np.concatenate((b, a))
-    via = np.concatenate((v, v))
-    order = np.argsort(ends, kind="stable")
-    start = np.zeros(code.checks + 1, np.int64)
-    np.cumsum(np.bincount(ends, minlength=code.checks), out=start[1:])
-    return start, others[order], via[order]
-
-
 def _unsatisfied_checks(code: LdpcCode, word: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Indices of the checks ``word`` does not satisfy (ascending)."""
     syndrome = np.empty((1, code.checks), np.uint8)
@@ -821,7 +803,7 @@ def _repair_degree_two_paths(code: LdpcCode, word: np.ndarray, target: np.ndarra
     unsatisfied = unsatisfied_checks.tolist()
     if not unsatisfied or len(unsatisfied) > REPAIR_MAX_UNSATISFIED:
         return not unsatisfied
-    start, other, via = _degree_two_graph(code)
+    start, other, via = degree_two_graph(code)
     remaining = set(unsatisfied)
     while remaining:
         source = remaining.pop()

@@ -380,6 +380,30 @@ def binary_rank_full(code: LdpcCode, columns: np.ndarray) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=16)
+def degree_two_graph(code: LdpcCode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checks joined by degree-2 variables, as CSR: (start, neighbour check, variable).
+
+    Check ``c``'s neighbours are ``other[start[c]:start[c + 1]]``, each joined through
+    the variable at the same index of ``via``. Cached per code (the LDPC degree-2 repair
+    and ``shortest_degree_two_cycle`` both walk it)."""
+    degree = np.bincount(code.cols, minlength=code.n)
+    rows = np.repeat(np.arange(code.checks, dtype=np.int64), np.diff(code.row_start))
+    two = degree[code.cols] == 2
+    var, row = code.cols[two].astype(np.int64), rows[two]
+    order = np.argsort(var, kind="stable")
+    var, row = var[order], row[order]
+    a, b, v = row[0::2], row[1::2], var[0::2]
+    ends = np.concatenate((a, b))
+    others = np.concatenate((b, a))
+    via = np.concatenate((v, v))
+    order = np.argsort(ends, kind="stable")
+    start = np.zeros(code.checks + 1, np.int64)
+    np.cumsum(np.bincount(ends, minlength=code.checks), out=start[1:])
+    return start, others[order], via[order]
+
+
+
 def shortest_degree_two_cycle(code: LdpcCode, limit: int) -> int | None:
     """The fewest degree-2 variables on a cycle of degree-2 variables alone, if some
     cycle has at most ``limit`` of them (None otherwise).
@@ -389,16 +413,10 @@ def shortest_degree_two_cycle(code: LdpcCode, limit: int) -> int | None:
     every check over the graph whose edges are the degree-2 variables; for tests and
     diagnostics on small codes.
     """
-    degree = code.variable_degrees()
-    ends: dict[int, list[int]] = {}
-    for c in range(code.checks):
-        for v in code.cols[code.row_start[c]:code.row_start[c + 1]].tolist():
-            if degree[v] == 2:
-                ends.setdefault(v, []).append(c)
-    neighbours: dict[int, list[tuple[int, int]]] = {}
-    for v, (a, b) in ends.items():
-        neighbours.setdefault(a, []).append((b, v))
-        neighbours.setdefault(b, []).append((a, v))
+    start, other, through = degree_two_graph(code)
+    neighbours = {c: list(zip(other[start[c]:start[c + 1]].tolist(),
+                              through[start[c]:start[c + 1]].tolist(), strict=True))
+                  for c in np.flatnonzero(np.diff(start)).tolist()}
     best = limit + 1
     for root in neighbours:
         dist = {root: 0}
