@@ -161,6 +161,27 @@ def test_cache_round_trip_and_corrupt_file(tmp_path: Path) -> None:
     assert rebuilt.identity == built.identity and rebuilt.build_seconds > 0.0
 
 
+
+def test_a_self_consistent_cache_file_with_columns_out_of_range_is_rebuilt() -> None:
+    # Its hash matches its arrays, but a column outside [0, n) would make the decoders
+    # (which read without bounds checks) touch memory outside the totals.
+    built = get_code("elkouss2009-r90", 4096, 6)
+    directory = codes.cache_dir()
+    assert directory is not None
+    path = next(directory.glob("*-s6-*.npz"))
+    for bad in (-1, 4096):
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+        arrays["cols"] = arrays["cols"].copy()
+        arrays["cols"][7] = bad
+        arrays["identity"] = np.array(codes._identity(
+            "elkouss2009-r90", 4096, 6, tuple(arrays[k] for k in (
+                "row_start", "cols", "puncture_order", "fill_order"))))
+        np.savez_compressed(path, **arrays)
+        get_code.cache_clear()
+        rebuilt = get_code("elkouss2009-r90", 4096, 6)
+        assert rebuilt.identity == built.identity and rebuilt.build_seconds > 0.0, bad
+
 @pytest.mark.parametrize(("args", "field"), [
     (("turbo", 4096, 1), "distribution"),
     (("elkouss2009-r50", 100, 1), "code_bits"),

@@ -295,6 +295,12 @@ def _load(path: Path, distribution: str, n: int, seed: int) -> LdpcCode | None:
     if identity != stored or arrays["row_start"].shape != (round(
             (1.0 - DISTRIBUTIONS[distribution].rate) * n) + 1,):
         return None
+    # The hash only shows the file is self-consistent; the decoders read the totals at
+    # cols[e] without bounds checks, so the structure is checked too.
+    row_start, cols = arrays["row_start"], arrays["cols"]
+    if row_start[0] != 0 or row_start[-1] != cols.size or bool(np.any(np.diff(row_start) < 0)) \
+            or (cols.size and (int(cols.min()) < 0 or int(cols.max()) >= n)):
+        return None
     return LdpcCode(distribution=distribution, n=n, seed=seed,
                     checks=int(arrays["row_start"].shape[0] - 1),
                     row_start=arrays["row_start"].astype(np.int64),
