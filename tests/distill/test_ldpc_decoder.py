@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import corridor.distill.ldpc_codes as codes
 from corridor.distill import _ldpc_kernels as kernels
@@ -163,3 +165,24 @@ def test_both_decoders_reconcile_alike_and_bob_counts_his_sweeps() -> None:
     fast, ref = results["fast"].bob, results["reference"].bob
     assert (fast.frames, fast.punctured_bits, fast.syndrome_bits) == \
         (ref.frames, ref.punctured_bits, ref.syndrome_bits)
+
+
+def truncated_index(x: np.float32) -> int:
+    """The table index of the original rule: truncate x * PHI_SCALE, then clamp."""
+    return min(int(np.float32(x) * np.float32(kernels.PHI_SCALE)), kernels.PHI_SIZE - 1)
+
+
+def test_phi_reads_the_entry_of_the_truncated_index_at_every_boundary() -> None:
+    # _phi clamps in float32 before converting (no branches); at each cell's edges, just
+    # below them, and past the end it must read the entry truncation would have read.
+    edges = np.arange(kernels.PHI_SIZE + 2, dtype=np.float32) / np.float32(kernels.PHI_SCALE)
+    below = np.nextafter(edges, np.float32(-1.0))
+    for x in [*edges[::97], *below[1::89], np.float32(0.0), np.float32(1e30),
+              np.float32(_KNOWN_LLR), edges[-3], below[-3], below[-2]]:
+        assert kernels._phi(_PHI, x) == _PHI[truncated_index(x)], x
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=0.0, max_value=1e6, width=32))
+def test_phi_matches_truncation_then_clamp(x: float) -> None:
+    assert kernels._phi(_PHI, np.float32(x)) == _PHI[truncated_index(np.float32(x))]
