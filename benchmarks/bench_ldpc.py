@@ -170,6 +170,9 @@ def main() -> None:
     parser.add_argument("--qbers", default="0.01,0.02,0.03,0.04,0.05")
     parser.add_argument("--code-bits", type=int, default=ldpc.LdpcSettings().code_bits)
     parser.add_argument("--efficiency", type=float, default=ldpc.LdpcSettings().efficiency)
+    parser.add_argument("--no-threshold-floor", action="store_true",
+                        help="aim the first try at --efficiency even below the code's "
+                             "threshold efficiency (LdpcSettings.threshold_floor off)")
     parser.add_argument("--retries", type=int, default=ldpc.LdpcSettings().max_retries)
     parser.add_argument("--decoders", default="fast",
                         help="comma-separated Bob decoders to run on the same key pairs "
@@ -192,7 +195,8 @@ def main() -> None:
     # One variant per (decoder, targeted_max_checks), labelled e.g. "fas-t16".
     variants = {f"{d[:3]}-t{t}": ldpc.LdpcSettings(
         code_bits=args.code_bits, efficiency=args.efficiency, max_retries=args.retries,
-        decoder=d, stall_sweeps=args.stall_sweeps, max_iterations=args.max_iterations,
+        threshold_floor=not args.no_threshold_floor, decoder=d,
+        stall_sweeps=args.stall_sweeps, max_iterations=args.max_iterations,
         targeted_max_checks=int(t))
         for d in args.decoders.split(",") for t in args.targeted.split(",")}
     decoders = list(variants)   # variant labels

@@ -27,6 +27,7 @@ from corridor.distill.ldpc import (
     MESSAGE_SYNDROME,
     LdpcReconciliationResult,
     LdpcSettings,
+    Plan,
     _index_width,
     _pack_requests,
     _unpack_requests,
@@ -279,8 +280,43 @@ def test_plan_matches_the_target_rate() -> None:
         assert pl.punctured + pl.shortened + pl.key_per_frame == code.n
         assert 0 <= pl.punctured <= code.max_punctured
         leak = code.checks - pl.punctured
-        assert leak == pytest.approx(SETTINGS.efficiency * binary_entropy(qber)
-                                     * pl.key_per_frame, abs=1)
+        f = max(SETTINGS.efficiency,
+                codes.DISTRIBUTIONS[code.distribution].threshold_efficiency)
+        assert leak == pytest.approx(f * binary_entropy(qber) * pl.key_per_frame, abs=1)
+
+
+def first_try_efficiency(pl: Plan, qber: float) -> float:
+    return (pl.code.checks - pl.punctured) / (pl.key_per_frame * binary_entropy(qber))
+
+
+def test_the_first_try_is_not_planned_below_the_codes_threshold_efficiency() -> None:
+    # At its own BSC threshold (1.09 %) the rate-0.90 ensemble needs f = 0.1 / h(1.09 %)
+    # = 1.153; a first try at 1.10 on it fails on nearly every frame. Every other code's
+    # floor is below the default 1.10, so only low QBERs see the floor.
+    r90 = codes.DISTRIBUTIONS["elkouss2009-r90"]
+    assert r90.threshold_efficiency == pytest.approx(0.1 / binary_entropy(0.0109))
+    assert 1.15 < r90.threshold_efficiency < 1.16
+    assert all(d.threshold_efficiency < SETTINGS.efficiency
+               for d in codes.DISTRIBUTIONS.values() if d is not r90)
+    without = dataclasses.replace(SETTINGS, threshold_floor=False)
+    for qber in (0.005, 0.01, 0.012):
+        on, off = plan(1_000_000, qber, SETTINGS), plan(1_000_000, qber, without)
+        assert on.code.distribution == off.code.distribution == r90.name
+        assert first_try_efficiency(on, qber) == pytest.approx(r90.threshold_efficiency,
+                                                               abs=2e-3)
+        assert first_try_efficiency(off, qber) == pytest.approx(SETTINGS.efficiency,
+                                                                abs=2e-3)
+    for qber in (0.02, 0.03, 0.05):
+        on, off = plan(1_000_000, qber, SETTINGS), plan(1_000_000, qber, without)
+        assert (on.code.identity, on.frames, on.key_per_frame, on.punctured) == (
+            off.code.identity, off.frames, off.key_per_frame, off.punctured)
+    # An efficiency above the floor is left alone.
+    above = dataclasses.replace(SETTINGS, efficiency=1.2)
+    assert first_try_efficiency(plan(1_000_000, 0.01, above), 0.01) == pytest.approx(
+        1.2, abs=2e-3)
+    with pytest.raises(ParameterError) as info:
+        LdpcSettings(threshold_floor=1)  # type: ignore[arg-type]
+    assert info.value.field == "ldpc.threshold_floor"
 
 
 def test_a_short_key_is_planned_on_shorter_codes_that_reach_the_rate() -> None:

@@ -21,7 +21,10 @@ should disclose ``f h(q)`` bits per key bit. Every code whose rate can be brough
 is a candidate; the one whose design rate is closest to ``1 - f h(q)`` is taken (least
 modulation), ``K`` is the most key bits per frame it allows, ``F = ceil(len / K)`` and
 ``K`` is then lowered to ``ceil(len / F)``; ``p = m - round(f h(q) K)`` (within
-``[0, max_punctured]``) and ``s = n - K - p``. A key whose frames are too short for
+``[0, max_punctured]``) and ``s = n - K - p``. If ``f`` is below the chosen code's
+threshold efficiency (``(1 - R) / h(threshold)`` of its ensemble, 1.153 for the
+rate-0.90 code, below 1.10 for every other), the same code is planned again at that
+floor (``LdpcSettings.threshold_floor``). A key whose frames are too short for
 that rate (``p`` would exceed ``max_punctured``) is planned on codes of half the
 length, down to ``MIN_ADAPTIVE_CODE_BITS``. Both parties compute this from the
 public estimate and settings; Alice's first message repeats it with the code identity
@@ -83,6 +86,7 @@ from corridor.distill.channel import DEFAULT_TIMEOUT_S, ChannelEndpoint
 from corridor.distill.ldpc_codes import (
     DEFAULT_CODE_BITS,
     DEFAULT_CODE_SEED,
+    DISTRIBUTIONS,
     MAX_CODE_BITS,
     MIN_CODE_BITS,
     LdpcCode,
@@ -130,6 +134,11 @@ class LdpcSettings:
         code_bits: mother code length ``n``.
         code_seed: construction seed of the mother codes.
         efficiency: f the first syndrome aims at (disclosed / (K h(q))).
+        threshold_floor: aim the first syndrome at no less than the chosen code's
+            threshold efficiency (``DegreeDistribution.threshold_efficiency``) when
+            ``efficiency`` is below it: only the rate-0.90 code's (1.153) is above the
+            default 1.10, so this acts at QBER below about 1.5 %, where a first try
+            at 1.10 fails on nearly every frame and costs sweeps and a round trip.
         retry_step: each blind retry reveals ``ceil(retry_step * h(q) * K)`` more bits
             of a failed frame (its f rises by ``retry_step``).
         max_retries: blind retries before a frame is dropped (0: one-way only).
@@ -157,6 +166,7 @@ class LdpcSettings:
     code_bits: int = DEFAULT_CODE_BITS
     code_seed: int = DEFAULT_CODE_SEED
     efficiency: float = 1.10
+    threshold_floor: bool = True
     retry_step: float = 0.04
     max_retries: int = 10
     retry_headroom: float = 0.0
@@ -177,6 +187,9 @@ class LdpcSettings:
                                  "must be a whole number in [0, 2^63)")
         if not _real(self.efficiency) or not 1.0 <= self.efficiency <= 2.0:
             raise ParameterError("ldpc.efficiency", self.efficiency, "must be in [1, 2]")
+        if not isinstance(self.threshold_floor, bool):
+            raise ParameterError("ldpc.threshold_floor", self.threshold_floor,
+                                 "must be true or false")
         if not _real(self.retry_step) or not 0.0 < self.retry_step <= 1.0:
             raise ParameterError("ldpc.retry_step", self.retry_step, "must be in (0, 1]")
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) \
@@ -383,15 +396,17 @@ def _unpack_requests(payload: bytes, frames: int, width: int, checks: int,
     return out
 
 
-def _layout(n: int, n_key: int, fh: float, gh: float,
-            seed: int) -> tuple[LdpcCode, int, int, int, bool]:
-    """(code, frames, K, p, too short) for mother codes of length ``n``; *too short*:
-    full frames would reach the target rate, but the key's frames are shorter (fewer
-    key bits per frame need more puncturing than the code allows)."""
+def _layout(n: int, n_key: int, fh: float, gh: float, seed: int,
+            only: str | None = None) -> tuple[LdpcCode, int, int, int, bool]:
+    """(code, frames, K, p, too short) for mother codes of length ``n`` (of the
+    distribution ``only``, if given); *too short*: full frames would reach the target
+    rate, but the key's frames are shorter (fewer key bits per frame need more
+    puncturing than the code allows)."""
     target_rate = 1.0 - fh
     best: tuple[float, LdpcCode, int] | None = None
     reachable = True
-    for dist in sorted(distributions_by_rate(), key=lambda d: abs(d.rate - target_rate)):
+    candidates = [d for d in distributions_by_rate() if only in (None, d.name)]
+    for dist in sorted(candidates, key=lambda d: abs(d.rate - target_rate)):
         m = round((1.0 - dist.rate) * n)
         if best is not None and abs(dist.rate - target_rate) >= best[0]:
             break
@@ -406,7 +421,7 @@ def _layout(n: int, n_key: int, fh: float, gh: float,
         best = (abs(dist.rate - target_rate), code, k_max)
     if best is None:
         # QBER so low that no code reaches the rate: the highest one, fully punctured.
-        code = get_code(distributions_by_rate()[0].name, n, seed)
+        code = get_code(candidates[0].name, n, seed)
         best = (0.0, code, n - code.max_punctured)
         reachable = False
     # (k_max >= 1: m / (f h) >= 1 since f h < 1 <= m.)
@@ -429,13 +444,21 @@ def plan(n_key: int, qber_estimate: float, settings: LdpcSettings) -> Plan:
     target rate, or the shortest tried.
     """
     q = max(float(qber_estimate), MIN_PLANNING_QBER)
-    fh = min(settings.efficiency * binary_entropy(q), 0.999)
-    gh = settings.retry_headroom * binary_entropy(q)
+    h = binary_entropy(q)
+    fh = min(settings.efficiency * h, 0.999)
+    gh = settings.retry_headroom * h
     n = settings.code_bits
     code, frames, k, p, too_short = _layout(n, n_key, fh, gh, settings.code_seed)
+    floor = DISTRIBUTIONS[code.distribution].threshold_efficiency
+    only = None
+    if settings.threshold_floor and floor > settings.efficiency:
+        # The same code (chosen at f, as without the floor), planned at its floor.
+        fh = min(floor * h, 0.999)
+        only = code.distribution
+        code, frames, k, p, too_short = _layout(n, n_key, fh, gh, settings.code_seed, only)
     while too_short and n // 2 >= min(MIN_ADAPTIVE_CODE_BITS, settings.code_bits):
         n //= 2
-        code, frames, k, p, too_short = _layout(n, n_key, fh, gh, settings.code_seed)
+        code, frames, k, p, too_short = _layout(n, n_key, fh, gh, settings.code_seed, only)
     s = code.n - k - p
     step = max(1, math.ceil(settings.retry_step * binary_entropy(q) * k))
     return Plan(code=code, n_key=n_key, frames=frames, key_per_frame=k, punctured=p,

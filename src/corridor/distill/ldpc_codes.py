@@ -104,6 +104,15 @@ class DegreeDistribution:
     lambda_edges: tuple[tuple[int, float], ...]
     reference: str = _ELKOUSS_2009
 
+    @property
+    def threshold_efficiency(self) -> float:
+        """f of the unmodified code at its own BSC threshold, ``(1 - rate) / h(threshold)``.
+
+        No code of this ensemble, punctured or shortened, can be expected to decode
+        below it (rate adaptation only moves away from the optimised ensemble)."""
+        p = self.threshold
+        return (1.0 - self.rate) / (-p * math.log2(p) - (1.0 - p) * math.log2(1.0 - p))
+
     def variable_degrees(self, n: int) -> np.ndarray:
         """Degrees of the ``n`` variables, ascending (node fractions, largest remainder)."""
         degrees = np.array([d for d, _ in self.lambda_edges], dtype=np.int64)
