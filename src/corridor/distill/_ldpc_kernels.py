@@ -220,7 +220,7 @@ def _phi(table: np.ndarray, x: float) -> float:
     # which rounding to nearest cannot make negative). Clamping in float32 before the
     # conversion gives the same index as truncating and then clamping, without the
     # data-dependent branches; the unsigned index spares the negative-index wrap.
-    # Measured: 1.4x fewer nanoseconds per edge-sweep, decisions bit for bit the same.
+    # Decisions bit for bit the same; the speed-up is in docs/benchmarks.md.
     return table[np.uint32(min(x * _SCALE32, _LAST32))]
 
 
@@ -334,8 +334,9 @@ def decode_layered_fast(llr: np.ndarray, target: np.ndarray, row_start: np.ndarr
     - the signs are handled without branches (a multiply by +-1 read from a
       two-entry table; the reference's data-dependent branches mispredict on
       uncertain bits), and the edge loops index with unsigned integers, which spares
-      numba's negative-index wrap on every access (measured 1.3-1.4x fewer
-      nanoseconds per edge-sweep for the two together);
+      numba's negative-index wrap on every access (with the branch-free table index
+      of :func:`_phi`, 2.2-2.9x fewer nanoseconds per edge-sweep in whole benchmark
+      runs);
     - the syndrome test rides along with the sweep: each row's parity is taken from
       the signs of its totals just after its update. Only when every row was satisfied
       at its own update is the hard decision tested against the whole syndrome (the

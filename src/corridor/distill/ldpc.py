@@ -137,8 +137,9 @@ class LdpcSettings:
         threshold_floor: aim the first syndrome at no less than the chosen code's
             threshold efficiency (``DegreeDistribution.threshold_efficiency``) when
             ``efficiency`` is below it: only the rate-0.90 code's (1.153) is above the
-            default 1.10, so this acts at QBER below about 1.5 %, where a first try
-            at 1.10 fails on nearly every frame and costs sweeps and a round trip.
+            default 1.10, so this acts at QBER below about 1.6 %, where a first try
+            at 1.10 fails on nearly every frame (measured: at 1.2 % six frames of 16
+            were dropped after every retry without the floor, none with it).
         retry_step: each blind retry reveals ``ceil(retry_step * h(q) * K)`` more bits
             of a failed frame (its f rises by ``retry_step``).
         max_retries: blind retries before a frame is dropped (0: one-way only).

@@ -68,6 +68,7 @@ import numpy as np
 
 from corridor.distill import _ldpc_kernels as kernels
 from corridor.errors import ParameterError
+from corridor.link.rates import binary_entropy
 
 #: Bumped whenever the construction changes: it is part of every code's identity.
 CONSTRUCTION_VERSION = 3
@@ -108,10 +109,11 @@ class DegreeDistribution:
     def threshold_efficiency(self) -> float:
         """f of the unmodified code at its own BSC threshold, ``(1 - rate) / h(threshold)``.
 
-        No code of this ensemble, punctured or shortened, can be expected to decode
-        below it (rate adaptation only moves away from the optimised ensemble)."""
-        p = self.threshold
-        return (1.0 - self.rate) / (-p * math.log2(p) - (1.0 - p) * math.log2(1.0 - p))
+        A heuristic floor for rate-adapted codes of this ensemble: puncturing and
+        shortening move a code away from the ensemble the distribution was optimised
+        for, so a first try below it is expected to fail (measured in
+        docs/benchmarks.md, "The first try at the code's threshold efficiency")."""
+        return (1.0 - self.rate) / binary_entropy(self.threshold)
 
     def variable_degrees(self, n: int) -> np.ndarray:
         """Degrees of the ``n`` variables, ascending (node fractions, largest remainder)."""
