@@ -11,9 +11,10 @@
 # Prints one line per phase: tlsload's JSON, and the CPU seconds and CPU milliseconds
 # per answered request of each KME process (kme-a: the master SAE's KME; kme-b: the
 # slave's, which accepts the reservations); then the machine's yardstick, a bare
-# mutual-TLS hello (bench_machine_yardstick.sh; YARDSTICK=0 skips it). PYTHON (default .venv/bin/python) runs
-# `python -m corridor kme serve`; PYTHONPATH=OTHER/src runs another checkout's code with
-# the same interpreter (a before/after comparison in one sitting).
+# mutual-TLS hello (bench_machine_yardstick.sh; YARDSTICK=0 skips it). PYTHON (default
+# .venv/bin/python) runs `python -m corridor kme serve`; PYTHONPATH=OTHER/src runs
+# another checkout's code with the same interpreter (a before/after comparison in one
+# sitting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}

@@ -461,7 +461,7 @@ def plan(n_key: int, qber_estimate: float, settings: LdpcSettings) -> Plan:
         n //= 2
         code, frames, k, p, too_short = _layout(n, n_key, fh, gh, settings.code_seed, only)
     s = code.n - k - p
-    step = max(1, math.ceil(settings.retry_step * binary_entropy(q) * k))
+    step = max(1, math.ceil(settings.retry_step * h * k))
     return Plan(code=code, n_key=n_key, frames=frames, key_per_frame=k, punctured=p,
                 shortened=s, reveal_step=step)
 
