@@ -174,6 +174,8 @@ def main() -> None:
                         help="aim the first try at --efficiency even below the code's "
                              "threshold efficiency (LdpcSettings.threshold_floor off)")
     parser.add_argument("--retries", type=int, default=ldpc.LdpcSettings().max_retries)
+    parser.add_argument("--retry-step", type=float, default=ldpc.LdpcSettings().retry_step,
+                        help="f added to a failed frame by each blind retry")
     parser.add_argument("--decoders", default="fast",
                         help="comma-separated Bob decoders to run on the same key pairs "
                              "(fast, reference)")
@@ -185,6 +187,9 @@ def main() -> None:
                         default=ldpc.LdpcSettings().max_iterations)
     parser.add_argument("--cascade-frame-bits", type=int, default=10_000)
     parser.add_argument("--no-cascade", action="store_true")
+    parser.add_argument("--first-seed", type=int, default=1,
+                        help="seed of the first key pair (calls use consecutive seeds: runs "
+                             "with disjoint ranges can share the work out over cores)")
     parser.add_argument("--cpu", type=int, default=None,
                         help="core to pin to (default: the last one available)")
     args = parser.parse_args()
@@ -195,6 +200,7 @@ def main() -> None:
     # One variant per (decoder, targeted_max_checks), labelled e.g. "fas-t16".
     variants = {f"{d[:3]}-t{t}": ldpc.LdpcSettings(
         code_bits=args.code_bits, efficiency=args.efficiency, max_retries=args.retries,
+        retry_step=args.retry_step,
         threshold_floor=not args.no_threshold_floor, decoder=d,
         stall_sweeps=args.stall_sweeps, max_iterations=args.max_iterations,
         targeted_max_checks=int(t))
@@ -229,7 +235,7 @@ def main() -> None:
     for qber in qbers:
         points = [Point(d, qber) for d in decoders] \
             + ([] if args.no_cascade else [Point("cascade", qber)])
-        done, seed = 0, 1
+        done, seed = 0, args.first_seed
         while done < args.bits:
             n = min(args.call_bits, args.bits - done)
             a, b = key_pair(n, qber, seed)

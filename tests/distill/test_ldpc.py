@@ -419,6 +419,8 @@ def test_bad_inputs_are_refused() -> None:
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"reconciliation": "turbo"}, "reconciliation"),
     ({"ldpc_code_bits": 12}, "ldpc.code_bits"),
+    ({"ldpc_efficiency": 0.95}, "ldpc.efficiency"),
+    ({"ldpc_retry_step": 0.0}, "ldpc.retry_step"),
 ])
 def test_bad_config_values_name_the_field(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ParameterError) as info:
@@ -430,6 +432,16 @@ def test_reconciliation_method_is_part_of_the_session_fingerprint() -> None:
     assert DistillConfig().fingerprint() != DistillConfig(reconciliation="ldpc").fingerprint()
     assert DistillConfig(reconciliation="ldpc").fingerprint() != DistillConfig(
         reconciliation="ldpc", ldpc_code_bits=16384).fingerprint()
+    for field, value in (("ldpc_efficiency", 1.09), ("ldpc_retry_step", 0.01)):
+        assert DistillConfig(reconciliation="ldpc").fingerprint() != DistillConfig(
+            reconciliation="ldpc", **{field: value}).fingerprint()   # type: ignore[arg-type]
+
+
+def test_config_hands_its_ldpc_fields_to_the_ldpc_settings() -> None:
+    settings = DistillConfig(reconciliation="ldpc", ldpc_code_bits=1 << 20,
+                             ldpc_efficiency=1.09, ldpc_retry_step=0.01).ldpc_settings()
+    assert (settings.code_bits, settings.efficiency, settings.retry_step) == (1 << 20, 1.09, 0.01)
+    assert DistillConfig().ldpc_settings() == LdpcSettings()
 
 
 def ldpc_link_report() -> LinkRunReport:
@@ -491,6 +503,23 @@ def test_cli_refuses_an_unknown_method_in_one_line() -> None:
     assert result.exit_code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--reconciliation" in lines[0] and "ldpc" in lines[0]
+
+
+@pytest.mark.parametrize(("flag", "value", "field"), [
+    ("--ldpc-efficiency", "0.9", "ldpc.efficiency"),
+    ("--ldpc-retry-step", "2", "ldpc.retry_step"),
+    ("--ldpc-code-bits", "100", "ldpc.code_bits"),
+])
+def test_cli_refuses_a_bad_ldpc_setting_in_one_line(flag: str, value: str, field: str) -> None:
+    from typer.testing import CliRunner
+
+    from corridor.cli import app
+
+    result = CliRunner().invoke(app, ["link", "run", "--distance-km", "5", "--reconciliation",
+                                      "ldpc", flag, value, "--quiet"])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and field in lines[0] and value in lines[0]
 
 
 def test_corridor_file_takes_reconciliation_per_link(tmp_path: Path) -> None:

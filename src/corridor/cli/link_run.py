@@ -34,6 +34,8 @@ from corridor.cli.link import (
 )
 from corridor.distill.block import BlockState, KeyBlock
 from corridor.distill.cascade import CASCADE_VARIANTS
+from corridor.distill.ldpc import LdpcSettings
+from corridor.distill.ldpc_codes import DEFAULT_CODE_BITS, MAX_CODE_BITS, MIN_CODE_BITS
 from corridor.distill.pipeline import (
     DEFAULT_BLOCK_PULSES,
     RECONCILIATION_METHODS,
@@ -208,6 +210,15 @@ def run_command(
     reconciliation: Annotated[str, typer.Option(
         "--reconciliation", help="Reconciliation method: " + "|".join(RECONCILIATION_METHODS)
         + " (interactive Cascade, or one-way rate-adaptive LDPC).")] = "cascade",
+    ldpc_code_bits: Annotated[int, typer.Option(
+        "--ldpc-code-bits", help="LDPC mother code length in bits, "
+        f"[{MIN_CODE_BITS}, {MAX_CODE_BITS}].")] = DEFAULT_CODE_BITS,
+    ldpc_efficiency: Annotated[float, typer.Option(
+        "--ldpc-efficiency", help="f the first LDPC syndrome aims at.")]
+    = LdpcSettings.efficiency,
+    ldpc_retry_step: Annotated[float, typer.Option(
+        "--ldpc-retry-step", help="f each blind LDPC retry adds to a frame that failed.")]
+    = LdpcSettings.retry_step,
     link_id: Annotated[str, typer.Option("--link-id", help="Link id written into every key "
                                          "block.")] = "link-1",
     role: Annotated[RoleOption | None, typer.Option(
@@ -258,6 +269,9 @@ def run_command(
         distill_config = DistillConfig.for_link(params, link_id=link_id, cascade_variant=cascade,
                                                 frame_bits=frame_bits,
                                                 reconciliation=reconciliation,
+                                                ldpc_code_bits=ldpc_code_bits,
+                                                ldpc_efficiency=ldpc_efficiency,
+                                                ldpc_retry_step=ldpc_retry_step,
                                                 channel_timeout_s=timeout_s,
                                                 finite_key_bound=bound)
         total_blocks = -(-pulses // block_pulses)

@@ -151,6 +151,11 @@ class DistillConfig:
         reconciliation: "cascade" (interactive, ``corridor.distill.cascade``) or "ldpc"
             (one-way syndrome with blind retries, ``corridor.distill.ldpc``).
         ldpc_code_bits: length of the LDPC mother codes (``reconciliation = "ldpc"``).
+        ldpc_efficiency: f the first LDPC syndrome aims at (``LdpcSettings.efficiency``).
+        ldpc_retry_step: f each blind LDPC retry adds to a failed frame
+            (``LdpcSettings.retry_step``). Longer codes with a lower first try and
+            finer steps disclose less and cost more decoding (docs/ldpc.md,
+            "Efficiency first").
     """
 
     link_id: str = "link-1"
@@ -166,6 +171,8 @@ class DistillConfig:
     finite_key_bound: str = DEFAULT_FINITE_KEY_BOUND
     reconciliation: str = "cascade"
     ldpc_code_bits: int = DEFAULT_CODE_BITS
+    ldpc_efficiency: float = LdpcSettings.efficiency
+    ldpc_retry_step: float = LdpcSettings.retry_step
 
     def __post_init__(self) -> None:
         check_bound(self.finite_key_bound)
@@ -196,7 +203,7 @@ class DistillConfig:
         if self.reconciliation not in RECONCILIATION_METHODS:
             raise ParameterError("reconciliation", self.reconciliation,
                                  "must be one of " + ", ".join(RECONCILIATION_METHODS))
-        self.ldpc_settings()  # validates ldpc_code_bits
+        self.ldpc_settings()  # validates the ldpc_* fields
         # Validates the thresholds with their own error messages.
         EstimationSettings(intensities=(0.5, 0.1, 0.0), class_probabilities=(0.8, 0.1, 0.1),
                            eps_sec=self.eps_sec, eps_cor=self.eps_cor,
@@ -221,7 +228,8 @@ class DistillConfig:
 
     def ldpc_settings(self) -> LdpcSettings:
         """The LDPC reconciliation settings of this config."""
-        return LdpcSettings(code_bits=self.ldpc_code_bits)
+        return LdpcSettings(code_bits=self.ldpc_code_bits, efficiency=self.ldpc_efficiency,
+                            retry_step=self.ldpc_retry_step)
 
     def fingerprint(self) -> bytes:
         """The settings both parties must share, as bytes (sent at session start)."""
