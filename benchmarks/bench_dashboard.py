@@ -109,7 +109,8 @@ def main() -> None:
         subprocess.run(["gcc", "-O2", "-o", str(binary), str(TOOLS / "tlsload.c"), "-lssl",
                         "-lcrypto"], check=True)
         process = subprocess.Popen([corridor, "up", "--embedded", args.embedded,
-                                    "--workdir", "run", "--no-mobility", "--status-interval-s", "600",
+                                    "--workdir", "run", "--no-mobility",
+                                    "--status-interval-s", "600",
                                     "--duration-s", str(args.fill_s + 6 * args.phase_s + 120)],
                                    cwd=tmp, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
