@@ -540,6 +540,24 @@ def test_corridor_file_takes_reconciliation_per_link(tmp_path: Path) -> None:
             assert info.value.field.endswith(".reconciliation")
 
 
+def test_corridor_file_takes_ldpc_settings_per_link(tmp_path: Path) -> None:
+    from corridor.kms.node import load_corridor, make_source
+
+    text = CORRIDOR_TOML.read_text().replace(
+        'cascade_variant = "biconf"', 'cascade_variant = "biconf"\nreconciliation = "ldpc"\n'
+        'ldpc_code_bits = 1048576\nldpc_efficiency = 1.09\nldpc_retry_step = 0.01')
+    path = tmp_path / "corridor.toml"
+    path.write_text(text)
+    link = next(iter(load_corridor(path).links.values()))
+    source = make_source(link, ("alice", "bob"))
+    assert source.config.ldpc_settings() == LdpcSettings(   # type: ignore[attr-defined]
+        code_bits=1 << 20, efficiency=1.09, retry_step=0.01)
+    path.write_text(text.replace("ldpc_retry_step = 0.01", "ldpc_retry_step = 1.5"))
+    with pytest.raises(ParameterError) as info:
+        load_corridor(path)
+    assert info.value.field.endswith(".ldpc_retry_step") and info.value.value == 1.5
+
+
 def test_degree_two_chain_between_unsatisfied_checks_is_repaired() -> None:
     from corridor.distill import _ldpc_kernels as kernels
     from corridor.distill.ldpc import _repair_degree_two_paths

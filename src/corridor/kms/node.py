@@ -134,7 +134,7 @@ _KME_NODE_KEYS = {"id", "site", "host", "port", "url", "store", "kek_file", "kek
                   "audit_fsync_interval_s"}
 _LINK_KEYS = {"id", "alice_kme", "bob_kme", "preset", "parameters", "source", "block_pulses",
               "block_interval_s", "cascade_variant", "frame_bits", "reconciliation", "keys_dir",
-              "block_bytes",
+              "block_bytes", "ldpc_code_bits", "ldpc_efficiency", "ldpc_retry_step",
               "channel_listen", "channel_address", "simulation_seed", "psk_file"}
 _MONITOR_KEYS = {"qber_alarm_threshold", "trend_window_blocks", "recovery_blocks",
                  "recovery_qber_threshold", "max_consecutive_discards"}
@@ -188,6 +188,7 @@ class LinkSite:
     cascade_variant: str = "yanetal"
     frame_bits: int = 10_000
     reconciliation: str = "cascade"
+    ldpc: tuple[tuple[str, Any], ...] = ()
     keys_dir: Path | None = None
     block_bytes: int = 4096
     channel_listen: str | None = None
@@ -429,6 +430,7 @@ def _parse_link(entry: Mapping[str, Any], index: int, kmes: Mapping[str, KmeSite
     if reconciliation not in ("cascade", "ldpc"):
         raise ParameterError(f"{where}.reconciliation", reconciliation,
                              "must be one of cascade, ldpc")
+    ldpc = _parse_ldpc(entry, where)
     block_pulses = _number(f"{where}.block_pulses", entry.get("block_pulses", 1_000_000_000),
                            integer=True, minimum=1)
     if source == SOURCE_SIMULATED:
@@ -439,13 +441,28 @@ def _parse_link(entry: Mapping[str, Any], index: int, kmes: Mapping[str, KmeSite
         block_pulses=block_pulses,
         block_interval_s=float(_number(f"{where}.block_interval_s",
                                        entry.get("block_interval_s", 0.0))),
-        cascade_variant=variant, reconciliation=reconciliation,
+        cascade_variant=variant, reconciliation=reconciliation, ldpc=ldpc,
         frame_bits=_number(f"{where}.frame_bits", entry.get("frame_bits", 10_000),
                            integer=True, minimum=64),
         keys_dir=keys_dir, block_bytes=block_bytes, channel_listen=channel_listen,
         channel_address=channel_address, simulation_seed=simulation_seed,
         psk_file=_path(base, entry["psk_file"], f"{where}.psk_file")
         if "psk_file" in entry else None)
+
+
+def _parse_ldpc(entry: Mapping[str, Any], where: str) -> tuple[tuple[str, Any], ...]:
+    """The link's ``ldpc_*`` keys as DistillConfig fields, checked by ``LdpcSettings``
+    (an error names the key in the corridor file)."""
+    from corridor.distill.ldpc import LdpcSettings
+
+    fields = tuple((key, entry[key]) for key in ("ldpc_code_bits", "ldpc_efficiency",
+                                                 "ldpc_retry_step") if key in entry)
+    try:
+        LdpcSettings(**{key.removeprefix("ldpc_"): value for key, value in fields})
+    except ParameterError as error:
+        raise ParameterError(f"{where}.ldpc_{error.field.removeprefix('ldpc.')}",
+                             error.value, error.allowed, error.hint) from None
+    return fields
 
 
 def _check_finite_key(where: str, params: LinkParameters, block_pulses: int,
@@ -942,7 +959,8 @@ def make_source(link: LinkSite, sides: tuple[str, ...], *,
     config = DistillConfig.for_link(link.params, link_id=link.link_id,
                                     cascade_variant=link.cascade_variant,
                                     frame_bits=link.frame_bits,
-                                    reconciliation=link.reconciliation, channel_timeout_s=30.0)
+                                    reconciliation=link.reconciliation, channel_timeout_s=30.0,
+                                    **dict(link.ldpc))
     if set(sides) == {SIDE_ALICE, SIDE_BOB}:
         return SimulatedLinkSource(link.params, link_id=link.link_id,
                                    block_pulses=link.block_pulses, config=config, rng=rng,
