@@ -162,6 +162,34 @@ def test_cache_round_trip_and_corrupt_file(tmp_path: Path) -> None:
 
 
 
+def test_threads_asking_for_the_same_code_at_once_build_it_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Alice and Bob of one process plan the same block at the same moment; a code of
+    # n = 2^20 takes minutes to build, so the second must wait for the first's, not
+    # build it too.
+    import threading
+    import time
+
+    builds: list[str] = []
+    real = codes.construct
+
+    def slow_construct(distribution: str, n: int, seed: int) -> codes.LdpcCode:
+        builds.append(distribution)
+        time.sleep(0.3)   # both threads are inside get_code before the build ends
+        return real(distribution, n, seed)
+
+    monkeypatch.setattr(codes, "construct", slow_construct)
+    got: list[codes.LdpcCode] = []
+    threads = [threading.Thread(target=lambda: got.append(get_code("elkouss2009-r80", 4096, 8)))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert builds == ["elkouss2009-r80"]
+    assert len(got) == 3 and len({code.identity for code in got}) == 1
+
+
 def test_a_self_consistent_cache_file_with_columns_out_of_range_is_rebuilt() -> None:
     # Its hash matches its arrays, but a column outside [0, n) would make the decoders
     # (which read without bounds checks) touch memory outside the totals.

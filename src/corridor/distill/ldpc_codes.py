@@ -60,6 +60,7 @@ import functools
 import hashlib
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,19 +338,29 @@ def _store(path: Path, code: LdpcCode) -> None:
 @functools.lru_cache(maxsize=16)
 def get_code(distribution: str, n: int = DEFAULT_CODE_BITS,
              seed: int = DEFAULT_CODE_SEED) -> LdpcCode:
-    """The code for (distribution, n, seed): from this process, the disk cache, or built."""
+    """The code for (distribution, n, seed): from this process, the disk cache, or built.
+
+    Threads asking for the same code at once (Alice and Bob of one process plan the same
+    block) build it once: the others wait for it and read it from the disk cache."""
     _validate(distribution, n, seed)
-    directory = cache_dir()
-    if directory is not None:
-        path = _cache_path(directory, distribution, n, seed)
-        if path.exists():
-            code = _load(path, distribution, n, seed)
-            if code is not None:
-                return code
-    code = construct(distribution, n, seed)
-    if directory is not None:
-        _store(_cache_path(directory, distribution, n, seed), code)
-    return code
+    with _BUILD_LOCKS_GUARD:
+        lock = _BUILD_LOCKS.setdefault((distribution, n, seed), threading.Lock())
+    with lock:
+        directory = cache_dir()
+        if directory is not None:
+            path = _cache_path(directory, distribution, n, seed)
+            if path.exists():
+                code = _load(path, distribution, n, seed)
+                if code is not None:
+                    return code
+        code = construct(distribution, n, seed)
+        if directory is not None:
+            _store(_cache_path(directory, distribution, n, seed), code)
+        return code
+
+
+_BUILD_LOCKS_GUARD = threading.Lock()
+_BUILD_LOCKS: dict[tuple[str, int, int], threading.Lock] = {}
 
 
 def distributions_by_rate() -> list[DegreeDistribution]:
