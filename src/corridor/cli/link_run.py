@@ -115,21 +115,27 @@ def _render_table(data: dict[str, Any]) -> None:
     title = (f"corridor link run: {data['preset']} at {data['length_km']:g} km, "
              f"{data['pulses']:,} pulses, seed {data['seed']}, attack {data['attack']}, "
              f"{_method(data)}, finite key {data['finite_key_bound']} ({data['mode']})")
-    table = Table(title=title, box=box.SIMPLE_HEAD)
-    show_reason = any(row["discard_reason"] for row in data["blocks"])
+    # The title on a line of its own, the discard reasons under the table, no edge
+    # padding, and numbers that fold rather than end in an ellipsis: an 80-column
+    # console (a pipe, a CI log) still shows every digit.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     columns = ["block", "fate", "sifted", "QBER", "disclosed", "f", "secret", "auth bits"]
-    for column in [*columns, "reason"] if show_reason else columns:
-        table.add_column(column, justify="left" if column in ("fate", "reason") else "right",
-                         no_wrap=column != "reason")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "fate" else "right",
+                         overflow="fold", min_width=len(column))
+    reasons = []
     for row in data["blocks"]:
-        cells = [str(row["block_id"]),
-                 "delivered" if row["state"] == "AUTHENTICATED" else "discarded",
-                 _fmt(row["sifted_bits"]), _fmt(row["qber_corrected"] or row["test_qber"]),
-                 _fmt(row["disclosed_bits"]), _fmt(row["reconciliation_efficiency"], 3),
-                 _fmt(row["secret_bits"]), _fmt(row["auth_bits_consumed"])]
-        table.add_row(*cells, row["discard_reason"] or "") if show_reason \
-            else table.add_row(*cells)
+        table.add_row(str(row["block_id"]),
+                      "delivered" if row["state"] == "AUTHENTICATED" else "discarded",
+                      _fmt(row["sifted_bits"]), _fmt(row["qber_corrected"] or row["test_qber"]),
+                      _fmt(row["disclosed_bits"]), _fmt(row["reconciliation_efficiency"], 3),
+                      _fmt(row["secret_bits"]), _fmt(row["auth_bits_consumed"]))
+        if row["discard_reason"]:
+            reasons.append(f"block {row['block_id']} discarded: {row['discard_reason']}")
+    console.print(title, highlight=False)
     console.print(table)
+    for line in reasons:
+        console.print(line, highlight=False)
     totals = data["totals"]
     channel = totals["channel"]
     aborted = ", ".join(f"{k} x{v}" for k, v in totals["blocks_aborted"].items()) or "none"
