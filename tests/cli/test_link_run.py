@@ -87,18 +87,22 @@ def test_table_shows_every_digit_on_an_80_column_console(
         in_process: tuple[dict, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     # A 10 km block of 1e9 pulses: eight-digit counts, and a discarded block's reason.
     # Before, rich cut the QBER and f columns to "0.01..." and "1.1..." to fit 80 columns.
+    from io import StringIO
+
+    from rich.console import Console
+
     from corridor.cli import link_run
-    from corridor.cli.common import console
 
     data = json.loads(json.dumps(in_process[0]))
     row = data["blocks"][0]
     row.update(sifted_bits=14_313_013, qber_corrected=0.0100079, disclosed_bits=1_421_963,
                reconciliation_efficiency=1.1749, secret_bits=3_546_064,
                auth_bits_consumed=2_048, discard_reason="phase_error_bound_too_high")
-    monkeypatch.setattr(console, "width", 80)
-    with console.capture() as captured:
-        link_run._render_table(data)
-    text = captured.get()
+    # A console of its own (setting the shared console's width would outlive the test).
+    out = StringIO()
+    monkeypatch.setattr(link_run, "console", Console(file=out, width=80))
+    link_run._render_table(data)
+    text = out.getvalue()
     assert "\u2026" not in text and "..." not in text
     for shown in ("14313013", "0.0100", "1421963", "1.175", "3546064", "2048",
                   "block 0 discarded: phase_error_bound_too_high"):
