@@ -34,7 +34,7 @@ link_app = typer.Typer(
 )
 
 #: Modules of other link commands, each exposing ``add_commands(link_app)``.
-_EXTRA_COMMAND_MODULES = ("link_simulate", "link_run")
+_EXTRA_COMMAND_MODULES = ("link_simulate", "link_run", "link_codes")
 
 DEFAULT_PRESET = "modern-snspd"
 DEFAULT_DISTANCES_KM = (0.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0)
