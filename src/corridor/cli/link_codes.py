@@ -1,9 +1,9 @@
 """``corridor link ldpc-codes``: build (or find in the cache) the LDPC mother codes ahead of
 a run.
 
-A code of n = 2^20 takes minutes to build; two ``kme serve`` sites wait 30 s for each
-other's messages, so a site that builds while the other waits can time a block out
-(docs/ldpc.md, "Efficiency first"). This command builds the codes a QBER selects (or
+A code of n = 2^20 takes minutes to build, while two ``kme serve`` sites wait 30 s for
+each other's messages: a site that builds while the other waits risks timing the block
+out (docs/ldpc.md, "Efficiency first"). This command builds the codes a QBER selects (or
 every published distribution) at one length into the on-disk cache both parties read,
 and prints their identities so that two sites can compare them.
 """
