@@ -54,8 +54,8 @@ def test_without_a_qber_every_published_distribution_is_built() -> None:
 
 @pytest.mark.parametrize(("args", "field"), [
     (["--qber", "0.7"], "--qber"),
-    (["--code-bits", "12"], "ldpc.code_bits"),
-    (["--efficiency", "0.5"], "ldpc.efficiency"),
+    (["--code-bits", "12"], "--code-bits = 12"),
+    (["--efficiency", "0.5"], "--efficiency = 0.5"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], field: str) -> None:
     result = runner.invoke(app, ["link", "ldpc-codes", *args])

@@ -506,9 +506,9 @@ def test_cli_refuses_an_unknown_method_in_one_line() -> None:
 
 
 @pytest.mark.parametrize(("flag", "value", "field"), [
-    ("--ldpc-efficiency", "0.9", "ldpc.efficiency"),
-    ("--ldpc-retry-step", "2", "ldpc.retry_step"),
-    ("--ldpc-code-bits", "100", "ldpc.code_bits"),
+    ("--ldpc-efficiency", "0.9", "--ldpc-efficiency = 0.9"),
+    ("--ldpc-retry-step", "2", "--ldpc-retry-step = 2"),
+    ("--ldpc-code-bits", "100", "--ldpc-code-bits = 100"),
 ])
 def test_cli_refuses_a_bad_ldpc_setting_in_one_line(flag: str, value: str, field: str) -> None:
     from typer.testing import CliRunner

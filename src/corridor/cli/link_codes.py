@@ -63,7 +63,11 @@ def codes_command(
     was built now or read from the cache.
     """
     with handle_errors():
-        settings = LdpcSettings(code_bits=code_bits, efficiency=efficiency)
+        try:
+            settings = LdpcSettings(code_bits=code_bits, efficiency=efficiency)
+        except ParameterError as error:   # name the flag the user typed
+            flag = "--" + error.field.removeprefix("ldpc.").replace("_", "-")
+            raise ParameterError(flag, error.value, error.allowed, error.hint) from None
         names = _chosen(qber, settings) if qber else [d.name for d in distributions_by_rate()]
         rows: list[dict[str, Any]] = []
         show_progress = not quiet and err_console.is_terminal

@@ -272,6 +272,12 @@ def run_command(
                                  "must be one of " + ", ".join(sorted(CASCADE_VARIANTS)))
         bound = check_finite_key_option(finite_key)
         attack_model = make_attack(attack.value, attack_fraction)
+        try:
+            LdpcSettings(code_bits=ldpc_code_bits, efficiency=ldpc_efficiency,
+                         retry_step=ldpc_retry_step)
+        except ParameterError as error:   # name the flag the user typed
+            flag = "--ldpc-" + error.field.removeprefix("ldpc.").replace("_", "-")
+            raise ParameterError(flag, error.value, error.allowed, error.hint) from None
         distill_config = DistillConfig.for_link(params, link_id=link_id, cascade_variant=cascade,
                                                 frame_bits=frame_bits,
                                                 reconciliation=reconciliation,
