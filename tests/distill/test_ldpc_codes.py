@@ -190,6 +190,33 @@ def test_threads_asking_for_the_same_code_at_once_build_it_once(
     assert len(got) == 3 and len({code.identity for code in got}) == 1
 
 
+@pytest.mark.parametrize("cache", ["disabled", "on disk"])
+def test_a_waiting_thread_takes_the_code_built_also_without_a_disk_cache(
+        cache: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    if cache == "disabled":
+        monkeypatch.setenv(codes.CACHE_ENV, "")
+    builds: list[str] = []
+    real = codes.construct
+
+    def slow_construct(distribution: str, n: int, seed: int) -> codes.LdpcCode:
+        builds.append(distribution)
+        time.sleep(0.3)
+        return real(distribution, n, seed)
+
+    monkeypatch.setattr(codes, "construct", slow_construct)
+    got: list[codes.LdpcCode] = []
+    threads = [threading.Thread(target=lambda: got.append(get_code("elkouss2009-r75", 4096, 9)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert builds == ["elkouss2009-r75"] and got[0] is got[1]
+
+
 def test_a_self_consistent_cache_file_with_columns_out_of_range_is_rebuilt() -> None:
     # Its hash matches its arrays, but a column outside [0, n) would make the decoders
     # (which read without bounds checks) touch memory outside the totals.

@@ -62,6 +62,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -341,26 +342,47 @@ def get_code(distribution: str, n: int = DEFAULT_CODE_BITS,
     """The code for (distribution, n, seed): from this process, the disk cache, or built.
 
     Threads asking for the same code at once (Alice and Bob of one process plan the same
-    block) build it once: the others wait for it and read it from the disk cache."""
+    block) build it once: the others wait for it and take the one built."""
     _validate(distribution, n, seed)
+    key = (distribution, n, seed)
     with _BUILD_LOCKS_GUARD:
-        lock = _BUILD_LOCKS.setdefault((distribution, n, seed), threading.Lock())
-    with lock:
-        directory = cache_dir()
-        if directory is not None:
-            path = _cache_path(directory, distribution, n, seed)
-            if path.exists():
-                code = _load(path, distribution, n, seed)
-                if code is not None:
-                    return code
-        code = construct(distribution, n, seed)
-        if directory is not None:
-            _store(_cache_path(directory, distribution, n, seed), code)
+        lock = _BUILD_LOCKS.setdefault(key, threading.Lock())
+    waited = not lock.acquire(blocking=False)
+    if waited:
+        lock.acquire()
+    try:
+        ready = _RECENT.get(key) if waited else None   # what the thread waited for built
+        if ready is not None:
+            return ready
+        code = _fetch(distribution, n, seed)
+        _RECENT[key] = code
         return code
+    finally:
+        lock.release()
+
+
+def _fetch(distribution: str, n: int, seed: int) -> LdpcCode:
+    """The code from the disk cache, or built (and stored there)."""
+    directory = cache_dir()
+    if directory is not None:
+        path = _cache_path(directory, distribution, n, seed)
+        if path.exists():
+            code = _load(path, distribution, n, seed)
+            if code is not None:
+                return code
+    code = construct(distribution, n, seed)
+    if directory is not None:
+        _store(_cache_path(directory, distribution, n, seed), code)
+    return code
 
 
 _BUILD_LOCKS_GUARD = threading.Lock()
 _BUILD_LOCKS: dict[tuple[str, int, int], threading.Lock] = {}
+#: The last code each key fetched, while some caller still holds it: a thread that waited
+#: for another's build takes it from here (also with the disk cache disabled); one that
+#: did not wait reads the disk cache as before.
+_RECENT: weakref.WeakValueDictionary[tuple[str, int, int], LdpcCode] = \
+    weakref.WeakValueDictionary()
 
 
 def distributions_by_rate() -> list[DegreeDistribution]:
