@@ -162,42 +162,14 @@ def test_cache_round_trip_and_corrupt_file(tmp_path: Path) -> None:
 
 
 
-def test_threads_asking_for_the_same_code_at_once_build_it_once(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # Alice and Bob of one process plan the same block at the same moment; a code of
-    # n = 2^20 takes minutes to build, so the second must wait for the first's, not
-    # build it too.
+def build_at_once(monkeypatch: pytest.MonkeyPatch, distribution: str, seed: int,
+                  threads: int) -> tuple[list[str], list[codes.LdpcCode]]:
+    """``threads`` threads ask for one code of n = 4096 together; the builds that ran
+    (each held 0.3 s, so that every thread is inside get_code before one ends) and what
+    each thread got."""
     import threading
     import time
 
-    builds: list[str] = []
-    real = codes.construct
-
-    def slow_construct(distribution: str, n: int, seed: int) -> codes.LdpcCode:
-        builds.append(distribution)
-        time.sleep(0.3)   # both threads are inside get_code before the build ends
-        return real(distribution, n, seed)
-
-    monkeypatch.setattr(codes, "construct", slow_construct)
-    got: list[codes.LdpcCode] = []
-    threads = [threading.Thread(target=lambda: got.append(get_code("elkouss2009-r80", 4096, 8)))
-               for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert builds == ["elkouss2009-r80"]
-    assert len(got) == 3 and len({code.identity for code in got}) == 1
-
-
-@pytest.mark.parametrize("cache", ["disabled", "on disk"])
-def test_a_waiting_thread_takes_the_code_built_also_without_a_disk_cache(
-        cache: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
-    import time
-
-    if cache == "disabled":
-        monkeypatch.setenv(codes.CACHE_ENV, "")
     builds: list[str] = []
     real = codes.construct
 
@@ -208,12 +180,31 @@ def test_a_waiting_thread_takes_the_code_built_also_without_a_disk_cache(
 
     monkeypatch.setattr(codes, "construct", slow_construct)
     got: list[codes.LdpcCode] = []
-    threads = [threading.Thread(target=lambda: got.append(get_code("elkouss2009-r75", 4096, 9)))
-               for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    workers = [threading.Thread(target=lambda: got.append(get_code(distribution, 4096, seed)))
+               for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return builds, got
+
+
+def test_threads_asking_for_the_same_code_at_once_build_it_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Alice and Bob of one process plan the same block at the same moment; a code of
+    # n = 2^20 takes minutes to build, so the second must wait for the first's, not
+    # build it too.
+    builds, got = build_at_once(monkeypatch, "elkouss2009-r80", 8, threads=3)
+    assert builds == ["elkouss2009-r80"]
+    assert len(got) == 3 and len({code.identity for code in got}) == 1
+
+
+@pytest.mark.parametrize("cache", ["disabled", "on disk"])
+def test_a_waiting_thread_takes_the_code_built_also_without_a_disk_cache(
+        cache: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if cache == "disabled":
+        monkeypatch.setenv(codes.CACHE_ENV, "")
+    builds, got = build_at_once(monkeypatch, "elkouss2009-r75", 9, threads=2)
     assert builds == ["elkouss2009-r75"] and got[0] is got[1]
 
 
