@@ -10,6 +10,7 @@ and prints their identities so that two sites can compare them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Annotated, Any
 
@@ -68,9 +69,15 @@ def codes_command(
         except ParameterError as error:   # name the flag the user typed
             flag = "--" + error.field.removeprefix("ldpc.").replace("_", "-")
             raise ParameterError(flag, error.value, error.allowed, error.hint) from None
-        names = _chosen(qber, settings) if qber else [d.name for d in distributions_by_rate()]
-        rows: list[dict[str, Any]] = []
         show_progress = not quiet and err_console.is_terminal
+        if qber:
+            # Planning builds the codes it weighs, so the long part happens here.
+            with err_console.status("building the LDPC codes these QBERs select") \
+                    if show_progress else contextlib.nullcontext():
+                names = _chosen(qber, settings)
+        else:
+            names = [d.name for d in distributions_by_rate()]
+        rows: list[dict[str, Any]] = []
         with Progress(TextColumn("building LDPC codes"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.description}"), TimeElapsedColumn(),
                       console=err_console, transient=True, disable=not show_progress) as bar:
@@ -100,7 +107,8 @@ def codes_command(
         for row in rows:
             table.add_row(row["distribution"], str(row["code_bits"]), str(row["checks"]),
                           str(row["edges"]), "built" if row["built"] else "cache",
-                          f"{row['wall_s']:.1f}", row["identity"])
+                          f"{row['build_s'] if row['built'] else row['wall_s']:.1f}",
+                          row["identity"])
         console.print(table)
         console.print(f"cache: {report['cache_dir'] or 'disabled (CORRIDOR_LDPC_CACHE is empty)'}",
                       highlight=False)
