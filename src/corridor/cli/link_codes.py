@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from corridor.cli.common import OutputFormat, console, emit_json, err_console, handle_errors
-from corridor.distill.ldpc import LdpcSettings, plan
+from corridor.distill.ldpc import LdpcSettings, plan, settings_named
 from corridor.distill.ldpc_codes import (
     DEFAULT_CODE_BITS,
     DEFAULT_CODE_SEED,
@@ -64,11 +64,8 @@ def codes_command(
     was built now or read from the cache.
     """
     with handle_errors():
-        try:
-            settings = LdpcSettings(code_bits=code_bits, efficiency=efficiency)
-        except ParameterError as error:   # name the flag the user typed
-            flag = "--" + error.field.removeprefix("ldpc.").replace("_", "-")
-            raise ParameterError(flag, error.value, error.allowed, error.hint) from None
+        settings = settings_named(lambda attribute: "--" + attribute.replace("_", "-"),
+                                  code_bits=code_bits, efficiency=efficiency)
         show_progress = not quiet and err_console.is_terminal
         if qber:
             # Planning builds the codes it weighs, so the long part happens here.

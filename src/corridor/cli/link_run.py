@@ -34,7 +34,7 @@ from corridor.cli.link import (
 )
 from corridor.distill.block import BlockState, KeyBlock
 from corridor.distill.cascade import CASCADE_VARIANTS
-from corridor.distill.ldpc import LdpcSettings
+from corridor.distill.ldpc import LdpcSettings, settings_named
 from corridor.distill.ldpc_codes import DEFAULT_CODE_BITS, MAX_CODE_BITS, MIN_CODE_BITS
 from corridor.distill.pipeline import (
     DEFAULT_BLOCK_PULSES,
@@ -272,12 +272,9 @@ def run_command(
                                  "must be one of " + ", ".join(sorted(CASCADE_VARIANTS)))
         bound = check_finite_key_option(finite_key)
         attack_model = make_attack(attack.value, attack_fraction)
-        try:
-            LdpcSettings(code_bits=ldpc_code_bits, efficiency=ldpc_efficiency,
-                         retry_step=ldpc_retry_step)
-        except ParameterError as error:   # name the flag the user typed
-            flag = "--ldpc-" + error.field.removeprefix("ldpc.").replace("_", "-")
-            raise ParameterError(flag, error.value, error.allowed, error.hint) from None
+        settings_named(lambda attribute: "--ldpc-" + attribute.replace("_", "-"),
+                       code_bits=ldpc_code_bits, efficiency=ldpc_efficiency,
+                       retry_step=ldpc_retry_step)
         distill_config = DistillConfig.for_link(params, link_id=link_id, cascade_variant=cascade,
                                                 frame_bits=frame_bits,
                                                 reconciliation=reconciliation,

@@ -77,6 +77,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -433,6 +434,17 @@ def _layout(n: int, n_key: int, fh: float, gh: float, seed: int,
     wanted = m - round(fh * k)
     p = min(max(wanted, 0), code.max_punctured, n - k)
     return code, frames, k, p, reachable and p < wanted
+
+
+def settings_named(name: Callable[[str], str], **values: Any) -> LdpcSettings:
+    """``LdpcSettings(**values)``, whose errors name the setting ``name(attribute)`` (the
+    command-line flag, the key of the corridor file a user typed) instead of
+    ``ldpc.attribute``."""
+    try:
+        return LdpcSettings(**values)
+    except ParameterError as error:
+        attribute = error.field.removeprefix("ldpc.")
+        raise ParameterError(name(attribute), error.value, error.allowed, error.hint) from None
 
 
 def plan(n_key: int, qber_estimate: float, settings: LdpcSettings) -> Plan:

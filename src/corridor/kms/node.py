@@ -453,15 +453,12 @@ def _parse_link(entry: Mapping[str, Any], index: int, kmes: Mapping[str, KmeSite
 def _parse_ldpc(entry: Mapping[str, Any], where: str) -> tuple[tuple[str, Any], ...]:
     """The link's ``ldpc_*`` keys as DistillConfig fields, checked by ``LdpcSettings``
     (an error names the key in the corridor file)."""
-    from corridor.distill.ldpc import LdpcSettings
+    from corridor.distill.ldpc import settings_named
 
     fields = tuple((key, entry[key]) for key in ("ldpc_code_bits", "ldpc_efficiency",
                                                  "ldpc_retry_step") if key in entry)
-    try:
-        LdpcSettings(**{key.removeprefix("ldpc_"): value for key, value in fields})
-    except ParameterError as error:
-        raise ParameterError(f"{where}.ldpc_{error.field.removeprefix('ldpc.')}",
-                             error.value, error.allowed, error.hint) from None
+    settings_named(lambda attribute: f"{where}.ldpc_{attribute}",
+                   **{key.removeprefix("ldpc_"): value for key, value in fields})
     return fields
 
 
