@@ -45,6 +45,7 @@ from corridor.kms.store import (
     _uniform_groups,
     all_uuids,
     is_uuid,
+    new_key_ids,
 )
 from corridor.kms.store_open import open_store
 from corridor.kms.store_sqlite import SqliteKeyStore
@@ -637,19 +638,34 @@ def test_concurrent_cuts_share_one_transaction_and_fail_alone(make_store):
     assert store.pool_state(LINK, AB).reserve_offset == 11 * 32
 
 
-def test_a_version_1_store_is_upgraded_and_a_newer_one_refused(make_store):
+_VERSION_2_RUN_TABLE = (
+    "CREATE TABLE kms_run (link_id TEXT NOT NULL, direction TEXT NOT NULL, run_start {bigint} "
+    "NOT NULL, key_bytes INTEGER NOT NULL, master_sae_id TEXT NOT NULL, slave_sae_ids TEXT "
+    "NOT NULL, key_ids TEXT NOT NULL, remaining INTEGER NOT NULL, data {blob} NOT NULL, "
+    "PRIMARY KEY (link_id, direction, run_start))")
+
+
+@pytest.mark.parametrize("old_version", ["1", "2"])
+def test_an_older_store_is_upgraded_and_a_newer_one_refused(make_store, old_version):
     store = make_store("kme-a", name="v")
     with store._transaction() as cur:  # type: ignore[attr-defined]
-        cur.run("UPDATE kms_meta SET value = ? WHERE name = 'schema_version'", (b"1",))
+        cur.run("UPDATE kms_meta SET value = ? WHERE name = 'schema_version'",
+                (old_version.encode(),))
         cur.run("DROP TABLE kms_run")  # what a version 1 store lacks
+        if old_version == "2":  # the table without the columns of key-ID runs
+            cur.run(_VERSION_2_RUN_TABLE.format(**store._ddl_types))  # type: ignore[attr-defined]
     store.close()
     again = make_store("kme-a", name="v")
     _feed(again, [os.urandom(2_000)])
     slave_side = [Reservation(str(uuid.uuid4()), LINK, AB, 0, 32, "m1", ("s1",))]
     assert again.record_peer_reservations(slave_side) == slave_side  # kms_run exists
+    run = [Reservation(key_id, LINK, AB, 32 * (1 + i), 32, "m1", ("s1",))
+           for i, key_id in enumerate(new_key_ids(3))]
+    assert again.record_peer_reservations(run) == run  # and has the columns of ID runs
+    assert again.count_keys(ROLE_SLAVE) == 4
     with again._transaction() as cur:  # type: ignore[attr-defined]
         assert bytes(cur.rows("SELECT value FROM kms_meta WHERE name = 'schema_version'")
-                     [0][0]) == b"2"
+                     [0][0]) == b"3"
         cur.run("UPDATE kms_meta SET value = ? WHERE name = 'schema_version'", (b"9",))
     again.close()
     with pytest.raises(ParameterError, match="schema_version"):
@@ -768,3 +784,130 @@ def test_is_uuid_takes_the_canonical_form_only() -> None:
     for bad in (_A_UUID + "\n", " " + _A_UUID, _A_UUID[:-1], _A_UUID.replace("-", ""),
                 "{" + _A_UUID + "}", _A_UUID[:8] + "_" + _A_UUID[9:], 5, None):
         assert not is_uuid(bad), bad
+
+
+# -- records without key rows: a run of key IDs owed to one slave SAE ------------------
+
+def _announced_run(master: KeyStore, slave: KeyStore, count: int, length: int,
+                   slaves: tuple[str, ...] = ("s1",)) -> list[tuple[Reservation, bytes]]:
+    cut = master.cut_front(LINK, AB, key_ids=new_key_ids(count), length_bytes=length,
+                           master_sae_id="m1", slave_sae_ids=slaves)
+    reservations = [res for res, _ in cut]
+    assert slave.record_peer_reservations(reservations) == reservations
+    return cut
+
+
+def _key_rows(store: KeyStore) -> int:
+    with store._transaction() as cur:  # type: ignore[attr-defined]
+        return int(cur.rows("SELECT COUNT(*) FROM kms_key")[0][0])
+
+
+def test_a_run_of_key_ids_for_one_sae_is_held_without_key_rows(make_store):
+    blocks = [os.urandom(20_000)]
+    master, slave = make_store("kme-a"), make_store("kme-b")
+    _feed(master, blocks)
+    _feed(slave, blocks)
+    batch = _announced_run(master, slave, 10, 32)
+    ids = [res.key_id for res, _ in batch]
+    assert _key_rows(slave) == 0 and _run_count(slave) == 1
+    assert slave.count_keys() == slave.count_keys(ROLE_SLAVE) == 10
+    assert slave.count_keys(ROLE_MASTER) == 0
+    assert slave.slave_key_links(ids[:3]) == {k: (LINK, AB) for k in ids[:3]}
+    assert slave.slave_key_masters(ids[:2]) == {k: "m1" for k in ids[:2]}
+    got = slave.take_slave_keys("s1", "m1", [ids[7], ids[2]])
+    assert [(k.key_id, k.key) for k in got] == [(ids[i], batch[i][1]) for i in (7, 2)]
+    # Delivered once: asking again, alone or with an owed key, gets nothing.
+    for request in ([ids[2]], [ids[0], ids[7]]):
+        with pytest.raises(KeyRequestError):
+            slave.take_slave_keys("s1", "m1", request)
+    with pytest.raises(UnauthorizedError):
+        slave.take_slave_keys("s2", "m1", [ids[0]])
+    with pytest.raises(KeyRequestError):  # another master's SAE: not found, as for rows
+        slave.take_slave_keys("s1", "m2", [ids[0]])
+    with pytest.raises(KeyRequestError):  # an ID next to the run, one past its end
+        slave.take_slave_keys("s1", "m1", [ids[-1][:28] + f"{int(ids[-1][28:], 16) + 1:08x}"])
+    assert slave.count_keys() == 8
+    assert slave.undelivered_slave_keys("s1", ids) == set(ids) - {ids[2], ids[7]}
+    assert slave.undelivered_slave_keys("s2", ids) == set()
+    assert set(slave.slave_key_links(ids)) == set(ids) - {ids[2], ids[7]}
+    assert slave.discard_keys([ids[0], ids[2]]) == 1  # ids[2] was delivered already
+    rest = [ids[i] for i in (1, 3, 4, 5, 6, 8, 9)]
+    assert [k.key for k in slave.take_slave_keys("s1", "m1", rest)] == \
+        [batch[i][1] for i in (1, 3, 4, 5, 6, 8, 9)]
+    # The last key gone, the record goes too.
+    assert _run_count(slave) == 0 and slave.count_keys() == 0
+
+
+def test_a_repeated_announcement_of_a_run_changes_nothing(make_store):
+    blocks = [os.urandom(8_000)]
+    master, slave = make_store("kme-a"), make_store("kme-b")
+    _feed(master, blocks)
+    _feed(slave, blocks)
+    batch = _announced_run(master, slave, 4, 32)
+    reservations = [res for res, _ in batch]
+    slave.take_slave_keys("s1", "m1", [reservations[1].key_id])
+    # A retry of the same announcement: held already, delivered or not; nothing re-owed.
+    assert slave.record_peer_reservations(reservations) == []
+    assert slave.count_keys() == 3 and _run_count(slave) == 1
+    with pytest.raises(KeyRequestError):
+        slave.take_slave_keys("s1", "m1", [reservations[1].key_id])
+    # The same ID announced with other fields is refused, nothing recorded.
+    moved = reservations[0]._replace(byte_offset=reservations[0].byte_offset + 4_000)
+    other_sae = reservations[2]._replace(slave_sae_ids=("s9",))
+    for bad in (moved, other_sae):
+        with pytest.raises(InvalidReservationError, match="different fields"):
+            slave.record_peer_reservations([bad])
+    assert slave.count_keys() == 3
+    # A key row with an ID inside the run is refused as well.
+    with pytest.raises(InvalidReservationError, match="different fields"):
+        slave.record_peer_reservations([moved._replace(slave_sae_ids=("s1", "s2"))])
+
+
+def test_a_run_for_several_saes_or_of_scattered_ids_keeps_key_rows(make_store):
+    blocks = [os.urandom(8_000)]
+    master, slave = make_store("kme-a"), make_store("kme-b")
+    _feed(master, blocks)
+    _feed(slave, blocks)
+    _announced_run(master, slave, 3, 32, slaves=("s1", "s2"))
+    assert _key_rows(slave) == 3
+    ids = new_key_ids(4)
+    scattered = master.cut_front(LINK, AB, key_ids=[ids[0], ids[2], ids[1], ids[3]],
+                                 length_bytes=32, master_sae_id="m1", slave_sae_ids=("s1",))
+    slave.record_peer_reservations([res for res, _ in scattered])
+    assert _key_rows(slave) == 7 and slave.count_keys() == 7
+
+
+def test_a_run_record_edited_to_name_other_keys_or_saes_fails_authentication(make_store):
+    blocks = [os.urandom(8_000)]
+    master, slave = make_store("kme-a"), make_store("kme-b")
+    _feed(master, blocks)
+    _feed(slave, blocks)
+    ids = [res.key_id for res, _ in _announced_run(master, slave, 4, 32)]
+    with slave._transaction() as cur:  # type: ignore[attr-defined]
+        cur.run("UPDATE kms_run SET id_first = id_first + 1")  # every ID shifted by one
+    with pytest.raises(AtRestDecryptionError):
+        slave.take_slave_keys("s1", "m1", [ids[1]])
+    with slave._transaction() as cur:  # type: ignore[attr-defined]
+        cur.run("UPDATE kms_run SET id_first = id_first - 1, slave_sae_ids = 's9'")
+    with pytest.raises(AtRestDecryptionError):
+        slave.take_slave_keys("s9", "m1", [ids[1]])
+    assert slave.count_keys() == 4  # nothing was delivered
+
+
+def test_undelivered_run_keys_expire_whole_records_oldest_first(make_store):
+    blocks = [os.urandom(8_000)]
+    master, slave = make_store("kme-a"), make_store("kme-b")
+    _feed(master, blocks)
+    _feed(slave, blocks)
+    old = [res.key_id for res, _ in _announced_run(master, slave, 5, 32)]
+    young = [res.key_id for res, _ in _announced_run(master, slave, 3, 32)]
+    slave.take_slave_keys("s1", "m1", [old[3]])
+    with slave._transaction() as cur:  # type: ignore[attr-defined]
+        cur.run("UPDATE kms_run SET created_at = created_at - 3600 WHERE id_head = ?",
+                (old[0][:28],))
+    assert slave.expire_keys(ROLE_MASTER, 60) == []
+    assert slave.expire_keys(ROLE_SLAVE, 60) == sorted(set(old) - {old[3]})
+    assert slave.expire_keys(ROLE_SLAVE, 60) == []
+    assert _run_count(slave) == 1 and slave.count_keys() == 3
+    assert sorted(slave.expire_keys(ROLE_SLAVE, 0)) == sorted(young)
+    assert _run_count(slave) == 0

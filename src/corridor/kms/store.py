@@ -38,9 +38,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from corridor.errors import ParameterError
+from corridor.kms import store_idruns as idruns
 from corridor.kms.config import DIRECTIONS, check_id
 from corridor.kms.crypto import AtRestCipher, AtRestDecryptionError
 from corridor.kms.interface import (
@@ -54,9 +55,10 @@ from corridor.kms.interface import (
 )
 
 SEGMENT_BYTES = 4096
-SCHEMA_VERSION = "2"
-# Version 1 stores lack only the kms_run table, which opening creates; they are upgraded.
-_UPGRADABLE_VERSIONS = ("1",)
+SCHEMA_VERSION = "3"
+# Version 1 stores lack the kms_run table, which opening creates; version 2 stores lack its
+# columns for key-ID runs, which opening adds. Both are upgraded.
+_UPGRADABLE_VERSIONS = ("1", "2")
 ROLE_MASTER = "master"
 ROLE_SLAVE = "slave"
 _KEK_CHECK_PLAINTEXT = b"corridor key store KEK check"
@@ -195,11 +197,19 @@ def _run_aad(link_id: str, direction: str, start: int, key_bytes: int, master_sa
 
 # A slave key row whose bytes live in a kms_run record instead of its own sealed blob.
 _IN_RUN = b""
+# A kms_run record without key rows, as SqlKeyStore._rowless_run reads it.
+_ROWLESS_COLUMNS = ("link_id, direction, run_start, key_bytes, master_sae_id, slave_sae_ids, "
+                    "remaining, data, id_head, id_first, key_count, pending")
 
 
 @dataclass
 class _Run:
-    """One sealed record of consecutive keys of one announcement (slave side)."""
+    """One sealed record of consecutive keys of one announcement (slave side).
+
+    A record with ``id_head`` set holds its keys without rows (:mod:`store_idruns`): its
+    key IDs are ``id_head`` and ``id_first`` onwards, ``pending`` tells the keys still
+    owed to its one slave SAE.
+    """
 
     link_id: str
     direction: str
@@ -211,6 +221,9 @@ class _Run:
     remaining: int
     blob: bytes
     plain: bytes | None = None
+    id_head: str | None = None
+    id_first: int = 0
+    pending: bytearray | None = None
 
     @functools.cached_property
     def joined_slaves(self) -> str:
@@ -455,7 +468,18 @@ SCHEMA_STATEMENTS = (
     "CREATE TABLE IF NOT EXISTS kms_run (link_id TEXT NOT NULL, direction TEXT NOT NULL, "
     "run_start {bigint} NOT NULL, key_bytes INTEGER NOT NULL, master_sae_id TEXT NOT NULL, "
     "slave_sae_ids TEXT NOT NULL, key_ids TEXT NOT NULL, remaining INTEGER NOT NULL, "
-    "data {blob} NOT NULL, PRIMARY KEY (link_id, direction, run_start))",
+    "data {blob} NOT NULL, id_head TEXT, id_first {bigint}, key_count INTEGER, "
+    "pending {blob}, created_at {double}, PRIMARY KEY (link_id, direction, run_start))",
+)
+# What version 2 stores lack: a run's key IDs as a head and a first counter, its key
+# count, the bitmap of keys still owed and its creation time (all NULL on records whose
+# keys have rows).
+_UPGRADE_2 = tuple(f"ALTER TABLE kms_run ADD COLUMN {column}" for column in (
+    "id_head TEXT", "id_first {bigint}", "key_count INTEGER", "pending {blob}",
+    "created_at {double}"))
+_INDEX_STATEMENTS = (
+    "CREATE INDEX IF NOT EXISTS kms_run_ids ON kms_run (id_head, id_first)",
+    "CREATE INDEX IF NOT EXISTS kms_run_created ON kms_run (created_at)",
 )
 
 
@@ -494,10 +518,13 @@ class SqlKeyStore(KeyStore):
     """All of the store's logic over a SQL dialect (SQLite or PostgreSQL).
 
     Subclasses provide :meth:`_transaction` (a write transaction that serialises with
-    every other writer of the rows it locks) and ``_for_update`` (row-lock clause).
+    every other writer of the rows it locks), ``_for_update`` (row-lock clause) and
+    ``_ddl_types`` (the column types that :data:`SCHEMA_STATEMENTS` leave open).
     """
 
     _for_update = ""
+    _ddl_types: ClassVar[Mapping[str, str]] = {
+        "blob": "BLOB", "bigint": "INTEGER", "double": "REAL"}
 
     def __init__(self, kek: bytes, kme_id: str) -> None:
         self.kme_id = check_id("kme_id", kme_id)
@@ -527,8 +554,12 @@ class SqlKeyStore(KeyStore):
                                 ("kek_check", self._cipher.seal(_KEK_CHECK_PLAINTEXT,
                                                                 b"kek-check"))):
                 cur.run("INSERT INTO kms_meta (name, value) VALUES (?, ?)", (name, value))
+            self._create_indexes(cur)
             return
         version = bytes(meta.get("schema_version", b"")).decode()
+        if version == "2":
+            for statement in _UPGRADE_2:
+                cur.run(statement.format(**self._ddl_types))
         if version in _UPGRADABLE_VERSIONS:
             cur.run("UPDATE kms_meta SET value = ? WHERE name = 'schema_version'",
                     (SCHEMA_VERSION.encode(),))
@@ -548,6 +579,13 @@ class SqlKeyStore(KeyStore):
                 "the key-encryption key does not match the one this store was created "
                 "with") from None
         self._segment_bytes = int(bytes(meta["segment_bytes"]).decode())
+        self._create_indexes(cur)
+
+    @staticmethod
+    def _create_indexes(cur: SqlCursor) -> None:
+        # After the upgrade: a version 2 store gains the columns these index first.
+        for statement in _INDEX_STATEMENTS:
+            cur.run(statement)
 
     # -- pools ------------------------------------------------------------------------
 
@@ -884,6 +922,12 @@ class SqlKeyStore(KeyStore):
             "SELECT key_id, role, link_id, direction, byte_offset, length_bytes, "
             f"master_sae_id, slave_sae_ids FROM kms_key WHERE key_id IN "
             f"({', '.join('?' * len(key_ids))})" + self._for_update, key_ids)}
+        # Keys of records without rows are held too, delivered or not: a repeat of an
+        # announcement whose keys were fetched since is accepted without effect.
+        for key_id, (run, index) in self._rowless(cur, key_ids).items():
+            existing[key_id] = (key_id, ROLE_SLAVE, run.link_id, run.direction,
+                                run.start + index * run.key_bytes, run.key_bytes,
+                                run.master_sae_id, run.joined_slaves)
         for res in reservations:
             row = existing.get(res.key_id)
             if row is not None and not (
@@ -933,13 +977,17 @@ class SqlKeyStore(KeyStore):
                     cur, [res for res in reservations if res.key_id not in held]):
                 first = run[0]
                 for group in _uniform_groups(run):
-                    # One sealed record per group instead of one per key; each key keeps
-                    # its own row (looked up by ID, with its own recipients).
+                    # One sealed record per group instead of one per key. Keys owed to
+                    # one slave SAE and named as a run of IDs (store_idruns) need no row;
+                    # any other key keeps its own (looked up by ID, its own recipients).
                     head = group[0]
                     start = head.byte_offset - first.byte_offset
                     size = head.length_bytes * len(group)
-                    self._insert_run(cur, group, cut[start:start + size])
-                    items.extend((res, None) for res in group)
+                    ids = idruns.as_run([res.key_id for res in group]) \
+                        if len(head.slave_sae_ids) == 1 else None
+                    self._insert_run(cur, group, cut[start:start + size], ids)
+                    if ids is None:
+                        items.extend((res, None) for res in group)
                 recorded.extend(run)
             self._insert_keys(cur, ROLE_SLAVE, items)
         return recorded
@@ -986,16 +1034,23 @@ class SqlKeyStore(KeyStore):
             self._insert_keys(cur, ROLE_SLAVE, list(zip(reservations, keys, strict=True)))
         return list(reservations)
 
-    def _insert_run(self, cur: SqlCursor, group: Sequence[Reservation], data: bytes) -> None:
+    def _insert_run(self, cur: SqlCursor, group: Sequence[Reservation], data: bytes,
+                    ids: tuple[str, int] | None = None) -> None:
+        """One sealed record; with ``ids`` (head, first counter) one without key rows,
+        whose key IDs the columns give (the AAD binds them either way)."""
         head = group[0]
         key_ids = [res.key_id for res in group]
         aad = _run_aad(head.link_id, head.direction, head.byte_offset, head.length_bytes,
                        head.master_sae_id, head.slave_sae_ids, key_ids)
+        rowless = (ids[0], ids[1], len(group), bytes(idruns.full_bitmap(len(group))),
+                   time.time()) if ids is not None else (None, None, None, None, None)
         cur.run("INSERT INTO kms_run (link_id, direction, run_start, key_bytes, master_sae_id, "
-                "slave_sae_ids, key_ids, remaining, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "slave_sae_ids, key_ids, remaining, data, id_head, id_first, key_count, "
+                "pending, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (head.link_id, head.direction, head.byte_offset, head.length_bytes,
-                 head.master_sae_id, _join_ids(head.slave_sae_ids), _join_ids(key_ids),
-                 len(group), self._cipher.seal(data, aad)))
+                 head.master_sae_id, _join_ids(head.slave_sae_ids),
+                 "" if ids is not None else _join_ids(key_ids), len(group),
+                 self._cipher.seal(data, aad), *rowless))
 
     def _runs_of(self, cur: SqlCursor, rows: Sequence[tuple[Any, ...]]) -> dict[str, _Run]:
         """Lock and return the run record of every run-backed key row, by key ID.
@@ -1043,6 +1098,10 @@ class SqlKeyStore(KeyStore):
         if (rest or run.key_ids[index] != key_id or int(length) != run.key_bytes
                 or master != run.master_sae_id or slaves != run.joined_slaves):
             raise AtRestDecryptionError("a stored key row does not match its record")
+        return self._run_key(run, index)
+
+    def _run_key(self, run: _Run, index: int) -> bytes:
+        """Key ``index`` of a record, the record opened (and authenticated) once."""
         if run.plain is None:
             plain = self._cipher.open(run.blob, _run_aad(
                 run.link_id, run.direction, run.start, run.key_bytes, run.master_sae_id,
@@ -1050,8 +1109,72 @@ class SqlKeyStore(KeyStore):
             if len(plain) != run.end - run.start:
                 raise AtRestDecryptionError("stored record length does not match its row")
             run.plain = plain
-        start = int(offset) - run.start
+        start = index * run.key_bytes
         return run.plain[start:start + run.key_bytes]
+
+    # -- records without key rows (key-ID runs, store_idruns) --------------------------
+
+    def _rowless(self, cur: SqlCursor, key_ids: Sequence[str]) -> dict[str, tuple[_Run, int]]:
+        """The keys among ``key_ids`` that records without key rows hold, owed or not
+        (locked, in (head, first counter) order): key ID -> (record, index)."""
+        by_head: dict[str, list[int]] = {}
+        for key_id in key_ids:
+            parts = idruns.split_id(key_id)
+            if parts is not None:
+                by_head.setdefault(parts[0], []).append(parts[1])
+        found: dict[str, tuple[_Run, int]] = {}
+        for head in sorted(by_head):
+            counters = by_head[head]
+            runs = [self._rowless_run(row) for row in cur.rows(
+                f"SELECT {_ROWLESS_COLUMNS} FROM kms_run WHERE id_head = ? AND id_first <= ? "
+                "AND id_first + key_count > ? ORDER BY id_first" + self._for_update,
+                (head, max(counters), min(counters)))]
+            for counter in counters:
+                for run in runs:
+                    index = counter - run.id_first
+                    if 0 <= index < len(run.key_ids):
+                        found[idruns.id_of(head, counter)] = (run, index)
+                        break
+        return found
+
+    @staticmethod
+    def _rowless_run(row: Sequence[Any]) -> _Run:
+        (link_id, direction, start, key_bytes, master, slaves, remaining, blob, head, first,
+         count, pending) = row
+        return _Run(link_id, direction, int(start), int(key_bytes), master, _split_ids(slaves),
+                    idruns.ids_of(head, int(first), int(count)), int(remaining), bytes(blob),
+                    id_head=head, id_first=int(first), pending=bytearray(pending))
+
+    def _release(self, cur: SqlCursor, hits: Sequence[tuple[_Run, int]]) -> int:
+        """Mark keys of records without rows as no longer owed (a record whose last key
+        goes is deleted, securely); returns how many were still owed."""
+        by_run: dict[int, tuple[_Run, list[int]]] = {}
+        for run, index in hits:
+            by_run.setdefault(id(run), (run, []))[1].append(index)
+        released = 0
+        for run, indices in by_run.values():
+            assert run.pending is not None
+            live = [i for i in set(indices) if idruns.is_set(run.pending, i)]
+            if not live:
+                continue
+            idruns.clear(run.pending, live)
+            run.remaining -= len(live)
+            released += len(live)
+            if run.remaining > 0:
+                cur.run("UPDATE kms_run SET remaining = ?, pending = ? WHERE link_id = ? AND "
+                        "direction = ? AND run_start = ?", (run.remaining, bytes(run.pending),
+                                                            run.link_id, run.direction,
+                                                            run.start))
+            else:
+                cur.run("DELETE FROM kms_run WHERE link_id = ? AND direction = ? AND "
+                        "run_start = ?", (run.link_id, run.direction, run.start))
+        return released
+
+    @staticmethod
+    def _owed(hits: Mapping[str, tuple[_Run, int]]) -> dict[str, _Run]:
+        """The keys of ``hits`` still owed, with their records."""
+        return {key_id: run for key_id, (run, index) in hits.items()
+                if run.pending is not None and idruns.is_set(run.pending, index)}
 
     def _remove_keys(self, cur: SqlCursor, key_ids: Sequence[str],
                      runs: Mapping[str, _Run]) -> int:
@@ -1130,11 +1253,21 @@ class SqlKeyStore(KeyStore):
 
         with self._transaction() as cur:
             rows = self._lock_keys(cur, key_ids)
+            rowless = self._rowless(cur, [k for k in key_ids if k not in rows]) \
+                if len(rows) < len(key_ids) else {}
             unauthorized = False
             missing: list[str] = []
             for key_id in key_ids:
                 row = rows.get(key_id)
-                if row is None or row[1] != ROLE_SLAVE or row[6] != master_sae_id:
+                if row is None:
+                    run, index = rowless.get(key_id, (None, 0))
+                    if run is None or run.master_sae_id != master_sae_id:
+                        missing.append(key_id)
+                    elif slave_sae_id not in run.slave_sae_ids:
+                        unauthorized = True
+                    elif run.pending is None or not idruns.is_set(run.pending, index):
+                        missing.append(key_id)  # delivered already
+                elif row[1] != ROLE_SLAVE or row[6] != master_sae_id:
                     missing.append(key_id)
                 elif slave_sae_id not in names(row[7]):
                     unauthorized = True
@@ -1144,12 +1277,15 @@ class SqlKeyStore(KeyStore):
                 raise UnauthorizedError("an SAE not named on the key asked for it")
             if missing:
                 raise KeyRequestError(MSG_KEYS_NOT_FOUND, [{"key_IDs_not_found": missing}])
-            runs = self._runs_of(cur, [rows[key_id] for key_id in key_ids])
+            runs = self._runs_of(cur, [rows[key_id] for key_id in key_ids if key_id in rows])
             keys = delivered_keys(key_ids, [
-                self._key_from_run(rows[key_id], runs[key_id]) if key_id in runs
+                self._run_key(*rowless[key_id]) if key_id not in rows
+                else self._key_from_run(rows[key_id], runs[key_id]) if key_id in runs
                 else self._open_key(rows[key_id]) for key_id in key_ids])
             done = []
             for key_id in key_ids:
+                if key_id not in rows:
+                    continue
                 remaining = [sae for sae in names(rows[key_id][8]) if sae != slave_sae_id]
                 if remaining:
                     cur.run("UPDATE kms_key SET recipients = ? WHERE key_id = ?",
@@ -1158,6 +1294,8 @@ class SqlKeyStore(KeyStore):
                     done.append(key_id)
             if done:
                 self._remove_keys(cur, done, runs)
+            if rowless:
+                self._release(cur, list(rowless.values()))
         return keys
 
     # -- recovery and housekeeping ----------------------------------------------------
@@ -1195,7 +1333,9 @@ class SqlKeyStore(KeyStore):
                 rows = cur.rows(f"SELECT key_id, link_id, direction FROM kms_key WHERE role = ? "
                                 f"AND key_id IN ({', '.join('?' * len(chunk))})",
                                 [ROLE_SLAVE, *chunk])
+                owed = self._owed(self._rowless(cur, chunk))
             found.update({str(r[0]): (str(r[1]), str(r[2])) for r in rows})
+            found.update({k: (run.link_id, run.direction) for k, run in owed.items()})
         return found
 
     def slave_key_masters(self, key_ids: Sequence[str]) -> dict[str, str]:
@@ -1206,7 +1346,9 @@ class SqlKeyStore(KeyStore):
                 rows = cur.rows(f"SELECT key_id, master_sae_id FROM kms_key WHERE role = ? "
                                 f"AND key_id IN ({', '.join('?' * len(chunk))})",
                                 [ROLE_SLAVE, *chunk])
+                owed = self._owed(self._rowless(cur, chunk))
             found.update({str(r[0]): str(r[1]) for r in rows})
+            found.update({k: run.master_sae_id for k, run in owed.items()})
         return found
 
     def undelivered_slave_keys(self, slave_sae_id: str, key_ids: Sequence[str]) -> set[str]:
@@ -1216,7 +1358,9 @@ class SqlKeyStore(KeyStore):
             rows = cur.rows(f"SELECT key_id, recipients FROM kms_key WHERE role = ? AND "
                             f"key_id IN ({', '.join('?' * len(key_ids))})",
                             [ROLE_SLAVE, *key_ids])
-        return {row[0] for row in rows if slave_sae_id in _split_ids(row[1])}
+            owed = self._owed(self._rowless(cur, key_ids))
+        return ({row[0] for row in rows if slave_sae_id in _split_ids(row[1])}
+                | {k for k, run in owed.items() if slave_sae_id in run.slave_sae_ids})
 
     def pending_reservations(self, older_than_s: float = 0.0) -> list[Reservation]:
         with self._transaction() as cur:
@@ -1229,25 +1373,43 @@ class SqlKeyStore(KeyStore):
                             slave_sae_ids=tuple(_split_ids(r[6]))) for r in rows]
 
     def expire_keys(self, role: str, older_than_s: float, limit: int = 10_000) -> list[str]:
+        cutoff = time.time() - older_than_s
         with self._transaction() as cur:
             found = cur.rows("SELECT key_id FROM kms_key WHERE role = ? AND created_at <= ? "
-                             "ORDER BY created_at LIMIT ?",
-                             (role, time.time() - older_than_s, int(limit)))
+                             "ORDER BY created_at LIMIT ?", (role, cutoff, int(limit)))
             key_ids = [str(row[0]) for row in found]
-            if not key_ids:
-                return []
-            rows = self._lock_keys(cur, key_ids)
-            self._remove_keys(cur, sorted(rows), self._runs_of(cur, list(rows.values())))
-        return sorted(rows)
+            expired: list[str] = []
+            if key_ids:
+                rows = self._lock_keys(cur, key_ids)
+                self._remove_keys(cur, sorted(rows), self._runs_of(cur, list(rows.values())))
+                expired = sorted(rows)
+            elif role == ROLE_SLAVE:
+                # Records without key rows go whole, oldest first, up to about ``limit``
+                # keys (every record still owes at least one key).
+                for row in cur.rows(f"SELECT {_ROWLESS_COLUMNS} FROM kms_run WHERE id_head IS "
+                                    "NOT NULL AND created_at <= ? ORDER BY created_at LIMIT ?"
+                                    + self._for_update, (cutoff, int(limit))):
+                    if len(expired) >= limit:
+                        break
+                    run = self._rowless_run(row)
+                    assert run.pending is not None
+                    owed = idruns.owed(run.pending, len(run.key_ids))
+                    expired.extend(run.key_ids[i] for i in owed)
+                    self._release(cur, [(run, i) for i in owed])
+                expired.sort()
+        return expired
 
     def discard_keys(self, key_ids: Sequence[str]) -> int:
         if not key_ids:
             return 0
         with self._transaction() as cur:
             rows = self._lock_keys(cur, key_ids)
+            rowless = self._rowless(cur, [k for k in key_ids if k not in rows]) \
+                if len(rows) < len(key_ids) else {}
             if rows:
                 self._remove_keys(cur, sorted(rows), self._runs_of(cur, list(rows.values())))
-        return len(rows)
+            released = self._release(cur, list(rowless.values())) if rowless else 0
+        return len(rows) + released
 
     def count_keys(self, role: str | None = None) -> int:
         with self._transaction() as cur:
@@ -1255,7 +1417,10 @@ class SqlKeyStore(KeyStore):
                 rows = cur.rows("SELECT COUNT(*) FROM kms_key")
             else:
                 rows = cur.rows("SELECT COUNT(*) FROM kms_key WHERE role = ?", (role,))
-        return int(rows[0][0])
+            rowless = 0 if role == ROLE_MASTER else int(cur.rows(
+                "SELECT COALESCE(SUM(remaining), 0) FROM kms_run WHERE id_head IS NOT NULL")
+                [0][0])
+        return int(rows[0][0]) + rowless
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kme_id={self.kme_id!r})"

@@ -17,9 +17,9 @@ from __future__ import annotations
 import functools
 import re
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 from psycopg import sql
@@ -72,6 +72,8 @@ class PostgresKeyStore(SqlKeyStore):
     """
 
     _for_update = " FOR UPDATE"
+    _ddl_types: ClassVar[Mapping[str, str]] = {
+        "blob": "BYTEA", "bigint": "BIGINT", "double": "DOUBLE PRECISION"}
 
     def __init__(self, conninfo: str, kek: bytes, *, kme_id: str, schema: str = "corridor",
                  min_size: int = 1, max_size: int = 8, timeout_s: float = 10.0) -> None:
@@ -110,8 +112,7 @@ class PostgresKeyStore(SqlKeyStore):
             cur.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                 sql.Identifier(self.schema)).as_string(None))
             for statement in SCHEMA_STATEMENTS:
-                cur.run(statement.format(blob="BYTEA", bigint="BIGINT",
-                                         double="DOUBLE PRECISION"))
+                cur.run(statement.format(**self._ddl_types))
             self._initialise(cur)
 
     @contextmanager

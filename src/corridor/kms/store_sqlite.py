@@ -86,7 +86,7 @@ class SqliteKeyStore(SqlKeyStore):
         try:
             with self._transaction() as cur:
                 for statement in SCHEMA_STATEMENTS:
-                    cur.run(statement.format(blob="BLOB", bigint="INTEGER", double="REAL"))
+                    cur.run(statement.format(**self._ddl_types))
                 self._initialise(cur)
         except BaseException:
             self.close()
