@@ -161,7 +161,7 @@ def new_key_ids(count: int) -> list[str]:
     h = raw.hex()
     prefix = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:24]}"
     start = int.from_bytes(raw[12:], "big") % ((1 << 32) - count + 1)
-    return [f"{prefix}{n:08x}" for n in range(start, start + count)]
+    return idruns.ids_of(prefix, start, count)
 
 
 # IDs never contain control characters (config.check_id, UUID key IDs), so these
@@ -223,7 +223,20 @@ class _Run:
     plain: bytes | None = None
     id_head: str | None = None
     id_first: int = 0
+    id_count: int = 0
     pending: bytearray | None = None
+
+    def ids(self) -> list[str]:
+        """The record's key IDs in order; for a record without key rows built here, when
+        needed (the AAD binds them), not at each lookup."""
+        if self.id_head is not None and not self.key_ids:
+            self.key_ids = idruns.ids_of(self.id_head, self.id_first, self.id_count)
+        return self.key_ids
+
+    @property
+    def id_end(self) -> int:
+        """One past the last counter of a record without key rows."""
+        return self.id_first + self.id_count
 
     @functools.cached_property
     def joined_slaves(self) -> str:
@@ -232,7 +245,8 @@ class _Run:
 
     @property
     def end(self) -> int:
-        return self.start + self.key_bytes * len(self.key_ids)
+        count = self.id_count if self.id_head is not None else len(self.key_ids)
+        return self.start + self.key_bytes * count
 
 
 # Columns of a Reservation: (link_id, direction), byte_offset, length_bytes, and the
@@ -1105,7 +1119,7 @@ class SqlKeyStore(KeyStore):
         if run.plain is None:
             plain = self._cipher.open(run.blob, _run_aad(
                 run.link_id, run.direction, run.start, run.key_bytes, run.master_sae_id,
-                run.slave_sae_ids, run.key_ids))
+                run.slave_sae_ids, run.ids()))
             if len(plain) != run.end - run.start:
                 raise AtRestDecryptionError("stored record length does not match its row")
             run.plain = plain
@@ -1117,23 +1131,26 @@ class SqlKeyStore(KeyStore):
     def _rowless(self, cur: SqlCursor, key_ids: Sequence[str]) -> dict[str, tuple[_Run, int]]:
         """The keys among ``key_ids`` that records without key rows hold, owed or not
         (locked, in (head, first counter) order): key ID -> (record, index)."""
-        by_head: dict[str, list[int]] = {}
-        for key_id in key_ids:
-            parts = idruns.split_id(key_id)
-            if parts is not None:
-                by_head.setdefault(parts[0], []).append(parts[1])
         found: dict[str, tuple[_Run, int]] = {}
-        for head in sorted(by_head):
-            counters = by_head[head]
+        groups = idruns.group_by_head(key_ids)
+        for head in sorted(groups):
+            ids, counters = groups[head]
+            low, high = min(counters), max(counters)
             runs = [self._rowless_run(row) for row in cur.rows(
                 f"SELECT {_ROWLESS_COLUMNS} FROM kms_run WHERE id_head = ? AND id_first <= ? "
                 "AND id_first + key_count > ? ORDER BY id_first" + self._for_update,
-                (head, max(counters), min(counters)))]
-            for counter in counters:
+                (head, high, low))]
+            if len(runs) == 1 and runs[0].id_first <= low and high < runs[0].id_end:
+                # The common case: one record holds them all (column-wise, in C).
+                run = runs[0]
+                found.update(zip(ids, zip(itertools.repeat(run),
+                                          map(operator.sub, counters,
+                                              itertools.repeat(run.id_first))), strict=True))
+                continue
+            for key_id, counter in zip(ids, counters, strict=True):
                 for run in runs:
-                    index = counter - run.id_first
-                    if 0 <= index < len(run.key_ids):
-                        found[idruns.id_of(head, counter)] = (run, index)
+                    if run.id_first <= counter < run.id_end:
+                        found[key_id] = (run, counter - run.id_first)
                         break
         return found
 
@@ -1142,8 +1159,8 @@ class SqlKeyStore(KeyStore):
         (link_id, direction, start, key_bytes, master, slaves, remaining, blob, head, first,
          count, pending) = row
         return _Run(link_id, direction, int(start), int(key_bytes), master, _split_ids(slaves),
-                    idruns.ids_of(head, int(first), int(count)), int(remaining), bytes(blob),
-                    id_head=head, id_first=int(first), pending=bytearray(pending))
+                    [], int(remaining), bytes(blob), id_head=head, id_first=int(first),
+                    id_count=int(count), pending=bytearray(pending))
 
     def _release(self, cur: SqlCursor, hits: Sequence[tuple[_Run, int]]) -> int:
         """Mark keys of records without rows as no longer owed (a record whose last key
@@ -1393,8 +1410,9 @@ class SqlKeyStore(KeyStore):
                         break
                     run = self._rowless_run(row)
                     assert run.pending is not None
-                    owed = idruns.owed(run.pending, len(run.key_ids))
-                    expired.extend(run.key_ids[i] for i in owed)
+                    owed = idruns.owed(run.pending, run.id_count)
+                    ids = run.ids()
+                    expired.extend(ids[i] for i in owed)
                     self._release(cur, [(run, i) for i in owed])
                 expired.sort()
         return expired

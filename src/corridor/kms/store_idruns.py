@@ -11,6 +11,7 @@ recognising a run of IDs, splitting an ID into head and counter, and the bitmap.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Sequence
 
 HEAD_CHARS = 28
@@ -39,7 +40,26 @@ def id_of(head: str, counter: int) -> str:
 
 def ids_of(head: str, first: int, count: int) -> list[str]:
     """The ``count`` key IDs of a run from counter ``first``."""
-    return [f"{head}{n:08x}" for n in range(first, first + count)]
+    # The counters as one hexadecimal string, sliced: a third cheaper per key than
+    # formatting each.
+    digits = struct.pack(f">{count}I", *range(first, first + count)).hex()
+    return [head + digits[i:i + 8] for i in range(0, 8 * count, 8)]
+
+
+def group_by_head(key_ids: Sequence[str]) -> dict[str, tuple[list[str], list[int]]]:
+    """The IDs of run form among ``key_ids``, by head: (IDs, counters), in the order
+    given. One run in order (the common case) is recognised without splitting each ID."""
+    run = as_run(key_ids)
+    if run is not None:
+        return {run[0]: (list(key_ids), list(range(run[1], run[1] + len(key_ids))))}
+    groups: dict[str, tuple[list[str], list[int]]] = {}
+    for key_id in key_ids:
+        parts = split_id(key_id)
+        if parts is not None:
+            ids, counters = groups.setdefault(parts[0], ([], []))
+            ids.append(key_id)
+            counters.append(parts[1])
+    return groups
 
 
 def as_run(key_ids: Sequence[str]) -> tuple[str, int] | None:
@@ -51,6 +71,8 @@ def as_run(key_ids: Sequence[str]) -> tuple[str, int] | None:
     if parts is None:
         return None
     head, first = parts
+    if len(key_ids) == 1:
+        return parts
     if first + len(key_ids) > _COUNTER_LIMIT:
         return None
     if list(key_ids) != ids_of(head, first, len(key_ids)):
