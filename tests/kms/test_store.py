@@ -797,16 +797,22 @@ def _announced_run(master: KeyStore, slave: KeyStore, count: int, length: int,
     return cut
 
 
+def _fed_pair(make_store: StoreFactory, size: int) -> tuple[KeyStore, KeyStore]:
+    """A master's and a slave's store fed the same block of ``size`` bytes."""
+    blocks = [os.urandom(size)]
+    master, slave = make_store("kme-a"), make_store("kme-b")
+    _feed(master, blocks)
+    _feed(slave, blocks)
+    return master, slave
+
+
 def _key_rows(store: KeyStore) -> int:
     with store._transaction() as cur:  # type: ignore[attr-defined]
         return int(cur.rows("SELECT COUNT(*) FROM kms_key")[0][0])
 
 
 def test_a_run_of_key_ids_for_one_sae_is_held_without_key_rows(make_store):
-    blocks = [os.urandom(20_000)]
-    master, slave = make_store("kme-a"), make_store("kme-b")
-    _feed(master, blocks)
-    _feed(slave, blocks)
+    master, slave = _fed_pair(make_store, 20_000)
     batch = _announced_run(master, slave, 10, 32)
     ids = [res.key_id for res, _ in batch]
     assert _key_rows(slave) == 0 and _run_count(slave) == 1
@@ -839,10 +845,7 @@ def test_a_run_of_key_ids_for_one_sae_is_held_without_key_rows(make_store):
 
 
 def test_a_repeated_announcement_of_a_run_changes_nothing(make_store):
-    blocks = [os.urandom(8_000)]
-    master, slave = make_store("kme-a"), make_store("kme-b")
-    _feed(master, blocks)
-    _feed(slave, blocks)
+    master, slave = _fed_pair(make_store, 8_000)
     batch = _announced_run(master, slave, 4, 32)
     reservations = [res for res, _ in batch]
     slave.take_slave_keys("s1", "m1", [reservations[1].key_id])
@@ -864,10 +867,7 @@ def test_a_repeated_announcement_of_a_run_changes_nothing(make_store):
 
 
 def test_a_run_for_several_saes_or_of_scattered_ids_keeps_key_rows(make_store):
-    blocks = [os.urandom(8_000)]
-    master, slave = make_store("kme-a"), make_store("kme-b")
-    _feed(master, blocks)
-    _feed(slave, blocks)
+    master, slave = _fed_pair(make_store, 8_000)
     _announced_run(master, slave, 3, 32, slaves=("s1", "s2"))
     assert _key_rows(slave) == 3
     ids = new_key_ids(4)
@@ -878,10 +878,7 @@ def test_a_run_for_several_saes_or_of_scattered_ids_keeps_key_rows(make_store):
 
 
 def test_a_run_record_edited_to_name_other_keys_or_saes_fails_authentication(make_store):
-    blocks = [os.urandom(8_000)]
-    master, slave = make_store("kme-a"), make_store("kme-b")
-    _feed(master, blocks)
-    _feed(slave, blocks)
+    master, slave = _fed_pair(make_store, 8_000)
     ids = [res.key_id for res, _ in _announced_run(master, slave, 4, 32)]
     with slave._transaction() as cur:  # type: ignore[attr-defined]
         cur.run("UPDATE kms_run SET id_first = id_first + 1")  # every ID shifted by one
@@ -895,10 +892,7 @@ def test_a_run_record_edited_to_name_other_keys_or_saes_fails_authentication(mak
 
 
 def test_undelivered_run_keys_expire_whole_records_oldest_first(make_store):
-    blocks = [os.urandom(8_000)]
-    master, slave = make_store("kme-a"), make_store("kme-b")
-    _feed(master, blocks)
-    _feed(slave, blocks)
+    master, slave = _fed_pair(make_store, 8_000)
     old = [res.key_id for res, _ in _announced_run(master, slave, 5, 32)]
     young = [res.key_id for res, _ in _announced_run(master, slave, 3, 32)]
     slave.take_slave_keys("s1", "m1", [old[3]])
