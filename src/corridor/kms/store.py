@@ -261,6 +261,13 @@ _KEY_ID = _FIRST_OF_PAIR = operator.itemgetter(0)
 _SECOND_OF_PAIR = operator.itemgetter(1)
 
 
+def _absent(key_ids: Sequence[str], rows: Any) -> list[str]:
+    """The IDs of ``key_ids`` without a key row among ``rows`` (a mapping by key ID, or
+    rows whose first column is the key ID): the ones a record without rows may hold."""
+    held = rows if isinstance(rows, Mapping) else {row[0] for row in rows}
+    return [key_id for key_id in key_ids if key_id not in held] if held else list(key_ids)
+
+
 def _one_value(column: Any) -> bool:
     """True when every value of ``column`` (an iterable) is one hashable value."""
     try:
@@ -938,7 +945,7 @@ class SqlKeyStore(KeyStore):
             f"({', '.join('?' * len(key_ids))})" + self._for_update, key_ids)}
         # Keys of records without rows are held too, delivered or not: a repeat of an
         # announcement whose keys were fetched since is accepted without effect.
-        for key_id, (run, index) in self._rowless(cur, key_ids).items():
+        for key_id, (run, index) in self._rowless(cur, _absent(key_ids, existing)).items():
             existing[key_id] = (key_id, ROLE_SLAVE, run.link_id, run.direction,
                                 run.start + index * run.key_bytes, run.key_bytes,
                                 run.master_sae_id, run.joined_slaves)
@@ -1130,16 +1137,23 @@ class SqlKeyStore(KeyStore):
 
     def _rowless(self, cur: SqlCursor, key_ids: Sequence[str]) -> dict[str, tuple[_Run, int]]:
         """The keys among ``key_ids`` that records without key rows hold, owed or not
-        (locked, in (head, first counter) order): key ID -> (record, index)."""
+        (locked, in (head, first counter) order): key ID -> (record, index). One query
+        whatever the number of heads (IDs of other forms, such as random ones, each have
+        a head of their own)."""
         found: dict[str, tuple[_Run, int]] = {}
         groups = idruns.group_by_head(key_ids)
-        for head in sorted(groups):
+        if not groups:
+            return found
+        heads = sorted(groups)
+        by_head: dict[str, list[_Run]] = {}
+        for row in cur.rows(f"SELECT {_ROWLESS_COLUMNS} FROM kms_run WHERE id_head IN "
+                            f"({', '.join('?' * len(heads))}) ORDER BY id_head, id_first"
+                            + self._for_update, heads):
+            run = self._rowless_run(row)
+            by_head.setdefault(str(run.id_head), []).append(run)
+        for head, runs in by_head.items():
             ids, counters = groups[head]
             low, high = min(counters), max(counters)
-            runs = [self._rowless_run(row) for row in cur.rows(
-                f"SELECT {_ROWLESS_COLUMNS} FROM kms_run WHERE id_head = ? AND id_first <= ? "
-                "AND id_first + key_count > ? ORDER BY id_first" + self._for_update,
-                (head, high, low))]
             if len(runs) == 1 and runs[0].id_first <= low and high < runs[0].id_end:
                 # The common case: one record holds them all (column-wise, in C).
                 run = runs[0]
@@ -1270,8 +1284,7 @@ class SqlKeyStore(KeyStore):
 
         with self._transaction() as cur:
             rows = self._lock_keys(cur, key_ids)
-            rowless = self._rowless(cur, [k for k in key_ids if k not in rows]) \
-                if len(rows) < len(key_ids) else {}
+            rowless = self._rowless(cur, _absent(key_ids, rows))
             unauthorized = False
             missing: list[str] = []
             for key_id in key_ids:
@@ -1350,7 +1363,7 @@ class SqlKeyStore(KeyStore):
                 rows = cur.rows(f"SELECT key_id, link_id, direction FROM kms_key WHERE role = ? "
                                 f"AND key_id IN ({', '.join('?' * len(chunk))})",
                                 [ROLE_SLAVE, *chunk])
-                owed = self._owed(self._rowless(cur, chunk))
+                owed = self._owed(self._rowless(cur, _absent(chunk, rows)))
             found.update({str(r[0]): (str(r[1]), str(r[2])) for r in rows})
             found.update({k: (run.link_id, run.direction) for k, run in owed.items()})
         return found
@@ -1363,7 +1376,7 @@ class SqlKeyStore(KeyStore):
                 rows = cur.rows(f"SELECT key_id, master_sae_id FROM kms_key WHERE role = ? "
                                 f"AND key_id IN ({', '.join('?' * len(chunk))})",
                                 [ROLE_SLAVE, *chunk])
-                owed = self._owed(self._rowless(cur, chunk))
+                owed = self._owed(self._rowless(cur, _absent(chunk, rows)))
             found.update({str(r[0]): str(r[1]) for r in rows})
             found.update({k: run.master_sae_id for k, run in owed.items()})
         return found
@@ -1375,7 +1388,7 @@ class SqlKeyStore(KeyStore):
             rows = cur.rows(f"SELECT key_id, recipients FROM kms_key WHERE role = ? AND "
                             f"key_id IN ({', '.join('?' * len(key_ids))})",
                             [ROLE_SLAVE, *key_ids])
-            owed = self._owed(self._rowless(cur, key_ids))
+            owed = self._owed(self._rowless(cur, _absent(key_ids, rows)))
         return ({row[0] for row in rows if slave_sae_id in _split_ids(row[1])}
                 | {k for k, run in owed.items() if slave_sae_id in run.slave_sae_ids})
 
@@ -1422,8 +1435,7 @@ class SqlKeyStore(KeyStore):
             return 0
         with self._transaction() as cur:
             rows = self._lock_keys(cur, key_ids)
-            rowless = self._rowless(cur, [k for k in key_ids if k not in rows]) \
-                if len(rows) < len(key_ids) else {}
+            rowless = self._rowless(cur, _absent(key_ids, rows))
             if rows:
                 self._remove_keys(cur, sorted(rows), self._runs_of(cur, list(rows.values())))
             released = self._release(cur, list(rowless.values())) if rowless else 0

@@ -20,7 +20,7 @@ _COUNTER_LIMIT = 1 << 32
 
 def split_id(key_id: str) -> tuple[str, int] | None:
     """(head, counter) of an ID of run form, or None: 36 characters whose last 8 are the
-    counter in lower-case hexadecimal, exactly as :func:`id_of` writes it."""
+    counter in lower-case hexadecimal, exactly as :func:`ids_of` writes it."""
     if not isinstance(key_id, str) or len(key_id) != 36:
         return None
     tail = key_id[HEAD_CHARS:]
@@ -31,11 +31,6 @@ def split_id(key_id: str) -> tuple[str, int] | None:
     if f"{counter:08x}" != tail:  # no sign, no "0x", no upper case, no spaces
         return None
     return key_id[:HEAD_CHARS], counter
-
-
-def id_of(head: str, counter: int) -> str:
-    """The key ID with ``head`` and ``counter``."""
-    return f"{head}{counter:08x}"
 
 
 def ids_of(head: str, first: int, count: int) -> list[str]:
