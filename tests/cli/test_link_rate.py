@@ -132,6 +132,21 @@ def test_bad_input_gets_one_clean_line(args: list[str], expected: str) -> None:
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("kind", ["directory", "binary"])
+def test_a_config_that_is_no_text_file_gets_one_clean_line(tmp_path: Path, kind: str) -> None:
+    config = tmp_path / "link.toml"
+    if kind == "directory":
+        config.mkdir()
+    else:
+        config.write_bytes(b"\x00\xff\xfe")
+    result = runner.invoke(app, ["link", "rate", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    message = " ".join(result.stderr.split())
+    assert f"config file = '{config}': must be a" in message
+    assert ("not a directory" if kind == "directory" else "UTF-8") in message
+
+
 def test_one_decoy_finite_key_of_boaron_2018() -> None:
     """``--decoy one-decoy``: Rusca et al.'s bound at the preset's own settings."""
     rows = _json(["link", "rate", "--preset", "boaron-2018", "--decoy", "one-decoy",

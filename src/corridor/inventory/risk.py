@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from typing import Any
 from corridor.errors import ParameterError
 from corridor.inventory import algorithms
 from corridor.inventory.findings import Finding
+from corridor.tomlfile import read_toml
 
 DEFAULT_CRQC_YEARS = 15.0
 CRQC_YEARS_RANGE = (5.0, 30.0)
@@ -147,12 +147,7 @@ def load_policy(path: Path | None, crqc_years: float | None = None) -> RiskPolic
     if path is None:
         return RiskPolicy(crqc_years=_years("--crqc-years", crqc_years, *CRQC_YEARS_RANGE)
                           if crqc_years is not None else DEFAULT_CRQC_YEARS)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ParameterError("--policy", str(path), "a readable TOML policy file",
-                             type(exc).__name__) from None
-    return parse_policy(data, crqc_years)
+    return parse_policy(read_toml(path, "--policy", "TOML policy file"), crqc_years)
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,7 @@ from corridor.kms.store_open import open_store
 from corridor.kms.tls import bind_socket, running_server
 from corridor.link.params import LinkParameters, preset
 from corridor.randomness import RandomSource
+from corridor.tomlfile import read_toml
 
 _log = logging.getLogger(__name__)
 
@@ -536,13 +537,7 @@ def load_corridor(path: str | os.PathLike[str] | None = None) -> CorridorSpec:
             DEFAULT_CORRIDOR_RESOURCE).read_text(encoding="utf-8")
         return parse_corridor(tomllib.loads(text), Path.cwd(), "(embedded default)")
     file = Path(path)
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ParameterError("--config", str(file), "must be an existing corridor TOML file") \
-            from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ParameterError("--config", str(file), f"is not valid TOML: {exc}") from None
+    data = read_toml(file, "--config", "corridor TOML file")
     return parse_corridor(data, file.resolve().parent, str(file))
 
 

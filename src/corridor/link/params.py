@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from corridor.errors import ParameterError
+from corridor.tomlfile import read_toml
 
 
 def _check_range(name: str, value: float, low: float, high: float, *,
@@ -422,13 +422,7 @@ def load_toml(path: str | Path, base: LinkParameters | None = None) -> LinkParam
     The file may set ``preset = "gys-2004"``, fields at top level, or fields inside
     ``[fibre]``, ``[source]``, ``[detector]`` and ``[protocol]`` tables.
     """
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ParameterError("config file", str(p), "must be an existing TOML file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ParameterError("config file", str(p), f"is not valid TOML: {exc}") from None
+    data = read_toml(path, "config file")
     if "preset" in data:
         base = preset(str(data.pop("preset")))
     params = base if base is not None else PRESETS["modern-snspd"]

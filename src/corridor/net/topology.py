@@ -19,7 +19,6 @@ value and what is allowed.
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from corridor.errors import ParameterError
 from corridor.hybrid.policy import Policy, parse_policy
 from corridor.kms.config import check_id
 from corridor.kms.node import CorridorSpec, LinkSite, parse_corridor
+from corridor.tomlfile import read_toml
 
 SITE_KINDS = ("traffic-centre", "data-centre", "cloud-region", "roadside-cabinet",
               "fleet-depot", "exchange", "trusted-node", "vehicle-hub", "other")
@@ -278,15 +278,7 @@ def parse_network(data: Mapping[str, Any], base_dir: Path | None = None,
 def load_network(path: str | Path) -> Network:
     """Read and validate a corridor file as a network."""
     file = Path(path)
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except (FileNotFoundError, IsADirectoryError):
-        raise ParameterError("FILE", str(file), "must be an existing corridor TOML file") \
-            from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ParameterError("FILE", str(file), f"is not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise ParameterError("FILE", str(file), "must be a UTF-8 TOML file") from None
+    data = read_toml(file, "FILE", "corridor TOML file")
     return parse_network(data, file.resolve().parent, str(file))
 
 

@@ -65,7 +65,7 @@ def test_init_and_one_line_errors(tmp_path: Path) -> None:
           "--param", "mode"], "--param = 'mode': NAME=VALUE"),
         (["fleet", "demo", "--broker", "localhost"], "--broker = 'localhost': HOST:PORT"),
         (["fleet", "vehicle", "v-1", "--dir", str(tmp_path / "none")],
-         "a readable TOML file"),
+         "must be an existing TOML file"),
     ]:
         process = subprocess.run([sys.executable, "-m", "corridor", *args],
                                  capture_output=True, text=True, timeout=120)

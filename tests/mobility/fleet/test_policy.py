@@ -55,11 +55,11 @@ def test_policy_errors_name_field_value_allowed(change: tuple[str, str], message
 
 
 def test_policy_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(ParameterError, match="a readable TOML file"):
+    with pytest.raises(ParameterError, match="must be an existing TOML file"):
         load_policy(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[roles\n")
-    with pytest.raises(ParameterError, match="valid TOML"):
+    with pytest.raises(ParameterError, match="is not valid TOML"):
         load_policy(bad)
     empty = tmp_path / "empty.toml"
     empty.write_text("")

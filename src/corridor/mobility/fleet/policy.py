@@ -29,7 +29,6 @@ the value and what is allowed.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from corridor.errors import ParameterError
 from corridor.mobility.fleet.commands import COMMAND_TYPES
 from corridor.mobility.fleet.errors import UNAUTHORISED, FleetRefusal
 from corridor.mobility.fleet.wire import Command, check_fleet_id
+from corridor.tomlfile import read_toml
 
 _TOP = {"max_lifetime_s", "clock_skew_s", "roles", "senders", "vehicles"}
 
@@ -170,15 +170,7 @@ def parse_policy(data: Mapping[str, Any]) -> FleetPolicy:
 
 def load_policy(path: Path) -> FleetPolicy:
     """Read and check a policy file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        raise ParameterError("policy", str(path), "a readable TOML file") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ParameterError("policy", str(path), "valid TOML", str(exc)) from None
-    return parse_policy(data)
+    return parse_policy(read_toml(path, "policy"))
 
 
 def example_policy(depot_id: str, vehicle_ids: list[str], *, officer: str = "alice",
