@@ -203,3 +203,27 @@ def test_ctrl_c_with_output_into_a_closed_pipe_still_stops_cleanly(tmp_path: Pat
         lines = (workdir / kme / "audit.jsonl").read_text().splitlines()
         assert json.loads(lines[-1])["event"] == "kme_stopped"
         assert not (workdir / kme / "store.sqlite-wal").exists()
+
+
+@pytest.mark.parametrize("name", ["city", "two-site"])
+def test_the_banner_shows_key_commands_for_a_link_with_saes_at_both_ends(
+        tmp_path: Path, name: str) -> None:
+    """The city's first link ends at the exchange, a trusted node without SAEs: the
+    banner's commands take the first link that has an SAE at each end."""
+    from types import SimpleNamespace
+
+    from corridor.cli.up import key_commands
+    from corridor.kms.node import load_embedded
+
+    spec = load_embedded(name)
+    paths = SimpleNamespace(cert=tmp_path / "cert.pem", key=tmp_path / "key.pem")
+    corridor: Any = SimpleNamespace(
+        spec=spec, up_file=tmp_path / "corridor-up.json",
+        pki=SimpleNamespace(saes=dict.fromkeys(spec.saes, paths), ca_cert=tmp_path / "ca.pem"),
+        nodes={kme: SimpleNamespace(url=f"https://127.0.0.1:1/{kme}") for kme in spec.kmes})
+    commands = key_commands(corridor)
+    assert len(commands) == 4
+    slave, master = commands[0].split()[3], commands[0].split()[-1]
+    assert (spec.saes[master], spec.saes[slave]) in {
+        (link.alice_kme, link.bob_kme) for link in spec.links.values()}
+    assert f"get-key-with-id {master} KEY_ID" in commands[1]

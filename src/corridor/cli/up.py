@@ -69,12 +69,17 @@ def key_commands(corridor: Corridor) -> list[str]:
     the slave SAE's KME: ``corridor sae`` and curl (placeholders in capitals)."""
     spec, pki = corridor.spec, corridor.pki
     assert pki is not None
-    link = next(iter(spec.links.values()))
-    master_kme, slave_kme = link.alice_kme, link.bob_kme
-    master = next(s for s, k in spec.saes.items() if k == master_kme)
-    slave = next((s for s, k in spec.saes.items() if k == slave_kme), None)
-    if slave is None:
+    # The first link with an SAE at each end (a trusted node, such as the city's
+    # exchange, has none).
+    first_sae: dict[str, str] = {}
+    for sae_id, kme_id in spec.saes.items():
+        first_sae.setdefault(kme_id, sae_id)
+    ends = next(((link.alice_kme, link.bob_kme) for link in spec.links.values()
+                 if link.alice_kme in first_sae and link.bob_kme in first_sae), None)
+    if ends is None:
         return []
+    master_kme, slave_kme = ends
+    master, slave = first_sae[master_kme], first_sae[slave_kme]
     up = shlex.quote(_shown(corridor.up_file))
 
     def curl(sae: str, url: str) -> str:
