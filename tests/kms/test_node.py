@@ -385,3 +385,25 @@ def test_a_slave_store_restored_after_a_delivery_is_refused(tmp_path: Path,
     shutil.copy(backup, workdir / "kme-b" / "store.sqlite")
     with pytest.raises(StoreRollbackError, match=r"2 key\(s\) it delivered to SAE 'sae-b'"):
         Corridor(spec, workdir, host="127.0.0.1").start()
+
+
+def test_a_links_monitor_events_reach_only_its_own_kmes(tmp_path: Path, keys_dir: Path) -> None:
+    """In one process running several KMEs, a link's block events are audited at the
+    link's two KMEs, not at every KME of the corridor."""
+    data = _spec_data(keys_dir)
+    data["kmes"].append({"id": "kme-c", "site": "east"})
+    data["links"].append({**data["links"][0], "id": "link-bc", "alice_kme": "kme-b",
+                          "bob_kme": "kme-c"})
+    data["saes"].append({"id": "sae-c", "kme": "kme-c"})
+    workdir = tmp_path / "run"
+    with Corridor(parse_corridor(data), workdir, host="127.0.0.1") as corridor:
+        deadline = time.monotonic() + 30.0
+        while not all(link["blocks_stored"] for link in corridor.status()["links"]):
+            assert time.monotonic() < deadline, corridor.status()
+            time.sleep(0.1)
+    seen = {}
+    for kme in ("kme-a", "kme-b", "kme-c"):
+        lines = (workdir / kme / "audit.jsonl").read_text().splitlines()
+        seen[kme] = {json.loads(line)["fields"]["link_id"] for line in lines
+                     if json.loads(line)["event"] == "link_block"}
+    assert seen == {"kme-a": {LINK}, "kme-b": {LINK, "link-bc"}, "kme-c": {"link-bc"}}

@@ -17,7 +17,7 @@ IDs, counts, sizes, QBER; never key bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -184,3 +184,19 @@ class FanOutEventSink:
                 failure = failure or exc
         if failure is not None:
             raise failure
+
+
+class ByLinkEventSink:
+    """Sends each event to the sink of the link its ``link_id`` field names, or to
+    ``fallback`` when it names none of them (a process that runs several KMEs, such as
+    ``corridor up``, routes a link's monitor events to that link's two KMEs only)."""
+
+    def __init__(self, routes: Mapping[str, EventSink], fallback: EventSink) -> None:
+        self.routes = dict(routes)
+        self.fallback = fallback
+
+    def emit(self, event: str, **fields: Any) -> None:
+        link_id = fields.get("link_id")
+        sink = self.routes.get(link_id, self.fallback) if isinstance(link_id, str) \
+            else self.fallback
+        sink.emit(event, **fields)

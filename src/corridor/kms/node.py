@@ -76,7 +76,7 @@ from corridor.kms.ha import (
     sibling_audit_paths,
     worker_audit_path,
 )
-from corridor.kms.interface import EventSink, FanOutEventSink
+from corridor.kms.interface import ByLinkEventSink, EventSink, FanOutEventSink
 from corridor.kms.limits import (
     SETTING_NAMES,
     ConnectionLimits,
@@ -1079,8 +1079,13 @@ class Corridor:
                                limits=limits[kme_id])
                 self.nodes[kme_id] = node
                 node.start()
-            self.monitor = monitor_for(self.spec, FanOutEventSink(
-                *(node.events for node in self.nodes.values())))
+            # A link's block, alarm and quarantine events go to the audit trails of its
+            # two KMEs only, as with one `kme serve` per site.
+            self.monitor = monitor_for(self.spec, ByLinkEventSink(
+                {link.link_id: FanOutEventSink(self.nodes[link.alice_kme].events,
+                                               self.nodes[link.bob_kme].events)
+                 for link in self.spec.links.values()},
+                FanOutEventSink(*(node.events for node in self.nodes.values()))))
             # One block in work per core across the simulated links: each finishes its
             # block at full speed and in turn (first keys in seconds, not a minute).
             slots = BlockSlots(max(1, len(os.sched_getaffinity(0))))
