@@ -227,3 +227,22 @@ def test_the_banner_shows_key_commands_for_a_link_with_saes_at_both_ends(
     assert (spec.saes[master], spec.saes[slave]) in {
         (link.alice_kme, link.bob_kme) for link in spec.links.values()}
     assert f"get-key-with-id {master} KEY_ID" in commands[1]
+
+
+def test_a_working_directory_in_use_is_one_line_and_nothing_is_stopped(tmp_path: Path) -> None:
+    from corridor.kms.ha import hold_pid_lock
+    from corridor.kms.node import LOCK_FILE_NAME
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    fd = hold_pid_lock(workdir / LOCK_FILE_NAME)  # as a running corridor holds it
+    try:
+        process = subprocess.run([sys.executable, "-m", "corridor", "up", "--embedded",
+                                  "two-site", "--workdir", str(workdir)],
+                                 capture_output=True, text=True, timeout=120)
+    finally:
+        os.close(fd)
+    assert process.returncode == 2, process.stderr
+    assert process.stderr.strip().splitlines() == [
+        f"error: --workdir = '{workdir}': is in use by another corridor (pid {os.getpid()}); "
+        "stop it or choose another working directory"]

@@ -361,8 +361,10 @@ def up_command(
         dashboard = None
         hybrid = CorridorSessions(corridor)
         mobility = UpMobility(corridor) if with_mobility else None
+        started = False
         try:
             corridor.start()
+            started = True  # a corridor that never started has nothing to announce stopping
             hybrid.start()
             corridor.up_extra["hybrid_sessions"] = hybrid.describe()
             if mobility is not None:
@@ -385,10 +387,10 @@ def up_command(
             # Our handlers stay until the very end: a second Ctrl-C (or the first one,
             # when a closed pipe started the stop) must not cut the clean stop short.
             try:
-                _quietly(lambda: err_console.print(
-                    "stopping: dashboard, fleet, RSU stream, hybrid sessions, feeders, servers, "
-                    "stores, audit logs ...",
-                    highlight=False))
+                if started:
+                    _quietly(lambda: err_console.print(
+                        "stopping: dashboard, fleet, RSU stream, hybrid sessions, feeders, "
+                        "servers, stores, audit logs ...", highlight=False))
             finally:
                 try:
                     if dashboard is not None:
