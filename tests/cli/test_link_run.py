@@ -116,7 +116,7 @@ def test_table_shows_every_digit_on_an_80_column_console(
     (["--distance-km", "5", "--cascade", "ldpc"], "--cascade"),
     (["--distance-km", "5", "--pulses", "0"], "--pulses"),
     (["--distance-km", "5", "--role", "bob", "--peer", "localhost"], "--peer"),
-    (["--distance-km", "-3"], "length_km"),
+    (["--distance-km", "-3"], "--distance-km = -3.0"),
 ])
 def test_bad_input_is_one_clean_line(args: list[str], field: str) -> None:
     code, out, err = run_cli(*args)

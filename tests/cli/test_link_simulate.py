@@ -108,7 +108,7 @@ def test_table_output() -> None:
     (["--attack", "intercept-resend", "--attack-fraction", "1.5"], "attack_fraction = 1.5"),
     (["--pulses", "0"], "--pulses = 0"),
     (["--block-pulses", "0"], "--block-pulses = 0"),
-    (["--distance-km", "-5"], "length_km = -5.0"),
+    (["--distance-km", "-5"], "--distance-km = -5.0"),
     (["--preset", "nope"], "preset = 'nope'"),
     (["--set", "attenuation_db_per_km=3"], "dB/m"),
 ])

@@ -53,6 +53,18 @@ def handle_errors() -> Iterator[None]:
         raise SystemExit(2) from None
 
 
+@contextmanager
+def as_option(field: str, option: str) -> Iterator[None]:
+    """A :class:`ParameterError` about ``field`` (a model's name, ``length_km``) named
+    by the option the user typed (``--distance-km``) instead."""
+    try:
+        yield
+    except ParameterError as exc:
+        if exc.field != field:
+            raise
+        raise ParameterError(option, exc.value, exc.allowed, exc.hint) from None
+
+
 def fail(message: str) -> None:
     """Stop a command with a clean one-line error (exit code 2)."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)

@@ -19,7 +19,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from corridor.cli.common import OutputFormat, console, emit_json, handle_errors
+from corridor.cli.common import OutputFormat, as_option, console, emit_json, handle_errors
 from corridor.errors import ParameterError
 from corridor.link.params import PRESETS, LinkParameters, load_toml
 from corridor.link.params import preset as preset_by_name
@@ -277,8 +277,9 @@ def rate_command(
                     "unbounded (the rate never reaches 0 within 10 000 km)"))
             return
         lengths = [*(distance_km or []), *(distances_km or [])] or list(DEFAULT_DISTANCES_KM)
-        rows = [rate_row(params, length, decoy_mode, block_pulses, optimise_settings, bound)
-                for length in lengths]
+        with as_option("length_km", "--distance-km"):
+            rows = [rate_row(params, length, decoy_mode, block_pulses, optimise_settings,
+                             bound) for length in lengths]
         if output_format is OutputFormat.json:
             emit_json(rows)
         else:

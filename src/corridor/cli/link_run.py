@@ -20,7 +20,14 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from corridor.cli.common import OutputFormat, console, emit_json, err_console, handle_errors
+from corridor.cli.common import (
+    OutputFormat,
+    as_option,
+    console,
+    emit_json,
+    err_console,
+    handle_errors,
+)
 from corridor.cli.link import (
     DEFAULT_PRESET,
     FINITE_KEY_CHOICES,
@@ -252,8 +259,9 @@ def run_command(
     total figures.
     """
     with handle_errors():
-        params = link_parameters_from_options(preset, config, overrides or []) \
-            .with_length(distance_km)
+        params = link_parameters_from_options(preset, config, overrides or [])
+        with as_option("length_km", "--distance-km"):
+            params = params.with_length(distance_km)
         if pulses <= 0:
             raise ParameterError("--pulses", pulses, "must be a number of pulses above 0")
         if block_pulses <= 0:

@@ -30,7 +30,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from corridor.cli.common import OutputFormat, console, emit_json, err_console, handle_errors
+from corridor.cli.common import (
+    OutputFormat,
+    as_option,
+    console,
+    emit_json,
+    err_console,
+    handle_errors,
+)
 from corridor.cli.link import (
     DEFAULT_PRESET,
     ConfigOption,
@@ -139,7 +146,8 @@ def simulate_command(
     with handle_errors():
         params = link_parameters_from_options(preset_name, config, overrides or [])
         if distance_km is not None:
-            params = params.override({"length_km": distance_km})
+            with as_option("length_km", "--distance-km"):
+                params = params.override({"length_km": distance_km})
         _check_count("--pulses", pulses, 1)
         _check_count("--block-pulses", block_pulses, 1)
         if attack_fraction is not None and attack is not SimulateAttack.intercept_resend:
