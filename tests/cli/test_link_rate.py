@@ -20,7 +20,7 @@ runner = CliRunner()
 ROW_KEYS = {"distance_km", "mu", "nu", "vacuum_mu", "optimised", "decoy", "model",
             "block_pulses", "secret_key_rate_bits_per_pulse", "secret_key_rate_bits_per_s",
             "gain", "qber", "plob_bits_per_pulse", "plob_bits_per_s", "transmittance",
-            "z_basis_probability", "class_probabilities"}
+            "z_basis_probability", "class_probabilities", "preset", "parameters"}
 
 
 def _json(args: list[str]) -> object:
@@ -83,8 +83,33 @@ def test_finite_key_flag_chooses_the_bound_and_the_rows_name_it() -> None:
 
 def test_max_distance_json() -> None:
     data = _json(["link", "rate", "--preset", "gys-2004", "--max-distance", "--format", "json"])
-    assert set(data) == {"max_distance_km"}  # type: ignore[arg-type]
+    assert set(data) == {"max_distance_km", "model", "decoy", "block_pulses",  # type: ignore[arg-type]
+                         "finite_key_bound", "optimised", "preset", "parameters"}
     assert 140.0 <= data["max_distance_km"] <= 144.0  # type: ignore[index]
+    assert data["preset"] == "gys-2004"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("args", [
+    ["--preset", "gys-2004", "--distance-km", "0", "50", "100"],
+    ["--distance-km", "10", "80", "--no-optimise"],
+    ["--distance-km", "25", "--block-pulses", "1e10", "--finite-key", "lim2014"],
+])
+def test_each_row_is_recomputed_from_the_inputs_it_prints(args: list[str]) -> None:
+    """The JSON names every input: the preset and each parameter as used at that length
+    (optimised intensities included) give the same rate through the models directly."""
+    from corridor.link.finite_key import finite_key_rate
+    from corridor.link.params import preset
+    from corridor.link.rates import secret_key_rate
+
+    rows = _json(["link", "rate", "--format", "json", *args])
+    for row in rows:  # type: ignore[attr-defined]
+        params = preset(row["preset"]).override(row["parameters"])
+        assert params.fibre.length_km == row["distance_km"]
+        if row["block_pulses"] is None:
+            rate = secret_key_rate(params, row["decoy"])
+        else:
+            rate = finite_key_rate(params, row["block_pulses"], row["finite_key_bound"])
+        assert rate == row["secret_key_rate_bits_per_pulse"]
 
 
 def test_table_output_by_default() -> None:

@@ -198,6 +198,10 @@ def rate_row(params: LinkParameters, length_km: float, decoy: str, block_pulses:
         "secret_key_rate_bits_per_s": rate * src.pulse_rate_hz,
         "plob_bits_per_pulse": plob_finite,
         "plob_bits_per_s": None if plob_finite is None else plob_finite * src.pulse_rate_hz,
+        # Every input of the row (the settings used at this length, optimised or not), so
+        # that anyone can recompute it with their own code.
+        "preset": at.name,
+        "parameters": at.flat(),
     }
 
 
@@ -270,7 +274,12 @@ def rate_command(
             # The bisection stops at 10 m: more digits would be noise.
             value = round(found, 2) if math.isfinite(found) else None
             if output_format is OutputFormat.json:
-                emit_json({"max_distance_km": value})
+                emit_json({"max_distance_km": value, "model": "asymptotic"
+                           if block_pulses is None else "finite-key",
+                           "decoy": decoy_mode, "block_pulses": block_pulses,
+                           "finite_key_bound": None if block_pulses is None else bound,
+                           "optimised": optimise_settings, "preset": params.name,
+                           "parameters": params.flat()})
             else:
                 console.print("maximum distance: " + (
                     f"{value:.2f} km" if value is not None else
