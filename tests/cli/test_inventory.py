@@ -122,8 +122,8 @@ def test_table_and_fail_on(corpus: Path) -> None:
     (["--fail-on", "severe"], "error: --fail-on = 'severe': one of critical, high, medium, "
                               "low"),
     (["--crqc-years", "3"], "error: --crqc-years = 3.0: a number of years from 5 to 30"),
-    (["--policy", "/nonexistent.toml"], "error: --policy = '/nonexistent.toml': a readable "
-                                        "TOML policy file (FileNotFoundError)"),
+    (["--policy", "/nonexistent.toml"], "error: --policy = '/nonexistent.toml': must be an "
+                                        "existing TOML policy file"),
     (["--timeout-s", "0"], "error: --timeout-s = 0.0: a number of seconds in (0, 300]"),
 ])
 def test_bad_options_are_one_line_and_exit_2(corpus: Path, args: list[str], line: str) -> None:
