@@ -25,7 +25,7 @@ def corridor(*args: str) -> subprocess.CompletedProcess[str]:
     (["link", "rate", "--bogus"], ["--bogus"]),
     (["link", "rate", "--format", "xml"], ["--format", "xml"]),
     (["link", "rate", "--preset", "nope"], ["preset", "nope"]),
-    (["link", "rate", "--distance-km", "-3"], ["length_km", "-3"]),
+    (["link", "rate", "--distance-km", "-3"], ["--distance-km", "-3"]),
     (["sae", "get-key"], ["slave_sae_id"]),
 ])
 def test_every_mistake_is_one_line_with_exit_code_2(args: list[str], names: list[str]) -> None:
@@ -51,3 +51,28 @@ def test_no_arguments_prints_help() -> None:
     result = corridor()
     assert "Usage" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["link", "rate", "--distance-km", "10", "20"],
+                                  ["link", "rate", "--distance-km", "10", "--format", "json"]])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(args: list[str]) -> None:
+    """``corridor ... | head``: the pipe closes before the command writes; it ends with
+    the status of SIGPIPE (141) and no traceback, as other command-line tools do."""
+    process = subprocess.Popen([sys.executable, "-m", "corridor", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # long before the command has anything to write
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141, stderr
+    assert stderr == ""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_json_onto_a_full_device_is_one_line() -> None:
+    with open("/dev/full", "w") as full:
+        process = subprocess.run([sys.executable, "-m", "corridor", "link", "rate",
+                                  "--distance-km", "10", "--format", "json"],
+                                 stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert process.returncode == 2
+    assert process.stderr.strip().splitlines() == [
+        "error: standard output cannot be written: No space left on device"]

@@ -8,6 +8,9 @@ into one clean line on stderr (exit code 2) instead of a traceback.
 from __future__ import annotations
 
 import importlib
+import os
+import signal
+import sys
 
 import typer
 from rich.markup import escape
@@ -75,6 +78,13 @@ def main() -> None:
         _stop(" ".join(exc.format_message().split()))
     except typer.Abort:
         raise SystemExit(130) from None
+    except BrokenPipeError:
+        # Whoever read the output left (``corridor ... | head``): nothing more can be
+        # shown, so end quietly, with the status of a command killed by SIGPIPE, as
+        # other command-line tools do (Python's documentation, "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(128 + signal.SIGPIPE) from None
     if isinstance(result, int) and not isinstance(result, bool):
         raise SystemExit(result)  # typer.Exit(code) comes back as its code here
 

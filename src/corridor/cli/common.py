@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ class _Console(Console):
         raise BrokenPipeError
 
 
-console = _Console()
+console = _Console(soft_wrap=True)  # a line printed (a path, a command) is never hard-wrapped
 err_console = _Console(stderr=True, soft_wrap=True)  # an error stays one line
 
 
@@ -81,7 +82,16 @@ def usage_error_line(exc: click_exceptions.UsageError) -> str:
 
 def emit_json(data: Any) -> None:
     """Write ``data`` as JSON to stdout (numpy scalars are converted)."""
-    sys.stdout.write(json.dumps(data, indent=2, default=_default) + "\n")
+    text = json.dumps(data, indent=2, default=_default) + "\n"
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()  # a closed pipe or a full disk shows here, not at exit
+    except BrokenPipeError:
+        # Ends in corridor.cli.main like a closed pipe under the console (status 141).
+        raise BrokenPipeError from None
+    except OSError as exc:
+        raise CorridorError(f"standard output cannot be written: "
+                            f"{os.strerror(exc.errno) if exc.errno else exc}") from None
 
 
 def _default(value: Any) -> Any:
