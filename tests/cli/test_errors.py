@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,12 @@ def test_json_onto_a_full_device_is_one_line() -> None:
     assert process.returncode == 2
     assert process.stderr.strip().splitlines() == [
         "error: standard output cannot be written: No space left on device"]
+
+
+def test_printed_paths_are_never_hard_wrapped_into_a_pipe(tmp_path: Path) -> None:
+    out = tmp_path / ("a-rather-long-directory-name-" * 3) / "pki"
+    process = subprocess.run([sys.executable, "-m", "corridor", "pki", "init", "--out",
+                              str(out), "--kme", "kme-a", "--sae", "s@kme-a"],
+                             capture_output=True, text=True, timeout=120)
+    assert process.returncode == 0, process.stderr
+    assert f"CA certificate: {out / 'ca.pem'}" in process.stdout.splitlines()
