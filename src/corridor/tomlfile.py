@@ -4,8 +4,9 @@
 TOML table: a missing file, a directory, a file that cannot be read, one that is not
 UTF-8 text, one that is not valid TOML. Each becomes a
 :class:`~corridor.errors.ParameterError` naming the option and the path (the CLI prints
-it as one line, exit code 2), never a traceback. Every loader of a user's TOML file
-(corridor files, link parameters, policies) reads through it.
+it as one line, exit code 2), never a traceback. The loaders of corridor files, link
+parameters and the risk and fleet policies read through it (the inventory scan parses
+text it has already read, and the dashboard's map tolerates an unreadable file).
 """
 
 from __future__ import annotations
