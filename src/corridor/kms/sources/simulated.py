@@ -109,7 +109,10 @@ class SimulatedLinkSource:
         block_interval_s: least wall time between two blocks (0: as fast as the CPU
             allows), so that a demo leaves the machine usable.
         max_blocks: stop after this many blocks (None: run until closed).
-        queue_blocks: finished blocks held before the simulation waits for the feeder.
+        queue_blocks: blocks simulated but not yet taken by the feeder (``next_block``)
+            before the simulation waits for it: a feeder that stops taking blocks (full
+            pools) stops the simulation after that many, and those blocks still finish
+            and give their slots back, so a waiting link never holds the others' slots.
         slots: the :class:`BlockSlots` shared with the other simulated links of the
             process (None: this link runs as fast as the scheduler lets it).
 
@@ -145,6 +148,9 @@ class SimulatedLinkSource:
             side: queue.Queue(maxsize=2) for side in SIDES}
         self._out: dict[str, queue.Queue[KeyBlock]] = {
             side: queue.Queue(maxsize=queue_blocks) for side in SIDES}
+        # One permit per block simulated and not yet handed out: at most queue_blocks,
+        # so the parties always find room in ``_out`` and finish every block they start.
+        self._room = threading.Semaphore(queue_blocks)
         self._outcomes: dict[str, PartyOutcome] = {}
         self._threads: list[threading.Thread] = []
         self._next_expected: int | None = None
@@ -174,6 +180,12 @@ class SimulatedLinkSource:
         try:
             while not self._stop.is_set() and any(t.is_alive() for t in self._threads[1:]):
                 if self.max_blocks is not None and produced >= self.max_blocks:
+                    break
+                # Before the slot: a link whose feeder waits holds no slot.
+                while not self._room.acquire(timeout=POLL_S):
+                    if self._stop.is_set():
+                        break
+                if self._stop.is_set():
                     break
                 if self._slots is not None:
                     if not self._slots.acquire(self._stop):
@@ -317,6 +329,7 @@ class SimulatedLinkSource:
             self._pending[SIDE_ALICE] = alice
             return self._session_end()
         self._next_expected = max(alice.block_id, bob.block_id) + 1
+        self._room.release()
         return self._pair(alice, bob)
 
     def _session_end(self) -> SourceBlock | None:
