@@ -269,14 +269,28 @@ def test_status_tells_a_full_pool_from_a_dead_link(tmp_path: Path) -> None:
         with OperatorClient(corridor.nodes["kme-b"].url or "", operator.cert, operator.key,
                             pki.ca_cert, expected_kme_id="kme-b") as ops:
             [seen] = ops.alarms()["links"]
-        assert seen["link_id"] == LINK and seen["state"] in ("pool_full", "dead")
-        # Once the recorded file is used up no block comes any more: the link is dead,
-        # whatever the pools hold.
+        assert seen["link_id"] == LINK and seen["state"] == "pool_full"
+        # The feed is paused, not reading the file on only to drop its blocks: it stays
+        # pool_full (never dead), and the file's last blocks are still unread.
+        deadline = time.monotonic() + 20.0
+        while not corridor.status()["links"][0]["paused_full"]:
+            assert time.monotonic() < deadline, corridor.status()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        [link] = corridor.status()["links"]
+        assert link["state"] == "pool_full" and link["blocks_seen"] == 3
+        # SAEs fetch keys: the feed resumes and takes the rest of the file. Once it is
+        # used up no block comes any more: the link is dead, whatever the pools hold.
+        manager = corridor.nodes["kme-a"].manager
+        assert manager is not None
         deadline = time.monotonic() + 30.0
         while link_state() != "dead":
             assert time.monotonic() < deadline, corridor.status()
-            time.sleep(0.1)
-        assert corridor.status()["links"][0]["stopped_reason"] == "source_finished"
+            if manager.pool_state(LINK, "A->B").available_bytes >= 512:
+                manager.enc_keys("sae-a", "sae-b", number=16)
+            time.sleep(0.05)
+        [link] = corridor.status()["links"]
+        assert link["stopped_reason"] == "source_finished" and link["blocks_seen"] == 6
 
 
 def test_a_pki_from_before_operators_gets_an_operator_certificate(tmp_path: Path) -> None:

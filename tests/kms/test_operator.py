@@ -56,6 +56,14 @@ def test_no_block_for_dead_after_s_or_a_stopped_feed_is_dead() -> None:
     assert state(last_block_age_s=600.0, quarantined=True) == "dead"
 
 
+def test_a_feed_paused_for_full_pools_reads_pool_full_however_old_its_last_block() -> None:
+    assert state(paused_full=True, last_block_age_s=600.0) == "pool_full"
+    assert state(paused_full=True, last_block_age_s=600.0, quarantined=True) == "quarantined"
+    # A stopped feed is dead, paused or not.
+    assert state(paused_full=True, running=False) == "dead"
+    assert state(paused_full=True, stopped_reason="error") == "dead"
+
+
 def test_no_block_yet_is_starting_until_dead_after_s() -> None:
     assert state(blocks_seen=0, last_block_age_s=None, running_for_s=5.0) == "starting"
     assert state(blocks_seen=0, last_block_age_s=None, running_for_s=60.0) == "dead"

@@ -19,6 +19,7 @@ from corridor.kms.alarms import LinkMonitor
 from corridor.kms.config import DIRECTIONS, KmeConfig, SaeDirectory
 from corridor.kms.interface import KeyRequestError, KeysUnavailableError
 from corridor.kms.manager import KeyManager, connect_local
+from corridor.kms.operator import feeder_state
 from corridor.kms.sources.base import SourceBlock
 from corridor.kms.sources.feeder import LinkFeeder
 from corridor.kms.sources.recorded import RecordedKeyFileSource
@@ -228,6 +229,49 @@ def test_a_half_that_does_not_fit_at_either_end_is_kept_by_neither(tmp_path: Pat
     assert outcome == "stored_partly"
     assert _stream_ends(a) == _stream_ends(b) == {"A->B": 1536, "B->A": 1024}
     _exchange(a, b, 4)
+    a.close()
+    b.close()
+
+
+def _wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_full_pools_pause_the_feed_until_there_is_room_and_read_pool_full(
+        tmp_path: Path) -> None:
+    # B's pools hold 40 keys of 32 bytes (1280 bytes): two blocks of 512 bytes per
+    # direction fit, the third is dropped whole and the feed pauses.
+    a, b = _managers(tmp_path, max_key_count_b=40)
+    events = Events()
+    source = ListSource([_key_block(i, 1024) for i in range(20)])
+    feeder = LinkFeeder(source, a, b, _monitor(), events, poll_s=0.02)
+    feeder.start()
+    try:
+        _wait_for(lambda: feeder.stats.paused_full)
+        left = len(source.blocks)
+        time.sleep(0.3)
+        # Paused: no block taken (the old feeder took one every full_backoff_s), the
+        # link reads pool_full even long after its last block, never dead.
+        assert len(source.blocks) == left == 17
+        assert feeder.stats.as_dict()["paused_full"] is True
+        last = feeder.stats.last_block_at_monotonic_s
+        state, age_s = feeder_state(feeder, False, now_s=last + 600.0)
+        assert state == "pool_full" and age_s == pytest.approx(600.0)
+        assert events.names().count("link_feed_paused") == 1
+        assert "link_feed_resumed" not in events.names()
+        # An SAE fetches 16 keys (512 bytes) of A->B: room for one half, the feed resumes,
+        # stores that half, drops the next block whole and pauses again.
+        a.enc_keys("sae-a", "sae-b", number=16)
+        _wait_for(lambda: feeder.stats.pauses_full == 2 and feeder.stats.paused_full)
+        assert len(source.blocks) == 15
+        assert events.names().count("link_feed_resumed") == 1
+        assert _stream_ends(a) == _stream_ends(b) == {"A->B": 1536, "B->A": 1024}
+    finally:
+        feeder.stop(5.0)
+    assert not feeder.stats.paused_full
     a.close()
     b.close()
 
@@ -471,3 +515,27 @@ def test_sources_sharing_one_slot_take_turns_and_give_it_back(managers) -> None:
             source.close()
     stop = threading.Event()
     assert slots.acquire(stop), "a slot was not given back"
+
+
+def test_a_link_whose_feeder_waits_gives_the_shared_slot_to_the_others(managers) -> None:
+    # One slot for two links; nobody takes the first link's blocks (its feeder paused
+    # for full pools). It simulates queue_blocks blocks, finishes them and then waits
+    # without a slot: the second link gets all of its blocks through.
+    from corridor.kms.sources.simulated import BlockSlots
+
+    slots = BlockSlots(1)
+    waiting, served = (SimulatedLinkSource(PARAMS, link_id=LINK, block_pulses=2_000_000,
+                                           rng=RandomSource.seeded(40 + n), slots=slots,
+                                           queue_blocks=2, max_blocks=max_blocks)
+                       for n, max_blocks in ((0, None), (1, 5)))
+    waiting.start(0)
+    try:
+        time.sleep(1.0)   # the waiting link fills what it may hold
+        served.start(0)
+        for _ in range(5):
+            assert served.next_block(120.0) is not None
+        # What the waiting link holds is whole: its blocks come out when asked for.
+        assert waiting.next_block(120.0) is not None
+    finally:
+        waiting.close()
+        served.close()

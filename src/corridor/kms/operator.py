@@ -8,15 +8,17 @@ Link states (:func:`link_state`, first match wins):
 
 - ``dead``: no key can come from the link: its feeder stopped (source exhausted or
   failed), or no block arrived for ``dead_after_s`` (:data:`DEFAULT_LINK_DEAD_AFTER_S`,
-  60 s; since the feeder started when no block ever came). Look at the link itself:
-  the source, the classical channel, the peer site.
+  60 s; since the feeder started when no block ever came) while the feeder was not
+  paused for full pools. Look at the link itself: the source, the classical channel,
+  the peer site.
 - ``quarantined``: blocks arrive but the LinkMonitor keeps them out of the pools (an
   active alarm, :mod:`corridor.kms.alarms`); keys already stored stay deliverable. An
   automatic recovery may lift it; a latched alarm needs ``corridor alarm clear``.
 - ``pool_full``: blocks arrive and pass every check, but the last one was (partly)
   dropped because a pool of the link is at its capacity (``max_key_count``; events
-  ``pool_full``/``link_feed_dropped``). Nothing is wrong with the link: the SAEs are
-  not fetching keys as fast as the link makes them.
+  ``pool_full``/``link_feed_dropped``), or the feeder has paused the link until its
+  pools have room (``link_feed_paused``; however long ago its last block came). Nothing
+  is wrong with the link: the SAEs are not fetching keys as fast as the link makes them.
 - ``starting``: no block yet, and the feeder has run for less than ``dead_after_s``.
 - ``ok``: the last block was stored whole (or aborted/empty without an alarm: a single
   discarded block is not a fault).
@@ -58,12 +60,14 @@ class UnknownLinkError(ParameterError):
 
 def link_state(*, running: bool, stopped_reason: str | None, blocks_seen: int,
                last_block_age_s: float | None, running_for_s: float, quarantined: bool,
-               last_outcome: str | None,
+               last_outcome: str | None, paused_full: bool = False,
                dead_after_s: float = DEFAULT_LINK_DEAD_AFTER_S) -> str:
     """The state of one link (module docstring): ``dead``, ``quarantined``,
     ``pool_full``, ``starting`` or ``ok``."""
     if not running or stopped_reason is not None:
         return STATE_DEAD
+    if paused_full:
+        return STATE_QUARANTINED if quarantined else STATE_POOL_FULL
     if blocks_seen == 0 or last_block_age_s is None:
         if running_for_s >= dead_after_s:
             return STATE_DEAD
@@ -90,6 +94,7 @@ def feeder_state(feeder: Any, quarantined: bool, *, now_s: float | None = None,
                        blocks_seen=stats.blocks_seen, last_block_age_s=age,
                        running_for_s=max(0.0, now - stats.started_at_monotonic_s),
                        quarantined=quarantined, last_outcome=stats.last_outcome,
+                       paused_full=stats.paused_full,
                        dead_after_s=dead_after_s)
     return state, age
 

@@ -76,6 +76,8 @@ class FeederStats:
     started_at_monotonic_s: float = field(default_factory=time.monotonic)
     last_block_at_monotonic_s: float | None = None
     stopped_reason: str | None = None
+    paused_full: bool = False
+    pauses_full: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (no key material is ever held here)."""
@@ -83,7 +85,7 @@ class FeederStats:
             "blocks_seen", "blocks_stored", "blocks_aborted", "blocks_quarantined",
             "halves_dropped_full", "bytes_stored", "secret_bits_produced", "last_block_id",
             "last_qber", "last_key_rate_bits_per_second", "last_outcome", "last_abort_reason",
-            "stopped_reason")}
+            "stopped_reason", "paused_full", "pauses_full")}
 
 
 class FeedError(ParameterError):
@@ -101,8 +103,18 @@ class LinkFeeder:
         events: where the feeder's own events go (``link_feed_dropped``,
             ``link_streams_aligned``, ``link_source_stopped``); usually both KMEs' sinks.
         poll_s: how long one wait for a block lasts before checking for stop.
-        full_backoff_s: pause after a block dropped for capacity, so a full pool does not
-            keep the simulation spinning.
+        full_backoff_s: with one side only, the pause after a block dropped for capacity.
+
+    With both sides here (``corridor up``), a block dropped whole for capacity pauses the
+    feed: no further block is taken from the source until, in some direction, both KMEs
+    have room for a half of that block's size again (checked every ``poll_s``). A
+    simulated source holds a few finished blocks and then waits, so a corridor whose
+    SAEs fetch nothing stops simulating instead of distilling blocks only to drop them.
+    While paused, ``stats.paused_full`` is true and the link reads ``pool_full``, not
+    ``dead`` (:func:`corridor.kms.operator.link_state`); ``link_feed_paused`` and
+    ``link_feed_resumed`` events mark the pause. With one side only the feeder keeps
+    taking blocks after ``full_backoff_s``: the other site's party of a simulated link
+    runs the protocol with this one and must not be left waiting.
     """
 
     def __init__(self, source: KeySource, alice_side: KeyManager | None,
@@ -136,6 +148,8 @@ class LinkFeeder:
         self._lock = threading.Lock()
         self.on_block: Callable[[SourceBlock, str], None] | None = None
         self.error: Exception | None = None
+        # Bytes per direction of the last block dropped whole for capacity.
+        self._dropped_sizes: dict[str, int] = {}
 
     # -- restart -------------------------------------------------------------------------
 
@@ -302,6 +316,7 @@ class LinkFeeder:
                              direction=direction, dropped_bytes=len(halves[direction]),
                              reason="pool_full")
         if not any(fits.values()):
+            self._dropped_sizes = {d: len(h) for d, h in halves.items() if h}
             return "dropped_full"
         meta = self._meta(block)
         done: list[KeyManager] = []
@@ -370,7 +385,10 @@ class LinkFeeder:
                     continue
                 outcome = self.feed(block)
                 if outcome == "dropped_full":
-                    self._stop.wait(self.full_backoff_s)
+                    if len(self.sides) == 2 and self._dropped_sizes:
+                        self._pause_until_room(self._dropped_sizes)
+                    else:
+                        self._stop.wait(self.full_backoff_s)
         except Exception as exc:
             # Fail closed: no further block enters any pool; the operator sees why.
             self.error = exc
@@ -378,6 +396,32 @@ class LinkFeeder:
             self._stopped("error")
             return
         self._stopped("stopped")
+
+    def _has_room(self, sizes: Mapping[str, int]) -> bool:
+        """True when, in some direction, every KME here could take ``sizes[d]`` bytes."""
+        return any(all(m.pool_state(self.link_id, d).available_bytes + size
+                       <= m.config.pool_capacity_bytes for m in self.sides.values())
+                   for d, size in sizes.items())
+
+    def _pause_until_room(self, sizes: Mapping[str, int]) -> None:
+        """Take no block until :meth:`_has_room` (class docstring), or until stopped."""
+        if self._has_room(sizes):
+            return
+        began = time.monotonic()
+        self.stats.paused_full = True
+        self.stats.pauses_full += 1
+        self.events.emit("link_feed_paused", link_id=self.link_id, reason="pool_full")
+        _log.info("key feed of link %s paused: its pools are full", self.link_id)
+        try:
+            while not self._stop.wait(self.poll_s):
+                if self._has_room(sizes):
+                    break
+        finally:
+            self.stats.paused_full = False
+        if not self._stop.is_set():
+            self.events.emit("link_feed_resumed", link_id=self.link_id,
+                             paused_s=round(time.monotonic() - began, 3))
+            _log.info("key feed of link %s resumed", self.link_id)
 
     def _stopped(self, reason: str) -> None:
         if self.stats.stopped_reason is None:
