@@ -14,6 +14,8 @@ from corridor.kms.crypto import load_kek, write_kek_file
 from corridor.kms.pki import init_pki
 
 QBERS = (0.011, 0.012, 0.013, 0.014)  # accepted blocks; one more is discarded
+STORED = 3                            # accepted blocks stored (the fourth: pools full)
+STORED_BYTES = 1024
 DELIVERIES = 3                        # keys_delivered entries of 2 keys each at kme-a
 DECISIONS = (("established", "qkd+pqc", 0), ("degraded", "pqc", 1), ("refused", "none", 1),
              ("established", "qkd+pqc", 2))
@@ -42,13 +44,23 @@ def write_recorded_corridor(workdir: Path) -> Path:
                                   "outcome": "discarded", "reason": "qber_above_threshold",
                                   "qber": 0.12, "secret_bits": 0}))
     for kme, role in (("kme-a", "master"), ("kme-b", "slave")):
+        # Accepted blocks 0..STORED-1 were stored whole, the last accepted one was dropped
+        # for full pools (both halves).
+        stored = [("block_ingested", {"kme_id": kme, "link_id": "link-ab", "block_id": i,
+                                      "length_bytes": STORED_BYTES,
+                                      "accepted_bytes": STORED_BYTES if i < STORED else 0})
+                  for i in range(len(QBERS))]
+        dropped = [("link_feed_dropped", {"link_id": "link-ab", "block_id": STORED,
+                                          "direction": d, "dropped_bytes": STORED_BYTES // 2,
+                                          "reason": "pool_full"}) for d in ("A->B", "B->A")]
         delivered = [("keys_delivered", {"kme_id": kme, "delivery_id": f"d{i}",
                                          "sae_id": "sae-a" if role == "master" else "sae-b",
                                          "role": role, "master_sae_id": "sae-a",
                                          "key_ids": [f"k{i}a", f"k{i}b"], "count": 2,
                                          "size_bits": 256}) for i in range(DELIVERIES)]
         _log(workdir / kme / "audit.jsonl", workdir / kme / "kek.hex",
-             [("kme_started", {"kme_id": kme, "pid": 1}), *blocks, *delivered])
+             [("kme_started", {"kme_id": kme, "pid": 1}), *blocks, *stored, *dropped,
+              *delivered])
     decisions = [("hybrid_decision", {"policy": "any", "inputs": inputs, "outcome": outcome,
                                       "missing": [] if outcome == "established"
                                       else ["qkd:pool_empty"], "session_id": "s1",

@@ -13,7 +13,14 @@ import pytest
 
 from corridor.errors import ParameterError
 from corridor.inventory.evidence import collect_evidence, evidence_html, evidence_pdf, sections
-from tests.inventory.recorded import DECISIONS, DELIVERIES, QBERS, write_recorded_corridor
+from tests.inventory.recorded import (
+    DECISIONS,
+    DELIVERIES,
+    QBERS,
+    STORED,
+    STORED_BYTES,
+    write_recorded_corridor,
+)
 
 
 @pytest.fixture
@@ -26,6 +33,10 @@ def test_pack_answers_every_question_from_the_records(recorded: Path) -> None:
     assert not pack.live
     [link] = pack.links
     assert link["blocks"] == {"accepted": len(QBERS), "discarded": 1}
+    # Accepted is not stored: the last accepted block found the pools full.
+    assert link["blocks_stored"] == STORED < len(QBERS)
+    assert link["key_bits_stored"] == 8 * STORED * STORED_BYTES
+    assert link["halves_dropped_full"] == 2
     assert link["mean_qber"] == pytest.approx((sum(QBERS) + 0.12) / (len(QBERS) + 1))
     assert link["keys_delivered"] == 2 * DELIVERIES
     [session] = pack.sessions
@@ -40,7 +51,7 @@ def test_pack_answers_every_question_from_the_records(recorded: Path) -> None:
     assert hybrid_rotation["generations_established"] == len({g for o, _, g in DECISIONS
                                                               if o != "refused"})
     assert [a["ok"] for a in pack.audits] == [True, True, True]
-    assert {a["entries"] for a in pack.audits} >= {1 + len(QBERS) + 1 + DELIVERIES}
+    assert {a["entries"] for a in pack.audits} >= {1 + 2 * len(QBERS) + 1 + 2 + DELIVERIES}
     assert len(pack.certificates) == 6  # CA, two KMEs, two SAEs, one operator
     assert all(c["days_left"] > 300 for c in pack.certificates)
     assert pack.risk_after is not None and pack.risk_after["assets"] > 0

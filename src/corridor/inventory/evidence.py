@@ -124,13 +124,24 @@ def _links(data: dict[str, Any], kme_entries: dict[str, list[dict[str, Any]]]
         outcomes: Counter[str] = Counter()
         qbers = []
         delivered = 0
-        # link_block events are written by both ends: count them at Alice's KME only.
+        stored_blocks = stored_bytes = dropped_halves = 0
+        # Link events are written at both ends: count them at Alice's KME only. A block
+        # the monitor accepted is stored only where its pools have room: block_ingested
+        # says what was kept, link_feed_dropped each half kept by neither end.
         for entry in kme_entries.get(str(link.get("alice_kme")), []):
             fields = entry.get("fields") or {}
-            if entry.get("event") == "link_block" and fields.get("link_id") == link_id:
+            if fields.get("link_id") != link_id:
+                continue
+            event = entry.get("event")
+            if event == "link_block":
                 outcomes[str(fields.get("outcome"))] += 1
                 if isinstance(fields.get("qber"), int | float):
                     qbers.append(float(fields["qber"]))
+            elif event == "block_ingested" and int(fields.get("accepted_bytes") or 0) > 0:
+                stored_blocks += 1
+                stored_bytes += int(fields["accepted_bytes"])
+            elif event == "link_feed_dropped":
+                dropped_halves += 1
         for kme_id in (link.get("alice_kme"), link.get("bob_kme")):
             for entry in kme_entries.get(str(kme_id), []):
                 fields = entry.get("fields") or {}
@@ -141,7 +152,10 @@ def _links(data: dict[str, Any], kme_entries: dict[str, list[dict[str, Any]]]
                      "by": f"BB84 decoy-state, {link.get('preset')} preset, "
                      f"{link.get('length_km')} km fibre; Wegman-Carter authenticated "
                      "classical channel",
-                     "blocks": dict(outcomes), "mean_qber": (sum(qbers) / len(qbers))
+                     "blocks": dict(outcomes), "blocks_stored": stored_blocks,
+                     "key_bits_stored": 8 * stored_bytes,
+                     "halves_dropped_full": dropped_halves,
+                     "mean_qber": (sum(qbers) / len(qbers))
                      if qbers else None, "keys_delivered": delivered})
     return rows
 
@@ -330,7 +344,9 @@ def sections(pack: EvidencePack) -> list[tuple[str, list[str]]]:
     """The report as (heading, lines of plain text): one source for HTML and PDF."""
     out: list[tuple[str, list[str]]] = []
     lines = [f"{link['link_id']} ({link['ends']}, {link['source']}): {link['by']}. "
-             f"Blocks: {link['blocks'] or 'none recorded'}; mean QBER "
+             f"Blocks judged: {link['blocks'] or 'none recorded'}; stored: "
+             f"{link['blocks_stored']} ({link['key_bits_stored']:,} key bits); halves "
+             f"dropped for full pools: {link['halves_dropped_full']}; mean QBER "
              + (f"{link['mean_qber']:.4f}" if link["mean_qber"] is not None else "-")
              + f"; keys delivered: {link['keys_delivered']}" for link in pack.links]
     lines += [f"live: {a['kme_id']} {a['link_id']} state {a['state']}, alarms "
