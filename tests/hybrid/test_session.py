@@ -99,7 +99,7 @@ def test_qkd_missing_at_the_initiator_is_decided_by_the_policy(policy: str, proc
         assert ki.key == kr.key
         assert ki.record.inputs == ("pqc",) and ki.record.outcome == "degraded"
         assert ki.record.missing == (f"qkd:{reason}",) and ki.record.key_id is None
-        assert kr.record.missing == (f"qkd:peer_{reason}",)
+        assert kr.record.missing == (f"qkd:initiator_{reason}",)
         assert count(rec_a, policy, "pqc", "degraded") == 1
         assert count(rec_b, policy, "pqc", "degraded") == 1
     else:
@@ -123,7 +123,7 @@ def test_qkd_missing_at_the_responder_is_decided_by_both_policies(policy: str,
     if proceeds:
         assert isinstance(ki, SessionKey) and isinstance(kr, SessionKey) and ki.key == kr.key
         assert ki.record.inputs == kr.record.inputs == ("pqc",)
-        assert ki.record.missing == ("qkd:peer_pool_empty",)
+        assert ki.record.missing == ("qkd:responder_pool_empty",)
         assert kr.record.missing == ("qkd:pool_empty",)
         # The key the initiator fetched is not bound: the record says none was used.
         assert ki.record.key_id is None and pool.issued

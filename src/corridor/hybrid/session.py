@@ -215,9 +215,12 @@ def _refusal(decision: Decision) -> HybridSessionError:
     return PqcUnavailable(decision.policy.value, missing.get("pqc", "unknown"))
 
 
-def _peer_reason(reason: str) -> str:
-    """A reason the peer gave, marked as the peer's (and kept a valid reason code)."""
-    return ("peer_" + reason)[:64]
+def _peer_reason(role: str, reason: str) -> str:
+    """A reason the peer gave, marked with the peer's role (``responder_pool_empty``),
+    kept a valid reason code. The role, not ``peer_``: the KME's own reasons already
+    speak of peers (``peer_kme_unreachable`` reached the initiator as
+    ``peer_peer_kme_unreachable``; now ``responder_peer_kme_unreachable``)."""
+    return (f"{role}_{reason}")[:64]
 
 
 def _check_kem_lengths(message_type: str, names: tuple[str, str], values: tuple[bytes, bytes],
@@ -396,7 +399,7 @@ class Initiator(_Handshake):
                                    "must be the HELLO's key_id or empty")
         if hello.key_id and not reply.key_id:
             # The responder could not get the same key: QKD is missing for this session.
-            qkd_key, qkd_missing = None, _peer_reason(reply.qkd_missing)
+            qkd_key, qkd_missing = None, _peer_reason(ROLE_RESPONDER, reply.qkd_missing)
         _check_kem_lengths("REPLY", ("ct1", "ct2"), (reply.ct1, reply.ct2),
                            suite.ciphertext_bytes, suite.name)
         decision = decide(self.policy, qkd_missing=qkd_missing, pqc_missing=self.pqc_missing)
@@ -511,8 +514,9 @@ class Responder(_Handshake):
                 _log.warning("QKD key %s for hybrid session %s -> %s not available: %s",
                              hello.key_id, hello.initiator_sae_id, self.sae_id, exc.reason)
         else:
-            qkd_missing = _peer_reason(hello.qkd_missing)
-        pqc_missing = None if suite.post_quantum else _peer_reason("pqc_disabled")
+            qkd_missing = _peer_reason(ROLE_INITIATOR, hello.qkd_missing)
+        pqc_missing = None if suite.post_quantum else _peer_reason(ROLE_INITIATOR,
+                                                                          "pqc_disabled")
         decision = decide(policy, qkd_missing=qkd_missing, pqc_missing=pqc_missing)
         key_id = qkd_key.key_id if qkd_key else ""
         self._record(decision, context, key_id or None)
