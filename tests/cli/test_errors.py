@@ -27,6 +27,9 @@ def corridor(*args: str) -> subprocess.CompletedProcess[str]:
     (["link", "rate", "--format", "xml"], ["--format", "xml"]),
     (["link", "rate", "--preset", "nope"], ["preset", "nope"]),
     (["link", "rate", "--distance-km", "-3"], ["--distance-km", "-3"]),
+    # typer's coercion of a list of numbers names no value itself.
+    (["link", "rate", "--distance-km", "abc"], ["--distance-km", "'abc'"]),
+    (["link", "run", "--distance-km=ten"], ["--distance-km", "'ten'"]),
     (["sae", "get-key"], ["slave_sae_id"]),
 ])
 def test_every_mistake_is_one_line_with_exit_code_2(args: list[str], names: list[str]) -> None:

@@ -72,12 +72,32 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def usage_error_line(exc: click_exceptions.UsageError) -> str:
-    """One line for an option-parser error: the message and, for a missing or wrong
-    option, the command's ``--help`` to read."""
+def usage_error_line(exc: click_exceptions.UsageError,
+                     argv: list[str] | None = None) -> str:
+    """One line for an option-parser error: the message, the value typed when the
+    parser's message does not quote it (typer's pydantic coercion says "Input should be
+    a valid number" without the value), and the command's ``--help`` to read."""
     message = " ".join(exc.format_message().split())
+    if isinstance(exc, click_exceptions.BadParameter):
+        typed = _typed_values(exc, sys.argv[1:] if argv is None else argv)
+        if typed and not any(repr(value) in message for value in typed):
+            message += f"; got {', '.join(map(repr, typed))}"
     command = exc.ctx.command_path if exc.ctx is not None else "corridor"
     return f"{message} (see '{command} --help')"
+
+
+def _typed_values(exc: click_exceptions.BadParameter, argv: list[str]) -> list[str]:
+    """What followed the failing option on the command line (``--opt V`` or
+    ``--opt=V``), each time it was given."""
+    opts = [opt for opt in getattr(exc.param, "opts", []) if opt.startswith("-")]
+    values = []
+    for i, token in enumerate(argv):
+        for opt in opts:
+            if token == opt and i + 1 < len(argv):
+                values.append(argv[i + 1])
+            elif token.startswith(opt + "="):
+                values.append(token[len(opt) + 1:])
+    return values
 
 
 def emit_json(data: Any) -> None:
