@@ -206,3 +206,7 @@ def test_alarm_from_up_visits_every_kme(deployment, tmp_path: Path) -> None:
     assert [r["cleared"] for r in results] == [True, False]
     line = one_line_error(corridor("alarm", "list", "--from-up", up, "--operator", "nobody"))
     assert "--operator" in line and "nobody" in line
+    # A link no KME holds: the line names it and lists the links there are.
+    line = one_line_error(corridor("alarm", "clear", "link-zz", "--reason", "typo",
+                                   "--from-up", up))
+    assert "LINK_ID" in line and "'link-zz'" in line and line.endswith(LINK_ID)

@@ -170,6 +170,7 @@ def clear_command(
     with handle_errors():
         reason = check_reason(reason, "--reason")
         answers = []
+        known: list[str] = []   # the links of the KMEs that do not hold LINK_ID
         for connection in resolve_connections(kme, cert, key, ca, from_up, operator):
             with _client(connection) as client:
                 try:
@@ -177,8 +178,11 @@ def clear_command(
                 except KmeResponseError as exc:
                     if exc.status_code != 404:  # 404: not a link of that KME
                         raise
+                    known += [str(link.get("link_id")) for link in client.alarms()["links"]
+                              if isinstance(link, dict)]
         if not answers:
-            raise ParameterError("LINK_ID", link_id, "a link of the KMEs asked")
+            raise ParameterError("LINK_ID", link_id, "a link of the KMEs asked: "
+                                 + (", ".join(sorted(set(known))) or "they hold none"))
     if output == OutputFormat.json:
         emit_json({"results": answers})
         return
