@@ -40,7 +40,7 @@ def session_command(
         "--from-up", help="corridor-up.json of a running `corridor up`.")],
     initiator: Annotated[str | None, typer.Option(
         "--initiator", help="Master SAE (gets the QKD key with enc_keys); default: the "
-        "first [[hybrid]] pair's, else the first SAE.")] = None,
+        "first [\\[hybrid]] pair's, else the first SAE.")] = None,
     responder: Annotated[str | None, typer.Option(
         "--responder", help="Slave SAE (gets it by ID with dec_keys).")] = None,
     policy: Annotated[str | None, typer.Option(

@@ -1,0 +1,28 @@
+"""Every help text shows what its source says: Rich markup (which ``--help`` renders)
+must not eat a TOML table name such as ``[[sites]]`` or ``[fibre]``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import typer
+from rich.markup import render
+
+from corridor.cli import app
+
+
+def _help_texts(command: Any, path: str) -> Iterator[tuple[str, str]]:
+    yield path, command.help or ""
+    for param in command.params:
+        yield f"{path} {param.name}", getattr(param, "help", None) or ""
+    for name, sub in (getattr(command, "commands", None) or {}).items():
+        yield from _help_texts(sub, f"{path} {name}")
+
+
+def test_every_bracket_of_a_help_text_survives_its_markup() -> None:
+    texts = list(_help_texts(typer.main.get_command(app), "corridor"))
+    assert len(texts) > 200   # the whole tree was walked
+    eaten = [(where, text) for where, text in texts
+             if render(text).plain.count("[") != text.count("[")]
+    assert eaten == []
