@@ -74,6 +74,11 @@ def test_the_corridor_file_refuses_an_unknown_policy() -> None:
                       "try fewer or smaller keys, or later"), "pool_empty"),
     (KmeResponseError(503, "the slave's KME 'kme-b' is unreachable; nothing was reserved"),
      "peer_kme_unreachable"),
+    (KmeResponseError(503, "the slave's KME 'kme-b' is unreachable: the reservation was "
+                      "not accepted; nothing was delivered"), "peer_kme_unreachable"),
+    (KmeResponseError(503, "the slave's KME 'kme-b' refused the reservation (bytes 0..32 "
+                      "of pool l A->B are not all held by KME kme-b (not yet ingested, "
+                      "dropped, or already cut)); nothing was delivered"), "peer_kme_refused"),
     (KmeResponseError(503, "quota exceeded: 10 keys per minute"), "quota_exceeded"),
     (KmeResponseError(503, "the key store cannot be written now"), "kme_unavailable"),
     (KmeResponseError(400, "one or more keys specified are not found on KME"),

@@ -5,6 +5,7 @@ by uvicorn on 127.0.0.1."""
 from __future__ import annotations
 
 import base64
+import os
 import ssl
 import uuid
 
@@ -392,6 +393,23 @@ def test_13_an_unreachable_peer_kme_is_503_and_nothing_is_delivered(dep) -> None
             peer_kme_id=KME_B))
         dead.close()
         wrong.close()
+
+
+def test_13_a_slave_that_has_not_stored_the_block_yet_refuses_and_the_503_says_so(
+        tmp_path) -> None:
+    # At start-up the master's KME may hold a block its peer has not stored yet: the
+    # peer refuses the reservation. The 503 says refused (with the peer's reason), not
+    # unreachable, and a hybrid session reads it as peer_kme_refused.
+    from corridor.hybrid.qkd import missing_reason
+
+    with two_kme_deployment(tmp_path) as d:
+        d.managers[KME_A].ingest_block(LINK_ID, 1, os.urandom(1024))   # not at KME B
+        with d.client("sae-a") as client, pytest.raises(KmeResponseError) as info:
+            client.get_key("sae-b")
+    assert info.value.status_code == 503
+    assert f"the slave's KME {KME_B!r} refused the reservation" in info.value.message
+    assert "not yet ingested" in info.value.message
+    assert missing_reason(info.value) == "peer_kme_refused"
 
 
 # The rest of the interface -------------------------------------------------------------

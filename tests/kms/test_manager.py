@@ -310,8 +310,12 @@ def test_slave_behind_on_ingestion_refuses_and_master_delivers_nothing(pair_fact
     pair = pair_factory()
     block = os.urandom(512)
     pair.a.ingest_block(LINK, 0, block)  # kme-b has not seen block 0 yet
-    with pytest.raises(KeysUnavailableError):
+    with pytest.raises(KeysUnavailableError) as refused:
         pair.a.enc_keys("a1", "b1")
+    # Refused, not unreachable: the message says so and gives the slave's reason.
+    assert not isinstance(refused.value, PeerUnreachableError)
+    assert "refused the reservation" in refused.value.message
+    assert "not yet ingested" in refused.value.message
     pair.b.ingest_block(LINK, 0, block)
     (key,) = pair.a.enc_keys("a1", "b1")
     assert pair.b.dec_keys("b1", "a1", [key.key_id]) == [key]

@@ -13,6 +13,8 @@ pool_empty             503 "not enough key material" (the link has not made enou
 link_quarantined       the link's monitor quarantined it (``link_check``, where known)
 kme_unreachable        no connection to the KME (refused, timed out, TLS failure)
 peer_kme_unreachable   503: the slave's KME could not be reached by ours
+peer_kme_refused       503: the slave's KME refused the reservation (at start-up: it has
+                       not stored the link's block yet)
 quota_exceeded         503 or 400: the pair's quota (corridor.kms.quota) is spent
 kme_unavailable        any other 503 (storage alarm, ...)
 key_not_found          400 "one or more keys specified are not found on KME" (dec_keys)
@@ -66,8 +68,9 @@ def missing_reason(exc: Exception) -> str:
         if exc.status_code == 503:
             if "not enough key material" in message:
                 return "pool_empty"
-            if "unreachable" in message or "did not accept" in message \
-                    or "no connection" in message:
+            if "refused the reservation" in message:
+                return "peer_kme_refused"
+            if "unreachable" in message or "no connection" in message:
                 return "peer_kme_unreachable"
             return "kme_unavailable"
         if exc.status_code == 401:

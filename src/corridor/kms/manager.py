@@ -164,6 +164,21 @@ def _unreachable_cause(exc: BaseException | None) -> BaseException | None:
     return None
 
 
+def _refusal_reason(exc: BaseException) -> str:
+    """Why the peer KME refused an announcement: its own message (carried in the
+    details over HTTPS), at most 200 characters; public text, never key bytes."""
+    why = type(exc).__name__
+    if isinstance(exc, KeysUnavailableError):
+        why = exc.message
+        for item in exc.details:
+            if isinstance(item, dict) and item.get("message"):
+                why = str(item["message"])
+                break
+    elif isinstance(exc, CorridorError):
+        why = str(exc)
+    return why[:200]
+
+
 def _is_unreachable(exc: BaseException | None) -> bool:
     return _unreachable_cause(exc) is not None
 
@@ -716,10 +731,16 @@ class KeyManager:
                                reason=reason, **batch)
             for _ in group:
                 self._reject("enc_keys", master_sae_id, reason, 503)
-            error = PeerUnreachableError if unreachable else KeysUnavailableError
-            raise error(
-                f"the slave's KME {slave_kme!r} did not accept the reservation; nothing was "
-                "delivered") from exc
+            if unreachable:
+                raise PeerUnreachableError(
+                    f"the slave's KME {slave_kme!r} is unreachable: the reservation was not "
+                    "accepted; nothing was delivered") from exc
+            # Refused, not unreachable (at start-up: the slave has not stored the block
+            # yet); its reason is public text (pool offsets, never key bytes).
+            why = _refusal_reason(exc)
+            raise KeysUnavailableError(
+                f"the slave's KME {slave_kme!r} refused the reservation ({why}); nothing "
+                "was delivered") from exc
         self._record_after("keys_delivered", kme_id=self.kme_id, delivery_id=delivery_id,
                            sae_id=master_sae_id, role="master", master_sae_id=master_sae_id,
                            key_ids=key_ids, count=count, size_bits=size, **batch)
