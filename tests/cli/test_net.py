@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -211,3 +212,14 @@ def test_simulate_bad_input_is_one_line_and_exit_2(args: list[str], expected: st
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_tables_written_into_a_pipe_keep_whole_names() -> None:
+    """``corridor net plan ... | less``: no terminal, no COLUMNS; rich alone would take 80
+    columns and cut the pairs short ("dc-va…")."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    result = subprocess.run([sys.executable, "-m", "corridor", "net", "plan", CITY],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "…" not in result.stdout
+    assert "dc-vault -> oem-backend" in result.stdout   # a pair on one line, whole

@@ -33,7 +33,23 @@ class _Console(Console):
         raise BrokenPipeError
 
 
-console = _Console(soft_wrap=True)  # a line printed (a path, a command) is never hard-wrapped
+#: Width of tables written into a pipe or a file (no terminal, no COLUMNS): rich would
+#: take 80 and cut names short ("dc-va…"), which a reader of ``| less`` or ``> file``
+#: cannot undo. A table takes only the width it needs.
+PIPE_WIDTH = 200
+
+
+def _stdout_width() -> int | None:
+    """None (rich decides) on a terminal or with COLUMNS set; else :data:`PIPE_WIDTH`."""
+    try:
+        terminal = sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    return None if terminal or os.environ.get("COLUMNS") else PIPE_WIDTH
+
+
+# A line printed (a path, a command) is never hard-wrapped.
+console = _Console(soft_wrap=True, width=_stdout_width())
 err_console = _Console(stderr=True, soft_wrap=True)  # an error stays one line
 
 
