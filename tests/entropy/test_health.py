@@ -65,15 +65,19 @@ def test_stuck_source_fails_rct_at_the_cutoff() -> None:
     assert failure is not None and failure.test == "repetition_count"
     assert failure.cutoff == 5 and failure.sample_index == 4
     assert tests.rct_failures == 1 and tests.apt_failures == 0
+    # The longest run counts the samples tested (up to the failure), not the 2048
+    # discarded untested after it.
+    assert tests.longest_run == 5 and tests.samples_tested == 5
 
 
 def test_rct_run_split_over_two_batches_is_caught() -> None:
     tests = HealthTests(6.0)
     head = bytes(range(1, 100)) + bytes([0]) * 3
     assert tests.feed(head) is None
-    failure = tests.feed(bytes([0]) * 2 + bytes(range(1, 50)))
+    failure = tests.feed(bytes([0]) * 2 + bytes(range(1, 50)) + bytes([7]) * 40)
     assert failure is not None and failure.test == "repetition_count"
     assert failure.sample_index == len(head) + 1
+    assert tests.longest_run == 5   # 3 + 2 across the batches; the 40 sevens untested
 
 
 def test_run_one_short_of_the_cutoff_passes() -> None:

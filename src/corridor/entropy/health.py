@@ -147,12 +147,16 @@ class HealthTests:
         if data.size == 0:
             return None
         base = self.samples_tested
+        carried = (self._run_value, self._run_length)
         failure = self._repetition_count(data, base)
         if failure is not None:  # the APT sees only the samples up to the RCT failure
             data = data[:failure.sample_index - base + 1]
         apt = self._adaptive_proportion(data, base)
         if apt is not None:
             failure = apt
+        tested = data if failure is None else data[:failure.sample_index - base + 1]
+        # Over the samples tested only: a stuck source reads C, not the batch's length.
+        self.longest_run = max(self.longest_run, _longest_run(tested, *carried))
         self.samples_tested += int(data.size)
         if failure is not None:
             # samples after the failure are discarded untested
@@ -166,15 +170,7 @@ class HealthTests:
 
     def _repetition_count(self, data: np.ndarray, base: int) -> HealthFailure | None:
         """SP 800-90B section 4.4.1, vectorised over the runs of ``data``."""
-        starts = np.flatnonzero(np.concatenate(([True], data[1:] != data[:-1])))
-        lengths = np.diff(np.append(starts, data.size))
-        if int(data[0]) == self._run_value:  # the run from the previous batch goes on
-            lengths[0] += self._run_length
-            starts_effective = starts.copy()
-            starts_effective[0] -= self._run_length
-        else:
-            starts_effective = starts
-        self.longest_run = max(self.longest_run, int(lengths.max()))
+        starts_effective, lengths = _runs(data, self._run_value, self._run_length)
         self._run_value = int(data[-1])
         self._run_length = int(lengths[-1])
         over = np.flatnonzero(lengths >= self.rct_cutoff)
@@ -229,3 +225,21 @@ class HealthTests:
             "longest_run": self.longest_run,
             "max_window_count": self.max_window_count,
         }
+
+
+def _runs(data: np.ndarray, carried_value: int, carried_length: int
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Where each run of equal samples in ``data`` starts and how long it is; the first
+    continues the previous batch's last run (``carried_value`` repeated
+    ``carried_length`` times), so its start may be negative. ``data`` is not empty."""
+    starts = np.flatnonzero(np.concatenate(([True], data[1:] != data[:-1])))
+    lengths = np.diff(np.append(starts, data.size))
+    if int(data[0]) == carried_value:  # the run from the previous batch goes on
+        lengths[0] += carried_length
+        starts[0] -= carried_length
+    return starts, lengths
+
+
+def _longest_run(data: np.ndarray, carried_value: int, carried_length: int) -> int:
+    """The longest run in ``data`` (continuing the previous batch's, see :func:`_runs`)."""
+    return int(_runs(data, carried_value, carried_length)[1].max()) if data.size else 0
