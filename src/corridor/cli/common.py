@@ -88,14 +88,13 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def usage_error_line(exc: click_exceptions.UsageError,
-                     argv: list[str] | None = None) -> str:
+def usage_error_line(exc: click_exceptions.UsageError) -> str:
     """One line for an option-parser error: the message, the value typed when the
     parser's message does not quote it (typer's pydantic coercion says "Input should be
     a valid number" without the value), and the command's ``--help`` to read."""
     message = " ".join(exc.format_message().split())
     if isinstance(exc, click_exceptions.BadParameter):
-        typed = _typed_values(exc, sys.argv[1:] if argv is None else argv)
+        typed = _typed_values(exc, sys.argv[1:])
         if typed and not any(repr(value) in message for value in typed):
             message += f"; got {', '.join(map(repr, typed))}"
     command = exc.ctx.command_path if exc.ctx is not None else "corridor"

@@ -220,7 +220,7 @@ def _peer_reason(role: str, reason: str) -> str:
     kept a valid reason code. The role, not ``peer_``: the KME's own reasons already
     speak of peers (``peer_kme_unreachable`` reached the initiator as
     ``peer_peer_kme_unreachable``; now ``responder_peer_kme_unreachable``)."""
-    return (f"{role}_{reason}")[:64]
+    return f"{role}_{reason}"[:64]
 
 
 def _check_kem_lengths(message_type: str, names: tuple[str, str], values: tuple[bytes, bytes],
