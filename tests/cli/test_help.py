@@ -26,3 +26,21 @@ def test_every_bracket_of_a_help_text_survives_its_markup() -> None:
     eaten = [(where, text) for where, text in texts
              if render(text).plain.count("[") != text.count("[")]
     assert eaten == []
+
+
+def test_a_group_lists_each_command_with_its_summary_on_one_line() -> None:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["fleet", "--help"], env={"COLUMNS": "220"})
+    assert result.exit_code == 0, result.output
+    # The docstring breaks after "commands on to"; the listing must not.
+    assert "commands on to vehicles (one ML-KEM-768" in result.output
+    listed = [(where, text) for where, text in _short_helps(typer.main.get_command(app),
+                                                            "corridor") if "\n" in text]
+    assert listed == []
+
+
+def _short_helps(command: Any, path: str) -> Iterator[tuple[str, str]]:
+    for name, sub in (getattr(command, "commands", None) or {}).items():
+        yield f"{path} {name}", sub.short_help or sub.help or ""
+        yield from _short_helps(sub, f"{path} {name}")

@@ -8,6 +8,7 @@ into one clean line on stderr (exit code 2) instead of a traceback.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import signal
 import sys
@@ -53,6 +54,24 @@ for _name in _COMMAND_MODULES:
             raise
         continue
     _module.register(app)
+
+
+def _one_line_summaries(application: typer.Typer) -> None:
+    """Give every command its docstring's first paragraph as one line of short help.
+
+    In a group's command list typer keeps the docstring's line breaks (rich markup
+    mode), so a summary broken at 88 columns in the source read "commands on to" /
+    "vehicles" on two lines of ``corridor fleet --help``."""
+    for info in application.registered_commands:
+        text = info.help or inspect.getdoc(info.callback) or ""
+        if info.short_help is None and text:
+            info.short_help = " ".join(text.split("\n\n")[0].split())
+    for group in application.registered_groups:
+        if group.typer_instance is not None:
+            _one_line_summaries(group.typer_instance)
+
+
+_one_line_summaries(app)
 
 
 def _stop(message: str) -> None:
