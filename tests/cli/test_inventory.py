@@ -138,6 +138,15 @@ def test_no_target_is_an_error() -> None:
     assert result.stderr.strip().startswith("error: TARGETS")
 
 
+def test_a_mistyped_path_is_an_error_not_an_empty_passing_scan(corpus: Path) -> None:
+    # A CI gate (--fail-on) must not pass because the path it was given does not exist.
+    result = _corridor("inventory", "scan", str(corpus / "etc"), "/nonexistent/src",
+                       "--fail-on", "low")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: TARGETS = '/nonexistent/src': an existing "
+                                     "file or directory, or host:port")
+
+
 def test_plan_from_a_scan_and_from_json(corpus: Path, tmp_path: Path) -> None:
     markdown = _corridor("inventory", "plan", str(corpus), "--policy", POLICY)
     assert markdown.returncode == 0, markdown.stderr

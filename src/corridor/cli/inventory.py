@@ -57,10 +57,17 @@ LiveOpt = Annotated[bool, typer.Option(
 def _run_scan(targets: list[str], policy_path: Path | None, crqc_years: float | None,
               timeout_s: float, max_file_bytes: int, live: bool) -> tuple[Any, Any, Any, float]:
     from corridor.inventory.risk import assess_all, load_policy
-    from corridor.inventory.scan import ScanOptions, scan
+    from corridor.inventory.scan import ScanOptions, parse_endpoint, scan
 
     if not targets:
         raise ParameterError("TARGETS", None, "at least one file, directory or host:port")
+    for target in targets:
+        # A mistyped path would otherwise be one "skipped" line in a scan that exits 0
+        # (with --fail-on: a CI gate that passes on nothing scanned).
+        path = Path(target)
+        if not (path.exists() or path.is_symlink()) and parse_endpoint(target) is None:
+            raise ParameterError("TARGETS", target,
+                                 "an existing file or directory, or host:port")
     if not 0 < timeout_s <= 300:
         raise ParameterError("--timeout-s", timeout_s, "a number of seconds in (0, 300]")
     if max_file_bytes < 1:
@@ -129,7 +136,8 @@ def scan_command(
     """Find cryptography in files, directories and TLS endpoints; rank it by risk.
 
     Each finding names the file or host:port, the line or field, the algorithm, the key
-    size and how it was found. Items that cannot be read are listed as skipped, with why.
+    size and how it was found. Items that cannot be read are listed as skipped, with why;
+    a target that is neither an existing path nor host:port is refused (exit 2).
     """
     from corridor.inventory.cbom import cbom_json
     from corridor.inventory.report import inventory_json
