@@ -31,6 +31,11 @@ def corridor(*args: str) -> subprocess.CompletedProcess[str]:
     (["link", "rate", "--distance-km", "abc"], ["--distance-km", "'abc'"]),
     (["link", "run", "--distance-km=ten"], ["--distance-km", "'ten'"]),
     (["sae", "get-key"], ["slave_sae_id"]),
+    # A path the system refuses: the path and why, not a traceback.
+    (["pki", "init", "--out", __file__, "--kme", "kme-a"], [__file__, "File exists"]),
+    (["ota", "init", "--dir", __file__], [__file__, "Not a directory"]),
+    (["fleet", "init", "--dir", "unused-fleet", "--depot", "d1", "--vehicle", "v1",
+      "--vehicle", "v1"], ["--vehicle", "distinct"]),
 ])
 def test_every_mistake_is_one_line_with_exit_code_2(args: list[str], names: list[str]) -> None:
     result = corridor(*args)

@@ -76,3 +76,20 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     inventory = _run("pilot", "report", "--from-up", "up.json", "--inventory-before",
                      "inv.json", cwd=tmp_path)
     assert inventory.returncode == 2 and "--inventory-before" in inventory.stderr
+
+
+@pytest.mark.parametrize("period", [["--until", "2020-01-01"],
+                                    ["--since", "2030-01-01T00:00:00Z"]])
+def test_a_period_outside_the_records_is_refused(tmp_path: Path, period: list[str]) -> None:
+    """Not a report whose every KPI reads "not measured" (and a start after its end)."""
+    from tests.inventory.recorded import write_recorded_corridor
+
+    up = write_recorded_corridor(tmp_path / "run")
+    result = _run("pilot", "report", "--from-up", str(up), *period, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: --since/--until = ") and "holds verified audit" in line
+    assert period[1][:4] in line
+    # The records' own period still reports.
+    whole = _run("pilot", "report", "--from-up", str(up), "--format", "json", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr

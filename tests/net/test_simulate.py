@@ -146,7 +146,8 @@ def test_thresholds_and_defaults_are_reported() -> None:
     ({"hours": 0.0}, "--hours"), ({"hours": float("nan")}, "--hours"),
     ({"request_bits": 0}, "--request-bits"), ({"seed": -1}, "--seed"),
     ({"pool_bits": -5.0}, "--pool-bits"), ({"high_fraction": 1.5}, "--high"),
-    ({"low_fraction": 0.6}, "--low"), ({"horizon_s": -1.0}, "--horizon-s"),
+    ({"low_fraction": 0.6}, "--low/--high"), ({"low_fraction": 1.5}, "--low"),
+    ({"horizon_s": -1.0}, "--horizon-s"),
 ])
 def test_bad_settings_name_the_field(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(ParameterError) as caught:

@@ -62,11 +62,22 @@ class OutputFormat(StrEnum):
 
 @contextmanager
 def handle_errors() -> Iterator[None]:
-    """Print a Corridor error as one line on stderr and exit 2, without a traceback."""
+    """Print a Corridor error as one line on stderr and exit 2, without a traceback.
+
+    So is a path the system refuses (``--dir`` naming a file, a directory without
+    write permission): the path and the system's reason, e.g.
+    ``/tmp/x.png/keys: Not a directory``."""
     try:
         yield
     except CorridorError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise SystemExit(2) from None
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as exc:
+        where = exc.filename if exc.filename is not None else "path"
+        reason = exc.strerror or type(exc).__name__
+        err_console.print(f"[bold red]error:[/] {escape(str(where))}: {escape(reason)}",
+                          highlight=False)
         raise SystemExit(2) from None
 
 

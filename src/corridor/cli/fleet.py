@@ -151,6 +151,10 @@ def init_command(
         from corridor.mobility.fleet.keys import init_fleet_dir
         from corridor.mobility.fleet.policy import example_policy
 
+        if len(set(vehicle)) != len(vehicle):
+            raise ParameterError("--vehicle", vehicle, "distinct vehicle IDs")
+        if officer == dispatcher:
+            raise ParameterError("--dispatcher", dispatcher, "a sender other than --officer")
         init_fleet_dir(directory, senders=[officer, dispatcher], vehicles=vehicle,
                        policy_text=example_policy(depot, vehicle, officer=officer,
                                                   dispatcher=dispatcher))

@@ -101,7 +101,11 @@ class SimulationConfig:
         if self.pool_bits is not None:
             _number("--pool-bits", self.pool_bits, 0.0, 1e15, open_low=True)
         _number("--high", self.high_fraction, 0.0, 1.0, open_low=True)
-        _number("--low", self.low_fraction, 0.0, self.high_fraction)
+        _number("--low", self.low_fraction, 0.0, 1.0)
+        if self.low_fraction > self.high_fraction:
+            # Either option may be the one typed: name both and their values.
+            raise ParameterError("--low/--high", f"{self.low_fraction:g}/{self.high_fraction:g}",
+                                 "--low must not exceed --high (defaults 0.1 and 0.5)")
         _number("--horizon-s", self.horizon_s, 0.0, 86_400.0)
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) \
                 or not 2 <= self.samples <= 100_000:

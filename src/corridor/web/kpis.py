@@ -193,6 +193,11 @@ def collect_kpis(up_file: Path, *, since: dt.datetime | None = None,
                     if _in_period(e, since, until)]
     every = [e for entries in kme_entries.values() for e in entries] + decisions
     times = sorted(parse_time(str(e["time"])) for e in every)
+    if not times and (since is not None or until is not None):
+        # A period outside the records would print "not measured" for every KPI.
+        raise ParameterError("--since/--until", f"{since.isoformat() if since else '-'} to "
+                             f"{until.isoformat() if until else '-'}",
+                             "a period that holds verified audit entries of the pilot")
     start = since or (times[0] if times else dt.datetime.now(dt.UTC))
     end = until or (times[-1] if times else start)
     kpis.start, kpis.end = start.isoformat(), end.isoformat()
