@@ -68,6 +68,10 @@ def write_recorded_corridor(workdir: Path) -> Path:
                                       "sae_id": "sae-a", "peer_sae_id": "sae-b"})
                  for outcome, inputs, generation in DECISIONS]
     _log(workdir / "kme-a" / "hybrid-audit.jsonl", workdir / "kme-a" / "kek.hex", decisions)
+    # The responder logs its own decisions (verified, not counted twice).
+    _log(workdir / "kme-b" / "hybrid-audit.jsonl", workdir / "kme-b" / "kek.hex",
+         [(event, {**fields, "role": "responder", "sae_id": "sae-b", "peer_sae_id": "sae-a"})
+          for event, fields in decisions])
     up = {
         "name": "recorded-test", "pid": 1, "started_at": "2026-01-01T00:00:00Z",
         "ca_cert": "pki/ca.pem",
@@ -88,7 +92,11 @@ def write_recorded_corridor(workdir: Path) -> Path:
                              "sides": [{"role": "initiator", "sae_id": "sae-a",
                                         "kme_id": "kme-a",
                                         "audit_log": "kme-a/hybrid-audit.jsonl",
-                                        "kek_file": "kme-a/kek.hex"}]}],
+                                        "kek_file": "kme-a/kek.hex"},
+                                       {"role": "responder", "sae_id": "sae-b",
+                                        "kme_id": "kme-b",
+                                        "audit_log": "kme-b/hybrid-audit.jsonl",
+                                        "kek_file": "kme-b/kek.hex"}]}],
         "rsu_stream": {"centre_sae_id": "sae-a", "rsu_sae_id": "sae-b",
                        "psk_rotation_s": 30.0},
     }

@@ -50,7 +50,7 @@ def test_pack_answers_every_question_from_the_records(recorded: Path) -> None:
     hybrid_rotation = next(r for r in pack.rotation if r["what"].startswith("hybrid"))
     assert hybrid_rotation["generations_established"] == len({g for o, _, g in DECISIONS
                                                               if o != "refused"})
-    assert [a["ok"] for a in pack.audits] == [True, True, True]
+    assert [a["ok"] for a in pack.audits] == [True, True, True, True]
     assert {a["entries"] for a in pack.audits} >= {1 + 2 * len(QBERS) + 1 + 2 + DELIVERIES}
     assert len(pack.certificates) == 6  # CA, two KMEs, two SAEs, one operator
     assert all(c["days_left"] > 300 for c in pack.certificates)
@@ -63,6 +63,21 @@ def test_pack_answers_every_question_from_the_records(recorded: Path) -> None:
         "Fallback when quantum hardware fails, and how often it was taken",
         "How keys are rotated, and where that is logged", "Audit-chain verification",
         "Certificate expiry", "Key-exchange risk before and after"]
+
+
+def test_a_tampered_responder_hybrid_log_is_reported(recorded: Path) -> None:
+    # The responder's decisions are not counted (the initiator's are), but its chain is
+    # verified like every other log corridor-up.json names.
+    log = recorded.parent / "kme-b" / "hybrid-audit.jsonl"
+    lines = log.read_text().splitlines()
+    entry = json.loads(lines[1])
+    entry["fields"]["outcome"] = "established"
+    lines[1] = json.dumps(entry)
+    log.write_text("\n".join(lines) + "\n")
+    pack = collect_evidence(recorded)
+    bad = next(a for a in pack.audits if a["log"] == str(log))
+    assert not bad["ok"] and any("BROKEN" in p for p in pack.problems)
+    assert pack.sessions[0]["decisions"] == len(DECISIONS)
 
 
 def test_a_tampered_log_is_reported_and_not_counted(recorded: Path) -> None:

@@ -187,3 +187,20 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([3.0], 99) == 3.0
     assert percentile([float(v) for v in range(1, 101)], 99) == 99.0
     assert percentile([float(v) for v in range(1, 101)], 50) == 50.0
+
+
+def test_a_tampered_responder_hybrid_log_is_not_intact(tmp_path: Path) -> None:
+    """Every log corridor-up.json names is verified, the responder's hybrid log too
+    (its decisions are counted at the initiator only)."""
+    from tests.inventory.recorded import write_recorded_corridor
+
+    up = write_recorded_corridor(tmp_path / "run")
+    assert collect_kpis(up).chains_ok
+    log = tmp_path / "run" / "kme-b" / "hybrid-audit.jsonl"
+    lines = log.read_text().splitlines()
+    lines[1] = lines[1].replace('"refused"', '"established"').replace('"degraded"',
+                                                                      '"established"')
+    log.write_text("\n".join(lines) + "\n")
+    kpis = collect_kpis(up)
+    assert not kpis.chains_ok
+    assert any(str(log) in p for p in kpis.problems)

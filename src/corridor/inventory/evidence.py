@@ -171,8 +171,7 @@ def _sessions(data: dict[str, Any], base: Path, pack: EvidencePack) -> None:
         qkd_missing: Counter[str] = Counter()
         logs = []
         for side in session.get("sides") or []:
-            if not isinstance(side, dict) or side.get("role") != "initiator" \
-                    or not isinstance(side.get("audit_log"), str):
+            if not isinstance(side, dict) or not isinstance(side.get("audit_log"), str):
                 continue
             log = base / side["audit_log"]
             kek = base / side["kek_file"] if isinstance(side.get("kek_file"), str) else None
@@ -180,7 +179,12 @@ def _sessions(data: dict[str, Any], base: Path, pack: EvidencePack) -> None:
             if not log.is_file():
                 pack.problems.append(f"hybrid audit log {log} missing")
                 continue
-            for entry in _verified_entries(log, kek, pack, f"hybrid decisions {pair}"):
+            initiator = side.get("role") == "initiator"
+            label = f"hybrid decisions {pair}" + ("" if initiator else f" ({side.get('role')})")
+            entries = _verified_entries(log, kek, pack, label)   # every side's chain
+            if not initiator:
+                continue   # each decision is counted once, at the initiator
+            for entry in entries:
                 fields = entry.get("fields") or {}
                 if entry.get("event") != "hybrid_decision":
                     continue

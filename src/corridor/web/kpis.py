@@ -185,12 +185,12 @@ def collect_kpis(up_file: Path, *, since: dt.datetime | None = None,
     decisions: list[dict[str, Any]] = []
     for session in data.get("hybrid_sessions") or []:
         for side in (session.get("sides") or []) if isinstance(session, dict) else []:
-            if isinstance(side, dict) and side.get("role") == "initiator" \
-                    and isinstance(side.get("audit_log"), str):
-                decisions += [e for e in _verified(
-                    base, side["audit_log"], side.get("kek_file"),
-                    f"hybrid decisions {side.get('sae_id')}", kpis)
-                    if _in_period(e, since, until)]
+            if isinstance(side, dict) and isinstance(side.get("audit_log"), str):
+                # Every side's chain is verified; decisions count once, at the initiator.
+                verified = _verified(base, side["audit_log"], side.get("kek_file"),
+                                     f"hybrid decisions {side.get('sae_id')}", kpis)
+                if side.get("role") == "initiator":
+                    decisions += [e for e in verified if _in_period(e, since, until)]
     every = [e for entries in kme_entries.values() for e in entries] + decisions
     times = sorted(parse_time(str(e["time"])) for e in every)
     if not times and (since is not None or until is not None):
