@@ -170,3 +170,14 @@ def test_load_summary_refuses_other_json(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text(json.dumps({"assets": []}))
     with pytest.raises(ParameterError):
         load_summary(tmp_path / "x.json")
+
+
+def test_fail_on_fails_when_a_target_could_not_be_scanned(corpus: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port = sock.getsockname()[1]   # closed again below: nothing listens there
+    result = _corridor("inventory", "scan", str(corpus / "etc" / "wireguard"),
+                       f"127.0.0.1:{port}", "--fail-on", "critical", "--crqc-years", "30")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith(f"fail-on critical: 127.0.0.1:{port} was not scanned")

@@ -162,6 +162,13 @@ def scan_command(
         else:
             _table(assets, result, elapsed)
     if fail_on is not None:
+        # A gate must not pass on a target it could not scan at all (an endpoint that
+        # refused or stalled): that is a failure of the gate, not a clean result.
+        unscanned = [s for s in result.skipped if s.location in (targets or [])]
+        if unscanned:
+            print(f"fail-on {fail_on}: {unscanned[0].location} was not scanned "
+                  f"({unscanned[0].reason})", file=sys.stderr)
+            raise typer.Exit(1)
         above = [a for a in assets if level_at_least(a.level, fail_on)]
         if above:
             print(f"fail-on {fail_on}: {len(above)} asset(s) at {fail_on} or above, "
