@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from corridor.cli.common import OutputFormat, console, emit_json, handle_errors
-from corridor.entropy.health import HealthFailure, HealthTests
+from corridor.entropy.health import APT_WINDOW_NON_BINARY, HealthFailure, HealthTests
 from corridor.entropy.qrng import open_reader
 from corridor.entropy.source import DEFAULT_MIN_ENTROPY_BITS_PER_BYTE
 from corridor.errors import ParameterError
@@ -49,8 +49,10 @@ def run_check(source: str, size_bytes: int, min_entropy_bits_per_byte: float, *,
               ca: Path | None = None, cert: Path | None = None, key: Path | None = None,
               headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
     """Read ``size_bytes`` from ``source`` and health-test them; the report as a dict."""
-    if not 1 <= size_bytes <= MAX_CHECK_BYTES:
-        raise ParameterError("--bytes", size_bytes, f"an integer in 1..{MAX_CHECK_BYTES}")
+    if not APT_WINDOW_NON_BINARY <= size_bytes <= MAX_CHECK_BYTES:
+        # Fewer than one APT window would pass a test that never ran.
+        raise ParameterError("--bytes", size_bytes, f"an integer in {APT_WINDOW_NON_BINARY}.."
+                             f"{MAX_CHECK_BYTES} (at least one APT window)")
     tests = HealthTests(min_entropy_bits_per_byte)
     failures: list[HealthFailure] = []
     reader = open_reader(source, ca=ca, cert=cert, key=key, headers=headers,
