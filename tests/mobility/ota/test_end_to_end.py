@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from securesystemslib.exceptions import UnverifiedSignatureError
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
@@ -86,3 +87,16 @@ def test_director_refuses_manifest_under_another_key(world: World) -> None:
     status, text = world.director.receive("v-001", body)
     assert status == 403 and text.startswith("bad_signature")
     assert world.director.report("v-001") is None
+
+
+def test_a_first_image_that_does_not_boot_says_it_went_back_to_the_factory_image(
+        tmp_path) -> None:
+    from corridor.mobility.ota.errors import OtaRefusal
+    from corridor.mobility.ota.slots import SlotStore
+
+    store = SlotStore(tmp_path / "slots", "telematics-hw")
+    with pytest.raises(OtaRefusal) as refused:
+        store.install(b"a PNG, not firmware", "oem/x.bin", 3)
+    assert "back on the factory image v0" in str(refused.value)
+    assert "None" not in str(refused.value)
+    assert store.installed() == {"target": None, "version": 0}

@@ -78,7 +78,8 @@ class SlotStore:
             state["active"] = previous
             self._save(state)
             raise OtaRefusal(INSTALL_FAILED, f"{target} v{version} did not boot on "
-                             f"{self.hardware_id}: back on {state[previous]['target']} "
+                             f"{self.hardware_id}: back on "
+                             f"{state[previous]['target'] or 'the factory image'} "
                              f"v{state[previous]['version']}")
 
     def rollback(self) -> None:
