@@ -220,13 +220,13 @@ class LinkFeeder:
 
     # -- one block -----------------------------------------------------------------------
 
+    def _room_for(self, direction: str, size: int) -> bool:
+        """True when every KME here could take ``size`` more bytes in ``direction``."""
+        return all(m.pool_state(self.link_id, direction).available_bytes + size
+                   <= m.config.pool_capacity_bytes for m in self.sides.values())
+
     def _fits(self, halves: Mapping[str, bytes]) -> dict[str, bool]:
-        fits = {}
-        for direction, half in halves.items():
-            fits[direction] = bool(half) and all(
-                m.pool_state(self.link_id, direction).available_bytes + len(half)
-                <= m.config.pool_capacity_bytes for m in self.sides.values())
-        return fits
+        return {d: bool(half) and self._room_for(d, len(half)) for d, half in halves.items()}
 
     def feed(self, block: SourceBlock) -> str:
         """Judge and store one block; return its outcome.
@@ -399,9 +399,7 @@ class LinkFeeder:
 
     def _has_room(self, sizes: Mapping[str, int]) -> bool:
         """True when, in some direction, every KME here could take ``sizes[d]`` bytes."""
-        return any(all(m.pool_state(self.link_id, d).available_bytes + size
-                       <= m.config.pool_capacity_bytes for m in self.sides.values())
-                   for d, size in sizes.items())
+        return any(self._room_for(d, size) for d, size in sizes.items())
 
     def _pause_until_room(self, sizes: Mapping[str, int]) -> None:
         """Take no block until :meth:`_has_room` (class docstring), or until stopped."""
