@@ -94,3 +94,72 @@ def test_printed_paths_are_never_hard_wrapped_into_a_pipe(tmp_path: Path) -> Non
                              capture_output=True, text=True, timeout=120)
     assert process.returncode == 0, process.stderr
     assert f"CA certificate: {out / 'ca.pem'}" in process.stdout.splitlines()
+
+
+KEY_ID = "11111111-1111-1111-1111-111111111111"
+PUB_A = "c73jNdvkuoD3yncdxcex4d67dikK3a5MpkQ46PWEKUg="
+PUB_B = "fPAWZktPDI49Yj+BfyV0UeTuJBJJLQcGNuwOvlSRIKQ="
+
+
+def _files(tmp: Path) -> dict[str, str]:
+    """Inputs the cases below refer to by name."""
+    psk_open = tmp / "psk-open.bin"
+    psk_open.write_bytes(bytes(range(100)))
+    psk_open.chmod(0o644)
+    short_key = tmp / "short.b64"
+    short_key.write_text("AAAAAAAAAAAAAAAAAAAAAA==\n")  # 16 bytes
+    key = tmp / "key.b64"
+    key.write_text("A" * 43 + "=\n")  # 32 bytes
+    (tmp / "empty.json").write_text("{}")
+    (tmp / "policy.toml").write_text('name = "a corridor file"\n[[links]]\nid = "x"\n')
+    return {"PSK_OPEN": str(psk_open), "SHORT_KEY": str(short_key), "KEY": str(key),
+            "EMPTY_JSON": str(tmp / "empty.json"), "MISSING": str(tmp / "missing.json"),
+            "POLICY": str(tmp / "policy.toml"), "TMP": str(tmp)}
+
+
+@pytest.mark.parametrize(("args", "names", "internal"), [
+    # A model's field named as the option the user typed (found by name, or mapped).
+    (["pki", "init", "--out", "TMP/pki", "--kme", "a", "--validity-days", "0"],
+     ["--validity-days = 0"], ["validity_days"]),
+    (["link", "run", "--distance-km", "10", "--timeout-s", "-1"],
+     ["--timeout-s = -1.0"], ["channel_timeout_s"]),
+    (["hybrid", "xwing", "keygen", "--seed", "00"], ["--seed"], []),
+    (["inventory", "scan"], ["TARGETS: at least one"], ["None"]),
+    # The pre-shared key is checked before anything runs, and must be private.
+    (["link", "run", "--distance-km", "10", "--psk-file", "PSK_OPEN"],
+     ["--psk-file", "mode 0644", "chmod 600"], ["psk_file"]),
+    (["link", "simulate", "--distance-km", "10", "--pulses", "1e20"],
+     ["--pulses", "'1e20'", "1e15"], []),
+    (["sae", "get-key", "b", "--kme", "http://x", "--cert", "c", "--key", "k", "--ca", "ca"],
+     ["--kme = 'http://x'", "https://"], ["kme_url"]),
+    (["sae", "get-key", "b", "--get", "--additional-slave", "c"],
+     ["--get", "--additional-slave"], ["method"]),
+    (["hybrid", "wireguard", "psk", "-o", "-", "--public-key", PUB_A, "--peer", PUB_A,
+      "--key-file", "KEY", "--key-id", KEY_ID], ["--public-key/--peer"], ["public_keys"]),
+    (["hybrid", "wireguard", "psk", "-o", "-", "--public-key", PUB_A, "--peer", PUB_B,
+      "--key-file", "SHORT_KEY", "--key-id", KEY_ID], ["--key-file", "128 bits"],
+     ["qkd_key"]),
+    (["hybrid", "wireguard", "psk", "-o", "-", "--public-key", PUB_A, "--peer", PUB_B,
+      "--no-qkd"], ["--no-qkd", "--pqc-key-file"], ["inputs"]),
+    (["inventory", "plan", "--inventory", "MISSING"],
+     ["--inventory", "No such file or directory"], ["fields of a finding"]),
+    (["inventory", "plan", "--inventory", "EMPTY_JSON"], ["--inventory", "summary"], []),
+    (["inventory", "scan", "TMP", "--policy", "POLICY"],
+     ["policy key = 'links, name'", "[[systems]]"], ["None"]),
+])
+def test_a_mistake_names_what_the_user_typed(tmp_path: Path, args: list[str],
+                                             names: list[str], internal: list[str]) -> None:
+    files = _files(tmp_path)
+    argv = []
+    for arg in args:
+        for placeholder, value in files.items():
+            arg = arg.replace(placeholder, value)
+        argv.append(arg)
+    result = corridor(*argv)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for name in names:
+        assert name in lines[0], lines[0]
+    for name in internal:
+        assert name not in lines[0], lines[0]

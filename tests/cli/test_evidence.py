@@ -79,6 +79,23 @@ def test_bad_input_is_one_line_exit_2(args: list[str], start: str) -> None:
     assert err.strip().startswith(start) and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(("option", "content", "why"), [
+    ("--before", None, "No such file or directory"),
+    ("--before", "{}", "no summary"),
+    ("--after", "not json", "not JSON"),
+])
+def test_a_bad_inventory_is_named_by_its_option(tmp_path: Path, option: str,
+                                                 content: str | None, why: str) -> None:
+    up = write_recorded_corridor(tmp_path / "run")
+    inventory = tmp_path / "inventory.json"
+    if content is not None:
+        inventory.write_text(content)
+    code, _, err = _run(str(up), option, str(inventory))
+    assert code == 2
+    assert err.strip().startswith(f"error: {option} = '{inventory}'"), err
+    assert why in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_running_corridor_from_up(tmp_path: Path) -> None:

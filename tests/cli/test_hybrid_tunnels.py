@@ -48,10 +48,10 @@ def test_macsec_json_on_stdout_when_asked(tmp_path: Path) -> None:
 
 
 def test_macsec_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
-    for extra, field in ((["--cak-size-bytes", "24"], "cak_size_bytes"),
+    for extra, field in ((["--cak-size-bytes", "24"], "--cak-size-bytes"),
                          (["--format", "ip-macsec"], "--device"),
                          (["--format", "ip-macsec", "--device", "eth0", "--peer-mac", "zz"],
-                          "peer_mac")):
+                          "--peer-mac")):
         result = runner.invoke(app, ["hybrid", "macsec", "export", "--key-file",
                                      str(_key_file(tmp_path)), "--key-id", KEY_ID,
                                      "--output", "-", *extra])

@@ -141,7 +141,7 @@ def test_overrides_from_set_and_toml(tmp_path: Path) -> None:
     (["--preset", "nope"], "preset = 'nope': must be one of " + ", ".join(sorted(PRESETS))),
     (["--block-pulses", "100000000", "--finite-key", "lim"],
      "--finite-key = 'lim': must be one of lim2014, tightened"),
-    (["--decoy", "one-decoy"], "--block-pulses = None: must be given with --decoy one-decoy"),
+    (["--decoy", "one-decoy"], "--block-pulses: must be given with --decoy one-decoy"),
     (["--preset", "boaron-2018", "--decoy", "one-decoy", "--block-pulses", "1e12",
       "--optimise"], "--optimise = True: is not available with --decoy one-decoy"),
     (["--decoy", "one-decoy", "--block-pulses", "1e12"],

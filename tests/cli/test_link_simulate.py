@@ -105,7 +105,7 @@ def test_table_output() -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--attack", "pns", "--attack-fraction", "0.3"], "--attack-fraction"),
-    (["--attack", "intercept-resend", "--attack-fraction", "1.5"], "attack_fraction = 1.5"),
+    (["--attack", "intercept-resend", "--attack-fraction", "1.5"], "--attack-fraction = 1.5"),
     (["--pulses", "0"], "--pulses = 0"),
     (["--block-pulses", "0"], "--block-pulses = 0"),
     (["--distance-km", "-5"], "--distance-km = -5.0"),

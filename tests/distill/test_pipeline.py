@@ -374,6 +374,10 @@ def test_pre_shared_key_from_file(tmp_path: Any) -> None:
     streams = RandomStreams.from_seed(1)
     path = tmp_path / "psk.bin"
     path.write_bytes(bytes(range(200)))
+    path.chmod(0o644)
+    with pytest.raises(ParameterError, match="mode 0644"):  # readable by others
+        pre_shared_key(streams, CONFIG, path)
+    path.chmod(0o600)
     key, source = pre_shared_key(streams, CONFIG, path)
     assert key == bytes(range(200)) and str(path) in source
     derived, source = pre_shared_key(RandomStreams.from_seed(1), CONFIG)

@@ -120,7 +120,7 @@ def test_example_policy_file_loads_and_matches() -> None:
     ({"systems": [{"name": "a", "match": "x"}]}, "systems[0].match"),
     ({"systems": [{"name": "a", "colour": "red"}]}, "systems[0].colour"),
     ({"defaults": {"shelf_life_years": -1}}, "defaults.shelf_life_years"),
-    ({"extra": 1}, "extra")])
+    ({"extra": 1}, "policy key = 'extra'")])
 def test_policy_errors_name_the_field(data: dict, field: str) -> None:
     with pytest.raises(ParameterError) as info:
         parse_policy(data)

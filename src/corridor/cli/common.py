@@ -20,8 +20,10 @@ from corridor.kms.up_file import read_up_file as read_up_file  # re-exported for
 
 try:  # typer >= 0.26 vendors click; older versions raise the click package's exceptions
     from typer._click import exceptions as click_exceptions
+    from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
+    from click import get_current_context  # type: ignore[no-redef]
 
 class _Console(Console):
     """rich's Console, except that a closed pipe raises BrokenPipeError (after
@@ -70,7 +72,7 @@ def handle_errors() -> Iterator[None]:
     try:
         yield
     except CorridorError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(error_line(exc))}", highlight=False)
         raise SystemExit(2) from None
     except (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
             PermissionError) as exc:
@@ -81,16 +83,55 @@ def handle_errors() -> Iterator[None]:
         raise SystemExit(2) from None
 
 
+def error_line(exc: CorridorError) -> str:
+    """The one line printed for ``exc``: a :class:`ParameterError` about a model's
+    field that the running command takes as an option or argument of the same name
+    (``validity_days`` for ``--validity-days``) is named as the user typed it, and a
+    missing value is not shown as ``= None``."""
+    if not isinstance(exc, ParameterError):
+        return str(exc)
+    name = _cli_name(exc.field)
+    if name == exc.field and exc.value is not None:
+        return str(exc)
+    if exc.value is None:  # "--kme: required ...", not "--kme = None: required ..."
+        line = f"{name}: {exc.allowed}"
+        return line + f" ({exc.hint})" if exc.hint else line
+    return str(ParameterError(name, exc.value, exc.allowed, exc.hint))
+
+
+def _cli_name(field: str) -> str:
+    """``field`` as the running command's option (``--validity-days``) or argument
+    (``VEHICLE``) of that name, else ``field`` unchanged."""
+    ctx = get_current_context(silent=True)
+    if ctx is None or not field.isidentifier():
+        return field
+    option = "--" + field.replace("_", "-")
+    for param in ctx.command.params:
+        opts = getattr(param, "opts", [])
+        if option in opts:
+            return option
+        if param.param_type_name == "argument" and param.name == field:
+            return str(getattr(param, "metavar", None) or field.upper())
+    return field
+
+
 @contextmanager
 def as_option(field: str, option: str) -> Iterator[None]:
     """A :class:`ParameterError` about ``field`` (a model's name, ``length_km``) named
     by the option the user typed (``--distance-km``) instead."""
+    with as_options({field: option}):
+        yield
+
+
+@contextmanager
+def as_options(options: dict[str, str]) -> Iterator[None]:
+    """:func:`as_option` for several fields at once."""
     try:
         yield
     except ParameterError as exc:
-        if exc.field != field:
+        if exc.field not in options:
             raise
-        raise ParameterError(option, exc.value, exc.allowed, exc.hint) from None
+        raise ParameterError(options[exc.field], exc.value, exc.allowed, exc.hint) from None
 
 
 def fail(message: str) -> None:

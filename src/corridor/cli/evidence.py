@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from corridor.cli.common import OutputFormat, console, emit_json, handle_errors
+from corridor.cli.common import OutputFormat, as_option, console, emit_json, handle_errors
 from corridor.errors import ParameterError
 
 
@@ -45,6 +45,7 @@ def evidence_command(
         evidence_pdf,
         sections,
     )
+    from corridor.inventory.report import load_assets
 
     with handle_errors():
         if (file is None) == (from_up is None):
@@ -58,6 +59,10 @@ def evidence_command(
         if from_up is not None:
             connections = [(c.kme_id, c.kme_url, c.cert, c.key, c.ca)
                            for c in load_up_operator(from_up, operator)]
+        for option, inventory in (("--before", before), ("--after", after)):
+            if inventory is not None:
+                with as_option("inventory", option):
+                    load_assets(inventory)
         pack = collect_evidence(up_file, connections=connections, before=before, after=after)
         for target, write in ((html, lambda p: p.write_text(evidence_html(pack))),
                               (pdf, lambda p: evidence_pdf(pack, p))):

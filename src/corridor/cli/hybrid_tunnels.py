@@ -24,6 +24,7 @@ import typer
 from corridor.cli.common import (
     AuditKeyFileOpt,
     AuditLogOpt,
+    as_options,
     err_console,
     handle_errors,
     open_decision_audit,
@@ -155,6 +156,11 @@ def _public_key(value: str, field: str) -> str:
     return wireguard.check_public_key(value, field)
 
 
+#: combine_psk's fields as this command's options name them.
+_PSK_OPTIONS = {"qkd_key": "the QKD key (--key-file, --slave-sae or --master-sae)",
+                "public_keys": "--public-key/--peer", "pqc_secret": "--pqc-key-file"}
+
+
 @wireguard_app.command("psk")
 def wireguard_psk_command(
     output: OutputOpt,
@@ -172,6 +178,9 @@ def wireguard_psk_command(
     """Export one WireGuard PSK (wg genpsk form) for 'wg set IFACE peer PUB preshared-key FILE'."""
     with handle_errors():
         pubs = (_public_key(public_key, "--public-key"), _public_key(peer, "--peer"))
+        if no_qkd and pqc_key_file is None:
+            raise ParameterError("--no-qkd", True, "only with --pqc-key-file",
+                                 "without a QKD key the PSK comes from the PQC key alone")
         qkd_key: bytes | None = None
         qkd_key_id: str | None = None
         if not no_qkd:
@@ -183,8 +192,9 @@ def wireguard_psk_command(
             if reason is not None:
                 raise ParameterError("--pqc-key-file", str(pqc_key_file),
                                      "a file holding base64 of 32 bytes", reason)
-        psk = wireguard.combine_psk(qkd_key=qkd_key, key_id=qkd_key_id, pqc_secret=pqc,
-                                    generation=generation, public_keys=pubs)
+        with as_options(_PSK_OPTIONS):
+            psk = wireguard.combine_psk(qkd_key=qkd_key, key_id=qkd_key_id, pqc_secret=pqc,
+                                        generation=generation, public_keys=pubs)
         _write(output, wireguard.encode_psk(psk) + "\n")
 
 

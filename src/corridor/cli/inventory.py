@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from corridor.cli.common import console, emit_json, handle_errors
+from corridor.cli.common import as_option, console, emit_json, handle_errors
 from corridor.errors import ParameterError
 
 inventory_app = typer.Typer(help="Cryptographic inventory: scan, CBOM, risk, migration plan.",
@@ -186,9 +186,10 @@ def _assets_from_json(path: Path, policy_path: Path | None, crqc_years: float | 
     from corridor.inventory.risk import assess_all, load_policy
 
     names = {f.name for f in dataclasses.fields(Finding)}
+    with as_option("inventory", "--inventory"):
+        assets = load_assets(path)
     try:
-        findings = [Finding(**{k: v for k, v in a.items() if k in names})
-                    for a in load_assets(path)]
+        findings = [Finding(**{k: v for k, v in a.items() if k in names}) for a in assets]
     except (TypeError, ValueError):
         raise ParameterError("--inventory", str(path), "assets with the fields of a "
                              "finding (written by `corridor inventory scan --format json`)"

@@ -83,11 +83,31 @@ def parse_override(text: str) -> tuple[str, str]:
     return name, value
 
 
+#: The most pulses one simulated run takes: 11.6 days of a 1 GHz source, days of
+#: computing at any distance here (docs/benchmarks.md); a typo such as 1e20 is refused
+#: at once instead of starting a run that would never end. The closed form
+#: (``link rate``) takes any count.
+MAX_RUN_PULSE_COUNT = 10**15
+
+
 def parse_pulse_count(text: str | int) -> int:
     """Read a pulse count written as an integer or in exponent form (``1e9``)."""
     if isinstance(text, int):  # the default value is passed through the parser too
         return text
-    cleaned = text.strip().replace("_", "")
+    return _whole_number(text, text.strip().replace("_", ""))
+
+
+def parse_run_pulse_count(text: str | int) -> int:
+    """:func:`parse_pulse_count` for a run that simulates every pulse: at most
+    :data:`MAX_RUN_PULSE_COUNT`."""
+    count = parse_pulse_count(text)
+    if count > MAX_RUN_PULSE_COUNT:
+        raise typer.BadParameter(f"{text!r} is more than 1e15 pulses, the most one run "
+                                 "simulates (11.6 days of a 1 GHz source)")
+    return count
+
+
+def _whole_number(text: str, cleaned: str) -> int:
     try:
         return int(cleaned)
     except ValueError:

@@ -37,7 +37,7 @@ from corridor.cli.link import (
     SetOption,
     check_finite_key_option,
     link_parameters_from_options,
-    parse_pulse_count,
+    parse_run_pulse_count,
 )
 from corridor.distill.block import BlockState, KeyBlock
 from corridor.distill.cascade import CASCADE_VARIANTS
@@ -51,6 +51,7 @@ from corridor.distill.pipeline import (
     PartyOutcome,
     distill_link,
     distill_party,
+    read_psk_file,
 )
 from corridor.distill.transport import connect, listen
 from corridor.errors import ParameterError
@@ -203,12 +204,12 @@ def run_command(
     preset: PresetOption = DEFAULT_PRESET,
     config: ConfigOption = None,
     overrides: SetOption = None,
-    pulses: Annotated[int, typer.Option("--pulses", parser=parse_pulse_count, metavar="N",
+    pulses: Annotated[int, typer.Option("--pulses", parser=parse_run_pulse_count, metavar="N",
                                         help="Pulses to send in total (1e9 or 1000000000).")]
     = DEFAULT_BLOCK_PULSES,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the simulation (same seed, "
                                       "same keys).")] = 0,
-    block_pulses: Annotated[int, typer.Option("--block-pulses", parser=parse_pulse_count,
+    block_pulses: Annotated[int, typer.Option("--block-pulses", parser=parse_run_pulse_count,
                                               metavar="B", help="Pulses per key block.")]
     = DEFAULT_BLOCK_PULSES,
     attack: Annotated[AttackOption, typer.Option("--attack", help="Attack on the quantum "
@@ -283,14 +284,12 @@ def run_command(
         settings_named(lambda attribute: "--ldpc-" + attribute.replace("_", "-"),
                        code_bits=ldpc_code_bits, efficiency=ldpc_efficiency,
                        retry_step=ldpc_retry_step)
-        distill_config = DistillConfig.for_link(params, link_id=link_id, cascade_variant=cascade,
-                                                frame_bits=frame_bits,
-                                                reconciliation=reconciliation,
-                                                ldpc_code_bits=ldpc_code_bits,
-                                                ldpc_efficiency=ldpc_efficiency,
-                                                ldpc_retry_step=ldpc_retry_step,
-                                                channel_timeout_s=timeout_s,
-                                                finite_key_bound=bound)
+        with as_option("channel_timeout_s", "--timeout-s"):
+            distill_config = DistillConfig.for_link(
+                params, link_id=link_id, cascade_variant=cascade, frame_bits=frame_bits,
+                reconciliation=reconciliation, ldpc_code_bits=ldpc_code_bits,
+                ldpc_efficiency=ldpc_efficiency, ldpc_retry_step=ldpc_retry_step,
+                channel_timeout_s=timeout_s, finite_key_bound=bound)
         total_blocks = -(-pulses // block_pulses)
         show_progress = not quiet and err_console.is_terminal
         with _ProgressBar(show_progress, total_blocks) as bar:
@@ -327,6 +326,8 @@ def _run_tcp(role: str, listen_at: str | None, peer: str | None, timeout_s: floa
         raise ParameterError("--listen/--peer", listen_at or peer,
                              "give exactly one of --listen HOST:PORT or --peer HOST:PORT "
                              "with --role")
+    if psk_file is not None:
+        read_psk_file(psk_file)  # a bad file is refused here, before the peer waits on us
     if listen_at is not None:
         host, port = parse_host_port("--listen", listen_at)
         endpoint = listen(host, port, timeout_s)

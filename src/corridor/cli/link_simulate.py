@@ -44,7 +44,7 @@ from corridor.cli.link import (
     PresetOption,
     SetOption,
     link_parameters_from_options,
-    parse_pulse_count,
+    parse_run_pulse_count,
 )
 from corridor.errors import ParameterError
 
@@ -116,7 +116,7 @@ def simulate_command(
         "--distance-km", help="Fibre length in km (default: the preset's or the config's).",
         show_default=False)] = None,
     pulses: Annotated[int, typer.Option(
-        "--pulses", parser=parse_pulse_count, metavar="N",
+        "--pulses", parser=parse_run_pulse_count, metavar="N",
         help="Pulses to simulate (1e9 accepted).")] = DEFAULT_PULSES,
     seed: Annotated[int | None, typer.Option(
         "--seed", help="Seed of the PCG64 stream; without it the OS CSPRNG seeds the run.",
@@ -130,7 +130,7 @@ def simulate_command(
         "--attack-fraction", help="Fraction of pulses intercepted by intercept-resend "
         "(default: 1).", show_default=False)] = None,
     block_pulses: Annotated[int, typer.Option(
-        "--block-pulses", parser=parse_pulse_count, metavar="B",
+        "--block-pulses", parser=parse_run_pulse_count, metavar="B",
         help="Pulses per simulated block (bounds the memory).")] = DEFAULT_BLOCK_PULSES,
     output_format: Annotated[OutputFormat, typer.Option(
         "--format", help="table or json.")] = OutputFormat.table,

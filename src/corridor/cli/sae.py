@@ -114,6 +114,9 @@ def resolve_connection(kme: str | None, cert: Path | None, key: Path | None, ca:
         raise ParameterError(missing[0], None,
                              "required (or use --from-up corridor-up.json --sae SAE_ID)")
     assert kme is not None and cert is not None and key is not None and ca is not None
+    if not kme.startswith("https://"):
+        raise ParameterError("--kme", kme, "an https:// URL (https://host:port)",
+                             "ETSI GS QKD 014 runs over TLS only")
     return SaeConnection(kme, cert, key, ca, expect_kme)
 
 
@@ -179,6 +182,9 @@ def get_key_command(
 ) -> None:
     """Get new keys for this SAE (master) to share with SLAVE_SAE_ID."""
     with handle_errors():
+        if get and additional_slave:
+            raise ParameterError("--get", True, "only without --additional-slave",
+                                 "the GET form carries only number and size; drop --get")
         connection = resolve_connection(kme, cert, key, ca, expect_kme, from_up, sae)
         with _client(connection) as client:
             keys = client.get_key(slave_sae_id, number=number, size=size,

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import math
 import queue
+import stat
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -574,16 +575,29 @@ def pre_shared_key(streams: RandomStreams, config: DistillConfig,
     if psk_file is None:
         return (streams.pre_shared_key.bytes(config.auth_pool_bytes),
                 "derived from the simulation seed (simulation only)")
+    return read_psk_file(psk_file), f"read from {psk_file}"
+
+
+def read_psk_file(psk_file: str | Path) -> bytes:
+    """The pre-shared authentication key in ``psk_file``: at least 64 bytes, in a file
+    only its owner can read (ParameterError naming ``psk_file`` otherwise)."""
     path = Path(psk_file)
     try:
+        mode = stat.S_IMODE(path.stat().st_mode)
         data = path.read_bytes()
     except OSError as exc:
         raise ParameterError("psk_file", str(path), "must be a readable file",
-                             type(exc).__name__) from None
+                             exc.strerror or type(exc).__name__) from None
+    if mode & 0o077:
+        # The key that authenticates the classical channel: anyone who can read it can
+        # impersonate either party, so it is refused, as a KEK file is.
+        raise ParameterError("psk_file", str(path),
+                             f"must be private to its owner; it has mode {mode:04o}",
+                             f"run: chmod 600 {path}")
     if len(data) < 64:
         raise ParameterError("psk_file", str(path), "must hold at least 64 bytes of key",
                              f"it holds {len(data)}")
-    return data, f"read from {path}"
+    return data
 
 
 @dataclass

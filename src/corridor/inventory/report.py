@@ -58,8 +58,10 @@ def load_summary(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
+            "not JSON" if isinstance(exc, ValueError) else type(exc).__name__
         raise ParameterError("inventory", str(path), "a readable inventory JSON file",
-                             type(exc).__name__) from None
+                             why) from None
     found = data.get("summary") if isinstance(data, dict) else None
     if not isinstance(found, dict) or not isinstance(found.get("assets"), int) \
             or not isinstance(found.get("by_risk"), dict) \

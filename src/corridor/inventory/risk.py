@@ -130,7 +130,9 @@ def parse_policy(data: dict[str, Any], crqc_years: float | None = None) -> RiskP
     """Validate a parsed policy file (``crqc_years`` overrides the file's)."""
     unknown = set(data) - {"crqc_years", "defaults", "systems"}
     if unknown:
-        raise ParameterError(sorted(unknown)[0], None, "one of crqc_years, defaults, systems")
+        raise ParameterError("policy key", ", ".join(sorted(unknown)),
+                             "only crqc_years, [defaults] and [[systems]] (a risk policy, "
+                             "docs/inventory.md; not a corridor TOML)")
     default = _system("defaults", {"name": "unassigned", **data.get("defaults", {})},
                       SystemPolicy("unassigned"))
     systems = data.get("systems", [])
