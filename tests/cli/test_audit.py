@@ -99,6 +99,23 @@ def test_verify_missing_file_is_a_clean_error(app: typer.Typer, runner: CliRunne
     assert "path" in result.output
 
 
+def test_verify_a_file_that_is_no_audit_log_exits_2(app: typer.Typer, runner: CliRunner,
+                                                    files: tuple[Path, Path],
+                                                    tmp_path: Path) -> None:
+    """The wrong file (a corridor-up.json) is a usage mistake (exit 2), not a broken
+    chain (exit 1); a log whose every line and head were destroyed still reads BROKEN
+    as long as its head file is there."""
+    log_path, kek_file = files
+    other = tmp_path / "corridor-up.json"
+    other.write_text('{"kmes": []}\n')
+    result = runner.invoke(app, ["audit", "verify", str(other), "--kek-file", str(kek_file)])
+    assert result.exit_code == 2, result.output
+    assert "FILE" in result.output and "an audit log" in result.output
+    log_path.write_text("garbage\n")
+    result = runner.invoke(app, ["audit", "verify", str(log_path), "--kek-file", str(kek_file)])
+    assert result.exit_code == 1 and "BROKEN at seq 1" in result.output
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "cef", "syslog"])
 def test_export_writes_one_line_per_entry(app: typer.Typer, runner: CliRunner,
                                           files: tuple[Path, Path], fmt: str) -> None:

@@ -5,6 +5,7 @@ that renders."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +152,17 @@ def test_the_dashboard_listener_and_certificate_are_inventoried(tmp_path: Path) 
     assert any("MLKEM" in f.detail for f in groups)
     certs = [f for f in result.findings if f.location.endswith("dashboard/dashboard/cert.pem")]
     assert certs and {f.algorithm for f in certs} >= {"ECDSA"}
+
+
+def test_live_evidence_of_a_corridor_that_is_not_running_is_refused(tmp_path: Path) -> None:
+    """--from-up with no KME answering must not present the recorded files as live."""
+    up = write_recorded_corridor(tmp_path / "run")
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    missing = tmp_path / "none.pem"
+    with pytest.raises(ParameterError, match="none of its KMEs answered") as info:
+        collect_evidence(up, connections=[("kme-a", f"https://127.0.0.1:{port}", missing,
+                                           missing, missing)], timeout_s=0.5)
+    assert info.value.field == "--from-up"

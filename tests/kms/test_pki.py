@@ -28,6 +28,7 @@ from corridor.kms.pki import (
     Identity,
     add_entity,
     add_operator,
+    check_host_name,
     create_ca,
     identity_from_certificate,
     identity_from_der,
@@ -306,3 +307,19 @@ def test_a_kme_refuses_a_dashboard_certificate_as_a_client(tmp_path: Path) -> No
             dep.raw("dashboard", kme_id=KME_A, role="dashboard") as client, \
             pytest.raises((httpx.ReadError, httpx.ConnectError), match="unsupported certificate"):
         client.get("/api/v1/keys/sae-b/status")
+
+
+@pytest.mark.parametrize("host", ["kme-a.example.com", "localhost", "10.0.0.7", "fe80::1",
+                                  "x" * 63 + ".example"])
+def test_host_names_a_client_can_match_are_accepted(host: str) -> None:
+    assert check_host_name(host) == host
+
+
+@pytest.mark.parametrize("host", ["bad host!", "-x.com", "x-.com", "a..b", "", "x" * 64,
+                                  "under_score.example", "a." * 127 + "b"])
+def test_host_names_no_client_can_match_are_refused(tmp_path, host: str) -> None:
+    with pytest.raises(ParameterError, match="--host"):
+        check_host_name(host)
+    with pytest.raises(ParameterError, match="--host"):
+        init_pki(tmp_path / "pki", ["kme-a"], [], hosts=("localhost", host))
+    assert not (tmp_path / "pki").exists()

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from corridor.cli.common import OutputFormat, console, emit_json, fail, handle_errors
-from corridor.kms.audit import EXPORT_FORMATS, export, verify_audit_log
+from corridor.errors import ParameterError
+from corridor.kms.audit import EXPORT_FORMATS, export, looks_like_audit_log, verify_audit_log
 from corridor.kms.crypto import load_kek
 
 audit_app = typer.Typer(help="The tamper-evident audit log of a KME.", no_args_is_help=True)
@@ -27,12 +28,17 @@ def verify_command(
 ) -> None:
     """Check every entry's MAC, sequence and chain link, and the head file.
 
-    Exit 0 when intact; exit 1 naming the first bad entry and why.
+    Exit 0 when intact; exit 1 naming the first bad entry and why; exit 2 for a file
+    that is no audit log at all (no head file, no line shaped like an entry).
     """
     if (kek_file is None) == (kek_env is None):
         fail("give exactly one of --kek-file F or --kek-env VAR")
     with handle_errors():
         kek = load_kek(kek_file) if kek_file is not None else load_kek(None, str(kek_env))
+        if not looks_like_audit_log(file):
+            raise ParameterError("FILE", str(file), "an audit log (a KME's audit.jsonl or "
+                                 "hybrid-audit.jsonl)", "no head file beside it and no line "
+                                 "is an audit entry")
         result = verify_audit_log(file, kek)
     if output == OutputFormat.json:
         emit_json({"file": str(file), "ok": result.ok, "entries": result.entries,

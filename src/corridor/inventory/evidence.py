@@ -257,10 +257,12 @@ def _live(pack: EvidencePack, connections: list[Connection]) -> None:
     from corridor.kms.client import OperatorClient
     from corridor.kms.tls import client_ssl_context
 
+    answered = 0
     for kme_id, url, cert, key, ca in connections:
         try:
             with OperatorClient(url, cert, key, ca, expected_kme_id=kme_id) as client:
                 answer = client.alarms()
+            answered += 1
             for link in answer.get("links", []):
                 pack.alarms.append({"kme_id": answer.get("kme_id"),
                                     "link_id": link.get("link_id"),
@@ -281,6 +283,12 @@ def _live(pack: EvidencePack, connections: list[Connection]) -> None:
         except Exception as exc:  # a KME that does not answer is a finding, not a crash
             pack.problems.append(f"KME {kme_id or url} did not answer the operator: "
                                  f"{type(exc).__name__}")
+    if connections and not answered:
+        # Evidence of a running corridor from a corridor that is not running would be
+        # the recorded files presented as live: refuse, and say what to run instead.
+        raise ParameterError("--from-up", pack.up_file,
+                             "a running corridor; none of its KMEs answered the operator",
+                             "stopped? then give the file instead: corridor evidence FILE")
 
 
 def collect_evidence(up_file: Path, *, connections: list[Connection] | None = None,

@@ -181,6 +181,19 @@ def _utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def looks_like_audit_log(path: str | Path, *, lines: int = 64) -> bool:
+    """Whether ``path`` is an audit log at all, however damaged: its head file exists,
+    or one of its first ``lines`` lines has an entry's shape. A file that is neither
+    (a corridor-up.json, an inventory) is the wrong file, not a broken chain; an empty
+    file counts as a log (a new one)."""
+    if head_path(Path(path)).exists() or not Path(path).is_file():
+        return True  # (a missing file is verify_audit_log's to report)
+    with open(path, "rb") as handle:
+        first = [handle.readline() for _ in range(lines)]
+    first = [line for line in first if line.strip()]
+    return not first or any(_parse_entry(line) is not None for line in first)
+
+
 def _parse_entry(line: bytes) -> dict[str, Any] | None:
     """The entry on ``line`` if it has the right shape and types, else ``None``."""
     try:

@@ -33,6 +33,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -190,6 +191,25 @@ def create_ca(common_name: str = "Corridor local CA",
         .sign(key, hashes.SHA256())
     )
     return CertificateAuthority(cert, key)
+
+
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_host_name(host: str, field: str = "--host") -> str:
+    """``host`` if it is an IP address or a DNS name a TLS client can match (RFC 1123
+    labels of letters, digits and inner hyphens, at most 253 characters), else
+    :class:`ParameterError`: a certificate for ``bad host!`` matches no connection."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    labels = host.split(".")
+    if not host or len(host) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise ParameterError(field, host, "an IP address or a DNS name (letters, digits, "
+                             "inner hyphens, dot-separated labels of at most 63)")
+    return host
 
 
 def _host_names(hosts: Iterable[str]) -> list[x509.GeneralName]:
@@ -377,6 +397,8 @@ def init_pki(out_dir: Path | str, kme_ids: Sequence[str], saes: Sequence[tuple[s
             raise ParameterError(option, list(names), "distinct names")
     if validity_days < 1:
         raise ParameterError("validity_days", validity_days, "at least 1")
+    for host in hosts:
+        check_host_name(host)
     ca_cert_path, ca_key_path = root / CA_CERT_NAME, root / CA_KEY_NAME
     if (ca_key_path.exists() or ca_cert_path.exists()) and not force:
         raise ParameterError("--out", str(root), "a directory without a CA",
