@@ -134,8 +134,11 @@ class PairPlan:
 
     @property
     def unmet_bits_per_s(self) -> float:
-        """Demand not served."""
-        return max(0.0, self.demand.key_rate_bits_per_s - self.served_bits_per_s)
+        """Demand not served; 0 when the gap is the LP's rounding (below
+        ``_UNMET_TOLERANCE`` of the demand), never a 1e-11 left over."""
+        demand = self.demand.key_rate_bits_per_s
+        gap = demand - self.served_bits_per_s
+        return gap if gap > _UNMET_TOLERANCE * demand else 0.0
 
     @property
     def key_consumed_bits_per_s(self) -> float:
@@ -213,7 +216,7 @@ class Plan:
 
 
 def _has_unmet(pair: PairPlan) -> bool:
-    return pair.unmet_bits_per_s > _UNMET_TOLERANCE * pair.demand.key_rate_bits_per_s
+    return pair.unmet_bits_per_s > 0.0
 
 
 def _link_dict(use: LinkUse) -> dict[str, Any]:
