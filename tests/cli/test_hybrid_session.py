@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -76,6 +78,13 @@ def test_a_policy_other_than_the_responders_is_refused(running: Corridor) -> Non
     assert result.exit_code == 2
     assert "error: policy mismatch for SAE pair ('sae-a', 'sae-b')" in result.output
     assert "Traceback" not in result.output
+    # As a user sees it: the error line alone, not each side's WARNING log line first.
+    process = subprocess.run([sys.executable, "-m", "corridor", "hybrid", "session",
+                              "--from-up", str(running.up_file), "--policy", "pqc-required"],
+                             capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2
+    lines = process.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: policy mismatch"), process.stderr
 
 
 def test_bad_input_is_one_line(tmp_path: Path) -> None:

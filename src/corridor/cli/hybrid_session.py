@@ -68,7 +68,7 @@ def session_command(
         from corridor.hybrid.transport import SocketTransport
         from corridor.logs import configure_logging
 
-        configure_logging("warning", json=False)
+        configure_logging("error", json=False)  # the outcome is the printed record or error line
         up = read_up_file(from_up)
         base = from_up.resolve().parent
         sessions = up.get("hybrid_sessions") or []
@@ -240,7 +240,7 @@ def connect_command(
         from corridor.hybrid.transport import SocketTransport
         from corridor.logs import configure_logging
 
-        configure_logging("warning", json=False)
+        configure_logging("error", json=False)  # the outcome is the printed record or error line
         up = read_up_file(from_up)
         base = from_up.resolve().parent
         host, port = _address(connect, "--connect")
