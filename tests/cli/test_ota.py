@@ -81,8 +81,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
             (("init", "--dir", str(ota)), "--dir"),
             (("release", str(firmware), "--dir", str(ota), "--name", "a.bin", "--version", "1",
               "--hardware-id", "toaster"), "--hardware-id"),
-            (("assign", "c-nope", "--dir", str(ota)), "campaign"),
-            (("vehicle", "v-999", "--dir", str(ota)), "--vehicle"),
+            (("assign", "c-nope", "--dir", str(ota)), "CAMPAIGN"),
+            (("vehicle", "v-999", "--dir", str(ota)), "VEHICLE_ID"),
             (("status", "--dir", str(tmp_path / "none")), "--dir")):
         done = _run(*args)
         assert done.returncode == 2, (args, done.stdout, done.stderr)

@@ -229,6 +229,7 @@ def vehicle_command(
         if not url.startswith("https://"):
             raise ParameterError("--url", url, "an https:// URL")
         ota = _ota(directory)
+        ota.check_vehicle(vehicle_id, "VEHICLE_ID")  # the argument, not --vehicle
         progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                             TransferSpeedColumn(), console=console,
                             disable=output == OutputFormat.json)
