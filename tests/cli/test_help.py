@@ -44,3 +44,23 @@ def _short_helps(command: Any, path: str) -> Iterator[tuple[str, str]]:
     for name, sub in (getattr(command, "commands", None) or {}).items():
         yield f"{path} {name}", sub.short_help or sub.help or ""
         yield from _short_helps(sub, f"{path} {name}")
+
+
+def _command_paths(command: Any, path: list[str]) -> Iterator[list[str]]:
+    yield path
+    for name, sub in (getattr(command, "commands", None) or {}).items():
+        yield from _command_paths(sub, [*path, name])
+
+
+def test_no_help_text_is_cut_short_in_an_80_column_terminal() -> None:
+    """Rich cuts a word longer than its column with '…' (an example path or --set
+    field=value) and the reader cannot get it back: help texts use words that fit."""
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    cut = []
+    for path in _command_paths(typer.main.get_command(app), []):
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, (path, result.output)
+        cut += [(" ".join(path), line) for line in result.output.splitlines() if "…" in line]
+    assert cut == []

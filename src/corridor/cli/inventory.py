@@ -41,7 +41,8 @@ class PlanFormat(StrEnum):
 TargetsArg = Annotated[list[str] | None, typer.Argument(
     help="Files, directories and host:port TLS endpoints to scan.", show_default=False)]
 PolicyOpt = Annotated[Path | None, typer.Option(
-    "--policy", help="Policy file mapping systems to scores (examples/inventory-policy.toml).")]
+    "--policy", help="Policy file mapping systems to scores (see the example "
+    "inventory-policy.toml in examples/).")]
 CrqcOpt = Annotated[float | None, typer.Option(
     "--crqc-years", help="Years to a cryptographically relevant quantum computer, z in "
     "Mosca's x + y > z (default 15, range 5 to 30).")]

@@ -56,7 +56,8 @@ ConfigOption = Annotated[Path | None, typer.Option(
     "--config", help="TOML file of overrides: preset key, fields, "
     "\\[fibre], \\[source], \\[detector], \\[protocol] tables.")]
 SetOption = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override one field, e.g. --set attenuation_db_per_km=0.18 (repeatable).")]
+    "--set", help="Override one field, e.g. --set length_km=25 or --set dead_time_s=0 "
+    "(repeatable).")]
 #: Names of the finite-key bounds (corridor.link.finite_key.FINITE_KEY_BOUNDS, which
 #: this module does not import at start-up: it pulls in the models).
 FINITE_KEY_CHOICES = ("lim2014", "tightened")
