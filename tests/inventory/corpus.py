@@ -459,10 +459,20 @@ def score(expected: list[Expected], findings: list[Finding]
 
 
 def _main() -> None:  # pragma: no cover - the figure of docs/inventory.md
+    """Score a scan of the corpus (the table of docs/inventory.md); with ``--keep DIR``
+    write the corpus's files into DIR and keep them, for the worked example there."""
+    import sys
     import tempfile
 
     from corridor.inventory.scan import ScanOptions, scan
     from tests.inventory.tls_servers import running_servers
+
+    if sys.argv[1:2] == ["--keep"] and len(sys.argv) == 3:
+        kept = Path(sys.argv[2])
+        findings = build_corpus(kept)
+        print(f"{kept}: the corpus's files, {len(findings)} expected findings "
+              "(its TLS servers run only while scoring)")
+        return
 
     with tempfile.TemporaryDirectory() as tmp, running_servers(Path(tmp) / "tls") as servers:
         expected = build_corpus(Path(tmp) / "corpus")
