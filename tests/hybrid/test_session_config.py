@@ -79,6 +79,13 @@ def test_the_corridor_file_refuses_an_unknown_policy() -> None:
     (KmeResponseError(503, "the slave's KME 'kme-b' refused the reservation (bytes 0..32 "
                       "of pool l A->B are not all held by KME kme-b (not yet ingested, "
                       "dropped, or already cut)); nothing was delivered"), "peer_kme_refused"),
+    # A relayed pair at start-up: the message lists "KMEs unreachable" among the causes.
+    (KmeResponseError(503, "no usable relay path from KME 'kme-a' to KME 'kme-c' now "
+                      "(links quarantined, KMEs unreachable, a pool on the path short of "
+                      "key, or too few disjoint paths for the pair's policy); nothing was "
+                      "reserved"), "no_relay_path"),
+    (KmeResponseError(503, "the key could not be relayed to KME 'kme-c': KME 'kme-b' did "
+                      "not answer (timeout); nothing was delivered"), "relay_failed"),
     (KmeResponseError(503, "quota exceeded: 10 keys per minute"), "quota_exceeded"),
     (KmeResponseError(503, "the key store cannot be written now"), "kme_unavailable"),
     (KmeResponseError(400, "one or more keys specified are not found on KME"),

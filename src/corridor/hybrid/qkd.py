@@ -15,6 +15,10 @@ kme_unreachable        no connection to the KME (refused, timed out, TLS failure
 peer_kme_unreachable   503: the slave's KME could not be reached by ours
 peer_kme_refused       503: the slave's KME refused the reservation (at start-up: it has
                        not stored the link's block yet)
+no_relay_path          503: no usable relay path to the slave's KME over trusted nodes now
+                       (a pool on the path short of key, at start-up; links quarantined;
+                       KMEs unreachable)
+relay_failed           503: a relay over trusted nodes was tried and failed
 quota_exceeded         503 or 400: the pair's quota (corridor.kms.quota) is spent
 kme_unavailable        any other 503 (storage alarm, ...)
 key_not_found          400 "one or more keys specified are not found on KME" (dec_keys)
@@ -68,6 +72,12 @@ def missing_reason(exc: Exception) -> str:
         if exc.status_code == 503:
             if "not enough key material" in message:
                 return "pool_empty"
+            if "no usable relay path" in message:
+                # Its text lists the possible causes, "KMEs unreachable" among them: the
+                # start-up state (empty pools on the path) must not read as an outage.
+                return "no_relay_path"
+            if "could not be relayed" in message:
+                return "relay_failed"
             if "refused the reservation" in message:
                 return "peer_kme_refused"
             if "unreachable" in message or "no connection" in message:
