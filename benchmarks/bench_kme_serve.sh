@@ -78,12 +78,30 @@ per_request() {  # CPU ms per answered request from tlsload's JSON and clock tic
   "$py" -c "import json,sys; d=json.loads(sys.argv[1]); n=d['requests']
 print(round(int(sys.argv[2]) * 1000 / int(sys.argv[3]) / n, 3) if n else 'n/a')" "$1" "$2" "$ticks"
 }
+# PROFILE_DIR=DIR (with py-spy: pip install py-spy; PYSPY names it when it is not on
+# PATH) also samples both KMEs during each phase, wall clock and idle threads included,
+# into DIR/<phase>-kme-a.txt and -kme-b.txt (py-spy's raw stacks);
+# benchmarks/pyspy_split.py sums them up.
+profile() {
+  [ -n "${PROFILE_DIR:-}" ] || return 0
+  local spy=${PYSPY:-py-spy}
+  command -v "$spy" > /dev/null || { echo "PROFILE_DIR: $spy not found" >&2; exit 2; }
+  mkdir -p "$PROFILE_DIR"
+  local name; name=$(echo "$1" | tr -c 'a-z0-9=\n' '-')
+  for side in a b; do
+    local pid_var="pid_$side"
+    "$spy" record -p "${!pid_var}" -r 200 -d "$((seconds + 1))" --idle -f raw \
+      -o "$PROFILE_DIR/$name-kme-$side.txt" > /dev/null 2>&1 &
+  done
+}
 phase() {
   local label=$1; shift
   local a0 b0 a1 b1 out
+  profile "$label"
   a0=$(cpu $pid_a); b0=$(cpu $pid_b)
   out=$("$tmp/tlsload" -p "$port_a" -d "$seconds" -w 2 "$@" "${auth[@]}")
   a1=$(cpu $pid_a); b1=$(cpu $pid_b)
+  if [ -n "${PROFILE_DIR:-}" ]; then sleep 3; fi  # py-spy writes its file
   echo "$label | $out | kme_a_cpu_ms_per_request=$(per_request "$out" $(( a1 - a0 )))" \
     "kme_b_cpu_ms_per_request=$(per_request "$out" $(( b1 - b0 )))" \
     "load=$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$tmp/phases.txt"
