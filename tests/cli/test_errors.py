@@ -99,6 +99,8 @@ def test_printed_paths_are_never_hard_wrapped_into_a_pipe(tmp_path: Path) -> Non
 KEY_ID = "11111111-1111-1111-1111-111111111111"
 PUB_A = "c73jNdvkuoD3yncdxcex4d67dikK3a5MpkQ46PWEKUg="
 PUB_B = "fPAWZktPDI49Yj+BfyV0UeTuJBJJLQcGNuwOvlSRIKQ="
+KME = ["--slave-sae", "sae-b", "--kme", "https://127.0.0.1:1", "--cert", "TMP/c.pem",
+       "--key", "TMP/k.pem", "--ca", "TMP/ca.pem"]
 
 
 def _files(tmp: Path) -> dict[str, str]:
@@ -141,6 +143,16 @@ def _files(tmp: Path) -> dict[str, str]:
      ["qkd_key"]),
     (["hybrid", "wireguard", "psk", "-o", "-", "--public-key", PUB_A, "--peer", PUB_B,
       "--no-qkd"], ["--no-qkd", "--pqc-key-file"], ["inputs"]),
+    # A mistake in the other options is found before a key is taken from the KME (none
+    # answers at port 1: the KME would be asked first if it were not).
+    (["hybrid", "wireguard", "psk", "-o", "-", "--public-key", PUB_A, "--peer", PUB_A,
+      *KME], ["--public-key/--peer"], ["--ca =", "cannot reach"]),
+    (["hybrid", "wireguard", "psk", "-o", "TMP/no/such/dir/psk", "--public-key", PUB_A,
+      "--peer", PUB_B, *KME], ["--output", "existing directory"], ["--ca ="]),
+    (["hybrid", "macsec", "export", "-o", "-", "--cak-size-bytes", "20", *KME],
+     ["--cak-size-bytes = 20"], ["--ca =", "cannot reach"]),
+    (["hybrid", "macsec", "export", "-o", "-", "--cipher", "foo", *KME], ["--cipher = "],
+     ["--ca ="]),
     (["inventory", "plan", "--inventory", "MISSING"],
      ["--inventory", "No such file or directory"], ["fields of a finding"]),
     (["inventory", "plan", "--inventory", "EMPTY_JSON"], ["--inventory", "summary"], []),

@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -135,21 +136,37 @@ def macsec_export_command(
         if output_format is MacsecFormat.ip_macsec and (device is None or peer_mac is None):
             raise ParameterError("--device" if device is None else "--peer-mac", None,
                                  "required with --format ip-macsec")
-        qkd_key, qkd_key_id = _qkd_key(key_file, key_id, slave_sae, master_sae, size_bits,
-                                       kme, cert, key, ca, expect_kme, from_up, sae)
-        if output_format is MacsecFormat.ip_macsec:
-            assert device is not None and peer_mac is not None
-            sak = macsec.derive_static_sak(qkd_key, qkd_key_id, generation=generation,
-                                           cipher=cipher)
-            text = macsec.ip_macsec_script(sak, device=device, peer_mac=peer_mac,
-                                           macsec_device=macsec_device)
-        else:
+        if output_format is not MacsecFormat.ip_macsec and cipher != "gcm-aes-256":
+            raise ParameterError("--cipher", cipher, "only with --format ip-macsec")
+
+        def export(qkd_key: bytes, qkd_key_id: str) -> str:
+            if output_format is MacsecFormat.ip_macsec:
+                assert device is not None and peer_mac is not None
+                sak = macsec.derive_static_sak(qkd_key, qkd_key_id, generation=generation,
+                                               cipher=cipher)
+                return macsec.ip_macsec_script(sak, device=device, peer_mac=peer_mac,
+                                               macsec_device=macsec_device)
             keys = macsec.derive_mka(qkd_key, qkd_key_id, generation=generation,
                                      cak_size_bytes=cak_size_bytes)
-            text = (macsec.wpa_supplicant_conf(keys, mka_priority=mka_priority)
+            return (macsec.wpa_supplicant_conf(keys, mka_priority=mka_priority)
                     if output_format is MacsecFormat.wpa_supplicant
                     else macsec.export_json(keys=keys))
-        _write(output, text)
+
+        _rehearse(export, output, size_bits if key_file is None else None)
+        _write(output, export(*_qkd_key(key_file, key_id, slave_sae, master_sae, size_bits,
+                                        kme, cert, key, ca, expect_kme, from_up, sae)))
+
+
+def _rehearse(export: Callable[[bytes, str], str], output: str, size_bits: int | None
+              ) -> None:
+    """Check ``output``'s folder and, for a key the KME will hand out (``size_bits``),
+    run ``export`` on a stand-in key of that size: a mistake in the other options is
+    reported before a key is taken from the KME (a key taken is gone from the pool,
+    whatever happens next)."""
+    if output != "-" and not Path(output).resolve().parent.is_dir():
+        raise ParameterError("--output", output, "a file in an existing directory, or '-'")
+    if size_bits is not None and size_bits >= 8:
+        export(bytes(size_bits // 8), "00000000-0000-4000-8000-000000000000")
 
 
 def _public_key(value: str, field: str) -> str:
@@ -181,21 +198,26 @@ def wireguard_psk_command(
         if no_qkd and pqc_key_file is None:
             raise ParameterError("--no-qkd", True, "only with --pqc-key-file",
                                  "without a QKD key the PSK comes from the PQC key alone")
-        qkd_key: bytes | None = None
-        qkd_key_id: str | None = None
-        if not no_qkd:
-            qkd_key, qkd_key_id = _qkd_key(key_file, key_id, slave_sae, master_sae, size_bits,
-                                           kme, cert, key, ca, expect_kme, from_up, sae)
         pqc: bytes | None = None
         if pqc_key_file is not None:
             pqc, reason = wireguard.read_pqc_secret(pqc_key_file)
             if reason is not None:
                 raise ParameterError("--pqc-key-file", str(pqc_key_file),
                                      "a file holding base64 of 32 bytes", reason)
-        with as_options(_PSK_OPTIONS):
-            psk = wireguard.combine_psk(qkd_key=qkd_key, key_id=qkd_key_id, pqc_secret=pqc,
-                                        generation=generation, public_keys=pubs)
-        _write(output, wireguard.encode_psk(psk) + "\n")
+
+        def export(qkd_key: bytes | None, qkd_key_id: str | None) -> str:
+            with as_options(_PSK_OPTIONS):
+                psk = wireguard.combine_psk(qkd_key=qkd_key, key_id=qkd_key_id,
+                                            pqc_secret=pqc, generation=generation,
+                                            public_keys=pubs)
+            return wireguard.encode_psk(psk) + "\n"
+
+        if no_qkd:
+            _write(output, export(None, None))
+            return
+        _rehearse(export, output, size_bits if key_file is None else None)
+        _write(output, export(*_qkd_key(key_file, key_id, slave_sae, master_sae, size_bits,
+                                        kme, cert, key, ca, expect_kme, from_up, sae)))
 
 
 def _address(value: str, field: str) -> tuple[str, int]:
