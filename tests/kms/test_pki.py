@@ -323,3 +323,11 @@ def test_host_names_no_client_can_match_are_refused(tmp_path, host: str) -> None
     with pytest.raises(ParameterError, match="--host"):
         init_pki(tmp_path / "pki", ["kme-a"], [], hosts=("localhost", host))
     assert not (tmp_path / "pki").exists()
+
+
+@pytest.mark.parametrize("days", [0, 36_501, 99_999_999])
+def test_a_validity_the_calendar_cannot_hold_is_refused(tmp_path, days: int) -> None:
+    """99999999 days overflowed Python's datetime into a traceback."""
+    with pytest.raises(ParameterError, match="validity_days"):
+        init_pki(tmp_path / "pki", ["kme-a"], [], validity_days=days)
+    assert not (tmp_path / "pki").exists()

@@ -150,11 +150,20 @@ def init_command(
     with handle_errors():
         from corridor.mobility.fleet.keys import init_fleet_dir
         from corridor.mobility.fleet.policy import example_policy
+        from corridor.mobility.fleet.wire import check_fleet_id
 
         if len(set(vehicle)) != len(vehicle):
             raise ParameterError("--vehicle", vehicle, "distinct vehicle IDs")
         if officer == dispatcher:
             raise ParameterError("--dispatcher", dispatcher, "a sender other than --officer")
+        check_fleet_id("--depot", depot)
+        for option, name in (("--vehicle", v) for v in vehicle):
+            if name == depot:
+                raise ParameterError(option, name, "an ID other than --depot's")
+        for option, name in (("--officer", officer), ("--dispatcher", dispatcher)):
+            if name == depot or name in vehicle:
+                raise ParameterError(option, name, "an ID other than the depot's and the "
+                                     "vehicles'")
         init_fleet_dir(directory, senders=[officer, dispatcher], vehicles=vehicle,
                        policy_text=example_policy(depot, vehicle, officer=officer,
                                                   dispatcher=dispatcher))

@@ -193,6 +193,10 @@ def create_ca(common_name: str = "Corridor local CA",
     return CertificateAuthority(cert, key)
 
 
+#: Longest certificate lifetime ``init_pki`` issues: 100 years (a far larger count
+#: overflows the calendar: Python's datetime ends at the year 9999).
+MAX_VALIDITY_DAYS = 36_500
+
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
@@ -395,8 +399,9 @@ def init_pki(out_dir: Path | str, kme_ids: Sequence[str], saes: Sequence[tuple[s
                                      f"at most {MAX_OPERATOR_NAME_CHARS} characters")
         if len(set(names)) != len(names):
             raise ParameterError(option, list(names), "distinct names")
-    if validity_days < 1:
-        raise ParameterError("validity_days", validity_days, "at least 1")
+    if not 1 <= validity_days <= MAX_VALIDITY_DAYS:
+        raise ParameterError("validity_days", validity_days,
+                             f"from 1 to {MAX_VALIDITY_DAYS} (100 years)")
     for host in hosts:
         check_host_name(host)
     ca_cert_path, ca_key_path = root / CA_CERT_NAME, root / CA_KEY_NAME

@@ -57,6 +57,10 @@ def test_init_and_one_line_errors(tmp_path: Path) -> None:
     for args, message in [
         (["fleet", "init", "--dir", str(fleet), "--depot", "d", "--vehicle", "v"],
          "public.json exists"),
+        (["fleet", "init", "--dir", str(tmp_path / "f2"), "--depot", "bad id",
+          "--vehicle", "v"], "--depot = 'bad id'"),
+        (["fleet", "init", "--dir", str(tmp_path / "f2"), "--depot", "d", "--vehicle", "v",
+          "--officer", "d"], "--officer = 'd'"),
         (["fleet", "send", "v-1", "self-destruct", "--sender", "alice", "--dir", str(fleet)],
          "COMMAND_TYPE = 'self-destruct'"),
         (["fleet", "send", "v-9", "immobilise", "--sender", "alice", "--dir", str(fleet)],
