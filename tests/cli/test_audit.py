@@ -96,7 +96,7 @@ def test_verify_missing_file_is_a_clean_error(app: typer.Typer, runner: CliRunne
     result = runner.invoke(app, ["audit", "verify", str(tmp_path / "nope.jsonl"),
                                  "--kek-file", str(files[1])])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "path" in result.output
+    assert "FILE" in result.output
 
 
 def test_verify_a_file_that_is_no_audit_log_exits_2(app: typer.Typer, runner: CliRunner,

@@ -169,7 +169,7 @@ def test_a_config_that_is_no_text_file_gets_one_clean_line(tmp_path: Path, kind:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     message = " ".join(result.stderr.split())
-    assert f"config file = '{config}': must be a" in message
+    assert f"--config = '{config}': must be a" in message
     assert ("not a directory" if kind == "directory" else "UTF-8") in message
 
 

@@ -258,9 +258,9 @@ def test_bad_kek_is_refused_without_showing_it(tmp_path: Path, kek: object) -> N
 
 
 def test_missing_file_is_a_parameter_error(tmp_path: Path) -> None:
-    with pytest.raises(ParameterError, match="path"):
+    with pytest.raises(ParameterError, match="FILE"):
         verify_audit_log(tmp_path / "none.jsonl", KEK)
-    with pytest.raises(ParameterError, match="path"):
+    with pytest.raises(ParameterError, match="FILE"):
         list(export(tmp_path / "none.jsonl", "cef"))
 
 

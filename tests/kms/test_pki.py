@@ -117,10 +117,10 @@ def test_an_existing_ca_is_kept_unless_forced(layout) -> None:
 
 @pytest.mark.parametrize(("kmes", "saes", "field"), [
     ([], [], "--kme"),
-    (["kme a"], [], "kme_id"),
+    (["kme a"], [], "--kme"),
     (["kme-a", "kme-a"], [], "--kme"),
     (["kme-a"], [("sae-a", "kme-z")], "--sae"),
-    (["kme-a"], [("s" * 129, "kme-a")], "sae_id"),
+    (["kme-a"], [("s" * 129, "kme-a")], "--sae"),
     (["kme-a"], [("sae-a", "kme-a"), ("sae-a", "kme-a")], "--sae"),
 ])
 def test_bad_input_names_the_field(tmp_path: Path, kmes, saes, field) -> None:

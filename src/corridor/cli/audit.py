@@ -31,6 +31,8 @@ def verify_command(
     Exit 0 when intact; exit 1 naming the first bad entry and why; exit 2 for a file
     that is no audit log at all (no head file, no line shaped like an entry).
     """
+    if not file.is_file():
+        fail(f"FILE = {str(file)!r}: an existing audit log file")
     if (kek_file is None) == (kek_env is None):
         fail("give exactly one of --kek-file F or --kek-env VAR")
     with handle_errors():

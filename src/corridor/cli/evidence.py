@@ -49,7 +49,7 @@ def evidence_command(
 
     with handle_errors():
         if (file is None) == (from_up is None):
-            raise ParameterError("FILE", str(file or from_up),
+            raise ParameterError("FILE", str(file) if file and from_up else None,
                                  "exactly one of FILE (recorded) or --from-up (running)")
         if operator is not None and from_up is None:
             raise ParameterError("--operator", operator, "only with --from-up")

@@ -648,7 +648,7 @@ def verify_audit_log(path: str | os.PathLike[str], key: bytes, *,
     path = Path(path)
     audit_key = derive_audit_key(key)
     if not path.is_file():
-        raise ParameterError("path", str(path), "an existing audit log file")
+        raise ParameterError("FILE", str(path), "an existing audit log file")
     head = _read_head(audit_key, path)
     head_seq = head.seq if head is not None and head.authentic else None
     warnings: list[str] = []
@@ -814,7 +814,7 @@ SYSLOG_ENTERPRISE_ID = 32473
 
 def _iter_entries(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     if not path.is_file():
-        raise ParameterError("path", str(path), "an existing audit log file")
+        raise ParameterError("FILE", str(path), "an existing audit log file")
     with path.open("rb") as stream:
         for line_no, line in enumerate(stream, start=1):
             if not line.endswith(b"\n"):

@@ -359,7 +359,7 @@ def parse_sae_spec(spec: str) -> tuple[str, str]:
     sae_id, sep, kme_id = spec.rpartition("@")
     if not sep or not sae_id or not kme_id:
         raise ParameterError("--sae", spec, "SAE_ID@KME_ID, for example sae-a@kme-a")
-    return validate_entity_id("sae_id", sae_id), validate_entity_id("kme_id", kme_id)
+    return validate_entity_id("--sae", sae_id), validate_entity_id("--sae", kme_id)
 
 
 def init_pki(out_dir: Path | str, kme_ids: Sequence[str], saes: Sequence[tuple[str, str]], *,
@@ -381,14 +381,14 @@ def init_pki(out_dir: Path | str, kme_ids: Sequence[str], saes: Sequence[tuple[s
     if not kme_ids:
         raise ParameterError("--kme", list(kme_ids), "at least one KME ID")
     for kme_id in kme_ids:
-        validate_entity_id("kme_id", kme_id)
+        validate_entity_id("--kme", kme_id)
     if len(set(kme_ids)) != len(kme_ids):
         raise ParameterError("--kme", list(kme_ids), "distinct KME IDs")
     sae_ids = [s for s, _ in saes]
     if len(set(sae_ids)) != len(sae_ids):
         raise ParameterError("--sae", sae_ids, "distinct SAE IDs")
     for sae_id, kme_id in saes:
-        validate_entity_id("sae_id", sae_id)
+        validate_entity_id("--sae", sae_id)
         if kme_id not in kme_ids:
             raise ParameterError("--sae", f"{sae_id}@{kme_id}", f"a KME among {list(kme_ids)}")
     for option, names in (("--operator", operators), ("--dashboard", dashboards)):

@@ -422,7 +422,7 @@ def load_toml(path: str | Path, base: LinkParameters | None = None) -> LinkParam
     The file may set ``preset = "gys-2004"``, fields at top level, or fields inside
     ``[fibre]``, ``[source]``, ``[detector]`` and ``[protocol]`` tables.
     """
-    data = read_toml(path, "config file")
+    data = read_toml(path, "--config")
     if "preset" in data:
         base = preset(str(data.pop("preset")))
     params = base if base is not None else PRESETS["modern-snspd"]
