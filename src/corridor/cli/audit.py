@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from corridor.cli.common import OutputFormat, console, emit_json, fail, handle_errors
+from corridor.cli.common import OutputFormat, console, emit_json, handle_errors
 from corridor.errors import ParameterError
 from corridor.kms.audit import EXPORT_FORMATS, export, looks_like_audit_log, verify_audit_log
 from corridor.kms.crypto import load_kek
@@ -31,11 +31,12 @@ def verify_command(
     Exit 0 when intact; exit 1 naming the first bad entry and why; exit 2 for a file
     that is no audit log at all (no head file, no line shaped like an entry).
     """
-    if not file.is_file():
-        fail(f"FILE = {str(file)!r}: an existing audit log file")
-    if (kek_file is None) == (kek_env is None):
-        fail("give exactly one of --kek-file F or --kek-env VAR")
     with handle_errors():
+        if not file.is_file():  # before the KEK: the file is the first thing to get right
+            raise ParameterError("FILE", str(file), "an existing audit log file")
+        if (kek_file is None) == (kek_env is None):
+            raise ParameterError("--kek-file/--kek-env", None,
+                                 "give exactly one of --kek-file F or --kek-env VAR")
         kek = load_kek(kek_file) if kek_file is not None else load_kek(None, str(kek_env))
         if not looks_like_audit_log(file):
             raise ParameterError("FILE", str(file), "an audit log (a KME's audit.jsonl or "

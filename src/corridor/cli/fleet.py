@@ -157,9 +157,8 @@ def init_command(
         if officer == dispatcher:
             raise ParameterError("--dispatcher", dispatcher, "a sender other than --officer")
         check_fleet_id("--depot", depot)
-        for option, name in (("--vehicle", v) for v in vehicle):
-            if name == depot:
-                raise ParameterError(option, name, "an ID other than --depot's")
+        if depot in vehicle:
+            raise ParameterError("--vehicle", depot, "an ID other than --depot's")
         for option, name in (("--officer", officer), ("--dispatcher", dispatcher)):
             if name == depot or name in vehicle:
                 raise ParameterError(option, name, "an ID other than the depot's and the "
