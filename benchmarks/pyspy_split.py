@@ -14,7 +14,9 @@ frames.
 from __future__ import annotations
 
 import collections
+import signal
 import sys
+from typing import NoReturn
 
 BATCH = "KeyManager.enc_keys_batch"
 STEPS = {"audit entries (AuditLog.emit)": "AuditLog.emit",
@@ -31,24 +33,29 @@ def main(path: str, top: int = 15) -> None:
     total = batch = loop = loop_idle = 0
     steps: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
-    with open(path) as stacks:
-        for line in stacks:
-            stack, _, count = line.rstrip("\n").rpartition(" ")
-            if not stack:
-                continue
-            samples = int(count)
-            total += samples
-            frames = stack.split(";")
-            if _has(frames, BATCH):
-                batch += samples
-                for name, marker in STEPS.items():
-                    steps[name] += samples if _has(frames, marker) else 0
-            elif _has(frames, LOOP):
-                loop += samples
-                loop_idle += samples if frames[-1].split(" (")[0] == IDLE else 0
-                own[frames[-1].split(" (")[0]] += samples
+    try:
+        with open(path) as stacks:
+            lines = stacks.readlines()
+    except OSError as exc:
+        _fail(f"error: {path}: {exc.strerror}")
+    for line in lines:
+        stack, _, count = line.rstrip("\n").rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        frames = stack.split(";")
+        if _has(frames, BATCH):
+            batch += samples
+            for name, marker in STEPS.items():
+                steps[name] += samples if _has(frames, marker) else 0
+        elif _has(frames, LOOP):
+            loop += samples
+            loop_idle += samples if frames[-1].split(" (")[0] == IDLE else 0
+            own[frames[-1].split(" (")[0]] += samples
     if not batch or not loop:
-        raise SystemExit(f"{path}: no batch worker or no event loop in the samples")
+        _fail(f"error: {path}: no batch worker or no event loop in the samples (the master "
+              "KME's file of a bench_kme_serve.sh phase?)")
     print(f"{path}: {total} samples")
     print(f"batch worker, {batch} samples in enc_keys_batch:")
     for name in STEPS:
@@ -59,7 +66,13 @@ def main(path: str, top: int = 15) -> None:
         print(f"{samples / loop:7.1%}  {frame}")
 
 
+def _fail(message: str) -> NoReturn:
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends it quietly
     if len(sys.argv) != 2:
-        raise SystemExit(__doc__)
+        _fail(f"usage: {sys.argv[0]} PROFILE_FILE (one file of bench_kme_serve.sh's PROFILE_DIR)")
     main(sys.argv[1])
