@@ -46,6 +46,7 @@ FromUpOpt = Annotated[Path | None, typer.Option(
     "--from-up", help="corridor-up.json of a running `corridor up`: its SAEs key the back "
     "end-depot leg with QKD.")]
 DEFAULT_BROKER = "127.0.0.1:1883"
+MAX_TIMEOUT_S = 3600.0  # fleet send waits at most an hour for the depot
 
 
 def _broker(value: str) -> tuple[str, int]:
@@ -76,17 +77,34 @@ def _depot_of(policy: Any, given: str | None) -> str:
     return depots[0]
 
 
-def _saes(up: dict[str, Any], backend: str | None, depot: str | None) -> tuple[str, str, str]:
+_SAE_OPTIONS = ("--sae", "--depot-sae")  # the back end's and the depot's SAE, as typed
+
+
+def _saes(up: dict[str, Any], backend: str | None, depot: str | None,
+          options: tuple[str, str] = _SAE_OPTIONS) -> tuple[str, str, str]:
     from corridor.kms.up_file import pair_policy
 
     sessions = up.get("hybrid_sessions") or []
     saes = [s["sae_id"] for s in up.get("saes", [])]
     if not saes:
         raise ParameterError("--from-up", "saes", "a corridor-up.json with SAEs")
+    for option, given in zip(options, (backend, depot), strict=True):
+        if given is not None and given not in saes:
+            raise ParameterError(option, given, f"an SAE of the corridor: {sorted(saes)}")
     backend = backend or (sessions[0]["initiator_sae_id"] if sessions else saes[0])
     depot = depot or (sessions[0]["responder_sae_id"] if sessions
                       else next((s for s in saes if s != backend), backend))
     return backend, depot, pair_policy(up, backend, depot)
+
+
+def _check_saes(backend_sae: str | None, depot_sae: str | None,
+                options: tuple[str, str] = _SAE_OPTIONS) -> None:
+    """The back end's and the depot's SAE IDs, when given, are usable IDs."""
+    from corridor.kms.config import check_id
+
+    for option, given in zip(options, (backend_sae, depot_sae), strict=True):
+        if given is not None:
+            check_id(option, given)
 
 
 def _qkd(up_path: Path | None, sae_id: str) -> Any:
@@ -195,8 +213,10 @@ def depot_command(
         address = _broker(broker)
         policy = load_policy(directory / POLICY_FILE)
         depot_id = _depot_of(policy, depot)
+        _check_saes(backend_sae, depot_sae, ("--backend-sae", "--sae"))
         if from_up is not None:
-            backend, sae, hybrid_policy = _saes(read_up_file(from_up), backend_sae, depot_sae)
+            backend, sae, hybrid_policy = _saes(read_up_file(from_up), backend_sae, depot_sae,
+                                                ("--backend-sae", "--sae"))
         else:
             backend, sae = backend_sae or "backend", depot_sae or "depot"
             hybrid_policy = "pqc-required"
@@ -254,10 +274,14 @@ def vehicle_command(
 
 
 def _backend(parts: _Parts, directory: Path, from_up: Path | None, depot_id: str,
-             broker: tuple[str, int], backend_sae: str | None, depot_sae: str | None) -> Any:
+             broker: tuple[str, int], backend_sae: str | None, depot_sae: str | None,
+             handshake_timeout_s: float = 30.0) -> Any:
+    from corridor.hybrid.errors import TransportError
     from corridor.mobility.fleet.backend import FleetBackend, SequenceStore
+    from corridor.mobility.fleet.errors import FleetError
     from corridor.mobility.fleet.keys import load_directory
 
+    _check_saes(backend_sae, depot_sae)
     if from_up is not None:
         backend, depot, hybrid_policy = _saes(read_up_file(from_up), backend_sae, depot_sae)
     else:
@@ -266,9 +290,18 @@ def _backend(parts: _Parts, directory: Path, from_up: Path | None, depot_id: str
     session = FleetBackend(backend, depot, depot_id, _qkd(from_up, backend),
                            load_directory(directory), parts.link("backend", broker),
                            hybrid_policy=hybrid_policy,
-                           sequences=SequenceStore(directory / "sequences.json"))
+                           sequences=SequenceStore(directory / "sequences.json"),
+                           handshake_timeout_s=handshake_timeout_s)
     parts.stack.callback(session.close)
-    session.start()
+    try:
+        session.start()
+    except TransportError as exc:
+        if "no handshake message" not in str(exc):
+            raise
+        host, port = broker
+        raise FleetError(f"depot {depot_id} did not answer the hybrid handshake within "
+                         f"{handshake_timeout_s:g} s on broker {host}:{port}: is `corridor "
+                         f"fleet depot --dir {directory}` running there?") from None
     return session
 
 
@@ -294,6 +327,7 @@ def send_command(
     lifetime_s: Annotated[float, typer.Option("--lifetime-s", help="Valid for this long.")
                           ] = 60.0,
     timeout_s: Annotated[float, typer.Option("--timeout-s", help="Wait this long for the "
+                                             "depot's handshake, then for the "
                                              "acknowledgement.")] = 10.0,
     backend_sae: Annotated[str | None, typer.Option("--sae", help="The back end's SAE.")
                            ] = None,
@@ -306,13 +340,26 @@ def send_command(
     """Send one command (hybrid session with the depot, sign, seal, publish) and print its
     acknowledgement. Without --from-up the depot must run without one too."""
     with handle_errors():
-        from corridor.mobility.fleet.commands import check_command_type, check_params
+        from corridor.mobility.fleet.commands import (
+            check_command_type,
+            check_lifetime,
+            check_params,
+        )
         from corridor.mobility.fleet.keys import POLICY_FILE, load_sender
         from corridor.mobility.fleet.policy import load_policy
 
         check_command_type(command_type, "command_type")
         params = _params(param)
-        check_params(command_type, params)
+        try:
+            check_params(command_type, params)
+        except ParameterError as exc:  # "params.mode" is what --param mode=... set
+            name = exc.field.removeprefix("params.")
+            raise ParameterError(f"--param {name}" if name != exc.field else "--param",
+                                 exc.value, exc.allowed, exc.hint) from None
+        check_lifetime(lifetime_s, "--lifetime-s")
+        if not 0 < timeout_s <= MAX_TIMEOUT_S:
+            raise ParameterError("--timeout-s", timeout_s,
+                                 f"seconds, more than 0 and at most {MAX_TIMEOUT_S:g}")
         address = _broker(broker)
         policy = load_policy(directory / POLICY_FILE)
         depot_id = policy.vehicles.get(vehicle_id)
@@ -323,7 +370,7 @@ def send_command(
         parts = _Parts()
         with parts.stack:
             session = _backend(parts, directory, from_up, depot_id, address, backend_sae,
-                               depot_sae)
+                               depot_sae, handshake_timeout_s=timeout_s)
             command = session.send(signer, vehicle_id, command_type, params,
                                    lifetime_s=lifetime_s)
             ack = session.wait_ack(command.command_id, timeout_s)

@@ -67,6 +67,21 @@ def test_init_and_one_line_errors(tmp_path: Path) -> None:
          "VEHICLE_ID = 'v-9'"),
         (["fleet", "send", "v-1", "immobilise", "--sender", "alice", "--dir", str(fleet),
           "--param", "mode"], "--param = 'mode': NAME=VALUE"),
+        (["fleet", "send", "v-1", "immobilise", "--sender", "alice", "--dir", str(fleet),
+          "--param", "mode=fast"], "--param mode = 'fast': one of"),
+        (["fleet", "send", "v-1", "route-change", "--sender", "alice", "--dir", str(fleet)],
+         "--param route_id: required"),
+        # Checked before the handshake, which would wait for a depot first.
+        (["fleet", "send", "v-1", "immobilise", "--sender", "alice", "--dir", str(fleet),
+          "--timeout-s", "-3"], "--timeout-s = -3.0"),
+        (["fleet", "send", "v-1", "immobilise", "--sender", "alice", "--dir", str(fleet),
+          "--timeout-s", "0"], "--timeout-s = 0.0"),
+        (["fleet", "send", "v-1", "immobilise", "--sender", "alice", "--dir", str(fleet),
+          "--lifetime-s", "-1"], "--lifetime-s = -1.0"),
+        (["fleet", "send", "v-1", "immobilise", "--sender", "alice", "--dir", str(fleet),
+          "--sae", "no body"], "--sae = 'no body'"),
+        (["fleet", "depot", "--dir", str(fleet), "--backend-sae", "no body"],
+         "--backend-sae = 'no body'"),
         (["fleet", "demo", "--broker", "localhost"], "--broker = 'localhost': HOST:PORT"),
         (["fleet", "vehicle", "v-1", "--dir", str(tmp_path / "none")],
          "must be an existing TOML file"),
@@ -75,6 +90,23 @@ def test_init_and_one_line_errors(tmp_path: Path) -> None:
                                  capture_output=True, text=True, timeout=120)
         assert process.returncode == 2, process.stderr
         assert message in process.stderr and len(process.stderr.strip().splitlines()) == 1
+
+
+def test_send_without_a_depot_says_so_within_its_timeout(tmp_path: Path) -> None:
+    """No depot answers: ``--timeout-s`` bounds the handshake too (it waited 30 s), and
+    the line says which depot to start."""
+    require_broker()
+    fleet = tmp_path / "fleet"
+    assert runner.invoke(app, ["fleet", "init", "--dir", str(fleet), "--depot", "depot-q",
+                               "--vehicle", "v-1"]).exit_code == 0
+    process = subprocess.run(
+        [sys.executable, "-m", "corridor", "fleet", "send", "v-1", "immobilise", "--sender",
+         "alice", "--dir", str(fleet), "--timeout-s", "1.5"],
+        capture_output=True, text=True, timeout=25)
+    assert process.returncode == 2, process.stderr
+    last = process.stderr.strip().splitlines()[-1]
+    assert "depot depot-q did not answer the hybrid handshake within 1.5 s" in last, last
+    assert f"corridor fleet depot --dir {fleet}" in last, last
 
 
 def test_demo_without_a_corridor(tmp_path: Path) -> None:

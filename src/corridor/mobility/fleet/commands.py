@@ -34,6 +34,7 @@ REMOTE_DIAGNOSTICS = "remote-diagnostics"
 COMMAND_TYPES = (IMMOBILISE, ROUTE_CHANGE, GEOFENCE_UPDATE, REMOTE_DIAGNOSTICS)
 
 DEFAULT_LIFETIME_S = 60.0
+MAX_LIFETIME_S = 86_400  # the longest a new command may stay valid, in seconds
 
 _CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     IMMOBILISE: {"mode": ("next-stop", "immediate")},
@@ -99,6 +100,15 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def check_lifetime(lifetime_s: Any, field: str = "lifetime_s") -> float:
+    """``lifetime_s`` if it is a command's valid lifetime: seconds, (0, 86400]."""
+    if isinstance(lifetime_s, bool) or not isinstance(lifetime_s, int | float) \
+            or not 0 < lifetime_s <= MAX_LIFETIME_S:
+        raise ParameterError(field, lifetime_s,
+                             f"seconds, more than 0 and at most {MAX_LIFETIME_S}")
+    return float(lifetime_s)
+
+
 def new_command(*, sender_id: str, depot_id: str, vehicle_id: str, sequence: int,
                 command_type: str, params: Mapping[str, str] | None = None,
                 lifetime_s: float = DEFAULT_LIFETIME_S, issued_at_ms: int | None = None,
@@ -109,9 +119,7 @@ def new_command(*, sender_id: str, depot_id: str, vehicle_id: str, sequence: int
     check_fleet_id("vehicle_id", vehicle_id)
     if isinstance(sequence, bool) or not isinstance(sequence, int) or not 1 <= sequence < 2**63:
         raise ParameterError("sequence", sequence, "an integer from 1 to 2^63-1")
-    if isinstance(lifetime_s, bool) or not isinstance(lifetime_s, int | float) \
-            or not 0 < lifetime_s <= 86_400:
-        raise ParameterError("lifetime_s", lifetime_s, "seconds, more than 0 and at most 86400")
+    check_lifetime(lifetime_s)
     issued = now_ms() if issued_at_ms is None else issued_at_ms
     return Command(command_id=command_id or os.urandom(COMMAND_ID_BYTES), sender_id=sender_id,
                    depot_id=depot_id, vehicle_id=vehicle_id, sequence=sequence,
@@ -161,5 +169,6 @@ def execute(state: VehicleState, command: Command) -> tuple[tuple[str, str], ...
 
 
 __all__ = ["COMMAND_TYPES", "DEFAULT_LIFETIME_S", "GEOFENCE_UPDATE", "IMMOBILISE",
-           "REMOTE_DIAGNOSTICS", "ROUTE_CHANGE", "VehicleState", "check_command_type",
-           "check_params", "execute", "new_command", "now_ms"]
+           "MAX_LIFETIME_S", "REMOTE_DIAGNOSTICS", "ROUTE_CHANGE", "VehicleState",
+           "check_command_type", "check_lifetime", "check_params", "execute", "new_command",
+           "now_ms"]
