@@ -57,6 +57,12 @@ def test_repeated_distance_option_and_settings_as_given() -> None:
     assert all(row["mu"] == 0.48 and row["nu"] == 0.1 and not row["optimised"] for row in rows)
 
 
+def test_set_length_is_the_distance_when_none_is_given() -> None:
+    """``--set length_km=25`` (the help's example) rates 25 km, not the default list."""
+    rows = _json(["link", "rate", "--set", "length_km=25", "--format", "json"])
+    assert [row["distance_km"] for row in rows] == [25.0]
+
+
 def test_finite_key_rows_name_their_block() -> None:
     rows = _json(["link", "rate", "--preset", "modern-snspd", "--block-pulses", "10000000000",
                   "--distance-km", "50", "--format", "json"])
@@ -132,9 +138,17 @@ def test_overrides_from_set_and_toml(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["--set", "attenuation_db_per_km"], "--set = 'attenuation_db_per_km': must have the form"),
-    (["--set", "attenuation=0.2"], "parameter name = 'attenuation'"),
+    (["--set", "attenuation=0.2"], "--set = 'attenuation': a field of the link: "),
+    (["--set", "length_km=abc"], "--set length_km = 'abc': must be a number"),
+    # Options that would be ignored are refused instead.
+    (["--finite-key", "tightened"], "--finite-key = 'tightened': only with --block-pulses"),
+    (["--preset", "boaron-2018", "--decoy", "one-decoy", "--block-pulses", "1e12",
+      "--finite-key", "lim2014"], "--finite-key = 'lim2014': only with --block-pulses and "
+     "without --decoy one-decoy"),
+    (["--distance-km", "10", "20", "--max-distance"], "--max-distance = True: not with"),
+    (["--distance-km", "10", "--set", "length_km=25"],
+     "--set length_km = '25': not with --distance-km"),
     (["--set", "attenuation_db_per_km=3"], "looks like dB/m"),
-    (["--set", "length_km=abc"], "length_km = 'abc': must be a number"),
     (["--set", "decoy_intensity=0.9"], "must be below signal_intensity"),
     (["--distance-km", "-5"],
      "--distance-km = -5.0: allowed range is [0, 10000] (a negative length has no meaning)"),

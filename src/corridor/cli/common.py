@@ -115,6 +115,14 @@ def _cli_name(field: str) -> str:
     return field
 
 
+def typed_on_command_line(name: str) -> bool:
+    """Whether the running command's parameter ``name`` was given by the user (on the
+    command line or in its environment variable), not left at its default."""
+    ctx = get_current_context(silent=True)
+    source = ctx.get_parameter_source(name) if ctx is not None else None
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
 @contextmanager
 def as_option(field: str, option: str) -> Iterator[None]:
     """A :class:`ParameterError` about ``field`` (a model's name, ``length_km``) named
@@ -145,6 +153,11 @@ def usage_error_line(exc: click_exceptions.UsageError) -> str:
     parser's message does not quote it (typer's pydantic coercion says "Input should be
     a valid number" without the value), and the command's ``--help`` to read."""
     message = " ".join(exc.format_message().split())
+    param = getattr(exc, "param", None)
+    if param is not None and param.param_type_name == "argument" and param.name:
+        # "Missing argument 'SLAVE_SAE_ID'", as --help shows it, not 'slave_sae_id'
+        shown = str(getattr(param, "metavar", None) or param.name.upper())
+        message = message.replace(f"'{param.name}'", f"'{shown}'")
     if isinstance(exc, click_exceptions.BadParameter):
         typed = _typed_values(exc, sys.argv[1:])
         if typed and not any(repr(value) in message for value in typed):

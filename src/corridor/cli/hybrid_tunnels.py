@@ -80,8 +80,8 @@ def _qkd_key(key_file: Path | None, key_id: str | None, slave_sae: str | None,
     sources = [n for n, v in (("--key-file", key_file), ("--slave-sae", slave_sae),
                               ("--master-sae", master_sae)) if v is not None]
     if len(sources) != 1:
-        raise ParameterError("--key-file", ",".join(sources) or None,
-                             "exactly one of --key-file, --slave-sae, --master-sae")
+        raise ParameterError("/".join(sources) if len(sources) > 1 else "--key-file", None,
+                             "give exactly one of --key-file, --slave-sae, --master-sae")
     if slave_sae is not None:
         if key_id is not None:
             raise ParameterError("--key-id", key_id, "not with --slave-sae (the KME picks it)")

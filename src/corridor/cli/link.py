@@ -19,7 +19,14 @@ import typer
 from rich import box
 from rich.table import Table
 
-from corridor.cli.common import OutputFormat, as_option, console, emit_json, handle_errors
+from corridor.cli.common import (
+    OutputFormat,
+    as_option,
+    console,
+    emit_json,
+    handle_errors,
+    typed_on_command_line,
+)
 from corridor.errors import ParameterError
 from corridor.link.params import PRESETS, LinkParameters, load_toml
 from corridor.link.params import preset as preset_by_name
@@ -74,6 +81,9 @@ def check_finite_key_option(value: str) -> str:
     return check_bound(value, "--finite-key")
 
 
+LENGTH_FIELDS = ("length_km", "fibre.length_km")  # what --distance-km sets
+
+
 def parse_override(text: str) -> tuple[str, str]:
     """Split one ``--set field=value`` into (field, value), or raise ParameterError."""
     name, sep, value = text.partition("=")
@@ -123,12 +133,15 @@ def _whole_number(text: str, cleaned: str) -> int:
 
 
 def link_parameters_from_options(preset: str, config: Path | None,
-                                 overrides: list[str]) -> LinkParameters:
+                                 overrides: list[str], *,
+                                 distance_given: bool = False) -> LinkParameters:
     """LinkParameters from ``--preset NAME``, ``--config FILE.toml`` and ``--set k=v``.
 
     The preset is the base; the TOML file is applied on top (its own ``preset`` key,
     if any, replaces the base), then each ``--set`` in order. Every mistake raises
-    :class:`ParameterError` naming the field, the value and what is allowed.
+    :class:`ParameterError` naming the field, the value and what is allowed; so does a
+    ``--set length_km`` beside ``--distance-km`` (``distance_given``), one of which
+    would be ignored.
     """
     params = preset_by_name(preset)
     if config is not None:
@@ -137,7 +150,21 @@ def link_parameters_from_options(preset: str, config: Path | None,
     for text in overrides:
         name, value = parse_override(text)
         values[name] = value
-    return params.override(values) if values else params
+        if distance_given and name in LENGTH_FIELDS:
+            raise ParameterError(f"--set {name}", value, "not with --distance-km",
+                                 "give the fibre length once")
+    if not values:
+        return params
+    try:
+        return params.override(values)
+    except ParameterError as exc:  # named as typed: --set NAME, not the model's field
+        if exc.field == "parameter name":
+            raise ParameterError("--set", exc.value, "a field of the link: " + exc.allowed
+                                 .removeprefix("must be one of "), exc.hint) from None
+        if exc.field in values:
+            raise ParameterError(f"--set {exc.field}", exc.value, exc.allowed,
+                                 exc.hint) from None
+        raise
 
 
 def _check_block_pulses(block_pulses: int | None, decoy: DecoyOption | None) -> None:
@@ -274,9 +301,20 @@ def rate_command(
 ) -> None:
     """Secret key rate of the link against fibre length (closed form)."""
     with handle_errors():
-        params = link_parameters_from_options(preset_name, config, overrides or [])
+        distances_given = bool(distance_km or distances_km)
+        params = link_parameters_from_options(preset_name, config, overrides or [],
+                                              distance_given=distances_given)
         _check_block_pulses(block_pulses, decoy)
         bound = check_finite_key_option(finite_key)
+        if typed_on_command_line("finite_key") and (block_pulses is None
+                                                    or decoy is DecoyOption.one_decoy):
+            raise ParameterError("--finite-key", finite_key, "only with --block-pulses and "
+                                 "without --decoy one-decoy", "the bound of Lim et al. "
+                                 "2014 applies to finite blocks of the vacuum + weak decoy "
+                                 "protocol")
+        if max_distance and distances_given:
+            raise ParameterError("--max-distance", True, "not with distances",
+                                 "it searches for the distance itself")
         decoy_mode = (decoy or DecoyOption.infinite).value
         one_decoy = decoy is DecoyOption.one_decoy
         if block_pulses is not None and not one_decoy:
@@ -306,7 +344,10 @@ def rate_command(
                     f"{value:.2f} km" if value is not None else
                     "unbounded (the rate never reaches 0 within 10 000 km)"))
             return
-        lengths = [*(distance_km or []), *(distances_km or [])] or list(DEFAULT_DISTANCES_KM)
+        set_length = any(text.partition("=")[0].strip() in LENGTH_FIELDS
+                         for text in overrides or [])
+        lengths = ([*(distance_km or []), *(distances_km or [])]
+                   or ([params.fibre.length_km] if set_length else list(DEFAULT_DISTANCES_KM)))
         with as_option("length_km", "--distance-km"):
             rows = [rate_row(params, length, decoy_mode, block_pulses, optimise_settings,
                              bound) for length in lengths]

@@ -260,7 +260,8 @@ def run_command(
     total figures.
     """
     with handle_errors():
-        params = link_parameters_from_options(preset, config, overrides or [])
+        params = link_parameters_from_options(preset, config, overrides or [],
+                                              distance_given=True)
         with as_option("length_km", "--distance-km"):
             params = params.with_length(distance_km)
         if pulses <= 0:

@@ -144,7 +144,8 @@ def simulate_command(
     from corridor.randomness import RandomSource
 
     with handle_errors():
-        params = link_parameters_from_options(preset_name, config, overrides or [])
+        params = link_parameters_from_options(preset_name, config, overrides or [],
+                                              distance_given=distance_km is not None)
         if distance_km is not None:
             with as_option("length_km", "--distance-km"):
                 params = params.override({"length_km": distance_km})
