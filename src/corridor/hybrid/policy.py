@@ -35,8 +35,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from corridor.errors import ParameterError
+from corridor.log_throttle import WarningThrottle
 
 _log = logging.getLogger(__name__)
+_WARNINGS = WarningThrottle(_log)  # a refusal retried: once a minute per SAE and outcome
 
 
 class Policy(enum.StrEnum):
@@ -175,7 +177,12 @@ class DecisionRecorder:
             self.events.emit("hybrid_decision", **fields)
         self.sessions.labels(decision.policy.value, decision.inputs_label,
                              decision.outcome).inc()
-        level = logging.INFO if decision.outcome == ESTABLISHED else logging.WARNING
-        _log.log(level, "hybrid decision: policy %s, inputs %s, outcome %s%s",
-                 decision.policy.value, decision.inputs_label, decision.outcome,
-                 "".join(f", {name} missing ({reason})" for name, reason in decision.missing))
+        args = (decision.policy.value, decision.inputs_label, decision.outcome,
+                "".join(f", {name} missing ({reason})" for name, reason in decision.missing))
+        if decision.outcome == ESTABLISHED:
+            _log.info("hybrid decision: policy %s, inputs %s, outcome %s%s", *args)
+        else:  # the same refusal or degradation, retried, once a minute on stderr
+            kind = (*args, context.get("role"), context.get("sae_id"),
+                    context.get("peer_sae_id"))
+            _WARNINGS.warning(kind, "hybrid decision: policy %s, inputs %s, outcome %s%s",
+                              *args)

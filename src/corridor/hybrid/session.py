@@ -78,9 +78,13 @@ from corridor.hybrid.suites import (
 from corridor.hybrid.transport import ByteTransport
 from corridor.kms.config import check_id
 from corridor.kms.interface import DeliveredKey
+from corridor.log_throttle import WarningThrottle
 from corridor.randomness import RandomSource
 
 _log = logging.getLogger(__name__)
+# A session retried while a pool fills (often by fresh objects, as an OTA campaign's key
+# transfer) would log a warning per try: once a minute per SAE pair and reason.
+_WARNINGS = WarningThrottle(_log)
 
 INFO_LABEL = b"corridor hybrid session v1"
 """The first field of ``info``: names this protocol and its version."""
@@ -266,8 +270,11 @@ class _Handshake:
         if not isinstance(exc, SessionAborted | TransportError):
             with contextlib.suppress(HybridSessionError):
                 transport.send(Abort(session_id, generation, exc.reason).encode())
-        _log.warning("hybrid handshake failed (%s %s, session %s, generation %s): %s",
-                     self.role, self.sae_id, context.get("session_id"), generation, str(exc))
+        _WARNINGS.warning(("failed", self.role, self.sae_id, context.get("peer_sae_id"),
+                           type(exc).__name__, str(exc)),
+                          "hybrid handshake failed (%s %s, session %s, generation %s): %s",
+                          self.role, self.sae_id, context.get("session_id"), generation,
+                          str(exc))
         events = self.recorder.events if self.recorder is not None else None
         # A refusal is already in the trail as its decision; anything else is a failure.
         if events is not None and not isinstance(exc, QkdKeyUnavailable | PqcUnavailable):
@@ -374,8 +381,9 @@ class Initiator(_Handshake):
             qkd_key = self._new_qkd_key()
         except QkdKeyMissing as exc:
             qkd_missing = exc.reason
-            _log.warning("no QKD key for hybrid session %s -> %s: %s", self.sae_id,
-                         self.peer_sae_id, exc.reason)
+            _WARNINGS.warning(("no_qkd_key", self.sae_id, self.peer_sae_id, exc.reason),
+                              "no QKD key for hybrid session %s -> %s: %s", self.sae_id,
+                              self.peer_sae_id, exc.reason)
         first = decide(self.policy, qkd_missing=qkd_missing, pqc_missing=self.pqc_missing)
         if not first.proceed:
             self._record(first, context, None)

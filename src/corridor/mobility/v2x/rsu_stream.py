@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from corridor.errors import CorridorError
+from corridor.log_throttle import WarningThrottle
 from corridor.mobility.v2x.psk import CENTRE_MESSAGES, PskKeyring, RotationPolicy
 from corridor.mobility.v2x.verifier import Refused
 
@@ -53,6 +54,8 @@ class RsuStream:
         self.sent = 0
         self.rotations = 0
         self.key_failures = 0
+        self._failed_tries = 0  # since the last key
+        self._warnings = WarningThrottle(_log)  # one "no QKD key" line a minute per cause
         self.waiting = 0
         self.last_error: str | None = None
         self.key_id: str | None = None
@@ -71,10 +74,16 @@ class RsuStream:
             [theirs] = self.rsu.get_key_with_id(self.centre_sae_id, [key.key_id])
         except (CorridorError, OSError, ValueError) as exc:
             self.key_failures += 1
+            self._failed_tries += 1
             self.last_error = f"qkd key: {type(exc).__name__}"
-            _log.warning("RSU stream %s -> %s: no QKD key for the next PSK generation (%s)",
-                         self.centre_sae_id, self.rsu_sae_id, type(exc).__name__)
+            self._warnings.warning(type(exc).__name__, "RSU stream %s -> %s: no QKD key for "
+                                   "the next PSK generation (%s)", self.centre_sae_id,
+                                   self.rsu_sae_id, type(exc).__name__)
             return
+        if self._failed_tries:
+            _log.info("RSU stream %s -> %s: QKD key for the next PSK generation after %d "
+                      "failed tries", self.centre_sae_id, self.rsu_sae_id, self._failed_tries)
+            self._failed_tries = 0
         self._generation += 1
         self.centre_ring.install(key.key, key_id=key.key_id, generation=self._generation,
                                  now_unix_s=now)
