@@ -93,7 +93,9 @@ def load_kek(path: str | os.PathLike[str] | None = None,
             raw = kek_path.read_bytes()
         except FileNotFoundError:
             raise ParameterError("kek_file", str(kek_path), "does not exist",
-                                 "create one with corridor.kms.crypto.write_kek_file") from None
+                                 "a KME writes kek.hex into its working directory when it "
+                                 "first starts; a new one: (umask 077; openssl rand -hex 32 > "
+                                 f"{kek_path})") from None
         except OSError as exc:
             raise ParameterError("kek_file", str(kek_path),
                                  f"cannot be read ({exc.strerror})") from None
