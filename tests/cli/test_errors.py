@@ -31,6 +31,9 @@ def corridor(*args: str) -> subprocess.CompletedProcess[str]:
     (["link", "rate", "--distance-km", "abc"], ["--distance-km", "'abc'"]),
     (["link", "run", "--distance-km=ten"], ["--distance-km", "'ten'"]),
     (["sae", "get-key"], ["SLAVE_SAE_ID"]),
+    # pydantic's phrases (typer checks typed options with it) in Corridor's words.
+    (["link", "plot", "--out", "x.png", "--points", "1"], ["--points", "must be at least 2"]),
+    (["sae", "get-key", "b", "--number", "1.5"], ["--number", "must be a whole number"]),
     # A path the system refuses: the path and why, not a traceback.
     (["pki", "init", "--out", __file__, "--kme", "kme-a"], [__file__, "File exists"]),
     (["ota", "init", "--dir", __file__], [__file__, "Not a directory"]),
@@ -158,6 +161,10 @@ def _files(tmp: Path) -> dict[str, str]:
      ["config file"]),
     (["evidence"], ["FILE: exactly one of"], ["None"]),
     (["sae", "get-key"], ["Missing argument 'SLAVE_SAE_ID'"], ["slave_sae_id"]),
+    # Checked before a KME is asked (none answers at port 1).
+    (["sae", "get-key", "b", "--size", "7", *KME[2:]], ["--size = 7", "multiple of 8"],
+     ["cannot reach"]),
+    (["sae", "get-key", "b", "--number", "0", *KME[2:]], ["--number = 0"], ["cannot reach"]),
     (["hybrid", "wireguard", "psk", "-o", "-", "--public-key", PUB_A, "--peer", PUB_B,
       "--slave-sae", "b", "--master-sae", "a"],
      ["--slave-sae/--master-sae: give exactly one of"], ["--key-file ="]),

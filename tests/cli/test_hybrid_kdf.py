@@ -75,6 +75,7 @@ def corridor(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ("--psk", SECRET + "g", ["--psk", "33 characters", "character 33"]),
     ("--k1", SECRET[:-1], ["--k1", "31 hex digits", "even number"]),
     ("--label", "zz" + SECRET, ["--label", "character 1"]),
+    ("--k2", "0x" + SECRET, ["--k2", "34 characters, not shown", "leave out the 0x prefix"]),
     ("--hash", "md5", ["--hash", "md5", "sha256"]),
     ("--length", "0", ["length", "1 to 8160"]),
 ])

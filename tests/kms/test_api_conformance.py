@@ -223,6 +223,15 @@ def test_05_number_and_size_out_of_range_are_400(raw_a, sae_a, request_body) -> 
     assert _stored(sae_a) == before
 
 
+def test_05_a_value_out_of_range_is_named_in_the_interface_s_words(raw_a) -> None:
+    """``number=0`` in the GET form fails the query's own bound: the message names the
+    value and the bound without pydantic's wording."""
+    response = raw_a.get(ENC, params={"number": 0})
+    _assert_error_body(response, 400, "invalid request: number = 0: must be at least 1")
+    response = raw_a.get(ENC, params={"number": "two"})
+    _assert_error_body(response, 400, "invalid request: number = two: must be an integer")
+
+
 def test_05_size_not_multiple_of_8_has_the_exact_message(raw_a) -> None:
     _assert_error_body(raw_a.post(ENC, json={"size": 129}), 400, MSG_SIZE_MULTIPLE_OF_8)
     _assert_error_body(raw_a.get(ENC, params={"size": 129}), 400, MSG_SIZE_MULTIPLE_OF_8)

@@ -37,9 +37,10 @@ def parse_hex(option: str, text: str) -> bytes:
     with the length and the first bad position (never the text itself)."""
     for position, char in enumerate(text, start=1):
         if char not in _HEX_DIGITS:
-            raise ParameterError(option, f"{len(text)} characters",
-                                 "a hex string (digits 0-9, a-f, A-F)",
-                                 f"character {position} is not a hex digit")
+            hint = (f"character {position} is not a hex digit"
+                    + ("; leave out the 0x prefix" if text[:2] in ("0x", "0X") else ""))
+            raise ParameterError(option, f"{len(text)} characters, not shown",
+                                 "a hex string (digits 0-9, a-f, A-F)", hint)
     if len(text) % 2:
         raise ParameterError(option, f"{len(text)} hex digits",
                              "a hex string with an even number of digits")

@@ -185,6 +185,13 @@ def get_key_command(
         if get and additional_slave:
             raise ParameterError("--get", True, "only without --additional-slave",
                                  "the GET form carries only number and size; drop --get")
+        # What ETSI GS QKD 014 allows of any KME, checked before one is asked; the KME's
+        # own limits (max_key_per_request, min/max_key_size) come back in its answer.
+        if number < 1:
+            raise ParameterError("--number", number, "a number of keys, at least 1")
+        if size is not None and (size < 1 or size % 8):
+            raise ParameterError("--size", size, "a key size in bits, a positive multiple "
+                                 "of 8 (ETSI GS QKD 014)")
         connection = resolve_connection(kme, cert, key, ca, expect_kme, from_up, sae)
         with _client(connection) as client:
             keys = client.get_key(slave_sae_id, number=number, size=size,

@@ -376,7 +376,7 @@ def _service_call(call: Callable[[], Any], render: Callable[[Any], Any], *,
 
 
 def _validation_message(exc: RequestValidationError) -> str:
-    """``invalid request: number = 0: Input should be greater than or equal to 1``: the
+    """``invalid request: number = 0: must be at least 1``: the
     first problem's field, its value when it is a short scalar, and what is allowed."""
     errors = exc.errors()
     if not errors:
@@ -393,7 +393,23 @@ def _validation_message(exc: RequestValidationError) -> str:
     else:
         shown = ""
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{MSG_INVALID_REQUEST}: {field_name}{shown}: {err.get('msg', 'invalid')}{more}"
+    return f"{MSG_INVALID_REQUEST}: {field_name}{shown}: {_plain(err)}{more}"
+
+
+def _plain(err: Mapping[str, Any]) -> str:
+    """What is allowed, in the words of the rest of the interface's messages ("must be
+    at least 1") rather than pydantic's ("Input should be greater than or equal to 1")."""
+    kind, ctx = err.get("type"), err.get("ctx") or {}
+    message = str(err.get("msg", "invalid"))
+    if kind == "greater_than_equal" and "ge" in ctx:
+        return f"must be at least {ctx['ge']}"
+    if kind == "less_than_equal" and "le" in ctx:
+        return f"must be at most {ctx['le']}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return "must be an integer"
+    if kind == "missing":
+        return "is required"
+    return message.removeprefix("Value error, ")
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
