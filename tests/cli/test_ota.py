@@ -83,7 +83,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
               "--hardware-id", "toaster"), "--hardware-id"),
             (("assign", "c-nope", "--dir", str(ota)), "CAMPAIGN"),
             (("vehicle", "v-999", "--dir", str(ota)), "VEHICLE_ID"),
-            (("status", "--dir", str(tmp_path / "none")), "--dir")):
+            (("status", "--dir", str(tmp_path / "none")), "--dir"),
+            (("vehicle", "v-001"), "--dir: required (or --from-up)"),
+            (("status", "--from-up", str(firmware)), "--from-up")):
         done = _run(*args)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         lines = done.stderr.strip().splitlines()

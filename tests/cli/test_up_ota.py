@@ -41,6 +41,18 @@ def test_corridor_up_runs_an_ota_campaign_to_its_vehicles(tmp_path: Path) -> Non
         secrets = json.loads(next((workdir / "ota" / "regional" / "campaigns").glob("*.json"))
                              .read_text())
         assert secrets["session"]["inputs"] == ["qkd", "pqc"]
+        # The commands find the campaign's directory and server from corridor-up.json.
+        up_file = str(workdir / "corridor-up.json")
+        done = subprocess.run([*CORRIDOR, "ota", "vehicle", "v-002", "--from-up", up_file,
+                               "--format", "json"], env=ENV, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["result"] in ("installed", "up_to_date")
+        done = subprocess.run([*CORRIDOR, "ota", "status", "--from-up", up_file, "--format",
+                               "json"], env=ENV, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert {r["vehicle_id"] for r in json.loads(done.stdout)} == {"v-001", "v-002",
+                                                                      "v-003"}
     finally:
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)

@@ -22,6 +22,7 @@ import signal
 import threading
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
@@ -210,12 +211,40 @@ def serve_command(
     _print(f"stopped: {status['requests']} requests, {status['bytes_served']} bytes served")
 
 
+DEFAULT_URL = "https://127.0.0.1:8443"  # where `corridor ota serve` listens by default
+OptionalDirOpt = Annotated[Path | None, typer.Option(
+    "--dir", help="The OTA directory (corridor ota init; default with --from-up: the "
+    "one corridor up runs).", show_default=False)]
+FromUpOpt = Annotated[Path | None, typer.Option(
+    "--from-up", help="corridor-up.json of a running `corridor up`: its OTA directory and "
+    "server.", show_default=False)]
+
+
+def _from_up(directory: Path | None, url: str | None,
+             from_up: Path | None) -> tuple[Path, str]:
+    """The OTA directory and server URL: as given, else those of ``corridor up``'s
+    campaign (``--from-up``), else ``--dir`` is required and the URL is ota serve's."""
+    ota_up: dict[str, Any] = {}
+    if from_up is not None:
+        ota_up = read_up_file(from_up).get("ota") or {}
+        if not ota_up:
+            raise ParameterError("--from-up", str(from_up), "a corridor-up.json with an OTA "
+                                 "campaign", "corridor up without --no-mobility runs one")
+    if directory is None:
+        if not ota_up:
+            raise ParameterError("--dir", None, "required (or --from-up)")
+        directory = Path(ota_up["ota_dir"])
+    return directory, url or ota_up.get("server") or DEFAULT_URL
+
+
 @ota_app.command("vehicle")
 def vehicle_command(
     vehicle_id: Annotated[str, typer.Argument(help="The vehicle (v-001, ...).")],
-    directory: DirOpt,
-    url: Annotated[str, typer.Option("--url", help="The OTA server.")
-                   ] = "https://127.0.0.1:8443",
+    directory: OptionalDirOpt = None,
+    url: Annotated[str | None, typer.Option("--url", help="The OTA server (default: "
+                                            f"corridor up's with --from-up, else {DEFAULT_URL})"
+                                            ".", show_default=False)] = None,
+    from_up: FromUpOpt = None,
     time_limit_s: Annotated[float, typer.Option(
         "--time-limit-s", help="Longest time one download may take.")] = 30.0,
     output: FormatOpt = OutputFormat.table,
@@ -226,6 +255,7 @@ def vehicle_command(
 
         if not time_limit_s > 0:
             raise ParameterError("--time-limit-s", time_limit_s, "a number > 0")
+        directory, url = _from_up(directory, url, from_up)
         if not url.startswith("https://"):
             raise ParameterError("--url", url, "an https:// URL")
         ota = _ota(directory)
@@ -234,10 +264,12 @@ def vehicle_command(
                             TransferSpeedColumn(), console=console,
                             disable=output == OutputFormat.json)
         tasks: dict[str, Any] = {}
+        server_path = urlsplit(url).path.rstrip("/")
 
         def on_progress(file_url: str, received: int, total: int | None) -> None:
-            if file_url not in tasks:
-                tasks[file_url] = progress.add_task(file_url.rsplit("/", 1)[-1], total=total)
+            if file_url not in tasks:  # "director/v-001/timestamp.json", not "timestamp.json"
+                label = urlsplit(file_url).path.removeprefix(server_path).lstrip("/")
+                tasks[file_url] = progress.add_task(label, total=total)
             progress.update(tasks[file_url], completed=received)
 
         vehicle = PrimaryEcu.of(ota, vehicle_id, url, limits=Limits(time_limit_s=time_limit_s),
@@ -258,11 +290,13 @@ def vehicle_command(
 
 
 @ota_app.command("status")
-def status_command(directory: DirOpt, output: FormatOpt = OutputFormat.table) -> None:
+def status_command(directory: OptionalDirOpt = None, from_up: FromUpOpt = None,
+                   output: FormatOpt = OutputFormat.table) -> None:
     """Each vehicle's campaign state, as its manifests told the director."""
     with handle_errors():
         from corridor.mobility.ota.director import Director
 
+        directory, _url = _from_up(directory, None, from_up)
         rows = Director(_ota(directory)).status()
     if output == OutputFormat.json:
         emit_json(rows)
