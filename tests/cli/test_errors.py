@@ -130,6 +130,7 @@ def _files(tmp: Path) -> dict[str, str]:
      ["--timeout-s = -1.0"], ["channel_timeout_s"]),
     (["hybrid", "xwing", "keygen", "--seed", "00"], ["--seed"], []),
     (["inventory", "scan"], ["TARGETS: at least one"], ["None"]),
+    (["inventory", "plan"], ["TARGETS: at least one", "or --inventory FILE"], ["None"]),
     # The pre-shared key is checked before anything runs, and must be private.
     (["link", "run", "--distance-km", "10", "--psk-file", "PSK_OPEN"],
      ["--psk-file", "mode 0644", "chmod 600"], ["psk_file"]),

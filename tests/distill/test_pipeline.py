@@ -373,13 +373,18 @@ def test_two_party_driver_matches_the_in_process_run() -> None:
 def test_pre_shared_key_from_file(tmp_path: Any) -> None:
     streams = RandomStreams.from_seed(1)
     path = tmp_path / "psk.bin"
-    path.write_bytes(bytes(range(200)))
+    path.write_bytes(bytes(range(256)) * 4)
     path.chmod(0o644)
     with pytest.raises(ParameterError, match="mode 0644"):  # readable by others
         pre_shared_key(streams, CONFIG, path)
     path.chmod(0o600)
     key, source = pre_shared_key(streams, CONFIG, path)
-    assert key == bytes(range(200)) and str(path) in source
+    assert key == bytes(range(256)) * 4 and str(path) in source
+    # The file is the run's authentication pool: 200 bytes would run out in the first
+    # blocks (80 bytes stopped the first one), so it is refused up front.
+    path.write_bytes(bytes(range(200)))
+    with pytest.raises(ParameterError, match="at least 1024 bytes"):
+        pre_shared_key(streams, CONFIG, path)
     derived, source = pre_shared_key(RandomStreams.from_seed(1), CONFIG)
     assert len(derived) == CONFIG.auth_pool_bytes and "seed" in source
     path.write_bytes(b"short")

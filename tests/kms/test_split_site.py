@@ -167,6 +167,22 @@ def test_channel_fields_come_together() -> None:
     assert excinfo.value.field == "links.link-ab.simulation_seed"
 
 
+def test_a_site_s_psk_file_seeds_its_sessions_at_64_bytes(tmp_path: Path) -> None:
+    """``kme serve`` derives each session's pool from ``psk_file`` (session_auth_key), so
+    64 bytes suffice there, unlike ``link run --psk-file``, whose file is the pool."""
+    from corridor.kms.node import make_source
+
+    psk = tmp_path / "link-ab.psk"
+    psk.write_bytes(os.urandom(64))
+    psk.chmod(0o600)
+    spec = parse_corridor(_spec_data(7700, psk_file=str(psk)))
+    source = make_source(spec.links[LINK], ("alice",))
+    assert source._psk == psk.read_bytes()  # type: ignore[attr-defined]
+    psk.chmod(0o644)
+    with pytest.raises(ParameterError, match="mode 0644"):
+        make_source(spec.links[LINK], ("alice",))
+
+
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[dict[str, KmeNode]]:
     """Two KME nodes of a split corridor, each serving mutual TLS on its own socket."""

@@ -224,6 +224,9 @@ def plan_command(
                                  "either --inventory or TARGETS, not both")
         if inventory is not None:
             assets, skipped, z = _assets_from_json(inventory, policy, crqc_years)
+        elif not targets:
+            raise ParameterError("TARGETS", None, "at least one file, directory or host:port, "
+                                 "or --inventory FILE (inventory scan --format json)")
         else:
             result, assets, risk_policy, _ = _run_scan(list(targets or []), policy,
                                                        crqc_years, timeout_s,

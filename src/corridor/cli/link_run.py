@@ -51,7 +51,7 @@ from corridor.distill.pipeline import (
     PartyOutcome,
     distill_link,
     distill_party,
-    read_psk_file,
+    read_psk_pool,
 )
 from corridor.distill.transport import connect, listen
 from corridor.errors import ParameterError
@@ -328,7 +328,7 @@ def _run_tcp(role: str, listen_at: str | None, peer: str | None, timeout_s: floa
                              "give exactly one of --listen HOST:PORT or --peer HOST:PORT "
                              "with --role")
     if psk_file is not None:
-        read_psk_file(psk_file)  # a bad file is refused here, before the peer waits on us
+        read_psk_pool(psk_file)  # a bad file is refused here, before the peer waits on us
     if listen_at is not None:
         host, port = parse_host_port("--listen", listen_at)
         endpoint = listen(host, port, timeout_s)

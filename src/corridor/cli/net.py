@@ -124,8 +124,9 @@ def _print_plan(data: dict[str, Any], plan: Any, top: int,
 
 @net_app.command("plan")
 def plan_command(
-    file: Annotated[Path, typer.Argument(help="Corridor TOML with [\\[sites]], [\\[links]], "
-                                         "[\\[saes]] and [\\[demand]] (docs/network.md).")],
+    file: Annotated[Path, typer.Argument(help="Corridor TOML with [\\[kmes]], [\\[links]], "
+                                         "[\\[saes]], [\\[demand]] and optional [\\[sites]] "
+                                         "(docs/network.md).")],
     fail: Annotated[list[str] | None, typer.Option(
         "--fail", help="A link ID or site ID out of service (repeatable).")] = None,
     what_if: Annotated[bool, typer.Option(
@@ -215,8 +216,8 @@ def _simulation_tables(data: dict[str, Any], top: int) -> list[Table]:
 
 @net_app.command("simulate")
 def simulate_command(
-    file: Annotated[Path, typer.Argument(help="Corridor TOML with [\\[links]], [\\[saes]] and "
-                                         "[\\[demand]] (docs/network.md).")],
+    file: Annotated[Path, typer.Argument(help="Corridor TOML with [\\[kmes]], [\\[links]], "
+                                         "[\\[saes]] and [\\[demand]] (docs/network.md).")],
     hours: Annotated[float, typer.Option("--hours", help="Simulated time.")] = 24.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the arrival streams.")] = 1,
     request_bits: Annotated[int | None, typer.Option(

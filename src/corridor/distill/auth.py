@@ -121,8 +121,10 @@ class AuthenticationKeyPool:
             left = len(self._buffer) - self._start
             if n_bytes > left:
                 raise ProtocolAbort("authentication_key_exhausted",
-                                    f"needed {8 * n_bytes} pre-shared bits, {8 * left} left; "
-                                    f"replenish the pool from distilled key")
+                                    f"needed {8 * n_bytes} pre-shared bits, {8 * left} left "
+                                    f"after {8 * self._consumed_bytes} used; only blocks "
+                                    "that yield key refill the pool: start from a longer "
+                                    "pre-shared key, or blocks large enough to yield key")
             stop = self._start + n_bytes
             taken = bytes(self._buffer[self._start:stop])
             self._buffer[self._start:stop] = bytes(n_bytes)

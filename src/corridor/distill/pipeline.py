@@ -575,7 +575,26 @@ def pre_shared_key(streams: RandomStreams, config: DistillConfig,
     if psk_file is None:
         return (streams.pre_shared_key.bytes(config.auth_pool_bytes),
                 "derived from the simulation seed (simulation only)")
-    return read_psk_file(psk_file), f"read from {psk_file}"
+    return read_psk_pool(psk_file), f"read from {psk_file}"
+
+
+def read_psk_pool(psk_file: str | Path) -> bytes:
+    """:func:`read_psk_file` for a link run, where the file is the authentication pool
+    itself (``kme serve`` derives keys from it instead): at least
+    :data:`MIN_PSK_POOL_BYTES`, since each block's tags take about 80 bytes until blocks
+    that yield key refill it (a 64-byte key stopped the first block)."""
+    key = read_psk_file(psk_file)
+    if len(key) < MIN_PSK_POOL_BYTES:
+        raise ParameterError("psk_file", str(psk_file),
+                             f"must hold at least {MIN_PSK_POOL_BYTES} bytes of key for a "
+                             "link run (the authentication pool itself)",
+                             f"it holds {len(key)}; e.g. head -c 65536 /dev/urandom")
+    return key
+
+
+MIN_PSK_POOL_BYTES = 1024
+"""Smallest ``--psk-file`` a link run starts from: about ten blocks' tags (a block takes
+about 80 bytes at 10 km) before blocks that yield key refill the pool."""
 
 
 def read_psk_file(psk_file: str | Path) -> bytes:

@@ -946,7 +946,12 @@ def make_source(link: LinkSite, sides: tuple[str, ...], *,
         return RecordedKeyFileSource.from_directory(link.link_id, link.keys_dir,
                                                     link.block_bytes, sides=sides,
                                                     block_interval_s=link.block_interval_s)
-    from corridor.distill.pipeline import DistillConfig, RandomStreams, pre_shared_key
+    from corridor.distill.pipeline import (
+        DistillConfig,
+        RandomStreams,
+        pre_shared_key,
+        read_psk_file,
+    )
 
     config = DistillConfig.for_link(link.params, link_id=link.link_id,
                                     cascade_variant=link.cascade_variant,
@@ -966,10 +971,11 @@ def make_source(link: LinkSite, sides: tuple[str, ...], *,
                              "process (with channel_listen and simulation_seed, "
                              "docs/corridor-up.md); `corridor up` runs both sides in one "
                              "process")
-    # The same derivation as `corridor link run --role`: the psk_file both sites hold,
-    # else (simulation only) a key drawn from the simulation seed.
-    psk, _ = pre_shared_key(RandomStreams.from_seed(link.simulation_seed), config,
-                            link.psk_file)
+    # The psk_file both sites hold, else (simulation only) a key drawn from the simulation
+    # seed, as `corridor link run --role`; each session's pool is derived from it
+    # (session_auth_key), so the file need not be a pool's size.
+    psk = (read_psk_file(link.psk_file) if link.psk_file is not None else
+           pre_shared_key(RandomStreams.from_seed(link.simulation_seed), config)[0])
     return SimulatedLinkPartySource(
         link.params, link_id=link.link_id, role=sides[0], address=link.channel_address,
         listen=sides[0] == link.channel_listen, simulation_seed=link.simulation_seed,
