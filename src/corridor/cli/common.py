@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -150,17 +149,17 @@ def fail(message: str) -> None:
 
 
 # typer checks typed options with pydantic; its phrases, in the words of Corridor's own.
-_PYDANTIC_WORDS = [(re.compile(pattern), plain) for pattern, plain in (
-    (r"Input should be greater than or equal to ", "must be at least "),
-    (r"Input should be less than or equal to ", "must be at most "),
-    (r"Input should be greater than ", "must be above "),
-    (r"Input should be less than ", "must be below "),
-    (r"Input should be a valid number, unable to parse string as a number", "must be a number"),
-    (r"Input should be a valid integer, unable to parse string as an integer",
+_PYDANTIC_WORDS = (
+    ("Input should be greater than or equal to ", "must be at least "),
+    ("Input should be less than or equal to ", "must be at most "),
+    ("Input should be greater than ", "must be above "),
+    ("Input should be less than ", "must be below "),
+    ("Input should be a valid number, unable to parse string as a number", "must be a number"),
+    ("Input should be a valid integer, unable to parse string as an integer",
      "must be a whole number"),
-    (r"Input should be a valid integer, got a number with a fractional part",
+    ("Input should be a valid integer, got a number with a fractional part",
      "must be a whole number"),
-)]
+)
 
 
 def usage_error_line(exc: click_exceptions.UsageError) -> str:
@@ -173,8 +172,8 @@ def usage_error_line(exc: click_exceptions.UsageError) -> str:
         # "Missing argument 'SLAVE_SAE_ID'", as --help shows it, not 'slave_sae_id'
         shown = str(getattr(param, "metavar", None) or param.name.upper())
         message = message.replace(f"'{param.name}'", f"'{shown}'")
-    for pattern, plain in _PYDANTIC_WORDS:
-        message = pattern.sub(plain, message)
+    for phrase, plain in _PYDANTIC_WORDS:
+        message = message.replace(phrase, plain)
     if isinstance(exc, click_exceptions.BadParameter):
         typed = _typed_values(exc, sys.argv[1:])
         if typed and not any(repr(value) in message for value in typed):

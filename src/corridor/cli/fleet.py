@@ -296,7 +296,7 @@ def _backend(parts: _Parts, directory: Path, from_up: Path | None, depot_id: str
     try:
         session.start()
     except TransportError as exc:
-        if "no handshake message" not in str(exc):
+        if exc.reason != "transport_timeout":  # the depot never answered
             raise
         host, port = broker
         raise FleetError(f"depot {depot_id} did not answer the hybrid handshake within "
