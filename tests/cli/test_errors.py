@@ -4,6 +4,7 @@ whether Corridor's validation or the option parser found it."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,7 @@ def corridor(*args: str) -> subprocess.CompletedProcess[str]:
     (["sae", "get-key"], ["SLAVE_SAE_ID"]),
     # pydantic's phrases (typer checks typed options with it) in Corridor's words.
     (["link", "plot", "--out", "x.png", "--points", "1"], ["--points", "must be at least 2"]),
+    (["v2x", "budget", "--format", "xml"], ["--format", "'xml' is not one of"]),
     (["sae", "get-key", "b", "--number", "1.5"], ["--number", "must be a whole number"]),
     # A path the system refuses: the path and why, not a traceback.
     (["pki", "init", "--out", __file__, "--kme", "kme-a"], [__file__, "File exists"]),
@@ -49,6 +51,17 @@ def test_every_mistake_is_one_line_with_exit_code_2(args: list[str], names: list
     for name in names:
         assert name in lines[0]
     assert "Traceback" not in result.stderr and "╭" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["hybrid", "xwing", "keygen", "7f9c2b3a11d0e4c5"],  # the seed without --seed
+    ["hybrid", "xwing", "decaps", "--sk", "--ct", "7f9c2b3a11d0e4c5"],
+])
+def test_a_usage_error_never_echoes_a_secret_input(args: list[str]) -> None:
+    result = corridor(*args)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "7f9c2b3a" not in result.stderr
 
 
 def test_pulse_counts_read_exponent_form_everywhere() -> None:
@@ -116,9 +129,14 @@ def _files(tmp: Path) -> dict[str, str]:
     key = tmp / "key.b64"
     key.write_text("A" * 43 + "=\n")  # 32 bytes
     (tmp / "empty.json").write_text("{}")
+    asset = {"category": "corridor", "location": "c.toml", "algorithm": None,
+             "method": "corridor:toml", "line": 1}  # a hand-edited inventory
+    (tmp / "bad-asset.json").write_text(json.dumps({
+        "summary": {"assets": 1, "by_risk": {}, "by_vulnerability": {}}, "assets": [asset]}))
     (tmp / "policy.toml").write_text('name = "a corridor file"\n[[links]]\nid = "x"\n')
     return {"PSK_OPEN": str(psk_open), "SHORT_KEY": str(short_key), "KEY": str(key),
-            "EMPTY_JSON": str(tmp / "empty.json"), "MISSING": str(tmp / "missing.json"),
+            "EMPTY_JSON": str(tmp / "empty.json"), "BAD_ASSET": str(tmp / "bad-asset.json"),
+            "MISSING": str(tmp / "missing.json"),
             "POLICY": str(tmp / "policy.toml"), "TMP": str(tmp)}
 
 
@@ -179,6 +197,8 @@ def _files(tmp: Path) -> dict[str, str]:
     (["inventory", "plan", "--inventory", "MISSING"],
      ["--inventory", "No such file or directory"], ["fields of a finding"]),
     (["inventory", "plan", "--inventory", "EMPTY_JSON"], ["--inventory", "summary"], []),
+    (["inventory", "plan", "--inventory", "BAD_ASSET"],
+     ["--inventory", "assets[0]: algorithm = None: must be a string"], ["Traceback"]),
     (["inventory", "scan", "TMP", "--policy", "POLICY"],
      ["policy key = 'links, name'", "[[systems]]"], ["None"]),
 ])

@@ -69,6 +69,9 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
                 cwd=tmp_path)
     assert when.returncode == 2 and len(when.stderr.strip().splitlines()) == 1
     assert "--since" in when.stderr and "'last week'" in when.stderr
+    far = _run("pilot", "report", "--from-up", "up.json", "--since", "1000000d", cwd=tmp_path)
+    assert far.returncode == 2 and len(far.stderr.strip().splitlines()) == 1, far.stderr
+    assert "--since = '1000000d'" in far.stderr
     order = _run("pilot", "report", "--from-up", "up.json", "--since", "1h", "--until",
                  "2h", cwd=tmp_path)
     assert order.returncode == 2 and "later than --since" in order.stderr

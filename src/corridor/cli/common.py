@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -148,8 +149,12 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+# Commands whose options and arguments are seeds, keys and shared secrets.
+_SECRET_INPUT_GROUPS = ("hybrid xwing", "hybrid kdf")
+_EXTRA_ARGS = re.compile(r"\(([^()]*)\)\s*$")  # click: "unexpected extra argument (X Y)"
 # typer checks typed options with pydantic; its phrases, in the words of Corridor's own.
 _PYDANTIC_WORDS = (
+    ("Value error, ", ""),
     ("Input should be greater than or equal to ", "must be at least "),
     ("Input should be less than or equal to ", "must be at most "),
     ("Input should be greater than ", "must be above "),
@@ -174,11 +179,15 @@ def usage_error_line(exc: click_exceptions.UsageError) -> str:
         message = message.replace(f"'{param.name}'", f"'{shown}'")
     for phrase, plain in _PYDANTIC_WORDS:
         message = message.replace(phrase, plain)
-    if isinstance(exc, click_exceptions.BadParameter):
+    command = exc.ctx.command_path if exc.ctx is not None else "corridor"
+    secret = any(f" {group} " in f" {command} " for group in _SECRET_INPUT_GROUPS)
+    if secret:  # what was typed there may be a seed or a key: never echo it
+        message = _EXTRA_ARGS.sub(lambda m: f"({len(m[1].split())} not shown)", message)
+    elif isinstance(exc, click_exceptions.BadParameter) and not isinstance(
+            exc, click_exceptions.MissingParameter):
         typed = _typed_values(exc, sys.argv[1:])
         if typed and not any(repr(value) in message for value in typed):
             message += f"; got {', '.join(map(repr, typed))}"
-    command = exc.ctx.command_path if exc.ctx is not None else "corridor"
     return f"{message} (see '{command} --help')"
 
 

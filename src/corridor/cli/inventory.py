@@ -189,12 +189,15 @@ def _assets_from_json(path: Path, policy_path: Path | None, crqc_years: float | 
     names = {f.name for f in dataclasses.fields(Finding)}
     with as_option("inventory", "--inventory"):
         assets = load_assets(path)
-    try:
-        findings = [Finding(**{k: v for k, v in a.items() if k in names}) for a in assets]
-    except (TypeError, ValueError):
-        raise ParameterError("--inventory", str(path), "assets with the fields of a "
-                             "finding (written by `corridor inventory scan --format json`)"
-                             ) from None
+    findings = []
+    for index, asset in enumerate(assets):
+        try:
+            findings.append(Finding(**{k: v for k, v in asset.items() if k in names}))
+        except (TypeError, ValueError) as exc:
+            why = str(exc) if isinstance(exc, ValueError) else "a field is missing"
+            raise ParameterError("--inventory", str(path), "assets with the fields of a "
+                                 "finding (written by `corridor inventory scan --format "
+                                 "json`)", f"assets[{index}]: {why}") from None
     policy = load_policy(policy_path, crqc_years)
     skipped = [Skipped(str(s.get("location")), str(s.get("reason")))
                for s in json.loads(path.read_text()).get("skipped", [])

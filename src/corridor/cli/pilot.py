@@ -23,7 +23,11 @@ def parse_when(option: str, text: str, now: dt.datetime) -> dt.datetime:
     ``30m``, ``2h``, ``7d``)."""
     match = _RELATIVE.fullmatch(text.strip())
     if match:
-        return now - dt.timedelta(seconds=float(match[1]) * _UNIT_S[match[2]])
+        try:
+            return now - dt.timedelta(seconds=float(match[1]) * _UNIT_S[match[2]])
+        except (OverflowError, ValueError):  # before year 1: no pilot ran then
+            raise ParameterError(option, text, "a span back from now that stays after "
+                                 "the year 1 (e.g. 7d or 365d)") from None
     try:
         when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:

@@ -54,6 +54,19 @@ class Finding:
     subject: str | None = None
 
     def __post_init__(self) -> None:
+        # Findings also come back from JSON a person may have edited (inventory plan
+        # --inventory): a wrong type fails here, named, not later inside the risk model.
+        for name in ("category", "location", "algorithm", "method", "detail"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} = {getattr(self, name)!r}: must be a string")
+        for name in ("field", "curve", "usage", "not_after", "subject"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} = {getattr(self, name)!r}: must be a string or null")
+        for name in ("line", "key_size_bits"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise ValueError(f"{name} = {value!r}: must be a whole number >= 0 or null")
         if self.category not in CATEGORIES:
             raise ValueError(f"category {self.category!r} not one of {CATEGORIES}")
         if not self.location or (self.line is None and self.field is None):
