@@ -35,6 +35,15 @@ def corridor(*args: str) -> subprocess.CompletedProcess[str]:
     # pydantic's phrases (typer checks typed options with it) in Corridor's words.
     (["link", "plot", "--out", "x.png", "--points", "1"], ["--points", "must be at least 2"]),
     (["v2x", "budget", "--format", "xml"], ["--format", "'xml' is not one of"]),
+    # hybrid entropy check: the options as typed, and none ignored with a file source.
+    (["hybrid", "entropy", "check", "--source", "/dev/urandom", "--min-entropy", "9"],
+     ["--min-entropy = 9.0"]),
+    (["hybrid", "entropy", "check", "--source", "/dev/urandom", "--ca", "ca.pem"],
+     ["--ca = 'ca.pem'", "https://"]),
+    (["hybrid", "entropy", "check", "--source", "/dev/urandom", "--timeout-s", "3"],
+     ["--timeout-s", "https://"]),
+    (["hybrid", "entropy", "check", "--source", "https://127.0.0.1:9/x", "--cert", "c.pem"],
+     ["--cert = 'c.pem'", "needs --key"]),
     (["sae", "get-key", "b", "--number", "1.5"], ["--number", "must be a whole number"]),
     # A path the system refuses: the path and why, not a traceback.
     (["pki", "init", "--out", __file__, "--kme", "kme-a"], [__file__, "File exists"]),

@@ -93,7 +93,7 @@ def test_unusable_endpoint_is_one_error_line(qrng_server: QrngServer, tls: Clien
     (["--source", "/dev/null", "--bytes", "0"], ["--bytes", "0"]),
     # Under one APT window (512) the APT never runs: no PASS for it.
     (["--source", "/dev/urandom", "--bytes", "100"], ["--bytes", "100", "512"]),
-    (["--source", "/dev/null", "--min-entropy", "9"], ["min_entropy_bits_per_sample", "9"]),
+    (["--source", "/dev/null", "--min-entropy", "9"], ["--min-entropy = 9.0"]),
     (["--source", "https://x.invalid/r", "--header", "TOKEN-ONLY"], ["--header", "<hidden>"]),
 ])
 def test_mistakes_name_the_field(args: list[str], names: list[str]) -> None:

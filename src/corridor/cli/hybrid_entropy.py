@@ -17,7 +17,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from corridor.cli.common import OutputFormat, console, emit_json, handle_errors
+from corridor.cli.common import (
+    OutputFormat,
+    as_options,
+    console,
+    emit_json,
+    handle_errors,
+    typed_on_command_line,
+)
 from corridor.entropy.health import APT_WINDOW_NON_BINARY, HealthFailure, HealthTests
 from corridor.entropy.qrng import open_reader
 from corridor.entropy.source import DEFAULT_MIN_ENTROPY_BITS_PER_BYTE
@@ -141,8 +148,24 @@ def check_command(
 ) -> None:
     """Read N bytes from a QRNG, run the RCT and APT, print the verdict (exit 1 on fail)."""
     with handle_errors():
-        report = run_check(source, size_bytes, min_entropy, ca=ca, cert=cert, key=key,
-                           headers=_headers(header or []), timeout_s=timeout_s)
+        if not source.startswith(("https://", "http://")):
+            # A device or file source: the endpoint's options would be ignored.
+            for option, given in (("--ca", ca), ("--cert", cert), ("--key", key),
+                                  ("--header", header or None)):
+                if given is not None:
+                    raise ParameterError(option, None if option == "--header" else str(given),
+                                         "only with an https:// --source")
+            if typed_on_command_line("timeout_s"):
+                raise ParameterError("--timeout-s", timeout_s, "only with an https:// --source")
+        if (cert is None) != (key is None):
+            raise ParameterError("--cert" if key is None else "--key",
+                                 str(cert if key is None else key),
+                                 "needs --key" if key is None else "needs --cert")
+        with as_options({"min_entropy_bits_per_sample": "--min-entropy",
+                         "timeout_s": "--timeout-s", "source": "--source",
+                         "ca/cert/key": "--ca/--cert/--key"}):
+            report = run_check(source, size_bytes, min_entropy, ca=ca, cert=cert, key=key,
+                               headers=_headers(header or []), timeout_s=timeout_s)
     if output is OutputFormat.json:
         emit_json(report)
     else:
