@@ -158,6 +158,7 @@ def _files(tmp: Path) -> dict[str, str]:
     (["hybrid", "xwing", "keygen", "--seed", "00"], ["--seed"], []),
     (["inventory", "scan"], ["TARGETS: at least one"], ["None"]),
     (["inventory", "plan"], ["TARGETS: at least one", "or --inventory FILE"], ["None"]),
+    (["web", "--from-up", "MISSING", "--pki", "TMP"], ["--pki", "only with --config"], []),
     # The pre-shared key is checked before anything runs, and must be private.
     (["link", "run", "--distance-km", "10", "--psk-file", "PSK_OPEN"],
      ["--psk-file", "mode 0644", "chmod 600"], ["psk_file"]),

@@ -154,3 +154,23 @@ def test_server_stops_promptly_while_a_client_holds_an_idle_connection(pki) -> N
     with _client(pki, "sae-a") as idle, \
             running_server(echo_tls_app, kme.cert, kme.key, pki.ca_cert) as running:
         assert idle.get(running.url + "/").status_code == 200
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "192.0.2.77"])
+def test_a_host_that_is_not_this_machine_s_is_named_not_the_port(host: str) -> None:
+    """No such name, or an address this machine does not hold: ``--host`` is wrong, and
+    the error says so (it said "port = 0: a free port")."""
+    with pytest.raises(ParameterError) as info:
+        bind_socket(host, 0)
+    assert info.value.field == "host" and info.value.value == host
+
+
+def test_a_port_in_use_is_named_as_the_port() -> None:
+    taken = bind_socket("127.0.0.1", 0)
+    taken.listen()
+    try:
+        with pytest.raises(ParameterError) as info:
+            bind_socket("127.0.0.1", taken.getsockname()[1])
+        assert info.value.field == "port"
+    finally:
+        taken.close()

@@ -22,7 +22,14 @@ from typing import Annotated, Any
 
 import typer
 
-from corridor.cli.common import OutputFormat, console, emit_json, handle_errors, read_up_file
+from corridor.cli.common import (
+    OutputFormat,
+    as_option,
+    console,
+    emit_json,
+    handle_errors,
+    read_up_file,
+)
 from corridor.errors import CorridorError, ParameterError
 
 
@@ -145,8 +152,12 @@ def web_command(
             raise ParameterError("--interval-s", interval_s, "a number in [0.1, 3600]")
         if duration_s is not None and duration_s <= 0:
             raise ParameterError("--duration-s", duration_s, "a positive number of seconds")
+        if pki_dir is not None and config is None:
+            raise ParameterError("--pki", str(pki_dir), "only with --config",
+                                 "--from-up names its PKI itself")
         if config is not None:
-            source, layout = source_from_config(config, pki_dir, operator)
+            with as_option("pki_dir", "--pki"):
+                source, layout = source_from_config(config, pki_dir, operator)
         else:
             assert from_up is not None
             source, layout = source_from_up(from_up, operator)

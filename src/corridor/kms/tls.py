@@ -51,6 +51,7 @@ the socket object it was given.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -540,6 +541,10 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0, *,
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            # The address, not the port: no such name, or not an address of this machine.
+            raise ParameterError("host", host, "an address of this machine",
+                                 str(exc)) from None
         raise ParameterError("port", port, f"a free port on {host}", str(exc)) from None
     return sock
 
