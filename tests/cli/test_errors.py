@@ -207,6 +207,8 @@ def _files(tmp: Path) -> dict[str, str]:
     (["inventory", "plan", "--inventory", "MISSING"],
      ["--inventory", "No such file or directory"], ["fields of a finding"]),
     (["inventory", "plan", "--inventory", "EMPTY_JSON"], ["--inventory", "summary"], []),
+    (["inventory", "plan", "--inventory", "BAD_ASSET", "--timeout-s", "1"],
+     ["--timeout-s = 1.0", "not with --inventory"], []),
     (["inventory", "plan", "--inventory", "BAD_ASSET"],
      ["--inventory", "assets[0]: algorithm = None: must be a string"], ["Traceback"]),
     (["inventory", "scan", "TMP", "--policy", "POLICY"],

@@ -118,6 +118,18 @@ def test_table_and_fail_on(corpus: Path) -> None:
     assert safe.returncode == 0, safe.stdout + safe.stderr
 
 
+def test_the_table_goes_to_out_when_given(corpus: Path, tmp_path: Path) -> None:
+    """``--out`` with the default table format writes the table there (it was printed
+    and the file never written)."""
+    out = tmp_path / "table.txt"
+    done = _corridor("inventory", "scan", str(corpus / "etc" / "ssh"), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "mlkem768x25519" in out.read_text() and "mlkem768x25519" not in done.stdout
+    missing = _corridor("inventory", "scan", str(corpus / "etc" / "ssh"), "--out",
+                        str(tmp_path / "no" / "t.txt"))
+    assert missing.returncode == 2 and "--out" in missing.stderr
+
+
 @pytest.mark.parametrize(("args", "line"), [
     (["--fail-on", "severe"], "error: --fail-on = 'severe': one of critical, high, medium, "
                               "low"),

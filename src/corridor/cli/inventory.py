@@ -14,7 +14,13 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from corridor.cli.common import as_option, console, emit_json, handle_errors
+from corridor.cli.common import (
+    as_option,
+    console,
+    emit_json,
+    handle_errors,
+    typed_on_command_line,
+)
 from corridor.errors import ParameterError
 
 inventory_app = typer.Typer(help="Cryptographic inventory: scan, CBOM, risk, migration plan.",
@@ -93,7 +99,22 @@ def _write(text: str, out: Path | None) -> None:
     console.print(f"wrote {out}", highlight=False, soft_wrap=True)
 
 
-def _table(assets: list[Any], result: Any, elapsed_s: float) -> None:
+def _table(assets: list[Any], result: Any, elapsed_s: float, out: Path | None = None) -> None:
+    """The ranked table on the terminal, or as plain text into ``out``."""
+    if out is None:
+        _table_to(console, assets, result, elapsed_s)
+        return
+    import io
+
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    _table_to(Console(file=buffer, width=160, no_color=True, highlight=False), assets,
+              result, elapsed_s)
+    _write(buffer.getvalue(), out)
+
+
+def _table_to(target: Any, assets: list[Any], result: Any, elapsed_s: float) -> None:
     from corridor.inventory.algorithms import default_size
     from corridor.inventory.report import summary
 
@@ -111,14 +132,14 @@ def _table(assets: list[Any], result: Any, elapsed_s: float) -> None:
         table.add_row(Text(asset.level, style=_LEVEL_STYLE[asset.level]), f"{asset.score:g}",
                       name, asset.vulnerability, asset.nist_status,
                       f"{asset.mosca_margin_years:+g}", asset.system, f.where)
-    console.print(table)
+    target.print(table)
     counts = summary(assets)
-    console.print(f"{counts['assets']} assets; by risk {counts['by_risk']}; by vulnerability "
+    target.print(f"{counts['assets']} assets; by risk {counts['by_risk']}; by vulnerability "
                   f"{counts['by_vulnerability']}; {result.files_scanned} files "
                   f"({result.bytes_scanned} bytes) and {result.endpoints_scanned} endpoints "
                   f"in {elapsed_s:.2f} s", highlight=False, soft_wrap=True)
     for skip in result.skipped:
-        console.print(f"skipped {skip.location}: {skip.reason}", highlight=False,
+        target.print(f"skipped {skip.location}: {skip.reason}", highlight=False,
                       markup=False, soft_wrap=True)
 
 
@@ -161,7 +182,7 @@ def scan_command(
         elif output == ScanFormat.cyclonedx:
             _write(cbom_json(assets), out)
         else:
-            _table(assets, result, elapsed)
+            _table(assets, result, elapsed, out)
     if fail_on is not None:
         # A gate must not pass on a target it could not scan at all (an endpoint that
         # refused or stalled): that is a failure of the gate, not a clean result.
@@ -226,6 +247,13 @@ def plan_command(
             raise ParameterError("--inventory", str(inventory),
                                  "either --inventory or TARGETS, not both")
         if inventory is not None:
+            for name, option, value in (("live", "--live", live),
+                                        ("timeout_s", "--timeout-s", timeout_s),
+                                        ("max_file_bytes", "--max-file-bytes",
+                                         max_file_bytes)):
+                if typed_on_command_line(name):  # they steer a scan, which this skips
+                    raise ParameterError(option, value, "only when scanning TARGETS, not "
+                                         "with --inventory")
             assets, skipped, z = _assets_from_json(inventory, policy, crqc_years)
         elif not targets:
             raise ParameterError("TARGETS", None, "at least one file, directory or host:port, "
