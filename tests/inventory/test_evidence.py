@@ -13,7 +13,13 @@ import pypdfium2
 import pytest
 
 from corridor.errors import ParameterError
-from corridor.inventory.evidence import collect_evidence, evidence_html, evidence_pdf, sections
+from corridor.inventory.evidence import (
+    collect_evidence,
+    evidence_html,
+    evidence_pdf,
+    metric_totals,
+    sections,
+)
 from tests.inventory.recorded import (
     DECISIONS,
     DELIVERIES,
@@ -166,3 +172,19 @@ def test_live_evidence_of_a_corridor_that_is_not_running_is_refused(tmp_path: Pa
         collect_evidence(up, connections=[("kme-a", f"https://127.0.0.1:{port}", missing,
                                            missing, missing)], timeout_s=0.5)
     assert info.value.field == "--from-up"
+
+
+def test_live_metric_totals_leave_out_timestamps_and_buckets() -> None:
+    """Summed over KMEs, ``_created`` gave sums of Unix times (7.2e9 for two KMEs)."""
+    page = "\n".join([
+        "# HELP corridor_keys_delivered_total Keys delivered.",
+        'corridor_keys_delivered_total{sae="a"} 3.0',
+        'corridor_keys_delivered_total{sae="b"} 4.0',
+        'corridor_keys_delivered_created{sae="a"} 1.796e+09',
+        'corridor_request_seconds_bucket{le="0.1"} 5.0',
+        "corridor_request_seconds_count 5.0",
+        "process_cpu_seconds_total 9.0",
+        "corridor_broken_line NaNx",
+    ])
+    assert metric_totals(page) == {"corridor_keys_delivered_total": 7.0,
+                                   "corridor_request_seconds_count": 5.0}

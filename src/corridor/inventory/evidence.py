@@ -251,6 +251,25 @@ def key_exchange_risk(assets: list[dict[str, Any]]) -> dict[str, Any]:
             "max_score": max((float(a.get("score", 0)) for a in chosen), default=0.0)}
 
 
+def metric_totals(text: str) -> dict[str, float]:
+    """Each ``corridor_`` series of a Prometheus text page summed over its labels, less
+    the ones whose sum means nothing: ``_created`` (creation times, Unix seconds) and
+    ``_bucket`` (cumulative histogram buckets)."""
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("corridor_") or " " not in line:
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name.endswith(("_created", "_bucket")):
+            continue
+        try:
+            value = float(line.rsplit(" ", 1)[1])
+        except ValueError:
+            continue
+        totals[name] = totals.get(name, 0.0) + value
+    return totals
+
+
 def _live(pack: EvidencePack, connections: list[Connection]) -> None:
     import httpx
 
@@ -272,14 +291,8 @@ def _live(pack: EvidencePack, connections: list[Connection]) -> None:
             context = client_ssl_context(cert, key, ca)
             with httpx.Client(verify=context, timeout=10.0) as http:
                 text = http.get(url.rstrip("/") + "/metrics").text
-            for line in text.splitlines():
-                if line.startswith("corridor_") and " " in line:
-                    name = line.split("{", 1)[0].split(" ", 1)[0]
-                    try:
-                        value = float(line.rsplit(" ", 1)[1])
-                    except ValueError:
-                        continue
-                    pack.metrics[name] = pack.metrics.get(name, 0.0) + value
+            for name, value in metric_totals(text).items():
+                pack.metrics[name] = pack.metrics.get(name, 0.0) + value
         except Exception as exc:  # a KME that does not answer is a finding, not a crash
             pack.problems.append(f"KME {kme_id or url} did not answer the operator: "
                                  f"{type(exc).__name__}")
