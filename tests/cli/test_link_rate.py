@@ -225,6 +225,18 @@ def test_plot_writes_png_and_svg(tmp_path: Path) -> None:
     assert b"<svg" in (tmp_path / "rates.svg").read_bytes()[:500]
 
 
+def test_plot_refuses_a_missing_folder_and_a_set_length(tmp_path: Path) -> None:
+    """No folder is made for --out (it made /nonexistent), and --set length_km, which
+    the distance axis would ignore, is refused."""
+    missing = runner.invoke(app, ["link", "plot", "--out", str(tmp_path / "no" / "r.png")])
+    assert missing.exit_code == 2 and "existing directory" in missing.stderr
+    assert not (tmp_path / "no").exists()
+    length = runner.invoke(app, ["link", "plot", "--out", str(tmp_path / "r.png"), "--set",
+                                 "length_km=25"])
+    assert length.exit_code == 2 and "--set length_km = '25'" in length.stderr
+    assert not (tmp_path / "r.png").exists()
+
+
 def test_plot_refuses_an_unknown_suffix(tmp_path: Path) -> None:
     result = runner.invoke(app, ["link", "plot", "--out", str(tmp_path / "rates.pdf")])
     assert result.exit_code == 2

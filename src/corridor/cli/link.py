@@ -134,14 +134,14 @@ def _whole_number(text: str, cleaned: str) -> int:
 
 def link_parameters_from_options(preset: str, config: Path | None,
                                  overrides: list[str], *,
-                                 distance_given: bool = False) -> LinkParameters:
+                                 length_set_by: str | None = None) -> LinkParameters:
     """LinkParameters from ``--preset NAME``, ``--config FILE.toml`` and ``--set k=v``.
 
     The preset is the base; the TOML file is applied on top (its own ``preset`` key,
     if any, replaces the base), then each ``--set`` in order. Every mistake raises
     :class:`ParameterError` naming the field, the value and what is allowed; so does a
-    ``--set length_km`` beside ``--distance-km`` (``distance_given``), one of which
-    would be ignored.
+    ``--set length_km`` when something else sets the length (``length_set_by``:
+    ``--distance-km``, a plot's axis), since one of them would be ignored.
     """
     params = preset_by_name(preset)
     if config is not None:
@@ -150,9 +150,10 @@ def link_parameters_from_options(preset: str, config: Path | None,
     for text in overrides:
         name, value = parse_override(text)
         values[name] = value
-        if distance_given and name in LENGTH_FIELDS:
-            raise ParameterError(f"--set {name}", value, "not with --distance-km",
-                                 "give the fibre length once")
+        if length_set_by is not None and name in LENGTH_FIELDS:
+            raise ParameterError(f"--set {name}", value, f"not with {length_set_by}",
+                                 "give the fibre length once" if length_set_by.startswith("-")
+                                 else "the plot sweeps it; --max-distance-km sets its end")
     if not values:
         return params
     try:
@@ -302,8 +303,9 @@ def rate_command(
     """Secret key rate of the link against fibre length (closed form)."""
     with handle_errors():
         distances_given = bool(distance_km or distances_km)
-        params = link_parameters_from_options(preset_name, config, overrides or [],
-                                              distance_given=distances_given)
+        params = link_parameters_from_options(
+            preset_name, config, overrides or [],
+            length_set_by="--distance-km" if distances_given else None)
         _check_block_pulses(block_pulses, decoy)
         bound = check_finite_key_option(finite_key)
         if typed_on_command_line("finite_key") and (block_pulses is None
@@ -380,7 +382,9 @@ def plot_command(
 ) -> None:
     """Plot secret key rate (bits/pulse and bits/s) and the PLOB bound against distance."""
     with handle_errors():
-        params = link_parameters_from_options(preset_name, config, overrides or [])
+        # Distance is the plot's axis: a --set length_km would be ignored.
+        params = link_parameters_from_options(preset_name, config, overrides or [],
+                                              length_set_by="the plot's distance axis")
         from corridor.link.plot import DEFAULT_BLOCK_PULSES, write_rate_figure
 
         sizes = tuple(block_pulses) if block_pulses else DEFAULT_BLOCK_PULSES

@@ -261,7 +261,7 @@ def run_command(
     """
     with handle_errors():
         params = link_parameters_from_options(preset, config, overrides or [],
-                                              distance_given=True)
+                                              length_set_by="--distance-km")
         with as_option("length_km", "--distance-km"):
             params = params.with_length(distance_km)
         if pulses <= 0:

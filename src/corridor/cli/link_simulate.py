@@ -145,7 +145,8 @@ def simulate_command(
 
     with handle_errors():
         params = link_parameters_from_options(preset_name, config, overrides or [],
-                                              distance_given=distance_km is not None)
+                                              length_set_by=None if distance_km is None
+                                              else "--distance-km")
         if distance_km is not None:
             with as_option("length_km", "--distance-km"):
                 params = params.override({"length_km": distance_km})

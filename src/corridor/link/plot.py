@@ -86,6 +86,8 @@ def write_rate_figure(params: LinkParameters, out: Path, max_distance: float | N
     out = Path(out)
     if out.suffix.lower() not in FIGURE_SUFFIXES:
         raise ParameterError("out", str(out), "must end in .png or .svg")
+    if not out.parent.is_dir():  # as every other --out and --plot: no folder is made
+        raise ParameterError("out", str(out), "a file in an existing directory")
     if points < 2:
         raise ParameterError("points", points, "must be at least 2")
     if max_distance is None:
@@ -157,6 +159,5 @@ def write_rate_figure(params: LinkParameters, out: Path, max_distance: float | N
                           if params.detector.dead_time_s > 0 else ""))
     ax_second.set_xlabel("fibre length (km)")
     fig.tight_layout(rect=(0.0, 0.16, 1.0, 1.0))
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
