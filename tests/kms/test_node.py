@@ -62,7 +62,11 @@ def test_embedded_default_describes_two_sites_one_link_two_saes() -> None:
     (lambda d: d["kmes"][0].update(max_key_count=0), "max_key_count"),
     (lambda d: d["links"][0].update(bob_kme="kme-z"), "links.link-ab.bob_kme"),
     (lambda d: d["links"][0].update(source="recorded"), "links.link-ab.keys_dir"),
-    (lambda d: d["links"][0]["parameters"].update(length_miles=3), "parameter name"),
+    (lambda d: d["links"][0]["parameters"].update(length_miles=3),
+     "links.link-ab.parameters"),
+    (lambda d: d["links"][0]["parameters"].update(efficiency=2.0),
+     "links.link-ab.parameters.efficiency"),
+    (lambda d: d["links"][0].update(preset="modern-snpd"), "links.link-ab.preset"),
     (lambda d: d["saes"][0].update(kme="kme-z"), "saes.sae-a.kme"),
     (lambda d: d["kmes"].pop(), "kmes"),
     # Beyond the link's reach (issue 7: every block aborted, the link quarantined at

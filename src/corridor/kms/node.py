@@ -40,7 +40,7 @@ import socket
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,6 +243,18 @@ class CorridorSpec:
                                  f"(from {self.source_path})") from None
 
 
+@contextlib.contextmanager
+def _prefixed(fields: dict[str, str]) -> Iterator[None]:
+    """A :class:`ParameterError` about one of ``fields`` (the link model's names)
+    renamed to where it sits in the corridor file (``links.link-ab.preset``)."""
+    try:
+        yield
+    except ParameterError as exc:
+        if exc.field not in fields:
+            raise
+        raise ParameterError(fields[exc.field], exc.value, exc.allowed, exc.hint) from None
+
+
 def _table(where: str, value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ParameterError(where, value, "must be a TOML table")
@@ -407,7 +419,9 @@ def _parse_link(entry: Mapping[str, Any], index: int, kmes: Mapping[str, KmeSite
     if not isinstance(preset_name, str):
         raise ParameterError(f"{where}.preset", preset_name, "must be a preset name")
     overrides = dict(_table(f"{where}.parameters", entry.get("parameters", {})))
-    params = preset(preset_name).override(overrides)
+    with _prefixed({"preset": f"{where}.preset", "parameter name": f"{where}.parameters",
+                    **{name: f"{where}.parameters.{name}" for name in overrides}}):
+        params = preset(preset_name).override(overrides)
     source = entry.get("source", SOURCE_SIMULATED)
     if source not in (SOURCE_SIMULATED, SOURCE_RECORDED):
         raise ParameterError(f"{where}.source", source,
