@@ -57,6 +57,15 @@ def test_report_of_a_real_run_matches_the_audit_files(tmp_path: Path) -> None:
     assert sum(sum(c.values()) for c in report["hybrid_decisions"].values()) == len(decisions)
     page = (tmp_path / "report.html").read_text()
     assert "Decision table" in page and "data:image/png;base64," in page
+    # The table on the terminal shows the inventories' risk too (only the HTML did).
+    summary = {"assets": 5, "by_risk": {"critical": 2, "high": 0, "medium": 1, "low": 2},
+               "by_vulnerability": {"shor-broken": 2, "grover-weakened": 0,
+                                    "quantum-safe": 3, "qkd": 0}}
+    (tmp_path / "before.json").write_text(json.dumps({"summary": summary, "assets": []}))
+    table = _run("pilot", "report", "--from-up", str(up_file), "--inventory-before",
+                 "before.json", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert "key-exchange risk before: 5 assets, by risk critical 2" in table.stdout
 
 
 def test_bad_input_is_one_line(tmp_path: Path) -> None:

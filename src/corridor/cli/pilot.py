@@ -87,6 +87,12 @@ def report_command(
             table.add_row(row["label"], row["target"], row["measured_text"], row["verdict"],
                           row["evidence"])
         console.print(table)
+        for label, summary in (("before", kpis.risk_before), ("after", kpis.risk_after)):
+            if summary is not None:  # the inventories given: their risk, as the HTML shows
+                console.print(f"key-exchange risk {label}: {summary['assets']} assets, by "
+                              f"risk " + ", ".join(f"{k} {v}" for k, v in
+                                                   summary["by_risk"].items()),
+                              highlight=False, markup=False)
         for problem in kpis.problems:
             console.print(f"problem: {problem}", highlight=False, markup=False)
         if out is not None:
