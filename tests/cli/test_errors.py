@@ -159,6 +159,7 @@ def _files(tmp: Path) -> dict[str, str]:
     (["inventory", "scan"], ["TARGETS: at least one"], ["None"]),
     (["inventory", "plan"], ["TARGETS: at least one", "or --inventory FILE"], ["None"]),
     (["web", "--from-up", "MISSING", "--pki", "TMP"], ["--pki", "only with --config"], []),
+    (["evidence", "EMPTY_JSON", "--pdf", "TMP/e.html"], ["--pdf = ", "ending in .pdf"], []),
     # The pre-shared key is checked before anything runs, and must be private.
     (["link", "run", "--distance-km", "10", "--psk-file", "PSK_OPEN"],
      ["--psk-file", "mode 0644", "chmod 600"], ["psk_file"]),

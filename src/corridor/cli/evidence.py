@@ -59,6 +59,10 @@ def evidence_command(
         if from_up is not None:
             connections = [(c.kme_id, c.kme_url, c.cert, c.key, c.ca)
                            for c in load_up_operator(from_up, operator)]
+        for option, target, suffixes in (("--html", html, (".html", ".htm")),
+                                         ("--pdf", pdf, (".pdf",))):
+            if target is not None and target.suffix.lower() not in suffixes:
+                raise ParameterError(option, str(target), f"a file ending in {suffixes[0]}")
         for option, inventory in (("--before", before), ("--after", after)):
             if inventory is not None:
                 with as_option("inventory", option):

@@ -284,7 +284,8 @@ def simulate_command(
 
 @net_app.command("generate")
 def generate_command(
-    sites: Annotated[int, typer.Option("--sites", help="Number of sites.")] = 1000,
+    sites: Annotated[int, typer.Option("--sites", help="Number of sites, 30 to 20000.")
+                     ] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the PCG64 stream.")] = 1,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="File to write (default: stdout).")] = None,

@@ -264,9 +264,12 @@ def resolve_failures(network: Network, names: Iterable[str]) -> tuple[set[str], 
         elif name in network.sites:
             sites.add(name)
         else:
+            known = sorted(network.links) + sorted(network.sites)
+            shown = ", ".join(known) if len(known) <= 40 else (
+                ", ".join(known[:40]) + f", ... ({len(known) - 40} more)")
             raise ParameterError("--fail", name,
-                                 f"must be a link ID or a site ID of {network.name!r} "
-                                 f"({len(network.links)} links, {len(network.sites)} sites)")
+                                 f"must be a link ID or a site ID of {network.name!r}: "
+                                 f"{shown}")
     return links, sites
 
 
