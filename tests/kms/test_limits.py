@@ -130,6 +130,17 @@ def test_reporter_logs_the_first_then_one_line_per_interval(caplog):
     assert len(counted) == 501 and reporter.totals == {REASON_LIMIT: 500, REASON_EVICTED: 1}
     reporter.flush(force=True)
     assert len(caplog.records) == 2  # nothing pending
+    assert caplog.records[0].message.startswith("KME kme-x refused or closed")
+    assert "corridor_connections_refused_total" in caplog.records[0].message
+
+
+def test_a_reporter_without_a_metric_names_its_server_and_claims_no_count(caplog):
+    """The dashboard's server: not "KME kme", and no metric counts its refusals."""
+    caplog.set_level(logging.WARNING, logger="corridor.kms.limits")
+    RefusalReporter("dashboard", label="the dashboard").refused(REASON_LIMIT)
+    (record,) = caplog.records
+    assert record.message.startswith("the dashboard refused or closed 1 connection(s)")
+    assert "corridor_connections_refused_total" not in record.message
 
 
 def _pairs(n: int) -> list[tuple[socket.socket, socket.socket]]:

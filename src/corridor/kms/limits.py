@@ -217,8 +217,9 @@ class RefusalReporter:
 
     def __init__(self, kme_id: str, *, count: Callable[[str], None] | None = None,
                  interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
-                 logger: logging.Logger = _log) -> None:
+                 logger: logging.Logger = _log, label: str | None = None) -> None:
         self.kme_id = kme_id
+        self.label = label or f"KME {kme_id}"  # who refused, as the log line names it
         self._count = count
         self.interval_s = interval_s
         self._clock = clock
@@ -256,11 +257,11 @@ class RefusalReporter:
         self._last_line_s = now
         self.lines += 1
         text = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
-        self._logger.warning("KME %s refused or closed %d connection(s) (%s)%s; at most one "
-                             "such line per %g s, every one counted in "
-                             "corridor_connections_refused_total", self.kme_id,
-                             sum(counts.values()), text, f": {detail}" if detail else "",
-                             self.interval_s)
+        self._logger.warning("%s refused or closed %d connection(s) (%s)%s; at most one "
+                             "such line per %g s%s", self.label, sum(counts.values()), text,
+                             f": {detail}" if detail else "", self.interval_s,
+                             ", every one counted in corridor_connections_refused_total"
+                             if self._count is not None else "")
 
 
 class _Tracked:

@@ -208,6 +208,7 @@ class Dashboard:
     def start(self, cert: Path, key: Path, ca: Path, *, host: str = "127.0.0.1",
               port: int = 0) -> str:
         """Sample once, start sampling and the HTTPS listener; returns the URL."""
+        from corridor.kms.limits import RefusalReporter
         from corridor.kms.tls import running_server
 
         self.sample()
@@ -215,8 +216,9 @@ class Dashboard:
                                         daemon=True)
         self._thread.start()
         stack = contextlib.ExitStack()
+        reporter = RefusalReporter("dashboard", label="the dashboard")  # not "KME kme"
         server = stack.enter_context(running_server(create_app(self), cert, key, ca,
-                                                    host=host, port=port))
+                                                    host=host, port=port, reporter=reporter))
         self._server = stack
         shown = f"[{server.host}]" if ":" in server.host else server.host
         self.url = f"https://{shown}:{server.port}/"
