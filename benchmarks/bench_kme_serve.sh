@@ -16,7 +16,9 @@
 # 9,000-14,000 requests/s it gave when the issue was filed). PYTHON (default
 # .venv/bin/python) runs `python -m corridor kme serve`; PYTHONPATH=OTHER/src runs
 # another checkout's code with the same interpreter (a before/after comparison in one
-# sitting).
+# sitting). AUDIT_FSYNC_INTERVAL_S=1 sets both KMEs' audit_fsync_interval_s (default 0:
+# every entry durable before the answer): a what-if that measures how much the durable
+# audit waits cost, not a configuration to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
@@ -40,9 +42,11 @@ max_key_per_request = 128
 [[kmes]]
 id = "kme-a"
 port = $port_a
+audit_fsync_interval_s = ${AUDIT_FSYNC_INTERVAL_S:-0}
 [[kmes]]
 id = "kme-b"
 port = $port_b
+audit_fsync_interval_s = ${AUDIT_FSYNC_INTERVAL_S:-0}
 [[links]]
 id = "link-ab"
 alice_kme = "kme-a"
