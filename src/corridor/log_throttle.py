@@ -12,6 +12,7 @@ counted wherever the caller also counts or audits it (this class only thins stde
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 DEFAULT_WINDOW_S = 60.0
-_MAX_KINDS = 4096  # kinds remembered at once; expired ones are dropped beyond this
+_MAX_KINDS = 4096  # kinds remembered at once; the least recently shown go first
 
 
 class WarningThrottle:
@@ -34,7 +35,9 @@ class WarningThrottle:
         self.window_s = float(window_s)
         self._clock = clock
         self._lock = threading.Lock()
-        self._kinds: dict[Hashable, tuple[float, int]] = {}  # kind -> (shown at, hidden)
+        # kind -> (shown at, hidden), oldest shown first
+        self._kinds: collections.OrderedDict[Hashable, tuple[float, int]] = \
+            collections.OrderedDict()
 
     def warning(self, kind: Hashable, msg: str, *args: Any) -> bool:
         """Log ``msg % args`` as a warning unless ``kind`` was shown less than
@@ -46,9 +49,9 @@ class WarningThrottle:
                 self._kinds[kind] = (shown_at, hidden + 1)
                 return False
             self._kinds[kind] = (now, 0)
-            if len(self._kinds) > _MAX_KINDS:
-                self._kinds = {k: v for k, v in self._kinds.items()
-                               if now - v[0] < self.window_s or k == kind}
+            self._kinds.move_to_end(kind)
+            while len(self._kinds) > _MAX_KINDS:  # forgetting a kind only shows it again
+                self._kinds.popitem(last=False)
         if hidden:
             msg += " (%d more like this not shown since the last such line)"
             args = (*args, hidden)

@@ -65,6 +65,7 @@ def test_every_mistake_is_one_line_with_exit_code_2(args: list[str], names: list
 @pytest.mark.parametrize("args", [
     ["hybrid", "xwing", "keygen", "7f9c2b3a11d0e4c5"],  # the seed without --seed
     ["hybrid", "xwing", "decaps", "--sk", "--ct", "7f9c2b3a11d0e4c5"],
+    ["hybrid", "xwing", "7f9c2b3a11d0e4c5"],  # the subcommand forgotten
 ])
 def test_a_usage_error_never_echoes_a_secret_input(args: list[str]) -> None:
     result = corridor(*args)
@@ -141,7 +142,8 @@ def _files(tmp: Path) -> dict[str, str]:
     asset = {"category": "corridor", "location": "c.toml", "algorithm": None,
              "method": "corridor:toml", "line": 1}  # a hand-edited inventory
     (tmp / "bad-asset.json").write_text(json.dumps({
-        "summary": {"assets": 1, "by_risk": {}, "by_vulnerability": {}}, "assets": [asset]}))
+        "summary": {"assets": 1, "by_risk": {}, "by_vulnerability": {}},
+        "assets": ["not an object", asset]}))
     (tmp / "policy.toml").write_text('name = "a corridor file"\n[[links]]\nid = "x"\n')
     return {"PSK_OPEN": str(psk_open), "SHORT_KEY": str(short_key), "KEY": str(key),
             "EMPTY_JSON": str(tmp / "empty.json"), "BAD_ASSET": str(tmp / "bad-asset.json"),
@@ -211,7 +213,7 @@ def _files(tmp: Path) -> dict[str, str]:
     (["inventory", "plan", "--inventory", "BAD_ASSET", "--timeout-s", "1"],
      ["--timeout-s = 1.0", "not with --inventory"], []),
     (["inventory", "plan", "--inventory", "BAD_ASSET"],
-     ["--inventory", "assets[0]: algorithm = None: must be a string"], ["Traceback"]),
+     ["--inventory", "assets[1]: algorithm = None: must be a string"], ["Traceback"]),
     (["inventory", "scan", "TMP", "--policy", "POLICY"],
      ["policy key = 'links, name'", "[[systems]]"], ["None"]),
 ])

@@ -57,10 +57,17 @@ def test_repeated_distance_option_and_settings_as_given() -> None:
     assert all(row["mu"] == 0.48 and row["nu"] == 0.1 and not row["optimised"] for row in rows)
 
 
-def test_set_length_is_the_distance_when_none_is_given() -> None:
-    """``--set length_km=25`` (the help's example) rates 25 km, not the default list."""
+def test_set_length_is_the_distance_when_none_is_given(tmp_path: Path) -> None:
+    """``--set length_km=25`` (the help's example), or a --config that sets the length,
+    rates that length, not the default list; a preset's own length does not."""
     rows = _json(["link", "rate", "--set", "length_km=25", "--format", "json"])
     assert [row["distance_km"] for row in rows] == [25.0]
+    config = tmp_path / "link.toml"
+    config.write_text("length_km = 42.0\n")
+    rows = _json(["link", "rate", "--config", str(config), "--format", "json"])
+    assert [row["distance_km"] for row in rows] == [42.0]
+    rows = _json(["link", "rate", "--preset", "grunenfelder-2023", "--format", "json"])
+    assert len(rows) > 1
 
 
 def test_finite_key_rows_name_their_block() -> None:
@@ -146,6 +153,8 @@ def test_overrides_from_set_and_toml(tmp_path: Path) -> None:
       "--finite-key", "lim2014"], "--finite-key = 'lim2014': only with --block-pulses and "
      "without --decoy one-decoy"),
     (["--distance-km", "10", "20", "--max-distance"], "--max-distance = True: not with"),
+    (["--max-distance", "--set", "length_km=30"], "--set length_km = '30': not with "
+     "--max-distance"),
     (["--distance-km", "10", "--set", "length_km=25"],
      "--set length_km = '25': not with --distance-km"),
     (["--set", "attenuation_db_per_km=3"], "looks like dB/m"),

@@ -183,6 +183,8 @@ def usage_error_line(exc: click_exceptions.UsageError) -> str:
     secret = any(f" {group} " in f" {command} " for group in _SECRET_INPUT_GROUPS)
     if secret:  # what was typed there may be a seed or a key: never echo it
         message = _EXTRA_ARGS.sub(lambda m: f"({len(m[1].split())} not shown)", message)
+        if message.startswith("No such command "):  # a seed typed where a command goes
+            message = "No such command (what was typed is not shown)."
     elif isinstance(exc, click_exceptions.BadParameter) and not isinstance(
             exc, click_exceptions.MissingParameter):
         typed = _typed_values(exc, sys.argv[1:])

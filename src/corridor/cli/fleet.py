@@ -299,7 +299,7 @@ def _backend(parts: _Parts, directory: Path, from_up: Path | None, depot_id: str
         if exc.reason != "transport_timeout":  # the depot never answered
             raise
         host, port = broker
-        raise FleetError(f"depot {depot_id} did not answer the hybrid handshake within "
+        raise FleetError(f"depot {depot_id} sent no hybrid handshake message within "
                          f"{handshake_timeout_s:g} s on broker {host}:{port}: is `corridor "
                          f"fleet depot --dir {directory}` running there?") from None
     return session
@@ -326,9 +326,9 @@ def send_command(
         "waypoints='52.1,4.3;52.2,4.4', polygon=..., action=slow, scope=full.")] = None,
     lifetime_s: Annotated[float, typer.Option("--lifetime-s", help="Valid for this long.")
                           ] = 60.0,
-    timeout_s: Annotated[float, typer.Option("--timeout-s", help="Wait this long for the "
-                                             "depot's handshake, then for the "
-                                             "acknowledgement.")] = 10.0,
+    timeout_s: Annotated[float, typer.Option("--timeout-s", help="Wait this long for each "
+                                             "handshake message from the depot, then for "
+                                             "the acknowledgement.")] = 10.0,
     backend_sae: Annotated[str | None, typer.Option("--sae", help="The back end's SAE.")
                            ] = None,
     depot_sae: Annotated[str | None, typer.Option("--depot-sae", help="The depot's SAE.")

@@ -209,9 +209,12 @@ def _assets_from_json(path: Path, policy_path: Path | None, crqc_years: float | 
 
     names = {f.name for f in dataclasses.fields(Finding)}
     with as_option("inventory", "--inventory"):
-        assets = load_assets(path)
+        load_assets(path)  # the file's shape, checked
+    # Indices as in the file (load_assets leaves out entries that are not objects).
+    raw = json.loads(path.read_text()).get("assets", [])
+    numbered = [(i, a) for i, a in enumerate(raw) if isinstance(a, dict)]
     findings = []
-    for index, asset in enumerate(assets):
+    for index, asset in numbered:
         try:
             findings.append(Finding(**{k: v for k, v in asset.items() if k in names}))
         except (TypeError, ValueError) as exc:

@@ -305,7 +305,8 @@ def rate_command(
         distances_given = bool(distance_km or distances_km)
         params = link_parameters_from_options(
             preset_name, config, overrides or [],
-            length_set_by="--distance-km" if distances_given else None)
+            length_set_by="--distance-km" if distances_given else
+            "--max-distance" if max_distance else None)
         _check_block_pulses(block_pulses, decoy)
         bound = check_finite_key_option(finite_key)
         if typed_on_command_line("finite_key") and (block_pulses is None
@@ -346,8 +347,12 @@ def rate_command(
                     f"{value:.2f} km" if value is not None else
                     "unbounded (the rate never reaches 0 within 10 000 km)"))
             return
+        # A length from --set or --config (a link described in full) is the distance
+        # rated when none is given; else the default list.
+        preset_length = (PRESETS[params.name].fibre.length_km if params.name in PRESETS
+                         else params.fibre.length_km)
         set_length = any(text.partition("=")[0].strip() in LENGTH_FIELDS
-                         for text in overrides or [])
+                         for text in overrides or []) or params.fibre.length_km != preset_length
         lengths = ([*(distance_km or []), *(distances_km or [])]
                    or ([params.fibre.length_km] if set_length else list(DEFAULT_DISTANCES_KM)))
         with as_option("length_km", "--distance-km"):

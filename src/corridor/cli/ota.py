@@ -18,7 +18,9 @@ The work lives in :mod:`corridor.mobility.ota`.
 
 from __future__ import annotations
 
+import errno
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -197,6 +199,9 @@ def serve_command(
         try:
             server = OtaServer(directory, host=host, port=port, on_manifest=director.receive)
         except OSError as exc:
+            if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+                raise ParameterError("--host", host, "an address of this machine",
+                                     exc.strerror or str(exc)) from None
             raise ParameterError("--port", port, "a free port", exc.strerror) from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -220,21 +225,23 @@ FromUpOpt = Annotated[Path | None, typer.Option(
     "server.", show_default=False)]
 
 
-def _from_up(directory: Path | None, url: str | None,
-             from_up: Path | None) -> tuple[Path, str]:
+def _from_up(directory: Path | None, url: str | None, from_up: Path | None, *,
+             need_server: bool = True) -> tuple[Path, str]:
     """The OTA directory and server URL: as given, else those of ``corridor up``'s
     campaign (``--from-up``), else ``--dir`` is required and the URL is ota serve's."""
     ota_up: dict[str, Any] = {}
     if from_up is not None:
         ota_up = read_up_file(from_up).get("ota") or {}
-        if not ota_up:
+        if not isinstance(ota_up.get("ota_dir"), str) or (
+                need_server and url is None and not isinstance(ota_up.get("server"), str)):
             raise ParameterError("--from-up", str(from_up), "a corridor-up.json with an OTA "
-                                 "campaign", "corridor up without --no-mobility runs one")
+                                 "campaign and its server", "corridor up without "
+                                 "--no-mobility runs one")
     if directory is None:
         if not ota_up:
             raise ParameterError("--dir", None, "required (or --from-up)")
         directory = Path(ota_up["ota_dir"])
-    return directory, url or ota_up.get("server") or DEFAULT_URL
+    return directory, url or (str(ota_up.get("server")) if ota_up else DEFAULT_URL)
 
 
 @ota_app.command("vehicle")
@@ -296,7 +303,7 @@ def status_command(directory: OptionalDirOpt = None, from_up: FromUpOpt = None,
     with handle_errors():
         from corridor.mobility.ota.director import Director
 
-        directory, _url = _from_up(directory, None, from_up)
+        directory, _url = _from_up(directory, None, from_up, need_server=False)
         rows = Director(_ota(directory)).status()
     if output == OutputFormat.json:
         emit_json(rows)

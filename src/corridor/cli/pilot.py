@@ -89,7 +89,8 @@ def report_command(
         console.print(table)
         for label, summary in (("before", kpis.risk_before), ("after", kpis.risk_after)):
             if summary is not None:  # the inventories given: their risk, as the HTML shows
-                console.print(f"key-exchange risk {label}: {summary['assets']} assets, by "
+                console.print(f"key-exchange risk {label}: {summary.get('assets', '?')} "
+                              "assets, by "
                               f"risk " + ", ".join(f"{k} {v}" for k, v in
                                                    summary["by_risk"].items()),
                               highlight=False, markup=False)

@@ -588,7 +588,8 @@ def read_psk_pool(psk_file: str | Path) -> bytes:
         raise ParameterError("psk_file", str(psk_file),
                              f"must hold at least {MIN_PSK_POOL_BYTES} bytes of key for a "
                              "link run (the authentication pool itself)",
-                             f"it holds {len(key)}; e.g. head -c 65536 /dev/urandom")
+                             f"it holds {len(key)}; a new one: (umask 077; head -c 65536 "
+                             f"/dev/urandom > {psk_file}), the same file at both sites")
     return key
 
 

@@ -271,7 +271,7 @@ class _Handshake:
             with contextlib.suppress(HybridSessionError):
                 transport.send(Abort(session_id, generation, exc.reason).encode())
         _WARNINGS.warning(("failed", self.role, self.sae_id, context.get("peer_sae_id"),
-                           type(exc).__name__, str(exc)),
+                           type(exc).__name__, exc.reason),
                           "hybrid handshake failed (%s %s, session %s, generation %s): %s",
                           self.role, self.sae_id, context.get("session_id"), generation,
                           str(exc))

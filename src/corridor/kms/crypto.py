@@ -93,9 +93,10 @@ def load_kek(path: str | os.PathLike[str] | None = None,
             raw = kek_path.read_bytes()
         except FileNotFoundError:
             raise ParameterError("kek_file", str(kek_path), "does not exist",
-                                 "a KME writes kek.hex into its working directory when it "
-                                 "first starts; a new one: (umask 077; openssl rand -hex 32 > "
-                                 f"{kek_path})") from None
+                                 "give the KEK the store or log was made with (a KME writes "
+                                 "kek.hex into its working directory when it first starts); "
+                                 "only a new KME takes a new one: (umask 077; openssl rand "
+                                 f"-hex 32 > {kek_path})") from None
         except OSError as exc:
             raise ParameterError("kek_file", str(kek_path),
                                  f"cannot be read ({exc.strerror})") from None

@@ -105,7 +105,7 @@ def test_send_without_a_depot_says_so_within_its_timeout(tmp_path: Path) -> None
         capture_output=True, text=True, timeout=25)
     assert process.returncode == 2, process.stderr
     last = process.stderr.strip().splitlines()[-1]
-    assert "depot depot-q did not answer the hybrid handshake within 1.5 s" in last, last
+    assert "depot depot-q sent no hybrid handshake message within 1.5 s" in last, last
     assert f"corridor fleet depot --dir {fleet}" in last, last
 
 
