@@ -58,6 +58,9 @@ def test_embedded_default_describes_two_sites_one_link_two_saes() -> None:
 
 @pytest.mark.parametrize(("change", "field"), [
     (lambda d: d.update(colour="red"), "corridor.colour"),
+    # A typo in [kme] or in a [[kmes]] table is named where it sits (it read "--kme").
+    (lambda d: d.update(kme={"key_size_bit": 256}), "kme.key_size_bit"),
+    (lambda d: d["kmes"][0].update(kek_fle="x.kek"), "kmes.kme-a.kek_fle"),
     (lambda d: d["kmes"][0].update(port=70000), "kmes.kme-a.port"),
     (lambda d: d["kmes"][0].update(max_key_count=0), "max_key_count"),
     (lambda d: d["links"][0].update(bob_kme="kme-z"), "links.link-ab.bob_kme"),

@@ -45,6 +45,13 @@ def _positive_int(field_name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
+KME_SETTING_NAMES = frozenset({
+    "key_size_bits", "min_key_size_bits", "max_key_size_bits", "max_key_per_request",
+    "max_key_count", "max_sae_id_count", "supported_extensions",
+    "undelivered_key_lifetime_s"})
+"""The settings of :class:`KmeConfig` a corridor file may give (``[kme]``, ``[[kmes]]``)."""
+
+
 @dataclass(frozen=True)
 class KmeConfig:
     """One KME's limits (ETSI GS QKD 014 Status fields) and pool capacity.
@@ -127,9 +134,7 @@ class KmeConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> KmeConfig:
         """Build from a parsed TOML/JSON table; unknown keys are refused by name."""
-        known = {"kme_id", "key_size_bits", "min_key_size_bits", "max_key_size_bits",
-                 "max_key_per_request", "max_key_count", "max_sae_id_count",
-                 "supported_extensions", "undelivered_key_lifetime_s"}
+        known = {"kme_id", *KME_SETTING_NAMES}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ParameterError("kme", unknown[0], f"unknown setting; allowed: {sorted(known)}")

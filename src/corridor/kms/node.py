@@ -41,6 +41,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ from corridor.kms.audit import (
 )
 from corridor.kms.audit_follow import AuditFollower
 from corridor.kms.config import (
+    KME_SETTING_NAMES,
     HybridPairConfig,
     KmeConfig,
     SaeDirectory,
@@ -261,7 +263,7 @@ def _table(where: str, value: Any) -> Mapping[str, Any]:
     return value
 
 
-def _unknown(where: str, data: Mapping[str, Any], known: set[str]) -> None:
+def _unknown(where: str, data: Mapping[str, Any], known: AbstractSet[str]) -> None:
     extra = sorted(set(data) - known)
     if extra:
         raise ParameterError(f"{where}.{extra[0]}", data[extra[0]],
@@ -292,6 +294,7 @@ def parse_corridor(data: Mapping[str, Any], base_dir: Path | None = None,
     if not isinstance(name, str) or not name:
         raise ParameterError("name", name, "must be a non-empty string")
     shared = dict(_table("kme", data.get("kme", {})))
+    _unknown("kme", shared, KME_SETTING_NAMES | SETTING_NAMES)
     monitor = dict(_table("monitor", data.get("monitor", {})))
     _unknown("monitor", monitor, _MONITOR_KEYS)
     kmes: dict[str, KmeSite] = {}
@@ -304,6 +307,7 @@ def parse_corridor(data: Mapping[str, Any], base_dir: Path | None = None,
         if kme_id in kmes:
             raise ParameterError(f"kmes[{index}].id", kme_id, "must be unique")
         where = f"kmes.{kme_id}"
+        _unknown(where, entry, KME_SETTING_NAMES | SETTING_NAMES | _KME_NODE_KEYS)
         settings = {k: v for k, v in {**shared, **entry}.items()
                     if k not in _KME_NODE_KEYS and k not in SETTING_NAMES}
         node = {k: v for k, v in entry.items() if k in _KME_NODE_KEYS}
