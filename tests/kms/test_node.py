@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -428,3 +430,35 @@ def test_a_links_monitor_events_reach_only_its_own_kmes(tmp_path: Path, keys_dir
         seen[kme] = {json.loads(line)["fields"]["link_id"] for line in lines
                      if json.loads(line)["event"] == "link_block"}
     assert seen == {"kme-a": {LINK}, "kme-b": {LINK, "link-bc"}, "kme-c": {"link-bc"}}
+
+
+def test_a_second_process_of_the_same_kme_on_one_state_is_refused(
+        tmp_path: Path, keys_dir: Path) -> None:
+    """Two ``kme serve`` of one KME on one working directory appended to one audit chain
+    (two kme_started, no stop between): the second is refused, naming the first's pid,
+    and a start that failed leaves nothing locked."""
+    from corridor.kms.node import KmeNode, load_pki
+
+    spec = parse_corridor(_spec_data(keys_dir))
+    workdir = tmp_path / "run"
+    with Corridor(spec, workdir, host="127.0.0.1"):
+        pass
+    pki = load_pki(workdir / "pki")
+    first = KmeNode(spec, "kme-a", workdir, pki)
+    try:
+        first.open_manager()
+        code = ("import sys\nfrom pathlib import Path\n"
+                "from corridor.kms.node import KmeNode, load_pki, parse_corridor\n"
+                "import json\n"
+                "spec = parse_corridor(json.loads(sys.argv[1]))\n"
+                "w = Path(sys.argv[2])\n"
+                "KmeNode(spec, 'kme-a', w, load_pki(w / 'pki')).open_manager()\n")
+        other = subprocess.run([sys.executable, "-c", code, json.dumps(_spec_data(keys_dir)),
+                                str(workdir)], capture_output=True, text=True, timeout=60)
+        assert other.returncode != 0
+        assert f"already holds KME kme-a, served by pid {os.getpid()}" in other.stderr
+    finally:
+        first.close()
+    second = KmeNode(spec, "kme-a", workdir, pki)  # free again once the first closed
+    second.open_manager()
+    second.close()

@@ -127,6 +127,7 @@ DEFAULT_CORRIDOR_RESOURCE = "default_corridor.toml"
 EMBEDDED_CORRIDORS = {"city": "city_corridor.toml", "two-site": DEFAULT_CORRIDOR_RESOURCE}
 UP_FILE_NAME = "corridor-up.json"
 LOCK_FILE_NAME = "corridor.lock"
+KME_LOCK_FILE_NAME = "kme.lock"  # in a KME's state directory, held while it is served
 UP_OPERATOR = "operator"
 UP_DASHBOARD = "dashboard"
 """The operator certificate ``corridor up`` issues (``pki/operator/operator/``)."""
@@ -653,6 +654,7 @@ class KmeNode:
         self.spec = spec
         self.site = spec.kme(kme_id)
         self.worker = None if worker is None else check_worker(worker)
+        self._kme_lock: int | None = None  # kme.lock's descriptor while open
         if self.worker is not None:
             require_shared_store(kme_id, self.site.store)
         self.kme_id = kme_id
@@ -721,6 +723,27 @@ class KmeNode:
         os.chmod(self.state_dir, 0o700)
         if self.worker is not None:
             self._stack.callback(os.close, hold_worker_lock(self.state_dir, self.worker))
+        else:  # one process per KME state: two would append to one audit chain
+            try:
+                self._kme_lock = hold_pid_lock(self.state_dir / KME_LOCK_FILE_NAME)
+            except LockHeldError as exc:
+                raise ParameterError("--workdir", str(self.state_dir.parent),
+                                     f"already holds KME {self.kme_id}, served by pid "
+                                     f"{exc.holder}; stop that one or choose another "
+                                     "working directory") from None
+            self._stack.callback(self._release_kme_lock)
+        try:
+            return self._open_manager_locked()
+        except BaseException:  # a start that failed (a broken chain) leaves no lock held
+            self._release_kme_lock()
+            raise
+
+    def _release_kme_lock(self) -> None:
+        fd, self._kme_lock = self._kme_lock, None
+        if fd is not None:
+            os.close(fd)
+
+    def _open_manager_locked(self) -> KeyManager:
         kek = self._kek()
         self.audit = AuditLog(self.audit_path, kek,
                               fsync_interval_s=self.site.audit_fsync_interval_s)
