@@ -141,6 +141,26 @@ def test_listen_and_connect_run_the_two_saes_as_two_processes(running: Corridor)
         assert mine["key_id"] == peer["key_id"] is not None
         assert mine["inputs"] == peer["inputs"] == ["qkd", "pqc"]
     assert records[1]["suite"] == "mlkem768-x25519"
+    # A refused handshake counts toward --count: the listener ends, exit 1 (it hung).
+    listener = subprocess.Popen(
+        [corridor, "hybrid", "listen", "--from-up", up, "--sae", "sae-b",
+         "--listen", f"127.0.0.1:{port}", "--count", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            done = subprocess.run(
+                [corridor, "hybrid", "connect", "--from-up", up, "--sae", "sae-a", "--peer",
+                 "sae-b", "--connect", f"127.0.0.1:{port}", "--policy", "both-required"],
+                capture_output=True, text=True, timeout=60)
+            if "cannot connect" not in done.stderr:
+                break
+            time.sleep(0.2)
+        assert done.returncode != 0, done.stdout
+        _, err = listener.communicate(timeout=60)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+    assert listener.returncode == 1 and "handshake refused" in err, err
     # A connect with nobody listening is one line, exit 2.
     refused = subprocess.run(
         [corridor, "hybrid", "connect", "--from-up", up, "--sae", "sae-a", "--peer", "sae-b",

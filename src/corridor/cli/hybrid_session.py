@@ -160,7 +160,8 @@ def listen_command(
     listen: Annotated[str, typer.Option(
         "--listen", help="HOST:PORT to accept initiators on (TCP).")] = "127.0.0.1:7444",
     count: Annotated[int, typer.Option(
-        "--count", min=0, help="Handshakes to serve, then exit (0: until stopped).")] = 1,
+        "--count", min=0, help="Handshakes to answer, established or refused, then exit "
+        "(0: until stopped); exit 1 if one was refused.")] = 1,
     output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")
                       ] = OutputFormat.table,
 ) -> None:
@@ -188,29 +189,32 @@ def listen_command(
         except OSError as exc:
             raise ParameterError("--listen", listen,
                                  f"a free local address ({exc.strerror or exc})") from None
-        served = 0
+        answered = refused = 0
         try:
             with server:
                 err_console.print(f"listening on {host}:{server.getsockname()[1]} as {sae}",
                                   highlight=False)
-                while count == 0 or served < count:
+                while count == 0 or answered < count:
                     conn, _ = server.accept()
+                    answered += 1  # a refused one counts too: --count 2 never hangs
                     transport = SocketTransport(conn, 30.0)
                     try:
                         key = responder.handshake(transport)
                     except HybridSessionError as exc:
                         err_console.print(f"handshake refused: {exc}", highlight=False,
                                           markup=False)
+                        refused += 1
                         continue
                     finally:
                         transport.close()
                     _print_record(key.record.as_dict(), output)
                     key.wipe()
-                    served += 1
         except KeyboardInterrupt:
             pass
         finally:
             client.close()
+    if refused:
+        raise typer.Exit(1)
 
 
 def connect_command(
