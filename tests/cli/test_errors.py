@@ -193,6 +193,10 @@ def _files(tmp: Path) -> dict[str, str]:
      ["config file"]),
     (["evidence"], ["FILE: exactly one of"], ["None"]),
     (["sae", "get-key"], ["Missing argument 'SLAVE_SAE_ID'"], ["slave_sae_id"]),
+    (["sae", "get-key-with-id", "sae-a", "not-a-uuid", *KME[2:]],
+     ["KEY_IDS = 'not-a-uuid'", "UUID"], ["cannot reach"]),
+    (["hybrid", "connect", "--from-up", "MISSING", "--sae", "sae-a", "--peer", "sae-a"],
+     ["--peer = 'sae-a'", "another SAE"], []),
     # Checked before a KME is asked (none answers at port 1).
     (["sae", "get-key", "b", "--size", "7", *KME[2:]], ["--size = 7", "multiple of 8"],
      ["cannot reach"]),

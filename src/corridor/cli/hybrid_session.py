@@ -237,6 +237,8 @@ def connect_command(
     process (`corridor hybrid listen`), over TCP; prints this side's session record,
     never the key."""
     with handle_errors():
+        if responder == initiator:
+            raise ParameterError("--peer", responder, "another SAE than --sae")
         from corridor.hybrid.policy import parse_policy
         from corridor.hybrid.qkd import KmeQkdKeys
         from corridor.hybrid.session import Initiator

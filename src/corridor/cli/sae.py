@@ -210,6 +210,12 @@ def get_key_with_id_command(
 ) -> None:
     """Get, as slave SAE, the keys KEY_IDS that MASTER_SAE_ID obtained for this SAE."""
     with handle_errors():
+        from corridor.kms.store import is_uuid
+
+        for key_id in key_ids:  # a typo would cost a round trip and a "not found"
+            if not is_uuid(key_id):
+                raise ParameterError("KEY_IDS", key_id, "key_IDs as the KME gave them "
+                                     "(UUIDs, ETSI GS QKD 014)")
         connection = resolve_connection(kme, cert, key, ca, expect_kme, from_up, sae)
         with _client(connection) as client:
             keys = client.get_key_with_id(master_sae_id, key_ids)
