@@ -462,3 +462,30 @@ def test_a_second_process_of_the_same_kme_on_one_state_is_refused(
     second = KmeNode(spec, "kme-a", workdir, pki)  # free again once the first closed
     second.open_manager()
     second.close()
+
+
+def test_a_port_in_use_is_named_in_the_file_and_leaves_no_state(
+        tmp_path: Path, keys_dir: Path) -> None:
+    """The port is bound before the store, KEK and audit log are made: a port in use
+    left them behind (with a kme_started entry) and named only ``port``."""
+    import socket
+
+    from corridor.kms.node import KmeNode, ensure_pki
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        data = _spec_data(keys_dir)
+        data["kmes"][0]["port"] = taken.getsockname()[1]
+        spec = parse_corridor(data)
+        workdir = tmp_path / "run"
+        pki = ensure_pki(spec, workdir / "pki")
+        node = KmeNode(spec, "kme-a", workdir, pki)
+        with pytest.raises(ParameterError) as info:
+            node.start()
+        assert info.value.field == "kmes.kme-a.port"
+        assert not (workdir / "kme-a" / "audit.jsonl").exists()
+        assert not (workdir / "kme-a" / "kek.hex").exists()
+    finally:
+        taken.close()

@@ -819,6 +819,15 @@ class KmeNode:
     def start(self) -> str:
         """Open everything and serve; returns the base URL."""
         try:
+            # The port first: a port in use must not leave a new KEK, store and audit
+            # entry behind, and is named as the corridor file's field.
+            sock = self._sock
+            if sock is None:
+                where = f"kmes.{self.kme_id}"
+                with _prefixed({"port": f"{where}.port", "host": f"{where}.host"}):
+                    sock = bind_socket(self.site.host, self.site.port,
+                                       reuse_port=self.worker is not None)
+                self._stack.callback(sock.close)
             manager = self.open_manager()
             paths = self.pki.kmes[self.kme_id]
             for link in self.spec.directory().links_of(self.kme_id):
@@ -836,8 +845,6 @@ class KmeNode:
                              peer_sync=manager.accept_sync,
                              alarms=self.alarm_desk, relay=manager.relay,
                              audit=self.audit_follower)
-            sock = self._sock if self._sock is not None else bind_socket(
-                self.site.host, self.site.port, reuse_port=self.worker is not None)
             limits = self._limits or check_file_budget(
                 {self.kme_id: self.site.limits}, raise_open_file_limit())[self.kme_id]
             server = self._stack.enter_context(running_server(
