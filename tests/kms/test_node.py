@@ -489,3 +489,25 @@ def test_a_port_in_use_is_named_in_the_file_and_leaves_no_state(
         assert not (workdir / "kme-a" / "kek.hex").exists()
     finally:
         taken.close()
+
+
+def test_a_missing_kek_file_beside_an_existing_log_is_refused_not_made(
+        tmp_path: Path, keys_dir: Path) -> None:
+    """A typo in kek_file on a restart made a fresh KEK, then failed on the audit chain;
+    now the missing file is named and nothing is made."""
+    from corridor.kms.node import KmeNode, ensure_pki
+
+    data = _spec_data(keys_dir)
+    data["kmes"][0]["kek_file"] = str(tmp_path / "kme-a.kek")
+    spec = parse_corridor(data)
+    workdir = tmp_path / "run"
+    pki = ensure_pki(spec, workdir / "pki")
+    node = KmeNode(spec, "kme-a", workdir, pki)
+    node.open_manager()
+    node.close()
+    data["kmes"][0]["kek_file"] = str(tmp_path / "kme-a2.kek")  # the typo
+    node = KmeNode(parse_corridor(data), "kme-a", workdir, pki)
+    with pytest.raises(ParameterError) as info:
+        node.open_manager()
+    assert info.value.field == "kmes.kme-a.kek_file"
+    assert not (tmp_path / "kme-a2.kek").exists()

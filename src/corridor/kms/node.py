@@ -712,6 +712,12 @@ class KmeNode:
         path = self.kek_path
         assert path is not None
         if not path.exists():
+            if self.audit_path.exists():  # a KEK made now could open nothing already here
+                field = (f"kmes.{self.kme_id}.kek_file" if self.site.kek_file is not None
+                         else "kek_file")
+                raise ParameterError(field, str(path), "must exist: this KME's audit log "
+                                     f"{self.audit_path} was made under a KEK",
+                                     "give the KEK file it was made with")
             path.parent.mkdir(parents=True, exist_ok=True)
             write_kek_file(path)
         return load_kek(path)
