@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -119,6 +120,19 @@ def test_corridor_up_delivers_the_same_key_at_both_kmes_and_stops_cleanly(
                   for k in json.loads(alarms.stdout)["kmes"] for link in k["links"]}
         assert set(states) == {("kme-a", "link-ab"), ("kme-b", "link-ab")}
         assert set(states.values()) <= {"ok", "pool_full"}
+        # One KME down (its URL at a closed port): the other's rows still show, the
+        # silent one is a row of its own, exit 1 (it was one error line, nothing else).
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        half = json.loads(up_file.read_text())
+        half["kmes"][1]["base_url"] = f"https://127.0.0.1:{closed}"
+        (workdir / "half-up.json").write_text(json.dumps(half))
+        partial = _run("alarm", "list", "--from-up", str(workdir / "half-up.json"),
+                       cwd=tmp_path)
+        assert partial.returncode == 1, partial.stderr
+        assert "kme-a" in partial.stdout and "link-ab" in partial.stdout
+        assert "unreachable" in partial.stdout
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
     finally:

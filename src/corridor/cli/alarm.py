@@ -130,15 +130,32 @@ def list_command(
 ) -> None:
     """Each link's state (ok, starting, pool_full, quarantined, dead) and active alarms,
     at every KME asked."""
+    from corridor.kms.client import KmeConnectionError
+
     with handle_errors():
-        answers = []
-        for connection in resolve_connections(kme, cert, key, ca, from_up, operator):
-            with _client(connection) as client:
-                answers.append(client.alarms())
+        answers: list[dict[str, Any]] = []
+        down: list[tuple[OperatorConnection, KmeConnectionError]] = []
+        connections = resolve_connections(kme, cert, key, ca, from_up, operator)
+        for connection in connections:
+            try:
+                with _client(connection) as client:
+                    answers.append(client.alarms())
+            except KmeConnectionError as exc:  # the others still answer: show them
+                down.append((connection, exc))
+        if down and not answers:
+            raise down[0][1]
+    unreachable = [{"kme_id": c.kme_id, "kme_url": c.kme_url, "error": str(exc)}
+                   for c, exc in down]
     if output == OutputFormat.json:
-        emit_json({"kmes": answers})
+        emit_json({"kmes": answers, "unreachable": unreachable})
+        if down:
+            raise typer.Exit(1)
         return
     table = Table("KME", "link", "state", "fed here", "last block", "alarms")
+    for gone in unreachable:
+        table.add_row(str(gone["kme_id"] or gone["kme_url"]), "-",
+                      Text("unreachable", style="bold red"), "-", "-",
+                      Text(str(gone["error"]), style="bold red"))
     for answer in answers:
         for link in answer["links"]:
             alarms = ", ".join(
@@ -151,6 +168,8 @@ def list_command(
                           _age(link.get("last_block_age_s")),
                           Text(alarms, style="bold red" if link.get("alarms") else ""))
     console.print(table)
+    if down:  # a KME that does not answer is news for the operator, and for scripts
+        raise typer.Exit(1)
 
 
 @alarm_app.command("clear")
