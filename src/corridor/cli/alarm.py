@@ -92,6 +92,8 @@ def resolve_connections(kme: str | None, cert: Path | None, key: Path | None,
             raise ParameterError("--from-up", str(from_up),
                                  "either --from-up or --kme/--cert/--key/--ca, not both")
         return load_up_operator(from_up, operator)
+    if operator is not None:  # it picks a certificate of --from-up; --cert is the one here
+        raise ParameterError("--operator", operator, "only with --from-up")
     missing = [name for name, value in (("--kme", kme), ("--cert", cert), ("--key", key),
                                         ("--ca", ca)) if value is None]
     if missing:

@@ -108,6 +108,9 @@ def resolve_connection(kme: str | None, cert: Path | None, key: Path | None, ca:
         if expect_kme is not None:
             connection = dataclasses.replace(connection, expected_kme_id=expect_kme)
         return connection
+    if sae is not None:  # the certificate names the SAE; --sae would be ignored
+        raise ParameterError("--sae", sae, "only with --from-up (with --cert, the "
+                             "certificate says which SAE this is)")
     missing = [name for name, value in (("--kme", kme), ("--cert", cert), ("--key", key),
                                         ("--ca", ca)) if value is None]
     if missing:
