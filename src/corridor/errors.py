@@ -7,6 +7,8 @@ carries key material: callers pass field names and public values only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -29,6 +31,19 @@ class ParameterError(CorridorError, ValueError):
         if hint:
             message += f" ({hint})"
         super().__init__(message)
+
+
+@contextmanager
+def fields_renamed(names: Mapping[str, str]) -> Iterator[None]:
+    """A :class:`ParameterError` about a field named in ``names`` re-raised under the
+    name the user knows it by: a command's option (``--distance-km`` for ``length_km``)
+    or its place in a file (``links.link-ab.preset`` for ``preset``)."""
+    try:
+        yield
+    except ParameterError as exc:
+        if exc.field not in names:
+            raise
+        raise ParameterError(names[exc.field], exc.value, exc.allowed, exc.hint) from None
 
 
 class ProtocolAbort(CorridorError):

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from corridor.errors import CorridorError, ParameterError
+from corridor.errors import CorridorError, ParameterError, fields_renamed
 from corridor.kms.up_file import read_up_file as read_up_file  # re-exported for the commands
 
 try:  # typer >= 0.26 vendors click; older versions raise the click package's exceptions
@@ -135,12 +135,8 @@ def as_option(field: str, option: str) -> Iterator[None]:
 @contextmanager
 def as_options(options: dict[str, str]) -> Iterator[None]:
     """:func:`as_option` for several fields at once."""
-    try:
+    with fields_renamed(options):
         yield
-    except ParameterError as exc:
-        if exc.field not in options:
-            raise
-        raise ParameterError(options[exc.field], exc.value, exc.allowed, exc.hint) from None
 
 
 def fail(message: str) -> None:

@@ -40,14 +40,14 @@ import socket
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from corridor.errors import ParameterError
+from corridor.errors import ParameterError, fields_renamed
 from corridor.kms.alarms import LinkHealth, LinkMonitor
 from corridor.kms.api import HttpsPeerLink, create_app
 from corridor.kms.audit import (
@@ -246,18 +246,6 @@ class CorridorSpec:
                                  f"(from {self.source_path})") from None
 
 
-@contextlib.contextmanager
-def _prefixed(fields: dict[str, str]) -> Iterator[None]:
-    """A :class:`ParameterError` about one of ``fields`` (the link model's names)
-    renamed to where it sits in the corridor file (``links.link-ab.preset``)."""
-    try:
-        yield
-    except ParameterError as exc:
-        if exc.field not in fields:
-            raise
-        raise ParameterError(fields[exc.field], exc.value, exc.allowed, exc.hint) from None
-
-
 def _table(where: str, value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ParameterError(where, value, "must be a TOML table")
@@ -424,7 +412,7 @@ def _parse_link(entry: Mapping[str, Any], index: int, kmes: Mapping[str, KmeSite
     if not isinstance(preset_name, str):
         raise ParameterError(f"{where}.preset", preset_name, "must be a preset name")
     overrides = dict(_table(f"{where}.parameters", entry.get("parameters", {})))
-    with _prefixed({"preset": f"{where}.preset", "parameter name": f"{where}.parameters",
+    with fields_renamed({"preset": f"{where}.preset", "parameter name": f"{where}.parameters",
                     **{name: f"{where}.parameters.{name}" for name in overrides}}):
         params = preset(preset_name).override(overrides)
     source = entry.get("source", SOURCE_SIMULATED)
@@ -830,7 +818,7 @@ class KmeNode:
             sock = self._sock
             if sock is None:
                 where = f"kmes.{self.kme_id}"
-                with _prefixed({"port": f"{where}.port", "host": f"{where}.host"}):
+                with fields_renamed({"port": f"{where}.port", "host": f"{where}.host"}):
                     sock = bind_socket(self.site.host, self.site.port,
                                        reuse_port=self.worker is not None)
                 self._stack.callback(sock.close)

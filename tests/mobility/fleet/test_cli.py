@@ -54,6 +54,7 @@ def test_init_and_one_line_errors(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (fleet / "private" / "v-1.json").stat().st_mode & 0o077 == 0
     assert "depot-n" in (fleet / "policy.toml").read_text()
+    send = ["fleet", "send", "v-1", "immobilise", "--sender", "alice", "--dir", str(fleet)]
     for args, message in [
         (["fleet", "init", "--dir", str(fleet), "--depot", "d", "--vehicle", "v"],
          "public.json exists"),
@@ -65,21 +66,15 @@ def test_init_and_one_line_errors(tmp_path: Path) -> None:
          "COMMAND_TYPE = 'self-destruct'"),
         (["fleet", "send", "v-9", "immobilise", "--sender", "alice", "--dir", str(fleet)],
          "VEHICLE_ID = 'v-9'"),
-        (["fleet", "send", "v-1", "immobilise", "--sender", "alice", "--dir", str(fleet),
-          "--param", "mode"], "--param = 'mode': NAME=VALUE"),
-        (["fleet", "send", "v-1", "immobilise", "--sender", "alice", "--dir", str(fleet),
-          "--param", "mode=fast"], "--param mode = 'fast': one of"),
+        ([*send, "--param", "mode"], "--param = 'mode': NAME=VALUE"),
+        ([*send, "--param", "mode=fast"], "--param mode = 'fast': one of"),
         (["fleet", "send", "v-1", "route-change", "--sender", "alice", "--dir", str(fleet)],
          "--param route_id: required"),
         # Checked before the handshake, which would wait for a depot first.
-        (["fleet", "send", "v-1", "immobilise", "--sender", "alice", "--dir", str(fleet),
-          "--timeout-s", "-3"], "--timeout-s = -3.0"),
-        (["fleet", "send", "v-1", "immobilise", "--sender", "alice", "--dir", str(fleet),
-          "--timeout-s", "0"], "--timeout-s = 0.0"),
-        (["fleet", "send", "v-1", "immobilise", "--sender", "alice", "--dir", str(fleet),
-          "--lifetime-s", "-1"], "--lifetime-s = -1.0"),
-        (["fleet", "send", "v-1", "immobilise", "--sender", "alice", "--dir", str(fleet),
-          "--sae", "no body"], "--sae = 'no body'"),
+        ([*send, "--timeout-s", "-3"], "--timeout-s = -3.0"),
+        ([*send, "--timeout-s", "0"], "--timeout-s = 0.0"),
+        ([*send, "--lifetime-s", "-1"], "--lifetime-s = -1.0"),
+        ([*send, "--sae", "no body"], "--sae = 'no body'"),
         (["fleet", "depot", "--dir", str(fleet), "--backend-sae", "no body"],
          "--backend-sae = 'no body'"),
         (["fleet", "demo", "--broker", "localhost"], "--broker = 'localhost': HOST:PORT"),
