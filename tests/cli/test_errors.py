@@ -136,8 +136,13 @@ def _files(tmp: Path) -> dict[str, str]:
     psk_open.chmod(0o644)
     short_key = tmp / "short.b64"
     short_key.write_text("AAAAAAAAAAAAAAAAAAAAAA==\n")  # 16 bytes
+    short_key.chmod(0o600)
     key = tmp / "key.b64"
     key.write_text("A" * 43 + "=\n")  # 32 bytes
+    key.chmod(0o600)
+    open_key = tmp / "open-key.b64"
+    open_key.write_text("A" * 43 + "=\n")
+    open_key.chmod(0o644)
     (tmp / "empty.json").write_text("{}")
     asset = {"category": "corridor", "location": "c.toml", "algorithm": None,
              "method": "corridor:toml", "line": 1}  # a hand-edited inventory
@@ -146,6 +151,7 @@ def _files(tmp: Path) -> dict[str, str]:
         "assets": ["not an object", asset]}))
     (tmp / "policy.toml").write_text('name = "a corridor file"\n[[links]]\nid = "x"\n')
     return {"PSK_OPEN": str(psk_open), "SHORT_KEY": str(short_key), "KEY": str(key),
+            "WORLD_READABLE": str(open_key),
             "EMPTY_JSON": str(tmp / "empty.json"), "BAD_ASSET": str(tmp / "bad-asset.json"),
             "MISSING": str(tmp / "missing.json"),
             "POLICY": str(tmp / "policy.toml"), "TMP": str(tmp)}
@@ -178,6 +184,13 @@ def _files(tmp: Path) -> dict[str, str]:
      ["qkd_key"]),
     (["hybrid", "wireguard", "psk", "-o", "-", "--public-key", PUB_A, "--peer", PUB_B,
       "--no-qkd"], ["--no-qkd", "--pqc-key-file"], ["inputs"]),
+    # A key file is a secret (mode 0600), and the options that reach a KME go without it.
+    (["hybrid", "wireguard", "psk", "-o", "-", "--public-key", PUB_A, "--peer", PUB_B,
+      "--key-file", "WORLD_READABLE", "--key-id", KEY_ID], ["--key-file", "mode 0644"], []),
+    (["hybrid", "macsec", "export", "-o", "-", "--key-file", "KEY", "--key-id", KEY_ID,
+      "--kme", "https://127.0.0.1:1"], ["--kme = ", "only with --slave-sae"], []),
+    (["hybrid", "macsec", "export", "-o", "-", "--key-file", "KEY", "--key-id", KEY_ID,
+      "--size-bits", "512"], ["--size-bits = 512", "only with --slave-sae"], []),
     # A mistake in the other options is found before a key is taken from the KME (none
     # answers at port 1: the KME would be asked first if it were not).
     (["hybrid", "wireguard", "psk", "-o", "-", "--public-key", PUB_A, "--peer", PUB_A,

@@ -24,6 +24,7 @@ runner = CliRunner()
 def _key_file(tmp_path: Path) -> Path:
     file = tmp_path / "qkd.key"
     file.write_text(base64.b64encode(KEY).decode())
+    file.chmod(0o600)
     return file
 
 

@@ -13,6 +13,7 @@ import base64
 import binascii
 import logging
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from corridor.cli.common import (
     err_console,
     handle_errors,
     open_decision_audit,
+    typed_on_command_line,
 )
 from corridor.cli.sae import (
     CaOpt,
@@ -98,10 +100,24 @@ def _qkd_key(key_file: Path | None, key_id: str | None, slave_sae: str | None,
         with _client(connection) as client:
             return client.get_key_with_id(master_sae, key_id)[0].key, key_id
     assert key_file is not None
+    for option, given in (("--kme", kme), ("--cert", cert), ("--key", key), ("--ca", ca),
+                          ("--expect-kme", expect_kme), ("--from-up", from_up),
+                          ("--sae", sae)):
+        if given is not None:  # they reach a KME, which a key file does without
+            raise ParameterError(option, str(given), "only with --slave-sae or --master-sae")
+    if typed_on_command_line("size_bits"):
+        raise ParameterError("--size-bits", size_bits, "only with --slave-sae (the key file "
+                             "has its own size)")
     try:
-        return base64.b64decode(key_file.read_text().strip(), validate=True), key_id
+        mode = stat.S_IMODE(key_file.stat().st_mode)
+        text = key_file.read_text()
     except OSError:
         raise ParameterError("--key-file", str(key_file), "a readable file") from None
+    if mode & 0o077:  # a QKD key that others can read is no secret: refused, as a KEK is
+        raise ParameterError("--key-file", str(key_file), f"must be private to its owner; "
+                             f"it has mode {mode:04o}", f"run: chmod 600 {key_file}")
+    try:
+        return base64.b64decode(text.strip(), validate=True), key_id
     except (binascii.Error, ValueError):
         raise ParameterError("--key-file", str(key_file), "a file holding base64") from None
 
