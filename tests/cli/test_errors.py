@@ -191,6 +191,11 @@ def _files(tmp: Path) -> dict[str, str]:
       "--kme", "https://127.0.0.1:1"], ["--kme = ", "only with --slave-sae"], []),
     (["hybrid", "macsec", "export", "-o", "-", "--key-file", "KEY", "--key-id", KEY_ID,
       "--size-bits", "512"], ["--size-bits = 512", "only with --slave-sae"], []),
+    (["hybrid", "macsec", "export", "-o", "-", "--key-file", "KEY", "--key-id", KEY_ID,
+      "--device", "eth0"], ["--device = 'eth0'", "only with --format ip-macsec"], []),
+    (["hybrid", "macsec", "export", "-o", "-", "--key-file", "KEY", "--key-id", KEY_ID,
+      "--format", "ip-macsec", "--device", "eth0", "--peer-mac", "00:11:22:33:44:55",
+      "--mka-priority", "3"], ["--mka-priority = 3", "(MKA)"], []),
     # A mistake in the other options is found before a key is taken from the KME (none
     # answers at port 1: the KME would be asked first if it were not).
     (["hybrid", "wireguard", "psk", "-o", "-", "--public-key", PUB_A, "--peer", PUB_A,

@@ -152,8 +152,18 @@ def macsec_export_command(
         if output_format is MacsecFormat.ip_macsec and (device is None or peer_mac is None):
             raise ParameterError("--device" if device is None else "--peer-mac", None,
                                  "required with --format ip-macsec")
-        if output_format is not MacsecFormat.ip_macsec and cipher != "gcm-aes-256":
-            raise ParameterError("--cipher", cipher, "only with --format ip-macsec")
+        # Each option shapes one format's output; beside another it would be ignored.
+        ip_only = (("cipher", "--cipher", cipher), ("device", "--device", device),
+                   ("peer_mac", "--peer-mac", peer_mac),
+                   ("macsec_device", "--macsec-device", macsec_device))
+        mka_only = (("cak_size_bytes", "--cak-size-bytes", cak_size_bytes),
+                    ("mka_priority", "--mka-priority", mka_priority))
+        for name, option, value in (mka_only if output_format is MacsecFormat.ip_macsec
+                                    else ip_only):
+            if typed_on_command_line(name):
+                raise ParameterError(option, value, "only with --format ip-macsec"
+                                     if output_format is not MacsecFormat.ip_macsec else
+                                     "only with --format wpa_supplicant or json (MKA)")
 
         def export(qkd_key: bytes, qkd_key_id: str) -> str:
             if output_format is MacsecFormat.ip_macsec:
