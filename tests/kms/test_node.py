@@ -77,6 +77,9 @@ def test_embedded_default_describes_two_sites_one_link_two_saes() -> None:
     # Beyond the link's reach (issue 7: every block aborted, the link quarantined at
     # block 0, nothing said): refused at start with the reach of these settings.
     (lambda d: d["links"][0]["parameters"].update(length_km=200.0), "links.link-ab.parameters"),
+    # No key even at 0 km: the block size (or the source settings) is named, not the
+    # length with "shorten the link".
+    (lambda d: d["links"][0].update(block_pulses=100_000), "links.link-ab.block_pulses"),
     # [[relay]] policies (docs/relay.md)
     (lambda d: d.update(relay=[{"master_sae_id": "sae-a", "slave_sae_id": "sae-z"}]),
      "relay[0].slave_sae_id"),

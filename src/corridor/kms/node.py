@@ -486,13 +486,20 @@ def _check_finite_key(where: str, params: LinkParameters, block_pulses: int,
         return
     reach = max_distance_km(model.with_length(0.0), "vacuum-weak", block_pulses,
                             optimise_settings=False)
-    reach_text = (f"these settings reach {reach:.1f} km" if reach > 0.0 else
-                  "these settings give no finite key at any length")
+    if reach > 0.0:  # the length is what is too much
+        raise ParameterError(
+            f"{where}.parameters", f"length_km = {params.fibre.length_km:g}",
+            f"gives no finite key in blocks of block_pulses = {block_pulses:.3g} pulses "
+            f"(these settings reach {reach:.1f} km with {reconciliation}; every block "
+            "would abort)", "shorten the link, raise block_pulses, or change the source "
+            "settings")
+    # Not even at 0 km: the block size or the source and basis settings are the cause.
     raise ParameterError(
-        f"{where}.parameters", f"length_km = {params.fibre.length_km:g}",
-        f"gives no finite key in blocks of block_pulses = {block_pulses:.3g} pulses "
-        f"({reach_text} with {reconciliation}; every block would abort)",
-        "shorten the link, raise block_pulses, or change the source settings")
+        f"{where}.block_pulses", block_pulses,
+        f"gives no finite key at any length with these settings ({params.name}, "
+        f"{reconciliation}; every block would abort)", "raise block_pulses, or set the "
+        "intensities and the basis and class probabilities in [links.parameters] (the "
+        "preset's are tuned for its own block size)")
 
 
 def _parse_channel(entry: Mapping[str, Any], where: str, source: str
