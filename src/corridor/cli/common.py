@@ -6,7 +6,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -122,6 +122,14 @@ def typed_on_command_line(name: str) -> bool:
     ctx = get_current_context(silent=True)
     source = ctx.get_parameter_source(name) if ctx is not None else None
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def refuse_typed(options: Iterable[tuple[str, str, Any]], allowed: str) -> None:
+    """Refuse, naming it, the first of ``options`` (parameter name, option as typed, the
+    value to show) that the user gave where the command would ignore it."""
+    for name, option, value in options:
+        if typed_on_command_line(name):
+            raise ParameterError(option, value, allowed)
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from corridor.cli.common import (
     console,
     emit_json,
     handle_errors,
-    typed_on_command_line,
+    refuse_typed,
 )
 from corridor.entropy.health import APT_WINDOW_NON_BINARY, HealthFailure, HealthTests
 from corridor.entropy.qrng import open_reader
@@ -149,14 +149,12 @@ def check_command(
     """Read N bytes from a QRNG, run the RCT and APT, print the verdict (exit 1 on fail)."""
     with handle_errors():
         if not source.startswith(("https://", "http://")):
-            # A device or file source: the endpoint's options would be ignored.
-            for option, given in (("--ca", ca), ("--cert", cert), ("--key", key),
-                                  ("--header", header or None)):
-                if given is not None:
-                    raise ParameterError(option, None if option == "--header" else str(given),
-                                         "only with an https:// --source")
-            if typed_on_command_line("timeout_s"):
-                raise ParameterError("--timeout-s", timeout_s, "only with an https:// --source")
+            # A device or file source: the endpoint's options would be ignored (a
+            # header's value, an API token, is not shown).
+            refuse_typed([("ca", "--ca", str(ca)), ("cert", "--cert", str(cert)),
+                          ("key", "--key", str(key)), ("header", "--header", None),
+                          ("timeout_s", "--timeout-s", timeout_s)],
+                         "only with an https:// --source")
         if (cert is None) != (key is None):
             raise ParameterError("--cert" if key is None else "--key",
                                  str(cert if key is None else key),

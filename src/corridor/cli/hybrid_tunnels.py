@@ -30,7 +30,7 @@ from corridor.cli.common import (
     err_console,
     handle_errors,
     open_decision_audit,
-    typed_on_command_line,
+    refuse_typed,
 )
 from corridor.cli.sae import (
     CaOpt,
@@ -100,14 +100,14 @@ def _qkd_key(key_file: Path | None, key_id: str | None, slave_sae: str | None,
         with _client(connection) as client:
             return client.get_key_with_id(master_sae, key_id)[0].key, key_id
     assert key_file is not None
-    for option, given in (("--kme", kme), ("--cert", cert), ("--key", key), ("--ca", ca),
-                          ("--expect-kme", expect_kme), ("--from-up", from_up),
-                          ("--sae", sae)):
-        if given is not None:  # they reach a KME, which a key file does without
-            raise ParameterError(option, str(given), "only with --slave-sae or --master-sae")
-    if typed_on_command_line("size_bits"):
-        raise ParameterError("--size-bits", size_bits, "only with --slave-sae (the key file "
-                             "has its own size)")
+    # They reach a KME, which a key file does without.
+    refuse_typed(((name, f"--{name.replace('_', '-')}", None if value is None else str(value))
+                  for name, value in (("kme", kme), ("cert", cert), ("key", key), ("ca", ca),
+                                      ("expect_kme", expect_kme), ("from_up", from_up),
+                                      ("sae", sae))),
+                 "only with --slave-sae or --master-sae")
+    refuse_typed([("size_bits", "--size-bits", size_bits)],
+                 "only with --slave-sae (the key file has its own size)")
     try:
         mode = stat.S_IMODE(key_file.stat().st_mode)
         text = key_file.read_text()
@@ -158,12 +158,10 @@ def macsec_export_command(
                    ("macsec_device", "--macsec-device", macsec_device))
         mka_only = (("cak_size_bytes", "--cak-size-bytes", cak_size_bytes),
                     ("mka_priority", "--mka-priority", mka_priority))
-        for name, option, value in (mka_only if output_format is MacsecFormat.ip_macsec
-                                    else ip_only):
-            if typed_on_command_line(name):
-                raise ParameterError(option, value, "only with --format ip-macsec"
-                                     if output_format is not MacsecFormat.ip_macsec else
-                                     "only with --format wpa_supplicant or json (MKA)")
+        if output_format is MacsecFormat.ip_macsec:
+            refuse_typed(mka_only, "only with --format wpa_supplicant or json (MKA)")
+        else:
+            refuse_typed(ip_only, "only with --format ip-macsec")
 
         def export(qkd_key: bytes, qkd_key_id: str) -> str:
             if output_format is MacsecFormat.ip_macsec:

@@ -19,7 +19,7 @@ from corridor.cli.common import (
     console,
     emit_json,
     handle_errors,
-    typed_on_command_line,
+    refuse_typed,
 )
 from corridor.errors import ParameterError
 
@@ -210,11 +210,11 @@ def _assets_from_json(path: Path, policy_path: Path | None, crqc_years: float | 
     names = {f.name for f in dataclasses.fields(Finding)}
     with as_option("inventory", "--inventory"):
         load_assets(path)  # the file's shape, checked
-    # Indices as in the file (load_assets leaves out entries that are not objects).
-    raw = json.loads(path.read_text()).get("assets", [])
-    numbered = [(i, a) for i, a in enumerate(raw) if isinstance(a, dict)]
+    data = json.loads(path.read_text())
     findings = []
-    for index, asset in numbered:
+    for index, asset in enumerate(data["assets"]):  # indices as in the file
+        if not isinstance(asset, dict):
+            continue  # as load_assets does
         try:
             findings.append(Finding(**{k: v for k, v in asset.items() if k in names}))
         except (TypeError, ValueError) as exc:
@@ -224,7 +224,7 @@ def _assets_from_json(path: Path, policy_path: Path | None, crqc_years: float | 
                                  "json`)", f"assets[{index}]: {why}") from None
     policy = load_policy(policy_path, crqc_years)
     skipped = [Skipped(str(s.get("location")), str(s.get("reason")))
-               for s in json.loads(path.read_text()).get("skipped", [])
+               for s in data.get("skipped", [])
                if isinstance(s, dict)]
     return assess_all(findings, policy), skipped, policy.crqc_years
 
@@ -250,13 +250,9 @@ def plan_command(
             raise ParameterError("--inventory", str(inventory),
                                  "either --inventory or TARGETS, not both")
         if inventory is not None:
-            for name, option, value in (("live", "--live", live),
-                                        ("timeout_s", "--timeout-s", timeout_s),
-                                        ("max_file_bytes", "--max-file-bytes",
-                                         max_file_bytes)):
-                if typed_on_command_line(name):  # they steer a scan, which this skips
-                    raise ParameterError(option, value, "only when scanning TARGETS, not "
-                                         "with --inventory")
+            refuse_typed([("live", "--live", live), ("timeout_s", "--timeout-s", timeout_s),
+                          ("max_file_bytes", "--max-file-bytes", max_file_bytes)],
+                         "only when scanning TARGETS, not with --inventory")  # scan options
             assets, skipped, z = _assets_from_json(inventory, policy, crqc_years)
         elif not targets:
             raise ParameterError("TARGETS", None, "at least one file, directory or host:port, "

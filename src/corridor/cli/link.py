@@ -351,7 +351,7 @@ def rate_command(
         # rated when none is given; else the default list.
         preset_length = (PRESETS[params.name].fibre.length_km if params.name in PRESETS
                          else params.fibre.length_km)
-        set_length = any(text.partition("=")[0].strip() in LENGTH_FIELDS
+        set_length = any(parse_override(text)[0] in LENGTH_FIELDS
                          for text in overrides or []) or params.fibre.length_km != preset_length
         lengths = ([*(distance_km or []), *(distances_km or [])]
                    or ([params.fibre.length_km] if set_length else list(DEFAULT_DISTANCES_KM)))

@@ -18,9 +18,7 @@ The work lives in :mod:`corridor.mobility.ota`.
 
 from __future__ import annotations
 
-import errno
 import signal
-import socket
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -189,6 +187,7 @@ def serve_command(
 ) -> None:
     """Serve both repositories and the director over HTTPS until Ctrl-C."""
     with handle_errors():
+        from corridor.kms.tls import is_address_error
         from corridor.mobility.ota.director import Director
         from corridor.mobility.ota.server import OtaServer
 
@@ -199,7 +198,7 @@ def serve_command(
         try:
             server = OtaServer(directory, host=host, port=port, on_manifest=director.receive)
         except OSError as exc:
-            if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            if is_address_error(exc):
                 raise ParameterError("--host", host, "an address of this machine",
                                      exc.strerror or str(exc)) from None
             raise ParameterError("--port", port, "a free port", exc.strerror) from None

@@ -520,6 +520,12 @@ class RunningServer:
         return f"https://{host}:{self.port}"
 
 
+def is_address_error(exc: OSError) -> bool:
+    """Whether binding failed on the address, not the port: no such name, or not an
+    address of this machine."""
+    return isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+
+
 def bind_socket(host: str = "127.0.0.1", port: int = 0, *,
                 reuse_port: bool = False) -> socket.socket:
     """A listening-ready TCP socket bound to ``host``; ``port=0`` picks a free port.
@@ -541,8 +547,7 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0, *,
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
-            # The address, not the port: no such name, or not an address of this machine.
+        if is_address_error(exc):
             raise ParameterError("host", host, "an address of this machine",
                                  str(exc)) from None
         raise ParameterError("port", port, f"a free port on {host}", str(exc)) from None
