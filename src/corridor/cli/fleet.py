@@ -30,7 +30,14 @@ from typing import Annotated, Any
 
 import typer
 
-from corridor.cli.common import OutputFormat, console, emit_json, handle_errors, read_up_file
+from corridor.cli.common import (
+    OutputFormat,
+    console,
+    emit_json,
+    handle_errors,
+    read_up_file,
+    typed_on_command_line,
+)
 from corridor.errors import ParameterError
 
 fleet_app = typer.Typer(
@@ -424,6 +431,22 @@ def watch_command(
                     seen += 1
 
 
+def _check_vehicle_count(directory: Path, vehicles: int) -> None:
+    """``--vehicles`` sizes a new fleet: refused beside a fleet of another size in
+    ``directory`` (the demo would run that fleet's vehicles, not the number typed)."""
+    from corridor.mobility.fleet.keys import POLICY_FILE, PUBLIC_FILE
+    from corridor.mobility.fleet.policy import load_policy
+
+    if not (directory / PUBLIC_FILE).exists():
+        return
+    existing = len(load_policy(directory / POLICY_FILE).vehicles)
+    if existing != vehicles:
+        raise ParameterError(
+            "--vehicles", vehicles,
+            f"{existing}, the vehicles of the fleet already in {directory} (--vehicles "
+            "sizes a new fleet; give another --dir for a new one)")
+
+
 def _demo(directory: Path, from_up: Path | None, broker: tuple[str, int],
           vehicle_count: int) -> dict[str, Any]:
     """Back end, depot and vehicles in this process; normal commands, then attacks."""
@@ -543,6 +566,8 @@ def demo_command(
     with handle_errors():
         if not 1 <= vehicles <= 50:
             raise ParameterError("--vehicles", vehicles, "1 to 50")
+        if directory is not None and typed_on_command_line("vehicles"):
+            _check_vehicle_count(directory, vehicles)
         address = _broker(broker)
         with tempfile.TemporaryDirectory(prefix="corridor-fleet-") as scratch:
             report = _demo(directory or Path(scratch) / "fleet", from_up, address, vehicles)

@@ -78,6 +78,9 @@ def test_init_and_one_line_errors(tmp_path: Path) -> None:
         (["fleet", "depot", "--dir", str(fleet), "--backend-sae", "no body"],
          "--backend-sae = 'no body'"),
         (["fleet", "demo", "--broker", "localhost"], "--broker = 'localhost': HOST:PORT"),
+        # --vehicles sizes a new fleet; the demo would run this one's two vehicles.
+        (["fleet", "demo", "--dir", str(fleet), "--vehicles", "5"],
+         "--vehicles = 5: 2, the vehicles of the fleet already in"),
         (["fleet", "vehicle", "v-1", "--dir", str(tmp_path / "none")],
          "must be an existing TOML file"),
     ]:
