@@ -167,3 +167,80 @@ def test_listen_and_connect_run_the_two_saes_as_two_processes(running: Corridor)
          "--connect", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and refused.stderr.startswith("error: ")
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def _explicit(up_file: Path, sae_id: str) -> list[str]:
+    """``--kme/--cert/--key/--ca`` of ``sae_id``, as a `kme serve` site hands them out."""
+    up = json.loads(up_file.read_text())
+    sae = next(s for s in up["saes"] if s["sae_id"] == sae_id)
+    kme = next(k for k in up["kmes"] if k["kme_id"] == sae["kme_id"])
+    base = up_file.parent
+    return ["--kme", kme["base_url"], "--cert", str(base / sae["cert"]),
+            "--key", str(base / sae["key"]), "--ca", str(base / sae["ca_cert"])]
+
+
+@pytest.mark.timeout(120)
+def test_listen_and_connect_without_an_up_file(running: Corridor) -> None:
+    """SAEs of `kme serve` sites have no corridor-up.json: each names its KME and files,
+    and the listener the initiators it accepts and their policy."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    corridor = str(Path(sys.executable).parent / "corridor")
+    listener = subprocess.Popen(
+        [corridor, "hybrid", "listen", "--sae", "sae-b", *_explicit(running.up_file, "sae-b"),
+         "--peer", "sae-a", "--policy", "qkd-required", "--listen", f"127.0.0.1:{port}",
+         "--format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):  # until the listener accepts
+            done = subprocess.run(
+                [corridor, "hybrid", "connect", "--sae", "sae-a",
+                 *_explicit(running.up_file, "sae-a"), "--peer", "sae-b", "--policy",
+                 "qkd-required", "--connect", f"127.0.0.1:{port}", "--format", "json"],
+                capture_output=True, text=True, timeout=60)
+            if "cannot connect" not in done.stderr:
+                break
+            time.sleep(0.2)
+        assert done.returncode == 0, done.stderr
+        out, err = listener.communicate(timeout=60)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+    assert listener.returncode == 0, err
+    mine, theirs = json.loads(done.stdout), json.loads(out)
+    assert mine["outcome"] == theirs["outcome"] == "established"
+    assert mine["policy"] == "qkd-required" and mine["key_id"] == theirs["key_id"] is not None
+    assert mine["session_id"] == theirs["session_id"]
+
+
+def test_listen_and_connect_options_are_checked(running: Corridor) -> None:
+    up = str(running.up_file)
+    sae_a = _explicit(running.up_file, "sae-a")
+    for args, message in [
+        (["hybrid", "listen", "--sae", "sae-b", *_explicit(running.up_file, "sae-b")],
+         "--peer: at least one initiator SAE to accept"),
+        (["hybrid", "listen", "--from-up", up, "--sae", "sae-b", "--peer", "sae-a"],
+         "--peer = ['sae-a']: only without --from-up"),
+        (["hybrid", "listen", "--from-up", up, "--sae", "sae-b", "--policy", "any"],
+         "--policy = 'any': only without --from-up"),
+        (["hybrid", "listen", "--sae", "sae-b", *sae_a, "--peer", "sae-a"],
+         "--sae = 'sae-b': the SAE --cert names (sae 'sae-a')"),
+        (["hybrid", "listen", "--sae", "sae-b", *sae_a[:2], "--peer", "sae-a"],
+         "--cert: required"),
+        (["hybrid", "listen", "--sae", "sae-a", *sae_a, "--peer", "sae-a"],
+         "--peer = 'sae-a': another SAE than --sae"),
+        (["hybrid", "connect", "--from-up", up, "--sae", "sae-a", "--peer", "sae-b",
+          "--kme", "https://127.0.0.1:1"], "--kme = 'https://127.0.0.1:1': only without"),
+        (["hybrid", "connect", "--sae", "sae-a", *sae_a[:-2], "--ca", up, "--peer",
+          "sae-b"], "--ca"),
+        (["hybrid", "connect", "--sae", "sae-a", "--kme", "https://127.0.0.1:1", "--cert",
+          up, "--key", up, "--ca", up, "--peer", "sae-b"],
+         "--cert = '" + up + "': a readable SAE certificate"),
+    ]:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.startswith("error: ") and message in result.output, \
+            (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output

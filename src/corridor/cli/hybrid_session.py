@@ -10,7 +10,10 @@ each gets its QKD key from its own KME over mutual TLS with its own certificate,
 ``corridor hybrid listen`` and ``corridor hybrid connect`` run the two SAEs as two
 processes (on two machines, each with its own SAE certificate), joined over TCP: the
 responder serves handshakes, the initiator runs one and exits. Each prints its own
-session record.
+session record. Each finds its KME either in ``corridor-up.json`` (``--from-up``) or,
+for SAEs of ``corridor kme serve`` sites, from ``--kme/--cert/--key/--ca`` as
+``corridor sae`` does; then the listener names the initiators it accepts (``--peer``)
+and their policy (``--policy``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from corridor.cli.common import (
     err_console,
     handle_errors,
     read_up_file,
+    refuse_typed,
 )
+from corridor.cli.sae import CaOpt, CertOpt, ExpectOpt, KeyOpt, KmeOpt, resolve_connection
 from corridor.errors import ParameterError
 from corridor.kms.up_file import pair_policy, sae_client
 
@@ -152,11 +157,57 @@ def _address(value: str, name: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+FromUpOpt = Annotated[Path | None, typer.Option(
+    "--from-up", help="corridor-up.json of the corridor this SAE belongs to (else "
+    "--kme/--cert/--key/--ca).")]
+
+
+def _own_client(from_up: Path | None, sae: str, kme: str | None, cert: Path | None,
+                key: Path | None, ca: Path | None, expect_kme: str | None
+                ) -> tuple[Any, dict[str, Any] | None]:
+    """This SAE's ETSI 014 client, and corridor-up.json when it came from one. With the
+    explicit options, the certificate must be ``sae``'s: the handshake names ``sae`` and
+    the KME knows the caller by its certificate."""
+    from corridor.kms.client import SaeClient
+    from corridor.kms.config import check_id
+    from corridor.kms.pki import ROLE_SAE, CertificateIdentityError, identity_from_pem
+
+    check_id("--sae", sae)
+    if from_up is not None:
+        refuse_typed([("kme", "--kme", kme), ("cert", "--cert", cert), ("key", "--key", key),
+                      ("ca", "--ca", ca), ("expect_kme", "--expect-kme", expect_kme)],
+                     "only without --from-up (corridor-up.json names this SAE's KME and "
+                     "files)")
+        up = read_up_file(from_up)
+        return sae_client(up, from_up.resolve().parent, sae, "--sae"), up
+    connection = resolve_connection(kme, cert, key, ca, expect_kme, None, None)
+    try:
+        identity = identity_from_pem(connection.cert.read_text(encoding="ascii"))
+    except (OSError, UnicodeDecodeError, CertificateIdentityError) as exc:
+        raise ParameterError("--cert", str(connection.cert),
+                             "a readable SAE certificate of `corridor pki`",
+                             str(exc) if isinstance(exc, CertificateIdentityError)
+                             else type(exc).__name__) from None
+    if identity.role != ROLE_SAE or identity.entity_id != sae:
+        raise ParameterError("--sae", sae, f"the SAE --cert names ({identity.role} "
+                             f"{identity.entity_id!r})")
+    return SaeClient(connection.kme_url, connection.cert, connection.key, connection.ca,
+                     expected_kme_id=connection.expected_kme_id, timeout_s=10.0), None
+
+
 def listen_command(
-    from_up: Annotated[Path, typer.Option(
-        "--from-up", help="corridor-up.json of the corridor this SAE belongs to.")],
     sae: Annotated[str, typer.Option(
         "--sae", help="This (responder) SAE: it fetches the QKD key by ID (dec_keys).")],
+    from_up: FromUpOpt = None,
+    kme: KmeOpt = None, cert: CertOpt = None, key: KeyOpt = None, ca: CaOpt = None,
+    expect_kme: ExpectOpt = None,
+    peers: Annotated[list[str] | None, typer.Option(
+        "--peer", help="An initiator SAE to accept (repeat for several); required "
+        "without --from-up, whose SAEs it accepts otherwise.")] = None,
+    policy: Annotated[str | None, typer.Option(
+        "--policy", help="Without --from-up: the policy the --peer SAEs must declare "
+        "(qkd-required, pqc-required, both-required or any; default both-required).")
+    ] = None,
     listen: Annotated[str, typer.Option(
         "--listen", help="HOST:PORT to accept initiators on (TCP).")] = "127.0.0.1:7444",
     count: Annotated[int, typer.Option(
@@ -167,22 +218,38 @@ def listen_command(
 ) -> None:
     """Serve hybrid handshakes as the responder SAE in its own process: each initiator
     that connects gets one handshake under the pair's policy (corridor-up.json's
-    ``hybrid_sessions``, else both-required); prints one session record per handshake,
-    never a key."""
+    ``hybrid_sessions``, else both-required; without --from-up, --policy for the --peer
+    SAEs); prints one session record per handshake, never a key."""
     with handle_errors():
         from corridor.hybrid.errors import HybridSessionError
+        from corridor.hybrid.policy import parse_policy
         from corridor.hybrid.qkd import KmeQkdKeys
         from corridor.hybrid.session import Responder
         from corridor.hybrid.transport import SocketTransport
+        from corridor.kms.config import check_id
         from corridor.logs import configure_logging
 
         configure_logging("warning", json=False)
-        up = read_up_file(from_up)
-        base = from_up.resolve().parent
+        if from_up is not None:
+            refuse_typed([("peers", "--peer", peers), ("policy", "--policy", policy)],
+                         "only without --from-up (corridor-up.json's SAEs and "
+                         "hybrid_sessions say whom to accept and under which policy)")
+        elif not peers:
+            raise ParameterError("--peer", None, "at least one initiator SAE to accept "
+                                 "(required without --from-up)")
+        else:
+            for peer in peers:
+                check_id("--peer", peer)
+                if peer == sae:
+                    raise ParameterError("--peer", peer, "another SAE than --sae")
+        pair = parse_policy(policy if policy is not None else "both-required", "--policy")
         host, port = _address(listen, "--listen")
-        client = sae_client(up, base, sae, "--sae")
-        peers = [s["sae_id"] for s in up.get("saes", []) if s["sae_id"] != sae]
-        policies = {peer: pair_policy(up, peer, sae) for peer in peers}
+        client, up = _own_client(from_up, sae, kme, cert, key, ca, expect_kme)
+        if up is not None:
+            accepted = [s["sae_id"] for s in up.get("saes", []) if s["sae_id"] != sae]
+            policies = {peer: pair_policy(up, peer, sae) for peer in accepted}
+        else:
+            policies = dict.fromkeys(peers or [], pair)
         responder = Responder(sae, policies, qkd=KmeQkdKeys(client))
         try:
             server = socket.create_server((host, port))
@@ -199,7 +266,7 @@ def listen_command(
                     answered += 1  # a refused one counts too: --count 2 never hangs
                     transport = SocketTransport(conn, 30.0)
                     try:
-                        key = responder.handshake(transport)
+                        session_key = responder.handshake(transport)
                     except HybridSessionError as exc:
                         err_console.print(f"handshake refused: {exc}", highlight=False,
                                           markup=False)
@@ -207,8 +274,8 @@ def listen_command(
                         continue
                     finally:
                         transport.close()
-                    _print_record(key.record.as_dict(), output)
-                    key.wipe()
+                    _print_record(session_key.record.as_dict(), output)
+                    session_key.wipe()
         except KeyboardInterrupt:
             pass
         finally:
@@ -218,16 +285,18 @@ def listen_command(
 
 
 def connect_command(
-    from_up: Annotated[Path, typer.Option(
-        "--from-up", help="corridor-up.json of the corridor this SAE belongs to.")],
     initiator: Annotated[str, typer.Option(
         "--sae", help="This (initiator) SAE: it gets the QKD key (enc_keys).")],
     responder: Annotated[str, typer.Option(
         "--peer", help="The responder SAE listening at --connect.")],
+    from_up: FromUpOpt = None,
+    kme: KmeOpt = None, cert: CertOpt = None, key: KeyOpt = None, ca: CaOpt = None,
+    expect_kme: ExpectOpt = None,
     connect: Annotated[str, typer.Option(
         "--connect", help="HOST:PORT of `corridor hybrid listen`.")] = "127.0.0.1:7444",
     policy: Annotated[str | None, typer.Option(
-        "--policy", help="The policy to declare (default: the pair's).")] = None,
+        "--policy", help="The policy to declare (default: the pair's in --from-up, else "
+        "both-required).")] = None,
     suite: Annotated[str, typer.Option(
         "--suite", help="xwing, mlkem768-x25519 or none.")] = "xwing",
     output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")
@@ -244,29 +313,36 @@ def connect_command(
         from corridor.hybrid.session import Initiator
         from corridor.hybrid.suites import parse_suite
         from corridor.hybrid.transport import SocketTransport
+        from corridor.kms.config import check_id
         from corridor.logs import configure_logging
 
         configure_logging("error", json=False)  # the outcome is the printed record or error line
-        up = read_up_file(from_up)
-        base = from_up.resolve().parent
+        check_id("--peer", responder)
         host, port = _address(connect, "--connect")
-        chosen = parse_policy(policy if policy is not None
-                              else pair_policy(up, initiator, responder), "--policy")
         kem = parse_suite(suite, "--suite")
-        if not any(s.get("sae_id") == responder for s in up.get("saes", [])):
-            raise ParameterError("--peer", responder, "one of "
-                                 f"{[s.get('sae_id') for s in up.get('saes', [])]} "
-                                 "(corridor-up.json: saes)")
-        client = sae_client(up, base, initiator, "--sae")
-        transport = SocketTransport.connect(host, port, timeout_s=30.0)
+        if policy is not None:
+            parse_policy(policy, "--policy")
+        client, up = _own_client(from_up, initiator, kme, cert, key, ca, expect_kme)
         try:
-            key = Initiator(initiator, responder, chosen, qkd=KmeQkdKeys(client),
-                            suite=kem).handshake(transport)
+            if up is not None and not any(s.get("sae_id") == responder
+                                          for s in up.get("saes", [])):
+                raise ParameterError("--peer", responder, "one of "
+                                     f"{[s.get('sae_id') for s in up.get('saes', [])]} "
+                                     "(corridor-up.json: saes)")
+            chosen = parse_policy(policy if policy is not None else
+                                  pair_policy(up, initiator, responder) if up is not None
+                                  else "both-required", "--policy")
+            transport = SocketTransport.connect(host, port, timeout_s=30.0)
+            try:
+                session_key = Initiator(initiator, responder, chosen,
+                                        qkd=KmeQkdKeys(client), suite=kem
+                                        ).handshake(transport)
+            finally:
+                transport.close()
         finally:
-            transport.close()
             client.close()
-        record = key.record.as_dict()
-        key.wipe()
+        record = session_key.record.as_dict()
+        session_key.wipe()
     _print_record(record, output)
 
 
