@@ -206,7 +206,7 @@ def _independent_key_length(fk: dict, sifted_bits: int) -> int:
     lambda_ec = fk["reconciliation_disclosed_bits"] + fk["verification_tag_bits"]
     length = math.floor(s_z0 + s_z1 * (1 - h(phi)) - lambda_ec - 6 * math.log2(21 / eps)
                         - math.log2(2 / eps_cor))
-    removed = fk["verification_removed_bits"]
+    removed = fk["verification_removed_bits"] + fk["reconciliation_dropped_bits"]
     return min(max(length, 0) - removed, sifted_bits - removed)
 
 
@@ -237,3 +237,20 @@ def test_the_printed_json_is_enough_to_recompute_the_key_length(bound: str) -> N
         6 * math.log2(21 / fk["eps_sec"]) + math.log2(2 / fk["eps_cor"]))
     assert fk["finite_key_bits"] == row["finite_key_bits"] > 0
     assert _independent_key_length(fk, row["sifted_bits"]) == row["finite_key_bits"]
+
+
+def test_the_length_is_recomputable_when_ldpc_frames_are_dropped() -> None:
+    """A short code at a generous efficiency: some frames fail every retry and leave the
+    key; the printed JSON must say how many bits (it did not, so the length could not
+    be recomputed from it)."""
+    one_block = [*LINK[:LINK.index("--pulses")], "--pulses", "10000000", "--block-pulses",
+                 "10000000", "--seed", "21", "--timeout-s", "120"]
+    code, out, err = run_cli(*one_block, "--reconciliation", "ldpc", "--ldpc-code-bits",
+                             "16384", "--ldpc-efficiency", "1.3", "--ldpc-retry-step", "0.001",
+                             "--format", "json", "--quiet")
+    assert code == 0, err
+    (row,) = json.loads(out)["blocks"]
+    fk = row["finite_key"]
+    assert row["state"] == "AUTHENTICATED"
+    assert fk["reconciliation_dropped_bits"] == row["reconciliation_dropped_bits"] > 0
+    assert _independent_key_length(fk, row["sifted_bits"]) == row["finite_key_bits"] > 0

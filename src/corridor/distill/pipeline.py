@@ -791,6 +791,7 @@ class LinkRunReport:
                 "reconciliation_bob_bits": meta.get("reconciliation_bob_bits"),
                 "verification_tag_bits": meta.get("verification_tag_bits"),
                 "verification_removed_bits": meta.get("verification_removed_bits"),
+                "reconciliation_dropped_bits": meta.get("reconciliation_dropped_bits"),
                 "disclosed_bits": meta.get("disclosed_bits"),
                 "reconciliation_efficiency": (other.meta if other else meta)
                 .get("reconciliation_efficiency"),
@@ -815,10 +816,11 @@ class LinkRunReport:
 
         l = floor(s_Z0 + s_Z1 (1 - h(phi_Z)) - lambda_EC - security_cost_bits) from the
         counts, intensities, probabilities and epsilons below (Lim et al. 2014, Eqs.
-        (1)-(5), with the clamps of the named bound, docs/finite-key.md); then
-        finite_key_bits = min(l - verification_removed_bits, sifted_bits -
-        verification_removed_bits). ``key_basis_errors`` are the errors reconciliation
-        corrected per class (Bob's count; the bound does not use them).
+        (1)-(5), with the clamps of the named bound, docs/finite-key.md); then, with
+        removed = verification_removed_bits + reconciliation_dropped_bits (the bits of
+        dropped segments and of LDPC frames Bob could not decode), finite_key_bits =
+        min(l - removed, sifted_bits - removed). ``key_basis_errors`` are the errors
+        reconciliation corrected per class (Bob's count; the bound does not use them).
         """
         cfg = self.config
         errors = (bob_meta or {}).get("key_basis_errors", meta.get("key_basis_errors"))
@@ -846,6 +848,7 @@ class LinkRunReport:
             "security_cost_bits": meta.get("security_cost_bits"),
             "length_bits": meta.get("finite_key_length_bits"),
             "verification_removed_bits": meta.get("verification_removed_bits"),
+            "reconciliation_dropped_bits": meta.get("reconciliation_dropped_bits"),
             "finite_key_bits": meta.get("finite_key_bits"),
         }
 
