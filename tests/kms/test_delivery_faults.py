@@ -21,8 +21,9 @@ import pytest
 from corridor.kms.audit import AuditLog, DeliveryJournal, verify_audit_log
 from corridor.kms.config import DIRECTION_A_TO_B, KmeConfig
 from corridor.kms.crypto import generate_kek
-from corridor.kms.interface import FanOutEventSink, KeyRequestError
+from corridor.kms.interface import FanOutEventSink, KeyRequestError, KeysUnavailableError
 from corridor.kms.manager import KeyManager, StorageFailureError, connect_local
+from corridor.kms.store import StoreWriteError
 from corridor.kms.store_sqlite import SqliteKeyStore
 from tests.kms.test_manager import LINK, RecordingSink, directory
 
@@ -123,6 +124,58 @@ def test_full_audit_volume_in_a_rejection_path_is_a_503_not_an_os_error(tmp_path
     disk_b.heal()
     with pytest.raises(KeyRequestError):
         b.dec_keys("b1", "a1", ["00000000-0000-4000-8000-000000000000"])
+
+
+def _fill_store(manager: KeyManager) -> None:
+    """Let the store's database grow no further: SQLite then fails the next write that
+    needs a page with SQLITE_FULL ("database or disk is full"), as on a full volume."""
+    conn = manager.store._conn  # type: ignore[attr-defined]
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def test_full_store_volume_at_the_slave_is_a_503_with_the_alarm_at_the_slave(tmp_path):
+    """The slave's store cannot record an announcement: the master's caller gets a 503
+    and nothing, and the slave (whose disk it is) raises its storage alarm; a new block
+    cannot be stored either. The alarm was missing: a store failure read as a refusal."""
+    a, b, record = _pair(tmp_path, FullDisk(), FullDisk())
+    for block_id in range(2, 12):
+        block = os.urandom(1 << 16)
+        a.ingest_block(LINK, block_id, block)
+        b.ingest_block(LINK, block_id, block)
+    _fill_store(b)
+    delivered = []
+    with pytest.raises(KeysUnavailableError):  # once the free room of its last pages is used
+        for _ in range(100):
+            delivered += a.enc_keys("a1", "b1", number=100)
+    assert b.storage_alarm is not None and "key store write" in b.storage_alarm
+    assert record.named("storage_alarm_raised")
+    assert b.store.count_keys() == len(delivered)  # what was refused left nothing behind
+    with pytest.raises(StorageFailureError):
+        b.ingest_block(LINK, 12, os.urandom(1 << 20))
+    assert b.storage_alarm is not None
+
+
+def test_a_store_alarm_is_cleared_by_the_store_not_by_the_audit_trail(tmp_path, monkeypatch):
+    """A rejected request's audit entry succeeds while the store still fails: the alarm
+    must stay up (it was cleared by the first audit write that worked)."""
+    a, b, record = _pair(tmp_path, FullDisk(), FullDisk())
+    real_cut = a.store.cut_front
+
+    def failing_cut(*args: Any, **kwargs: Any) -> Any:
+        raise StoreWriteError("key store commit failed: database or disk is full")
+
+    monkeypatch.setattr(a.store, "cut_front", failing_cut)
+    with pytest.raises(StorageFailureError):
+        a.enc_keys("a1", "b1", number=1)
+    assert a.storage_alarm is not None
+    with pytest.raises(KeyRequestError):  # audited: request_rejected is written
+        a.enc_keys("a1", "b1", number=0)
+    assert a.storage_alarm is not None and not record.named("storage_alarm_cleared")
+    monkeypatch.setattr(a.store, "cut_front", real_cut)
+    keys = a.enc_keys("a1", "b1", number=1)
+    assert a.storage_alarm is None and record.named("storage_alarm_cleared")
+    assert b.dec_keys("b1", "a1", [keys[0].key_id]) == keys
 
 
 # -- kill -9 at each step ----------------------------------------------------------------

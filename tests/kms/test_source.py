@@ -18,7 +18,7 @@ from corridor.errors import ParameterError
 from corridor.kms.alarms import LinkMonitor
 from corridor.kms.config import DIRECTIONS, KmeConfig, SaeDirectory
 from corridor.kms.interface import KeyRequestError, KeysUnavailableError
-from corridor.kms.manager import KeyManager, connect_local
+from corridor.kms.manager import KeyManager, StorageFailureError, connect_local
 from corridor.kms.operator import feeder_state
 from corridor.kms.sources.base import SourceBlock
 from corridor.kms.sources.feeder import LinkFeeder
@@ -222,6 +222,10 @@ def test_a_half_that_does_not_fit_at_either_end_is_kept_by_neither(tmp_path: Pat
     assert _stream_ends(a) == _stream_ends(b) == {"A->B": 1024, "B->A": 1024}
     assert a.pool_state(LINK, "A->B").available_bytes == 1024
     assert events.names().count("link_feed_dropped") == 4
+    # A block dropped whole still uses its ID: a restart continues after it (block 3 was
+    # distilled again, with other bits, after each restart while the pools stayed full).
+    assert LinkFeeder(ListSource([]), a, b, _monitor()).align() == 4
+    assert _stream_ends(a) == _stream_ends(b) == {"A->B": 1024, "B->A": 1024}
     # Drain direction A->B only: the next block is stored in A->B and dropped from B->A
     # at both ends.
     a.enc_keys("sae-a", "sae-b", number=32)
@@ -539,3 +543,30 @@ def test_a_link_whose_feeder_waits_gives_the_shared_slot_to_the_others(managers)
     finally:
         waiting.close()
         served.close()
+
+
+def test_a_feed_stopped_by_a_full_volume_stops_quietly_when_the_stop_cannot_be_audited(
+        managers, monkeypatch) -> None:
+    """The volume that failed the block's write fails the ``link_source_stopped`` entry
+    too: the feed stops with the error kept for the operator, no traceback from its
+    thread (one escaped from the handler)."""
+    a, b = managers
+
+    class FullVolume(Events):
+        def emit(self, event: str, **fields: object) -> None:
+            if event == "link_source_stopped":
+                raise OSError(28, "No space left on device")
+            super().emit(event, **fields)
+
+    def failing_ingest(*args: object, **kwargs: object) -> int:
+        raise StorageFailureError("the key store cannot be written now")
+
+    escaped: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda info: escaped.append(info.exc_value))
+    monkeypatch.setattr(b, "ingest_block", failing_ingest)
+    feeder = LinkFeeder(ListSource([_key_block(0), _key_block(1)]), a, b, _monitor(),
+                        FullVolume())
+    feeder.start()
+    _wait_for(lambda: not feeder.running)
+    assert isinstance(feeder.error, StorageFailureError)
+    assert feeder.stats.stopped_reason == "error" and not escaped

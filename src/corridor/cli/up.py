@@ -401,8 +401,13 @@ def up_command(
                 finally:
                     corridor.close()
         why = stop_signal[0] if stop_signal else "--duration-s elapsed"
-        _quietly(lambda: console.print(f"corridor stopped cleanly ({why}); state kept in "
-                                       f"{_shown(corridor.workdir)}", highlight=False,
+        failed = {link_id: type(feeder.error).__name__
+                  for link_id, feeder in corridor.feeders.items() if feeder.error is not None}
+        early = ("; the key feed of " + ", ".join(f"{link} ({error})" for link, error in
+                                                  sorted(failed.items()))
+                 + " had stopped early (see the error above)") if failed else ""
+        _quietly(lambda: console.print(f"corridor stopped cleanly ({why}){early}; state kept "
+                                       f"in {_shown(corridor.workdir)}", highlight=False,
                                        soft_wrap=True))
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -79,6 +79,7 @@ from corridor.kms.store import (
     PoolExhaustedError,
     PoolState,
     ReservationRefusedError,
+    StoreWriteError,
     all_uuids,
     is_uuid,
     new_key_ids,
@@ -128,9 +129,10 @@ class StorageFailureError(KeysUnavailableError):
     request fails closed with a 503 and the storage alarm is raised."""
 
 
-#: What a failing store write raises; the audit log raises OSError or its own
-#: AuditLogError (key-material refusals are programming errors and are not caught).
-_STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError,)
+#: What a failing store write raises (the stores map their database's write failures
+#: to StoreWriteError); the audit log raises OSError or its own AuditLogError
+#: (key-material refusals are programming errors and are not caught).
+_STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, StoreWriteError)
 _AUDIT_ERRORS: tuple[type[BaseException], ...] = (OSError, AuditLogError)
 
 
@@ -260,7 +262,9 @@ class KeyManager:
         self._peers: dict[str, PeerLink] = {kme: self._wrap(peer)
                                             for kme, peer in (peers or {}).items()}
         self._peers_lock = threading.Lock()
-        self._storage_alarm: str | None = None
+        # The storage alarm per part that failed ("audit", "store"): a write of one part
+        # that succeeds clears that part's alarm only, never the other's.
+        self._storage_alarms: dict[str, str] = {}
         self._storage_alarm_since = 0.0
         self.quotas = quotas
         # Peer outages, cuts whose announcement has not finished, and key IDs to
@@ -294,13 +298,13 @@ class KeyManager:
     @property
     def storage_alarm(self) -> str | None:
         """Why the last audit or store write failed, while no later one succeeded."""
-        return self._storage_alarm
+        return "; ".join(self._storage_alarms.values()) or None
 
     def _raise_storage_alarm(self, where: str, exc: BaseException) -> None:
         reason = f"{where}: {type(exc).__name__}" + (
             f" ({os.strerror(exc.errno)})" if isinstance(exc, OSError) and exc.errno else "")
-        first = self._storage_alarm is None
-        self._storage_alarm = reason
+        first = not self._storage_alarms
+        self._storage_alarms["audit" if where.startswith("audit") else "store"] = reason
         self._storage_alarm_since = time.time()
         _log.error("storage alarm at KME %s: %s; requests answer 503 until it clears",
                    self.kme_id, reason)
@@ -310,11 +314,18 @@ class KeyManager:
             with contextlib.suppress(Exception):
                 self.events.emit("storage_alarm_raised", kme_id=self.kme_id, reason=reason)
 
-    def _storage_ok(self) -> None:
-        if self._storage_alarm is not None:
-            reason, self._storage_alarm = self._storage_alarm, None
-            _log.warning("storage alarm at KME %s cleared (was: %s)", self.kme_id, reason)
-            self.events.emit("storage_alarm_cleared", kme_id=self.kme_id, reason=reason)
+    def _storage_ok(self, part: str = "audit") -> None:
+        """A write of ``part`` ("audit" or "store") succeeded: clear its alarm; the
+        alarm ends when no part is failing."""
+        reason = self._storage_alarms.pop(part, None)
+        if reason is None:
+            return
+        if self._storage_alarms:
+            _log.warning("storage alarm at KME %s: %s works again (was: %s); still failing: "
+                         "%s", self.kme_id, part, reason, self.storage_alarm)
+            return
+        _log.warning("storage alarm at KME %s cleared (was: %s)", self.kme_id, reason)
+        self.events.emit("storage_alarm_cleared", kme_id=self.kme_id, reason=reason)
 
     def _record(self, event: str, **fields: Any) -> None:
         """Write an audit event that must be durable before the step it guards; on a
@@ -703,6 +714,7 @@ class KeyManager:
         except KeysUnavailableError:
             reject("store_unavailable")
             raise
+        self._storage_ok("store")
         reservations = [res for res, _ in cut]
         # The bytes are cut (the pointer never moves back); from here a failure of the
         # audit trail fails the request closed, and the intent entry covers the bytes.
@@ -796,6 +808,7 @@ class KeyManager:
             self._reject("dec_keys", slave_sae_id, "store_unavailable", 503,
                          delivery_id=delivery_id)
             raise
+        self._storage_ok("store")
         by_size: dict[int, list[str]] = {}
         for key in keys:
             by_size.setdefault(len(key.key) * 8, []).append(key.key_id)
@@ -824,8 +837,13 @@ class KeyManager:
         if not isinstance(key, bytes | bytearray) or not key:
             raise ParameterError("key", f"({type(key).__name__}, not shown)",
                                  "must be non-empty bytes")
-        result = self.store.append_block(link_id, block_id, split_block(bytes(key)),
-                                         self.config.pool_capacity_bytes)
+        try:
+            result = self.store.append_block(link_id, block_id, split_block(bytes(key)),
+                                             self.config.pool_capacity_bytes)
+        except _STORAGE_ERRORS as exc:
+            self._raise_storage_alarm("key store write", exc)
+            raise StorageFailureError("the key store cannot be written now") from exc
+        self._storage_ok("store")
         public_meta = {name: value for name, value in (meta or {}).items()
                        if isinstance(value, int | float) and name not in ("kme_id", "link_id",
                                                                            "block_id")}
@@ -864,6 +882,10 @@ class KeyManager:
                                 for r in reservations]
             self._check_reservations(from_kme_id, reservations)
             recorded = self.store.record_peer_reservations(reservations)
+        except _STORAGE_ERRORS as exc:
+            self._raise_storage_alarm("key store write", exc)
+            self._reject("accept_reservations", from_kme_id, "store_unavailable", 503)
+            raise StorageFailureError("the key store cannot be written now") from exc
         except InvalidReservationError:
             self._reject("accept_reservations", from_kme_id, "invalid_reservation", 400)
             raise
@@ -873,6 +895,7 @@ class KeyManager:
         except AtRestDecryptionError as exc:
             self._reject("accept_reservations", from_kme_id, "store_integrity", 503)
             raise ReservationRefusedError("key store integrity check failed") from exc
+        self._storage_ok("store")
         groups: dict[tuple[str, str, str, tuple[str, ...], int], list[Reservation]] = {}
         if recorded and len(set(map(_ACCEPTED_GROUP, recorded))) == 1:
             groups[_ACCEPTED_GROUP(recorded[0])] = list(recorded)  # one delivery, one entry

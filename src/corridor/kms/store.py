@@ -82,6 +82,12 @@ class StoreUnavailableError(KeysUnavailableError):
     """The database could not be reached or stayed locked past its timeout."""
 
 
+class StoreWriteError(StoreUnavailableError):
+    """A write or commit of the key store failed (disk full, I/O error, a database that
+    went away mid-transaction): nothing of the transaction is durable, and the KME
+    raises its storage alarm (a busy or closed store is not a storage failure)."""
+
+
 @dataclass(frozen=True)
 class PoolState:
     """Public figures of one pool (link, direction); all sizes in bytes."""

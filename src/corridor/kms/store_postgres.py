@@ -26,7 +26,13 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from corridor.errors import ParameterError
-from corridor.kms.store import SCHEMA_STATEMENTS, SqlCursor, SqlKeyStore, StoreUnavailableError
+from corridor.kms.store import (
+    SCHEMA_STATEMENTS,
+    SqlCursor,
+    SqlKeyStore,
+    StoreUnavailableError,
+    StoreWriteError,
+)
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -128,9 +134,8 @@ class PostgresKeyStore(SqlKeyStore):
                 yield _PgCursor(cursor)
         except PoolTimeout:
             raise StoreUnavailableError("no PostgreSQL connection free in time") from None
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailableError(
-                f"PostgreSQL error: {type(exc).__name__}") from None
+        except psycopg.OperationalError as exc:  # disk full, connection lost, shutdown
+            raise StoreWriteError(f"PostgreSQL error: {type(exc).__name__}") from None
 
     def close(self) -> None:
         if self._pool is not None:

@@ -11,6 +11,7 @@ crash (the WAL is in the OS page cache), not against the OS or power failing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -20,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from corridor.errors import ParameterError
-from corridor.kms.store import SCHEMA_STATEMENTS, SqlCursor, SqlKeyStore, StoreUnavailableError
+from corridor.kms.store import (
+    SCHEMA_STATEMENTS,
+    SqlCursor,
+    SqlKeyStore,
+    StoreUnavailableError,
+    StoreWriteError,
+)
 
 _SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
 
@@ -38,6 +45,12 @@ class _SqliteCursor(SqlCursor):
     def many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         if params:
             self._cursor.executemany(sql, params)
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """A statement failed because the database cannot be written (disk full, I/O error,
+    a damaged file), not because of what it asked (constraints, programming errors)."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
 class SqliteKeyStore(SqlKeyStore):
@@ -120,15 +133,19 @@ class SqliteKeyStore(SqlKeyStore):
             raise StoreUnavailableError(f"key store busy: {exc}") from None
         try:
             yield _SqliteCursor(cursor)
-        except BaseException:
-            conn.rollback()
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
             cursor.close()
+            if _is_write_failure(exc):
+                raise StoreWriteError(f"key store write failed: {exc}") from None
             raise
         try:
             cursor.execute("COMMIT")
         except sqlite3.OperationalError as exc:
-            conn.rollback()
-            raise StoreUnavailableError(f"key store commit failed: {exc}") from None
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+            raise StoreWriteError(f"key store commit failed: {exc}") from None
         finally:
             cursor.close()
 

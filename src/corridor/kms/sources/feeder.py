@@ -274,8 +274,8 @@ class LinkFeeder:
                                     {d: len(half) for d, half in split_block(key).items()})
             else:
                 outcome = self._store(block, keys)
-        if outcome in ("aborted", "empty") or (outcome == "quarantined"
-                                               and len(self.sides) > 1):
+        if outcome in ("aborted", "empty", "dropped_full") or (outcome == "quarantined"
+                                                               and len(self.sides) > 1):
             self._use_block_id(block.block_id)
         stats.last_outcome = outcome
         if self.on_block is not None:
@@ -424,8 +424,12 @@ class LinkFeeder:
     def _stopped(self, reason: str) -> None:
         if self.stats.stopped_reason is None:
             self.stats.stopped_reason = reason
-            self.events.emit("link_source_stopped", link_id=self.link_id, reason=reason,
-                             blocks_seen=self.stats.blocks_seen)
+            try:
+                self.events.emit("link_source_stopped", link_id=self.link_id, reason=reason,
+                                 blocks_seen=self.stats.blocks_seen)
+            except Exception as exc:  # the audit volume that stopped the feed, often
+                _log.error("key feed of link %s stopped (%s); the stop could not be "
+                           "audited: %s", self.link_id, reason, type(exc).__name__)
 
     @property
     def running(self) -> bool:
