@@ -80,6 +80,11 @@ def test_embedded_default_describes_two_sites_one_link_two_saes() -> None:
     # No key even at 0 km: the block size (or the source settings) is named, not the
     # length with "shorten the link".
     (lambda d: d["links"][0].update(block_pulses=100_000), "links.link-ab.block_pulses"),
+    # No key at any block size (the error rate): the parameters are named, not
+    # block_pulses with "raise block_pulses" (that read even at 1e14).
+    (lambda d: (d["links"][0]["parameters"].update(misalignment_error=0.2),
+                d["links"][0].update(block_pulses=1e14)), "links.link-ab.parameters"),
+    (lambda d: d["links"][0].update(block_pulses=1.5), "links.link-ab.block_pulses"),
     # [[relay]] policies (docs/relay.md)
     (lambda d: d.update(relay=[{"master_sae_id": "sae-a", "slave_sae_id": "sae-z"}]),
      "relay[0].slave_sae_id"),
@@ -98,6 +103,15 @@ def test_bad_corridor_files_name_the_field(change: Any, field: str) -> None:
     with pytest.raises(ParameterError) as excinfo:
         parse_corridor(data)
     assert excinfo.value.field == field
+
+
+def test_a_count_written_as_a_float_is_read_as_the_whole_number() -> None:
+    """TOML writes 1e10 as a float; a count is read as --pulses 1e10 is (refused with
+    "must be an integer")."""
+    data = _spec_data()
+    data["links"][0]["block_pulses"] = 1e10
+    link = parse_corridor(data).links["link-ab"]
+    assert link.block_pulses == 10_000_000_000 and isinstance(link.block_pulses, int)
 
 
 def test_missing_or_broken_file_is_a_clean_error(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -114,6 +115,27 @@ def _cli_name(field: str) -> str:
         if param.param_type_name == "argument" and param.name == field:
             return str(getattr(param, "metavar", None) or field.upper())
     return field
+
+
+def parse_count(text: str | int, unit: str = "") -> int:
+    """A count as every count option reads it (``--pulses``, ``--bytes``, ``--code-bits``,
+    ``--sites`` ...): an integer, with ``_`` separators or in exponent form (``1e6``,
+    ``2.5e5``); anything that is not a whole number is a usage error naming the text."""
+    if isinstance(text, int):  # the default value is passed through the parser too
+        return text
+    cleaned = text.strip().replace("_", "")
+    what = f"number {unit}".rstrip()
+    try:
+        return int(cleaned)
+    except ValueError:
+        pass
+    try:
+        value = float(cleaned)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a {what}") from None
+    if not math.isfinite(value) or value != int(value):
+        raise typer.BadParameter(f"{text!r} is not a whole {what}")
+    return int(value)
 
 
 def typed_on_command_line(name: str) -> bool:

@@ -23,6 +23,7 @@ from corridor.cli.common import (
     console,
     emit_json,
     handle_errors,
+    parse_count,
     refuse_typed,
 )
 from corridor.entropy.health import APT_WINDOW_NON_BINARY, HealthFailure, HealthTests
@@ -131,7 +132,8 @@ def check_command(
     source: Annotated[str, typer.Option(
         "--source", help="QRNG: an https:// entropy endpoint, or a device/FIFO/file path.")],
     size_bytes: Annotated[int, typer.Option(
-        "--bytes", help="Bytes to read and test (each byte is one sample).")] = 1 << 20,
+        "--bytes", parser=parse_count, metavar="N",
+        help="Bytes to read and test (each byte is one sample).")] = 1 << 20,
     min_entropy: Annotated[float, typer.Option(
         "--min-entropy", help="Claimed min-entropy H per byte (0 < H <= 8); sets cutoffs."
     )] = DEFAULT_MIN_ENTROPY_BITS_PER_BYTE,

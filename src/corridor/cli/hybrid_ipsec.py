@@ -31,6 +31,7 @@ from corridor.cli.common import (
     emit_json,
     handle_errors,
     open_decision_audit,
+    parse_count,
 )
 from corridor.errors import CorridorError, ParameterError
 from corridor.hybrid.policy import DEFAULT_POLICY, DecisionRecorder, parse_policy
@@ -187,7 +188,8 @@ def initiator(kme: Kme, cert: Cert, key: Key, ca: Ca, sae_id: SaeId, peer_sae_id
               interval_s: Annotated[float, typer.Option(
                   "--interval-s", help="Rotate every this many seconds.")] = 3600.0,
               rotate_bytes: Annotated[int | None, typer.Option(
-                  "--rotate-bytes", help="Also rotate after this many bytes.")] = None,
+                  "--rotate-bytes", parser=parse_count, metavar="N",
+                  help="Also rotate after this many bytes.")] = None,
               once: Annotated[bool, typer.Option(
                   "--once", help="Bring up one generation and exit.")] = False,
               audit_log: AuditLogOpt = None, audit_key_file: AuditKeyFileOpt = None) -> None:

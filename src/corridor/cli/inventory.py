@@ -19,6 +19,7 @@ from corridor.cli.common import (
     console,
     emit_json,
     handle_errors,
+    parse_count,
     refuse_typed,
 )
 from corridor.errors import ParameterError
@@ -56,7 +57,8 @@ OutOpt = Annotated[Path | None, typer.Option("--out", help="Write here instead o
 TimeoutOpt = Annotated[float, typer.Option(
     "--timeout-s", help="Limit of each TLS handshake (a stalled endpoint is skipped).")]
 MaxBytesOpt = Annotated[int, typer.Option(
-    "--max-file-bytes", help="Skip larger files (bounds the time per file).")]
+    "--max-file-bytes", parser=parse_count, metavar="N",
+    help="Skip larger files (bounds the time per file).")]
 LiveOpt = Annotated[bool, typer.Option(
     "--live/--no-live", help="Also handshake with the KMEs named by a corridor-up.json.")]
 

@@ -25,6 +25,7 @@ from corridor.cli.common import (
     console,
     emit_json,
     handle_errors,
+    parse_count,
     typed_on_command_line,
 )
 from corridor.errors import ParameterError
@@ -103,9 +104,7 @@ MAX_RUN_PULSE_COUNT = 10**15
 
 def parse_pulse_count(text: str | int) -> int:
     """Read a pulse count written as an integer or in exponent form (``1e9``)."""
-    if isinstance(text, int):  # the default value is passed through the parser too
-        return text
-    return _whole_number(text, text.strip().replace("_", ""))
+    return parse_count(text, "of pulses")
 
 
 def parse_run_pulse_count(text: str | int) -> int:
@@ -116,20 +115,6 @@ def parse_run_pulse_count(text: str | int) -> int:
         raise typer.BadParameter(f"{text!r} is more than 1e15 pulses, the most one run "
                                  "simulates (11.6 days of a 1 GHz source)")
     return count
-
-
-def _whole_number(text: str, cleaned: str) -> int:
-    try:
-        return int(cleaned)
-    except ValueError:
-        pass
-    try:
-        value = float(cleaned)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a number of pulses") from None
-    if value != value or value in (float("inf"), float("-inf")) or value != int(value):
-        raise typer.BadParameter(f"{text!r} is not a whole number of pulses")
-    return int(value)
 
 
 def link_parameters_from_options(preset: str, config: Path | None,

@@ -19,7 +19,14 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from corridor.cli.common import OutputFormat, console, emit_json, err_console, handle_errors
+from corridor.cli.common import (
+    OutputFormat,
+    console,
+    emit_json,
+    err_console,
+    handle_errors,
+    parse_count,
+)
 from corridor.distill.ldpc import LdpcSettings, plan, settings_named
 from corridor.distill.ldpc_codes import (
     DEFAULT_CODE_BITS,
@@ -46,7 +53,8 @@ def _chosen(qbers: list[float], settings: LdpcSettings) -> list[str]:
 
 def codes_command(
     code_bits: Annotated[int, typer.Option(
-        "--code-bits", help=f"Code length in bits, [{MIN_CODE_BITS}, {MAX_CODE_BITS}] "
+        "--code-bits", parser=parse_count, metavar="N",
+        help=f"Code length in bits, [{MIN_CODE_BITS}, {MAX_CODE_BITS}] "
         "(the link's --ldpc-code-bits).")] = DEFAULT_CODE_BITS,
     qber: Annotated[list[float] | None, typer.Option(
         "--qber", help="Build the code this QBER selects (repeatable); default: every "

@@ -27,6 +27,7 @@ from corridor.cli.common import (
     emit_json,
     err_console,
     handle_errors,
+    parse_count,
 )
 from corridor.cli.link import (
     DEFAULT_PRESET,
@@ -218,14 +219,16 @@ def run_command(
         "--attack-fraction", help="Fraction of pulses intercepted (intercept-resend).")] = None,
     cascade: Annotated[str, typer.Option("--cascade", help="Cascade variant: " + ", ".join(
         sorted(CASCADE_VARIANTS)) + ".")] = DEFAULT_CASCADE_VARIANT,
-    frame_bits: Annotated[int, typer.Option("--frame-bits", help="Cascade frame size in bits.")]
+    frame_bits: Annotated[int, typer.Option("--frame-bits", parser=parse_count, metavar="N",
+        help="Cascade frame size in bits.")]
     = 10_000,
     finite_key: FiniteKeyOption = FINITE_KEY_CHOICES[0],
     reconciliation: Annotated[str, typer.Option(
         "--reconciliation", help="Reconciliation method: " + "|".join(RECONCILIATION_METHODS)
         + " (interactive Cascade, or one-way rate-adaptive LDPC).")] = "cascade",
     ldpc_code_bits: Annotated[int, typer.Option(
-        "--ldpc-code-bits", help="LDPC mother code length in bits, "
+        "--ldpc-code-bits", parser=parse_count, metavar="N",
+        help="LDPC mother code length in bits, "
         f"[{MIN_CODE_BITS}, {MAX_CODE_BITS}].")] = DEFAULT_CODE_BITS,
     ldpc_efficiency: Annotated[float, typer.Option(
         "--ldpc-efficiency", help="f the first LDPC syndrome aims at.")]

@@ -17,7 +17,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from corridor.cli.common import OutputFormat, console, emit_json, handle_errors
+from corridor.cli.common import OutputFormat, console, emit_json, handle_errors, parse_count
 from corridor.errors import ParameterError
 
 net_app = typer.Typer(
@@ -221,7 +221,8 @@ def simulate_command(
     hours: Annotated[float, typer.Option("--hours", help="Simulated time.")] = 24.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the arrival streams.")] = 1,
     request_bits: Annotated[int | None, typer.Option(
-        "--request-bits", help="Bits per key request (default 262144: 1,024 keys of "
+        "--request-bits", parser=parse_count, metavar="N",
+        help="Bits per key request (default 262144: 1,024 keys of "
         "256 bits).")] = None,
     pool_bits: Annotated[float | None, typer.Option(
         "--pool-bits", help="Capacity of every pool (default: max_key_count x "
@@ -284,7 +285,8 @@ def simulate_command(
 
 @net_app.command("generate")
 def generate_command(
-    sites: Annotated[int, typer.Option("--sites", help="Number of sites, 30 to 20000.")
+    sites: Annotated[int, typer.Option("--sites", parser=parse_count, metavar="N",
+        help="Number of sites, 30 to 20000.")
                      ] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the PCG64 stream.")] = 1,
     output: Annotated[Path | None, typer.Option(

@@ -260,6 +260,8 @@ def _unknown(where: str, data: Mapping[str, Any], known: AbstractSet[str]) -> No
 
 
 def _number(where: str, value: Any, *, integer: bool = False, minimum: float = 0.0) -> Any:
+    if integer and isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        value = int(value)  # a count written as TOML's 1e10 (a float), as --pulses 1e10
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
         raise ParameterError(where, value,
@@ -493,7 +495,20 @@ def _check_finite_key(where: str, params: LinkParameters, block_pulses: int,
             f"(these settings reach {reach:.1f} km with {reconciliation}; every block "
             "would abort)", "shorten the link, raise block_pulses, or change the source "
             "settings")
-    # Not even at 0 km: the block size or the source and basis settings are the cause.
+    # Not even at 0 km. With unlimited blocks and infinite decoys (the asymptotic rate)
+    # still no key: the error rate is the cause, and no block size would help.
+    from corridor.link.rates import error_rate, qber_threshold, secret_key_rate
+
+    at_zero = model.with_length(0.0)
+    if secret_key_rate(at_zero, "infinite") <= 0.0:
+        qber = error_rate(at_zero, params.source.signal_intensity)
+        raise ParameterError(
+            f"{where}.parameters", f"QBER {qber:.2%} at 0 km",
+            f"gives no key at any length or block size (not even asymptotically, with "
+            f"infinite decoys: one-way post-processing with {reconciliation} stops near a "
+            f"QBER of {qber_threshold(efficiency):.1%}; every block would abort)",
+            "lower misalignment_error or dark_count_probability in [links.parameters]")
+    # The block size or the source and basis settings are the cause.
     raise ParameterError(
         f"{where}.block_pulses", block_pulses,
         f"gives no finite key at any length with these settings ({params.name}, "
