@@ -262,6 +262,17 @@ def test_a_broken_audit_chain_stops_the_kme_unless_an_operator_accepts_it(
     assert len(accepted) == 1
     assert accepted[0]["fields"]["operator_reason"] == "restored from backup"
     assert accepted[0]["fields"]["first_bad_seq"] == 2
+    # corridor up (one Corridor) takes the same override: the refusal named an option
+    # only `kme serve` had.
+    with pytest.raises(AuditLogError, match="broken at seq 2"):
+        Corridor(spec, workdir, host="127.0.0.1").start()
+    with pytest.raises(ParameterError, match="accept-broken-audit"):
+        Corridor(spec, workdir, host="127.0.0.1", accept_broken_audit="")
+    with Corridor(spec, workdir, host="127.0.0.1", accept_broken_audit="checked: backup"):
+        pass
+    reasons = [json.loads(line)["fields"]["operator_reason"] for line in
+               log.read_text().splitlines() if '"audit_chain_broken_accepted"' in line]
+    assert reasons == ["restored from backup", "checked: backup"]
 
 
 def test_status_tells_a_full_pool_from_a_dead_link(tmp_path: Path) -> None:

@@ -319,6 +319,10 @@ def up_command(
         "small fleet on the MQTT broker at 127.0.0.1:1883 and an OTA campaign to three "
         "vehicles (docs/v2x.md, docs/fleet.md, docs/ota.md).")
     ] = True,
+    accept_broken_audit: Annotated[str | None, typer.Option(
+        "--accept-broken-audit", metavar="REASON",
+        help="Start although a KME's audit chain does not verify (the reason is audited "
+        "at each such KME). Inspect it with `corridor audit verify` first.")] = None,
 ) -> None:
     """Start a corridor on this machine (by default the embedded city corridor) and show
     its status until stopped.
@@ -357,7 +361,8 @@ def up_command(
             from corridor.web.kpis import read_inventory_summary
 
             inventory_summary = read_inventory_summary(inventory, "--inventory")
-        corridor = Corridor(spec, directory, host="127.0.0.1")
+        corridor = Corridor(spec, directory, host="127.0.0.1",
+                            accept_broken_audit=accept_broken_audit)
         dashboard = None
         hybrid = CorridorSessions(corridor)
         mobility = UpMobility(corridor) if with_mobility else None

@@ -1098,10 +1098,17 @@ class Corridor:
             (``<workdir>/pki`` unless the file names ``pki_dir``) and ``corridor-up.json``.
         host: overrides every KME's host (``corridor up`` binds 127.0.0.1).
         rng: randomness of the simulated links (default: OS CSPRNG).
+        accept_broken_audit: an operator's reason to start a KME whose audit chain does
+            not verify (as ``corridor kme serve --accept-broken-audit``; audited there).
     """
 
     def __init__(self, spec: CorridorSpec, workdir: Path, *, host: str | None = None,
-                 rng: RandomSource | None = None) -> None:
+                 rng: RandomSource | None = None,
+                 accept_broken_audit: str | None = None) -> None:
+        if accept_broken_audit is not None and not accept_broken_audit.strip():
+            raise ParameterError("--accept-broken-audit", accept_broken_audit,
+                                 "must give the operator's reason")
+        self.accept_broken_audit = accept_broken_audit
         self.spec = spec
         self.workdir = workdir.resolve()
         self.host = host
@@ -1146,7 +1153,8 @@ class Corridor:
             for kme_id in self.spec.kmes:
                 node = KmeNode(self.spec, kme_id, self.workdir, self.pki, peer_urls=urls,
                                sock=sockets.pop(kme_id), public_url=urls[kme_id],
-                               limits=limits[kme_id])
+                               limits=limits[kme_id],
+                               accept_broken_audit=self.accept_broken_audit)
                 self.nodes[kme_id] = node
                 node.start()
             # A link's block, alarm and quarantine events go to the audit trails of its
