@@ -265,12 +265,13 @@ class RefusalReporter:
 
 
 class _Tracked:
-    __slots__ = ("accepted_s", "established", "evicted", "fileno")
+    __slots__ = ("accepted_s", "anonymous", "established", "evicted", "fileno")
 
     def __init__(self, fileno: int, accepted_s: float) -> None:
         self.fileno = fileno
         self.accepted_s = accepted_s
         self.established = False
+        self.anonymous = False  # handshake done without a client certificate
         self.evicted = False
 
 
@@ -355,12 +356,21 @@ class ConnectionGuard:
             if tracked is not None:
                 tracked.established = True
 
+    def anonymous(self, fileno: int) -> None:
+        """The connection on ``fileno`` completed its TLS handshake without a client
+        certificate: still evictable (it only ever gets a 401), but its close is no
+        failed handshake (curl without ``--cert`` was counted and logged as one)."""
+        with self._lock:
+            tracked = self._open.get(fileno)
+            if tracked is not None:
+                tracked.anonymous = True
+
     def closed(self, fileno: int) -> None:
         """The socket on ``fileno`` is being closed."""
         with self._lock:
             tracked = self._open.pop(fileno, None)
             self._sockets.pop(fileno, None)
-        if tracked is None or tracked.established or tracked.evicted:
+        if tracked is None or tracked.established or tracked.evicted or tracked.anonymous:
             return
         age_s = self._clock() - tracked.accepted_s
         if age_s >= 0.95 * self.limits.tls_handshake_timeout_s:

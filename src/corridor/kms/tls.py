@@ -297,12 +297,14 @@ class _TlsScopeMixin:
         super().connection_made(transport)  # type: ignore[misc]
         raw = transport.get_extra_info("socket")
         tls = tls_extension(transport)
-        if self.guard is not None and raw is not None and tls is not None \
-                and tls.get("client_cert_chain"):
+        if self.guard is not None and raw is not None and tls is not None:
             # Only a verified client certificate makes a connection established (no longer
             # evictable): anonymous ones, which only ever get a 401, must not hold the
             # slots that SAEs and the peer KME need.
-            self.guard.established(raw.fileno())
+            if tls.get("client_cert_chain"):
+                self.guard.established(raw.fileno())
+            else:
+                self.guard.anonymous(raw.fileno())
         if tls is not None:
             self.app = _with_tls_extension(self.app, tls)
         self.app = self._stopping_header_timer(self.app)
