@@ -294,7 +294,7 @@ def _describe_start(corridor: Corridor, spec: CorridorSpec,
 
 def up_command(
     workdir: Annotated[Path | None, typer.Option(
-        "--workdir", help="Working directory (default: a fresh ./corridor-run-DATE-TIME); "
+        "--workdir", help="Working directory (default: a fresh corridor-run-DATE-TIME here); "
         "an existing one is restarted with its stores, keys and PKI.")] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="Corridor TOML file (default: the embedded city corridor).")
