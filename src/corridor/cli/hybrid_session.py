@@ -35,7 +35,15 @@ from corridor.cli.common import (
     read_up_file,
     refuse_typed,
 )
-from corridor.cli.sae import CaOpt, CertOpt, ExpectOpt, KeyOpt, KmeOpt, resolve_connection
+from corridor.cli.sae import (
+    CaOpt,
+    CertOpt,
+    ExpectOpt,
+    KeyOpt,
+    KmeOpt,
+    client_for,
+    resolve_connection,
+)
 from corridor.errors import ParameterError
 from corridor.kms.up_file import pair_policy, sae_client
 
@@ -168,7 +176,6 @@ def _own_client(from_up: Path | None, sae: str, kme: str | None, cert: Path | No
     """This SAE's ETSI 014 client, and corridor-up.json when it came from one. With the
     explicit options, the certificate must be ``sae``'s: the handshake names ``sae`` and
     the KME knows the caller by its certificate."""
-    from corridor.kms.client import SaeClient
     from corridor.kms.config import check_id
     from corridor.kms.pki import ROLE_SAE, CertificateIdentityError, identity_from_pem
 
@@ -191,8 +198,7 @@ def _own_client(from_up: Path | None, sae: str, kme: str | None, cert: Path | No
     if identity.role != ROLE_SAE or identity.entity_id != sae:
         raise ParameterError("--sae", sae, f"the SAE --cert names ({identity.role} "
                              f"{identity.entity_id!r})")
-    return SaeClient(connection.kme_url, connection.cert, connection.key, connection.ca,
-                     expected_kme_id=connection.expected_kme_id, timeout_s=10.0), None
+    return client_for(connection), None
 
 
 def listen_command(
@@ -242,7 +248,8 @@ def listen_command(
                 check_id("--peer", peer)
                 if peer == sae:
                     raise ParameterError("--peer", peer, "another SAE than --sae")
-        pair = parse_policy(policy if policy is not None else "both-required", "--policy")
+            pair = parse_policy(policy if policy is not None else "both-required",
+                                "--policy")
         host, port = _address(listen, "--listen")
         client, up = _own_client(from_up, sae, kme, cert, key, ca, expect_kme)
         if up is not None:

@@ -40,7 +40,7 @@ from corridor.cli.sae import (
     KeyOpt,
     KmeOpt,
     SaeOpt,
-    _client,
+    client_for,
     resolve_connection,
 )
 from corridor.errors import ParameterError
@@ -88,7 +88,7 @@ def _qkd_key(key_file: Path | None, key_id: str | None, slave_sae: str | None,
         if key_id is not None:
             raise ParameterError("--key-id", key_id, "not with --slave-sae (the KME picks it)")
         connection = resolve_connection(kme, cert, key, ca, expect_kme, from_up, sae)
-        with _client(connection) as client:
+        with client_for(connection) as client:
             delivered = client.get_key(slave_sae, number=1, size=size_bits)[0]
         err_console.print(f"key_ID {delivered.key_id} (give it to the peer)", highlight=False)
         return delivered.key, delivered.key_id
@@ -97,7 +97,7 @@ def _qkd_key(key_file: Path | None, key_id: str | None, slave_sae: str | None,
     key_id = str(check_key_id(key_id, "--key-id"))
     if master_sae is not None:
         connection = resolve_connection(kme, cert, key, ca, expect_kme, from_up, sae)
-        with _client(connection) as client:
+        with client_for(connection) as client:
             return client.get_key_with_id(master_sae, key_id)[0].key, key_id
     assert key_file is not None
     # They reach a KME, which a key file does without.
@@ -291,7 +291,7 @@ def wireguard_run_command(
         channel = load_channel_key(channel_key)
         sink = wireguard.WgPeer(interface, pubs[1])
         connection = resolve_connection(kme, cert, key, ca, expect_kme, from_up, sae)
-        client = _client(connection)
+        client = client_for(connection)
         common = dict(kme=client, peer=sink, channel_key=channel, own_public_key=pubs[0],
                       peer_public_key=pubs[1], policy=parsed_policy,
                       recorder=DecisionRecorder(open_decision_audit(audit_log, audit_key_file)),

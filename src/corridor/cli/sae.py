@@ -123,7 +123,8 @@ def resolve_connection(kme: str | None, cert: Path | None, key: Path | None, ca:
     return SaeConnection(kme, cert, key, ca, expect_kme)
 
 
-def _client(connection: SaeConnection) -> SaeClient:
+def client_for(connection: SaeConnection) -> SaeClient:
+    """The ETSI 014 client of ``connection``."""
     return SaeClient(connection.kme_url, connection.cert, connection.key, connection.ca,
                      expected_kme_id=connection.expected_kme_id)
 
@@ -155,7 +156,7 @@ def status_command(
     """Get status of the key pool this SAE (master) shares with SLAVE_SAE_ID."""
     with handle_errors():
         connection = resolve_connection(kme, cert, key, ca, expect_kme, from_up, sae)
-        with _client(connection) as client:
+        with client_for(connection) as client:
             status = client.status(slave_sae_id)
     body = {k: v for k, v in dataclasses.asdict(status).items()
             if not (k == "status_extension" and v is None)}
@@ -196,7 +197,7 @@ def get_key_command(
             raise ParameterError("--size", size, "a key size in bits, a positive multiple "
                                  "of 8 (ETSI GS QKD 014)")
         connection = resolve_connection(kme, cert, key, ca, expect_kme, from_up, sae)
-        with _client(connection) as client:
+        with client_for(connection) as client:
             keys = client.get_key(slave_sae_id, number=number, size=size,
                                   additional_slave_sae_ids=additional_slave,
                                   method="GET" if get else "POST")
@@ -220,7 +221,7 @@ def get_key_with_id_command(
                 raise ParameterError("KEY_IDS", key_id, "key_IDs as the KME gave them "
                                      "(UUIDs, ETSI GS QKD 014)")
         connection = resolve_connection(kme, cert, key, ca, expect_kme, from_up, sae)
-        with _client(connection) as client:
+        with client_for(connection) as client:
             keys = client.get_key_with_id(master_sae_id, key_ids)
     _print_keys(keys, output)
 

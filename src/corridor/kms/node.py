@@ -269,6 +269,13 @@ def _number(where: str, value: Any, *, integer: bool = False, minimum: float = 0
     return value
 
 
+def _check_operator_reason(accept_broken_audit: str | None) -> None:
+    """``--accept-broken-audit`` takes an operator's reason (it is audited), not blanks."""
+    if accept_broken_audit is not None and not accept_broken_audit.strip():
+        raise ParameterError("--accept-broken-audit", accept_broken_audit,
+                             "must give the operator's reason")
+
+
 def _path(base: Path, value: Any, where: str) -> Path:
     if not isinstance(value, str) or not value:
         raise ParameterError(where, value, "must be a path")
@@ -687,9 +694,7 @@ class KmeNode:
         # feeders are attached once they exist (Corridor.start, `corridor kme serve`).
         self.alarm_desk = AlarmDesk(kme_id, [link.link_id for link in
                                              spec.directory().links_of(kme_id)])
-        if accept_broken_audit is not None and not accept_broken_audit.strip():
-            raise ParameterError("--accept-broken-audit", accept_broken_audit,
-                                 "must give the operator's reason")
+        _check_operator_reason(accept_broken_audit)
         self.accept_broken_audit = accept_broken_audit
         self._limits = limits
         self.refusals = RefusalReporter(
@@ -1105,9 +1110,7 @@ class Corridor:
     def __init__(self, spec: CorridorSpec, workdir: Path, *, host: str | None = None,
                  rng: RandomSource | None = None,
                  accept_broken_audit: str | None = None) -> None:
-        if accept_broken_audit is not None and not accept_broken_audit.strip():
-            raise ParameterError("--accept-broken-audit", accept_broken_audit,
-                                 "must give the operator's reason")
+        _check_operator_reason(accept_broken_audit)
         self.accept_broken_audit = accept_broken_audit
         self.spec = spec
         self.workdir = workdir.resolve()
